@@ -1,0 +1,72 @@
+"""`DimensionExporter`: export the compacted model when training ends."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from keras_embdim._compat import keras
+from keras_embdim.export import ExportResult, export_compact
+
+
+class DimensionExporter(keras.callbacks.Callback):
+    """Writes a compacted SavedModel for TF Serving at the end of `fit`.
+
+    Put it after the pruner in `callbacks=[...]`. See `keras_embdim.export_compact`
+    for what is written and verified.
+
+    Args:
+        export_dir: target folder (must not exist unless `overwrite=True`).
+        overwrite: replace an existing export once the new one verified.
+        sample_inputs: inputs to verify the export on (default: generated).
+        input_signature: for models without symbolic inputs.
+        verify: compare the export with the model before moving it into place.
+        verbose: print where the export went.
+
+    Example:
+
+    ```python
+    model.fit(train, epochs=3, callbacks=[
+        ked.SingleShotPruner(budget=0.1), ked.DimensionExporter("export/ctr")])
+    ```
+    """
+
+    def __init__(
+        self,
+        export_dir: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        sample_inputs: Any = None,
+        input_signature: dict | None = None,
+        verify: bool = True,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
+            raise ValueError(f"`export_dir` must be a non-empty path; received {export_dir!r}.")
+        self.export_dir = os.fspath(export_dir)
+        self.overwrite = bool(overwrite)
+        self.sample_inputs = sample_inputs
+        self.input_signature = input_signature
+        self.verify = verify
+        self.verbose = verbose
+        self.result: ExportResult | None = None
+
+    def on_train_begin(self, logs=None):
+        # Fail fast, before hours of training, if the export could not be written.
+        if os.path.exists(self.export_dir) and not self.overwrite:
+            raise FileExistsError(
+                f"DimensionExporter: export_dir={self.export_dir!r} already exists; pass "
+                "overwrite=True to replace it or choose another folder. Nothing was trained."
+            )
+
+    def on_train_end(self, logs=None):
+        self.result = export_compact(
+            self.model,
+            self.export_dir,
+            overwrite=self.overwrite,
+            sample_inputs=self.sample_inputs,
+            input_signature=self.input_signature,
+            verify=self.verify,
+            verbose=self.verbose,
+        )

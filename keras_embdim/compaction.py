@@ -1,0 +1,99 @@
+"""Compaction: from a full table and its `DimensionMask` to what ships.
+
+Per-field granularity: field `f` stores only its kept columns, a dense
+`[n_f, k_f]` array. The serving lookup gathers the compact rows and puts each
+column back at its original position (`placement`), filling removed columns with
+exact zeros, so that layers downstream see the same `[..., D]` tensor as in
+training. Only standard TensorFlow ops are used, so a SavedModel built from
+`compact_lookup` needs nothing of keras_embdim to run.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim.mask import DimensionMask
+
+
+def field_offsets(vocab_sizes: Sequence[int]) -> np.ndarray:
+    """Row offset of each field in the concatenated table."""
+    return np.concatenate([[0], np.cumsum(vocab_sizes)[:-1]]).astype(np.int64)
+
+
+def compact_field_tables(table: np.ndarray, mask: DimensionMask) -> list[np.ndarray]:
+    """Split the concatenated table per field, keeping only kept columns."""
+    table = np.asarray(table)
+    if table.shape != (sum(mask.vocab_sizes), mask.output_dim):
+        raise ValueError(
+            f"table shape {table.shape} does not match the mask "
+            f"({sum(mask.vocab_sizes)}, {mask.output_dim})."
+        )
+    out = []
+    for f, (start, n) in enumerate(zip(field_offsets(mask.vocab_sizes), mask.vocab_sizes)):
+        cols = mask.kept_columns(f)
+        out.append(np.ascontiguousarray(table[start : start + n][:, cols]))
+    return out
+
+
+def placement(keep_row: np.ndarray) -> np.ndarray:
+    """Index that rebuilds a `[D]` row from `[kept..., 0]`.
+
+    `placement[j]` is the position of column `j` among the kept columns, or
+    `k` (the appended zero) for a removed column.
+    """
+    keep_row = np.asarray(keep_row, dtype=bool)
+    k = int(keep_row.sum())
+    idx = np.full(keep_row.shape[0], k, dtype=np.int32)
+    idx[keep_row] = np.arange(k, dtype=np.int32)
+    return idx
+
+
+def _place(rows: tf.Tensor, place: np.ndarray, output_dim: int) -> tf.Tensor:
+    k = int(place.max()) if place.size else 0
+    if k == output_dim - 1 and np.array_equal(place, np.arange(output_dim)):
+        return rows  # nothing removed
+    zeros = tf.zeros(tf.concat([tf.shape(rows)[:-1], [1]], 0), rows.dtype)
+    return tf.gather(tf.concat([rows, zeros], -1), place, axis=-1)
+
+
+def compact_lookup(
+    tables: Sequence[tf.Variable | None],
+    placements: Sequence[np.ndarray],
+    ids: tf.Tensor,
+    *,
+    multi_field: bool,
+    output_dim: int,
+    dtype: tf.DType = tf.float32,
+) -> tf.Tensor:
+    """Embedding lookup from compact per-field tables (serving graph).
+
+    Args:
+        tables: per field a `[n_f, k_f]` variable, or None when `k_f == 0`.
+        placements: per field the `placement` index of its kept columns.
+        ids: local ids; `[...]` for a single field, `[..., F]` for several.
+        multi_field: whether the last axis of `ids` indexes fields.
+        output_dim: D.
+    """
+    def one(f, field_ids):
+        table = tables[f]
+        if table is None:
+            return tf.zeros(tf.concat([tf.shape(field_ids), [output_dim]], 0), dtype)
+        rows = tf.cast(tf.gather(table, field_ids), dtype)
+        return _place(rows, placements[f], output_dim)
+
+    if not multi_field:
+        return one(0, ids)
+    return tf.stack([one(f, ids[..., f]) for f in range(len(tables))], axis=-2)
+
+
+def masked_lookup_reference(table: np.ndarray, mask: DimensionMask, ids: np.ndarray, multi_field: bool) -> np.ndarray:
+    """Numpy reference of the masked training lookup (a second implementation)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    keep = mask.as_float()
+    if not multi_field:
+        return table[ids] * keep[0]
+    offs = field_offsets(mask.vocab_sizes)
+    return table[ids + offs] * keep

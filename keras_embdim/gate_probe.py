@@ -1,0 +1,87 @@
+"""Gradients of the loss with respect to output gates, read off training steps.
+
+SSEDS scores a field-dimension by the sensitivity of the loss to a gate
+`alpha[f, j]` that multiplies column `j` of field `f`'s embedding output, taken
+at `alpha = 1` (the SNIP connection sensitivity). With
+`out = e * alpha`, `dL/dalpha[f, j] = sum_batch dL/dout[b, f, j] * e[b, f, j]`.
+
+`GateProbe.gate` computes `e * mask` with a custom gradient that, as a side
+effect of the backward pass, adds that quantity for the current batch to
+accumulators. A layer attaches a probe only while scoring, so whatever
+`train_step` a model has (plain Keras, TFRS, custom) scores on the very batches
+`fit` trains on, and steps outside scoring pay nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class GateProbe:
+    """Accumulates per-batch gate gradients for one layer.
+
+    Args:
+        num_fields: F.
+        output_dim: D.
+    """
+
+    def __init__(self, num_fields: int, output_dim: int):
+        shape = (num_fields, output_dim)
+        self.grad_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_grad_sum")
+        self.abs_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_abs_sum")
+        self.sq_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_sq_sum")
+        self.batches = tf.Variable(0.0, trainable=False, name="gate_batches")
+
+    def reset(self) -> None:
+        for v in (self.grad_sum, self.abs_sum, self.sq_sum):
+            v.assign(tf.zeros_like(v))
+        self.batches.assign(0.0)
+
+    def gate(self, emb: tf.Tensor, mask: tf.Tensor, multi_field: bool) -> tf.Tensor:
+        """`emb * mask`, recording `dL/dalpha` in the backward pass.
+
+        Args:
+            emb: `[..., D]` (single field) or `[..., F, D]` embeddings.
+            mask: `[D]` or `[F, D]` 0/1 mask (a tensor, not a variable).
+            multi_field: which of the two layouts `emb` has.
+        """
+        keep_axes = 2 if multi_field else 1
+        probe = self
+
+        @tf.custom_gradient
+        def gated(e, m):
+            def grad(upstream):
+                g = upstream * e
+                rank = g.shape.rank
+                axes = list(range(rank - keep_axes))
+                g = tf.cast(tf.reduce_sum(g, axis=axes) if axes else g, tf.float32)
+                g = tf.reshape(g, tf.shape(probe.grad_sum))
+                probe.grad_sum.assign_add(g)
+                probe.abs_sum.assign_add(tf.abs(g))
+                probe.sq_sum.assign_add(tf.square(g))
+                probe.batches.assign_add(1.0)
+                return upstream * m, tf.zeros_like(m)
+
+            return e * m, grad
+
+        return gated(emb, tf.cast(mask, emb.dtype))
+
+    def scores(self, mode: str = "mean_abs") -> np.ndarray:
+        """Mean importance per gate `[F, D]` (unnormalised: the pruner
+        normalises over all layers so that the global scores sum to 1).
+
+        Args:
+            mode: "mean_abs" averages `|dL/dalpha|` over batches; "abs_mean"
+                takes `|mean dL/dalpha|` (gradients of opposite sign cancel).
+        """
+        n = float(self.batches.numpy())
+        if n == 0:
+            raise RuntimeError("the gate probe saw no batch: nothing to score.")
+        if mode == "mean_abs":
+            s = self.abs_sum.numpy() / n
+        elif mode == "abs_mean":
+            s = np.abs(self.grad_sum.numpy() / n)
+        else:
+            raise ValueError(f"`score` must be 'mean_abs' or 'abs_mean'; received {mode!r}.")
+        return s

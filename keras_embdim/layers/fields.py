@@ -1,0 +1,70 @@
+"""Small helper layers for models built from named categorical fields."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from keras_embdim._compat import keras, register_serializable
+
+
+@register_serializable(package="keras_embdim")
+class StackFields(keras.layers.Layer):
+    """Stacks per-field id tensors `[batch]` (or `[batch, 1]`) into `[batch, F]`.
+
+    Lets a model take one named input per field (what a TF Serving request
+    carries) and feed a multi-field embedding layer.
+
+    Example:
+
+    >>> import numpy as np, keras_embdim as ked
+    >>> ked.layers.StackFields()([np.array([1, 2]), np.array([3, 4])]).numpy().tolist()
+    [[1, 3], [2, 4]]
+    """
+
+    def __init__(self, dtype_ids: str = "int32", **kwargs):
+        super().__init__(**kwargs)
+        self.dtype_ids = dtype_ids
+
+    def call(self, inputs: Sequence[tf.Tensor]):
+        cols = []
+        for x in inputs:
+            x = tf.convert_to_tensor(x)
+            if x.shape.rank == 2 and x.shape[-1] == 1:
+                x = tf.squeeze(x, -1)
+            cols.append(tf.cast(x, self.dtype_ids))
+        return tf.stack(cols, axis=-1)
+
+    def compute_output_shape(self, input_shapes):
+        first = tuple(input_shapes[0])
+        if len(first) == 2 and first[-1] == 1:
+            first = first[:-1]
+        return (*first, len(input_shapes))
+
+    def get_config(self):
+        return {**super().get_config(), "dtype_ids": self.dtype_ids}
+
+
+@register_serializable(package="keras_embdim")
+class FieldOffsets(keras.layers.Layer):
+    """Adds each field's row offset to `[..., F]` local ids (a shared-vocabulary id)."""
+
+    def __init__(self, vocab_sizes: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_sizes = [int(n) for n in vocab_sizes]
+        offsets, total = [], 0
+        for n in self.vocab_sizes:
+            offsets.append(total)
+            total += n
+        self._offsets = offsets
+
+    def call(self, ids):
+        ids = tf.convert_to_tensor(ids)
+        return ids + tf.constant(self._offsets, ids.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "vocab_sizes": self.vocab_sizes}

@@ -1,0 +1,299 @@
+"""`SearchableEmbedding`: the base of every layer whose dimensions are searched."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim import _compat, compaction
+from keras_embdim._compat import keras
+from keras_embdim.gate_probe import GateProbe
+from keras_embdim.mask import DimensionMask, DimensionSearchable
+
+
+def _parse_vocab(input_dim: Any) -> tuple[tuple[int, ...], bool]:
+    """`input_dim` is an int (one field) or a sequence of ints (several)."""
+    def ok(n):
+        return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and int(n) > 0
+
+    if ok(input_dim):
+        return (int(input_dim),), False
+    if isinstance(input_dim, (list, tuple, np.ndarray)) and len(input_dim) > 0 and all(
+        ok(n) for n in input_dim
+    ):
+        return tuple(int(n) for n in input_dim), True
+    raise ValueError(
+        "`input_dim` must be a positive integer (one field) or a non-empty list of "
+        f"positive integers (the vocabulary size of each field); received input_dim={input_dim!r}."
+    )
+
+
+class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
+    """An `Embedding` with a per-field dimension mask; base of keras_embdim's layers.
+
+    It keeps `keras.layers.Embedding`'s constructor arguments, its `embeddings`
+    weight (name and shape), `mask_zero` semantics and output shape, and adds:
+
+    - a multi-field form: `input_dim=[n_1, ..., n_F]` makes one layer over F
+      categorical fields; its input is `[..., F]` local ids (field `f` takes ids
+      in `[0, n_f)`), its output `[..., F, output_dim]`. The fields share one
+      concatenated `embeddings` table of `sum(n_f)` rows;
+    - a non-trainable `dimension_mask` weight `[F, output_dim]` of 0/1: masked
+      columns output exactly 0 and receive zero gradient;
+    - id validation (an id outside its field's vocabulary is an error, never a
+      silent read of another field's row);
+    - the hooks the callbacks and the exporter use (`keras_embdim.mask`).
+
+    Subclasses change how the mask is produced (`_output_mask`) and may add
+    search state (`_build_search_state`, `_search_state_variables`).
+    """
+
+    def __init__(
+        self,
+        input_dim: int | Sequence[int],
+        output_dim: int,
+        *,
+        field_names: Sequence[str] | None = None,
+        validate_ids: bool = True,
+        **kwargs: Any,
+    ):
+        vocab, multi = _parse_vocab(input_dim)
+        for key, default in _compat.EMBEDDING_UNSUPPORTED_KWARGS:
+            value = kwargs.pop(key, default)
+            if value != default:
+                raise ValueError(
+                    f"`{key}` is not supported by {type(self).__name__} (received {value!r}); "
+                    "searched tables are compacted at export instead."
+                )
+        weights = kwargs.pop("weights", None)
+        super().__init__(input_dim=int(sum(vocab)), output_dim=output_dim, **kwargs)
+        if field_names is not None:
+            field_names = tuple(str(n) for n in field_names)
+            if len(field_names) != len(vocab):
+                raise ValueError(
+                    f"`field_names` must name each of the {len(vocab)} fields; received {field_names!r}."
+                )
+        self._vocab_sizes = vocab
+        self._multi_field = multi
+        self._field_names = field_names
+        self.validate_ids = bool(validate_ids)
+        self._offsets = compaction.field_offsets(vocab)
+        self._gate_probe: GateProbe | None = None
+        self._serving: tuple | None = None
+        if weights is not None:
+            self.build()
+            self.set_weights(weights if isinstance(weights, list) else [weights])
+
+    # ------------------------------------------------------------ properties
+    @property
+    def field_vocab_sizes(self) -> tuple[int, ...]:
+        return self._vocab_sizes
+
+    @property
+    def num_fields(self) -> int:
+        return len(self._vocab_sizes)
+
+    @property
+    def multi_field(self) -> bool:
+        return self._multi_field
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        if self._field_names is not None:
+            return self._field_names
+        if not self._multi_field:
+            return (self.name,)
+        return tuple(f"field_{i}" for i in range(self.num_fields))
+
+    @property
+    def embedding_variable(self):
+        return self._embeddings if _compat.KERAS_3 else self.embeddings
+
+    # ----------------------------------------------------------------- build
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        table = self.add_weight(
+            name="embeddings",
+            shape=(int(sum(self._vocab_sizes)), self.output_dim),
+            initializer=self.embeddings_initializer,
+            regularizer=self.embeddings_regularizer,
+            constraint=self.embeddings_constraint,
+            trainable=True,
+        )
+        _compat.set_embedding_variable(self, table)
+        self._mask_variable = self.add_weight(
+            name="dimension_mask",
+            shape=(self.num_fields, self.output_dim),
+            initializer="ones",
+            trainable=False,
+        )
+        self._build_search_state()
+        self.built = True
+
+    def _build_search_state(self) -> None:
+        """Subclasses add their search variables here."""
+
+    def _search_state_variables(self) -> list:
+        """Subclasses list their search variables (saved after table and mask)."""
+        return []
+
+    # ------------------------------------------------------------------ call
+    def _prepare_ids(self, inputs) -> tf.Tensor:
+        ids = tf.convert_to_tensor(inputs)
+        if not ids.dtype.is_integer:
+            ids = tf.cast(ids, tf.int32)  # as keras.layers.Embedding does
+        if self.validate_ids:
+            limit = np.asarray(self._vocab_sizes if self._multi_field else self._vocab_sizes[0])
+            limit = tf.constant(limit, dtype=ids.dtype)
+            fields = dict(zip(self.field_names, self._vocab_sizes))
+            checks = [
+                tf.debugging.assert_non_negative(
+                    ids, message=f"layer '{self.name}': embedding ids must be >= 0"
+                ),
+                tf.debugging.assert_less(
+                    ids,
+                    limit,
+                    message=(
+                        f"layer '{self.name}': an id is >= its field's vocabulary size; "
+                        f"vocabulary sizes are {fields}"
+                    ),
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                ids = tf.identity(ids)
+        return ids
+
+    def _output_mask(self, training=None) -> tf.Tensor:
+        """The `[F, D]` 0/1 mask applied in the forward pass."""
+        return tf.convert_to_tensor(self._mask_variable)
+
+    def call(self, inputs, training=None):
+        ids = self._prepare_ids(inputs)
+        if self._serving is not None:
+            tables, placements = self._serving
+            out = compaction.compact_lookup(
+                tables,
+                placements,
+                ids,
+                multi_field=self._multi_field,
+                output_dim=self.output_dim,
+                dtype=tf.as_dtype(self.compute_dtype),
+            )
+            return out
+        rows = ids + tf.constant(self._offsets, ids.dtype) if self._multi_field else ids
+        emb = tf.gather(self.embedding_variable, rows)
+        emb = tf.cast(emb, self.compute_dtype)
+        mask = tf.cast(self._output_mask(training), emb.dtype)
+        if not self._multi_field:
+            mask = mask[0]
+        if self._gate_probe is not None:
+            return self._gate_probe.gate(emb, mask, self._multi_field)
+        return emb * mask
+
+    # -------------------------------------------------------- mask protocol
+    def dimension_mask(self) -> DimensionMask:
+        keep = _compat.to_numpy(self._mask_variable) > 0.5 if self.built else np.ones(
+            (self.num_fields, self.output_dim), bool
+        )
+        return DimensionMask(self._vocab_sizes, keep, self.field_names)
+
+    def set_dimension_mask(self, mask, *, optimizer=None, zero_pruned: bool = True) -> None:
+        """Impose a per-field mask.
+
+        Args:
+            mask: a `DimensionMask` or a `[F, D]` 0/1 array.
+            optimizer: if given, its state for the removed columns is zeroed too,
+                so that momentum cannot move them.
+            zero_pruned: zero the removed columns of the stored table.
+        """
+        if not self.built:
+            self.build()
+        keep = mask.keep if isinstance(mask, DimensionMask) else np.asarray(mask)
+        if keep.shape != (self.num_fields, self.output_dim):
+            raise ValueError(
+                f"layer '{self.name}': mask must have shape ({self.num_fields}, {self.output_dim}); "
+                f"received {keep.shape}."
+            )
+        keep = keep.astype(bool)
+        self._mask_variable.assign(keep.astype(np.float32))
+        if zero_pruned and not keep.all():
+            rows_keep = np.repeat(keep, self._vocab_sizes, axis=0).astype(np.float32)
+            table = self.embedding_variable
+            table.assign(_compat.to_numpy(table) * rows_keep)
+            for slot in _compat.optimizer_slots(optimizer, table):
+                slot.assign(_compat.to_numpy(slot) * rows_keep)
+
+    def attach_gate_probe(self) -> GateProbe:
+        """Record gate gradients from now on (the caller retraces the step)."""
+        if self._gate_probe is None:
+            self._gate_probe = GateProbe(self.num_fields, self.output_dim)
+        return self._gate_probe
+
+    def detach_gate_probe(self) -> None:
+        self._gate_probe = None
+
+    def _set_serving_tables(self, serving: tuple | None) -> None:
+        """Used by the exporter: look up from compact tables while tracing."""
+        self._serving = serving
+
+    # ------------------------------------------------------- saving/loading
+    def _state_variables(self) -> list:
+        return [self.embedding_variable, self._mask_variable, *self._search_state_variables()]
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, v in enumerate(self._state_variables()):
+            store[str(i)] = _compat.to_numpy(v)
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        variables = self._state_variables()
+        n = _compat.store_len(store)
+        if n == 1:
+            # A plain keras.layers.Embedding's store: warm start, mask stays as is.
+            self.embedding_variable.assign(np.asarray(store["0"]))
+            return
+        if n != len(variables):
+            raise ValueError(
+                f"layer '{self.name}' expects {len(variables)} saved variables "
+                f"(embeddings, dimension_mask, search state) or 1 (a plain Embedding's table); "
+                f"the file holds {n}."
+            )
+        for i, v in enumerate(variables):
+            v.assign(np.asarray(store[str(i)]))
+
+    def set_weights(self, weights):
+        """Also accepts `[table]` alone: a plain Embedding's weights (warm start)."""
+        if len(weights) == 1 and len(self.weights) > 1:
+            table = self.embedding_variable
+            value = np.asarray(weights[0])
+            if tuple(value.shape) != tuple(table.shape):
+                raise ValueError(
+                    f"layer '{self.name}': table shape {value.shape} does not match "
+                    f"{tuple(table.shape)}."
+                )
+            table.assign(value)
+            return
+        super().set_weights(weights)
+
+    def quantize(self, *args, **kwargs):
+        raise NotImplementedError(
+            f"{type(self).__name__} is not quantized in place; DimensionExporter compacts it."
+        )
+
+    def enable_lora(self, *args, **kwargs):
+        raise NotImplementedError(f"LoRA is not supported by {type(self).__name__}.")
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["input_dim"] = list(self._vocab_sizes) if self._multi_field else self._vocab_sizes[0]
+        config["field_names"] = list(self._field_names) if self._field_names else None
+        config["validate_ids"] = self.validate_ids
+        for key in ("lora_rank", "lora_alpha", "quantization_config", "input_length", "sparse"):
+            config.pop(key, None)
+        return config

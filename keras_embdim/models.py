@@ -1,0 +1,136 @@
+"""A small model zoo for examples, tests and benchmarks: MLP and DeepFM over fields.
+
+Each model takes one named int input per field (what a serving request
+carries), stacks them to `[batch, F]` and embeds them with any embedding:
+"prunable" (`PrunableEmbedding`, multi-field), "plain"
+(`keras.layers.Embedding` over a shared id space, the baseline) or a callable
+`(vocab_sizes, dim, field_names) -> layer` returning a multi-field layer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from keras_embdim._compat import keras, register_serializable
+from keras_embdim.layers import FieldOffsets, PrunableEmbedding, StackFields
+
+
+@register_serializable(package="keras_embdim")
+class FMInteraction(keras.layers.Layer):
+    """Second-order factorization-machine term of `[batch, F, D]` embeddings -> `[batch, 1]`."""
+
+    def call(self, emb):
+        s = tf.reduce_sum(emb, axis=1)
+        return 0.5 * tf.reduce_sum(tf.square(s) - tf.reduce_sum(tf.square(emb), axis=1), axis=1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+
+@register_serializable(package="keras_embdim")
+class SumFields(keras.layers.Layer):
+    """Sum over the field axis of `[batch, F, 1]` first-order weights -> `[batch, 1]`."""
+
+    def call(self, x):
+        return tf.reduce_sum(x, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+
+EmbeddingFactory = Callable[[Sequence[int], int, Sequence[str]], keras.layers.Layer]
+
+
+def _field_inputs(field_names):
+    return {n: keras.Input(shape=(), dtype="int32", name=n) for n in field_names}
+
+
+def _embed(ids, vocab_sizes, dim, field_names, embedding, name="embedding"):
+    if embedding == "prunable":
+        return PrunableEmbedding(list(vocab_sizes), dim, field_names=list(field_names), name=name)(ids)
+    if embedding == "plain":
+        shared = FieldOffsets(vocab_sizes, name=f"{name}_offsets")(ids)
+        return keras.layers.Embedding(int(sum(vocab_sizes)), dim, name=name)(shared)
+    if callable(embedding):
+        return embedding(list(vocab_sizes), dim, list(field_names))(ids)
+    raise ValueError(f"`embedding` must be 'prunable', 'plain' or a callable; received {embedding!r}.")
+
+
+def _mlp(x, hidden, dropout, name):
+    for i, units in enumerate(hidden):
+        x = keras.layers.Dense(units, activation="relu", name=f"{name}_{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout)(x)
+    return x
+
+
+def build_mlp(
+    vocab_sizes: Sequence[int],
+    field_names: Sequence[str] | None = None,
+    *,
+    embedding_dim: int = 16,
+    hidden: Sequence[int] = (128, 64),
+    dropout: float = 0.0,
+    embedding: str | EmbeddingFactory = "prunable",
+    name: str = "mlp",
+) -> keras.Model:
+    """MLP over the concatenated field embeddings, sigmoid output named "ctr".
+
+    Example:
+
+    >>> import keras_embdim as ked
+    >>> m = ked.models.build_mlp([10, 20], ["a", "b"], embedding_dim=4, hidden=(8,))
+    >>> sorted(m.input_names if hasattr(m, "input_names") else [t.name for t in m.inputs])
+    ['a', 'b']
+    """
+    field_names = list(field_names or [f"field_{i}" for i in range(len(vocab_sizes))])
+    inputs = _field_inputs(field_names)
+    ids = StackFields(name="stack_fields")([inputs[n] for n in field_names])
+    emb = _embed(ids, vocab_sizes, embedding_dim, field_names, embedding)
+    x = keras.layers.Flatten(name="flatten")(emb)
+    x = _mlp(x, hidden, dropout, "mlp")
+    out = keras.layers.Dense(1, activation="sigmoid", name="ctr")(x)
+    return keras.Model(inputs, out, name=name)
+
+
+def build_deepfm(
+    vocab_sizes: Sequence[int],
+    field_names: Sequence[str] | None = None,
+    *,
+    embedding_dim: int = 16,
+    hidden: Sequence[int] = (128, 64),
+    dropout: float = 0.0,
+    embedding: str | EmbeddingFactory = "prunable",
+    name: str = "deepfm",
+) -> keras.Model:
+    """DeepFM (Guo et al. 2017): first-order weights + FM term + MLP, sharing the embeddings.
+
+    The first-order weights are a plain `Embedding(sum(n_f), 1)`: they are not
+    searched (one number per value).
+    """
+    field_names = list(field_names or [f"field_{i}" for i in range(len(vocab_sizes))])
+    inputs = _field_inputs(field_names)
+    ids = StackFields(name="stack_fields")([inputs[n] for n in field_names])
+    emb = _embed(ids, vocab_sizes, embedding_dim, field_names, embedding)
+    shared = FieldOffsets(vocab_sizes, name="first_order_offsets")(ids)
+    first = SumFields(name="first_order_sum")(
+        keras.layers.Embedding(int(sum(vocab_sizes)), 1, embeddings_initializer="zeros", name="first_order")(shared)
+    )
+    fm = FMInteraction(name="fm")(emb)
+    deep = _mlp(keras.layers.Flatten(name="flatten")(emb), hidden, dropout, "deep")
+    deep = keras.layers.Dense(1, name="deep_logit")(deep)
+    logit = keras.layers.Add(name="logit")([first, fm, deep])
+    out = keras.layers.Activation("sigmoid", name="ctr")(logit)
+    return keras.Model(inputs, out, name=name)
+
+
+def compile_ctr(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    """Adam + binary cross-entropy + AUC, the setting used in tests and benchmarks."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
+    return model

@@ -1,0 +1,64 @@
+"""Dimension reports: what each searchable layer keeps, as records, DataFrame or text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keras_embdim.mask import find_searchable_layers
+
+
+def dimension_records(model_or_layers: Any) -> list[dict]:
+    """One record per field of every searchable layer (see `DimensionMask.to_records`)."""
+    layers = (
+        list(model_or_layers)
+        if isinstance(model_or_layers, (list, tuple))
+        else find_searchable_layers(model_or_layers)
+    )
+    out = []
+    for layer in layers:
+        mask = layer.dimension_mask()
+        for rec in mask.to_records():
+            out.append({"layer": layer.name, "granularity": mask.granularity, **rec})
+    return out
+
+
+def dimension_report(model: Any):
+    """A pandas DataFrame with one row per (layer, field)."""
+    import pandas as pd
+
+    return pd.DataFrame(dimension_records(model))
+
+
+def dimension_summary(model_or_layers: Any) -> dict:
+    """Totals plus per-layer records, JSON-serialisable (used by dimensions.json)."""
+    recs = dimension_records(model_or_layers)
+    before = sum(r["params_before"] for r in recs)
+    after = sum(r["params_after"] for r in recs)
+    layers: dict[str, list] = {}
+    for r in recs:
+        layers.setdefault(r["layer"], []).append({k: v for k, v in r.items() if k != "layer"})
+    return {
+        "params_before": before,
+        "params_after": after,
+        "kept_fraction": (after / before) if before else 1.0,
+        "layers": layers,
+    }
+
+
+def format_report(model_or_layers: Any, max_fields: int = 40) -> str:
+    """A text table of kept dims per field, for logs and the quickstart."""
+    recs = dimension_records(model_or_layers)
+    lines = [f"{'layer':<22}{'field':<18}{'vocab':>9}{'dims':>7}{'params':>12}"]
+    for r in recs[:max_fields]:
+        lines.append(
+            f"{r['layer'][:21]:<22}{str(r['field'])[:17]:<18}{r['vocab']:>9}"
+            f"{r['kept_dims']:>4}/{r['full_dims']:<2}{r['params_after']:>12}"
+        )
+    if len(recs) > max_fields:
+        lines.append(f"... {len(recs) - max_fields} more fields")
+    s = dimension_summary(recs and model_or_layers)
+    lines.append(
+        f"embedding params: {s['params_before']:,} -> {s['params_after']:,} "
+        f"({100 * s['kept_fraction']:.1f}% kept)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Standalone tools (scripts run without importing keras_embdim)."""

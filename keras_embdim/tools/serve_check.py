@@ -1,0 +1,66 @@
+"""Serve an export the way TF Serving loads it, with TensorFlow only.
+
+Run as a script (never imported by keras_embdim): it makes `import keras_embdim`
+fail first, then loads the SavedModel with the `serve` tag through both
+`tf.saved_model.load` (TF2) and the TF1 session loader, runs the
+`serving_default` signature on the inputs of an .npz file and compares with the
+expected outputs of another .npz file. Prints one JSON line; exit code 1 if a
+difference exceeds --atol.
+
+    python serve_check.py EXPORT_DIR inputs.npz expected.npz [--atol 1e-5]
+"""
+
+import argparse
+import json
+import sys
+
+sys.modules["keras_embdim"] = None  # any import of keras_embdim now fails
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("export_dir")
+    p.add_argument("inputs")
+    p.add_argument("expected")
+    p.add_argument("--atol", type=float, default=1e-5)
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        import keras_embdim  # noqa: F401
+
+        raise SystemExit("keras_embdim is importable: the check would not prove anything")
+    except ImportError:
+        pass
+
+    inputs = dict(np.load(args.inputs, allow_pickle=False))
+    expected = dict(np.load(args.expected, allow_pickle=False))
+    report = {"keras_embdim_importable": False}
+
+    # TF2 loader
+    loaded = tf.saved_model.load(args.export_dir, tags=["serve"])
+    sig = loaded.signatures["serving_default"]
+    specs = sig.structured_input_signature[1]
+    out2 = sig(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
+    report["tf2_max_abs_diff"] = max(float(np.max(np.abs(out2[k].numpy() - expected[k]))) for k in expected)
+
+    # TF1 session loader, as TF Serving does
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], args.export_dir)
+        sd = meta.signature_def["serving_default"]
+        feed = {graph.get_tensor_by_name(sd.inputs[k].name): v for k, v in inputs.items()}
+        fetch = {k: graph.get_tensor_by_name(sd.outputs[k].name) for k in expected}
+        out1 = sess.run(fetch, feed_dict=feed)
+    report["tf1_max_abs_diff"] = max(float(np.max(np.abs(out1[k] - expected[k]))) for k in expected)
+    report["signature_inputs"] = sorted(sd.inputs.keys())
+    report["signature_outputs"] = sorted(sd.outputs.keys())
+    print(json.dumps(report))
+    ok = report["tf2_max_abs_diff"] <= args.atol and report["tf1_max_abs_diff"] <= args.atol
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
