@@ -7,6 +7,7 @@
 from keras_embdim import _compat
 from keras_embdim import compaction, data, layers, mask, models
 from keras_embdim.callbacks import DimensionExporter, SingleShotPruner
+from keras_embdim.convert import make_searchable
 from keras_embdim.export import ExportError, ExportResult, export_compact
 from keras_embdim.layers import PrunableEmbedding, SearchableEmbedding
 from keras_embdim.mask import DimensionMask, DimensionSearchable, find_searchable_layers
@@ -29,4 +30,5 @@ __all__ = [
     "export_compact",
     "find_searchable_layers",
     "format_report",
+    "make_searchable",
 ]

@@ -52,9 +52,8 @@ def placement(keep_row: np.ndarray) -> np.ndarray:
 
 
 def _place(rows: tf.Tensor, place: np.ndarray, output_dim: int) -> tf.Tensor:
-    k = int(place.max()) if place.size else 0
-    if k == output_dim - 1 and np.array_equal(place, np.arange(output_dim)):
-        return rows  # nothing removed
+    if rows.shape[-1] == output_dim:
+        return rows  # every column kept: nothing to put back
     zeros = tf.zeros(tf.concat([tf.shape(rows)[:-1], [1]], 0), rows.dtype)
     return tf.gather(tf.concat([rows, zeros], -1), place, axis=-1)
 

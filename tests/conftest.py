@@ -1,0 +1,37 @@
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_shared = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if "KERAS_EMBDIM_DATA" not in os.environ and _shared.exists():
+    os.environ["KERAS_EMBDIM_DATA"] = str(_shared)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_embdim as ked  # noqa: E402
+from keras_embdim._compat import keras  # noqa: E402
+
+
+def pytest_report_header(config):
+    return f"keras_embdim: Keras {'3' if ked.KERAS_3 else '2 (tf_keras)'} {ked._compat.KERAS_VERSION}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    root = os.environ.get("KERAS_EMBDIM_DATA")
+    if not root or not os.path.isdir(root):
+        pytest.skip("real data not found: set KERAS_EMBDIM_DATA (../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    return ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=6, max_vocab=500, seed=3)

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from keras_embdim.budget import budget_params, select_under_budget
+
+
+def test_hand_example_score_ranking():
+    # two fields: costs 10 and 100; D = 3
+    scores = np.array([[0.9, 0.1, 0.5], [0.8, 0.7, 0.05]])
+    costs = np.array([10, 100])
+    keep = select_under_budget(scores, costs, 230, min_dim=1)
+    # floor: (0,0) cost 10 and (1,0) cost 100 -> 110; then by score:
+    # (1,1)=0.7 cost 100 -> 210; (0,2)=0.5 cost 10 -> 220; (0,1)=0.1 -> 230 exactly
+    assert keep.tolist() == [[True, True, True], [True, True, False]]
+    assert (keep.sum(1) * costs).sum() == 230
+
+
+def test_cost_ranking_prefers_cheap_columns():
+    scores = np.array([[0.3, 0.2], [0.9, 0.8]])
+    costs = np.array([1, 100])
+    keep_s = select_under_budget(scores, costs, 102, min_dim=0, ranking="score")
+    keep_c = select_under_budget(scores, costs, 102, min_dim=0, ranking="cost")
+    assert keep_s.tolist() == [[True, True], [True, False]]  # 0.9 first, then the cheap ones
+    assert keep_c.tolist() == [[True, True], [True, False]]
+    keep_c2 = select_under_budget(scores, costs, 100, min_dim=0, ranking="cost")
+    assert keep_c2.tolist() == [[True, True], [False, False]]  # score/cost: 0.3, 0.2 beat 0.009
+
+
+def test_min_dim_floor_too_large_is_a_clear_error():
+    with pytest.raises(ValueError, match="min_dim"):
+        select_under_budget(np.ones((2, 4)), np.array([10, 10]), 30, min_dim=2)
+
+
+def test_invalid_cells_never_kept_and_nan_ranks_last():
+    scores = np.array([[np.nan, 1.0, 0.5], [0.2, 0.3, 0.9]])
+    valid = np.array([[True, True, True], [True, True, False]])
+    keep = select_under_budget(scores, np.array([1, 1]), 5, min_dim=0, valid=valid)
+    assert not keep[1, 2]
+    assert keep.sum() == 5
+    keep = select_under_budget(scores, np.array([1, 1]), 4, min_dim=0, valid=valid)
+    assert not keep[0, 0]  # the NaN one is the one left out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(1, 8),
+    st.floats(0.01, 1.0),
+    st.integers(0, 2),
+    st.sampled_from(["score", "cost"]),
+    st.integers(0, 10_000),
+)
+def test_budget_is_met_within_one_field_dimension(G, D, frac, min_dim, ranking, seed):
+    rng = np.random.default_rng(seed)
+    costs = rng.integers(1, 1000, size=G)
+    scores = rng.random((G, D))
+    target = budget_params(frac, int(costs.sum()) * D)
+    floor = int(costs.sum()) * min(min_dim, D)
+    if floor > target:
+        with pytest.raises(ValueError):
+            select_under_budget(scores, costs, target, min_dim=min_dim, ranking=ranking)
+        return
+    keep = select_under_budget(scores, costs, target, min_dim=min_dim, ranking=ranking)
+    kept = int((keep.sum(1) * costs).sum())
+    assert kept <= target
+    assert (keep.sum(1) >= min(min_dim, D)).all()
+    if not keep.all():
+        cheapest_left = min(costs[g] for g in range(G) if not keep[g].all())
+        assert target - kept < cheapest_left

@@ -1,0 +1,50 @@
+import numpy as np
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+
+from keras_embdim import compaction
+from keras_embdim.mask import DimensionMask
+
+
+def test_placement_hand_example():
+    assert compaction.placement(np.array([0, 1, 1, 0, 1], bool)).tolist() == [3, 0, 1, 3, 2]
+    assert compaction.placement(np.ones(3, bool)).tolist() == [0, 1, 2]
+    assert compaction.placement(np.zeros(2, bool)).tolist() == [0, 0]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=5), st.integers(1, 8), st.integers(0, 10_000))
+def test_compact_lookup_equals_masked_lookup(vocab, D, seed):
+    rng = np.random.default_rng(seed)
+    F = len(vocab)
+    table = rng.standard_normal((sum(vocab), D)).astype(np.float32)
+    keep = rng.random((F, D)) < 0.5
+    mask = DimensionMask(vocab, keep)
+    ids = np.stack([rng.integers(0, n, size=7) for n in vocab], axis=1)
+    tables = [tf.Variable(t) if t.shape[1] else None for t in compaction.compact_field_tables(table, mask)]
+    place = [compaction.placement(keep[f]) for f in range(F)]
+    got = compaction.compact_lookup(tables, place, tf.constant(ids), multi_field=True, output_dim=D).numpy()
+    want = compaction.masked_lookup_reference(table, mask, ids, multi_field=True)
+    np.testing.assert_array_equal(got, want)
+    # bytes: exactly the kept params
+    assert sum(int(np.prod(t.shape)) for t in tables if t is not None) == mask.kept_params
+
+
+def test_single_field_any_id_shape():
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    mask = DimensionMask([4], np.array([[True, False, True]]))
+    tables = [tf.Variable(t) for t in compaction.compact_field_tables(table, mask)]
+    ids = np.array([[0, 3], [2, 2]])
+    got = compaction.compact_lookup(tables, [compaction.placement(mask.keep[0])], tf.constant(ids),
+                                    multi_field=False, output_dim=3).numpy()
+    assert got.shape == (2, 2, 3)
+    assert got[0, 1].tolist() == [9.0, 0.0, 11.0]
+
+
+def test_mask_param_accounting():
+    m = DimensionMask([10, 100], np.array([[1, 1, 0], [1, 0, 0]]))
+    assert m.kept_dims.tolist() == [2, 1]
+    assert m.kept_params == 10 * 2 + 100
+    assert m.full_params == 330
+    recs = m.to_records()
+    assert recs[1]["params_after"] == 100 and recs[0]["kept_columns"] == [0, 1]

@@ -1,0 +1,168 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_embdim as ked
+from keras_embdim._compat import keras
+from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
+from keras_embdim.serving import check_in_fresh_process
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained and pruned to budget 0.2 through fit, exported by the callback."""
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=6, max_vocab=2000, seed=5)
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=16, hidden=(32,)))
+    path = str(tmp_path_factory.mktemp("exports") / "ctr")
+    pruner = ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, verbose=0)
+    exporter = ked.DimensionExporter(path, verbose=0)
+    x, y = d.train
+    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[pruner, exporter])
+    return d, model, pruner, exporter, path
+
+
+def test_served_in_fresh_process_equals_trained_on_1000_rows(trained):
+    d, model, _, _, path = trained
+    sample = d.inputs(d.test[0][:1000])
+    expected = {"ctr": model.predict(sample, batch_size=1000, verbose=0)}
+    report = check_in_fresh_process(path, sample, expected, atol=1e-5)
+    assert report["keras_embdim_importable"] is False
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+    assert report["signature_inputs"] == sorted(d.field_names)
+    assert report["signature_outputs"] == ["ctr"]
+
+
+def test_embedding_bytes_equal_kept_params_and_no_full_table(trained):
+    d, model, pruner, exporter, path = trained
+    kept = pruner.result["params_after"]
+    full = pruner.result["params_full"]
+    var_bytes = saved_variable_bytes(path)
+    emb = {k: b for k, b in var_bytes.items() if k.startswith(TABLES_ATTRIBUTE + "/")}
+    assert sum(emb.values()) == kept * 4
+    assert exporter.result.embedding_bytes == kept * 4
+    # budget within one field-dimension
+    assert 0.2 * full - max(d.vocab_sizes) < kept <= 0.2 * full
+    # no variable of the full table's shape, and no variable stored twice
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    shapes = [tuple(s) for k, s in reader.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in k]
+    assert (sum(d.vocab_sizes), 16) not in shapes
+    dense_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights) - full
+    assert exporter.result.variable_bytes == (kept + dense_params) * 4
+    # the variables file on disk is the bytes plus a small header/index overhead
+    assert exporter.result.variables_file_bytes <= exporter.result.variable_bytes * 1.02 + 4096
+
+
+def test_dimensions_json_report(trained):
+    d, model, pruner, _, path = trained
+    with open(os.path.join(path, "dimensions.json")) as fh:
+        rep = json.load(fh)
+    assert rep["params_after"] == pruner.result["params_after"]
+    assert rep["params_before"] == pruner.result["params_full"]
+    fields = rep["layers"]["embedding"]
+    assert [f["field"] for f in fields] == d.field_names
+    for f, vocab in zip(fields, d.vocab_sizes):
+        assert f["vocab"] == vocab and f["params_after"] == f["kept_dims"] * vocab
+        assert len(f["kept_columns"]) == f["kept_dims"]
+    assert rep["export"]["searched"] is True
+
+
+def test_saved_model_cli_shows_serving_signature(trained):
+    _, _, _, _, path = trained
+    cli = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "inputs['f00" in out.stdout and "outputs['ctr']" in out.stdout
+
+
+def test_existing_export_dir_is_refused_and_untouched(trained, tmp_path):
+    _, model, _, _, path = trained
+    before = sorted(os.listdir(path))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ked.export_compact(model, path, verbose=0)
+    assert sorted(os.listdir(path)) == before
+    # the callback refuses at train begin, before any training
+    x = {n: np.zeros(8, "int32") for n in model.input_names} if hasattr(model, "input_names") else None
+
+
+def test_exporter_callback_fails_fast_when_dir_exists(trained):
+    d, model, _, _, path = trained
+    before = [w.copy() for w in model.get_weights()]
+    x, y = d.train
+    with pytest.raises(FileExistsError, match="Nothing was trained"):
+        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0, callbacks=[ked.DimensionExporter(path)])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_path):
+    d, model, _, _, _ = trained
+    target = str(tmp_path / "exp")
+    ked.export_compact(model, target, verbose=0)
+    stamp = os.path.getmtime(os.path.join(target, "saved_model.pb"))
+    with pytest.raises(ked.ExportError, match="predicts differently"):
+        ked.export_compact(model, target, overwrite=True, atol=-1.0, verbose=0)  # can never verify
+    assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == stamp
+    assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary folder left behind
+    ked.export_compact(model, target, overwrite=True, verbose=0)
+    assert sorted(os.listdir(tmp_path)) == ["exp"]
+
+
+def test_unsearched_model_exports_full_and_says_so(tmp_path, caplog):
+    d = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=3, max_vocab=50, seed=1)
+    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,))
+    with caplog.at_level("WARNING", logger="keras_embdim"):
+        r = ked.export_compact(model, str(tmp_path / "e"), verbose=0)
+    assert "not been searched" in caplog.text
+    assert r.searched is False and r.embedding_bytes == sum(d.vocab_sizes) * 4 * 4
+
+
+def test_deepfm_with_dropped_columns_exports_equal(tmp_path):
+    d = ked.data.make_synthetic_ctr(num_rows=4000, num_fields=4, max_vocab=300, seed=2)
+    model = ked.models.compile_ctr(ked.models.build_deepfm(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,)))
+    x, y = d.train
+    model.fit(d.inputs(x), y, batch_size=256, epochs=1, verbose=0)
+    layer = ked.find_searchable_layers(model)[0]
+    keep = np.zeros((4, 8), bool)
+    keep[0, [1, 5]] = True
+    keep[1, :] = True
+    keep[3, 7] = True  # field 2 keeps nothing: a min_dim=0 outcome
+    layer.set_dimension_mask(keep)
+    sample = d.inputs(d.test[0][:500])
+    r = ked.export_compact(model, str(tmp_path / "fm"), sample_inputs=sample, verbose=0)
+    assert r.embedding_bytes == layer.dimension_mask().kept_params * 4
+    expected = {"ctr": model.predict(sample, verbose=0)}
+    check_in_fresh_process(r.path, sample, expected)
+
+
+def test_subclassed_model_with_input_signature(tmp_path):
+    class Ranker(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.emb = ked.PrunableEmbedding([30, 40], 6)
+            self.out = keras.layers.Dense(1)
+
+        def call(self, ids):
+            return self.out(tf.reshape(self.emb(ids), [-1, 12]))
+
+    model = Ranker()
+    ids = np.stack([np.arange(20) % 30, np.arange(20) % 40], 1).astype("int32")
+    model(ids)
+    keep = np.ones((2, 6), bool)
+    keep[0, 2:] = False
+    model.emb.set_dimension_mask(keep)
+    with pytest.raises(ValueError, match="input_signature"):
+        ked.export_compact(model, str(tmp_path / "x"), verbose=0)
+    sig = {"ids": tf.TensorSpec([None, 2], tf.int32)}
+    r = ked.export_compact(model, str(tmp_path / "s"), input_signature=sig, sample_inputs={"ids": ids}, verbose=0)
+    assert r.embedding_bytes == (30 * 2 + 40 * 6) * 4
+    loaded = tf.saved_model.load(r.path).signatures["serving_default"]
+    got = list(loaded(ids=tf.constant(ids)).values())[0].numpy()
+    np.testing.assert_allclose(got, model(ids).numpy(), atol=1e-6)
