@@ -76,10 +76,18 @@ def _spec_of(value: Any, name: str) -> tf.TensorSpec:
 def _input_layout(model: Any, input_signature: Any, sample_inputs: Any):
     """(kind, names, specs): how named serving inputs map to the model's inputs."""
     if input_signature is not None:
+        # Its form says how the model is called: one tensor, a list, or a dict.
         if isinstance(input_signature, tf.TensorSpec):
-            input_signature = {input_signature.name or "inputs": input_signature}
+            n = _clean(input_signature.name or "inputs")
+            return "single", [n], {n: tf.TensorSpec(input_signature.shape, input_signature.dtype, name=n)}
+        if isinstance(input_signature, (list, tuple)) and all(isinstance(s, tf.TensorSpec) for s in input_signature):
+            names = [_clean(s.name or f"input_{i}") for i, s in enumerate(input_signature)]
+            return "list", names, {n: tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in zip(names, input_signature)}
         if not isinstance(input_signature, dict):
-            raise ValueError("`input_signature` must be a dict of name -> tf.TensorSpec or a TensorSpec.")
+            raise ValueError(
+                "`input_signature` must be a tf.TensorSpec (model takes one tensor), a list of them, "
+                f"or a dict of name -> tf.TensorSpec (model takes a dict); received {input_signature!r}."
+            )
         names = list(input_signature)
         specs = {_clean(n): tf.TensorSpec(s.shape, s.dtype, name=_clean(n)) for n, s in input_signature.items()}
         return "dict", names, specs
@@ -197,8 +205,10 @@ def export_compact(
         sample_inputs: inputs (dict by input name, list, or array) used to check
             that the export predicts what the model predicts; default: 64
             generated rows with ids valid for every field.
-        input_signature: dict of name -> `tf.TensorSpec`, for models without
-            symbolic inputs (subclassed); default: the model's inputs.
+        input_signature: for models without symbolic inputs (subclassed): a
+            named `tf.TensorSpec` if the model takes one tensor, a list of them,
+            or a dict of name -> `tf.TensorSpec` if it takes a dict; default: the
+            model's own inputs.
         verify: load the export back and compare (default True).
         atol: largest allowed absolute difference in verification.
         verbose: print where the export went.

@@ -67,7 +67,7 @@ class GateProbe:
 
         return gated(emb, tf.cast(mask, emb.dtype))
 
-    def scores(self, mode: str = "mean_abs") -> np.ndarray:
+    def scores(self, mode: str = "abs_mean") -> np.ndarray:
         """Mean importance per gate `[F, D]` (unnormalised: the pruner
         normalises over all layers so that the global scores sum to 1).
 

@@ -42,8 +42,11 @@ class SingleShotPruner(keras.callbacks.Callback):
         warmup_steps: training steps before scoring. Default: the first epoch
             (half of it if `fit` runs a single epoch of known length).
         scoring_steps: batches whose gate gradients are accumulated (default 20).
-        score: "mean_abs" (mean of |dL/dalpha| over batches, default) or
-            "abs_mean" (|mean|).
+        score: "abs_mean" (|mean of dL/dalpha over batches|, default) or
+            "mean_abs" (mean of |dL/dalpha|). Measured in
+            docs/sseds_options_synthetic.md: with "mean_abs" the large
+            random-sign gradients of noise fields look important; "abs_mean"
+            lets them cancel and keeps AUC at the full model's.
         ranking: "score" (rank by score alone, the paper) or "cost" (score per
             parameter).
         after: "finetune" (default) or "retrain".
@@ -68,7 +71,7 @@ class SingleShotPruner(keras.callbacks.Callback):
         min_dim: int = 1,
         warmup_steps: int | None = None,
         scoring_steps: int = 20,
-        score: str = "mean_abs",
+        score: str = "abs_mean",
         ranking: str = "score",
         after: str = "finetune",
         scoring_data: Any = None,
