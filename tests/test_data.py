@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+
+import keras_embdim as ked
+from keras_embdim.data.encoding import encode_columns
+
+
+def test_synthetic_is_reproducible_and_planted():
+    a = ked.data.make_synthetic_ctr(num_rows=5000, num_fields=6, seed=1)
+    b = ked.data.make_synthetic_ctr(num_rows=5000, num_fields=6, seed=1)
+    np.testing.assert_array_equal(a.train[0], b.train[0])
+    assert a.informative_fields == b.informative_fields and len(a.informative_fields) == 3
+    assert len(a.train[1]) + len(a.valid[1]) + len(a.test[1]) == 5000
+    for f, n in enumerate(a.vocab_sizes):
+        assert a.train[0][:, f].max() < n
+    # power-law: the largest field is much larger than the smallest
+    assert max(a.vocab_sizes) / min(a.vocab_sizes) > 50
+    # Zipf values: the most frequent value of a big field is far above the mean
+    f = int(np.argmax(a.vocab_sizes))
+    counts = a.value_counts[f]
+    assert counts.max() > 20 * counts.mean()
+
+
+def test_encode_columns_oov_and_frequency_order():
+    import pandas as pd
+
+    train = pd.DataFrame({"c": ["a", "b", "b", None, "c", "b", "a"]})
+    test = pd.DataFrame({"c": ["b", "z", None]})
+    (xtr, xte), vocab = encode_columns([train, test], ["c"], min_count=2)
+    assert vocab == [3]  # OOV + b + a ("c" seen once)
+    assert xtr[:, 0].tolist() == [2, 1, 1, 0, 0, 1, 2]
+    assert xte[:, 0].tolist() == [1, 0, 0]
+
+
+def test_loader_without_path_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("KERAS_EMBDIM_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="KERAS_EMBDIM_DATA"):
+        ked.data.load_frappe()
+
+
+def test_frappe(data_root):
+    d = ked.data.load_frappe(data_root, seed=0)
+    n = [len(s[1]) for s in (d.train, d.valid, d.test)]
+    assert sum(n) == 86_582 and n[0] == round(0.8 * 86_582)
+    y = np.concatenate([d.train[1], d.valid[1], d.test[1]])
+    assert int(y.sum()) == 28_599
+    assert d.field_names[:2] == ["user", "item"] and d.num_fields == 10
+    assert d.vocab_sizes[4] == 3  # isweekend: 2 values + OOV
+    assert sum(d.vocab_sizes) <= 5_382 + 10
+    again = ked.data.load_frappe(data_root, seed=0)
+    np.testing.assert_array_equal(again.test[0], d.test[0])
+
+
+def test_movielens_100k(data_root):
+    d = ked.data.load_movielens(data_root, seed=0)
+    assert d.name == "movielens-100k"
+    y = np.concatenate([d.train[1], d.valid[1], d.test[1]])
+    assert len(y) == 100_000 and int(y.sum()) == 55_375
+    assert d.field_names == ["user_id", "item_id", "age", "gender", "occupation", "zip", "genre"]
+    assert d.vocab_sizes[1] <= 1_683 and d.vocab_sizes[3] <= 4
+
+
+def test_movielens_1m_layout_on_hand_made_lines(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n1::20::3::978302109\n2::10::4::978301968\n2::30::1::978300275\n")
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    (tmp_path / "movies.dat").write_text(
+        "10::GoldenEye (1995)::Action|Adventure|Thriller\n20::Heat (1995)::Crime|Thriller\n30::Nixon (1995)::Drama\n",
+        encoding="latin-1",
+    )
+    d = ked.data.load_movielens(str(tmp_path), seed=0, fractions=(0.5, 0.25, 0.25))
+    assert d.name == "movielens-1m"
+    x = np.concatenate([d.train[0], d.valid[0], d.test[0]])
+    y = np.concatenate([d.train[1], d.valid[1], d.test[1]])
+    assert len(y) == 4 and int(y.sum()) == 2  # ratings 5 and 4
+    assert d.num_fields == 7 and x.shape == (4, 7)
+
+
+def test_criteo_sample(data_root):
+    d = ked.data.load_criteo(data_root)
+    n = [len(s[1]) for s in (d.train, d.valid, d.test)]
+    assert n == [7200, 409, 391]
+    assert int(sum(s[1].sum() for s in (d.train, d.valid, d.test))) == 1728
+    assert d.num_fields == 39
+    # integer bucketing: floor(log(x)^2) keeps I-fields small
+    assert max(d.vocab_sizes[:13]) < 200
+
+
+def test_avazu_sample(data_root):
+    d = ked.data.load_avazu(data_root)
+    n = [len(s[1]) for s in (d.train, d.valid, d.test)]
+    assert n == [8087, 480, 432]
+    assert int(sum(s[1].sum() for s in (d.train, d.valid, d.test))) == 1563
+    assert d.num_fields == 22 and "id" not in d.field_names
+
+
+def test_dataset_batches_feed_the_zoo(small_data):
+    ds = small_data.dataset("valid", batch_size=128)
+    x, y = next(iter(ds))
+    assert sorted(x) == sorted(small_data.field_names) and y.shape[0] == 128

@@ -1,0 +1,11 @@
+from keras_embdim import quickstart
+
+
+def test_quickstart_runs_the_whole_job(tmp_path, capsys):
+    out = quickstart.main(["--rows", "30000", "--fields", "8", "--export", str(tmp_path / "qs"), "--epochs", "2"])
+    printed = capsys.readouterr().out
+    assert "test AUC: full dims" in printed and "served in a fresh process" in printed
+    assert str(tmp_path / "qs") in printed
+    assert out["export"].embedding_bytes == out["pruner"]["params_after"] * 4
+    assert out["serve"]["tf1_max_abs_diff"] <= 1e-5
+    assert out["pruner"]["kept_fraction"] <= 0.2
