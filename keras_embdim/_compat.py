@@ -185,6 +185,11 @@ def set_embedding_variable(layer: Any, variable: Any) -> None:
         layer.embeddings = variable
 
 
+def get_embedding_variable(layer: Any) -> Any:
+    """The table variable itself (Keras 3's `embeddings` property may wrap it)."""
+    return layer._embeddings if KERAS_3 else layer.embeddings
+
+
 def store_len(store: Any) -> int:
     """Number of entries in a `save_own_variables` store (h5 group or dict)."""
     return len(list(store.keys()))

@@ -43,8 +43,12 @@ class SumFields(keras.layers.Layer):
 EmbeddingFactory = Callable[[Sequence[int], int, Sequence[str]], keras.layers.Layer]
 
 
-def _field_inputs(field_names):
-    return {n: keras.Input(shape=(), dtype="int32", name=n) for n in field_names}
+def _embedded_fields(vocab_sizes, field_names, dim, embedding):
+    """Named int inputs per field -> stacked `[batch, F]` ids -> `[batch, F, dim]`."""
+    field_names = list(field_names or [f"field_{i}" for i in range(len(vocab_sizes))])
+    inputs = {n: keras.Input(shape=(), dtype="int32", name=n) for n in field_names}
+    ids = StackFields(name="stack_fields")([inputs[n] for n in field_names])
+    return inputs, ids, _embed(ids, vocab_sizes, dim, field_names, embedding)
 
 
 def _embed(ids, vocab_sizes, dim, field_names, embedding, name="embedding"):
@@ -85,10 +89,7 @@ def build_mlp(
     >>> sorted(m.input_names if hasattr(m, "input_names") else [t.name for t in m.inputs])
     ['a', 'b']
     """
-    field_names = list(field_names or [f"field_{i}" for i in range(len(vocab_sizes))])
-    inputs = _field_inputs(field_names)
-    ids = StackFields(name="stack_fields")([inputs[n] for n in field_names])
-    emb = _embed(ids, vocab_sizes, embedding_dim, field_names, embedding)
+    inputs, ids, emb = _embedded_fields(vocab_sizes, field_names, embedding_dim, embedding)
     x = keras.layers.Flatten(name="flatten")(emb)
     x = _mlp(x, hidden, dropout, "mlp")
     out = keras.layers.Dense(1, activation="sigmoid", name="ctr")(x)
@@ -110,10 +111,7 @@ def build_deepfm(
     The first-order weights are a plain `Embedding(sum(n_f), 1)`: they are not
     searched (one number per value).
     """
-    field_names = list(field_names or [f"field_{i}" for i in range(len(vocab_sizes))])
-    inputs = _field_inputs(field_names)
-    ids = StackFields(name="stack_fields")([inputs[n] for n in field_names])
-    emb = _embed(ids, vocab_sizes, embedding_dim, field_names, embedding)
+    inputs, ids, emb = _embedded_fields(vocab_sizes, field_names, embedding_dim, embedding)
     shared = FieldOffsets(vocab_sizes, name="first_order_offsets")(ids)
     first = SumFields(name="first_order_sum")(
         keras.layers.Embedding(int(sum(vocab_sizes)), 1, embeddings_initializer="zeros", name="first_order")(shared)

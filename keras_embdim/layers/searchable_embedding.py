@@ -109,7 +109,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
 
     @property
     def embedding_variable(self):
-        return self._embeddings if _compat.KERAS_3 else self.embeddings
+        return _compat.get_embedding_variable(self)
 
     # ----------------------------------------------------------------- build
     def build(self, input_shape=None):
