@@ -73,7 +73,10 @@ class GateProbe:
 
         Args:
             mode: "mean_abs" averages `|dL/dalpha|` over batches; "abs_mean"
-                takes `|mean dL/dalpha|` (gradients of opposite sign cancel).
+                takes `|mean dL/dalpha|` (gradients of opposite sign cancel);
+                "taylor" takes `-mean dL/dalpha`, the first-order estimate of
+                how much the loss rises if the column is removed (signed: a
+                column whose removal lowers the loss ranks last).
         """
         n = float(self.batches.numpy())
         if n == 0:
@@ -82,6 +85,9 @@ class GateProbe:
             s = self.abs_sum.numpy() / n
         elif mode == "abs_mean":
             s = np.abs(self.grad_sum.numpy() / n)
+        elif mode == "taylor":
+            # first-order Taylor: removing column j changes the loss by about -dL/dalpha
+            s = -self.grad_sum.numpy() / n
         else:
-            raise ValueError(f"`score` must be 'mean_abs' or 'abs_mean'; received {mode!r}.")
+            raise ValueError(f"`score` must be 'abs_mean', 'mean_abs' or 'taylor'; received {mode!r}.")
         return s

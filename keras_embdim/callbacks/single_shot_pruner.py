@@ -16,7 +16,7 @@ from keras_embdim.report import format_report
 
 logger = logging.getLogger("keras_embdim")
 
-_SCORES = ("mean_abs", "abs_mean")
+_SCORES = ("abs_mean", "mean_abs", "taylor")
 _RANKINGS = ("score", "cost")
 _AFTER = ("finetune", "retrain")
 
@@ -39,8 +39,10 @@ class SingleShotPruner(keras.callbacks.Callback):
             parameters never exceed it and fall short by less than one
             field-dimension's cost.
         min_dim: every field keeps at least this many columns (default 1).
-        warmup_steps: training steps before scoring. Default: the first epoch
-            (half of it if `fit` runs a single epoch of known length).
+        warmup_steps: training steps before scoring. Default: all of the first
+            epoch but its last `scoring_steps` batches (at least half an epoch),
+            so that scoring reads batches the model has not seen yet; one epoch
+            when the epoch length is unknown (then prefer `scoring_data`).
         scoring_steps: batches whose gate gradients are accumulated (default 20).
         score: "abs_mean" (|mean of dL/dalpha over batches|, default) or
             "mean_abs" (mean of |dL/dalpha|). Measured in
@@ -151,9 +153,12 @@ class SingleShotPruner(keras.callbacks.Callback):
             self._snapshot = self.model.get_weights()
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
-        epochs = (self.params or {}).get("epochs")
-        if self._warmup_resolved is None and epochs == 1 and steps:
-            self._warmup_resolved = max(1, int(steps) // 2)
+        if self._warmup_resolved is None and steps:
+            # Score on the last batches of the first epoch: the model has not
+            # seen them yet, so their gradients are those of held-out data. On
+            # batches it has already fitted, memorised noise fields look
+            # important (measured: docs/methods.md).
+            self._warmup_resolved = max(1, int(steps) // 2, int(steps) - self.scoring_steps)
         if self.log_dir:
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
@@ -238,7 +243,7 @@ class SingleShotPruner(keras.callbacks.Callback):
         scores = [p.scores(self.score) for p in probes]
         batches = int(probes[0].batches.numpy())
         self._detach()
-        total = float(sum(s.sum() for s in scores))
+        total = float(sum(np.abs(s).sum() for s in scores))
         if total > 0:
             scores = [s / total for s in scores]  # the paper normalises to sum 1
         if not all(np.isfinite(s).all() for s in scores):
