@@ -46,6 +46,8 @@ def test_mean_abs_and_abs_mean_differ_when_signs_cancel():
     p.batches.assign(2.0)
     assert p.scores("mean_abs").tolist() == [[2.0, 1.0]]
     assert p.scores("abs_mean").tolist() == [[0.0, 1.0]]
+    # signed: a positive dL/dalpha means removing the column lowers the loss
+    assert p.scores("taylor").tolist() == [[0.0, -1.0]]
 
 
 def test_probe_adds_no_weights():

@@ -174,3 +174,13 @@ def test_deepfm_and_two_layers_ranked_globally(small_data):
     assert pruner.result["params_after"] <= math.floor(0.3 * full)
     masks = pruner.result["masks"]
     assert masks["wide"].shape[1] == 8 and masks["narrow"].shape[1] == 4
+
+
+def test_default_warmup_scores_the_last_unseen_batches_of_the_first_epoch(small_data):
+    d = small_data
+    model = _model(d)
+    x, y = d.train
+    pruner = ked.SingleShotPruner(0.3, scoring_steps=5, verbose=0)
+    model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=2, verbose=0, callbacks=[pruner])
+    # 16 steps per epoch: warm-up 11 steps, scoring on steps 12..16, pruned at the end of epoch 1
+    assert pruner.result["step"] == 16 and pruner.result["scoring_batches"] == 5
