@@ -6,10 +6,16 @@
 
 from keras_embdim import _compat
 from keras_embdim import compaction, data, layers, mask, models
-from keras_embdim.callbacks import DimensionExporter, SingleShotPruner
+from keras_embdim.callbacks import (
+    DimensionExporter,
+    DimensionSearchCallback,
+    HardMaskSearch,
+    OrthogonalRegularizer,
+    SingleShotPruner,
+)
 from keras_embdim.convert import make_searchable
 from keras_embdim.export import ExportError, ExportResult, export_compact
-from keras_embdim.layers import PrunableEmbedding, SearchableEmbedding
+from keras_embdim.layers import HardMaskEmbedding, PrunableEmbedding, SearchableEmbedding
 from keras_embdim.mask import DimensionMask, DimensionSearchable, find_searchable_layers
 from keras_embdim.report import dimension_report, dimension_summary, format_report
 
@@ -18,6 +24,10 @@ KERAS_3 = _compat.KERAS_3
 
 __all__ = [
     "DimensionExporter",
+    "DimensionSearchCallback",
+    "HardMaskEmbedding",
+    "HardMaskSearch",
+    "OrthogonalRegularizer",
     "DimensionMask",
     "DimensionSearchable",
     "ExportError",

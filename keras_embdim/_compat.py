@@ -201,3 +201,20 @@ EMBEDDING_UNSUPPORTED_KWARGS = (
     ("quantization_config", None),
     ("sparse", False),
 )
+
+
+def set_trainable(layer: Any, variable: Any, trainable: bool) -> None:
+    """Make one weight of a layer (non-)trainable after build."""
+    if KERAS_3:
+        variable.trainable = trainable
+        return
+    # tf.Variable.trainable is read-only: move it between the layer's lists.
+    src, dst = (
+        (layer._non_trainable_weights, layer._trainable_weights)
+        if trainable
+        else (layer._trainable_weights, layer._non_trainable_weights)
+    )
+    for i, v in enumerate(src):
+        if v is variable:
+            dst.append(src.pop(i))
+            break

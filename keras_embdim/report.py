@@ -37,12 +37,18 @@ def dimension_summary(model_or_layers: Any) -> dict:
     layers: dict[str, list] = {}
     for r in recs:
         layers.setdefault(r["layer"], []).append({k: v for k, v in r.items() if k != "layer"})
-    return {
+    out = {
         "params_before": before,
         "params_after": after,
         "kept_fraction": (after / before) if before else 1.0,
         "layers": layers,
     }
+    # kept dims per field at the end of every epoch of a search (search callbacks record it)
+    source = model_or_layers if isinstance(model_or_layers, (list, tuple)) else find_searchable_layers(model_or_layers)
+    history = {l.name: l.__dict__["_dimension_history"] for l in source if l.__dict__.get("_dimension_history")}
+    if history:
+        out["history"] = history
+    return out
 
 
 def format_report(model_or_layers: Any, max_fields: int = 40) -> str:

@@ -9,19 +9,21 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat, budget as budget_lib
+from keras_embdim import _compat
 from keras_embdim._compat import keras
-from keras_embdim.mask import check_fraction, find_searchable_layers, total_params
-from keras_embdim.report import format_report
+from keras_embdim.callbacks.search_callback import (
+    _RANKINGS,
+    DimensionSearchCallback,
+    check_choice,
+    check_int,
+)
 
 logger = logging.getLogger("keras_embdim")
 
 _SCORES = ("abs_mean", "mean_abs", "taylor")
-_RANKINGS = ("score", "cost")
-_AFTER = ("finetune", "retrain")
 
 
-class SingleShotPruner(keras.callbacks.Callback):
+class SingleShotPruner(DimensionSearchCallback):
     """Prune embedding dimensions to a parameter budget in one scoring pass.
 
     The SSEDS method (docs/methods.md): after a warm-up, every field-dimension
@@ -81,36 +83,16 @@ class SingleShotPruner(keras.callbacks.Callback):
         log_dir: Any = None,
         verbose: int = 1,
     ):
-        super().__init__()
-        self.budget = check_fraction("budget", budget)
-        if isinstance(min_dim, bool) or not isinstance(min_dim, (int, np.integer)) or min_dim < 0:
-            raise ValueError(f"`min_dim` must be an integer >= 0; received min_dim={min_dim!r}.")
-        if warmup_steps is not None and (
-            isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0
-        ):
-            raise ValueError(f"`warmup_steps` must be None or an integer >= 0; received {warmup_steps!r}.")
-        if isinstance(scoring_steps, bool) or not isinstance(scoring_steps, (int, np.integer)) or scoring_steps < 1:
-            raise ValueError(f"`scoring_steps` must be an integer >= 1; received {scoring_steps!r}.")
-        for name, value, allowed in (("score", score, _SCORES), ("ranking", ranking, _RANKINGS), ("after", after, _AFTER)):
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}; received {name}={value!r}.")
-        self.min_dim = int(min_dim)
+        super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
+        if warmup_steps is not None:
+            check_int("warmup_steps", warmup_steps, 0)
         self.warmup_steps = warmup_steps
-        self.scoring_steps = int(scoring_steps)
-        self.score = score
-        self.ranking = ranking
-        self.after = after
+        self.scoring_steps = check_int("scoring_steps", scoring_steps, 1)
+        self.score = check_choice("score", score, _SCORES)
+        self.ranking = check_choice("ranking", ranking, _RANKINGS)
         self.scoring_data = scoring_data
-        self.layer_names = list(layers) if layers is not None else None
-        self.log_dir = _compat.tensorboard_log_dir(log_dir)
-        self.verbose = verbose
         self.phase = "warmup"
-        self.result: dict | None = None
-        self._layers: list = []
-        self._step = 0
         self._scored = 0
-        self._snapshot = None
-        self._writer = None
         self._warmup_resolved: int | None = None
         self._scoring_started_at = 0.0
         self._retrace_seconds = 0.0
@@ -120,37 +102,7 @@ class SingleShotPruner(keras.callbacks.Callback):
         if self.phase == "done":
             logger.info("SingleShotPruner: already pruned; training continues on the searched dims.")
             return
-        self._layers = find_searchable_layers(self.model, self.layer_names)
-        if not self._layers:
-            raise ValueError(
-                f"SingleShotPruner: model '{self.model.name}' has no searchable embedding layer; "
-                "build its embeddings with keras_embdim.PrunableEmbedding (or another "
-                "keras_embdim layer). The model was not changed."
-            )
-        for layer in self._layers:
-            owner = getattr(layer, "_embdim_pruner", None)
-            if owner is not None and owner is not self:
-                raise ValueError(
-                    f"SingleShotPruner: layer '{layer.name}' is already searched by another "
-                    "pruner; use one pruner per model."
-                )
-        # Fail before any training if the budget cannot be met with min_dim.
-        _, full = total_params(self._layers)
-        floor = sum(
-            budget_lib.min_params(layer.field_vocab_sizes, layer.output_dim, self.min_dim)
-            for layer in self._layers
-        )
-        target = budget_lib.budget_params(self.budget, full)
-        if floor > target:
-            raise ValueError(
-                f"SingleShotPruner: budget={self.budget} keeps {target:,} of {full:,} embedding "
-                f"parameters, but min_dim={self.min_dim} alone keeps {floor:,}; raise budget to at "
-                f"least {floor / full:.4f} or lower min_dim. The model was not changed."
-            )
-        for layer in self._layers:
-            layer._embdim_pruner = self
-        if self.after == "retrain":
-            self._snapshot = self.model.get_weights()
+        self._discover()
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
         if self._warmup_resolved is None and steps:
@@ -159,8 +111,6 @@ class SingleShotPruner(keras.callbacks.Callback):
             # batches it has already fitted, memorised noise fields look
             # important (measured: docs/methods.md).
             self._warmup_resolved = max(1, int(steps) // 2, int(steps) - self.scoring_steps)
-        if self.log_dir:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.phase == "done":
@@ -176,12 +126,7 @@ class SingleShotPruner(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.phase == "warmup" and self._warmup_resolved is None:
             self._start_scoring()
-        if logs is not None and self._layers:
-            kept, full = total_params(self._layers)
-            logs["embdim_kept_params"] = float(kept)
-            logs["embdim_kept_fraction"] = kept / full
-        if self._writer is not None and self._layers:
-            self._write_summaries(epoch)
+        self._record_epoch(epoch, logs)
 
     def on_train_end(self, logs=None):
         if self.phase == "scoring":
@@ -197,8 +142,7 @@ class SingleShotPruner(keras.callbacks.Callback):
                 "not finished); the model was not pruned. Train longer or lower warmup_steps.",
                 self._warmup_resolved if self._warmup_resolved is not None else "one epoch of",
             )
-        if self._writer is not None:
-            self._writer.flush()
+        super().on_train_end(logs)
 
     # --------------------------------------------------------------- search
     def _start_scoring(self):
@@ -248,79 +192,10 @@ class SingleShotPruner(keras.callbacks.Callback):
             scores = [s / total for s in scores]  # the paper normalises to sum 1
         if not all(np.isfinite(s).all() for s in scores):
             logger.warning("SingleShotPruner: non-finite gate gradients; those dims rank last.")
-        kept_before, full = total_params(self._layers)
-        # One global ranking over every field of every layer; layers of
-        # different widths are padded to the widest (padding is never kept).
-        width = max(l.output_dim for l in self._layers)
-        rows = sum(s.shape[0] for s in scores)
-        all_scores = np.full((rows, width), np.nan)
-        valid = np.zeros((rows, width), bool)
-        row = 0
-        for s in scores:
-            all_scores[row : row + s.shape[0], : s.shape[1]] = s
-            valid[row : row + s.shape[0], : s.shape[1]] = True
-            row += s.shape[0]
-        costs = np.concatenate([np.asarray(l.field_vocab_sizes) for l in self._layers])
-        keep = budget_lib.select_under_budget(
-            all_scores,
-            costs,
-            budget_lib.budget_params(self.budget, full),
-            min_dim=self.min_dim,
-            ranking=self.ranking,
-            valid=valid,
+        self.result = self._select_and_apply(scores, self.ranking)
+        self.result.update(
+            scoring_batches=batches,
+            retrace_seconds=self._retrace_seconds,
+            search_seconds=time.perf_counter() - self._scoring_started_at,
         )
-        optimizer = getattr(self.model, "optimizer", None)
-        row = 0
-        masks = {}
-        for layer, s in zip(self._layers, scores):
-            k = keep[row : row + s.shape[0], : s.shape[1]]
-            row += s.shape[0]
-            layer.set_dimension_mask(k, optimizer=optimizer)
-            masks[layer.name] = k
-        if self.after == "retrain" and self._snapshot is not None:
-            self.model.set_weights(self._snapshot)
-            if optimizer is not None:
-                _compat.reset_optimizer_state(optimizer, self.model.trainable_weights)
-            for layer in self._layers:
-                layer.set_dimension_mask(masks[layer.name], optimizer=optimizer)
-            self._snapshot = None
-        kept_after, _ = total_params(self._layers)
-        self.phase = "done"
-        self.result = {
-            "budget": self.budget,
-            "params_before": int(kept_before),
-            "params_full": int(full),
-            "params_after": int(kept_after),
-            "kept_fraction": kept_after / full,
-            "scoring_batches": batches,
-            "step": self._step,
-            "retrace_seconds": self._retrace_seconds,
-            "search_seconds": time.perf_counter() - self._scoring_started_at,
-            "scores": {l.name: s for l, s in zip(self._layers, scores)},
-            "masks": masks,
-        }
-        msg = (
-            f"SingleShotPruner: scored {batches} batches at step {self._step}; kept "
-            f"{kept_after:,} of {full:,} embedding parameters ({100 * kept_after / full:.2f}%, "
-            f"budget {100 * self.budget:.2f}%), then {self.after}.\n" + format_report(self._layers)
-        )
-        logger.info(msg)
-        if self.verbose:
-            print(msg)
-        if self._writer is not None:
-            with self._writer.as_default():
-                for layer, s in zip(self._layers, scores):
-                    tf.summary.histogram(f"scores/{layer.name}", s.ravel(), step=self._step)
-            self._write_summaries(None)
-
-    def _write_summaries(self, epoch):
-        step = self._step
-        kept, full = total_params(self._layers)
-        with self._writer.as_default():
-            tf.summary.scalar("embdim/kept_params", kept, step=step)
-            tf.summary.scalar("embdim/kept_fraction", kept / full, step=step)
-            for layer in self._layers:
-                m = layer.dimension_mask()
-                for name, d in zip(m.field_names, m.kept_dims):
-                    tf.summary.scalar(f"kept_dims/{layer.name}/{name}", int(d), step=step)
-        self._writer.flush()
+        self._announce(f"scored {batches} batches at step {self._step}")

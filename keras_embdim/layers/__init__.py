@@ -1,7 +1,8 @@
 """Searchable embedding layers and helpers."""
 
 from keras_embdim.layers.fields import FieldOffsets, StackFields
+from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
 from keras_embdim.layers.prunable_embedding import PrunableEmbedding
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 
-__all__ = ["FieldOffsets", "PrunableEmbedding", "SearchableEmbedding", "StackFields"]
+__all__ = ["FieldOffsets", "HardMaskEmbedding", "PrunableEmbedding", "SearchableEmbedding", "StackFields"]

@@ -82,6 +82,9 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         self._offsets = compaction.field_offsets(vocab)
         self._gate_probe: GateProbe | None = None
         self._serving: tuple | None = None
+        # Extra training losses attached by callbacks (e.g. OrthogonalRegularizer):
+        # callables (layer, rows [..., (F,) D] before masking, mask) -> scalar.
+        self._penalties: list = []
         if weights is not None:
             self.build()
             self.set_weights(weights if isinstance(weights, list) else [weights])
@@ -189,6 +192,9 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         mask = tf.cast(self._output_mask(training), emb.dtype)
         if not self._multi_field:
             mask = mask[0]
+        if training is True:
+            for penalty in self._penalties:
+                self.add_loss(penalty(self, emb, mask))
         if self._gate_probe is not None:
             return self._gate_probe.gate(emb, mask, self._multi_field)
         return emb * mask
@@ -225,6 +231,15 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
             table.assign(_compat.to_numpy(table) * rows_keep)
             for slot in _compat.optimizer_slots(optimizer, table):
                 slot.assign(_compat.to_numpy(slot) * rows_keep)
+
+    def add_penalty(self, penalty) -> None:
+        """Attach a training loss `penalty(layer, rows, mask) -> scalar` (the caller retraces)."""
+        if penalty not in self._penalties:
+            self._penalties.append(penalty)
+
+    def remove_penalty(self, penalty) -> None:
+        if penalty in self._penalties:
+            self._penalties.remove(penalty)
 
     def attach_gate_probe(self) -> GateProbe:
         """Record gate gradients from now on (the caller retraces the step)."""

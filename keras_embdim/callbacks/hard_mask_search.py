@@ -1,0 +1,140 @@
+"""`HardMaskSearch`: drives HardMaskEmbedding's search to a parameter budget."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from keras_embdim import _compat
+from keras_embdim.callbacks.search_callback import DimensionSearchCallback, check_int
+from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
+from keras_embdim.mask import total_params
+
+
+class HardMaskSearch(DimensionSearchCallback):
+    """Search per-field dimensions of `HardMaskEmbedding` layers (HAM) to a budget.
+
+    During the first `search_epochs` epochs every `HardMaskEmbedding` trains its
+    auxiliary scores with the straight-through hard mask, the surrogate
+    temperature is annealed geometrically from `temperature[0]` to
+    `temperature[1]`, and the layers penalise
+    `sparsity_weight * relu(kept fraction - budget)`, the kept fraction being
+    that of the hard mask, cost-weighted (`HardMaskEmbedding.sparsity_penalty`):
+    the discrete network trained during the search settles at the budget with
+    no penalty weight to tune. When the search ends the scores of all fields of
+    all layers are ranked globally and the best kept until the budget (within
+    one field-dimension, `keras_embdim.budget`), the mask freezes, and training
+    continues on it (`after="finetune"`) or restarts from the initial weights
+    with it (`after="retrain"`). If `fit` ends first, the search ends there.
+
+    Args:
+        budget: kept fraction of embedding parameters, in (0, 1].
+        search_epochs: epochs of search before the mask freezes (default 1).
+        temperature: (start, end) of the annealed temperature.
+        sparsity_weight: penalty weight (measured in docs/methods.md).
+        trace_every: steps between two records of the kept fraction (`trace`).
+        min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`.
+
+    Example:
+
+    ```python
+    emb = ked.HardMaskEmbedding(vocab_sizes, 16)
+    model.fit(train, epochs=3, callbacks=[ked.HardMaskSearch(budget=0.1),
+                                          ked.OrthogonalRegularizer(1e-3)])
+    ```
+    """
+
+    layer_types = (HardMaskEmbedding,)
+
+    def __init__(
+        self,
+        budget: float,
+        *,
+        search_epochs: int = 1,
+        temperature: tuple[float, float] = (1.0, 0.1),
+        sparsity_weight: float = 0.01,
+        trace_every: int = 10,
+        min_dim: int = 1,
+        after: str = "finetune",
+        layers: Sequence[str] | None = None,
+        log_dir: Any = None,
+        verbose: int = 1,
+    ):
+        super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
+        self.search_epochs = check_int("search_epochs", search_epochs, 1)
+        self.trace_every = check_int("trace_every", trace_every, 1)
+        try:
+            t0, t1 = (float(t) for t in temperature)
+        except (TypeError, ValueError):
+            raise ValueError(f"`temperature` must be two positive numbers (start, end); received {temperature!r}.")
+        if not (t0 > 0 and t1 > 0 and math.isfinite(t0) and math.isfinite(t1)):
+            raise ValueError(f"`temperature` must be two positive numbers (start, end); received {temperature!r}.")
+        if isinstance(sparsity_weight, bool) or not (
+            isinstance(sparsity_weight, (int, float)) and math.isfinite(sparsity_weight) and sparsity_weight > 0
+        ):
+            raise ValueError(f"`sparsity_weight` must be a number > 0; received {sparsity_weight!r}.")
+        self.temperature = (t0, t1)
+        self.sparsity_weight = float(sparsity_weight)
+        self._search_steps: int | None = None
+        self.trace: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        if self.phase == "done":
+            return
+        self._discover()
+        frozen = [l.name for l in self._layers if l.frozen]
+        if frozen:
+            raise ValueError(
+                f"HardMaskSearch: layers {frozen} are frozen already (their search is over); "
+                "build new HardMaskEmbedding layers to search again."
+            )
+        steps = (self.params or {}).get("steps")
+        self._search_steps = int(steps) * self.search_epochs if steps else None
+        for layer in self._layers:
+            layer.sparsity_weight.assign(self.sparsity_weight)
+            layer.sparsity_target.assign(self.budget)
+            layer.temperature.assign(self.temperature[0])
+
+    def _anneal(self, progress: float) -> None:
+        t0, t1 = self.temperature
+        t = t0 * (t1 / t0) ** min(1.0, progress)
+        for layer in self._layers:
+            layer.temperature.assign(t)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.phase != "search":
+            return
+        self._step += 1
+        if self._search_steps:
+            self._anneal(self._step / self._search_steps)
+        if self._step % self.trace_every == 0:
+            kept, full = total_params(self._layers)
+            self.trace.append({"step": self._step, "kept_fraction": kept / full})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.phase == "search":
+            if not self._search_steps:  # epoch length unknown: anneal per epoch
+                self._anneal((epoch + 1) / self.search_epochs)
+            if epoch + 1 >= self.search_epochs:
+                self._finish()
+        self._record_epoch(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self.phase == "search" and self._layers:
+            self._finish()
+        super().on_train_end(logs)
+
+    def _finish(self):
+        scores = [l.mask_scores().astype(np.float64) for l in self._layers]
+        hard_kept, full = total_params(self._layers)
+        self.result = self._select_and_apply(scores, "score")
+        optimizer = getattr(self.model, "optimizer", None)
+        for layer in self._layers:
+            layer.freeze(self.result["masks"][layer.name], optimizer=optimizer)
+        _compat.force_retrace(self.model)
+        self.result.update(hard_kept_before_ranking=hard_kept, search_steps=self._step)
+        self._announce(
+            f"searched {self._step} steps (the hard mask kept {100 * hard_kept / full:.1f}% before the final ranking)"
+        )

@@ -1,0 +1,214 @@
+"""`DimensionSearchCallback`: what every per-field search callback shares.
+
+Budget and option checks, discovery of the searchable layers (with an early
+feasibility check), one global selection under the budget over all fields of all
+layers (`keras_embdim.budget`), applying the masks (fine-tune, or rewind to the
+weights at `fit` start and retrain), and logging: Keras logs, the
+`keras_embdim` logger, TensorBoard, and a per-epoch history of kept dims.
+`SingleShotPruner` and `HardMaskSearch` differ only in how they score.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim import _compat, budget as budget_lib
+from keras_embdim._compat import keras
+from keras_embdim.mask import check_fraction, find_searchable_layers, total_params
+from keras_embdim.report import format_report
+
+logger = logging.getLogger("keras_embdim")
+
+_AFTER = ("finetune", "retrain")
+_RANKINGS = ("score", "cost")
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}; received {name}={value!r}.")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {tuple(allowed)}; received {name}={value!r}.")
+    return value
+
+
+class DimensionSearchCallback(keras.callbacks.Callback):
+    """Base of the callbacks that search per-field dimensions under a budget.
+
+    Args:
+        budget: kept fraction of embedding parameters, in (0, 1].
+        min_dim: columns every field keeps at least.
+        after: "finetune" or "retrain" (rewind every weight to its value at
+            `fit` start, reset the optimizer, apply the searched mask).
+        layers: names of the searchable layers to search (default all).
+        log_dir: a path or a `keras.callbacks.TensorBoard`.
+        verbose: print the summary when the search ends.
+    """
+
+    #: layer classes a subclass searches (None: any searchable layer)
+    layer_types: tuple | None = None
+
+    def __init__(
+        self,
+        budget: float,
+        *,
+        min_dim: int = 1,
+        after: str = "finetune",
+        layers: Sequence[str] | None = None,
+        log_dir: Any = None,
+        verbose: int = 1,
+    ):
+        super().__init__()
+        self.budget = check_fraction("budget", budget)
+        self.min_dim = check_int("min_dim", min_dim, 0)
+        self.after = check_choice("after", after, _AFTER)
+        self.layer_names = list(layers) if layers is not None else None
+        self.log_dir = _compat.tensorboard_log_dir(log_dir)
+        self.verbose = verbose
+        self.phase = "search"
+        self.result: dict | None = None
+        self._layers: list = []
+        self._step = 0
+        self._snapshot = None
+        self._writer = None
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    # --------------------------------------------------------------- setup
+    def _discover(self) -> None:
+        layers = find_searchable_layers(self.model, self.layer_names)
+        if self.layer_types is not None:
+            layers = [l for l in layers if isinstance(l, self.layer_types)]
+        if not layers:
+            wanted = "/".join(t.__name__ for t in self.layer_types) if self.layer_types else "keras_embdim"
+            raise ValueError(
+                f"{self.name}: model '{self.model.name}' has no searchable embedding layer "
+                f"({wanted}); build its embeddings with keras_embdim's layers. The model was not changed."
+            )
+        for layer in layers:
+            owner = getattr(layer, "_embdim_search", None)
+            if owner is not None and owner is not self:
+                raise ValueError(
+                    f"{self.name}: layer '{layer.name}' is already searched by another "
+                    f"{type(owner).__name__}; use one search callback per model."
+                )
+        _, full = total_params(layers)
+        floor = sum(budget_lib.min_params(l.field_vocab_sizes, l.output_dim, self.min_dim) for l in layers)
+        target = budget_lib.budget_params(self.budget, full)
+        if floor > target:
+            raise ValueError(
+                f"{self.name}: budget={self.budget} keeps {target:,} of {full:,} embedding "
+                f"parameters, but min_dim={self.min_dim} alone keeps {floor:,}; raise budget to at "
+                f"least {floor / full:.4f} or lower min_dim. The model was not changed."
+            )
+        for layer in layers:
+            layer._embdim_search = self
+        self._layers = layers
+        if self.after == "retrain":
+            self._snapshot = self.model.get_weights()
+        if self.log_dir and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    # ------------------------------------------------------------ selection
+    def _select_and_apply(self, scores: list[np.ndarray], ranking: str = "score") -> dict:
+        """One global ranking of `scores` (one `[F, D]` array per layer) under the budget."""
+        kept_before, full = total_params(self._layers)
+        width = max(l.output_dim for l in self._layers)
+        rows = sum(s.shape[0] for s in scores)
+        all_scores = np.full((rows, width), np.nan)
+        valid = np.zeros((rows, width), bool)  # layers of different widths: padding never kept
+        row = 0
+        for s in scores:
+            all_scores[row : row + s.shape[0], : s.shape[1]] = s
+            valid[row : row + s.shape[0], : s.shape[1]] = True
+            row += s.shape[0]
+        costs = np.concatenate([np.asarray(l.field_vocab_sizes) for l in self._layers])
+        keep = budget_lib.select_under_budget(
+            all_scores,
+            costs,
+            budget_lib.budget_params(self.budget, full),
+            min_dim=self.min_dim,
+            ranking=ranking,
+            valid=valid,
+        )
+        optimizer = getattr(self.model, "optimizer", None)
+        masks, row = {}, 0
+        for layer, s in zip(self._layers, scores):
+            masks[layer.name] = keep[row : row + s.shape[0], : s.shape[1]]
+            row += s.shape[0]
+        if self.after == "retrain" and self._snapshot is not None:
+            self.model.set_weights(self._snapshot)
+            if optimizer is not None:
+                _compat.reset_optimizer_state(optimizer, self.model.trainable_weights)
+            self._snapshot = None
+        for layer in self._layers:
+            layer.set_dimension_mask(masks[layer.name], optimizer=optimizer)
+        kept_after, _ = total_params(self._layers)
+        self.phase = "done"
+        return {
+            "budget": self.budget,
+            "params_before": int(kept_before),
+            "params_full": int(full),
+            "params_after": int(kept_after),
+            "kept_fraction": kept_after / full,
+            "step": self._step,
+            "scores": {l.name: s for l, s in zip(self._layers, scores)},
+            "masks": masks,
+        }
+
+    def _announce(self, headline: str) -> None:
+        r = self.result
+        msg = (
+            f"{self.name}: {headline}; kept {r['params_after']:,} of {r['params_full']:,} embedding "
+            f"parameters ({100 * r['kept_fraction']:.2f}%, budget {100 * self.budget:.2f}%), then "
+            f"{self.after}.\n" + format_report(self._layers)
+        )
+        logger.info(msg)
+        if self.verbose:
+            print(msg)
+        if self._writer is not None:
+            with self._writer.as_default():
+                for name, s in r["scores"].items():
+                    tf.summary.histogram(f"scores/{name}", np.nan_to_num(s).ravel(), step=self._step)
+            self._write_summaries()
+
+    # ------------------------------------------------------------- logging
+    def _record_epoch(self, epoch: int, logs: dict | None) -> None:
+        if not self._layers:
+            return
+        kept, full = total_params(self._layers)
+        if logs is not None:
+            logs["embdim_kept_params"] = float(kept)
+            logs["embdim_kept_fraction"] = kept / full
+        for layer in self._layers:
+            history = layer.__dict__.setdefault("_dimension_history", [])
+            history.append({"epoch": int(epoch), "step": self._step, "kept_dims": layer.dimension_mask().kept_dims.tolist()})
+        if self._writer is not None:
+            self._write_summaries()
+
+    def _write_summaries(self, extra: dict | None = None) -> None:
+        step = self._step
+        kept, full = total_params(self._layers)
+        with self._writer.as_default():
+            tf.summary.scalar("embdim/kept_params", kept, step=step)
+            tf.summary.scalar("embdim/kept_fraction", kept / full, step=step)
+            for key, value in (extra or {}).items():
+                tf.summary.scalar(key, value, step=step)
+            for layer in self._layers:
+                m = layer.dimension_mask()
+                for name, d in zip(m.field_names, m.kept_dims):
+                    tf.summary.scalar(f"kept_dims/{layer.name}/{name}", int(d), step=step)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()

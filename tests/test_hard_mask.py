@@ -1,0 +1,214 @@
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_embdim as ked
+from keras_embdim._compat import keras, tf_variable
+from keras_embdim.metrics import roc_auc
+from keras_embdim.serving import check_in_fresh_process
+
+
+def _ham_factory(**kw):
+    return lambda v, dim, names: ked.HardMaskEmbedding(v, dim, field_names=names, name="embedding", **kw)
+
+
+def _model(d, dim=8, hidden=(32,), **kw):
+    return ked.models.compile_ctr(
+        ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=dim, hidden=hidden, embedding=_ham_factory(**kw))
+    )
+
+
+def _set_scores(layer, a):
+    layer.mask_logits.assign(np.asarray(a, np.float32) / layer.logit_scale)
+
+
+def test_forward_mask_is_exactly_zero_one():
+    layer = ked.HardMaskEmbedding([6, 9], 5)
+    ids = np.array([[1, 2], [5, 8], [0, 3]])
+    layer(ids)
+    a = np.array([[0.2, -0.1, 3.0, -2.0, 1e-4], [-1e-4, 0.5, 0.5, -0.5, 0.7]], np.float32)
+    _set_scores(layer, a)
+    out = np.asarray(layer(ids, training=True))
+    table = np.asarray(layer.embedding_variable)
+    keep = a > 0
+    want = np.stack([table[ids[:, 0]], table[ids[:, 1] + 6]], 1) * keep
+    np.testing.assert_array_equal(out, want)  # bitwise: kept values untouched, others exactly 0
+    assert layer.dimension_mask().keep.tolist() == keep.tolist()
+
+
+def test_gradient_reaches_scores_through_the_surrogate():
+    rng = np.random.default_rng(0)
+    layer = ked.HardMaskEmbedding([6, 4], 5, temperature=0.7)
+    ids = np.stack([rng.integers(0, 6, 32), rng.integers(0, 4, 32)], 1)
+    layer(ids)
+    a = rng.normal(size=(2, 5)).astype(np.float32)
+    _set_scores(layer, a)
+    w = rng.normal(size=(2, 5)).astype(np.float32)
+    with tf.GradientTape() as tape:
+        out = layer(ids)  # inference: no penalty, only the mask's gradient
+        loss = tf.reduce_mean(tf.reduce_sum(out * w, axis=[1, 2]) ** 2)
+    got = tape.gradient(loss, tf_variable(layer.mask_logits)).numpy()
+    # hand computation: dL/dm[f,j] = sum_b dL/dout[b,f,j] * e[b,f,j]; dm/da = s(1-s)/t; da/dtheta = scale
+    table = np.asarray(layer.embedding_variable, np.float64)
+    e = np.stack([table[ids[:, 0]], table[ids[:, 1] + 6]], 1)
+    m = (a > 0).astype(np.float64)
+    y = np.sum(e * m * w, axis=(1, 2))
+    up = (2 * y / len(ids))[:, None, None] * w
+    s = 1 / (1 + np.exp(-a / 0.7))
+    want = (up * e).sum(0) * s * (1 - s) / 0.7 * layer.logit_scale
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert np.all(got != 0)
+
+
+def test_sparsity_penalty_value_and_gradient_by_hand():
+    layer = ked.HardMaskEmbedding([10, 30], 2, sparsity_weight=2.0, target=0.25, temperature=0.5)
+    layer(np.array([[0, 0]]))
+    a = np.array([[1.0, -1.0], [0.5, 0.2]], np.float32)
+    _set_scores(layer, a)
+    costs = np.array([[10, 10], [30, 30]], np.float64) / 80.0
+    with tf.GradientTape() as tape:
+        pen = layer.sparsity_penalty()
+    frac = float(((a > 0) * costs).sum())  # 10/80 + 60/80 = 0.875
+    assert float(pen) == pytest.approx(2.0 * (frac - 0.25), rel=1e-6)
+    s = 1 / (1 + np.exp(-a / 0.5))
+    want = 2.0 * costs * s * (1 - s) / 0.5 * layer.logit_scale
+    np.testing.assert_allclose(tape.gradient(pen, tf_variable(layer.mask_logits)).numpy(), want, rtol=1e-5)
+    layer.sparsity_target.assign(0.9)  # under the target: no pressure at all
+    assert float(layer.sparsity_penalty()) == 0.0
+
+
+def test_penalty_is_added_only_while_training_and_searching(small_data):
+    layer = ked.HardMaskEmbedding([5, 5], 3, sparsity_weight=1.0)
+    ids = np.array([[1, 2]])
+    layer(ids)
+    layer(ids, training=False)
+    assert len(layer.losses) == 0
+    layer(ids, training=True)
+    assert len(layer.losses) == 1
+
+
+def test_search_hits_budget_and_favours_informative_fields():
+    d = ked.data.make_synthetic_ctr(num_rows=120_000, num_fields=8, max_vocab=3000, seed=7)
+    train = d.dataset("train", batch_size=1024, seed=0)
+    keras.utils.set_random_seed(0)
+    model = _model(d, dim=16, hidden=(64, 32))
+    search = ked.HardMaskSearch(0.2, verbose=0)
+    model.fit(train, epochs=3, verbose=0, callbacks=[search])
+    layer = ked.find_searchable_layers(model)[0]
+    full = sum(d.vocab_sizes) * 16
+    kept = layer.dimension_mask().kept_params
+    assert math.floor(0.2 * full) - max(d.vocab_sizes) < kept <= math.floor(0.2 * full)
+    assert layer.frozen and search.phase == "done"
+    dims = layer.dimension_mask().kept_dims
+    inf = list(d.informative_fields)
+    noise = [f for f in range(d.num_fields) if f not in inf]
+    assert dims[inf].mean() > dims[noise].mean() + 3
+    # the discrete network trained during the search settled near the budget
+    assert abs(search.trace[-1]["kept_fraction"] - 0.2) < 0.05
+    auc = roc_auc(d.test[1], model.predict(d.inputs(d.test[0]), batch_size=8192, verbose=0))
+    assert auc > 0.77
+
+
+def test_frozen_mask_holds_and_pruned_columns_stay_zero(small_data):
+    d = small_data
+    model = _model(d)
+    x, y = d.train
+    search = ked.HardMaskSearch(0.3, verbose=0)
+    model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=3, verbose=0, callbacks=[search])
+    layer = ked.find_searchable_layers(model)[0]
+    keep = layer.dimension_mask().keep
+    rows_keep = np.repeat(keep, d.vocab_sizes, axis=0)
+    table = np.asarray(layer.embedding_variable)
+    assert np.all(table[~rows_keep] == 0)
+    assert all(v is not layer.mask_logits for v in model.trainable_weights)
+    # two further epochs of fine-tuning leave the mask and the zeros alone
+    model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=1, verbose=0)
+    np.testing.assert_array_equal(layer.dimension_mask().keep, keep)
+    assert np.all(np.asarray(layer.embedding_variable)[~rows_keep] == 0)
+    hist = layer.__dict__["_dimension_history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("when", ["mid_search", "frozen"])
+def test_keras_round_trip(tmp_path, small_data, when):
+    d = small_data
+    model = _model(d)
+    x, y = d.train
+    cbs = [ked.HardMaskSearch(0.3, verbose=0)] if when == "frozen" else []
+    model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=1, verbose=0, callbacks=cbs)
+    layer = ked.find_searchable_layers(model)[0]
+    if when == "mid_search":
+        a = np.random.default_rng(1).normal(size=(d.num_fields, 8))
+        _set_scores(layer, a)
+        layer.temperature.assign(0.37)
+    path = str(tmp_path / "ham.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    l2 = ked.find_searchable_layers(loaded)[0]
+    assert isinstance(l2, ked.HardMaskEmbedding) and l2.frozen == (when == "frozen")
+    np.testing.assert_array_equal(l2.dimension_mask().keep, layer.dimension_mask().keep)
+    np.testing.assert_array_equal(np.asarray(l2.mask_logits), np.asarray(layer.mask_logits))
+    assert float(np.asarray(l2.temperature)) == pytest.approx(float(np.asarray(layer.temperature)))
+    sample = d.inputs(d.test[0][:300])
+    np.testing.assert_array_equal(model.predict(sample, verbose=0), loaded.predict(sample, verbose=0))
+
+
+def test_export_serves_equal_with_kept_bytes_and_history(tmp_path, small_data):
+    d = small_data
+    model = _model(d, dim=8)
+    x, y = d.train
+    path = str(tmp_path / "ham")
+    tb = str(tmp_path / "tb")
+    search = ked.HardMaskSearch(0.25, search_epochs=2, verbose=0, log_dir=tb)
+    sample = d.inputs(d.test[0][:1000])
+    model.fit(d.inputs(x), y, batch_size=512, epochs=3, verbose=0,
+              callbacks=[search, ked.DimensionExporter(path, sample_inputs=sample, verbose=0)])
+    kept = search.result["params_after"]
+    with open(os.path.join(path, "dimensions.json")) as fh:
+        rep = json.load(fh)
+    assert rep["export"]["embedding_bytes"] == kept * 4
+    assert [h["epoch"] for h in rep["history"]["embedding"]] == [0, 1, 2]
+    assert len(rep["history"]["embedding"][0]["kept_dims"]) == d.num_fields
+    report = check_in_fresh_process(path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
+    assert report["tf1_max_abs_diff"] <= 1e-5 and report["tf2_max_abs_diff"] <= 1e-5
+    assert any(f.startswith("events") for f in os.listdir(tb))
+
+
+def test_retrain_after_search(small_data):
+    d = small_data
+    model = _model(d)
+    x, y = d.train
+    search = ked.HardMaskSearch(0.3, after="retrain", verbose=0)
+    model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=2, verbose=0, callbacks=[search])
+    assert search.phase == "done" and ked.find_searchable_layers(model)[0].frozen
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"temperature": (0, 1)}, "temperature"), ({"temperature": "x"}, "temperature"),
+     ({"sparsity_weight": 0}, "sparsity_weight"), ({"search_epochs": 0}, "search_epochs"),
+     ({"min_dim": -1}, "min_dim"), ({"after": "later"}, "after")],
+)
+def test_bad_search_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ked.HardMaskSearch(0.2, **kwargs)
+
+
+def test_bad_layer_arguments():
+    with pytest.raises(ValueError, match="temperature"):
+        ked.HardMaskEmbedding(5, 2, temperature=0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        ked.HardMaskEmbedding(5, 2, logit_scale=-1)
+    with pytest.raises(ValueError, match="target"):
+        ked.HardMaskEmbedding(5, 2, target=2)
+
+
+def test_search_needs_hard_mask_layers(small_data):
+    d = small_data
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,)))
+    with pytest.raises(ValueError, match="HardMaskEmbedding"):
+        model.fit(d.inputs(d.train[0][:256]), d.train[1][:256], verbose=0, callbacks=[ked.HardMaskSearch(0.3)])
