@@ -62,9 +62,9 @@ def format_report(model_or_layers: Any, max_fields: int = 40) -> str:
         )
     if len(recs) > max_fields:
         lines.append(f"... {len(recs) - max_fields} more fields")
-    s = dimension_summary(recs and model_or_layers)
+    before = sum(r["params_before"] for r in recs)
+    after = sum(r["params_after"] for r in recs)
     lines.append(
-        f"embedding params: {s['params_before']:,} -> {s['params_after']:,} "
-        f"({100 * s['kept_fraction']:.1f}% kept)"
+        f"embedding params: {before:,} -> {after:,} ({100 * after / max(before, 1):.1f}% kept)"
     )
     return "\n".join(lines)

@@ -105,6 +105,7 @@ class HardMaskEmbedding(SearchableEmbedding):
             raise ValueError(f"`target` must be a kept fraction in [0, 1]; received target={target!r}.")
         self.initial_target = float(target)
         self.frozen = bool(frozen)
+        self._hard = None  # the hard mask of the call being traced
         self._costs = np.repeat(np.asarray(self.field_vocab_sizes, np.float32)[:, None], output_dim, axis=1)
         self._costs /= float(self._costs.sum())
 
@@ -133,7 +134,8 @@ class HardMaskEmbedding(SearchableEmbedding):
         base = tf.convert_to_tensor(self._mask_variable)
         if self.frozen:
             return base
-        return base * hard_mask(self._scores(), tf.convert_to_tensor(self.temperature))
+        self._hard = hard_mask(self._scores(), tf.convert_to_tensor(self.temperature))
+        return base * self._hard
 
     def _scores(self) -> tf.Tensor:
         # a = logit_scale * theta: optimizers such as Adam move every weight by
@@ -145,7 +147,7 @@ class HardMaskEmbedding(SearchableEmbedding):
         """The auxiliary scores `a` `[F, D]` (a dimension is on where `a > 0`)."""
         return _compat.to_numpy(self.mask_logits) * self.logit_scale
 
-    def sparsity_penalty(self) -> tf.Tensor:
+    def sparsity_penalty(self, hard: tf.Tensor | None = None) -> tf.Tensor:
         """`sparsity_weight * relu(kept fraction - target)`, cost-weighted.
 
         The kept fraction is `sum_f n_f sum_j m[f, j] / (sum_f n_f * D)` with the
@@ -161,15 +163,18 @@ class HardMaskEmbedding(SearchableEmbedding):
         """
         # forward: the hard kept fraction (the candidate's real size);
         # backward: the surrogate's gradient, as for the mask itself
-        hard = hard_mask(self._scores(), tf.convert_to_tensor(self.temperature))
+        hard = hard if hard is not None else hard_mask(self._scores(), tf.convert_to_tensor(self.temperature))
         frac = tf.reduce_sum(hard * self._costs)
         excess = tf.nn.relu(frac - tf.convert_to_tensor(self.sparsity_target))
         return tf.convert_to_tensor(self.sparsity_weight) * excess
 
     def call(self, inputs, training=None):
+        self._hard = None
         out = super().call(inputs, training=training)
         if training is True and not self.frozen and self._serving is None:
-            self.add_loss(self.sparsity_penalty())
+            # reuse the mask this call computed (same trace), not a second copy
+            self.add_loss(self.sparsity_penalty(self._hard))
+        self._hard = None
         return out
 
     def dimension_mask(self) -> DimensionMask:
