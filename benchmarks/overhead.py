@@ -28,10 +28,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-_SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
-if "KERAS_EMBDIM_DATA" not in os.environ and os.path.isdir(_SHARED):
-    os.environ["KERAS_EMBDIM_DATA"] = os.path.normpath(_SHARED)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
 from keras_embdim._compat import keras  # noqa: E402

@@ -13,7 +13,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
 from keras_embdim._compat import keras  # noqa: E402

@@ -1,0 +1,11 @@
+"""Shared setup of the benchmark scripts: import the checkout, find ../shared/data."""
+
+import os
+import sys
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+DOCS = os.path.join(ROOT, "docs")
+sys.path.insert(0, ROOT)
+_SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+if "KERAS_EMBDIM_DATA" not in os.environ and os.path.isdir(_SHARED):
+    os.environ["KERAS_EMBDIM_DATA"] = _SHARED
