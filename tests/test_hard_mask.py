@@ -212,3 +212,17 @@ def test_search_needs_hard_mask_layers(small_data):
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,)))
     with pytest.raises(ValueError, match="HardMaskEmbedding"):
         model.fit(d.inputs(d.train[0][:256]), d.train[1][:256], verbose=0, callbacks=[ked.HardMaskSearch(0.3)])
+
+
+def test_single_field_drop_in_form():
+    layer = ked.HardMaskEmbedding(50, 4, mask_zero=True)
+    ids = np.array([[0, 3, 49], [7, 7, 1]])
+    out = layer(ids)
+    assert tuple(out.shape) == (2, 3, 4) and layer.field_vocab_sizes == (50,)
+    _set_scores(layer, [[1.0, -1.0, 1.0, -1.0]])
+    out = np.asarray(layer(ids, training=True))
+    assert np.all(out[..., 1] == 0) and np.all(out[..., 3] == 0)
+    np.testing.assert_array_equal(out[..., 0], np.asarray(layer.embedding_variable)[ids][..., 0])
+    assert len(layer.losses) == 1
+    assert np.asarray(layer.compute_mask(ids)).tolist() == [[False, True, True], [True, True, True]]
+    assert layer.dimension_mask().kept_params == 100
