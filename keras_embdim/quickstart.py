@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-import numpy as np
 
 
 def main(argv=None) -> dict:
@@ -31,7 +29,6 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     t0 = time.time()
-    import tensorflow as tf
 
     import keras_embdim as ked
     from keras_embdim._compat import keras
