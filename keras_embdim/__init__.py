@@ -11,6 +11,7 @@ from keras_embdim.callbacks import (
     DimensionSearchCallback,
     HardMaskSearch,
     OrthogonalRegularizer,
+    PMEPruner,
     SingleShotPruner,
 )
 from keras_embdim.convert import make_searchable
@@ -28,6 +29,7 @@ __all__ = [
     "HardMaskEmbedding",
     "HardMaskSearch",
     "OrthogonalRegularizer",
+    "PMEPruner",
     "DimensionMask",
     "DimensionSearchable",
     "ExportError",

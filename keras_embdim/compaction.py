@@ -96,3 +96,73 @@ def masked_lookup_reference(table: np.ndarray, mask: DimensionMask, ids: np.ndar
         return table[ids] * keep[0]
     offs = field_offsets(mask.vocab_sizes)
     return table[ids + offs] * keep
+
+
+class FieldServing:
+    """Serving lookup of a per-field compacted layer (`compact_lookup`)."""
+
+    granularity = "field"
+
+    def __init__(self, tables, placements):
+        self.tables = list(tables)
+        self.placements = list(placements)
+
+    @property
+    def variables(self) -> list:
+        return [t for t in self.tables if t is not None]
+
+    def lookup(self, ids, *, multi_field: bool, output_dim: int, dtype) -> tf.Tensor:
+        return compact_lookup(self.tables, self.placements, ids, multi_field=multi_field, output_dim=output_dim, dtype=dtype)
+
+
+class ValueServing:
+    """Serving lookup of a per-value compacted layer (`keras_embdim.ragged`)."""
+
+    granularity = "value"
+
+    def __init__(self, fields):
+        from keras_embdim import ragged
+
+        self._ragged = ragged
+        self.meta = [(f.num_rows, f.output_dim, f.bits) for f in fields]
+        # empty arrays (codes and offsets of a one-size field) are never read: constants
+        self.tensors = [
+            tuple(
+                tf.Variable(a, trainable=False, name=f"{kind}_{i}") if a.size else tf.constant(a)
+                for kind, a in zip(("values", "alphabet", "codes", "block_offsets"), f.arrays)
+            )
+            for i, f in enumerate(fields)
+        ]
+        self.nbytes = sum(f.nbytes for f in fields)
+
+    @property
+    def variables(self) -> list:
+        return [v for arrays in self.tensors for v in arrays if isinstance(v, tf.Variable)]
+
+    def lookup(self, ids, *, multi_field: bool, output_dim: int, dtype) -> tf.Tensor:
+        def one(f, field_ids):
+            n, D, bits = self.meta[f]
+            out = self._ragged.ragged_lookup(*self.tensors[f], field_ids, num_rows=n, output_dim=D, bits=bits)
+            return tf.cast(out, dtype)
+
+        if not multi_field:
+            return one(0, ids)
+        return tf.stack([one(f, ids[..., f]) for f in range(len(self.tensors))], axis=-2)
+
+
+def compact_layer(layer, table: np.ndarray | None = None):
+    """The serving object of a searchable layer: per-field or per-value compaction."""
+    from keras_embdim import _compat, ragged
+
+    mask = layer.dimension_mask()
+    table = _compat.to_numpy(layer.embedding_variable) if table is None else table
+    if mask.granularity == "value":
+        fields = [
+            ragged.pack_field(table[start : start + n], sizes)
+            for start, n, sizes in zip(field_offsets(mask.vocab_sizes), mask.vocab_sizes, mask.value_sizes)
+        ]
+        return ValueServing(fields)
+    tables = []
+    for f, arr in enumerate(compact_field_tables(table, mask)):
+        tables.append(tf.Variable(arr, trainable=False, name=f"table_{f}") if arr.shape[1] else None)
+    return FieldServing(tables, [placement(mask.keep[f]) for f in range(mask.num_fields)])

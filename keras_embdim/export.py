@@ -49,6 +49,7 @@ class ExportResult:
     kept_params: int
     full_params: int
     embedding_bytes: int
+    embedding_overhead: float  # embedding bytes / (kept params x 4 B)
     variable_bytes: int
     variables_file_bytes: int
     max_abs_diff: float | None
@@ -239,20 +240,12 @@ def export_compact(
     layers = find_searchable_layers(model)
     kind, names, specs = _input_layout(model, input_signature, sample_inputs)
 
-    # 1. compact tables
+    # 1. compact tables (per field: kept columns; per value: the ragged layout)
     serving, compact_vars, compacted = {}, [], []
     for layer in layers:
-        mask = layer.dimension_mask()
-        arrays = compaction.compact_field_tables(_compat.to_numpy(layer.embedding_variable), mask)
-        tables = []
-        for fname, arr in zip(mask.field_names, arrays):
-            if arr.shape[1] == 0:
-                tables.append(None)
-                continue
-            v = tf.Variable(arr, trainable=False, name=_clean(f"{layer.name}_{fname}"))
-            tables.append(v)
-            compact_vars.append(v)
-        serving[layer] = (tables, [compaction.placement(mask.keep[f]) for f in range(mask.num_fields)])
+        state = compaction.compact_layer(layer)
+        serving[layer] = state
+        compact_vars.extend(state.variables)
         compacted.append(layer)
 
     # 2. trace the inference call with the layers reading the compact tables
@@ -304,8 +297,13 @@ def export_compact(
                 f"the SavedModel stores {sum(var_bytes.values())} variable bytes, expected {tracked_bytes}."
             )
         kept = summary["params_after"]
-        if compact_vars and emb_bytes != kept * 4:
-            raise ExportError(f"embedding bytes {emb_bytes} != kept params {kept} x 4.")
+        # per field: exactly the kept params; per value: the packed layout's own count
+        expected_bytes = sum(
+            st.nbytes if st.granularity == "value" else 4 * l.dimension_mask().kept_params
+            for l, st in serving.items()
+        )
+        if emb_bytes != expected_bytes:
+            raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
         max_diff = None
         if verify:
             max_diff = _verify(model, tmp, kind, names, specs, sample_inputs, atol)
@@ -315,6 +313,7 @@ def export_compact(
             kept_params=int(summary["params_after"]),
             full_params=int(summary["params_before"]),
             embedding_bytes=int(emb_bytes),
+            embedding_overhead=float(emb_bytes / (4 * kept)) if kept else 1.0,
             variable_bytes=int(sum(var_bytes.values())),
             variables_file_bytes=_variables_file_bytes(tmp),
             max_abs_diff=max_diff,

@@ -38,13 +38,14 @@ class GateProbe:
             v.assign(tf.zeros_like(v))
         self.batches.assign(0.0)
 
-    def gate(self, emb: tf.Tensor, mask: tf.Tensor, multi_field: bool) -> tf.Tensor:
+    def gate(self, emb: tf.Tensor, mask: tf.Tensor, multi_field: bool, rows: tf.Tensor | None = None) -> tf.Tensor:
         """`emb * mask`, recording `dL/dalpha` in the backward pass.
 
         Args:
             emb: `[..., D]` (single field) or `[..., F, D]` embeddings.
-            mask: `[D]` or `[F, D]` 0/1 mask (a tensor, not a variable).
+            mask: 0/1 mask broadcastable to `emb` (a tensor, not a variable).
             multi_field: which of the two layouts `emb` has.
+            rows: the table rows looked up (unused here; see `EntryProbe`).
         """
         keep_axes = 2 if multi_field else 1
         probe = self
@@ -91,3 +92,44 @@ class GateProbe:
         else:
             raise ValueError(f"`score` must be 'abs_mean', 'mean_abs' or 'taylor'; received {mode!r}.")
         return s
+
+
+class EntryProbe:
+    """Accumulates the importance `|w * dL/dw|` of every table entry (PME).
+
+    Per occurrence of a row in a batch it adds `|e * upstream|` (the entry's
+    value times the gradient reaching it through that lookup) to an
+    accumulator of the table's shape, with one scatter-add per step:
+    `O(batch * fields * D)`, never `O(table)`. Summing per occurrence rather
+    than per step (`|w * sum g|`) avoids a per-step pass over the whole table.
+
+    Args:
+        num_rows: rows of the layer's (concatenated) table.
+        output_dim: D.
+    """
+
+    def __init__(self, num_rows: int, output_dim: int):
+        self.importance = tf.Variable(tf.zeros((num_rows, output_dim)), trainable=False, name="entry_importance")
+        self.batches = tf.Variable(0.0, trainable=False, name="entry_batches")
+
+    def reset(self) -> None:
+        self.importance.assign(tf.zeros_like(self.importance))
+        self.batches.assign(0.0)
+
+    def gate(self, emb: tf.Tensor, mask: tf.Tensor, multi_field: bool, rows: tf.Tensor | None = None) -> tf.Tensor:
+        probe = self
+        D = emb.shape[-1]
+
+        @tf.custom_gradient
+        def gated(e, m):
+            def grad(upstream):
+                contrib = tf.cast(tf.abs(upstream * e), tf.float32)
+                probe.importance.scatter_add(
+                    tf.IndexedSlices(tf.reshape(contrib, [-1, D]), tf.reshape(tf.cast(rows, tf.int32), [-1]))
+                )
+                probe.batches.assign_add(1.0)
+                return upstream * m, tf.zeros_like(m)
+
+            return e * m, grad
+
+        return gated(emb, tf.cast(mask, emb.dtype))

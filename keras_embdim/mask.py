@@ -137,6 +137,7 @@ class DimensionMask:
             if self.value_sizes is not None:
                 s = self.value_sizes[f]
                 rec["mean_value_dims"] = float(s.mean()) if len(s) else 0.0
+                rec["size_histogram"] = np.bincount(s, minlength=self.output_dim + 1).tolist()
             out.append(rec)
         return out
 

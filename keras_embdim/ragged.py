@@ -2,19 +2,21 @@
 
 Layout of one field (n rows, value i keeps its first d_i columns):
 
-- `values`: float32 `[sum_i d_i (+1)]`, the kept prefixes one after another
-  (one trailing zero so that the buffer is never empty);
-- `sizes`: the d_i, packed two per byte (4 bits) when they fit in 16 values
-  (stored as d_i - `size_base`, `size_base` = 1 when no value has size 0),
-  else one per byte;
-- `block_offsets`: int32 `[ceil(n / BLOCK) + 1]`, where block b's values start.
+- `values`: float32 `[sum_i d_i + 1]`, the kept prefixes one after another (one
+  trailing zero so that the buffer is never empty);
+- `alphabet`: uint8, the distinct sizes the field uses (at most D + 1);
+- `codes`: each row's index into `alphabet`, a bit stream with the fewest bits
+  per row that hold the alphabet (0 to 5 for D = 16): a field whose values all
+  have one size stores no per-row data, a field of sizes {0, 3} one bit per
+  row; a code is read through a two-byte window, so it may straddle bytes;
+- `block_offsets`: int32 `[ceil(n / BLOCK) + 1]`, where block b's values start
+  (absent when the code width is 0: the offset of row i is then `i * size`).
 
-A lookup of id i reads its block's offset, decodes the BLOCK sizes of the
-block, sums those before i, and gathers `D` values from there, zeroing the
-columns at or past d_i. Bytes: `4 sum d_i + n / 2 + 4 n / BLOCK + 8`, about
-0.56 bytes per row on top of the kept values (with BLOCK = 64). Only standard
-TensorFlow ops are used, so a SavedModel built on it serves without
-keras_embdim.
+A lookup of id i reads its block's offset, decodes the BLOCK codes of the
+block, sums the sizes before i, and gathers `D` values from there, zeroing the
+columns at or past d_i. Bytes: `4 sum d_i + bits n / 8 + 4 n / BLOCK + small`.
+Only standard TensorFlow ops are used, so a SavedModel built on it serves
+without keras_embdim. Why this layout: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -32,16 +34,20 @@ class RaggedField:
     """Numpy arrays of one field's per-value compact table."""
 
     values: np.ndarray
-    sizes: np.ndarray  # uint8, packed (4-bit) or not (8-bit)
-    block_offsets: np.ndarray
+    alphabet: np.ndarray  # uint8
+    codes: np.ndarray  # uint8, bit-packed
+    block_offsets: np.ndarray  # int32
     num_rows: int
     output_dim: int
-    size_bits: int
-    size_base: int
+    bits: int
+
+    @property
+    def arrays(self) -> tuple:
+        return (self.values, self.alphabet, self.codes, self.block_offsets)
 
     @property
     def nbytes(self) -> int:
-        return int(self.values.nbytes + self.sizes.nbytes + self.block_offsets.nbytes)
+        return int(sum(a.nbytes for a in self.arrays))
 
 
 def pack_field(table: np.ndarray, sizes: np.ndarray) -> RaggedField:
@@ -53,60 +59,56 @@ def pack_field(table: np.ndarray, sizes: np.ndarray) -> RaggedField:
         raise ValueError(f"sizes must be {n} integers in [0, {D}].")
     keep = np.arange(D)[None, :] < sizes[:, None]
     values = np.concatenate([table[keep], np.zeros(1, np.float32)])
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    block_offsets = starts[::BLOCK].astype(np.int32)
-    if len(block_offsets) < (n + BLOCK - 1) // BLOCK + 1:
-        block_offsets = np.concatenate([block_offsets, [starts[-1]]]).astype(np.int32)
-    base = 1 if n and sizes.min() >= 1 else 0
-    stored = sizes - base
-    if stored.max(initial=0) < 16:
-        padded = np.concatenate([stored, np.zeros(n % 2, np.int64)]).astype(np.uint8)
-        packed = (padded[0::2] | (padded[1::2] << 4)).astype(np.uint8)
-        bits = 4
+    alphabet = np.unique(sizes) if n else np.zeros(1, np.int64)
+    bits = int(np.ceil(np.log2(len(alphabet)))) if len(alphabet) > 1 else 0
+    if bits == 0:  # one size: offsets are id * size, no per-row data at all
+        codes = np.zeros(0, np.uint8)
+        block_offsets = np.zeros(0, np.int32)
     else:
-        packed, bits = stored.astype(np.uint8), 8
-    if len(packed) == 0:
-        packed = np.zeros(1, np.uint8)
-    return RaggedField(values, packed, block_offsets, n, D, bits, base)
+        code = np.searchsorted(alphabet, sizes).astype(np.uint8)
+        # bit stream, least significant bit first; one spare byte for the window
+        stream = ((code[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8).reshape(-1)
+        codes = np.concatenate([np.packbits(stream, bitorder="little"), np.zeros(1, np.uint8)])
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        block_offsets = starts[::BLOCK].astype(np.int32)
+    return RaggedField(values, alphabet.astype(np.uint8), codes, block_offsets, n, D, bits)
 
 
 def unpack_sizes(field: RaggedField) -> np.ndarray:
     """The d_i back from a `RaggedField` (numpy; tests and reports)."""
-    if field.size_bits == 4:
-        nib = np.stack([field.sizes & 15, field.sizes >> 4], axis=1).reshape(-1)
-        stored = nib[: field.num_rows]
-    else:
-        stored = field.sizes[: field.num_rows]
-    return stored.astype(np.int64) + field.size_base
+    if field.bits == 0:
+        return np.full(field.num_rows, int(field.alphabet[0]), np.int64)
+    pos = np.arange(field.num_rows) * field.bits
+    word = field.codes[pos // 8].astype(np.int64) | (field.codes[pos // 8 + 1].astype(np.int64) << 8)
+    code = (word >> (pos % 8)) & ((1 << field.bits) - 1)
+    return field.alphabet[code].astype(np.int64)
 
 
-def _sizes_at(sizes: tf.Tensor, rows: tf.Tensor, bits: int, base: int) -> tf.Tensor:
-    if bits == 4:
-        byte = tf.cast(tf.gather(sizes, rows // 2), tf.int32)
-        stored = tf.bitwise.bitwise_and(tf.bitwise.right_shift(byte, 4 * (rows % 2)), 15)
-    else:
-        stored = tf.cast(tf.gather(sizes, rows), tf.int32)
-    return stored + base
+def _sizes_at(alphabet, codes, rows, bits: int) -> tf.Tensor:
+    pos = rows * bits
+    lo = tf.cast(tf.gather(codes, pos // 8), tf.int32)
+    hi = tf.cast(tf.gather(codes, pos // 8 + 1), tf.int32)
+    word = tf.bitwise.bitwise_or(lo, tf.bitwise.left_shift(hi, 8))
+    code = tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, pos % 8), (1 << bits) - 1)
+    return tf.cast(tf.gather(alphabet, code), tf.int32)
 
 
-def ragged_lookup(values, sizes, block_offsets, ids, *, num_rows: int, output_dim: int, size_bits: int, size_base: int):
-    """Rebuild `[..., D]` embeddings of `ids` from a packed field (serving graph).
-
-    Args:
-        values, sizes, block_offsets: the field's tensors or variables.
-        ids: int ids in `[0, num_rows)`, any shape.
-    """
+def ragged_lookup(values, alphabet, codes, block_offsets, ids, *, num_rows: int, output_dim: int, bits: int):
+    """Rebuild `[..., D]` embeddings of `ids` from a packed field (serving graph)."""
     ids = tf.cast(ids, tf.int32)
     shape = tf.shape(ids)
     flat = tf.reshape(ids, [-1])
-    block = flat // BLOCK
-    row0 = block * BLOCK
-    rows = row0[:, None] + tf.range(BLOCK)[None, :]
-    rows = tf.minimum(rows, num_rows - 1)
-    block_sizes = _sizes_at(sizes, rows, size_bits, size_base)
-    before = tf.range(BLOCK)[None, :] < (flat - row0)[:, None]
-    offset = tf.gather(block_offsets, block) + tf.reduce_sum(tf.where(before, block_sizes, 0), axis=1)
-    size = _sizes_at(sizes, flat, size_bits, size_base)
+    if bits == 0:
+        size = tf.fill(tf.shape(flat), tf.cast(alphabet[0], tf.int32))
+        offset = flat * size
+    else:
+        block = flat // BLOCK
+        row0 = block * BLOCK
+        rows = tf.minimum(row0[:, None] + tf.range(BLOCK)[None, :], num_rows - 1)
+        block_sizes = _sizes_at(alphabet, codes, rows, bits)
+        before = tf.range(BLOCK)[None, :] < (flat - row0)[:, None]
+        offset = tf.gather(block_offsets, block) + tf.reduce_sum(tf.where(before, block_sizes, 0), axis=1)
+        size = _sizes_at(alphabet, codes, flat, bits)
     cols = tf.range(output_dim)[None, :]
     valid = cols < size[:, None]
     idx = tf.where(valid, offset[:, None] + cols, 0)

@@ -3,7 +3,8 @@
 from keras_embdim.callbacks.dimension_exporter import DimensionExporter
 from keras_embdim.callbacks.hard_mask_search import HardMaskSearch
 from keras_embdim.callbacks.orthogonal_regularizer import OrthogonalRegularizer
+from keras_embdim.callbacks.pme_pruner import PMEPruner
 from keras_embdim.callbacks.search_callback import DimensionSearchCallback
 from keras_embdim.callbacks.single_shot_pruner import SingleShotPruner
 
-__all__ = ["DimensionExporter", "DimensionSearchCallback", "HardMaskSearch", "OrthogonalRegularizer", "SingleShotPruner"]
+__all__ = ["DimensionExporter", "DimensionSearchCallback", "HardMaskSearch", "OrthogonalRegularizer", "PMEPruner", "SingleShotPruner"]

@@ -145,11 +145,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         for layer, s in zip(self._layers, scores):
             masks[layer.name] = keep[row : row + s.shape[0], : s.shape[1]]
             row += s.shape[0]
-        if self.after == "retrain" and self._snapshot is not None:
-            self.model.set_weights(self._snapshot)
-            if optimizer is not None:
-                _compat.reset_optimizer_state(optimizer, self.model.trainable_weights)
-            self._snapshot = None
+        self._rewind()
         for layer in self._layers:
             layer.set_dimension_mask(masks[layer.name], optimizer=optimizer)
         kept_after, _ = total_params(self._layers)
@@ -164,6 +160,15 @@ class DimensionSearchCallback(keras.callbacks.Callback):
             "scores": {l.name: s for l, s in zip(self._layers, scores)},
             "masks": masks,
         }
+
+    def _rewind(self) -> None:
+        """`after="retrain"`: every weight back to its value at `fit` start, optimizer reset."""
+        if self.after == "retrain" and self._snapshot is not None:
+            self.model.set_weights(self._snapshot)
+            optimizer = getattr(self.model, "optimizer", None)
+            if optimizer is not None:
+                _compat.reset_optimizer_state(optimizer, self.model.trainable_weights)
+            self._snapshot = None
 
     def _announce(self, headline: str) -> None:
         r = self.result

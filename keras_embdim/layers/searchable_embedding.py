@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat, compaction
 from keras_embdim._compat import keras
-from keras_embdim.gate_probe import GateProbe
+from keras_embdim.gate_probe import EntryProbe, GateProbe
 from keras_embdim.mask import DimensionMask, DimensionSearchable
 
 
@@ -57,6 +57,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         *,
         field_names: Sequence[str] | None = None,
         validate_ids: bool = True,
+        per_value: bool = False,
         **kwargs: Any,
     ):
         vocab, multi = _parse_vocab(input_dim)
@@ -79,9 +80,11 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         self._multi_field = multi
         self._field_names = field_names
         self.validate_ids = bool(validate_ids)
+        # per-value granularity: value i keeps its first value_sizes[i] columns
+        self.per_value = bool(per_value)
         self._offsets = compaction.field_offsets(vocab)
-        self._gate_probe: GateProbe | None = None
-        self._serving: tuple | None = None
+        self._gate_probe = None  # a GateProbe or EntryProbe while a search scores
+        self._serving = None  # a compaction.FieldServing / ValueServing while exporting
         # Extra training losses attached by callbacks (e.g. OrthogonalRegularizer):
         # callables (layer, rows [..., (F,) D] before masking, mask) -> scalar.
         self._penalties: list = []
@@ -133,6 +136,13 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
             initializer="ones",
             trainable=False,
         )
+        self._value_sizes = self.add_weight(
+            name="value_sizes",
+            shape=(int(sum(self._vocab_sizes)),),
+            initializer=keras.initializers.Constant(self.output_dim),
+            dtype="int32",
+            trainable=False,
+        )
         self._build_search_state()
         self.built = True
 
@@ -176,27 +186,26 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
     def call(self, inputs, training=None):
         ids = self._prepare_ids(inputs)
         if self._serving is not None:
-            tables, placements = self._serving
-            out = compaction.compact_lookup(
-                tables,
-                placements,
-                ids,
-                multi_field=self._multi_field,
-                output_dim=self.output_dim,
-                dtype=tf.as_dtype(self.compute_dtype),
+            return self._serving.lookup(
+                ids, multi_field=self._multi_field, output_dim=self.output_dim, dtype=tf.as_dtype(self.compute_dtype)
             )
-            return out
         rows = ids + tf.constant(self._offsets, ids.dtype) if self._multi_field else ids
         emb = tf.gather(self.embedding_variable, rows)
         emb = tf.cast(emb, self.compute_dtype)
-        mask = tf.cast(self._output_mask(training), emb.dtype)
+        field_mask = tf.cast(self._output_mask(training), emb.dtype)
         if not self._multi_field:
-            mask = mask[0]
+            field_mask = field_mask[0]
+        mask = field_mask
+        if self.per_value:
+            sizes = tf.gather(tf.convert_to_tensor(self._value_sizes), rows)
+            prefix = tf.range(self.output_dim)[None, :] < tf.expand_dims(tf.reshape(sizes, [-1]), -1)
+            prefix = tf.reshape(tf.cast(prefix, emb.dtype), tf.shape(emb))
+            mask = field_mask * prefix
         if training is True:
             for penalty in self._penalties:
-                self.add_loss(penalty(self, emb, mask))
+                self.add_loss(penalty(self, emb, field_mask))
         if self._gate_probe is not None:
-            return self._gate_probe.gate(emb, mask, self._multi_field)
+            return self._gate_probe.gate(emb, mask, self._multi_field, rows)
         return emb * mask
 
     # -------------------------------------------------------- mask protocol
@@ -204,7 +213,49 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         keep = _compat.to_numpy(self._mask_variable) > 0.5 if self.built else np.ones(
             (self.num_fields, self.output_dim), bool
         )
-        return DimensionMask(self._vocab_sizes, keep, self.field_names)
+        if not (self.per_value and self.built):
+            return DimensionMask(self._vocab_sizes, keep, self.field_names)
+        flat = _compat.to_numpy(self._value_sizes).astype(np.int64)
+        sizes = [flat[o : o + n] for o, n in zip(self._offsets, self._vocab_sizes)]
+        keep = keep & (np.arange(self.output_dim)[None, :] < np.array([s.max(initial=0) for s in sizes])[:, None])
+        return DimensionMask(self._vocab_sizes, keep, self.field_names, value_sizes=sizes)
+
+    def set_value_sizes(self, sizes, *, optimizer=None, zero_pruned: bool = True) -> None:
+        """Switch to per-value sizes: value i keeps its first `sizes[i]` columns.
+
+        Args:
+            sizes: `[sum(n_f)]` ints in `[0, output_dim]` (rows of the
+                concatenated table), or one array per field.
+            optimizer: if given, its state for the removed entries is zeroed.
+            zero_pruned: zero the removed entries of the stored table.
+
+        The caller retraces the training step (`PMEPruner` does).
+        """
+        if not self.built:
+            self.build()
+        if isinstance(sizes, (list, tuple)) and len(sizes) == self.num_fields and np.ndim(sizes[0]) == 1:
+            sizes = np.concatenate([np.asarray(s) for s in sizes])
+        sizes = np.asarray(sizes)
+        total = int(sum(self._vocab_sizes))
+        if sizes.shape != (total,) or not np.issubdtype(sizes.dtype, np.integer):
+            raise ValueError(
+                f"layer '{self.name}': sizes must be {total} integers (one per row), or one array per field; "
+                f"received shape {sizes.shape} of {sizes.dtype}."
+            )
+        if sizes.min(initial=0) < 0 or sizes.max(initial=0) > self.output_dim:
+            raise ValueError(f"layer '{self.name}': sizes must lie in [0, {self.output_dim}].")
+        if not (_compat.to_numpy(self._mask_variable) > 0.5).all():
+            raise ValueError(
+                f"layer '{self.name}' has a per-field mask; per-value sizes replace it, they do not combine with it."
+            )
+        self._value_sizes.assign(sizes.astype(np.int32))
+        self.per_value = True
+        if zero_pruned:
+            keep = (np.arange(self.output_dim)[None, :] < sizes[:, None]).astype(np.float32)
+            table = self.embedding_variable
+            table.assign(_compat.to_numpy(table) * keep)
+            for slot in _compat.optimizer_slots(optimizer, table):
+                slot.assign(_compat.to_numpy(slot) * keep)
 
     def set_dimension_mask(self, mask, *, optimizer=None, zero_pruned: bool = True) -> None:
         """Impose a per-field mask.
@@ -224,6 +275,10 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
                 f"received {keep.shape}."
             )
         keep = keep.astype(bool)
+        if self.per_value:
+            raise ValueError(
+                f"layer '{self.name}' has per-value sizes; a per-field mask does not combine with them."
+            )
         self._mask_variable.assign(keep.astype(np.float32))
         if zero_pruned and not keep.all():
             rows_keep = np.repeat(keep, self._vocab_sizes, axis=0).astype(np.float32)
@@ -243,20 +298,26 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
 
     def attach_gate_probe(self) -> GateProbe:
         """Record gate gradients from now on (the caller retraces the step)."""
-        if self._gate_probe is None:
+        if not isinstance(self._gate_probe, GateProbe):
             self._gate_probe = GateProbe(self.num_fields, self.output_dim)
+        return self._gate_probe
+
+    def attach_entry_probe(self) -> EntryProbe:
+        """Record entry importances `|w * dL/dw|` from now on (the caller retraces)."""
+        if not isinstance(self._gate_probe, EntryProbe):
+            self._gate_probe = EntryProbe(int(sum(self._vocab_sizes)), self.output_dim)
         return self._gate_probe
 
     def detach_gate_probe(self) -> None:
         self._gate_probe = None
 
-    def _set_serving_tables(self, serving: tuple | None) -> None:
+    def _set_serving_tables(self, serving) -> None:
         """Used by the exporter: look up from compact tables while tracing."""
         self._serving = serving
 
     # ------------------------------------------------------- saving/loading
     def _state_variables(self) -> list:
-        return [self.embedding_variable, self._mask_variable, *self._search_state_variables()]
+        return [self.embedding_variable, self._mask_variable, self._value_sizes, *self._search_state_variables()]
 
     def save_own_variables(self, store):
         if not self.built:
@@ -276,7 +337,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         if n != len(variables):
             raise ValueError(
                 f"layer '{self.name}' expects {len(variables)} saved variables "
-                f"(embeddings, dimension_mask, search state) or 1 (a plain Embedding's table); "
+                f"(embeddings, dimension_mask, value_sizes, search state) or 1 (a plain Embedding's table); "
                 f"the file holds {n}."
             )
         for i, v in enumerate(variables):
@@ -309,6 +370,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         config["input_dim"] = list(self._vocab_sizes) if self._multi_field else self._vocab_sizes[0]
         config["field_names"] = list(self._field_names) if self._field_names else None
         config["validate_ids"] = self.validate_ids
+        config["per_value"] = self.per_value
         for key in ("lora_rank", "lora_alpha", "quantization_config", "input_length", "sparse"):
             config.pop(key, None)
         return config

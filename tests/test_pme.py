@@ -1,0 +1,173 @@
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+
+import keras_embdim as ked
+from keras_embdim import ragged
+from keras_embdim._compat import keras, tf_variable
+from keras_embdim.callbacks.pme_pruner import select_entries
+from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
+from keras_embdim.serving import check_in_fresh_process
+
+
+def test_select_entries_hand_example():
+    imp = [np.array([[5.0, 1.0, 0.0], [4.0, 3.0, 2.0]]), np.array([[0.5, 6.0, 0.1]])]
+    # floor: each row's best entry (5, 4, 6); 2 more: 3 and 2 (row 1), not 1.0
+    counts = select_entries(imp, 5, min_size=1)
+    assert [c.tolist() for c in counts] == [[1, 3], [1]]
+    assert [c.tolist() for c in select_entries(imp, 3, min_size=0)] == [[1, 1], [1]]
+    with pytest.raises(ValueError, match="min_dim"):
+        select_entries(imp, 2, min_size=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 50), st.integers(1, 8), st.integers(0, 2), st.floats(0.05, 1.0), st.integers(0, 1000))
+def test_select_entries_keeps_exactly_the_target(rows, D, min_size, frac, seed):
+    rng = np.random.default_rng(seed)
+    imp = [rng.random((rows, D)), rng.random((rows + 3, D))]
+    total = sum(i.size for i in imp)
+    target = int(frac * total)
+    floor = sum(i.shape[0] * min(min_size, D) for i in imp)
+    if floor > target:
+        with pytest.raises(ValueError):
+            select_entries(imp, target, min_size)
+        return
+    counts = select_entries(imp, target, min_size)
+    assert sum(int(c.sum()) for c in counts) == target
+    assert all((c >= min(min_size, D)).all() and (c <= D).all() for c in counts)
+
+
+def test_entry_probe_equals_hand_computation():
+    rng = np.random.default_rng(0)
+    layer = ked.PrunableEmbedding([5, 4], 3)
+    ids = np.array([[1, 0], [1, 3], [4, 3]])
+    layer(ids)
+    w = rng.normal(size=(2, 3)).astype(np.float32)
+    probe = layer.attach_entry_probe()
+    with tf.GradientTape() as tape:
+        out = layer(ids)
+        loss = tf.reduce_sum(out * w) ** 2 / 2
+    tape.gradient(loss, tf_variable(layer.embedding_variable))
+    layer.detach_gate_probe()
+    table = np.asarray(layer.embedding_variable, np.float64)
+    rows = np.stack([ids[:, 0], ids[:, 1] + 5], 1)
+    e = table[rows]
+    up = np.sum(e * w) * np.broadcast_to(w, e.shape)
+    want = np.zeros_like(table)
+    np.add.at(want, rows.reshape(-1), np.abs(e * up).reshape(-1, 3))  # per occurrence
+    np.testing.assert_allclose(probe.importance.numpy(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_per_value_forward_gradient_and_errors():
+    layer = ked.PrunableEmbedding([6, 4], 5)
+    ids = np.array([[1, 2], [5, 3], [1, 0]])
+    layer(ids)
+    sizes = np.array([0, 2, 5, 1, 3, 4, 5, 0, 2, 1])
+    layer.set_value_sizes(sizes)
+    assert layer.per_value
+    table = np.asarray(layer.embedding_variable)
+    rows = np.stack([ids[:, 0], ids[:, 1] + 6], 1)
+    want = ragged.prefix_lookup_reference(table, sizes, rows)
+    np.testing.assert_array_equal(np.asarray(layer(ids)), want)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(ids) ** 2 + layer(ids))
+    g = tf.convert_to_tensor(tape.gradient(loss, tf_variable(layer.embedding_variable))).numpy()
+    beyond = np.arange(5)[None, :] >= sizes[:, None]
+    assert np.all(g[beyond] == 0)
+    assert np.all(table[beyond] == 0)  # removed entries were zeroed
+    m = layer.dimension_mask()
+    assert m.granularity == "value" and m.kept_params == sizes.sum()
+    assert [s.tolist() for s in m.value_sizes] == [sizes[:6].tolist(), sizes[6:].tolist()]
+    with pytest.raises(ValueError, match="10 integers"):
+        layer.set_value_sizes(np.ones(9, int))
+    with pytest.raises(ValueError, match=r"\[0, 5\]"):
+        layer.set_value_sizes(np.full(10, 6))
+    with pytest.raises(ValueError, match="per-value sizes"):
+        layer.set_dimension_mask(np.ones((2, 5)))
+    other = ked.PrunableEmbedding([6, 4], 5)
+    other(ids)
+    other.set_dimension_mask(np.tril(np.ones((2, 5)))[:, ::-1] > 0)
+    with pytest.raises(ValueError, match="per-field mask"):
+        other.set_value_sizes(sizes)
+
+
+@pytest.fixture(scope="module")
+def pme_trained(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=30_000, num_fields=6, max_vocab=2000, seed=4)
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(32,)))
+    path = str(tmp_path_factory.mktemp("pme") / "export")
+    pruner = ked.PMEPruner(0.2, verbose=0)
+    sample = d.inputs(d.test[0][:1000])
+    x, y = d.train
+    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0,
+              callbacks=[pruner, ked.DimensionExporter(path, sample_inputs=sample, verbose=0)])
+    return d, model, pruner, path, sample
+
+
+def test_capacity_transfer_keeps_the_parameter_count(pme_trained):
+    d, model, pruner, _, _ = pme_trained
+    r = pruner.result
+    layer = ked.find_searchable_layers(model)[0]
+    sizes = np.concatenate(layer.dimension_mask().value_sizes)
+    assert int(sizes.sum()) == r["surviving_entries"] == r["params_after"] == math.floor(0.2 * r["params_full"])
+    assert sizes.min() >= 1  # min_dim=1
+    assert r["search_batches"] > 0
+
+
+def test_frequent_values_get_more_dims(pme_trained):
+    d, model, _, _, _ = pme_trained
+    layer = ked.find_searchable_layers(model)[0]
+    m = layer.dimension_mask()
+    f = int(np.argmax(d.vocab_sizes))
+    counts, sizes = d.value_counts[f], m.value_sizes[f]
+    frequent = counts >= np.percentile(counts, 90)
+    rare = counts <= np.percentile(counts, 50)
+    assert sizes[frequent].mean() > sizes[rare].mean() + 1
+
+
+def test_export_equal_and_bytes_within_ten_percent(pme_trained):
+    d, model, pruner, path, sample = pme_trained
+    report = check_in_fresh_process(path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+    emb = sum(b for k, b in saved_variable_bytes(path).items() if k.startswith(TABLES_ATTRIBUTE + "/"))
+    kept = pruner.result["params_after"]
+    assert emb <= 1.10 * kept * 4
+    layer = ked.find_searchable_layers(model)[0]
+    want = sum(
+        ragged.pack_field(t, s).nbytes
+        for t, s in zip(
+            np.split(np.asarray(layer.embedding_variable), np.cumsum(d.vocab_sizes)[:-1]),
+            layer.dimension_mask().value_sizes,
+        )
+    )
+    assert emb == want
+
+
+def test_keras_round_trip_keeps_per_value_sizes(pme_trained, tmp_path):
+    d, model, _, _, sample = pme_trained
+    path = str(tmp_path / "pme.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    a, b = (ked.find_searchable_layers(m)[0].dimension_mask() for m in (model, loaded))
+    assert b.granularity == "value"
+    for s1, s2 in zip(a.value_sizes, b.value_sizes):
+        np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(model.predict(sample, verbose=0), loaded.predict(sample, verbose=0))
+    assert os.path.exists(path)
+
+
+def test_bad_pme_arguments(small_data):
+    with pytest.raises(ValueError, match="budget"):
+        ked.PMEPruner(0)
+    with pytest.raises(ValueError, match="search_epochs"):
+        ked.PMEPruner(0.2, search_epochs=0)
+    d = small_data
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,)))
+    ked.find_searchable_layers(model)[0].set_dimension_mask(np.tril(np.ones((d.num_fields, 4))) > 0)
+    with pytest.raises(ValueError, match="searched already"):
+        model.fit(d.inputs(d.train[0][:256]), d.train[1][:256], verbose=0, callbacks=[ked.PMEPruner(0.5)])
