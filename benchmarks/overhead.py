@@ -8,7 +8,8 @@ embeddings) and data:
 - prunable: PrunableEmbedding, no callback (mask multiply and id checks);
 - ham_search: HardMaskEmbedding + HardMaskSearch, searching throughout;
 - ham_search+ortho: the same plus OrthogonalRegularizer;
-- sseds: PrunableEmbedding + SingleShotPruner(0.1) (scores and prunes in round 1).
+- sseds: PrunableEmbedding + SingleShotPruner(0.1) (scores and prunes in round 1);
+- pme_search: PrunableEmbedding + PMEPruner(0.1), accumulating entry importance throughout.
 
 This machine is a VM whose speed changes by up to 1.7x for tens of seconds at a
 time (seen: a plain epoch of 11.5 s in one fit and 20.6 s in the next), so the
@@ -59,6 +60,7 @@ def configs():
         "ham_search": (ham, [ked.HardMaskSearch(0.1, search_epochs=never, verbose=0)]),
         "ham_search+ortho": (ham, [ked.HardMaskSearch(0.1, search_epochs=never, verbose=0), ked.OrthogonalRegularizer(1e-3)]),
         "sseds": ("prunable", [ked.SingleShotPruner(0.1, warmup_steps=5, scoring_steps=20, verbose=0)]),
+        "pme_search": ("prunable", [ked.PMEPruner(0.1, search_epochs=never, verbose=0)]),
     }
 
 

@@ -8,12 +8,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from keras_embdim import _compat
-from keras_embdim.callbacks.search_callback import DimensionSearchCallback, check_int
+from keras_embdim.callbacks.search_callback import EpochBoundedSearch, check_int
 from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
 from keras_embdim.mask import total_params
 
 
-class HardMaskSearch(DimensionSearchCallback):
+class HardMaskSearch(EpochBoundedSearch):
     """Search per-field dimensions of `HardMaskEmbedding` layers (HAM) to a budget.
 
     During the first `search_epochs` epochs every `HardMaskEmbedding` trains its
@@ -62,8 +62,9 @@ class HardMaskSearch(DimensionSearchCallback):
         log_dir: Any = None,
         verbose: int = 1,
     ):
-        super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
-        self.search_epochs = check_int("search_epochs", search_epochs, 1)
+        super().__init__(
+            budget, search_epochs=search_epochs, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose
+        )
         self.trace_every = check_int("trace_every", trace_every, 1)
         try:
             t0, t1 = (float(t) for t in temperature)
@@ -113,18 +114,9 @@ class HardMaskSearch(DimensionSearchCallback):
             kept, full = total_params(self._layers)
             self.trace.append({"step": self._step, "kept_fraction": kept / full})
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.phase == "search":
-            if not self._search_steps:  # epoch length unknown: anneal per epoch
-                self._anneal((epoch + 1) / self.search_epochs)
-            if epoch + 1 >= self.search_epochs:
-                self._finish()
-        self._record_epoch(epoch, logs)
-
-    def on_train_end(self, logs=None):
-        if self.phase == "search" and self._layers:
-            self._finish()
-        super().on_train_end(logs)
+    def _on_search_epoch_end(self, epoch: int) -> None:
+        if not self._search_steps:  # epoch length unknown: anneal per epoch
+            self._anneal((epoch + 1) / self.search_epochs)
 
     def _finish(self):
         scores = [l.mask_scores().astype(np.float64) for l in self._layers]

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_embdim import _compat, budget as budget_lib
-from keras_embdim.callbacks.search_callback import DimensionSearchCallback, check_int
+from keras_embdim.callbacks.search_callback import EpochBoundedSearch
 from keras_embdim.mask import total_params
 
 
@@ -47,7 +47,7 @@ def select_entries(importances: list[np.ndarray], target: int, min_size: int = 0
     return counts
 
 
-class PMEPruner(DimensionSearchCallback):
+class PMEPruner(EpochBoundedSearch):
     """Per-value sizes by pruning entries, then capacity transfer (PME).
 
     Search: during the first `search_epochs` epochs every searchable layer
@@ -88,8 +88,9 @@ class PMEPruner(DimensionSearchCallback):
         log_dir: Any = None,
         verbose: int = 1,
     ):
-        super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
-        self.search_epochs = check_int("search_epochs", search_epochs, 1)
+        super().__init__(
+            budget, search_epochs=search_epochs, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose
+        )
         self._started = 0.0
 
     def on_train_begin(self, logs=None):
@@ -107,16 +108,6 @@ class PMEPruner(DimensionSearchCallback):
     def on_train_batch_end(self, batch, logs=None):
         if self.phase == "search":
             self._step += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.phase == "search" and epoch + 1 >= self.search_epochs:
-            self._finish()
-        self._record_epoch(epoch, logs)
-
-    def on_train_end(self, logs=None):
-        if self.phase == "search" and self._layers:
-            self._finish()
-        super().on_train_end(logs)
 
     def _finish(self):
         search_seconds = time.perf_counter() - self._started

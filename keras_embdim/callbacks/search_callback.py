@@ -217,3 +217,34 @@ class DimensionSearchCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.flush()
+
+
+class EpochBoundedSearch(DimensionSearchCallback):
+    """A search that runs during the first `search_epochs` epochs, then `_finish()`es.
+
+    If `fit` ends first, the search ends there, so a model never leaves `fit`
+    half-searched. Subclasses implement `_finish` and may hook
+    `_on_search_epoch_end`.
+    """
+
+    def __init__(self, budget: float, *, search_epochs: int = 1, **kwargs: Any):
+        super().__init__(budget, **kwargs)
+        self.search_epochs = check_int("search_epochs", search_epochs, 1)
+
+    def _finish(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _on_search_epoch_end(self, epoch: int) -> None:
+        """Called at the end of every search epoch, before the search may end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.phase == "search":
+            self._on_search_epoch_end(epoch)
+            if epoch + 1 >= self.search_epochs:
+                self._finish()
+        self._record_epoch(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self.phase == "search" and self._layers:
+            self._finish()
+        super().on_train_end(logs)
