@@ -171,3 +171,31 @@ def test_bad_pme_arguments(small_data):
     ked.find_searchable_layers(model)[0].set_dimension_mask(np.tril(np.ones((d.num_fields, 4))) > 0)
     with pytest.raises(ValueError, match="searched already"):
         model.fit(d.inputs(d.train[0][:256]), d.train[1][:256], verbose=0, callbacks=[ked.PMEPruner(0.5)])
+
+
+def test_size_vs_frequency_plot_and_tensorboard(pme_trained, tmp_path):
+    d, model, _, _, _ = pme_trained
+    png = ked.plots.plot_size_vs_frequency(model, d.value_counts, tmp_path / "sizes.png")
+    with open(png, "rb") as fh:
+        assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    bars = ked.plots.plot_dims_per_field(model, tmp_path / "dims.png")
+    assert os.path.getsize(bars) > 1000
+    with pytest.raises(ValueError, match="one array per field"):
+        ked.plots.plot_size_vs_frequency(model, d.value_counts[:2], tmp_path / "x.png")
+    rep = ked.dimension_summary(model)
+    rec = rep["layers"]["embedding"][0]
+    assert sum(rec["size_histogram"]) == rec["vocab"] and "mean_value_dims" in rec
+
+
+def test_pme_writes_size_histograms_to_tensorboard(small_data, tmp_path):
+    d = small_data
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,)))
+    x, y = d.train
+    model.fit(d.inputs(x[:2048]), y[:2048], batch_size=512, epochs=1, verbose=0,
+              callbacks=[ked.PMEPruner(0.5, verbose=0, log_dir=str(tmp_path / "tb"))])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()["tensors"]
+    assert any(t.startswith("value_sizes/embedding/") for t in tags)
