@@ -67,7 +67,7 @@ class PMEPruner(EpochBoundedSearch):
         min_dim: entries every value keeps at least (default 1). With 0 a
             value may keep nothing and embed to zeros, which reaches budgets
             below 1/D but costs accuracy: on MovieLens-100K at budget 0.1,
-            AUC 0.7355 with 0 vs 0.7649 with 1 (docs/methods.md).
+            AUC 0.7355 with 0 vs 0.7648 with 1 (docs/pme_min_dim_movielens.md).
         after, layers, log_dir, verbose: as for `SingleShotPruner`.
 
     Example:
