@@ -70,7 +70,7 @@ class HardMaskEmbedding(SearchableEmbedding):
     >>> emb = ked.HardMaskEmbedding([10, 20], 4, initial_logit=1.0)
     >>> tuple(emb(np.array([[1, 2]])).shape)
     (1, 2, 4)
-    >>> emb.mask_logits.assign([[0.01, -0.01, 0.01, 0.01], [0.01, 0.01, -0.02, -0.02]])
+    >>> _ = emb.mask_logits.assign([[0.01, -0.01, 0.01, 0.01], [0.01, 0.01, -0.02, -0.02]])
     >>> emb.dimension_mask().kept_dims.tolist()
     [3, 2]
     """

@@ -1,0 +1,15 @@
+"""The docstring examples are runnable: run them."""
+
+import doctest
+
+import pytest
+
+from keras_embdim import models
+from keras_embdim.layers import fields, hard_mask_embedding, prunable_embedding
+
+
+@pytest.mark.parametrize("module", [prunable_embedding, hard_mask_embedding, fields, models])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0
+    assert result.failed == 0
