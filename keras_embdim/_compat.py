@@ -173,9 +173,6 @@ def tensorboard_log_dir(value: Any) -> str | None:
     return os.fspath(value)
 
 
-def load_model(path: str, custom_objects: dict | None = None):
-    return keras.models.load_model(path, custom_objects=custom_objects)
-
 
 def set_embedding_variable(layer: Any, variable: Any) -> None:
     """Keras 3's Embedding reads `_embeddings` (behind a property); Keras 2 `embeddings`."""

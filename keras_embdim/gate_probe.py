@@ -30,11 +30,10 @@ class GateProbe:
         shape = (num_fields, output_dim)
         self.grad_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_grad_sum")
         self.abs_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_abs_sum")
-        self.sq_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_sq_sum")
         self.batches = tf.Variable(0.0, trainable=False, name="gate_batches")
 
     def reset(self) -> None:
-        for v in (self.grad_sum, self.abs_sum, self.sq_sum):
+        for v in (self.grad_sum, self.abs_sum):
             v.assign(tf.zeros_like(v))
         self.batches.assign(0.0)
 
@@ -60,7 +59,6 @@ class GateProbe:
                 g = tf.reshape(g, tf.shape(probe.grad_sum))
                 probe.grad_sum.assign_add(g)
                 probe.abs_sum.assign_add(tf.abs(g))
-                probe.sq_sum.assign_add(tf.square(g))
                 probe.batches.assign_add(1.0)
                 return upstream * m, tf.zeros_like(m)
 

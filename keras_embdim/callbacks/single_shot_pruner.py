@@ -95,7 +95,6 @@ class SingleShotPruner(DimensionSearchCallback):
         self._scored = 0
         self._warmup_resolved: int | None = None
         self._scoring_started_at = 0.0
-        self._retrace_seconds = 0.0
 
     # ------------------------------------------------------------ callbacks
     def on_train_begin(self, logs=None):
@@ -153,9 +152,7 @@ class SingleShotPruner(DimensionSearchCallback):
             return
         for layer in self._layers:
             layer.attach_gate_probe().reset()
-        t = time.perf_counter()
         _compat.force_retrace(self.model)
-        self._retrace_seconds += time.perf_counter() - t
         self.phase = "scoring"
         self._scored = 0
 
@@ -178,9 +175,7 @@ class SingleShotPruner(DimensionSearchCallback):
         for layer in self._layers:
             layer.detach_gate_probe()
         if probing and self.scoring_data is None:
-            t = time.perf_counter()
             _compat.force_retrace(self.model)
-            self._retrace_seconds += time.perf_counter() - t
 
     def _finish(self):
         probes = [l._gate_probe for l in self._layers]
@@ -195,7 +190,6 @@ class SingleShotPruner(DimensionSearchCallback):
         self.result = self._select_and_apply(scores, self.ranking)
         self.result.update(
             scoring_batches=batches,
-            retrace_seconds=self._retrace_seconds,
             search_seconds=time.perf_counter() - self._scoring_started_at,
         )
         self._announce(f"scored {batches} batches at step {self._step}")
