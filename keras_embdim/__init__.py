@@ -10,13 +10,14 @@ from keras_embdim.callbacks import (
     DimensionExporter,
     DimensionSearchCallback,
     HardMaskSearch,
+    TwinsMaskSearch,
     OrthogonalRegularizer,
     PMEPruner,
     SingleShotPruner,
 )
-from keras_embdim.convert import make_searchable
+from keras_embdim.convert import add_twins, make_searchable
 from keras_embdim.export import ExportError, ExportResult, export_compact
-from keras_embdim.layers import HardMaskEmbedding, PrunableEmbedding, SearchableEmbedding
+from keras_embdim.layers import HardMaskEmbedding, PrunableEmbedding, SearchableEmbedding, TwinsMaskLayer
 from keras_embdim.mask import DimensionMask, DimensionSearchable, find_searchable_layers
 from keras_embdim.report import dimension_report, dimension_summary, format_report
 
@@ -37,6 +38,9 @@ __all__ = [
     "PrunableEmbedding",
     "SearchableEmbedding",
     "SingleShotPruner",
+    "TwinsMaskLayer",
+    "TwinsMaskSearch",
+    "add_twins",
     "dimension_report",
     "dimension_summary",
     "export_compact",

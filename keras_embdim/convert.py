@@ -50,3 +50,82 @@ def make_searchable(model: Any, *, layer_class: type | None = None, layers: Sequ
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
+
+
+def _per_layer(value: Any, name: str, arg: str, names: list[str]):
+    if isinstance(value, dict):
+        unknown = set(value) - set(names)
+        if unknown:
+            raise ValueError(f"`{arg}` names layers {sorted(unknown)} that are not wrapped; wrapped: {names}.")
+        return value.get(name)
+    return value
+
+
+def add_twins(
+    model: Any,
+    *,
+    layers: Sequence[str] | None = None,
+    field_vocab_sizes: Any = None,
+    frequencies: Any = None,
+    **layer_kwargs: Any,
+):
+    """Clone `model` with a `TwinsMaskLayer` behind each of its plain Embeddings.
+
+    The AMTL warm start: the clone predicts exactly what `model` predicts (every
+    value starts at full size) and keeps its weights; train it with
+    `TwinsMaskSearch(budget, twins_epochs=1)` so that the twins learn sizes for
+    the trained tables before tables and twins train together.
+
+    Args:
+        model: a functional or sequential model.
+        layers: names of the Embeddings to wrap (default: every
+            `keras.layers.Embedding` wider than 1, so DeepFM's first-order
+            weights stay as they are).
+        field_vocab_sizes: for an Embedding over several fields with offset
+            ids, the fields' vocabulary sizes (a list, or a dict by layer name).
+        frequencies: known counts per value (array, or a dict by layer name).
+        **layer_kwargs: passed to every `TwinsMaskLayer`.
+
+    Example:
+
+    ```python
+    masked = ked.add_twins(trained, field_vocab_sizes=data.vocab_sizes)
+    masked.compile(...)
+    masked.fit(train, epochs=2, callbacks=[ked.TwinsMaskSearch(0.4, twins_epochs=1)])
+    ```
+    """
+    from keras_embdim.layers import TwinsMaskLayer
+
+    wanted = set(layers) if layers is not None else None
+    candidates = [
+        l.name
+        for l in model.layers
+        if type(l) is keras.layers.Embedding and (l.name in wanted if wanted is not None else l.output_dim > 1)
+    ]
+    if wanted is not None and wanted - set(candidates):
+        raise ValueError(f"layers={sorted(wanted)}: no plain Embedding named {sorted(wanted - set(candidates))}.")
+    if not candidates:
+        raise ValueError(f"model '{model.name}' has no keras.layers.Embedding to put a TwinsMaskLayer behind.")
+    for arg, value in (("field_vocab_sizes", field_vocab_sizes), ("frequencies", frequencies)):
+        _per_layer(value, "", arg, candidates)  # validates dict keys
+
+    def clone(layer):
+        if layer.name in candidates:
+            cfg = layer.get_config()
+            inner = keras.layers.Embedding.from_config(cfg)
+            return TwinsMaskLayer(
+                inner,
+                field_vocab_sizes=_per_layer(field_vocab_sizes, layer.name, "field_vocab_sizes", candidates),
+                frequencies=_per_layer(frequencies, layer.name, "frequencies", candidates),
+                name=f"{layer.name}_twins",
+                **layer_kwargs,
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    new = keras.models.clone_model(model, clone_function=clone)
+    for layer in new.layers:
+        if isinstance(layer, TwinsMaskLayer):
+            layer.embedding.set_weights(model.get_layer(layer.name[: -len("_twins")]).get_weights())
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return new

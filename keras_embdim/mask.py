@@ -184,6 +184,10 @@ def find_searchable_layers(model: Any, names: Iterable[str] | None = None) -> li
             is an error.
     """
     layers = [l for l in _compat.flatten_layers(model) if isinstance(l, DimensionSearchable)]
+    # a searchable layer wrapped by another (TwinsMaskLayer around a PrunableEmbedding)
+    # is searched and compacted through its wrapper only
+    wrapped = {id(getattr(l, "embedding", None)) for l in layers}
+    layers = [l for l in layers if id(l) not in wrapped]
     if names is not None:
         names = list(names)
         by_name = {l.name: l for l in layers}

@@ -6,5 +6,6 @@ from keras_embdim.callbacks.orthogonal_regularizer import OrthogonalRegularizer
 from keras_embdim.callbacks.pme_pruner import PMEPruner
 from keras_embdim.callbacks.search_callback import DimensionSearchCallback
 from keras_embdim.callbacks.single_shot_pruner import SingleShotPruner
+from keras_embdim.callbacks.twins_mask_search import TwinsMaskSearch
 
-__all__ = ["DimensionExporter", "DimensionSearchCallback", "HardMaskSearch", "OrthogonalRegularizer", "PMEPruner", "SingleShotPruner"]
+__all__ = ["DimensionExporter", "DimensionSearchCallback", "HardMaskSearch", "OrthogonalRegularizer", "PMEPruner", "SingleShotPruner", "TwinsMaskSearch"]

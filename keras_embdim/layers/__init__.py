@@ -4,5 +4,6 @@ from keras_embdim.layers.fields import FieldOffsets, StackFields
 from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
 from keras_embdim.layers.prunable_embedding import PrunableEmbedding
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
+from keras_embdim.layers.twins_mask_layer import TwinsMaskLayer
 
-__all__ = ["FieldOffsets", "HardMaskEmbedding", "PrunableEmbedding", "SearchableEmbedding", "StackFields"]
+__all__ = ["FieldOffsets", "HardMaskEmbedding", "PrunableEmbedding", "SearchableEmbedding", "StackFields", "TwinsMaskLayer"]

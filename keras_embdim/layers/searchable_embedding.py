@@ -30,6 +30,43 @@ def _parse_vocab(input_dim: Any) -> tuple[tuple[int, ...], bool]:
     )
 
 
+def as_int_ids(inputs) -> tf.Tensor:
+    """Ids as an integer tensor (floats are cast, as `keras.layers.Embedding` does)."""
+    ids = tf.convert_to_tensor(inputs)
+    if not ids.dtype.is_integer:
+        ids = tf.cast(ids, tf.int32)
+    return ids
+
+
+def check_id_range(ids: tf.Tensor, low, high, layer_name: str, fields: dict) -> tf.Tensor:
+    """`ids` after asserting `low <= ids < high` (per field along the last axis)."""
+    checks = [
+        tf.debugging.assert_greater_equal(
+            ids,
+            tf.constant(np.asarray(low), dtype=ids.dtype),
+            message=f"layer '{layer_name}': embedding ids must be >= 0 (>= the field's offset for global ids)",
+        ),
+        tf.debugging.assert_less(
+            ids,
+            tf.constant(np.asarray(high), dtype=ids.dtype),
+            message=(
+                f"layer '{layer_name}': an id is >= its field's vocabulary size; "
+                f"vocabulary sizes are {fields}"
+            ),
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(ids)
+
+
+def zero_beyond_sizes(table, sizes: np.ndarray, optimizer=None) -> None:
+    """Zero the entries of each row beyond its size, in the table and its optimizer slots."""
+    keep = (np.arange(int(table.shape[1]))[None, :] < np.asarray(sizes)[:, None]).astype(np.float32)
+    table.assign(_compat.to_numpy(table) * keep)
+    for slot in _compat.optimizer_slots(optimizer, table):
+        slot.assign(_compat.to_numpy(slot) * keep)
+
+
 class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
     """An `Embedding` with a per-field dimension mask; base of keras_embdim's layers.
 
@@ -155,28 +192,10 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
 
     # ------------------------------------------------------------------ call
     def _prepare_ids(self, inputs) -> tf.Tensor:
-        ids = tf.convert_to_tensor(inputs)
-        if not ids.dtype.is_integer:
-            ids = tf.cast(ids, tf.int32)  # as keras.layers.Embedding does
+        ids = as_int_ids(inputs)
         if self.validate_ids:
             limit = np.asarray(self._vocab_sizes if self._multi_field else self._vocab_sizes[0])
-            limit = tf.constant(limit, dtype=ids.dtype)
-            fields = dict(zip(self.field_names, self._vocab_sizes))
-            checks = [
-                tf.debugging.assert_non_negative(
-                    ids, message=f"layer '{self.name}': embedding ids must be >= 0"
-                ),
-                tf.debugging.assert_less(
-                    ids,
-                    limit,
-                    message=(
-                        f"layer '{self.name}': an id is >= its field's vocabulary size; "
-                        f"vocabulary sizes are {fields}"
-                    ),
-                ),
-            ]
-            with tf.control_dependencies(checks):
-                ids = tf.identity(ids)
+            ids = check_id_range(ids, 0, limit, self.name, dict(zip(self.field_names, self._vocab_sizes)))
         return ids
 
     def _output_mask(self, training=None) -> tf.Tensor:
@@ -251,11 +270,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         self._value_sizes.assign(sizes.astype(np.int32))
         self.per_value = True
         if zero_pruned:
-            keep = (np.arange(self.output_dim)[None, :] < sizes[:, None]).astype(np.float32)
-            table = self.embedding_variable
-            table.assign(_compat.to_numpy(table) * keep)
-            for slot in _compat.optimizer_slots(optimizer, table):
-                slot.assign(_compat.to_numpy(slot) * keep)
+            zero_beyond_sizes(self.embedding_variable, sizes, optimizer)
 
     def set_dimension_mask(self, mask, *, optimizer=None, zero_pruned: bool = True) -> None:
         """Impose a per-field mask.

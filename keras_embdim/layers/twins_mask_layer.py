@@ -1,0 +1,489 @@
+"""`TwinsMaskLayer`: per-value sizes from value frequency (AMTL), behind an embedding."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim import _compat, compaction, twins
+from keras_embdim._compat import keras, register_serializable
+from keras_embdim.layers.searchable_embedding import (
+    SearchableEmbedding,
+    as_int_ids,
+    check_id_range,
+    zero_beyond_sizes,
+)
+from keras_embdim.mask import DimensionMask, DimensionSearchable
+
+_EVAL_CHUNK = 1 << 16
+
+
+def _positive_int(name: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}; received {name}={value!r}.")
+    return int(value)
+
+
+@register_serializable(package="keras_embdim")
+class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
+    """Per-value embedding sizes from an adaptively-masked twins layer (AMTL).
+
+    Wraps an embedding layer (a plain `keras.layers.Embedding`, or keras_embdim's
+    `PrunableEmbedding` / `SearchableEmbedding`, single- or multi-field) and
+    multiplies each looked-up row by a prefix mask: value i keeps its first
+    `k_i` dimensions. `k_i` is a learned function of how often value i occurs:
+
+    - frequency features of the value (its count relative to the largest and to
+      the mean count of its field, plus the field as a one-hot), from counts the
+      layer gathers while training (or `frequencies` given by you);
+    - two twin MLPs of the same shape map them to logits over the sizes
+      `min_dim..D`; the frequent-value branch and the rare-value branch are
+      mixed with weight `q_i = log(1+c_i) / log(1+max count of the field)`;
+    - the forward mask is the prefix of the argmax size, exactly 0/1; the
+      gradient reaches the twins through `softmax(z / temperature)`
+      (straight-through, `keras_embdim.twins.straight_through_mask`);
+    - a size penalty `size_weight * relu(expected kept fraction - size_target)`
+      is added to the loss, the kept fraction being estimated on a uniform
+      sample of the vocabulary (each distinct value costs its size once, however
+      often it occurs).
+
+    `keras_embdim.TwinsMaskSearch` drives it to a parameter budget and then
+    freezes every value's size (`set_value_sizes`); after that the twins are
+    not evaluated any more, and `DimensionExporter` ships each value's kept
+    prefix in a ragged layout without the twins.
+
+    Args:
+        embedding: the embedding layer to mask.
+        field_vocab_sizes: for a plain `Embedding` over several fields that
+            share one id space (ids already offset, input `[..., F]` with column
+            f holding field f's ids, as `keras_embdim.layers.FieldOffsets`
+            makes): each field's vocabulary size. Default: one field.
+        field_names: names of the fields for reports (plain Embedding only).
+        frequencies: optional known counts per value (one array per field, or
+            one array over all rows); then the layer does not count.
+        hidden_units: width of each twin's hidden layer.
+        min_dim: smallest size a value can get (0 lets rare values vanish).
+        temperature: softmax temperature of the straight-through gradient.
+        logit_scale: the twins' logits are `logit_scale * (mixed MLP output)`,
+            so that they move fast enough under the model's optimizer (an Adam
+            step moves a weight by about the learning rate; a search lasts a
+            few hundred steps).
+        size_weight, size_target: the size penalty (`TwinsMaskSearch` sets them).
+        penalty_sample: vocabulary rows sampled per step for the size penalty.
+        validate_ids: assert that ids lie in their field's range.
+
+    Example:
+
+    >>> import numpy as np, keras_embdim as ked
+    >>> from keras_embdim._compat import keras
+    >>> layer = ked.TwinsMaskLayer(keras.layers.Embedding(100, 8))
+    >>> tuple(layer(np.array([[1, 2, 3]])).shape)
+    (1, 3, 8)
+    """
+
+    granularity = "value"
+
+    def __init__(
+        self,
+        embedding: Any,
+        *,
+        field_vocab_sizes: Sequence[int] | None = None,
+        field_names: Sequence[str] | None = None,
+        frequencies: Any = None,
+        hidden_units: int = 16,
+        min_dim: int = 1,
+        temperature: float = 1.0,
+        logit_scale: float = 10.0,
+        size_weight: float = 0.0,
+        size_target: float = 1.0,
+        penalty_sample: int = 1024,
+        count_frequencies: bool | None = None,
+        validate_ids: bool = True,
+        frozen: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if isinstance(embedding, dict):
+            embedding = keras.layers.deserialize(embedding)
+        if not isinstance(embedding, keras.layers.Embedding):
+            raise TypeError(
+                "`embedding` must be a keras.layers.Embedding or a keras_embdim embedding layer; "
+                f"received {type(embedding).__name__}."
+            )
+        ours = isinstance(embedding, SearchableEmbedding)
+        if ours and type(embedding).__name__ not in ("SearchableEmbedding", "PrunableEmbedding"):
+            raise TypeError(
+                f"`embedding` is a {type(embedding).__name__}, which searches its own dimensions; "
+                "wrap a plain Embedding or a PrunableEmbedding."
+            )
+        if ours and embedding.built and not embedding.dimension_mask().is_full:
+            raise ValueError(f"`embedding` '{embedding.name}' has a dimension mask already; wrap an unsearched layer.")
+        self.embedding = embedding
+        self._ours = ours
+        if ours:
+            if field_vocab_sizes is not None:
+                raise ValueError(
+                    f"`field_vocab_sizes` is for a plain Embedding; '{embedding.name}' knows its fields "
+                    f"({list(embedding.field_vocab_sizes)})."
+                )
+            vocab = tuple(embedding.field_vocab_sizes)
+            self._multi = embedding.multi_field
+            self._global_ids = False
+            names = tuple(embedding.field_names)
+        else:
+            n = int(embedding.input_dim)
+            if field_vocab_sizes is None:
+                vocab, self._multi = (n,), False
+            else:
+                vocab = tuple(_positive_int("field_vocab_sizes", v) for v in field_vocab_sizes)
+                if sum(vocab) != n:
+                    raise ValueError(
+                        f"`field_vocab_sizes` must add up to the Embedding's input_dim={n}; "
+                        f"received {list(vocab)} (sum {sum(vocab)})."
+                    )
+                self._multi = True
+            self._global_ids = self._multi
+            if field_names is not None:
+                names = tuple(str(x) for x in field_names)
+                if len(names) != len(vocab):
+                    raise ValueError(f"`field_names` must name each of the {len(vocab)} fields; received {names!r}.")
+            else:
+                names = (embedding.name,) if len(vocab) == 1 else tuple(f"field_{i}" for i in range(len(vocab)))
+        self._vocab_sizes = vocab
+        self._names = names
+        self._offsets = compaction.field_offsets(vocab)
+        self.output_dim = int(embedding.output_dim)
+        self.hidden_units = _positive_int("hidden_units", hidden_units)
+        self.min_dim = _positive_int("min_dim", min_dim, 0)
+        if self.min_dim > self.output_dim:
+            raise ValueError(f"`min_dim` must be <= output_dim={self.output_dim}; received min_dim={min_dim}.")
+        for name, value in (("temperature", temperature), ("logit_scale", logit_scale), ("size_weight", size_weight), ("size_target", size_target)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0; received {name}={value!r}.")
+        if temperature <= 0 or logit_scale <= 0:
+            raise ValueError(
+                f"`temperature` and `logit_scale` must be > 0; received {temperature!r} and {logit_scale!r}."
+            )
+        self.logit_scale = float(logit_scale)
+        self._init_temperature = float(temperature)
+        self._init_size_weight = float(size_weight)
+        self._init_size_target = float(size_target)
+        self.penalty_sample = _positive_int("penalty_sample", penalty_sample)
+        self._frequencies = self._parse_frequencies(frequencies)
+        self.count_frequencies = (frequencies is None) if count_frequencies is None else bool(count_frequencies)
+        self.validate_ids = bool(validate_ids)
+        self.frozen = bool(frozen)
+        self._table_frozen = False  # twins-first warm start: no update of the table
+        self._serving = None
+        self.supports_masking = True
+
+    def _parse_frequencies(self, frequencies) -> np.ndarray | None:
+        if frequencies is None:
+            return None
+        total = int(sum(self._vocab_sizes))
+        if isinstance(frequencies, (list, tuple)) and len(frequencies) == len(self._vocab_sizes) and all(
+            np.ndim(f) == 1 for f in frequencies
+        ):
+            parts = [np.asarray(f, np.float64) for f in frequencies]
+            if any(p.shape != (n,) for p, n in zip(parts, self._vocab_sizes)):
+                raise ValueError(
+                    f"`frequencies` must hold one count per value of each field {list(self._vocab_sizes)}; "
+                    f"received lengths {[p.shape for p in parts]}."
+                )
+            freq = np.concatenate(parts)
+        else:
+            freq = np.asarray(frequencies, np.float64)
+        if freq.shape != (total,):
+            raise ValueError(
+                f"`frequencies` must be {total} counts (one per row) or one array per field; received shape {freq.shape}."
+            )
+        if not np.all(np.isfinite(freq)) or freq.min(initial=0) < 0:
+            raise ValueError("`frequencies` must be finite counts >= 0.")
+        return freq.astype(np.float32)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def field_vocab_sizes(self) -> tuple[int, ...]:
+        return self._vocab_sizes
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return self._names
+
+    @property
+    def num_fields(self) -> int:
+        return len(self._vocab_sizes)
+
+    @property
+    def multi_field(self) -> bool:
+        return self._multi
+
+    @property
+    def embedding_variable(self):
+        return _compat.get_embedding_variable(self.embedding)
+
+    @property
+    def num_candidates(self) -> int:
+        return self.output_dim - self.min_dim + 1
+
+    # ----------------------------------------------------------------- build
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        if not self.embedding.built:
+            self.embedding.build(input_shape)
+        rows, F = int(sum(self._vocab_sizes)), self.num_fields
+        freq = self._frequencies
+        if freq is None:
+            freq = np.zeros(rows, np.float32)
+        fmax = np.array([freq[o : o + n].max(initial=0.0) for o, n in zip(self._offsets, self._vocab_sizes)], np.float32)
+        ftot = np.array([freq[o : o + n].sum() for o, n in zip(self._offsets, self._vocab_sizes)], np.float32)
+        const = keras.initializers.Constant
+        self.counts = self.add_weight(name="counts", shape=(rows,), initializer=const(freq) if freq.any() else "zeros", trainable=False)
+        self.field_max = self.add_weight(name="field_max", shape=(F,), initializer=const(fmax), trainable=False)
+        self.field_total = self.add_weight(name="field_total", shape=(F,), initializer=const(ftot), trainable=False)
+        inputs = twins.NUM_FREQUENCY_FEATURES + (F if F > 1 else 0)
+        H, K = self.hidden_units, self.num_candidates
+        # Every value starts at full size (warm start keeps the trained model's output).
+        start = np.zeros(K, np.float32)
+        start[-1] = 2.0 / self.logit_scale
+        self._twins = {}
+        live = not self.frozen  # a frozen layer (loaded after its search) no longer trains them
+        for branch in ("high", "low"):
+            self._twins[branch] = (
+                self.add_weight(name=f"{branch}_w1", shape=(inputs, H), initializer="glorot_uniform", trainable=live),
+                self.add_weight(name=f"{branch}_b1", shape=(H,), initializer="zeros", trainable=live),
+                self.add_weight(
+                    name=f"{branch}_w2",
+                    shape=(H, K),
+                    initializer=keras.initializers.RandomNormal(stddev=0.01),
+                    trainable=live,
+                ),
+                self.add_weight(name=f"{branch}_b2", shape=(K,), initializer=const(start), trainable=live),
+            )
+        self.temperature = self.add_weight(name="temperature", shape=(), initializer=const(self._init_temperature), trainable=False)
+        self.size_weight = self.add_weight(name="size_weight", shape=(), initializer=const(self._init_size_weight), trainable=False)
+        self.size_target = self.add_weight(name="size_target", shape=(), initializer=const(self._init_size_target), trainable=False)
+        self.size_bias = self.add_weight(name="size_bias", shape=(), initializer="zeros", trainable=False)
+        self.value_sizes = self.add_weight(
+            name="value_sizes", shape=(rows,), initializer=const(self.output_dim), dtype="int32", trainable=False
+        )
+        self.built = True
+
+    # ------------------------------------------------------------------ call
+    def _field_index(self, rows: tf.Tensor) -> tf.Tensor:
+        """Field of each position: the last axis for multi-field input, else 0."""
+        if not self._multi:
+            return tf.zeros_like(rows)
+        return tf.broadcast_to(tf.range(self.num_fields, dtype=rows.dtype), tf.shape(rows))
+
+    def _logits_for(self, counts: tf.Tensor, fields: tf.Tensor, biased: bool = True) -> tf.Tensor:
+        """Twins logits `[..., K]` of values with the given counts and field indices."""
+        vocab = tf.constant(np.asarray(self._vocab_sizes, np.float32))
+        fmax = tf.gather(tf.convert_to_tensor(self.field_max), fields)
+        fmean = tf.gather(tf.convert_to_tensor(self.field_total) / vocab, fields)
+        q, s = twins.frequency_features(counts, fmax, fmean)
+        if self.num_fields > 1:
+            s = tf.concat([s, tf.one_hot(fields, self.num_fields)], axis=-1)
+        z = self.logit_scale * twins.twins_logits(s, q, self._twins["high"], self._twins["low"])
+        if biased:
+            z = twins.biased_logits(z, self.size_bias, self.min_dim, self.output_dim)
+        return z
+
+    def _count(self, rows: tf.Tensor, fields: tf.Tensor) -> None:
+        flat = tf.reshape(rows, [-1])
+        flat_fields = tf.reshape(fields, [-1])
+        ones = tf.ones(tf.shape(flat), tf.float32)
+        counts = _compat.tf_variable(self.counts)
+        counts.scatter_add(tf.IndexedSlices(ones, flat))
+        new = tf.gather(counts, flat)
+        seen = tf.math.unsorted_segment_max(new, flat_fields, self.num_fields)
+        self.field_max.assign(tf.maximum(tf.convert_to_tensor(self.field_max), seen))
+        self.field_total.assign_add(tf.math.unsorted_segment_sum(ones, flat_fields, self.num_fields))
+
+    def size_penalty(self) -> tf.Tensor:
+        """`size_weight * relu(kept fraction - size_target)` on a uniform vocabulary sample."""
+        total = int(sum(self._vocab_sizes))
+        if total <= self.penalty_sample:
+            rows = tf.range(total, dtype=tf.int32)
+        else:
+            rows = tf.random.uniform([self.penalty_sample], 0, total, dtype=tf.int32)
+        fields = tf.searchsorted(tf.constant(np.asarray(self._offsets, np.int32)), rows, side="right") - 1
+        z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
+        _, size = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
+        frac = tf.reduce_mean(size) / float(self.output_dim)
+        return tf.convert_to_tensor(self.size_weight) * tf.nn.relu(frac - tf.convert_to_tensor(self.size_target))
+
+    def call(self, inputs, training=None):
+        ids = as_int_ids(inputs)
+        if self.validate_ids:
+            fields = dict(zip(self._names, self._vocab_sizes))
+            if self._global_ids:
+                ids = check_id_range(ids, self._offsets, np.add(self._offsets, self._vocab_sizes), self.name, fields)
+            else:
+                high = np.asarray(self._vocab_sizes if self._multi else self._vocab_sizes[0])
+                ids = check_id_range(ids, 0, high, self.name, fields)
+        if self._serving is not None:
+            local = ids - tf.constant(np.asarray(self._offsets), ids.dtype) if self._global_ids else ids
+            return self._serving.lookup(
+                local, multi_field=self._multi, output_dim=self.output_dim, dtype=tf.as_dtype(self.compute_dtype)
+            )
+        emb = self.embedding(ids)
+        if self._table_frozen:
+            emb = tf.stop_gradient(emb) + 0.0 * emb  # zero gradient: the table does not move
+        rows = ids + tf.constant(np.asarray(self._offsets), ids.dtype) if (self._ours and self._multi) else ids
+        rows = tf.cast(rows, tf.int32)
+        fields = self._field_index(rows)
+        if self.frozen:
+            sizes = tf.gather(tf.convert_to_tensor(self.value_sizes), rows)
+            mask = tf.cast(tf.range(self.output_dim) < tf.expand_dims(sizes, -1), emb.dtype)
+            return emb * mask
+        if training is True and self.count_frequencies:
+            self._count(rows, fields)
+        z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
+        mask, _ = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
+        if training is True:
+            self.add_loss(self.size_penalty())
+        return emb * tf.cast(mask, emb.dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.embedding.compute_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape):
+        return self.embedding.compute_output_shape(input_shape)
+
+    # -------------------------------------------------------- mask protocol
+    def _groups(self):
+        """Distinct (field, count) pairs: values the twins cannot tell apart."""
+        counts = _compat.to_numpy(self.counts).astype(np.float32)
+        fields = np.repeat(np.arange(self.num_fields, dtype=np.int32), self._vocab_sizes)
+        pairs = np.stack([fields.astype(np.float64), counts.astype(np.float64)], axis=1)
+        uniq, inverse, mult = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
+        return uniq[:, 0].astype(np.int32), uniq[:, 1].astype(np.float32), inverse.reshape(-1), mult
+
+    def group_logits(self, biased: bool = False):
+        """`(z [G, K], inverse [rows], group counts [G], multiplicity [G])` over the vocabulary."""
+        g_fields, g_counts, inverse, mult = self._groups()
+        parts = []
+        for s in range(0, len(g_fields), _EVAL_CHUNK):
+            parts.append(
+                _compat.to_numpy(
+                    self._logits_for(tf.constant(g_counts[s : s + _EVAL_CHUNK]), tf.constant(g_fields[s : s + _EVAL_CHUNK]), biased)
+                )
+            )
+        z = np.concatenate(parts) if parts else np.zeros((0, self.num_candidates), np.float32)
+        return z, inverse, g_counts, mult
+
+    def current_sizes(self) -> np.ndarray:
+        """`[rows]` size of every value now (frozen sizes, or the twins' choice)."""
+        if not self.built:
+            return np.full(int(sum(self._vocab_sizes)), self.output_dim, np.int32)
+        if self.frozen:
+            return _compat.to_numpy(self.value_sizes).astype(np.int32)
+        z, inverse, _, _ = self.group_logits(biased=True)
+        sizes = twins.size_table(self.min_dim, self.output_dim)
+        return sizes[np.argmax(z, axis=1)][inverse]
+
+    def dimension_mask(self) -> DimensionMask:
+        flat = self.current_sizes().astype(np.int64)
+        sizes = [flat[o : o + n] for o, n in zip(self._offsets, self._vocab_sizes)]
+        widest = np.array([s.max(initial=0) for s in sizes])
+        keep = np.arange(self.output_dim)[None, :] < widest[:, None]
+        return DimensionMask(self._vocab_sizes, keep, self._names, value_sizes=sizes)
+
+    def set_dimension_mask(self, mask, **kwargs) -> None:
+        raise ValueError(
+            f"layer '{self.name}' sizes each value (TwinsMaskLayer); it takes per-value sizes "
+            "(`set_value_sizes`), not a per-field mask."
+        )
+
+    def set_value_sizes(self, sizes, *, optimizer=None, zero_pruned: bool = True) -> None:
+        """Fix every value's size (the search is over; the twins are no longer used).
+
+        Args:
+            sizes: `[sum(n_f)]` ints in `[0, output_dim]`, or one array per field.
+            optimizer: if given, its state for the removed entries is zeroed.
+            zero_pruned: zero the removed entries of the table.
+
+        The caller retraces the training step (`TwinsMaskSearch` does).
+        """
+        if not self.built:
+            self.build()
+        if isinstance(sizes, (list, tuple)) and len(sizes) == self.num_fields and np.ndim(sizes[0]) == 1:
+            sizes = np.concatenate([np.asarray(s) for s in sizes])
+        sizes = np.asarray(sizes)
+        total = int(sum(self._vocab_sizes))
+        if sizes.shape != (total,) or not np.issubdtype(sizes.dtype, np.integer):
+            raise ValueError(
+                f"layer '{self.name}': sizes must be {total} integers (one per row), or one array per field; "
+                f"received shape {sizes.shape} of {sizes.dtype}."
+            )
+        if sizes.min(initial=0) < 0 or sizes.max(initial=0) > self.output_dim:
+            raise ValueError(f"layer '{self.name}': sizes must lie in [0, {self.output_dim}].")
+        self.value_sizes.assign(sizes.astype(np.int32))
+        self.frozen = True
+        for branch in self._twins.values():  # unused from now on: no "gradients do not exist" warnings
+            for variable in branch:
+                _compat.set_trainable(self, variable, False)
+        if zero_pruned:
+            zero_beyond_sizes(self.embedding_variable, sizes, optimizer)
+
+    def freeze_table(self, frozen: bool = True) -> None:
+        """Stop (or resume) updates of the embedding table; the caller retraces."""
+        self._table_frozen = bool(frozen)
+
+    def _set_serving_tables(self, serving) -> None:
+        self._serving = serving
+
+    # ------------------------------------------------------- saving/loading
+    def _state_variables(self) -> list:
+        """Own variables in a fixed order (trainability changes when sizes freeze)."""
+        twin_vars = [v for branch in ("high", "low") for v in self._twins[branch]]
+        return [
+            self.counts, self.field_max, self.field_total, *twin_vars,
+            self.temperature, self.size_weight, self.size_target, self.size_bias, self.value_sizes,
+        ]
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for i, v in enumerate(self._state_variables()):
+            store[str(i)] = _compat.to_numpy(v)
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        variables = self._state_variables()
+        n = _compat.store_len(store)
+        if n != len(variables):
+            raise ValueError(f"layer '{self.name}' expects {len(variables)} saved variables; the file holds {n}.")
+        for i, v in enumerate(variables):
+            v.assign(np.asarray(store[str(i)]))
+
+    # ---------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            embedding=keras.layers.serialize(self.embedding),
+            field_vocab_sizes=list(self._vocab_sizes) if (self._global_ids) else None,
+            field_names=list(self._names) if not self._ours else None,
+            hidden_units=self.hidden_units,
+            min_dim=self.min_dim,
+            temperature=self._init_temperature,
+            logit_scale=self.logit_scale,
+            size_weight=self._init_size_weight,
+            size_target=self._init_size_target,
+            penalty_sample=self.penalty_sample,
+            count_frequencies=self.count_frequencies,
+            validate_ids=self.validate_ids,
+            frozen=self.frozen,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["embedding"] = keras.layers.deserialize(config["embedding"])
+        return cls(**config)
