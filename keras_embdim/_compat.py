@@ -211,7 +211,10 @@ def set_trainable(layer: Any, variable: Any, trainable: bool) -> None:
         if trainable
         else (layer._trainable_weights, layer._non_trainable_weights)
     )
-    for i, v in enumerate(src):
-        if v is variable:
-            dst.append(src.pop(i))
-            break
+    # a variable can be listed twice (tf_keras also tracks variables held in
+    # containers assigned to layer attributes): move every occurrence
+    hits = [i for i, v in enumerate(src) if v is variable]
+    for i in reversed(hits):
+        src.pop(i)
+    if hits and not any(v is variable for v in dst):
+        dst.append(variable)

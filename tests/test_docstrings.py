@@ -5,10 +5,10 @@ import doctest
 import pytest
 
 from keras_embdim import models
-from keras_embdim.layers import fields, hard_mask_embedding, prunable_embedding
+from keras_embdim.layers import fields, hard_mask_embedding, prunable_embedding, twins_mask_layer
 
 
-@pytest.mark.parametrize("module", [prunable_embedding, hard_mask_embedding, fields, models])
+@pytest.mark.parametrize("module", [prunable_embedding, hard_mask_embedding, twins_mask_layer, fields, models])
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_embdim import _compat, budget as budget_lib
+from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.callbacks.search_callback import EpochBoundedSearch
 from keras_embdim.mask import total_params
 
@@ -76,6 +77,8 @@ class PMEPruner(EpochBoundedSearch):
     model.fit(train, epochs=3, callbacks=[ked.PMEPruner(budget=0.1)])
     ```
     """
+
+    layer_types = (SearchableEmbedding,)  # gate probes and per-field masks
 
     def __init__(
         self,

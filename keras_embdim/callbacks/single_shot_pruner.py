@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat
 from keras_embdim._compat import keras
+from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.callbacks.search_callback import (
     _RANKINGS,
     DimensionSearchCallback,
@@ -67,6 +68,8 @@ class SingleShotPruner(DimensionSearchCallback):
     model.fit(train, epochs=3, callbacks=[ked.SingleShotPruner(budget=0.1)])
     ```
     """
+
+    layer_types = (SearchableEmbedding,)  # gate probes and per-field masks
 
     def __init__(
         self,

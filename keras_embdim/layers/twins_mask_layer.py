@@ -249,10 +249,13 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         # Every value starts at full size (warm start keeps the trained model's output).
         start = np.zeros(K, np.float32)
         start[-1] = 2.0 / self.logit_scale
-        self._twins = {}
+        # not a tracked attribute: tf_keras would list the variables a second time
+        # through the container (they are tracked once, by add_weight)
+        twin_vars: dict = {}
+        object.__setattr__(self, "_twins", twin_vars)
         live = not self.frozen  # a frozen layer (loaded after its search) no longer trains them
         for branch in ("high", "low"):
-            self._twins[branch] = (
+            twin_vars[branch] = (
                 self.add_weight(name=f"{branch}_w1", shape=(inputs, H), initializer="glorot_uniform", trainable=live),
                 self.add_weight(name=f"{branch}_b1", shape=(H,), initializer="zeros", trainable=live),
                 self.add_weight(
