@@ -9,7 +9,9 @@ embeddings) and data:
 - ham_search: HardMaskEmbedding + HardMaskSearch, searching throughout;
 - ham_search+ortho: the same plus OrthogonalRegularizer;
 - sseds: PrunableEmbedding + SingleShotPruner(0.1) (scores and prunes in round 1);
-- pme_search: PrunableEmbedding + PMEPruner(0.1), accumulating entry importance throughout.
+- pme_search: PrunableEmbedding + PMEPruner(0.1), accumulating entry importance throughout;
+- amtl_search: TwinsMaskLayer(PrunableEmbedding) + TwinsMaskSearch(0.1), searching
+  throughout (twins on every looked-up value, size penalty on a vocabulary sample).
 
 This machine is a VM whose speed changes by up to 1.7x for tens of seconds at a
 time (seen: a plain epoch of 11.5 s in one fit and 20.6 s in the next), so the
@@ -52,6 +54,10 @@ def ham(v, dim, names):
     return ked.HardMaskEmbedding(v, dim, field_names=names, name="embedding")
 
 
+def twins(v, dim, names):
+    return ked.TwinsMaskLayer(ked.PrunableEmbedding(v, dim, field_names=names), name="embedding")
+
+
 def configs():
     never = 10**6  # search epochs: the search runs throughout the measurement
     return {
@@ -61,6 +67,7 @@ def configs():
         "ham_search+ortho": (ham, [ked.HardMaskSearch(0.1, search_epochs=never, verbose=0), ked.OrthogonalRegularizer(1e-3)]),
         "sseds": ("prunable", [ked.SingleShotPruner(0.1, warmup_steps=5, scoring_steps=20, verbose=0)]),
         "pme_search": ("prunable", [ked.PMEPruner(0.1, search_epochs=never, verbose=0)]),
+        "amtl_search": (twins, [ked.TwinsMaskSearch(0.1, search_epochs=never, verbose=0)]),
     }
 
 

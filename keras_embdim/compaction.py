@@ -116,52 +116,64 @@ class FieldServing:
 
 
 class ValueServing:
-    """Serving lookup of a per-value compacted layer (`keras_embdim.ragged`)."""
+    """Serving lookup of a per-value compacted layer (`keras_embdim.ragged`).
+
+    Args:
+        packed: the layer's `ragged.PackedTable` (all its fields).
+        jit_compile: compile the lookup with XLA (`tf.function(jit_compile=True)`
+            inside the serving graph): about 3x faster at batch 512 on CPU, but
+            TF Serving then needs `--xla_cpu_compilation_enabled=true`.
+    """
 
     granularity = "value"
 
-    def __init__(self, fields):
+    def __init__(self, packed, jit_compile: bool = False):
         from keras_embdim import ragged
 
-        self._ragged = ragged
-        self.meta = [(f.num_rows, f.output_dim, f.bits) for f in fields]
-        # empty arrays (codes and offsets of a one-size field) are never read: constants
-        self.tensors = [
-            tuple(
-                tf.Variable(a, trainable=False, name=f"{kind}_{i}") if a.size else tf.constant(a)
-                for kind, a in zip(("values", "alphabet", "codes", "block_offsets"), f.arrays)
-            )
-            for i, f in enumerate(fields)
-        ]
-        self.nbytes = sum(f.nbytes for f in fields)
+        self.layout = packed.layout
+        self.meta = dict(
+            layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
+            bits=packed.bits, shift=packed.shift,
+        )
+        self.arrays = {k: tf.Variable(a, trainable=False, name=f"{k}") for k, a in packed.arrays.items()}
+        self.nbytes = packed.nbytes
+        self.kept = packed.kept
+        self.jit_compile = bool(jit_compile)
+
+        def lookup(ids, multi_field):
+            return ragged.packed_lookup(self.arrays, ids, multi_field=multi_field, **self.meta)
+
+        def xla_lookup(ids, multi_field):  # XLA has no resource gathers: read the variables first
+            arrays = {k: tf.convert_to_tensor(v) for k, v in self.arrays.items()}
+            return ragged.packed_lookup(arrays, ids, multi_field=multi_field, **self.meta)
+
+        self._lookup = tf.function(xla_lookup, jit_compile=True, autograph=False) if self.jit_compile else lookup
 
     @property
     def variables(self) -> list:
-        return [v for arrays in self.tensors for v in arrays if isinstance(v, tf.Variable)]
+        return list(self.arrays.values())
 
     def lookup(self, ids, *, multi_field: bool, output_dim: int, dtype) -> tf.Tensor:
-        def one(f, field_ids):
-            n, D, bits = self.meta[f]
-            out = self._ragged.ragged_lookup(*self.tensors[f], field_ids, num_rows=n, output_dim=D, bits=bits)
-            return tf.cast(out, dtype)
-
-        if not multi_field:
-            return one(0, ids)
-        return tf.stack([one(f, ids[..., f]) for f in range(len(self.tensors))], axis=-2)
+        return tf.cast(self._lookup(ids, multi_field), dtype)
 
 
-def compact_layer(layer, table: np.ndarray | None = None):
-    """The serving object of a searchable layer: per-field or per-value compaction."""
+def compact_layer(layer, table: np.ndarray | None = None, *, value_layout: str = "auto", jit_compile: bool = False):
+    """The serving object of a searchable layer: per-field or per-value compaction.
+
+    Args:
+        layer: a searchable layer (anything `find_searchable_layers` returns).
+        table: its full table (default: read from the layer).
+        value_layout: per-value sizes only: the `ragged` layout, `"auto"` (the
+            fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"codes"`.
+        jit_compile: per-value sizes only: XLA-compile the lookup (see `ValueServing`).
+    """
     from keras_embdim import _compat, ragged
 
     mask = layer.dimension_mask()
     table = _compat.to_numpy(layer.embedding_variable) if table is None else table
     if mask.granularity == "value":
-        fields = [
-            ragged.pack_field(table[start : start + n], sizes)
-            for start, n, sizes in zip(field_offsets(mask.vocab_sizes), mask.vocab_sizes, mask.value_sizes)
-        ]
-        return ValueServing(fields)
+        packed = ragged.pack(table, list(mask.value_sizes), field_sizes=mask.vocab_sizes, layout=value_layout)
+        return ValueServing(packed, jit_compile=jit_compile)
     tables = []
     for f, arr in enumerate(compact_field_tables(table, mask)):
         tables.append(tf.Variable(arr, trainable=False, name=f"table_{f}") if arr.shape[1] else None)

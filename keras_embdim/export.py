@@ -55,6 +55,7 @@ class ExportResult:
     max_abs_diff: float | None
     inputs: dict = field(default_factory=dict)
     outputs: list = field(default_factory=list)
+    layouts: dict = field(default_factory=dict)  # layer -> "field" or the per-value ragged layout
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -195,6 +196,8 @@ def export_compact(
     verify: bool = True,
     atol: float = 1e-5,
     verbose: int = 1,
+    value_layout: str = "auto",
+    jit_compile: bool = False,
 ) -> ExportResult:
     """Export `model` for TF Serving with its searched tables compacted.
 
@@ -213,6 +216,12 @@ def export_compact(
         verify: load the export back and compare (default True).
         atol: largest allowed absolute difference in verification.
         verbose: print where the export went.
+        value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
+            layout, `"auto"` (the fastest within 1.10 x the kept bytes),
+            `"offsets"`, `"runs"` or `"codes"` (`keras_embdim.ragged`).
+        jit_compile: XLA-compile the per-value lookups in the serving graph
+            (about 3x faster on CPU; TF Serving then needs
+            `--xla_cpu_compilation_enabled=true`). Per-field layers never need it.
 
     Returns:
         an `ExportResult` (also written, with the dimension report, to
@@ -237,13 +246,17 @@ def export_compact(
     if not os.access(parent, os.W_OK):
         raise PermissionError(f"export_dir={export_dir!r}: its folder {parent!r} is not writable.")
 
+    from keras_embdim import ragged
+
+    if value_layout != "auto" and value_layout not in ragged.LAYOUTS:
+        raise ValueError(f"value_layout must be 'auto' or one of {ragged.LAYOUTS}, got {value_layout!r}.")
     layers = find_searchable_layers(model)
     kind, names, specs = _input_layout(model, input_signature, sample_inputs)
 
     # 1. compact tables (per field: kept columns; per value: the ragged layout)
     serving, compact_vars, compacted = {}, [], []
     for layer in layers:
-        state = compaction.compact_layer(layer)
+        state = compaction.compact_layer(layer, value_layout=value_layout, jit_compile=jit_compile)
         serving[layer] = state
         compact_vars.extend(state.variables)
         compacted.append(layer)
@@ -272,7 +285,9 @@ def export_compact(
         )
     compact_ids = {id(v) for v in compact_vars}
     module = tf.Module()
-    setattr(module, TABLES_ATTRIBUTE, [v for v in compact_vars if id(v) in {id(c) for c in captured}])
+    # every compact table (a resource gather_nd captures its variable without
+    # listing it in `concrete.variables`, so the captured list is not enough)
+    setattr(module, TABLES_ATTRIBUTE, list(compact_vars))
     module.model_variables = [v for v in captured if id(v) not in compact_ids]
 
     summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
@@ -319,6 +334,7 @@ def export_compact(
             max_abs_diff=max_diff,
             inputs={n: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for n, s in specs.items()},
             outputs=list(concrete.structured_outputs),
+            layouts={l.name: getattr(st, "layout", "field") for l, st in serving.items()},
         )
         with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
             json.dump({"export": result.to_json(), **summary}, fh, indent=2)

@@ -6,60 +6,149 @@ from hypothesis import given, settings, strategies as st
 from keras_embdim import ragged
 
 
-def _lookup(field, ids):
-    return ragged.ragged_lookup(
-        *[tf.constant(a) for a in field.arrays], tf.constant(ids), num_rows=field.num_rows,
-        output_dim=field.output_dim, bits=field.bits,
-    ).numpy()
+def _lookup(packed, ids, multi_field=True, jit=False):
+    arrays = {k: tf.constant(v) for k, v in packed.arrays.items()}
+
+    def fn(ids):
+        return ragged.packed_lookup(
+            arrays, ids, layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
+            multi_field=multi_field, bits=packed.bits, shift=packed.shift,
+        )
+
+    if jit:
+        fn = tf.function(fn, jit_compile=True)
+    return fn(tf.constant(ids)).numpy()
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 300), st.integers(1, 17), st.integers(0, 10_000), st.sampled_from(["any", "two", "one", "few"]))
-def test_ragged_lookup_equals_prefix_reference(n, D, seed, kind):
-    rng = np.random.default_rng(seed)
-    table = rng.standard_normal((n, D)).astype(np.float32)
+def _sizes(rng, n, D, kind):
     if kind == "any":
-        sizes = rng.integers(0, D + 1, size=n)
-    elif kind == "one":
-        sizes = np.full(n, rng.integers(0, D + 1))
-    else:
-        choices = rng.choice(D + 1, size=2 if kind == "two" else min(D + 1, 4), replace=False)
-        sizes = rng.choice(choices, size=n)
-    field = ragged.pack_field(table, sizes)
-    np.testing.assert_array_equal(ragged.unpack_sizes(field), sizes)
-    ids = rng.integers(0, n, size=(5, 3))
-    np.testing.assert_array_equal(_lookup(field, ids), ragged.prefix_lookup_reference(table, sizes, ids))
+        return rng.integers(0, D + 1, size=n)
+    if kind == "one":
+        return np.full(n, rng.integers(0, D + 1))
+    if kind == "sorted":  # frequency-sorted vocabularies: sizes fall with the id
+        return np.sort(rng.integers(0, D + 1, size=n))[::-1]
+    choices = rng.choice(D + 1, size=min(D + 1, 2 if kind == "two" else 4), replace=False)
+    return rng.choice(choices, size=n)
 
 
-def test_code_width_follows_the_alphabet():
-    t = np.zeros((200, 16), np.float32)
-    assert ragged.pack_field(t, np.full(200, 16)).bits == 0  # one size: no per-row data
-    assert ragged.pack_field(t, np.full(200, 16)).nbytes == 200 * 16 * 4 + 4 + 1  # values + pad + alphabet
-    assert ragged.pack_field(t, np.arange(200) % 2 * 3).bits == 1  # {0, 3}
-    assert ragged.pack_field(t, np.arange(200) % 4).bits == 2
-    assert ragged.pack_field(t, np.arange(200) % 3).bits == 2
-    assert ragged.pack_field(t, np.arange(200) % 16).bits == 4
-    assert ragged.pack_field(t, np.arange(200) % 17).bits == 5  # all 17 sizes of D = 16
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.integers(1, 120), min_size=1, max_size=4),
+    st.integers(1, 40),
+    st.integers(0, 10_000),
+    st.sampled_from(["any", "two", "one", "few", "sorted"]),
+    st.sampled_from(ragged.LAYOUTS),
+)
+def test_packed_lookup_equals_prefix_reference(field_sizes, D, seed, kind, layout):
+    rng = np.random.default_rng(seed)
+    n = sum(field_sizes)
+    table = rng.standard_normal((n, D)).astype(np.float32)
+    sizes = _sizes(rng, n, D, kind)
+    packed = ragged.pack(table, sizes, field_sizes=field_sizes, layout=layout)
+    assert packed.layout == layout and packed.kept == sizes.sum()
+    # numpy decoding (a second implementation) gives the sizes and the masked table back
+    np.testing.assert_array_equal(ragged.unpack_sizes(packed), sizes)
+    np.testing.assert_array_equal(ragged.unpack(packed), ragged.prefix_lookup_reference(table, sizes, np.arange(n)))
+    assert packed.nbytes == ragged.layout_bytes(sizes, D)[layout]
+    # the TF lookup: local ids per field, several fields on the last axis
+    ids = np.stack([rng.integers(0, f, size=(5, 3)) for f in field_sizes], axis=-1)
+    want = ragged.prefix_lookup_reference(table, sizes, ids + packed.field_starts)
+    np.testing.assert_array_equal(_lookup(packed, ids), want)
+    # a single-field table takes ids of any shape
+    one = ragged.pack(table, sizes, layout=layout)
+    flat = rng.integers(0, n, size=(4, 2))
+    np.testing.assert_array_equal(_lookup(one, flat, multi_field=False), ragged.prefix_lookup_reference(table, sizes, flat))
+
+
+@pytest.mark.parametrize("layout", ragged.LAYOUTS)
+def test_xla_compiled_lookup_is_identical(layout):
+    rng = np.random.default_rng(1)
+    table = rng.standard_normal((500, 16)).astype(np.float32)
+    sizes = rng.integers(0, 17, 500)
+    packed = ragged.pack(table, sizes, field_sizes=[100, 400], layout=layout)
+    ids = np.stack([rng.integers(0, 100, 64), rng.integers(0, 400, 64)], -1)
+    np.testing.assert_array_equal(_lookup(packed, ids, jit=True), _lookup(packed, ids))
+
+
+def test_layout_bytes_by_hand():
+    n, D = 200, 16
+    sizes = np.arange(n) % 4  # sizes 0..3, 300 kept values
+    b = ragged.layout_bytes(sizes, D)
+    values = 4 * (300 + 1)  # the kept values and the zero slot
+    # offsets: uint8 per row + sentinel, int32 per block of 16 rows (201 rows -> 13 blocks)
+    assert b["offsets"] == values + 201 + 4 * 13
+    # runs: every row starts a run: int32 row + uint8 size + int32 start
+    assert b["runs"] == values + 200 * 9
+    # codes: 4 sizes -> 2 bits; 224 padded rows -> 56 bytes + 1 window byte; 7 int32 block starts
+    assert b["codes"] == values + 4 + 57 + 4 * 7
+    assert ragged.layout_bytes(np.full(n, 5), D)["runs"] == 4 * (1000 + 1) + 9  # one run
+    assert ragged.layout_bytes(np.full(n, 5), D)["codes"] == 4 * (1000 + 1) + 1 + 1 + 4 * 7  # 0 bits
+
+
+def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():
+    rng = np.random.default_rng(0)
+    for D, shift, local in [(16, 4, np.uint8), (17, 4, np.uint8), (18, 3, np.uint8), (64, 2, np.uint8), (128, 4, np.uint16), (300, 4, np.uint16)]:
+        table = rng.standard_normal((40, D)).astype(np.float32)
+        sizes = rng.integers(0, D + 1, 40)
+        p = ragged.pack(table, sizes, layout="offsets")
+        assert p.shift == shift and p.arrays["local"].dtype == local
+        np.testing.assert_array_equal(_lookup(p, np.arange(40), multi_field=False), ragged.prefix_lookup_reference(table, sizes, np.arange(40)))
+
+
+def test_int64_offsets_when_the_values_need_them(monkeypatch):
+    monkeypatch.setattr(ragged, "_index_dtype", lambda total: np.int64)
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((300, 16)).astype(np.float32)
+    sizes = rng.integers(0, 17, 300)
+    for layout in ragged.LAYOUTS:
+        p = ragged.pack(table, sizes, field_sizes=[100, 200], layout=layout)
+        assert p.arrays["run_start" if layout == "runs" else "base"].dtype == np.int64
+        ids = np.stack([rng.integers(0, 100, 30), rng.integers(0, 200, 30)], -1)
+        np.testing.assert_array_equal(_lookup(p, ids), ragged.prefix_lookup_reference(table, sizes, ids + [0, 100]))
+
+
+def test_auto_takes_the_fastest_layout_within_the_byte_limit():
+    rng = np.random.default_rng(0)
+    n, D = 100_000, 16
+    scattered = np.clip(rng.poisson(3.2, n), 0, D)  # 12.8 B/row kept: offsets' 1.25 B/row fits 1.10
+    assert ragged.choose_layout(scattered, D) == "offsets"
+    low = np.clip(rng.poisson(1.6, n), 1, D)  # 1.25 B/row would be 1.19x: the codes (4 bits) fit
+    assert ragged.choose_layout(low, D) == "codes"
+    assert ragged.choose_layout(np.sort(low)[::-1], D) == "runs"  # frequency-sorted ids: a few runs
+    assert ragged.choose_layout(low, D, max_overhead=2.0) == "offsets"
+    tiny = np.zeros(1000, np.int64)  # nothing kept: no layout fits, the smallest is taken
+    assert ragged.choose_layout(tiny, D) == "runs"
+    for sizes in (scattered, low):
+        p = ragged.pack(np.zeros((n, D), np.float32), sizes)
+        assert p.overhead <= 1.10, (p.layout, p.overhead)
 
 
 @pytest.mark.parametrize("mean_dims", [1.6, 3.2, 8.0])
-@pytest.mark.parametrize("spread", ["all_sizes", "pme_like"])
-def test_bytes_match_the_layout_formula(mean_dims, spread):
+@pytest.mark.parametrize("spread", ["scattered", "pme_like", "sorted"])
+def test_auto_bytes_stay_within_ten_percent(mean_dims, spread):
     rng = np.random.default_rng(0)
     n, D = 100_000, 16
-    if spread == "all_sizes":  # worst case for the codes: every size from 0 to 16 occurs
-        sizes = np.clip(rng.poisson(mean_dims, size=n), 0, D)
-        sizes[:17] = np.arange(17)
-    else:  # most values at 0 or a few dims, the frequent ones at 16
+    if spread == "pme_like":  # most values at 0, the frequent ones at 16
         sizes = np.where(rng.random(n) < mean_dims / 16, 16, 0)
-    field = ragged.pack_field(np.ones((n, D), np.float32), sizes)
-    kept_bytes = 4 * int(sizes.sum())
-    bits = field.bits
-    expected = kept_bytes + 4 + len(field.alphabet) + (-(-n * bits // 8) + 1) + 4 * (-(-n // ragged.BLOCK) + 1)
-    if bits == 0:
-        expected = kept_bytes + 4 + len(field.alphabet)
-    assert field.nbytes in (expected, expected - 4)  # block_offsets may end on a block boundary
-    ratio = field.nbytes / kept_bytes
-    print(spread, mean_dims, round(ratio, 4))
-    # the worst case at 1.6 dims is 5-bit codes: 1 + (5/8 + 4/64) / 6.4 = 1.107
-    assert ratio <= (1.11 if spread == "all_sizes" else 1.03)
+    else:  # sizes 1..16 (min_dim = 1): 4-bit codes at worst
+        sizes = np.clip(rng.poisson(mean_dims, size=n), 1, D)
+        if spread == "sorted":
+            sizes = np.sort(sizes)[::-1]
+    p = ragged.pack(np.ones((n, D), np.float32), sizes)
+    assert p.overhead <= 1.10, (p.layout, p.overhead)
+
+
+def test_bad_input_names_the_argument():
+    t = np.zeros((10, 4), np.float32)
+    with pytest.raises(ValueError, match=r"sizes must be 10 integers in \[0, 4\]"):
+        ragged.pack(t, np.full(10, 5))
+    with pytest.raises(ValueError, match="sizes must be 10 integers"):
+        ragged.pack(t, np.full(9, 1))
+    with pytest.raises(ValueError, match="sizes must be 10 integers"):
+        ragged.pack(t, np.full(10, 1.5))
+    with pytest.raises(ValueError, match="layout must be 'auto' or one of"):
+        ragged.pack(t, np.full(10, 1), layout="buckets")
+    with pytest.raises(ValueError, match="field_sizes must add up to the table's 10 rows"):
+        ragged.pack(t, np.full(10, 1), field_sizes=[3, 3])
+    with pytest.raises(ValueError, match="table must be"):
+        ragged.pack(np.zeros(10), np.full(10, 1))

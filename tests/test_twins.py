@@ -253,10 +253,38 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
     emb = sum(b for k, b in stored.items() if k.startswith(TABLES_ATTRIBUTE + "/"))
     assert emb <= 1.10 * search.result["params_after"] * 4
     layer = ked.find_searchable_layers(model)[0]
-    tables = np.split(np.asarray(layer.embedding_variable), np.cumsum(d.vocab_sizes)[:-1])
-    assert emb == sum(ragged.pack_field(t, s).nbytes for t, s in zip(tables, layer.dimension_mask().value_sizes))
+    packed = ragged.pack(
+        np.asarray(layer.embedding_variable), list(layer.dimension_mask().value_sizes), field_sizes=d.vocab_sizes
+    )
+    assert emb == packed.nbytes
     # the twins are not shipped: every stored variable is a compact table or a dense layer's
     assert not any("w1" in k or "counts" in k for k in stored)
+
+
+@pytest.mark.parametrize("layout,jit", [("runs", False), ("codes", False), ("offsets", True)])
+def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_trained, tmp_path, layout, jit):
+    d, model, search, _, sample, _ = twins_trained
+    path = str(tmp_path / "export")
+    r = ked.export_compact(model, path, sample_inputs=sample, verbose=0, value_layout=layout, jit_compile=jit)
+    assert r.layouts == {"embedding": layout} and r.max_abs_diff <= 1e-5  # verified in process
+    layer = ked.find_searchable_layers(model)[0]
+    packed = ragged.pack(
+        np.asarray(layer.embedding_variable), list(layer.dimension_mask().value_sizes),
+        field_sizes=d.vocab_sizes, layout=layout,
+    )
+    assert r.embedding_bytes == packed.nbytes
+    if jit:  # the XLA-compiled function loads with both loaders in a process without keras_embdim
+        report = check_in_fresh_process(path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
+        assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, tmp_path):
+    _, model, _, _, sample, _ = twins_trained
+    with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
+        ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_layout="buckets")
+    with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
+        ked.DimensionExporter(str(tmp_path / "e"), value_layout="buckets")
+    assert not (tmp_path / "e").exists()
 
 
 def test_keras_round_trip_keeps_sizes_and_predictions(twins_trained, tmp_path):

@@ -22,6 +22,8 @@ class DimensionExporter(keras.callbacks.Callback):
         input_signature: for models without symbolic inputs.
         verify: compare the export with the model before moving it into place.
         verbose: print where the export went.
+        value_layout: per-value layers: the packed layout (`export_compact`).
+        jit_compile: per-value layers: XLA-compile the lookup (`export_compact`).
 
     Example:
 
@@ -40,6 +42,8 @@ class DimensionExporter(keras.callbacks.Callback):
         input_signature: dict | None = None,
         verify: bool = True,
         verbose: int = 1,
+        value_layout: str = "auto",
+        jit_compile: bool = False,
     ):
         super().__init__()
         if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
@@ -50,6 +54,12 @@ class DimensionExporter(keras.callbacks.Callback):
         self.input_signature = input_signature
         self.verify = verify
         self.verbose = verbose
+        from keras_embdim import ragged
+
+        if value_layout != "auto" and value_layout not in ragged.LAYOUTS:
+            raise ValueError(f"value_layout must be 'auto' or one of {ragged.LAYOUTS}, got {value_layout!r}.")
+        self.value_layout = value_layout
+        self.jit_compile = bool(jit_compile)
         self.result: ExportResult | None = None
 
     def on_train_begin(self, logs=None):
@@ -69,4 +79,6 @@ class DimensionExporter(keras.callbacks.Callback):
             input_signature=self.input_signature,
             verify=self.verify,
             verbose=self.verbose,
+            value_layout=self.value_layout,
+            jit_compile=self.jit_compile,
         )
