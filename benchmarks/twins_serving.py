@@ -68,16 +68,9 @@ def lookup_functions(layer, data, batch, rng):
     full = tf.Variable(table)
     fns = {"full gather": (tf.function(lambda ids: tf.gather(full, ids + starts)), 1.0)}
 
-    def packed_fn(p, jit=False):
-        arrays = {k: tf.Variable(v) for k, v in p.arrays.items()}
-
-        def f(ids):
-            return ragged.packed_lookup(
-                arrays, ids, layout=p.layout, field_starts=p.field_starts, output_dim=D, multi_field=True,
-                bits=p.bits, shift=p.shift,
-            )
-
-        return tf.function(f, jit_compile=jit)
+    def packed_fn(p, jit=False):  # the exporter's own serving object
+        serving = compaction.ValueServing(p, jit_compile=jit)
+        return tf.function(lambda ids: serving.lookup(ids, multi_field=True, output_dim=D, dtype=tf.float32))
 
     for layout in ragged.LAYOUTS:
         p = ragged.pack(table, sizes, field_sizes=m.vocab_sizes, layout=layout)
@@ -214,3 +207,7 @@ def main():
         ),
     )
     print(open(a.out).read())
+
+
+if __name__ == "__main__":
+    main()

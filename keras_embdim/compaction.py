@@ -133,7 +133,7 @@ class ValueServing:
         self.layout = packed.layout
         self.meta = dict(
             layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
-            bits=packed.bits, shift=packed.shift,
+            bits=packed.bits, shift=packed.shift, size_offset=packed.size_offset, size_scale=packed.size_scale,
         )
         self.arrays = {k: tf.Variable(a, trainable=False, name=f"{k}") for k, a in packed.arrays.items()}
         self.nbytes = packed.nbytes
@@ -164,7 +164,7 @@ def compact_layer(layer, table: np.ndarray | None = None, *, value_layout: str =
         layer: a searchable layer (anything `find_searchable_layers` returns).
         table: its full table (default: read from the layer).
         value_layout: per-value sizes only: the `ragged` layout, `"auto"` (the
-            fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"codes"`.
+            fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"planes"`.
         jit_compile: per-value sizes only: XLA-compile the lookup (see `ValueServing`).
     """
     from keras_embdim import _compat, ragged

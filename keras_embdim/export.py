@@ -218,7 +218,7 @@ def export_compact(
         verbose: print where the export went.
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
-            `"offsets"`, `"runs"` or `"codes"` (`keras_embdim.ragged`).
+            `"offsets"`, `"runs"` or `"planes"` (`keras_embdim.ragged`).
         jit_compile: XLA-compile the per-value lookups in the serving graph
             (about 3x faster on CPU; TF Serving then needs
             `--xla_cpu_compilation_enabled=true`). Per-field layers never need it.

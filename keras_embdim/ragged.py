@@ -18,11 +18,13 @@ plus an index that gives each row's start in `values` and its size:
   `run_size` uint8, `run_start` int32; a lookup is a binary search): 9 bytes per
   run. Tiny when sizes follow the id order, as they do for vocabularies sorted
   by frequency (`keras.layers.StringLookup` sorts them so).
-- `"codes"` (smallest for scattered sizes): `alphabet`, the distinct sizes
-  (uint8); `codes`, each row's index into it in the fewest bits that hold it (0
-  to 5 for D = 16), bit-packed; and `base`, int32 per block of 32 rows. A lookup
-  decodes its block's codes and sums the sizes before the row:
-  `bits / 8 + 1 / 8` bytes per row.
+- `"planes"` (smallest for scattered sizes): sizes written as
+  `size_offset + size_scale * code` (the smallest size and the gcd of the
+  steps), the codes' `b` bits stored as bit planes: per block of 64 rows, `b`
+  uint64 words (bit j of word k = bit k of row j's code) and the block's int32
+  start. The sizes before a row are `sum_k 2^k popcount(plane_k & below)`:
+  `b / 8 + 1 / 16` bytes per row, a lookup of two gathers and word arithmetic
+  on `[N, b]`.
 
 `layout="auto"` takes the fastest layout whose bytes stay within
 `max_overhead` x the kept values' bytes, else the smallest (why: docs/methods.md).
@@ -38,10 +40,10 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-LAYOUTS = ("offsets", "runs", "codes")
+LAYOUTS = ("offsets", "runs", "planes")
 # preference when several fit the byte limit (measured: benchmarks/twins_serving.py)
-SPEED_ORDER = ("offsets", "runs", "codes")
-CODES_BLOCK_SHIFT = 5  # codes: 32 rows per block offset
+SPEED_ORDER = ("offsets", "runs", "planes")
+PLANE_SHIFT = 6  # planes: 64 rows per block (one uint64 word per bit)
 
 
 @dataclass
@@ -54,8 +56,10 @@ class PackedTable:
     num_rows: int
     output_dim: int
     kept: int  # sum of the sizes
-    bits: int = 0  # codes layout: bits per row
+    bits: int = 0  # planes layout: bits per code
     shift: int = 0  # offsets layout: log2 rows per block
+    size_offset: int = 0  # planes layout: size = size_offset + size_scale * code
+    size_scale: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -85,8 +89,15 @@ def _index_dtype(total: int):
     return np.int32 if total < 2**30 else np.int64  # start + zero slot must not overflow
 
 
-def _code_bits(num_sizes: int) -> int:
-    return int(np.ceil(np.log2(num_sizes))) if num_sizes > 1 else 0
+def _affine_codes(sizes: np.ndarray) -> tuple[int, int, np.ndarray, int]:
+    """`(offset, scale, codes, bits)` with `sizes = offset + scale * codes`."""
+    if sizes.size == 0:
+        return 0, 1, sizes, 0
+    offset = int(sizes.min())
+    steps = sizes - offset
+    scale = int(np.gcd.reduce(steps)) if steps.any() else 1
+    codes = steps // scale
+    return offset, scale, codes, int(codes.max()).bit_length()
 
 
 def _run_breaks(sizes: np.ndarray) -> np.ndarray:
@@ -107,13 +118,12 @@ def layout_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
     local = np.dtype(local_t).itemsize
     size_b = 1 if D <= 255 else 2
     runs = len(_run_breaks(sizes))
-    alphabet = max(1, len(np.unique(sizes)))
-    bits = _code_bits(alphabet)
-    padded_rows = -(-max(n, 1) >> CODES_BLOCK_SHIFT) << CODES_BLOCK_SHIFT
+    bits = _affine_codes(sizes)[3]
+    blocks = -(-max(n, 1) >> PLANE_SHIFT)
     return {
         "offsets": values + local * (n + 1) + isz * (-(-(n + 1) >> shift)),
         "runs": values + runs * (4 + size_b + isz),
-        "codes": values + size_b * alphabet + (-(-padded_rows * bits // 8) + 1) + isz * (padded_rows >> CODES_BLOCK_SHIFT),
+        "planes": values + blocks * (isz + 8 * bits),
     }
 
 
@@ -143,7 +153,7 @@ def pack(
         sizes: `[n]` integers in `[0, D]`, or one array per field.
         field_sizes: rows per field (default: one field, or the lengths of
             `sizes` when it is given per field).
-        layout: `"auto"`, `"offsets"`, `"runs"` or `"codes"`.
+        layout: `"auto"`, `"offsets"`, `"runs"` or `"planes"`.
         max_overhead: for `"auto"`: bytes allowed over the kept values' bytes.
     """
     table = np.asarray(table, dtype=np.float32)
@@ -176,7 +186,8 @@ def pack(
     arrays = {"values": np.concatenate([table[keep], np.zeros(1, np.float32)])}
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # [n + 1]
     size_t = np.uint8 if D <= 255 else np.uint16
-    bits = shift = 0
+    bits = shift = offset = 0
+    scale = 1
     if layout == "offsets":
         shift, local_t = _offsets_params(D)
         base = starts[:: 1 << shift]
@@ -188,18 +199,18 @@ def pack(
         arrays["run_size"] = (sizes[breaks] if n else np.zeros(1, np.int64)).astype(size_t)
         arrays["run_start"] = starts[breaks].astype(itype)
     else:
-        alphabet = np.unique(sizes) if n else np.zeros(1, np.int64)
-        bits = _code_bits(len(alphabet))
-        padded = -(-max(n, 1) >> CODES_BLOCK_SHIFT) << CODES_BLOCK_SHIFT
-        code = np.zeros(padded, np.uint8)
-        code[:n] = np.searchsorted(alphabet, sizes)
-        stream = ((code[:, None] >> np.arange(bits, dtype=np.uint8)) & 1).astype(np.uint8).reshape(-1)
-        arrays["alphabet"] = alphabet.astype(size_t)
-        # least significant bit first; one spare byte for the two-byte window
-        arrays["codes"] = np.concatenate([np.packbits(stream, bitorder="little"), np.zeros(1, np.uint8)])
-        arrays["base"] = starts[: padded : 1 << CODES_BLOCK_SHIFT].astype(itype)
+        offset, scale, codes, bits = _affine_codes(sizes)
+        rows = 1 << PLANE_SHIFT
+        blocks = -(-max(n, 1) >> PLANE_SHIFT)
+        padded = np.zeros(blocks * rows, np.uint64)
+        padded[:n] = codes
+        bit = (padded[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)  # [rows, bits]
+        weights = np.left_shift(np.uint64(1), np.arange(rows, dtype=np.uint64))  # bit j of a word = row j
+        arrays["base"] = starts[: blocks * rows : rows].astype(itype)
+        if bits:  # one size only: no planes at all
+            arrays["planes"] = (bit.reshape(blocks, rows, bits) * weights[None, :, None]).sum(1, dtype=np.uint64)
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
-    return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift)
+    return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale)
 
 
 def unpack_sizes(packed: PackedTable) -> np.ndarray:
@@ -213,12 +224,12 @@ def unpack_sizes(packed: PackedTable) -> np.ndarray:
     if packed.layout == "runs":
         r = np.searchsorted(a["run_row"], g, side="right") - 1
         return a["run_size"][r].astype(np.int64)
-    if packed.bits == 0:
-        return np.full(n, int(a["alphabet"][0]), np.int64)
-    pos = g * packed.bits
-    c = a["codes"]
-    word = c[pos // 8].astype(np.int64) | (c[pos // 8 + 1].astype(np.int64) << 8)
-    return a["alphabet"][(word >> (pos % 8)) & ((1 << packed.bits) - 1)].astype(np.int64)
+    code = np.zeros(n, np.int64)
+    if packed.bits:
+        words = a["planes"][g >> PLANE_SHIFT]  # [n, bits]
+        bit = (words >> (g & ((1 << PLANE_SHIFT) - 1)).astype(np.uint64)[:, None]) & np.uint64(1)
+        code = (bit.astype(np.int64) << np.arange(packed.bits)).sum(1)
+    return packed.size_offset + packed.size_scale * code
 
 
 def unpack(packed: PackedTable) -> np.ndarray:
@@ -227,16 +238,6 @@ def unpack(packed: PackedTable) -> np.ndarray:
     out = np.zeros((packed.num_rows, packed.output_dim), np.float32)
     out[np.arange(packed.output_dim)[None, :] < sizes[:, None]] = packed.arrays["values"][:-1]
     return out
-
-
-def _codes_at(codes, rows, bits: int):
-    if bits == 0:  # a single size: every code is 0
-        return tf.zeros_like(rows)
-    pos = rows * bits
-    byte = tf.bitwise.right_shift(pos, 3)
-    pair = tf.cast(tf.gather(codes, tf.stack([byte, byte + 1], -1)), pos.dtype)
-    word = pair[..., 0] + pair[..., 1] * 256
-    return tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, tf.bitwise.bitwise_and(pos, 7)), (1 << bits) - 1)
 
 
 def packed_lookup(
@@ -249,13 +250,16 @@ def packed_lookup(
     multi_field: bool,
     bits: int = 0,
     shift: int = 0,
+    size_offset: int = 0,
+    size_scale: int = 1,
 ) -> tf.Tensor:
     """Rebuild `[..., D]` (single field) or `[..., F, D]` embeddings (serving graph).
 
     Args:
         arrays: the `PackedTable.arrays`, as tensors or variables.
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
-        layout, field_starts, output_dim, bits, shift: from the `PackedTable`.
+        layout, field_starts, output_dim, bits, shift, size_offset, size_scale:
+            from the `PackedTable`.
         multi_field: whether the last axis of `ids` indexes fields.
     """
     values = arrays["values"]
@@ -279,15 +283,30 @@ def packed_lookup(
         r = tf.searchsorted(arrays["run_row"], g, side="right", out_type=tf.int32) - 1
         size = tf.cast(tf.gather(arrays["run_size"], r), itype)
         start = tf.cast(tf.gather(arrays["run_start"], r), itype) + tf.cast(g - tf.gather(arrays["run_row"], r), itype) * size
-    elif layout == "codes":
-        block = 1 << CODES_BLOCK_SHIFT
-        local = tf.bitwise.bitwise_and(g, block - 1)
-        rows = (g - local)[:, None] + tf.range(block)[None, :]  # [N, block]
-        sizes = tf.cast(tf.gather(arrays["alphabet"], _codes_at(arrays["codes"], rows, bits)), itype)
-        j = tf.range(block)[None, :]
-        start = tf.cast(tf.gather(arrays["base"], tf.bitwise.right_shift(g, CODES_BLOCK_SHIFT)), itype)
-        start += tf.reduce_sum(tf.where(j < local[:, None], sizes, tf.zeros([], itype)), axis=1)
-        size = tf.reduce_sum(tf.where(j == local[:, None], sizes, tf.zeros([], itype)), axis=1)
+    elif layout == "planes":
+        local = tf.bitwise.bitwise_and(g, (1 << PLANE_SHIFT) - 1)
+        block = tf.bitwise.right_shift(g, PLANE_SHIFT)
+        start = tf.cast(tf.gather(arrays["base"], block), itype)
+        local_i = tf.cast(local, itype)
+        before = size = None
+        if bits:
+            words = tf.gather(arrays["planes"], block)  # [N, bits] uint64
+            shift64 = tf.cast(local, tf.uint64)[:, None]
+            below = tf.bitwise.left_shift(tf.ones_like(shift64), shift64) - 1  # rows before, in this block
+            weight = tf.constant(1 << np.arange(bits), itype)
+            count = tf.cast(tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_and(words, below)), itype)
+            before = tf.reduce_sum(count * weight, axis=1)  # sum of the codes before the row
+            mine = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(words, shift64), 1), itype)
+            size = tf.reduce_sum(mine * weight, axis=1)
+            if size_scale != 1:
+                before, size = before * size_scale, size * size_scale
+        if size_offset:
+            start += local_i * size_offset
+            size = size + size_offset if size is not None else tf.fill(tf.shape(g), tf.constant(size_offset, itype))
+        if before is not None:
+            start += before
+        if size is None:
+            size = tf.zeros_like(start)
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
     # column j of row g reads values[start + j] if j < size, else the zero slot:

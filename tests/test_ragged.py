@@ -12,7 +12,8 @@ def _lookup(packed, ids, multi_field=True, jit=False):
     def fn(ids):
         return ragged.packed_lookup(
             arrays, ids, layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
-            multi_field=multi_field, bits=packed.bits, shift=packed.shift,
+            multi_field=multi_field, bits=packed.bits, shift=packed.shift, size_offset=packed.size_offset,
+            size_scale=packed.size_scale,
         )
 
     if jit:
@@ -79,10 +80,27 @@ def test_layout_bytes_by_hand():
     assert b["offsets"] == values + 201 + 4 * 13
     # runs: every row starts a run: int32 row + uint8 size + int32 start
     assert b["runs"] == values + 200 * 9
-    # codes: 4 sizes -> 2 bits; 224 padded rows -> 56 bytes + 1 window byte; 7 int32 block starts
-    assert b["codes"] == values + 4 + 57 + 4 * 7
+    # planes: codes 0..3 -> 2 bits; 4 blocks of 64 rows, each an int32 start and 2 uint64 words
+    assert b["planes"] == values + 4 * (4 + 2 * 8)
     assert ragged.layout_bytes(np.full(n, 5), D)["runs"] == 4 * (1000 + 1) + 9  # one run
-    assert ragged.layout_bytes(np.full(n, 5), D)["codes"] == 4 * (1000 + 1) + 1 + 1 + 4 * 7  # 0 bits
+    assert ragged.layout_bytes(np.full(n, 5), D)["planes"] == 4 * (1000 + 1) + 4 * 4  # 0 bits: starts only
+    # sizes {0, 16} (PME-like): offset 0, scale 16, one bit per row
+    p = ragged.pack(np.ones((n, D), np.float32), np.arange(n) % 2 * 16, layout="planes")
+    assert (p.size_offset, p.size_scale, p.bits) == (0, 16, 1)
+    # sizes 1..16 (min_dim 1): offset 1, scale 1, four bits
+    p = ragged.pack(np.ones((n, D), np.float32), np.arange(n) % 16 + 1, layout="planes")
+    assert (p.size_offset, p.size_scale, p.bits) == (1, 1, 4)
+
+
+def test_planes_words_by_hand():
+    # 3 rows of sizes 2, 3, 0: codes (offset 0, scale 1) 2 = 10b, 3 = 11b, 0 = 00b
+    p = ragged.pack(np.arange(12, dtype=np.float32).reshape(3, 4), np.array([2, 3, 0]), layout="planes")
+    assert p.bits == 2
+    # plane 0 holds bit 0 of each row's code (rows 0..2 -> bits 0, 1, 0): 0b010
+    # plane 1 holds bit 1 (1, 1, 0): 0b011
+    np.testing.assert_array_equal(p.arrays["planes"], np.array([[0b010, 0b011]], np.uint64))
+    np.testing.assert_array_equal(p.arrays["base"], [0])
+    np.testing.assert_array_equal(p.arrays["values"], [0, 1, 4, 5, 6, 0])
 
 
 def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():
@@ -112,8 +130,8 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
     n, D = 100_000, 16
     scattered = np.clip(rng.poisson(3.2, n), 0, D)  # 12.8 B/row kept: offsets' 1.25 B/row fits 1.10
     assert ragged.choose_layout(scattered, D) == "offsets"
-    low = np.clip(rng.poisson(1.6, n), 1, D)  # 1.25 B/row would be 1.19x: the codes (4 bits) fit
-    assert ragged.choose_layout(low, D) == "codes"
+    low = np.clip(rng.poisson(1.6, n), 1, D)  # 1.25 B/row would be 1.19x: the planes (4 bits) fit
+    assert ragged.choose_layout(low, D) == "planes"
     assert ragged.choose_layout(np.sort(low)[::-1], D) == "runs"  # frequency-sorted ids: a few runs
     assert ragged.choose_layout(low, D, max_overhead=2.0) == "offsets"
     tiny = np.zeros(1000, np.int64)  # nothing kept: no layout fits, the smallest is taken

@@ -261,7 +261,7 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
     assert not any("w1" in k or "counts" in k for k in stored)
 
 
-@pytest.mark.parametrize("layout,jit", [("runs", False), ("codes", False), ("offsets", True)])
+@pytest.mark.parametrize("layout,jit", [("runs", False), ("planes", False), ("offsets", True)])
 def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_trained, tmp_path, layout, jit):
     d, model, search, _, sample, _ = twins_trained
     path = str(tmp_path / "export")
