@@ -1,7 +1,6 @@
 """TwinsMaskLayer (AMTL) and TwinsMaskSearch: math by hand, budget landing, export, warm start."""
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import keras_embdim as ked
 from keras_embdim import ragged, twins
-from keras_embdim._compat import keras, tf_variable
+from keras_embdim._compat import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.metrics import roc_auc
 from keras_embdim.serving import check_in_fresh_process
