@@ -1,0 +1,548 @@
+"""The benchmark runner: every method, dataset and base model, resumable.
+
+    python benchmarks/run.py                         # the whole grid (hours; resumable, run it in parts)
+    python benchmarks/run.py --datasets frappe --models mlp        # one part
+    python benchmarks/run.py --quick                 # CI: Frappe, MLP, one seed, budget 0.2 (minutes)
+    python benchmarks/run.py --report-only           # rewrite docs/benchmarks.md and the plots from the cache
+
+Grid: datasets {frappe, movielens, criteo, avazu} x base models {mlp, deepfm}
+(D = 16) x methods {full, uniform, mde, sseds, ham, amtl, pme} x budgets
+{0.1, 0.2, 0.5} x seeds {0, 1, 2}. MovieLens is MovieLens-100K here (the 1M
+files are not on this machine; `KERAS_EMBDIM_DATA` pointing at a folder with
+`movielens-1m/` runs it instead, the loader reads both layouts).
+
+Unit of work and cache: a *group* is one (dataset, model, seed): the full
+model first (the reference for every ratio), then every method and budget, in
+one process, so that every ratio is measured side by side. A finished group
+appends its records to `benchmarks/results/runs.jsonl` (one JSON object per
+run); a group that is already there is skipped, so an interrupted run resumes
+at the first unfinished group. The report is written from the cache alone.
+
+Per run: test AUC and log loss; kept embedding parameters; wall time of each
+epoch; the search's time over the full model's median epoch (for SSEDS its
+scoring time over one epoch); the exported SavedModel's embedding bytes over
+kept x 4 B (`export_compact`, verified against the model); the serving latency
+of the export at batch 1 and 512 over the full model's export (loaded with
+`tf.saved_model.load`, round-robin, median over rounds of per-round medians);
+kept dims per field (mean size per field for per-value methods).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (puts the checkout on sys.path, finds ../shared/data)
+
+import tensorflow as tf  # noqa: E402
+
+import keras_embdim as ked  # noqa: E402
+from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim.budget import mixed_dimension_dims  # noqa: E402
+from keras_embdim.metrics import log_loss, roc_auc  # noqa: E402
+
+D = 16
+DATASETS = ("frappe", "movielens", "criteo", "avazu")
+MODELS = ("mlp", "deepfm")
+METHODS = ("full", "uniform", "mde", "sseds", "ham", "amtl", "pme")
+SEARCHED = ("sseds", "ham", "amtl", "pme")
+PER_VALUE = ("amtl", "pme")
+BUDGETS = (0.1, 0.2, 0.5)
+CACHE = os.path.join(_common.ROOT, "benchmarks", "results", "runs.jsonl")
+# the Kaggle samples hold 7-8k training rows: smaller batches give the searches steps to work with
+BATCH = {"criteo": 256, "avazu": 256}
+
+
+# ------------------------------------------------------------------ one run
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._t)
+
+
+def _embedding_and_callbacks(method: str, budget: float, data):
+    """(embedding argument of `ked.models`, embedding dim, callbacks) of a method."""
+    if method == "full":
+        return "plain", D, []
+    if method == "uniform":  # floor(b * D) dims for every field: never over the budget
+        return "plain", max(1, int(budget * D)), []
+    if method == "mde":
+        dims = mixed_dimension_dims(data.vocab_sizes, D, budget)
+
+        def mde(v, dim, names):
+            layer = ked.PrunableEmbedding(v, dim, field_names=names, name="embedding")
+            layer.build()
+            layer.set_dimension_mask(np.arange(dim)[None, :] < dims[:, None])
+            return layer
+
+        return mde, D, []
+    if method == "sseds":
+        return "prunable", D, [ked.SingleShotPruner(budget, verbose=0)]
+    if method == "ham":
+        def ham(v, dim, names):
+            return ked.HardMaskEmbedding(v, dim, field_names=names, name="embedding")
+
+        return ham, D, [ked.HardMaskSearch(budget, verbose=0)]
+    if method == "amtl":
+        def amtl(v, dim, names):
+            return ked.TwinsMaskLayer(ked.PrunableEmbedding(v, dim, field_names=names), name="embedding")
+
+        return amtl, D, [ked.TwinsMaskSearch(budget, verbose=0)]
+    if method == "pme":
+        return "prunable", D, [ked.PMEPruner(budget, verbose=0)]
+    raise ValueError(f"method must be one of {METHODS}; received {method!r}.")
+
+
+def _dims_per_field(model, data, dim: int) -> list[float]:
+    layers = ked.find_searchable_layers(model)
+    if not layers:
+        return [float(dim)] * data.num_fields
+    m = layers[0].dimension_mask()
+    if m.granularity == "value":
+        return [float(np.mean(s)) if len(s) else 0.0 for s in m.value_sizes]
+    return [float(k) for k in m.kept_dims]
+
+
+def train_one(data, model_kind: str, method: str, budget: float, seed: int, epochs: int, export_dir: str,
+              batch: int = 1024) -> dict:
+    """Train, evaluate and export one configuration; returns its record (without latency)."""
+    keras.utils.set_random_seed(seed)
+    emb, dim, callbacks = _embedding_and_callbacks(method, budget, data)
+    build = ked.models.build_mlp if model_kind == "mlp" else ked.models.build_deepfm
+    model = ked.models.compile_ctr(build(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=emb))
+    timer = EpochTimer()
+    t0 = time.perf_counter()
+    model.fit(data.dataset("train", batch_size=batch, seed=seed), epochs=epochs, verbose=0, callbacks=callbacks + [timer])
+    fit_seconds = time.perf_counter() - t0
+    xt, yt = data.test
+    p = model.predict(data.inputs(xt), batch_size=8192, verbose=0).reshape(-1)
+    full_params = int(sum(data.vocab_sizes)) * D
+    layers = ked.find_searchable_layers(model)
+    kept = int(layers[0].dimension_mask().kept_params) if layers else int(sum(data.vocab_sizes)) * dim
+    search = callbacks[0].result if callbacks else None
+    exp = ked.export_compact(model, export_dir, sample_inputs=data.inputs(xt[:1000]), verbose=0)
+    return {
+        "auc": roc_auc(yt, p),
+        "logloss": log_loss(yt, p),
+        "kept_params": kept,
+        "full_params": full_params,
+        "kept_fraction": kept / full_params,
+        "epoch_seconds": timer.seconds,
+        "fit_seconds": fit_seconds,
+        "search_seconds": float(search["search_seconds"]) if search and "search_seconds" in search else None,
+        "embedding_bytes": exp.embedding_bytes,
+        "bytes_ratio": exp.embedding_overhead,
+        "layout": next(iter(exp.layouts.values()), "none"),
+        "max_abs_diff": exp.max_abs_diff,
+        "dims_per_field": _dims_per_field(model, data, dim),
+        "batch_size": batch,
+    }
+
+
+# ------------------------------------------------------------------ latency
+def _timed(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def latency_ratios(full_dir: str, export_dir: str, data, rounds: int = 5, reps: int = 20, seed: int = 0) -> dict:
+    """Serving latency of an export over the full model's, at batch 1 and 512 (round-robin)."""
+    full = tf.saved_model.load(full_dir).signatures["serving_default"]
+    mine = tf.saved_model.load(export_dir).signatures["serving_default"]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for batch in (1, 512):
+        rows = data.test[0][rng.integers(0, len(data.test[0]), batch)]
+        req = {k: tf.constant(v) for k, v in data.inputs(rows).items()}
+        full(**req), mine(**req)  # warm up
+        ratios = []
+        for _ in range(rounds):
+            a = _timed(lambda: full(**req), reps)
+            b = _timed(lambda: mine(**req), reps)
+            ratios.append(b / a)
+        out[f"latency_ratio_{batch}"] = statistics.median(ratios)
+    return out
+
+
+# ------------------------------------------------------------------ groups and cache
+def run_key(r: dict) -> tuple:
+    return (r["dataset"], r["model"], r["method"], r["budget"], r["seed"], r["epochs"])
+
+
+def load_cache(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                records.append(json.loads(line))
+    return records
+
+
+def group_runs(methods, budgets) -> list[tuple[str, float]]:
+    """(method, budget) pairs of one group, the full model first."""
+    pairs = [("full", 1.0)] if "full" in methods else []
+    return pairs + [(m, b) for m in methods if m != "full" for b in budgets]
+
+
+def run_group(data, dataset: str, model_kind: str, seed: int, methods, budgets, epochs: int,
+              progress=None, serving: bool = True) -> list[dict]:
+    """Every run of one (dataset, model, seed), side by side in this process."""
+    tmp = tempfile.mkdtemp(prefix="ked-bench-")
+    records = []
+    try:
+        full_dir = None
+        for method, budget in group_runs(["full", *methods], budgets):
+            if progress:
+                progress(f"{dataset} {model_kind} seed {seed}: {method} {budget}")
+            path = os.path.join(tmp, f"{method}-{budget}")
+            rec = {"dataset": dataset, "model": model_kind, "method": method, "budget": budget,
+                   "seed": seed, "epochs": epochs}
+            rec.update(train_one(data, model_kind, method, budget, seed, epochs, path, BATCH.get(dataset, 1024)))
+            if method == "full":
+                full_dir = path
+            if serving:
+                rec.update(latency_ratios(full_dir, path, data, seed=seed))
+            records.append(rec)
+            if progress:
+                progress(None)
+        full_epoch = statistics.median(records[0]["epoch_seconds"])
+        for rec in records:
+            rec["full_epoch_seconds"] = full_epoch
+            if rec["method"] == "sseds" and rec["search_seconds"] is not None:
+                rec["search_ratio"] = rec["search_seconds"] / full_epoch
+            elif rec["method"] in SEARCHED:
+                rec["search_ratio"] = rec["epoch_seconds"][0] / full_epoch  # the search epoch
+        return records
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Progress:
+    """A one-line text progress bar with an ETA on stderr."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def __call__(self, label):
+        if label is None:
+            self.done += 1
+            return
+        width = 30
+        filled = int(width * self.done / max(self.total, 1))
+        eta = ""
+        if self.done:
+            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
+            eta = f" eta {left / 60:.0f} min"
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}{eta} {label:<48}")
+        sys.stderr.flush()
+
+
+def run(datasets, models, methods, budgets, seeds, epochs, cache: str, serving: bool = True, data_path=None) -> list[dict]:
+    """Run every group not yet in `cache`; returns all cached records."""
+    records = load_cache(cache)
+    done = {(r["dataset"], r["model"], r["seed"], r["method"], r["budget"], r["epochs"]) for r in records}
+    pairs = group_runs(["full", *methods], budgets)
+    todo = [
+        (d, m, s) for d in datasets for m in models for s in range(seeds)
+        if not all((d, m, s, meth, b, epochs) in done for meth, b in pairs)
+    ]
+    bar = Progress(len(todo) * len(pairs))
+    os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+    loaded = {}
+    for d, m, s in todo:
+        if d not in loaded:
+            loaded[d] = ked.data.load_dataset(d, data_path, **({"seed": 0} if d in ("frappe", "movielens") else {}))
+        group = run_group(loaded[d], d, m, s, [x for x in methods if x != "full"], budgets, epochs,
+                          progress=bar, serving=serving)
+        keep = {run_key(r) for r in group}
+        records = [r for r in records if run_key(r) not in keep] + group
+        with open(cache, "a") as fh:  # a finished group: append all its runs at once
+            for r in group:
+                fh.write(json.dumps(r) + "\n")
+    if todo:
+        sys.stderr.write("\n")
+    return records
+
+
+# ------------------------------------------------------------------ report
+def summarize(records: list[dict]) -> dict:
+    """(dataset, model, method, budget) -> aggregated metrics over seeds (latest record per key)."""
+    latest = {}
+    for r in records:
+        latest[run_key(r)] = r
+    groups = {}
+    for r in latest.values():
+        groups.setdefault((r["dataset"], r["model"], r["method"], r["budget"]), []).append(r)
+
+    def agg(rs, k):
+        v = [r[k] for r in rs if r.get(k) is not None]
+        return (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) if v else (None, None)
+
+    out = {}
+    for key, rs in groups.items():
+        out[key] = {
+            "n": len(rs),
+            "auc": agg(rs, "auc"),
+            "logloss": agg(rs, "logloss"),
+            "kept_fraction": agg(rs, "kept_fraction")[0],
+            "search_ratio": agg(rs, "search_ratio")[0],
+            "bytes_ratio": agg(rs, "bytes_ratio")[0],
+            "latency_ratio_1": agg(rs, "latency_ratio_1")[0],
+            "latency_ratio_512": agg(rs, "latency_ratio_512")[0],
+            "layout": rs[0].get("layout"),
+            "dims_per_field": np.mean([r["dims_per_field"] for r in rs], axis=0).tolist(),
+        }
+    return out
+
+
+def check_targets(summary: dict) -> list[tuple[str, bool, str]]:
+    """The issue's targets as (target, met, measured) rows."""
+    rows = []
+    by = {}
+    for (d, m, meth, b), s in summary.items():
+        by.setdefault((d, m), {})[(meth, b)] = s
+    for (d, m), runs in sorted(by.items()):
+        full = runs.get(("full", 1.0))
+        if not full:
+            continue
+        for b in sorted({b for (meth, b) in runs if meth != "full"}):
+            at = {meth: s for (meth, bb), s in runs.items() if bb == b and meth in SEARCHED}
+            if not at:
+                continue
+            best_m, best = max(at.items(), key=lambda kv: kv[1]["auc"][0])
+            if b == 0.1:
+                gap = best["auc"][0] - full["auc"][0]
+                rows.append((f"{d}/{m} at 0.1: best method AUC >= full - 0.001", gap >= -0.001,
+                             f"{best_m} {best['auc'][0]:.4f} vs full {full['auc'][0]:.4f} ({gap:+.4f})"))
+            uni = runs.get(("uniform", b))
+            if uni:
+                worse = [f"{meth} {s['auc'][0] - uni['auc'][0]:+.4f}" for meth, s in at.items()
+                         if s["auc"][0] < uni["auc"][0]]
+                rows.append((f"{d}/{m} at {b}: every method >= uniform", not worse,
+                             "all at or above" if not worse else "below uniform: " + ", ".join(worse)))
+    for (d, m, meth, b), s in sorted(summary.items()):
+        if meth in SEARCHED and s["search_ratio"] is not None:
+            limit = 0.05 if meth == "sseds" else 1.3
+            what = "scoring / epoch" if meth == "sseds" else "search epoch / plain epoch"
+            rows.append((f"{d}/{m} {meth} {b}: {what} <= {limit}", s["search_ratio"] <= limit, f"{s['search_ratio']:.3f}"))
+        if meth in SEARCHED + ("mde",) and s["bytes_ratio"] is not None:
+            limit = 1.10 if meth in PER_VALUE else 1.02
+            rows.append((f"{d}/{m} {meth} {b}: export bytes <= {limit} x kept x 4 B", s["bytes_ratio"] <= limit,
+                         f"{s['bytes_ratio']:.3f} ({s['layout']})"))
+        if meth in SEARCHED + ("mde",) and s["latency_ratio_512"] is not None:
+            limit = 1.5 if meth in PER_VALUE else 1.1
+            rows.append((f"{d}/{m} {meth} {b}: serving latency at 512 <= {limit} x full", s["latency_ratio_512"] <= limit,
+                         f"{s['latency_ratio_512']:.2f}"))
+    return rows
+
+
+def _machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        cpu = f"{names[0]} x {len(names)}" if names else cpu
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = float("nan")
+    try:
+        commit = subprocess.run(["git", "-C", _common.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+    except OSError:
+        commit = "?"
+    return (f"{cpu}, {mem:.0f} GiB; Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+            f"Keras {keras.__version__}; keras_embdim at commit {commit or '?'}")
+
+
+PUBLISHED = [
+    ("SSEDS (SIGIR 2022)", "Criteo, Avazu",
+     "'strong accuracy even if it has reduced 90% parameters' (embedding parameters pruned to 10%)"),
+    ("AMTL (CIKM 2021)", "its production and public data", "60% memory saved without loss on any metric (budget 0.4)"),
+    ("HAM (DL4SR 2022)", "Criteo, Avazu", "field-wise dims found by hard masks match or beat the full model"),
+    ("PME (Frontiers in Big Data 2023)", "public CTR data", "strong AUC with far fewer embedding parameters, much cheaper search"),
+]
+
+
+def write_report(records: list[dict], out: str, command: str) -> str:
+    summary = summarize(records)
+    lines = [
+        "# Benchmarks: every method against full and uniform dimensions",
+        "",
+        "Generated by `benchmarks/run.py` from its cache (`benchmarks/results/runs.jsonl`), never by hand. "
+        f"Last command: `{command}`.",
+        "",
+        f"Machine: {_machine()}. Base dim D = {D}, Adam 1e-3, test split of each dataset; uniform = "
+        "floor(budget x 16) dims for every field; mde = Mixed Dimension Embeddings' popularity rule "
+        "(`keras_embdim.budget.mixed_dimension_dims`, alpha 0.3); sseds = `SingleShotPruner`; ham = "
+        "`HardMaskEmbedding` + `HardMaskSearch`; amtl = `TwinsMaskLayer` + `TwinsMaskSearch`; pme = "
+        "`PMEPruner`. Searches take the first epoch, the other epochs fine-tune. AUC and log loss: mean ± std "
+        "over seeds (n). Search: the search epoch's wall time over the full model's median epoch (SSEDS: its "
+        "scoring time over one epoch). Bytes: the export's embedding bytes over kept x 4 B. Latency: the "
+        "export's `serving_default` over the full model's export, batch 1 and 512.",
+        "",
+    ]
+    by = {}
+    for (d, m, meth, b), s in summary.items():
+        by.setdefault((d, m), []).append((meth, b, s))
+    order = {k: i for i, k in enumerate(METHODS)}
+    for (d, m) in sorted(by):
+        rows = sorted(by[(d, m)], key=lambda t: (t[1] if t[0] != "full" else -1, order.get(t[0], 99)))
+        full = next((s for meth, b, s in rows if meth == "full"), None)
+        lines += [f"## {d} / {m}", "",
+                  "| method | budget | n | AUC | vs full | log loss | kept | search | bytes | latency 1 | latency 512 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for meth, b, s in rows:
+            auc, ll = s["auc"], s["logloss"]
+            vs = f"{auc[0] - full['auc'][0]:+.4f}" if full and meth != "full" else ""
+
+            def f(x, p=2):
+                return "" if x is None else f"{x:.{p}f}"
+
+            lines.append(
+                f"| {meth} | {'-' if meth == 'full' else b} | {s['n']} | {auc[0]:.4f} ± {auc[1]:.4f} | {vs} | "
+                f"{ll[0]:.4f} ± {ll[1]:.4f} | {s['kept_fraction']:.3f} | {f(s['search_ratio'])} | "
+                f"{f(s['bytes_ratio'], 3)} | {f(s['latency_ratio_1'])} | {f(s['latency_ratio_512'])} |"
+            )
+        png = plot_auc(summary, d, m, os.path.dirname(out))
+        lines += ["", f"![AUC vs parameter fraction]({os.path.basename(png)})", ""]
+        dims_png = plot_dims(summary, d, m, os.path.dirname(out))
+        if dims_png:
+            lines += [f"![dims per field]({os.path.basename(dims_png)})", ""]
+    targets = check_targets(summary)
+    met = sum(ok for _, ok, _ in targets)
+    lines += ["## Targets (issue 6)", "", f"{met} of {len(targets)} met.", "",
+              "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {t} | {'yes' if ok else '**no**'} | {v} |" for t, ok, v in targets]
+    lines += ["", "## Against the published numbers", "",
+              "The papers report on their own data and models; what transfers is the relative claim, the AUC "
+              "change against the method's own full model at a parameter fraction. Ours, from the tables above:", "",
+              "| method | paper's data | paper's claim | ours (AUC vs own full model, mean over datasets and base models) |",
+              "|---|---|---|---|"]
+    for (name, data_, claim), meth, b in zip(PUBLISHED, ("sseds", "amtl", "ham", "pme"), (0.1, 0.5, 0.2, 0.1)):
+        gaps = [s["auc"][0] - summary[(d, m, "full", 1.0)]["auc"][0]
+                for (d, m, mm, bb), s in summary.items() if mm == meth and bb == b and (d, m, "full", 1.0) in summary]
+        ours = f"{np.mean(gaps):+.4f} at budget {b} ({len(gaps)} dataset/model pairs)" if gaps else "not run yet"
+        lines.append(f"| {name} | {data_} | {claim} | {ours} |")
+    text = "\n".join(lines) + "\n"
+    with open(out, "w") as fh:
+        fh.write(text)
+    return text
+
+
+def plot_auc(summary: dict, dataset: str, model: str, folder: str) -> str:
+    from keras_embdim.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    full = summary.get((dataset, model, "full", 1.0))
+    for meth in METHODS[1:]:
+        pts = sorted((s["kept_fraction"], s["auc"][0], s["auc"][1]) for (d, m, mm, b), s in summary.items()
+                     if (d, m, mm) == (dataset, model, meth))
+        if pts:
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=meth)
+    if full:
+        ax.axhline(full["auc"][0], color="k", linestyle="--", label="full")
+    ax.set_xscale("log")
+    ax.set_xlabel("kept fraction of embedding parameters")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"{dataset} / {model}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(folder, f"benchmarks_auc_{dataset}_{model}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_dims(summary: dict, dataset: str, model: str, folder: str, budget: float = 0.2) -> str | None:
+    from keras_embdim.plots import _pyplot
+
+    rows = [(meth, summary[(dataset, model, meth, budget)]["dims_per_field"]) for meth in METHODS
+            if (dataset, model, meth, budget) in summary]
+    if not rows:
+        return None
+    plt = _pyplot()
+    F = len(rows[0][1])
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * F + 2), 4))
+    width = 0.8 / len(rows)
+    for i, (meth, dims) in enumerate(rows):
+        ax.bar(np.arange(F) + i * width, dims, width, label=meth)
+    ax.set_xlabel("field")
+    ax.set_ylabel(f"dims kept at budget {budget} (per value: mean)")
+    ax.set_title(f"{dataset} / {model}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(folder, f"benchmarks_dims_{dataset}_{model}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def quick(cache: str, out: str, epochs: int = 3) -> tuple[list[dict], dict]:
+    """The CI check: Frappe, MLP, one seed, budget 0.2, every method."""
+    records = run(["frappe"], ["mlp"], METHODS, [0.2], 1, epochs, cache, serving=True)
+    write_report(records, out, "python benchmarks/run.py --quick")
+    return records, summarize(records)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--cache", default=CACHE)
+    p.add_argument("--out", default=os.path.join(_common.DOCS, "benchmarks.md"))
+    p.add_argument("--no-serving", action="store_true", help="skip the latency measurements")
+    p.add_argument("--quick", action="store_true", help="Frappe, MLP, one seed, budget 0.2 (CI)")
+    p.add_argument("--report-only", action="store_true")
+    a = p.parse_args(argv)
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.quick:  # a scratch cache and report unless given: the quick numbers never replace the full ones
+        tmp = tempfile.mkdtemp()
+        cache = a.cache if a.cache != CACHE else os.path.join(tmp, "quick.jsonl")
+        out = a.out if a.out != os.path.join(_common.DOCS, "benchmarks.md") else os.path.join(tmp, "quick.md")
+        _, summary = quick(cache, out)
+        print(f"quick report: {out}")
+        full = summary[("frappe", "mlp", "full", 1.0)]["auc"][0]
+        best = max(s["auc"][0] for (d, m, meth, b), s in summary.items() if b == 0.2 and meth in SEARCHED)
+        print(f"quick: full {full:.4f}, best method at 0.2 {best:.4f} ({best - full:+.4f})")
+        return 0 if best >= full - 0.01 else 1
+    if not a.report_only:
+        run(a.datasets, a.models, a.methods, a.budgets, a.seeds, a.epochs, a.cache, serving=not a.no_serving)
+    print(write_report(load_cache(a.cache), a.out, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
