@@ -66,6 +66,7 @@ def compact_lookup(
     multi_field: bool,
     output_dim: int,
     dtype: tf.DType = tf.float32,
+    scales: Sequence[tf.Variable | None] | None = None,
 ) -> tf.Tensor:
     """Embedding lookup from compact per-field tables (serving graph).
 
@@ -75,12 +76,15 @@ def compact_lookup(
         ids: local ids; `[...]` for a single field, `[..., F]` for several.
         multi_field: whether the last axis of `ids` indexes fields.
         output_dim: D.
+        scales: per field a `[n_f]` int8 row scale (`keras_embdim.quantize`), or None.
     """
     def one(f, field_ids):
         table = tables[f]
         if table is None:
             return tf.zeros(tf.concat([tf.shape(field_ids), [output_dim]], 0), dtype)
         rows = tf.cast(tf.gather(table, field_ids), dtype)
+        if scales is not None and scales[f] is not None:
+            rows = rows * tf.cast(tf.gather(scales[f], field_ids), dtype)[..., None]
         return _place(rows, placements[f], output_dim)
 
     if not multi_field:
@@ -102,17 +106,26 @@ class FieldServing:
     """Serving lookup of a per-field compacted layer (`compact_lookup`)."""
 
     granularity = "field"
+    layout = "field"
 
-    def __init__(self, tables, placements):
+    def __init__(self, tables, placements, scales=None):
         self.tables = list(tables)
         self.placements = list(placements)
+        self.scales = list(scales) if scales is not None else [None] * len(self.tables)
 
     @property
     def variables(self) -> list:
-        return [t for t in self.tables if t is not None]
+        return [t for t in self.tables if t is not None] + [s for s in self.scales if s is not None]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
     def lookup(self, ids, *, multi_field: bool, output_dim: int, dtype) -> tf.Tensor:
-        return compact_lookup(self.tables, self.placements, ids, multi_field=multi_field, output_dim=output_dim, dtype=dtype)
+        return compact_lookup(
+            self.tables, self.placements, ids, multi_field=multi_field, output_dim=output_dim, dtype=dtype,
+            scales=self.scales,
+        )
 
 
 class ValueServing:
@@ -157,7 +170,14 @@ class ValueServing:
         return tf.cast(self._lookup(ids, multi_field), dtype)
 
 
-def compact_layer(layer, table: np.ndarray | None = None, *, value_layout: str = "auto", jit_compile: bool = False):
+def compact_layer(
+    layer,
+    table: np.ndarray | None = None,
+    *,
+    value_layout: str = "auto",
+    jit_compile: bool = False,
+    table_dtype: str = "float32",
+):
     """The serving object of a searchable layer: per-field or per-value compaction.
 
     Args:
@@ -166,15 +186,52 @@ def compact_layer(layer, table: np.ndarray | None = None, *, value_layout: str =
         value_layout: per-value sizes only: the `ragged` layout, `"auto"` (the
             fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"planes"`.
         jit_compile: per-value sizes only: XLA-compile the lookup (see `ValueServing`).
-    """
-    from keras_embdim import _compat, ragged
+        table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
+            `"int8"` with a float32 scale per row (`keras_embdim.quantize`).
 
+    Returns:
+        a `FieldServing` or `ValueServing`; its `dequantized` is the full table
+        with every kept entry replaced by the value the export serves (the
+        table itself for float32), for verification.
+    """
+    from keras_embdim import _compat, quantize, ragged
+
+    quantize.check_dtype(table_dtype)
     mask = layer.dimension_mask()
-    table = _compat.to_numpy(layer.embedding_variable) if table is None else table
+    table = np.asarray(_compat.to_numpy(layer.embedding_variable) if table is None else table, np.float32)
     if mask.granularity == "value":
+        sizes = np.concatenate([np.asarray(v) for v in mask.value_sizes]) if mask.value_sizes else np.zeros(0)
         packed = ragged.pack(table, list(mask.value_sizes), field_sizes=mask.vocab_sizes, layout=value_layout)
-        return ValueServing(packed, jit_compile=jit_compile)
-    tables = []
-    for f, arr in enumerate(compact_field_tables(table, mask)):
-        tables.append(tf.Variable(arr, trainable=False, name=f"table_{f}") if arr.shape[1] else None)
-    return FieldServing(tables, [placement(mask.keep[f]) for f in range(mask.num_fields)])
+        keep = np.arange(table.shape[1])[None, :] < sizes[:, None]
+        scales = quantize.row_scales(table * keep) if table_dtype == "int8" else None
+        if table_dtype == "int8":
+            row_of = np.repeat(np.arange(table.shape[0]), sizes)
+            q = np.clip(np.round(packed.arrays["values"][:-1] / scales[row_of]), -127, 127).astype(np.int8)
+            packed.arrays["values"] = np.concatenate([q, np.zeros(1, np.int8)])
+            packed.arrays["scales"] = scales
+        elif table_dtype == "float16":
+            packed.arrays["values"] = packed.arrays["values"].astype(np.float16)
+        deq = table.copy()
+        if table_dtype != "float32":
+            rows = table * keep
+            back = quantize.dequantize(*quantize.quantize(rows, table_dtype, scales))
+            deq = np.where(keep, back, table)
+        serving = ValueServing(packed, jit_compile=jit_compile)
+        serving.dequantized = deq
+        return serving
+    tables, scales = [], []
+    deq = table.copy()
+    for f, (start, n) in enumerate(zip(field_offsets(mask.vocab_sizes), mask.vocab_sizes)):
+        cols = mask.kept_columns(f)
+        arr = np.ascontiguousarray(table[start : start + n][:, cols])
+        if not arr.shape[1]:
+            tables.append(None)
+            scales.append(None)
+            continue
+        stored, sc = quantize.quantize(arr, table_dtype)
+        deq[start : start + n, cols] = quantize.dequantize(stored, sc)
+        tables.append(tf.Variable(stored, trainable=False, name=f"table_{f}"))
+        scales.append(tf.Variable(sc, trainable=False, name=f"scale_{f}") if sc is not None else None)
+    serving = FieldServing(tables, [placement(mask.keep[f]) for f in range(mask.num_fields)], scales)
+    serving.dequantized = deq
+    return serving

@@ -56,6 +56,9 @@ class ExportResult:
     inputs: dict = field(default_factory=dict)
     outputs: list = field(default_factory=list)
     layouts: dict = field(default_factory=dict)  # layer -> "field" or the per-value ragged layout
+    table_dtype: str = "float32"
+    # max |model with the stored precision - model in float32| on the verification inputs
+    precision_max_abs_diff: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -198,6 +201,7 @@ def export_compact(
     verbose: int = 1,
     value_layout: str = "auto",
     jit_compile: bool = False,
+    table_dtype: str = "float32",
 ) -> ExportResult:
     """Export `model` for TF Serving with its searched tables compacted.
 
@@ -222,6 +226,11 @@ def export_compact(
         jit_compile: XLA-compile the per-value lookups in the serving graph
             (about 3x faster on CPU; TF Serving then needs
             `--xla_cpu_compilation_enabled=true`). Per-field layers never need it.
+        table_dtype: storage of the kept values: `"float32"` (default, exact),
+            `"float16"` (2 B per value) or `"int8"` (1 B per value plus a
+            float32 scale per row). The export is verified against the model
+            run on exactly the stored values, and the effect of the precision
+            itself is reported (`precision_max_abs_diff`).
 
     Returns:
         an `ExportResult` (also written, with the dimension report, to
@@ -250,13 +259,18 @@ def export_compact(
 
     if value_layout != "auto" and value_layout not in ragged.LAYOUTS:
         raise ValueError(f"value_layout must be 'auto' or one of {ragged.LAYOUTS}, got {value_layout!r}.")
+    from keras_embdim import quantize
+
+    quantize.check_dtype(table_dtype)
     layers = find_searchable_layers(model)
     kind, names, specs = _input_layout(model, input_signature, sample_inputs)
 
     # 1. compact tables (per field: kept columns; per value: the ragged layout)
     serving, compact_vars, compacted = {}, [], []
     for layer in layers:
-        state = compaction.compact_layer(layer, value_layout=value_layout, jit_compile=jit_compile)
+        state = compaction.compact_layer(
+            layer, value_layout=value_layout, jit_compile=jit_compile, table_dtype=table_dtype
+        )
         serving[layer] = state
         compact_vars.extend(state.variables)
         compacted.append(layer)
@@ -312,16 +326,18 @@ def export_compact(
                 f"the SavedModel stores {sum(var_bytes.values())} variable bytes, expected {tracked_bytes}."
             )
         kept = summary["params_after"]
-        # per field: exactly the kept params; per value: the packed layout's own count
-        expected_bytes = sum(
-            st.nbytes if st.granularity == "value" else 4 * l.dimension_mask().kept_params
-            for l, st in serving.items()
-        )
+        # per field: exactly the kept params (at float32); per value: the packed layout's own count
+        expected_bytes = sum(st.nbytes for st in serving.values())
+        if table_dtype == "float32" and any(
+            st.nbytes != 4 * l.dimension_mask().kept_params for l, st in serving.items() if st.granularity == "field"
+        ):
+            raise ExportError("a per-field compact table holds more than its kept parameters.")
         if emb_bytes != expected_bytes:
             raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
-        max_diff = None
+        max_diff = precision_diff = None
         if verify:
-            max_diff = _verify(model, tmp, kind, names, specs, sample_inputs, atol)
+            stored = {l: st.dequantized for l, st in serving.items()} if table_dtype != "float32" else {}
+            max_diff, precision_diff = _verify(model, tmp, kind, names, specs, sample_inputs, atol, stored)
         result = ExportResult(
             path=export_dir,
             searched=searched,
@@ -335,6 +351,8 @@ def export_compact(
             inputs={n: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for n, s in specs.items()},
             outputs=list(concrete.structured_outputs),
             layouts={l.name: getattr(st, "layout", "field") for l, st in serving.items()},
+            table_dtype=table_dtype,
+            precision_max_abs_diff=precision_diff,
         )
         with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
             json.dump({"export": result.to_json(), **summary}, fh, indent=2)
@@ -354,7 +372,14 @@ def export_compact(
     return result
 
 
-def _verify(model, saved_dir, kind, names, specs, sample_inputs, atol) -> float:
+def _verify(model, saved_dir, kind, names, specs, sample_inputs, atol, stored_tables=None) -> tuple:
+    """`(max |served - model|, max |model at stored precision - model|)`.
+
+    `stored_tables` maps a layer to the full table with its kept entries at the
+    stored precision: the model is run on those (then the original table is
+    put back, whatever happens) so that the served predictions are compared
+    with what they must equal, and the precision's own effect is measured apart.
+    """
     if sample_inputs is None:
         named = synthesize_inputs(specs, model)
     elif isinstance(sample_inputs, dict):
@@ -366,7 +391,24 @@ def _verify(model, saved_dir, kind, names, specs, sample_inputs, atol) -> float:
     missing = set(specs) - set(named)
     if missing:
         raise ValueError(f"sample_inputs lacks inputs {sorted(missing)}; the export takes {sorted(specs)}.")
-    expected = _named_outputs(model, model(_model_inputs(kind, names, named), training=False))
+
+    def run_model():
+        out = _named_outputs(model, model(_model_inputs(kind, names, named), training=False))
+        return {k: _compat.to_numpy(v) for k, v in out.items()}
+
+    expected = run_model()
+    precision_diff = None
+    if stored_tables:
+        originals = {l: _compat.to_numpy(l.embedding_variable).copy() for l in stored_tables}
+        try:
+            for layer, table in stored_tables.items():
+                layer.embedding_variable.assign(table)
+            at_precision = run_model()
+        finally:
+            for layer, table in originals.items():
+                layer.embedding_variable.assign(table)
+        precision_diff = max(float(np.max(np.abs(at_precision[k] - expected[k]), initial=0.0)) for k in expected)
+        expected = at_precision
     loaded = tf.saved_model.load(saved_dir)
     got = loaded.signatures["serving_default"](
         **{n: tf.convert_to_tensor(named[n], specs[n].dtype) for n in specs}
@@ -375,11 +417,11 @@ def _verify(model, saved_dir, kind, names, specs, sample_inputs, atol) -> float:
     for key, value in expected.items():
         if key not in got:
             raise ExportError(f"the export lacks output {key!r}; it has {sorted(got)}.")
-        diff = float(np.max(np.abs(_compat.to_numpy(value) - got[key].numpy()), initial=0.0))
+        diff = float(np.max(np.abs(value - got[key].numpy()), initial=0.0))
         worst = max(worst, diff)
     if not worst <= atol:
         raise ExportError(f"the export predicts differently from the model: max |diff| = {worst} > atol={atol}.")
-    return worst
+    return worst, precision_diff
 
 
 def _move_into_place(tmp: str, export_dir: str, overwrite: bool) -> None:

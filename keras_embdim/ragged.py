@@ -256,7 +256,8 @@ def packed_lookup(
     """Rebuild `[..., D]` (single field) or `[..., F, D]` embeddings (serving graph).
 
     Args:
-        arrays: the `PackedTable.arrays`, as tensors or variables.
+        arrays: the `PackedTable.arrays`, as tensors or variables (`values`
+            may be float16, or int8 with a float32 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
         layout, field_starts, output_dim, bits, shift, size_offset, size_scale:
             from the `PackedTable`.
@@ -318,6 +319,10 @@ def packed_lookup(
     ct = np.where(j[None, :] < np.arange(output_dim + 1)[:, None], j[None, :], zero).astype(np_itype)
     idx = tf.minimum(start[:, None] + tf.gather(tf.constant(ct), tf.cast(size, tf.int32)), zero)
     out = tf.gather_nd(values, idx[..., None])  # gather_nd: faster than gather for scalar slices
+    if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.quantize)
+        out = tf.cast(out, tf.float32)
+    if "scales" in arrays:  # int8: one float32 scale per row
+        out = out * tf.gather(arrays["scales"], g)[:, None]
     return tf.reshape(out, tf.concat([shape, [output_dim]], 0))
 
 

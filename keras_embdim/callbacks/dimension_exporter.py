@@ -24,6 +24,7 @@ class DimensionExporter(keras.callbacks.Callback):
         verbose: print where the export went.
         value_layout: per-value layers: the packed layout (`export_compact`).
         jit_compile: per-value layers: XLA-compile the lookup (`export_compact`).
+        table_dtype: `"float32"`, `"float16"` or `"int8"` storage (`export_compact`).
 
     Example:
 
@@ -44,6 +45,7 @@ class DimensionExporter(keras.callbacks.Callback):
         verbose: int = 1,
         value_layout: str = "auto",
         jit_compile: bool = False,
+        table_dtype: str = "float32",
     ):
         super().__init__()
         if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
@@ -58,8 +60,11 @@ class DimensionExporter(keras.callbacks.Callback):
 
         if value_layout != "auto" and value_layout not in ragged.LAYOUTS:
             raise ValueError(f"value_layout must be 'auto' or one of {ragged.LAYOUTS}, got {value_layout!r}.")
+        from keras_embdim import quantize
+
         self.value_layout = value_layout
         self.jit_compile = bool(jit_compile)
+        self.table_dtype = quantize.check_dtype(table_dtype)
         self.result: ExportResult | None = None
 
     def on_train_begin(self, logs=None):
@@ -81,4 +86,5 @@ class DimensionExporter(keras.callbacks.Callback):
             verbose=self.verbose,
             value_layout=self.value_layout,
             jit_compile=self.jit_compile,
+            table_dtype=self.table_dtype,
         )

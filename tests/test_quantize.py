@@ -1,0 +1,86 @@
+"""float16 and int8 (per-row scale) exports: the math by hand, exports served in a fresh process."""
+
+import numpy as np
+import pytest
+
+import keras_embdim as ked
+from keras_embdim import quantize
+from keras_embdim._compat import keras
+from keras_embdim.serving import check_in_fresh_process
+
+
+def test_int8_by_hand():
+    rows = np.array([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]], np.float32)
+    q, s = quantize.quantize(rows, "int8")
+    np.testing.assert_allclose(s, [2 / 127, 1.0])  # an all-zero row reads back as zeros
+    np.testing.assert_array_equal(q, [[64, -127, 32], [0, 0, 0]])  # 63.5 -> 64, 31.75 -> 32
+    back = quantize.dequantize(q, s)
+    assert np.all(np.abs(back - rows) <= s[:, None] / 2 + 1e-7)
+    np.testing.assert_array_equal(back[1], 0)
+
+
+def test_float16_round_trip_and_bad_dtype():
+    x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
+    back = quantize.round_trip(x, "float16")
+    assert np.all(np.abs(back - x) <= np.abs(x) * 2**-11 + 1e-7)
+    with pytest.raises(ValueError, match="table_dtype must be one of"):
+        quantize.check_dtype("bfloat16")
+
+
+def _pme(v, dim, names):
+    return ked.PrunableEmbedding(v, dim, field_names=names, name="embedding")
+
+
+@pytest.fixture(scope="module", params=["field", "value"])
+def searched(request, small_data):
+    """A per-field (SingleShotPruner) or per-value (PMEPruner) model at budget 0.2."""
+    keras.utils.set_random_seed(0)
+    d = small_data
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(16,)))
+    cb = (ked.SingleShotPruner(0.2, warmup_steps=5, scoring_steps=5, verbose=0) if request.param == "field"
+          else ked.PMEPruner(0.2, verbose=0))
+    x, y = d.train
+    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[cb])
+    return request.param, d, model
+
+
+@pytest.mark.parametrize("table_dtype", ["float16", "int8"])
+def test_quantized_export_serves_the_stored_values_and_reports_their_cost(searched, tmp_path, table_dtype):
+    granularity, d, model, = searched
+    sample = d.inputs(d.test[0][:500])
+    before = model.predict(sample, batch_size=500, verbose=0)
+    table = np.asarray(ked.find_searchable_layers(model)[0].embedding_variable).copy()
+    full = ked.export_compact(model, str(tmp_path / "f32"), sample_inputs=sample, verbose=0)
+    r = ked.export_compact(model, str(tmp_path / table_dtype), sample_inputs=sample, verbose=0, table_dtype=table_dtype)
+    # the model is untouched: same table, same predictions
+    np.testing.assert_array_equal(np.asarray(ked.find_searchable_layers(model)[0].embedding_variable), table)
+    np.testing.assert_array_equal(model.predict(sample, batch_size=500, verbose=0), before)
+    assert r.table_dtype == table_dtype and r.max_abs_diff <= 1e-5
+    assert 0 < r.precision_max_abs_diff < (1e-2 if table_dtype == "float16" else 5e-2)
+    kept = r.kept_params
+    if granularity == "field":
+        if table_dtype == "float16":
+            assert r.embedding_bytes == 2 * kept
+        else:  # one byte per kept value, a float32 scale per row of every field that keeps a column
+            mask = ked.find_searchable_layers(model)[0].dimension_mask()
+            rows = sum(n for n, k in zip(mask.vocab_sizes, mask.kept_dims) if k)
+            assert r.embedding_bytes == kept + 4 * rows
+    else:  # the packed values (and the zero slot) shrink; int8 adds a float32 scale per row
+        rows = sum(d.vocab_sizes)
+        if table_dtype == "float16":
+            assert r.embedding_bytes == full.embedding_bytes - 2 * (kept + 1)
+        else:
+            assert r.embedding_bytes == full.embedding_bytes - 3 * (kept + 1) + 4 * rows
+    # served in a process without keras_embdim, within the precision's own effect of the float model
+    report = check_in_fresh_process(r.path, sample, {"ctr": before}, atol=r.precision_max_abs_diff + 1e-5)
+    assert report["tf2_max_abs_diff"] <= r.precision_max_abs_diff + 1e-5
+    assert report["tf1_max_abs_diff"] <= r.precision_max_abs_diff + 1e-5
+
+
+def test_bad_table_dtype_is_refused_before_anything_is_written(searched, tmp_path):
+    _, d, model = searched
+    with pytest.raises(ValueError, match="table_dtype must be one of"):
+        ked.export_compact(model, str(tmp_path / "e"), table_dtype="int4")
+    with pytest.raises(ValueError, match="table_dtype must be one of"):
+        ked.DimensionExporter(str(tmp_path / "e"), table_dtype="int4")
+    assert not (tmp_path / "e").exists()
