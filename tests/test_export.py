@@ -113,6 +113,32 @@ def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_
     assert sorted(os.listdir(tmp_path)) == ["exp"]
 
 
+def test_disk_full_mid_write_leaves_previous_export_and_no_partial(trained, tmp_path, monkeypatch):
+    import errno
+
+    d, model, _, _, _ = trained
+    target = str(tmp_path / "exp")
+    ked.export_compact(model, target, verbose=0)
+    files = {f: open(os.path.join(target, f), "rb").read() for f in ("saved_model.pb", "dimensions.json")}
+    weights = [w.copy() for w in model.get_weights()]
+    real_save = tf.saved_model.save
+
+    def save_then_fill_the_disk(obj, export_dir, *args, **kwargs):
+        real_save(obj, export_dir, *args, **kwargs)  # some files are written...
+        with open(os.path.join(export_dir, "variables", "variables.data-00000-of-00001"), "r+b") as fh:
+            fh.truncate(10)  # ...then the disk is full half-way through the data
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", save_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ked.export_compact(model, target, overwrite=True, verbose=0)
+    assert sorted(os.listdir(tmp_path)) == ["exp"]  # no partial folder
+    for f, data in files.items():  # the previous export is byte for byte the same
+        assert open(os.path.join(target, f), "rb").read() == data
+    for a, b in zip(weights, model.get_weights()):  # and the model is untouched
+        np.testing.assert_array_equal(a, b)
+
+
 def test_unsearched_model_exports_full_and_says_so(tmp_path, caplog):
     d = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=3, max_vocab=50, seed=1)
     model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,))

@@ -104,7 +104,7 @@ class HardMaskSearch(EpochBoundedSearch):
         for layer in self._layers:
             layer.temperature.assign(t)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _on_batch(self, batch, logs=None):
         if self.phase != "search":
             return
         self._step += 1

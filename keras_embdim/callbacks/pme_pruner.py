@@ -108,7 +108,7 @@ class PMEPruner(EpochBoundedSearch):
         _compat.force_retrace(self.model)
         self._started = time.perf_counter()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _on_batch(self, batch, logs=None):
         if self.phase == "search":
             self._step += 1
 

@@ -78,6 +78,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._step = 0
         self._snapshot = None
         self._writer = None
+        self._good_masks: dict = {}
+        self.error: str | None = None
 
     @property
     def name(self) -> str:
@@ -113,6 +115,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         for layer in layers:
             layer._embdim_search = self
         self._layers = layers
+        self._remember_masks("the start of the search")
         if self.after == "retrain":
             self._snapshot = self.model.get_weights()
         if self.log_dir and self._writer is None:
@@ -186,10 +189,60 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                     tf.summary.histogram(f"scores/{name}", np.nan_to_num(s).ravel(), step=self._step)
             self._write_summaries()
 
+    # ---------------------------------------------------------- bad losses
+    def _remember_masks(self, when: str) -> None:
+        """Keep each layer's current mask: the one a failed search falls back to."""
+        self._good_masks = {layer: layer.dimension_mask() for layer in self._layers}
+        self._good_when = when
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if self.phase not in ("done", "failed") and self._layers and loss is not None:
+            value = float(np.asarray(loss))
+            if not np.isfinite(value):
+                self._abort(value)
+                return
+        self._on_batch(batch, logs)
+
+    def _on_batch(self, batch, logs=None) -> None:
+        """Subclasses: what a search does after each training batch."""
+
+    def _abort(self, loss: float) -> None:
+        """The loss is not finite: stop training, keep the last good masks, say so.
+
+        The weights of the failing step are whatever it left (as with
+        `keras.callbacks.TerminateOnNaN`): restore them from a checkpoint.
+        """
+        optimizer = getattr(self.model, "optimizer", None)
+        for layer, mask in self._good_masks.items():
+            if getattr(layer, "_gate_probe", None) is not None:
+                layer.detach_gate_probe()
+            if hasattr(layer, "freeze_table"):
+                layer.freeze_table(False)
+            if mask.granularity == "value":
+                layer.set_value_sizes(list(mask.value_sizes), optimizer=optimizer, zero_pruned=False)
+            elif hasattr(layer, "freeze"):
+                layer.freeze(mask.keep, optimizer=optimizer)
+            else:
+                layer.set_dimension_mask(mask, optimizer=optimizer, zero_pruned=False)
+        _compat.force_retrace(self.model)
+        kept, full = total_params(self._layers)
+        self.error = (
+            f"{self.name}: the training loss became {loss} at search step {self._step}; training stopped "
+            f"and the search ended with the masks of {self._good_when} ({kept:,} of {full:,} embedding "
+            "parameters kept). Lower the learning rate or check the inputs, then search again on a fresh model."
+        )
+        self.phase = "failed"
+        self.result = {"error": self.error, "params_after": kept, "params_full": full}
+        self.model.stop_training = True
+        logger.error(self.error)
+
     # ------------------------------------------------------------- logging
     def _record_epoch(self, epoch: int, logs: dict | None) -> None:
         if not self._layers:
             return
+        if self.phase not in ("done", "failed"):
+            self._remember_masks(f"the end of epoch {epoch + 1}")
         kept, full = total_params(self._layers)
         if logs is not None:
             logs["embdim_kept_params"] = float(kept)

@@ -114,7 +114,7 @@ class SingleShotPruner(DimensionSearchCallback):
             # important (measured: docs/methods.md).
             self._warmup_resolved = max(1, int(steps) // 2, int(steps) - self.scoring_steps)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _on_batch(self, batch, logs=None):
         if self.phase == "done":
             return
         self._step += 1
