@@ -15,9 +15,16 @@ from keras_embdim.callbacks import (
     PMEPruner,
     SingleShotPruner,
 )
-from keras_embdim.convert import add_twins, make_searchable
+from keras_embdim.budget import ByteBudget
+from keras_embdim.convert import add_twins, make_searchable, rebuild_mixed
 from keras_embdim.export import ExportError, ExportResult, export_compact
-from keras_embdim.layers import HardMaskEmbedding, PrunableEmbedding, SearchableEmbedding, TwinsMaskLayer
+from keras_embdim.layers import (
+    HardMaskEmbedding,
+    MixedDimensionEmbedding,
+    PrunableEmbedding,
+    SearchableEmbedding,
+    TwinsMaskLayer,
+)
 from keras_embdim.mask import DimensionMask, DimensionSearchable, find_searchable_layers
 from keras_embdim.report import dimension_report, dimension_summary, format_report
 
@@ -25,10 +32,12 @@ __version__ = "0.1.0"
 KERAS_3 = _compat.KERAS_3
 
 __all__ = [
+    "ByteBudget",
     "DimensionExporter",
     "DimensionSearchCallback",
     "HardMaskEmbedding",
     "HardMaskSearch",
+    "MixedDimensionEmbedding",
     "OrthogonalRegularizer",
     "PMEPruner",
     "DimensionMask",
@@ -47,4 +56,5 @@ __all__ = [
     "find_searchable_layers",
     "format_report",
     "make_searchable",
+    "rebuild_mixed",
 ]

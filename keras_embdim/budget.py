@@ -146,3 +146,41 @@ def mixed_dimension_dims(
             return d
         f = int(np.argmax(np.where(ok, ideal / np.maximum(d, 0.5), -np.inf)))
         d[f] += 1
+
+
+class ByteBudget:
+    """A budget in bytes of embedding tables, for any search callback's `budget=`.
+
+    The search keeps at most `nbytes / bytes_per_param` embedding parameters
+    (of all its layers together): `bytes_per_param` is 4 for float32 exports,
+    2 for `table_dtype="float16"`. Per-field exports then hold exactly those
+    bytes; per-value exports add their index (at most 10%, docs/methods.md).
+
+    Args:
+        nbytes: bytes of the kept tables, a positive integer.
+        bytes_per_param: 4 (float32), 2 (float16) or 1 (int8, whose per-row
+            scales come on top).
+
+    Example:
+
+    >>> import keras_embdim as ked
+    >>> cb = ked.SingleShotPruner(budget=ked.ByteBudget(2_000_000))
+    """
+
+    def __init__(self, nbytes: int, bytes_per_param: int = 4):
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
+            raise ValueError(f"ByteBudget: nbytes must be a positive integer number of bytes; received {nbytes!r}.")
+        if bytes_per_param not in (1, 2, 4):
+            raise ValueError(f"ByteBudget: bytes_per_param must be 1, 2 or 4; received {bytes_per_param!r}.")
+        self.nbytes = int(nbytes)
+        self.bytes_per_param = int(bytes_per_param)
+
+    def params(self) -> int:
+        return self.nbytes // self.bytes_per_param
+
+    def fraction(self, full_params: int) -> float:
+        """The kept fraction of `full_params` this budget allows (capped at 1)."""
+        return min(1.0, self.params() / full_params) if full_params else 1.0
+
+    def __repr__(self) -> str:
+        return f"ByteBudget({self.nbytes:,} B at {self.bytes_per_param} B per parameter)"

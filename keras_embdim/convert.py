@@ -129,3 +129,84 @@ def add_twins(
         elif layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
+
+
+def _dims_from_report(report: Any, layer_names: list[str]) -> dict[str, list[int]]:
+    """Per layer, kept dims per field from a report (DataFrame, records, dimensions.json)."""
+    import json
+    import os
+
+    if isinstance(report, (str, os.PathLike)):
+        path = os.fspath(report)
+        if os.path.isdir(path):
+            path = os.path.join(path, "dimensions.json")
+        with open(path) as fh:
+            doc = json.load(fh)
+        records = [{"layer": name, **f} for name, fields in doc["layers"].items() for f in fields]
+    elif hasattr(report, "to_dict"):  # a pandas DataFrame (dimension_report)
+        records = report.to_dict("records")
+    else:
+        records = list(report)
+    out: dict[str, list[int]] = {}
+    for rec in records:
+        # per value: the field's own size that keeps its parameters, rounded
+        if rec.get("granularity") == "value":
+            dims = int(round(rec["params_after"] / rec["vocab"]))
+        else:
+            dims = int(rec["kept_dims"])
+        out.setdefault(rec["layer"], []).append(dims)
+    missing = [n for n in layer_names if n not in out]
+    if missing:
+        raise ValueError(f"report: no fields for the searchable layers {missing}; it describes {sorted(out)}.")
+    return out
+
+
+def rebuild_mixed(model: Any, report: Any = None):
+    """A natively mixed-dimension clone of `model`, to retrain from scratch.
+
+    Every searchable layer becomes a `MixedDimensionEmbedding`: field f gets a
+    table of its own `[n_f, d_f]` (fresh weights), with `d_f` from `report`
+    (the papers' "retrain the slim model with the searched dims"). Per-value
+    sizes become per-field dims that keep each field's parameters
+    (`round(params_after / n_f)`). The other layers are cloned with fresh
+    weights too; compile and train the result as the original.
+
+    Args:
+        model: a functional or sequential model with searchable layers.
+        report: `dimension_report(model)`, its records, an export's
+            `dimensions.json` (or its folder); default: the model's own masks.
+
+    Example:
+
+    ```python
+    report = ked.dimension_report(searched_model)
+    slim = ked.rebuild_mixed(searched_model, report)
+    slim.compile(...); slim.fit(train, epochs=3)
+    ```
+    """
+    from keras_embdim.layers.mixed_dimension_embedding import MixedDimensionEmbedding
+    from keras_embdim.mask import find_searchable_layers
+    from keras_embdim.report import dimension_records
+
+    layers = find_searchable_layers(model)
+    if not layers:
+        raise ValueError(f"model '{model.name}' has no searchable layer to rebuild.")
+    names = [l.name for l in layers]
+    dims = _dims_from_report(dimension_records(layers) if report is None else report, names)
+    by_name = {l.name: l for l in layers}
+
+    def clone(layer):
+        if layer.name in by_name:
+            m = layer.dimension_mask()
+            if len(dims[layer.name]) != m.num_fields:
+                raise ValueError(
+                    f"report: layer '{layer.name}' has {m.num_fields} fields, the report {len(dims[layer.name])}."
+                )
+            multi = m.num_fields > 1 or getattr(layer, "multi_field", False) or getattr(layer, "_multi", False)
+            return MixedDimensionEmbedding(
+                list(m.vocab_sizes) if multi else m.vocab_sizes[0], dims[layer.name], m.output_dim,
+                field_names=list(m.field_names), name=layer.name,
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    return keras.models.clone_model(model, clone_function=clone)

@@ -306,7 +306,11 @@ def export_compact(
 
     summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
     searched = any(not l.dimension_mask().is_full for l in layers)
-    if not searched:
+    native = [l.name for l in _compat.flatten_layers(model) if type(l).__name__ == "MixedDimensionEmbedding"]
+    if not searched and native:
+        logger.info("export_compact: model '%s' has natively mixed-dimension tables %s; exported as they are.",
+                    model.name, native)
+    elif not searched:
         logger.warning(
             "export_compact: model '%s' has %s; exporting full-size tables.",
             model.name,

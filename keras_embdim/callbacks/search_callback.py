@@ -66,7 +66,9 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         verbose: int = 1,
     ):
         super().__init__()
-        self.budget = check_fraction("budget", budget)
+        # a fraction, or a ByteBudget resolved to one when the layers are known
+        self.budget_spec = budget
+        self.budget = 1.0 if isinstance(budget, budget_lib.ByteBudget) else check_fraction("budget", budget)
         self.min_dim = check_int("min_dim", min_dim, 0)
         self.after = check_choice("after", after, _AFTER)
         self.layer_names = list(layers) if layers is not None else None
@@ -104,13 +106,20 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                     f"{type(owner).__name__}; use one search callback per model."
                 )
         _, full = total_params(layers)
+        if isinstance(self.budget_spec, budget_lib.ByteBudget):
+            self.budget = self.budget_spec.fraction(full)
         floor = sum(budget_lib.min_params(l.field_vocab_sizes, l.output_dim, self.min_dim) for l in layers)
         target = budget_lib.budget_params(self.budget, full)
         if floor > target:
+            spec = self.budget_spec if isinstance(self.budget_spec, budget_lib.ByteBudget) else self.budget
+            need = (
+                f"{floor * self.budget_spec.bytes_per_param:,} B"
+                if isinstance(self.budget_spec, budget_lib.ByteBudget) else f"{floor / full:.4f}"
+            )
             raise ValueError(
-                f"{self.name}: budget={self.budget} keeps {target:,} of {full:,} embedding "
+                f"{self.name}: budget={spec} keeps {target:,} of {full:,} embedding "
                 f"parameters, but min_dim={self.min_dim} alone keeps {floor:,}; raise budget to at "
-                f"least {floor / full:.4f} or lower min_dim. The model was not changed."
+                f"least {need} or lower min_dim. The model was not changed."
             )
         for layer in layers:
             layer._embdim_search = self
