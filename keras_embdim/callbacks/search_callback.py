@@ -105,6 +105,12 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                     f"{self.name}: layer '{layer.name}' is already searched by another "
                     f"{type(owner).__name__}; use one search callback per model."
                 )
+        too_wide = [f"'{l.name}' (output_dim={l.output_dim})" for l in layers if self.min_dim > l.output_dim]
+        if too_wide:
+            raise ValueError(
+                f"{self.name}: min_dim={self.min_dim} is larger than the width of layers {', '.join(too_wide)}; "
+                "min_dim must be <= output_dim. The model was not changed."
+            )
         _, full = total_params(layers)
         if isinstance(self.budget_spec, budget_lib.ByteBudget):
             self.budget = self.budget_spec.fraction(full)

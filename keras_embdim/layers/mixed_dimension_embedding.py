@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_embdim._compat import keras, register_serializable
-from keras_embdim.layers.searchable_embedding import as_int_ids, check_id_range
+from keras_embdim.layers.searchable_embedding import as_int_ids, check_field_axis, check_id_range
 
 
 @register_serializable(package="keras_embdim")
@@ -77,6 +77,8 @@ class MixedDimensionEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         ids = as_int_ids(inputs)
+        if self._multi:
+            check_field_axis(ids, len(self.input_dims), self.name)
         high = np.asarray(self.input_dims if self._multi else self.input_dims[0])
         ids = check_id_range(ids, 0, high, self.name, dict(zip(self.field_names, self.input_dims)))
 

@@ -38,6 +38,16 @@ def as_int_ids(inputs) -> tf.Tensor:
     return ids
 
 
+def check_field_axis(ids: tf.Tensor, num_fields: int, layer_name: str) -> None:
+    """A multi-field layer's ids must be `[..., F]`: one column per field."""
+    shape = ids.shape
+    if shape.rank == 0 or (shape.rank is not None and shape[-1] is not None and shape[-1] != num_fields):
+        raise ValueError(
+            f"layer '{layer_name}' embeds {num_fields} fields: its ids must have shape [..., {num_fields}] "
+            f"(one column per field); received shape {tuple(shape)}."
+        )
+
+
 def check_id_range(ids: tf.Tensor, low, high, layer_name: str, fields: dict) -> tf.Tensor:
     """`ids` after asserting `low <= ids < high` (per field along the last axis).
 
@@ -194,6 +204,8 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
     # ------------------------------------------------------------------ call
     def _prepare_ids(self, inputs) -> tf.Tensor:
         ids = as_int_ids(inputs)
+        if self._multi_field:
+            check_field_axis(ids, len(self._vocab_sizes), self.name)
         if self.validate_ids:
             limit = np.asarray(self._vocab_sizes if self._multi_field else self._vocab_sizes[0])
             ids = check_id_range(ids, 0, limit, self.name, dict(zip(self.field_names, self._vocab_sizes)))

@@ -12,6 +12,7 @@ from keras_embdim._compat import keras, register_serializable
 from keras_embdim.layers.searchable_embedding import (
     SearchableEmbedding,
     as_int_ids,
+    check_field_axis,
     check_id_range,
     zero_beyond_sizes,
 )
@@ -321,6 +322,8 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
 
     def call(self, inputs, training=None):
         ids = as_int_ids(inputs)
+        if self._multi:
+            check_field_axis(ids, len(self._vocab_sizes), self.name)
         if self.validate_ids:
             fields = dict(zip(self._names, self._vocab_sizes))
             if self._global_ids:

@@ -1,0 +1,116 @@
+"""Bad input across every layer and callback: a clear error naming the argument, nothing changed."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_embdim as ked
+from keras_embdim._compat import keras
+
+CALLBACKS = {
+    "sseds": lambda b, **k: ked.SingleShotPruner(b, verbose=0, **k),
+    "ham": lambda b, **k: ked.HardMaskSearch(b, verbose=0, **k),
+    "pme": lambda b, **k: ked.PMEPruner(b, verbose=0, **k),
+    "amtl": lambda b, **k: ked.TwinsMaskSearch(b, verbose=0, **k),
+}
+
+
+def _layer(kind, vocab=(5, 7), dim=4):
+    if kind == "prunable":
+        return ked.PrunableEmbedding(list(vocab), dim, name="emb")
+    if kind == "ham":
+        return ked.HardMaskEmbedding(list(vocab), dim, name="emb")
+    if kind == "twins":
+        return ked.TwinsMaskLayer(ked.PrunableEmbedding(list(vocab), dim), name="emb")
+    return ked.MixedDimensionEmbedding(list(vocab), [2, 1], dim, name="emb")
+
+
+LAYERS = ["prunable", "ham", "twins", "mixed"]
+
+
+@pytest.mark.parametrize("method", sorted(CALLBACKS))
+@pytest.mark.parametrize("budget", [0, -0.1, 1.5, float("nan"), "0.1", True, None])
+def test_bad_budget_names_the_argument(method, budget):
+    with pytest.raises((ValueError, TypeError), match="budget"):
+        CALLBACKS[method](budget)
+
+
+def _model(d, embedding="prunable"):
+    def emb(v, dim, names):
+        if embedding == "ham":
+            return ked.HardMaskEmbedding(v, dim, field_names=names, name="embedding")
+        if embedding == "twins":
+            return ked.TwinsMaskLayer(ked.PrunableEmbedding(v, dim, field_names=names), name="embedding")
+        return ked.PrunableEmbedding(v, dim, field_names=names, name="embedding")
+
+    return ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,),
+                                                       embedding=emb if embedding != "plain" else "plain"))
+
+
+EMBEDDING_OF = {"sseds": "prunable", "pme": "prunable", "ham": "ham", "amtl": "twins"}
+
+
+@pytest.mark.parametrize("method", sorted(CALLBACKS))
+def test_no_searchable_layer_and_two_searches_are_clear_errors(method, small_data):
+    d = small_data
+    x, y = d.train
+    plain = _model(d, "plain")
+    before = [w.copy() for w in plain.get_weights()]
+    with pytest.raises(ValueError, match="has no searchable embedding layer"):
+        plain.fit(d.inputs(x[:256]), y[:256], epochs=1, verbose=0, callbacks=[CALLBACKS[method](0.5)])
+    for a, b in zip(before, plain.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    model = _model(d, EMBEDDING_OF[method])
+    with pytest.raises(ValueError, match="already searched by another"):
+        model.fit(d.inputs(x[:256]), y[:256], epochs=1, verbose=0,
+                  callbacks=[CALLBACKS[method](0.5), CALLBACKS[method](0.5)])
+
+
+@pytest.mark.parametrize("method", ["sseds", "ham", "pme"])
+def test_min_dim_wider_than_the_layer_is_a_clear_error(method, small_data):
+    d = small_data
+    x, y = d.train
+    model = _model(d, EMBEDDING_OF[method])
+    with pytest.raises(ValueError, match=r"min_dim=9 is larger than the width of layers 'embedding' \(output_dim=4\)"):
+        model.fit(d.inputs(x[:256]), y[:256], epochs=1, verbose=0, callbacks=[CALLBACKS[method](1.0, min_dim=9)])
+    with pytest.raises(ValueError, match="min_dim"):
+        ked.TwinsMaskLayer(ked.PrunableEmbedding(10, 4), min_dim=9)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_ids_out_of_range_name_the_layer(kind):
+    layer = _layer(kind)
+    for bad in ([[5, 0]], [[0, 7]], [[-1, 0]]):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="'emb'"):
+            layer(np.array(bad))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_float_ids_read_like_int_ids_and_wrong_rank_is_refused(kind):
+    layer = _layer(kind)
+    ids = np.array([[1, 2], [4, 6]])
+    np.testing.assert_array_equal(layer(ids.astype(np.float32)).numpy(), layer(ids).numpy())  # as keras Embedding
+    with pytest.raises(ValueError, match=r"must have shape \[\.\.\., 2\]"):
+        layer(np.array([1, 2, 3]))  # [batch] ids for a two-field layer
+    with pytest.raises(ValueError, match=r"must have shape \[\.\.\., 2\]"):
+        layer(np.array(3))
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_empty_batch(kind):
+    layer = _layer(kind)
+    out = layer(np.zeros((0, 2), np.int32))
+    assert tuple(out.shape) == (0, 2, 4)
+
+
+def test_empty_batch_is_served(small_data, tmp_path):
+    keras.utils.set_random_seed(0)
+    d = small_data
+    model = _model(d)
+    x, y = d.train
+    model.fit(d.inputs(x), y, batch_size=500, epochs=1, verbose=0,
+              callbacks=[ked.PMEPruner(0.3, verbose=0)])
+    ked.export_compact(model, str(tmp_path / "e"), sample_inputs=d.inputs(d.test[0][:100]), verbose=0)
+    fn = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
+    out = fn(**{k: tf.constant(v) for k, v in d.inputs(d.test[0][:0]).items()})
+    assert out["ctr"].shape[0] == 0
