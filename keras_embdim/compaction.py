@@ -76,7 +76,7 @@ def compact_lookup(
         ids: local ids; `[...]` for a single field, `[..., F]` for several.
         multi_field: whether the last axis of `ids` indexes fields.
         output_dim: D.
-        scales: per field a `[n_f]` int8 row scale (`keras_embdim.quantize`), or None.
+        scales: per field a `[n_f]` float16 row scale of int8 tables (`keras_embdim.quantize`), or None.
     """
     def one(f, field_ids):
         table = tables[f]
@@ -187,7 +187,7 @@ def compact_layer(
             fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"planes"`.
         jit_compile: per-value sizes only: XLA-compile the lookup (see `ValueServing`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
-            `"int8"` with a float32 scale per row (`keras_embdim.quantize`).
+            `"int8"` with a float16 scale per row (`keras_embdim.quantize`).
 
     Returns:
         a `FieldServing` or `ValueServing`; its `dequantized` is the full table
@@ -206,7 +206,8 @@ def compact_layer(
         scales = quantize.row_scales(table * keep) if table_dtype == "int8" else None
         if table_dtype == "int8":
             row_of = np.repeat(np.arange(table.shape[0]), sizes)
-            q = np.clip(np.round(packed.arrays["values"][:-1] / scales[row_of]), -127, 127).astype(np.int8)
+            q = np.clip(np.round(packed.arrays["values"][:-1] / scales.astype(np.float32)[row_of]), -127, 127)
+            q = q.astype(np.int8)
             packed.arrays["values"] = np.concatenate([q, np.zeros(1, np.int8)])
             packed.arrays["scales"] = scales
         elif table_dtype == "float16":

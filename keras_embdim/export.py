@@ -228,7 +228,7 @@ def export_compact(
             `--xla_cpu_compilation_enabled=true`). Per-field layers never need it.
         table_dtype: storage of the kept values: `"float32"` (default, exact),
             `"float16"` (2 B per value) or `"int8"` (1 B per value plus a
-            float32 scale per row). The export is verified against the model
+            float16 scale per row). The export is verified against the model
             run on exactly the stored values, and the effect of the precision
             itself is reported (`precision_max_abs_diff`).
 

@@ -5,8 +5,9 @@ The math, apart from Keras and from the layouts that use it:
 - `"float16"`: values rounded to half precision (2 B each; relative error
   below 2^-11 for normal values, see `numpy.float16`);
 - `"int8"`: row r is stored as `q = round(x / s_r)` in [-127, 127] with
-  `s_r = max |x_r| / 127` (float32, 4 B per row), and read back as `q * s_r`:
-  absolute error at most `s_r / 2` per entry.
+  `s_r = max |x_r| / 127` rounded to float16 (2 B per row: its relative
+  rounding, below 2^-11, is small against int8's own), and read back as
+  `q * s_r`: absolute error at most about `s_r / 2` per entry.
 
 `dequantize(quantize(x))` is what the served model computes, so an export's
 verification compares the served predictions with the model run on exactly
@@ -27,9 +28,11 @@ def check_dtype(table_dtype: str) -> str:
 
 
 def row_scales(rows: np.ndarray) -> np.ndarray:
-    """Per-row int8 scale `max |x| / 127` (1 for an all-zero row, so that it reads back as 0)."""
+    """Per-row int8 scale `max |x| / 127` in float16 (1 for an all-zero row, which reads back as 0)."""
     peak = np.abs(np.asarray(rows, np.float32)).max(axis=-1, initial=0.0)
-    return np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+    scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float16)
+    # a scale too small for float16 (rows below ~1e-5) would round to 0: keep the smallest normal one
+    return np.maximum(scale, np.float16(np.finfo(np.float16).tiny))
 
 
 def quantize(rows: np.ndarray, table_dtype: str, scales: np.ndarray | None = None):
@@ -46,14 +49,14 @@ def quantize(rows: np.ndarray, table_dtype: str, scales: np.ndarray | None = Non
         return rows.astype(np.float16), None
     if scales is None:
         scales = row_scales(rows)
-    q = np.clip(np.round(rows / scales[..., None]), -127, 127).astype(np.int8)
+    q = np.clip(np.round(rows / scales.astype(np.float32)[..., None]), -127, 127).astype(np.int8)
     return q, scales
 
 
 def dequantize(stored: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
     """The float32 values the serving graph computes from `quantize`'s output."""
     out = np.asarray(stored).astype(np.float32)
-    return out * scales[..., None] if scales is not None else out
+    return out * scales.astype(np.float32)[..., None] if scales is not None else out
 
 
 def round_trip(table: np.ndarray, table_dtype: str) -> np.ndarray:

@@ -257,7 +257,7 @@ def packed_lookup(
 
     Args:
         arrays: the `PackedTable.arrays`, as tensors or variables (`values`
-            may be float16, or int8 with a float32 `scales` per row).
+            may be float16, or int8 with a float16 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
         layout, field_starts, output_dim, bits, shift, size_offset, size_scale:
             from the `PackedTable`.
@@ -321,8 +321,8 @@ def packed_lookup(
     out = tf.gather_nd(values, idx[..., None])  # gather_nd: faster than gather for scalar slices
     if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.quantize)
         out = tf.cast(out, tf.float32)
-    if "scales" in arrays:  # int8: one float32 scale per row
-        out = out * tf.gather(arrays["scales"], g)[:, None]
+    if "scales" in arrays:  # int8: one float16 scale per row
+        out = out * tf.cast(tf.gather(arrays["scales"], g), tf.float32)[:, None]
     return tf.reshape(out, tf.concat([shape, [output_dim]], 0))
 
 
