@@ -48,3 +48,45 @@ def test_mask_param_accounting():
     assert m.full_params == 330
     recs = m.to_records()
     assert recs[1]["params_after"] == 100 and recs[0]["kept_columns"] == [0, 1]
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    st.integers(1, 8),
+    st.booleans(),
+    st.sampled_from(["float32", "float16", "int8"]),
+    st.integers(0, 10_000),
+)
+def test_export_equals_trained_and_report_equals_bytes(vocab, D, per_value, table_dtype, seed):
+    """Random vocabularies, widths, masks or per-value sizes, ids and storage: the export serves the model."""
+    import tempfile
+
+    import keras_embdim as ked
+    from keras_embdim._compat import keras
+
+    rng = np.random.default_rng(seed)
+    F = len(vocab)
+    ids_in = keras.Input(shape=(F,), dtype="int32", name="ids")
+    layer = ked.PrunableEmbedding(vocab, D, name="emb")
+    out = keras.layers.Dense(1, name="out")(keras.layers.Flatten()(layer(ids_in)))
+    model = keras.Model(ids_in, out)
+    layer.embedding_variable.assign(rng.standard_normal((sum(vocab), D)).astype(np.float32))
+    if per_value:
+        layer.set_value_sizes(rng.integers(0, D + 1, size=sum(vocab)))
+    else:
+        layer.set_dimension_mask(rng.random((F, D)) < 0.6)
+    ids = np.stack([rng.integers(0, n, size=64) for n in vocab], axis=1).astype(np.int32)
+    with tempfile.TemporaryDirectory() as tmp:
+        r = ked.export_compact(model, f"{tmp}/e", sample_inputs=ids, verbose=0, table_dtype=table_dtype)
+        served = tf.saved_model.load(f"{tmp}/e").signatures["serving_default"](ids=tf.constant(ids))
+    expected = model.predict(ids, verbose=0)
+    tol = 1e-5 + (r.precision_max_abs_diff or 0.0)
+    np.testing.assert_allclose(list(served.values())[0].numpy(), expected, atol=tol)
+    mask = layer.dimension_mask()
+    summary = ked.dimension_summary(model)
+    assert summary["params_after"] == mask.kept_params == r.kept_params
+    if table_dtype == "float32" and not per_value:  # per field: the bytes are the kept params, exactly
+        assert r.embedding_bytes == 4 * summary["params_after"]
+    elif table_dtype == "float32":  # per value: the kept values, the zero slot and the layout's index
+        assert r.embedding_bytes >= 4 * (summary["params_after"] + 1)
