@@ -139,6 +139,16 @@ def test_disk_full_mid_write_leaves_previous_export_and_no_partial(trained, tmp_
         np.testing.assert_array_equal(a, b)
 
 
+def test_unwritable_folder_is_refused_before_anything_is_written(trained, tmp_path, monkeypatch):
+    _, model, _, _, _ = trained
+    real_access = os.access
+    # the tests may run as root, which may write anywhere: ask os.access the way a user would be answered
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    with pytest.raises(PermissionError, match="is not writable"):
+        ked.export_compact(model, str(tmp_path / "sub" / "exp"), verbose=0)
+    assert not (tmp_path / "sub" / "exp").exists()
+
+
 def test_unsearched_model_exports_full_and_says_so(tmp_path, caplog):
     d = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=3, max_vocab=50, seed=1)
     model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,))
