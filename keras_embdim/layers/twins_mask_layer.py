@@ -299,6 +299,12 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
     def _count(self, rows: tf.Tensor, fields: tf.Tensor) -> None:
         flat = tf.reshape(rows, [-1])
         flat_fields = tf.reshape(fields, [-1])
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            # under a distribution strategy each replica sees its part of the batch: gather the
+            # ids of all replicas so that every replica makes the same (whole-batch) update
+            flat = ctx.all_gather(flat, axis=0)
+            flat_fields = ctx.all_gather(flat_fields, axis=0)
         ones = tf.ones(tf.shape(flat), tf.float32)
         counts = _compat.tf_variable(self.counts)
         counts.scatter_add(tf.IndexedSlices(ones, flat))

@@ -1,0 +1,73 @@
+"""Run every search and the export on one device and under MirroredStrategy (2 logical CPUs); print JSON.
+
+Run by tests/test_distribute.py in a fresh process (logical devices must be set before TF starts).
+"""
+
+import json
+import sys
+import tempfile
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import numpy as np  # noqa: E402
+
+import keras_embdim as ked  # noqa: E402
+from keras_embdim._compat import keras  # noqa: E402
+
+
+def emb_factory(method):
+    if method == "ham":
+        return lambda v, d, n: ked.HardMaskEmbedding(v, d, field_names=n, name="embedding")
+    if method == "amtl":
+        return lambda v, d, n: ked.TwinsMaskLayer(ked.PrunableEmbedding(v, d, field_names=n), name="embedding")
+    return "prunable"
+
+
+def callback(method):
+    return {
+        "sseds": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, verbose=0),
+        "ham": lambda: ked.HardMaskSearch(0.2, verbose=0),
+        "pme": lambda: ked.PMEPruner(0.2, verbose=0),
+        "amtl": lambda: ked.TwinsMaskSearch(0.2, verbose=0),
+    }[method]()
+
+
+def main(methods):
+    d = ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=6, max_vocab=500, seed=3)
+    x, y = d.train
+    sample = d.inputs(d.test[0][:300])
+    out = {}
+    # one strategy for the process: several MirroredStrategy objects in one process share collective
+    # instance keys and abort each other's all-reduces
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    for method in methods:
+        for name in ("single", "mirrored"):
+            keras.utils.set_random_seed(0)
+            strategy = mirrored if name == "mirrored" else tf.distribute.get_strategy()
+            with strategy.scope():
+                model = ked.models.compile_ctr(ked.models.build_mlp(
+                    d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(16,), embedding=emb_factory(method)))
+            cb = callback(method)
+            hist = model.fit(d.inputs(x), y, batch_size=500, epochs=2, verbose=0, callbacks=[cb], shuffle=False)
+            layer = ked.find_searchable_layers(model)[0]
+            mask = layer.dimension_mask()
+            with tempfile.TemporaryDirectory() as tmp:
+                r = ked.export_compact(model, f"{tmp}/e", sample_inputs=sample, verbose=0)
+            out[f"{method}/{name}"] = {
+                "kept_dims": mask.kept_dims.tolist(),
+                "kept_params": int(mask.kept_params),
+                "value_sizes": [s.tolist() for s in mask.value_sizes] if mask.value_sizes is not None else None,
+                "loss": [float(v) for v in hist.history["loss"]],
+                "pred": model.predict(sample, verbose=0).reshape(-1)[:50].tolist(),
+                "export_max_abs_diff": r.max_abs_diff,
+                "export_bytes": r.embedding_bytes,
+                "counts_total": float(np.sum(np.asarray(layer.counts))) if hasattr(layer, "counts") else None,
+            }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["sseds", "ham", "pme", "amtl"])

@@ -1,0 +1,34 @@
+"""tf.distribute.MirroredStrategy on two logical CPUs: every search and the export match one device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "mirrored_search.py")
+
+
+@pytest.fixture(scope="module")
+def runs():
+    # a fresh process: logical devices must be configured before TensorFlow starts
+    proc = subprocess.run([sys.executable, SCRIPT], capture_output=True, text=True, timeout=1200, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("method", ["sseds", "ham", "pme", "amtl"])
+def test_mirrored_search_and_export_match_one_device(runs, method):
+    one, two = runs[f"{method}/single"], runs[f"{method}/mirrored"]
+    assert two["kept_dims"] == one["kept_dims"] and two["kept_params"] == one["kept_params"]
+    assert two["value_sizes"] == one["value_sizes"]  # per-value methods: every value's size
+    if one["counts_total"] is not None:  # AMTL counts every replica's ids, not only the first replica's
+        assert two["counts_total"] == one["counts_total"]
+    # AMTL's search epoch logs a different loss under the strategy (its size-penalty term; the sizes it
+    # lands on are the same): compare the epochs after the search (open: issue 7)
+    first = 1 if method == "amtl" else 0
+    np.testing.assert_allclose(two["loss"][first:], one["loss"][first:], rtol=1e-3)
+    np.testing.assert_allclose(two["pred"], one["pred"], atol=1e-3)
+    assert two["export_max_abs_diff"] <= 1e-5 and two["export_bytes"] == one["export_bytes"]
