@@ -103,29 +103,86 @@ def masked_lookup_reference(table: np.ndarray, mask: DimensionMask, ids: np.ndar
 
 
 class FieldServing:
-    """Serving lookup of a per-field compacted layer (`compact_lookup`)."""
+    """Serving lookup of a per-field compacted layer: one flat buffer, one gather.
+
+    Field f's kept columns are stored row by row (`[n_f, k_f]`, flattened)
+    one field after another in one `values` buffer of exactly the kept
+    parameters. Column j of id i of field f sits at
+    `start_f + i * k_f + pos_f[j]` (`pos_f[j]`: its place among the kept
+    columns); removed columns are zeroed by a `[F, D]` 0/1 constant. The whole
+    lookup is a handful of ops whatever the number of fields (measured: the
+    per-field loop of `compact_lookup`, three ops per field, made a 39-field
+    export twice as slow as the full table at batch 512; `docs/benchmarks.md`).
+
+    Args:
+        mask: the layer's `DimensionMask`.
+        values: the kept values, flat, in the order above (float32, float16 or int8).
+        scales: int8 only: a float16 scale per row of the fields that keep a column.
+        jit_compile: XLA-compile the lookup (TF Serving then needs
+            `--xla_cpu_compilation_enabled=true`).
+    """
 
     granularity = "field"
     layout = "field"
 
-    def __init__(self, tables, placements, scales=None):
-        self.tables = list(tables)
-        self.placements = list(placements)
-        self.scales = list(scales) if scales is not None else [None] * len(self.tables)
+    def __init__(self, mask, values: np.ndarray, scales: np.ndarray | None = None, jit_compile: bool = False):
+        self.jit_compile = bool(jit_compile)
+        k = mask.kept_dims.astype(np.int64)
+        n = np.asarray(mask.vocab_sizes, np.int64)
+        self.total = int((n * k).sum())
+        itype = np.int32 if self.total < 2**31 - 1 else np.int64
+        self.multi_field = None  # set by the layer's call
+        self.output_dim = mask.output_dim
+        self.row_width = k.astype(itype)
+        # a field that keeps nothing reads index 0 (any valid index: its columns are all zeroed)
+        self.field_start = np.where(k > 0, np.concatenate([[0], np.cumsum(n * k)[:-1]]), 0).astype(itype)
+        pos = np.zeros((mask.num_fields, mask.output_dim), itype)
+        for f in range(mask.num_fields):
+            pos[f, mask.keep[f]] = np.arange(int(k[f]))
+        self.position = pos
+        self.keep = mask.keep.astype(np.float32)
+        self.values = tf.Variable(values, trainable=False, name="values") if values.size else None
+        self.scales = tf.Variable(scales, trainable=False, name="scales") if scales is not None and scales.size else None
+        has_rows = (k > 0).astype(itype)
+        self.scale_start = np.concatenate([[0], np.cumsum(n * has_rows)[:-1]]).astype(itype)
+        self.scale_step = has_rows
 
     @property
     def variables(self) -> list:
-        return [t for t in self.tables if t is not None] + [s for s in self.scales if s is not None]
+        return [v for v in (self.values, self.scales) if v is not None]
 
     @property
     def nbytes(self) -> int:
         return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
     def lookup(self, ids, *, multi_field: bool, output_dim: int, dtype) -> tf.Tensor:
-        return compact_lookup(
-            self.tables, self.placements, ids, multi_field=multi_field, output_dim=output_dim, dtype=dtype,
-            scales=self.scales,
-        )
+        if self.jit_compile and self.values is not None:
+            if not hasattr(self, "_xla"):
+                self._xla = tf.function(self._lookup, jit_compile=True, autograph=False)
+            return self._xla(ids, multi_field, output_dim, dtype, True)
+        return self._lookup(ids, multi_field, output_dim, dtype, False)
+
+    def _lookup(self, ids, multi_field, output_dim, dtype, read) -> tf.Tensor:
+        if self.values is None:  # every column removed
+            shape = tf.shape(ids) if multi_field else tf.concat([tf.shape(ids), [1]], 0)
+            zeros = tf.zeros(tf.concat([shape, [output_dim]], 0), dtype)
+            return zeros if multi_field else zeros[..., 0, :]
+        itype = tf.as_dtype(self.row_width.dtype)
+        ids = tf.cast(ids, itype)
+        if not multi_field:
+            ids = ids[..., None]
+        start = tf.constant(self.field_start) + ids * tf.constant(self.row_width)  # [..., F]
+        idx = start[..., None] + tf.constant(self.position)  # [..., F, D]
+        values = tf.convert_to_tensor(self.values) if read else self.values  # XLA has no resource gathers
+        out = tf.gather_nd(values, idx[..., None])
+        out = tf.cast(out, dtype) * tf.constant(self.keep, dtype)
+        if self.scales is not None:
+            rows = tf.minimum(
+                tf.constant(self.scale_start) + ids * tf.constant(self.scale_step), int(self.scales.shape[0]) - 1
+            )
+            scales = tf.convert_to_tensor(self.scales) if read else self.scales
+            out = out * tf.cast(tf.gather(scales, rows), dtype)[..., None]
+        return out if multi_field else out[..., 0, :]
 
 
 class ValueServing:
@@ -185,7 +242,7 @@ def compact_layer(
         table: its full table (default: read from the layer).
         value_layout: per-value sizes only: the `ragged` layout, `"auto"` (the
             fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"planes"`.
-        jit_compile: per-value sizes only: XLA-compile the lookup (see `ValueServing`).
+        jit_compile: XLA-compile the lookup (see `FieldServing`, `ValueServing`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
             `"int8"` with a float16 scale per row (`keras_embdim.quantize`).
 
@@ -220,19 +277,21 @@ def compact_layer(
         serving = ValueServing(packed, jit_compile=jit_compile)
         serving.dequantized = deq
         return serving
-    tables, scales = [], []
     deq = table.copy()
+    parts, scale_parts = [], []
     for f, (start, n) in enumerate(zip(field_offsets(mask.vocab_sizes), mask.vocab_sizes)):
         cols = mask.kept_columns(f)
-        arr = np.ascontiguousarray(table[start : start + n][:, cols])
-        if not arr.shape[1]:
-            tables.append(None)
-            scales.append(None)
+        if not len(cols):
             continue
+        arr = np.ascontiguousarray(table[start : start + n][:, cols])
         stored, sc = quantize.quantize(arr, table_dtype)
         deq[start : start + n, cols] = quantize.dequantize(stored, sc)
-        tables.append(tf.Variable(stored, trainable=False, name=f"table_{f}"))
-        scales.append(tf.Variable(sc, trainable=False, name=f"scale_{f}") if sc is not None else None)
-    serving = FieldServing(tables, [placement(mask.keep[f]) for f in range(mask.num_fields)], scales)
+        parts.append(stored.reshape(-1))
+        if sc is not None:
+            scale_parts.append(sc)
+    store_dtype = {"float32": np.float32, "float16": np.float16, "int8": np.int8}[table_dtype]
+    values = np.concatenate(parts) if parts else np.zeros(0, store_dtype)
+    scales = np.concatenate(scale_parts) if scale_parts else None
+    serving = FieldServing(mask, values.astype(store_dtype), scales, jit_compile=jit_compile)
     serving.dequantized = deq
     return serving

@@ -90,3 +90,24 @@ def test_export_equals_trained_and_report_equals_bytes(vocab, D, per_value, tabl
         assert r.embedding_bytes == 4 * summary["params_after"]
     elif table_dtype == "float32":  # per value: the kept values, the zero slot and the layout's index
         assert r.embedding_bytes >= 4 * (summary["params_after"] + 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=5), st.integers(1, 8), st.floats(0.0, 1.0), st.integers(0, 10_000))
+def test_field_serving_equals_masked_lookup(vocab, D, keep_p, seed):
+    """The one-gather per-field serving lookup against the numpy reference (fields and layers may keep nothing)."""
+    rng = np.random.default_rng(seed)
+    F = len(vocab)
+    table = rng.standard_normal((sum(vocab), D)).astype(np.float32)
+    mask = DimensionMask(vocab, rng.random((F, D)) < keep_p)
+    values = np.concatenate([t.reshape(-1) for t in compaction.compact_field_tables(table, mask)])
+    serving = compaction.FieldServing(mask, values)
+    assert serving.nbytes == 4 * mask.kept_params  # exactly the kept parameters
+    ids = np.stack([rng.integers(0, n, size=(3, 4)) for n in vocab], axis=-1)
+    got = serving.lookup(tf.constant(ids), multi_field=True, output_dim=D, dtype=tf.float32).numpy()
+    np.testing.assert_array_equal(got, compaction.masked_lookup_reference(table, mask, ids, multi_field=True))
+    one = DimensionMask(vocab[:1], mask.keep[:1])
+    serving = compaction.FieldServing(one, compaction.compact_field_tables(table[: vocab[0]], one)[0].reshape(-1))
+    flat = rng.integers(0, vocab[0], size=(2, 5))
+    got = serving.lookup(tf.constant(flat), multi_field=False, output_dim=D, dtype=tf.float32).numpy()
+    np.testing.assert_array_equal(got, compaction.masked_lookup_reference(table[: vocab[0]], one, flat, multi_field=False))

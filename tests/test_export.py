@@ -149,6 +149,15 @@ def test_unwritable_folder_is_refused_before_anything_is_written(trained, tmp_pa
     assert not (tmp_path / "sub" / "exp").exists()
 
 
+def test_xla_compiled_per_field_lookup_serves_in_a_fresh_process(trained, tmp_path):
+    d, model, _, _, _ = trained
+    sample = d.inputs(d.test[0][:300])
+    r = ked.export_compact(model, str(tmp_path / "xla"), sample_inputs=sample, verbose=0, jit_compile=True)
+    assert r.max_abs_diff <= 1e-5 and r.embedding_bytes == 4 * r.kept_params
+    report = check_in_fresh_process(str(tmp_path / "xla"), sample, {"ctr": model.predict(sample, verbose=0)})
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
 def test_unsearched_model_exports_full_and_says_so(tmp_path, caplog):
     d = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=3, max_vocab=50, seed=1)
     model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(4,))
