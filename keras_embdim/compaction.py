@@ -130,8 +130,7 @@ class FieldServing:
         k = mask.kept_dims.astype(np.int64)
         n = np.asarray(mask.vocab_sizes, np.int64)
         self.total = int((n * k).sum())
-        itype = np.int32 if self.total < 2**31 - 1 else np.int64
-        self.multi_field = None  # set by the layer's call
+        itype = np.int32 if self.total + mask.output_dim < 2**31 - 1 else np.int64  # start + position fits
         self.output_dim = mask.output_dim
         self.row_width = k.astype(itype)
         # a field that keeps nothing reads index 0 (any valid index: its columns are all zeroed)
