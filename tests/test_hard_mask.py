@@ -176,6 +176,17 @@ def test_export_serves_equal_with_kept_bytes_and_history(tmp_path, small_data):
     report = check_in_fresh_process(path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
     assert report["tf1_max_abs_diff"] <= 1e-5 and report["tf2_max_abs_diff"] <= 1e-5
     assert any(f.startswith("events") for f in os.listdir(tb))
+    # the sparsity penalty of each search epoch, in TensorBoard and in the History (2 search epochs)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(tb, "embdim") if os.path.isdir(os.path.join(tb, "embdim")) else tb,
+                           size_guidance={"tensors": 0})
+    acc.Reload()
+    assert len(acc.Tensors("embdim/penalty/embedding")) == 2
+    penalties = [p["embedding"] for p in search.penalties]
+    assert len(penalties) == 2 and all(p >= 0 for p in penalties)
+    if ked.KERAS_3:  # Keras 3's History keeps what callbacks add to the epoch logs
+        assert model.history.history["embdim_penalty_embedding"] == penalties
 
 
 def test_retrain_after_search(small_data):

@@ -327,6 +327,8 @@ def test_reports_plot_and_tensorboard_histograms(twins_trained, tmp_path):
     acc = EventAccumulator(tb, size_guidance={"tensors": 0})
     acc.Reload()
     assert any(t.startswith("value_sizes/embedding/") for t in acc.Tags()["tensors"])
+    # the size penalty of the search epoch, in TensorBoard and in the History
+    assert "embdim/penalty/embedding" in acc.Tags()["tensors"]
 
 
 def test_budget_below_min_dim_is_refused_before_training(small_data):

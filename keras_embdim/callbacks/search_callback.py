@@ -82,6 +82,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._writer = None
         self._good_masks: dict = {}
         self.error: str | None = None
+        self.penalties: list[dict] = []  # per search epoch: the layers' search penalties
 
     @property
     def name(self) -> str:
@@ -268,6 +269,25 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         if self._writer is not None:
             self._write_summaries()
 
+    def _log_penalties(self, logs: dict | None) -> None:
+        """Each layer's search penalty at the end of a search epoch: in `logs` (so in
+        `History` under Keras 3) as `embdim_penalty_<layer>`, in `self.penalties`, and in
+        TensorBoard as `embdim/penalty/<layer>`."""
+        values = {
+            layer.name: float(_compat.to_numpy(layer.search_penalty()))
+            for layer in self._layers
+            if hasattr(layer, "search_penalty")
+        }
+        if values:
+            self.penalties.append({"step": self._step, **values})
+        if logs is not None:  # Keras 3's History keeps keys callbacks add to the logs; tf_keras's does not
+            for name, v in values.items():
+                logs[f"embdim_penalty_{name}"] = v
+        if self._writer is not None and values:
+            with self._writer.as_default():
+                for name, v in values.items():
+                    tf.summary.scalar(f"embdim/penalty/{name}", v, step=self._step)
+
     def _write_summaries(self, extra: dict | None = None) -> None:
         step = self._step
         kept, full = total_params(self._layers)
@@ -308,6 +328,7 @@ class EpochBoundedSearch(DimensionSearchCallback):
     def on_epoch_end(self, epoch, logs=None):
         if self.phase == "search":
             self._on_search_epoch_end(epoch)
+            self._log_penalties(logs)
             if epoch + 1 >= self.search_epochs:
                 self._finish()
         self._record_epoch(epoch, logs)

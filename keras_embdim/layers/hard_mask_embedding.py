@@ -168,6 +168,10 @@ class HardMaskEmbedding(SearchableEmbedding):
         excess = tf.nn.relu(frac - tf.convert_to_tensor(self.sparsity_target))
         return tf.convert_to_tensor(self.sparsity_weight) * excess
 
+    def search_penalty(self) -> tf.Tensor:
+        """The penalty the search adds to the loss now (0 once frozen): for logs."""
+        return tf.zeros([]) if self.frozen else self.sparsity_penalty()
+
     def call(self, inputs, training=None):
         self._hard = None
         out = super().call(inputs, training=training)

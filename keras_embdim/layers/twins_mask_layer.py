@@ -313,6 +313,10 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         self.field_max.assign(tf.maximum(tf.convert_to_tensor(self.field_max), seen))
         self.field_total.assign_add(tf.math.unsorted_segment_sum(ones, flat_fields, self.num_fields))
 
+    def search_penalty(self) -> tf.Tensor:
+        """The size penalty on a fresh vocabulary sample (0 once frozen): for logs."""
+        return tf.zeros([]) if self.frozen else self.size_penalty()
+
     def size_penalty(self) -> tf.Tensor:
         """`size_weight * relu(kept fraction - size_target)` on a uniform vocabulary sample."""
         total = int(sum(self._vocab_sizes))
