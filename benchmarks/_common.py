@@ -1,7 +1,9 @@
 """Shared setup of the benchmark scripts: import the checkout, find ../shared/data."""
 
 import os
+import statistics
 import sys
+import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 DOCS = os.path.join(ROOT, "docs")
@@ -20,3 +22,13 @@ def write_table(path: str, title: str, generated_by: str, header: list, rows: li
     with open(path, "w") as fh:
         fh.write(text)
     return text
+
+
+def timed(fn, reps: int) -> float:
+    """Median wall time of `reps` calls of `fn`."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

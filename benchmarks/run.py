@@ -157,15 +157,6 @@ def train_one(data, model_kind: str, method: str, budget: float, seed: int, epoc
 
 
 # ------------------------------------------------------------------ latency
-def _timed(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def latency_ratios(full_dir: str, export_dir: str, data, rounds: int = 5, reps: int = 20, seed: int = 0) -> dict:
     """Serving latency of an export over the full model's, at batch 1 and 512 (round-robin)."""
     full = tf.saved_model.load(full_dir).signatures["serving_default"]
@@ -178,8 +169,8 @@ def latency_ratios(full_dir: str, export_dir: str, data, rounds: int = 5, reps: 
         full(**req), mine(**req)  # warm up
         ratios = []
         for _ in range(rounds):
-            a = _timed(lambda: full(**req), reps)
-            b = _timed(lambda: mine(**req), reps)
+            a = _common.timed(lambda: full(**req), reps)
+            b = _common.timed(lambda: mine(**req), reps)
             ratios.append(b / a)
         out[f"latency_ratio_{batch}"] = statistics.median(ratios)
     return out
@@ -438,11 +429,11 @@ MISSES = [
     ("serving latency", "Serving latency (1.1x per field, 1.5x per value at batch 512)",
      "A compacted table cannot be read with one row gather of the full width: kept columns are put back in "
      "place element by element (`N x F x D` scalar reads at about 4 ns, against N x F 64-byte rows). The "
-     "per-field numbers above were measured before the per-field lookup became one gather from one flat "
-     "buffer (the commit after the grid started: 2.0x -> 1.67x on Criteo, 1.6x -> 1.5x on Frappe at batch "
-     "512, and about 1.0x at batch 1). `jit_compile=True` (XLA) brings per-value exports to 1.1-1.2x "
-     "(docs/twins_serving.md) but needs TF Serving's `--xla_cpu_compilation_enabled`; a fused gather op is "
-     "the remaining fix."),
+     "per-field rows above were measured before the per-field lookup became one gather from one flat "
+     "buffer; docs/field_latency.md (benchmarks/field_latency.py) measures the current lookups, with and "
+     "without `jit_compile=True` (XLA), which fuses the lookup and meets both targets but needs TF "
+     "Serving's `--xla_cpu_compilation_enabled`. A fused gather op is the remaining fix for the default "
+     "path."),
 ]
 
 

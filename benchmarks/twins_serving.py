@@ -22,7 +22,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -39,15 +38,6 @@ D = 16
 
 def twins_embedding(v, dim, names):
     return ked.TwinsMaskLayer(ked.PrunableEmbedding(v, dim, field_names=names), name="embedding")
-
-
-def timed(fn, reps):
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def lookup_functions(layer, data, batch, rng):
@@ -151,10 +141,10 @@ def main():
         meds = {}
         for batch, req in requests.items():
             for name, fn in served.items():
-                meds[(name, batch)] = timed(lambda: fn(**req), a.reps)
+                meds[(name, batch)] = _common.timed(lambda: fn(**req), a.reps)
         for b, calls in lookups.items():
             for name, (fn, _) in calls.items():
-                meds[(f"lookup {b} {name}", 512)] = timed(fn, a.reps)
+                meds[(f"lookup {b} {name}", 512)] = _common.timed(fn, a.reps)
         for (name, batch), t in meds.items():
             if name.startswith("amtl"):
                 ratios.setdefault((name, batch), []).append(t / meds[("full", batch)])
