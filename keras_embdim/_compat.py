@@ -123,12 +123,30 @@ def force_retrace(model: Any) -> None:
 
 
 def compute_loss(model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any = None):
-    """The model's compiled training loss on one batch (regularizers included)."""
+    """The model's compiled training loss on one batch (regularizers included).
+
+    A TensorFlow Recommenders model computes its own loss from the whole batch
+    (`compute_loss(inputs, training)`); `y_pred` is then recomputed inside it.
+    """
+    if _takes_whole_batch(model):
+        batch = x if y is None else ((x, y) if sample_weight is None else (x, y, sample_weight))
+        return model.compute_loss(batch, training=True)
     if KERAS_3:
         return model.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
         )
     return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+
+
+def _takes_whole_batch(model: Any) -> bool:
+    """`compute_loss(inputs, training)` (tfrs.Model), not Keras' `(x, y, y_pred, ...)`."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.compute_loss).parameters
+    except (TypeError, ValueError):
+        return False
+    return "inputs" in params and "y_pred" not in params
 
 
 def optimizer_slots(optimizer: Any, variable: Any) -> list:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from keras_embdim._compat import keras
 from keras_embdim.export import ExportResult, export_compact
@@ -25,6 +25,10 @@ class DimensionExporter(keras.callbacks.Callback):
         value_layout: per-value layers: the packed layout (`export_compact`).
         jit_compile: per-value layers: XLA-compile the lookup (`export_compact`).
         table_dtype: `"float32"`, `"float16"` or `"int8"` storage (`export_compact`).
+        submodel: export a part of the trained model instead of all of it: the
+            name of an attribute of the model (`"query_model"`, the query tower
+            of a TFRS retrieval model) or a callable `model -> keras.Model`.
+            Default: the model `fit` trains.
 
     Example:
 
@@ -46,8 +50,15 @@ class DimensionExporter(keras.callbacks.Callback):
         value_layout: str = "auto",
         jit_compile: bool = False,
         table_dtype: str = "float32",
+        submodel: str | Callable[[Any], Any] | None = None,
     ):
         super().__init__()
+        if submodel is not None and not (isinstance(submodel, str) and submodel) and not callable(submodel):
+            raise ValueError(
+                "`submodel` must be the name of a model attribute (e.g. 'query_model') or a callable "
+                f"model -> keras.Model; received submodel={submodel!r}."
+            )
+        self.submodel = submodel
         if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
             raise ValueError(f"`export_dir` must be a non-empty path; received {export_dir!r}.")
         self.export_dir = os.fspath(export_dir)
@@ -67,6 +78,26 @@ class DimensionExporter(keras.callbacks.Callback):
         self.table_dtype = quantize.check_dtype(table_dtype)
         self.result: ExportResult | None = None
 
+    def _target(self) -> Any:
+        """The model to export: the trained one or the part `submodel` names."""
+        if self.submodel is None:
+            return self.model
+        if isinstance(self.submodel, str):
+            target = getattr(self.model, self.submodel, None)
+            if target is None:
+                raise ValueError(
+                    f"DimensionExporter: model '{self.model.name}' has no attribute "
+                    f"submodel={self.submodel!r} to export."
+                )
+        else:
+            target = self.submodel(self.model)
+        if not isinstance(target, keras.layers.Layer) or not callable(target):
+            raise ValueError(
+                f"DimensionExporter: submodel={self.submodel!r} gave {type(target).__name__}, "
+                "expected a keras.Model (or layer) to export."
+            )
+        return target
+
     def on_train_begin(self, logs=None):
         # Fail fast, before hours of training, if the export could not be written.
         if os.path.exists(self.export_dir) and not self.overwrite:
@@ -74,10 +105,11 @@ class DimensionExporter(keras.callbacks.Callback):
                 f"DimensionExporter: export_dir={self.export_dir!r} already exists; pass "
                 "overwrite=True to replace it or choose another folder. Nothing was trained."
             )
+        self._target()  # a wrong `submodel` fails now, not after training
 
     def on_train_end(self, logs=None):
         self.result = export_compact(
-            self.model,
+            self._target(),
             self.export_dir,
             overwrite=self.overwrite,
             sample_inputs=self.sample_inputs,

@@ -100,6 +100,11 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 f"({wanted}); build its embeddings with keras_embdim's layers. The model was not changed."
             )
         for layer in layers:
+            if not layer.built:
+                # a subclassed model (e.g. a tfrs.Model) builds its layers on the
+                # first batch; ours need no input shape, so build them now
+                layer.build()
+        for layer in layers:
             owner = getattr(layer, "_embdim_search", None)
             if owner is not None and owner is not self:
                 raise ValueError(
