@@ -169,6 +169,29 @@ def synthesize_inputs(specs: dict, model: Any, rows: int = 64, seed: int = 0) ->
 
 
 # -------------------------------------------------------------------- export
+def _layer_resources(model: Any) -> list:
+    """Non-variable resources held by the model's layers (e.g. a `StringLookup`'s
+    hash table): the SavedModel must track them for the serving graph to load."""
+    out, seen = [], set()
+
+    def visit(value, depth=0):
+        if isinstance(value, tf.saved_model.experimental.TrackableResource) and not isinstance(value, tf.Variable):
+            if id(value) not in seen:
+                seen.add(id(value))
+                out.append(value)
+        elif isinstance(value, (list, tuple)) and depth < 2:
+            for v in value:
+                visit(v, depth + 1)
+        elif isinstance(value, dict) and depth < 2:
+            for v in value.values():
+                visit(v, depth + 1)
+
+    for layer in _compat.flatten_layers(model):
+        for value in list(vars(layer).values()):
+            visit(value)
+    return out
+
+
 def _variables_file_bytes(saved_dir: str) -> int:
     var_dir = os.path.join(saved_dir, "variables")
     return sum(
@@ -303,6 +326,8 @@ def export_compact(
     # listing it in `concrete.variables`, so the captured list is not enough)
     setattr(module, TABLES_ATTRIBUTE, list(compact_vars))
     module.model_variables = [v for v in captured if id(v) not in compact_ids]
+    # lookup tables (StringLookup, IntegerLookup, hashing tables) the graph reads
+    module.resources = _layer_resources(model)
 
     summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
     searched = any(not l.dimension_mask().is_full for l in layers)

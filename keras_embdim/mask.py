@@ -173,6 +173,13 @@ class DimensionSearchable:
         """The full-size table variable `[sum(n_f), output_dim]`."""
         raise NotImplementedError
 
+    def sync_search_state(self) -> bool:
+        """After weights were restored (a checkpoint, `BackupAndRestore`,
+        `load_weights`): make the layer's Python state (frozen, per-value)
+        agree with its restored variables. Returns True if it changed; the
+        caller then retraces the training step."""
+        return False
+
 
 def find_searchable_layers(model: Any, names: Iterable[str] | None = None) -> list:
     """Every searchable layer inside `model`, at any depth, each once.

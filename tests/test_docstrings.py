@@ -16,3 +16,17 @@ def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_api_reference_is_generated_from_the_current_docstrings():
+    """docs/api.md is `python docs/gen_api.py` of this code, in both Keras modes."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "gen_api.py"
+    spec = importlib.util.spec_from_file_location("gen_api", path)
+    gen_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_api)
+    text = gen_api.render()
+    assert "### `keras_embdim.SingleShotPruner(budget, min_dim=1" in text
+    assert text == (path.parent / "api.md").read_text(), "docs/api.md is stale: run python docs/gen_api.py"

@@ -203,3 +203,28 @@ def test_nested_model_is_searched_and_exported(method, tmp_path):
     # the tower alone exports too (what a two-tower user ships)
     tower_result = ked.export_compact(tower, tmp_path / "tower", sample_inputs=ids[:256], verbose=0)
     assert tower_result.max_abs_diff <= 1e-5 and tower_result.embedding_bytes == result.embedding_bytes
+
+
+# ------------------------------------------------ preprocessing in the model
+def test_string_lookup_inside_the_model_is_exported_with_its_table(tmp_path):
+    """A `StringLookup` in the model: the export carries its hash table and takes strings."""
+    vocab = [f"city_{i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    cities = np.array(vocab + ["unknown"], dtype=object)[rng.integers(0, 31, 2048)]
+    y = np.array([c.endswith(("1", "3", "5", "7", "9")) for c in cities], "float32")
+    inp = keras.Input(shape=(), dtype="string", name="city")
+    ids = keras.layers.StringLookup(vocabulary=vocab, name="lookup")(inp)  # 0 = out of vocabulary
+    emb = ked.PrunableEmbedding(31, D, name="city_emb")(ids)
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid")(emb))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    pruner = ked.SingleShotPruner(0.5, warmup_steps=8, scoring_steps=4, verbose=0)
+    model.fit(cities, y, batch_size=128, epochs=2, verbose=0, callbacks=[pruner])
+    sample = {"city": np.array(["city_3", "city_28", "nowhere", "city_0"], dtype=object)}
+    result = ked.export_compact(model, tmp_path / "lookup", sample_inputs=sample, verbose=0)
+    assert result.max_abs_diff <= 1e-5 and result.embedding_bytes == 4 * result.kept_params
+    served = tf.saved_model.load(str(tmp_path / "lookup")).signatures["serving_default"](
+        city=tf.constant(["city_3", "city_28", "nowhere", "city_0"])
+    )
+    np.testing.assert_allclose(
+        next(iter(served.values())).numpy(), model.predict(tf.constant(sample["city"].astype(str)), verbose=0), atol=1e-5
+    )

@@ -85,10 +85,14 @@ class HardMaskSearch(EpochBoundedSearch):
         if self.phase == "done":
             return
         self._discover()
+        self._sync_layers()
+        if self._completed_in_layers():
+            self._adopt_finished_search("the start of fit")
+            return
         frozen = [l.name for l in self._layers if l.frozen]
         if frozen:
             raise ValueError(
-                f"HardMaskSearch: layers {frozen} are frozen already (their search is over); "
+                f"HardMaskSearch: layers {frozen} are frozen already, the others not; "
                 "build new HardMaskEmbedding layers to search again."
             )
         steps = (self.params or {}).get("steps")
@@ -97,6 +101,15 @@ class HardMaskSearch(EpochBoundedSearch):
             layer.sparsity_weight.assign(self.sparsity_weight)
             layer.sparsity_target.assign(self.budget)
             layer.temperature.assign(self.temperature[0])
+
+    def _completed_in_layers(self) -> bool:
+        return all(layer.frozen for layer in self._layers)
+
+    def _resume_search(self, epoch: int) -> None:
+        if self._search_steps:  # the temperature where the uninterrupted search had it
+            self._anneal(self._step / self._search_steps)
+        else:
+            self._anneal(epoch / self.search_epochs)
 
     def _anneal(self, progress: float) -> None:
         t0, t1 = self.temperature

@@ -100,6 +100,10 @@ class PMEPruner(EpochBoundedSearch):
         if self.phase == "done":
             return
         self._discover()
+        self._sync_layers()
+        if self._completed_in_layers():
+            self._adopt_finished_search("the start of fit")
+            return
         with_mask = [l.name for l in self._layers if not l.dimension_mask().is_full]
         if with_mask:
             raise ValueError(f"PMEPruner: layers {with_mask} are searched already (a mask is set).")
@@ -107,6 +111,17 @@ class PMEPruner(EpochBoundedSearch):
             layer.attach_entry_probe().reset()
         _compat.force_retrace(self.model)
         self._started = time.perf_counter()
+
+    def _completed_in_layers(self) -> bool:
+        return any(layer.per_value and not layer.dimension_mask().is_full for layer in self._layers)
+
+    def _resume_search(self, epoch: int) -> None:
+        logger.warning(
+            "PMEPruner: resumed at epoch %d of a %d-epoch search: the entry importance of the epochs "
+            "before it is not in the checkpoint, so only epochs %d..%d are scored (with search_epochs=1 "
+            "or a checkpoint taken after the search, the result is the uninterrupted one).",
+            epoch, self.search_epochs, epoch, self.search_epochs - 1,
+        )
 
     def _on_batch(self, batch, logs=None):
         if self.phase == "search":

@@ -83,6 +83,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._good_masks: dict = {}
         self.error: str | None = None
         self.penalties: list[dict] = []  # per search epoch: the layers' search penalties
+        self._first_epoch: int | None = None  # first epoch of the current fit (> 0: resumed)
 
     @property
     def name(self) -> str:
@@ -136,6 +137,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         for layer in layers:
             layer._embdim_search = self
         self._layers = layers
+        self._first_epoch = None
         self._remember_masks("the start of the search")
         if self.after == "retrain":
             self._snapshot = self.model.get_weights()
@@ -209,6 +211,70 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 for name, s in r["scores"].items():
                     tf.summary.histogram(f"scores/{name}", np.nan_to_num(s).ravel(), step=self._step)
             self._write_summaries()
+
+    # ------------------------------------------------------------ resuming
+    def _completed_in_layers(self) -> bool:
+        """Subclasses: the layers hold the result of a finished search of this kind."""
+        return False
+
+    def _resume_search(self, epoch: int) -> None:
+        """Subclasses: continue a search restored at the start of `epoch` (> 0)."""
+
+    def _sync_layers(self) -> bool:
+        """Python state of the layers from their (possibly restored) variables."""
+        changed = [layer.sync_search_state() for layer in self._layers]
+        if any(changed):
+            _compat.force_retrace(self.model)
+        return any(changed)
+
+    def _adopt_finished_search(self, when: str) -> None:
+        """The layers already hold a finished search (e.g. restored from a checkpoint
+        taken after it): keep their dims and train on; nothing is searched again."""
+        for layer in self._layers:
+            if getattr(layer, "_gate_probe", None) is not None:
+                layer.detach_gate_probe()
+            if hasattr(layer, "freeze_table"):
+                layer.freeze_table(False)
+        _compat.force_retrace(self.model)
+        self._snapshot = None
+        kept, full = total_params(self._layers)
+        self.phase = "done"
+        self.result = {
+            "budget": self.budget,
+            "params_after": int(kept),
+            "params_full": int(full),
+            "kept_fraction": kept / full,
+            "resumed": when,
+            "masks": {layer.name: layer.dimension_mask().keep for layer in self._layers},
+        }
+        msg = (
+            f"{self.name}: at {when} the layers already hold a finished search ({kept:,} of {full:,} "
+            "embedding parameters kept); training continues on those dims, nothing is searched again."
+        )
+        logger.info(msg)
+        if self.verbose:
+            print(msg)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """Resuming (`BackupAndRestore`, or `fit(initial_epoch=k)` on a model loaded
+        from a `ModelCheckpoint`): the first epoch of this `fit` is > 0. The
+        restored variables say where the search was: finished (keep its dims) or
+        still running (go on from step `epoch x steps per epoch`)."""
+        if self._first_epoch is not None:
+            return
+        self._first_epoch = int(epoch)
+        if epoch == 0 or not self._layers or self.phase in ("done", "failed"):
+            return
+        self._sync_layers()
+        if self._completed_in_layers():
+            self._adopt_finished_search(f"epoch {epoch} (resumed)")
+            return
+        steps = (self.params or {}).get("steps")
+        if steps:
+            self._step = int(epoch) * int(steps)
+        self._resume_search(int(epoch))
+        self._remember_masks(f"the start of resumed epoch {epoch}")
+        logger.info("%s: resumed mid-search at epoch %d (search step %d).", self.name, epoch, self._step)
 
     # ---------------------------------------------------------- bad losses
     def _remember_masks(self, when: str) -> None:

@@ -105,6 +105,10 @@ class SingleShotPruner(DimensionSearchCallback):
             logger.info("SingleShotPruner: already pruned; training continues on the searched dims.")
             return
         self._discover()
+        self._sync_layers()
+        if self._completed_in_layers():
+            self._adopt_finished_search("the start of fit")
+            return
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
         if self._warmup_resolved is None and steps:
@@ -113,6 +117,9 @@ class SingleShotPruner(DimensionSearchCallback):
             # batches it has already fitted, memorised noise fields look
             # important (measured: docs/methods.md).
             self._warmup_resolved = max(1, int(steps) // 2, int(steps) - self.scoring_steps)
+
+    def _completed_in_layers(self) -> bool:
+        return any(not layer.dimension_mask().is_full for layer in self._layers)
 
     def _on_batch(self, batch, logs=None):
         if self.phase == "done":

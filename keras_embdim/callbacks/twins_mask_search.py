@@ -88,10 +88,14 @@ class TwinsMaskSearch(EpochBoundedSearch):
         if self.phase == "done":
             return
         self._discover()
+        self._sync_layers()
+        if self._completed_in_layers():
+            self._adopt_finished_search("the start of fit")
+            return
         frozen = [l.name for l in self._layers if l.frozen]
         if frozen:
             raise ValueError(
-                f"TwinsMaskSearch: layers {frozen} have frozen sizes already (their search is over); "
+                f"TwinsMaskSearch: layers {frozen} have frozen sizes already, the others not; "
                 "wrap a new embedding to search again."
             )
         _, full = total_params(self._layers)
@@ -113,6 +117,15 @@ class TwinsMaskSearch(EpochBoundedSearch):
     def _on_batch(self, batch, logs=None):
         if self.phase == "search":
             self._step += 1
+
+    def _completed_in_layers(self) -> bool:
+        return all(layer.frozen for layer in self._layers)
+
+    def _resume_search(self, epoch: int) -> None:
+        # the table trains again once the twins-only epochs are over
+        for layer in self._layers:
+            layer.freeze_table(epoch < self.twins_epochs)
+        _compat.force_retrace(self.model)
 
     def _on_search_epoch_end(self, epoch: int) -> None:
         kept, full = total_params(self._layers)

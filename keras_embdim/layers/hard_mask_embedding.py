@@ -125,9 +125,22 @@ class HardMaskEmbedding(SearchableEmbedding):
         self.sparsity_target = self.add_weight(
             name="sparsity_target", shape=(), initializer=keras.initializers.Constant(self.initial_target), trainable=False
         )
+        # 1 once the search ended: saved with the weights, so that a model
+        # restored from a checkpoint taken after the search knows it
+        self.search_frozen = self.add_weight(
+            name="search_frozen", shape=(), initializer=keras.initializers.Constant(float(self.frozen)), trainable=False
+        )
 
     def _search_state_variables(self) -> list:
-        return [self.mask_logits, self.temperature, self.sparsity_weight, self.sparsity_target]
+        return [self.mask_logits, self.temperature, self.sparsity_weight, self.sparsity_target, self.search_frozen]
+
+    def sync_search_state(self) -> bool:
+        """A restored `search_frozen` flag freezes the layer (its mask is restored too)."""
+        if not self.built or self.frozen or float(_compat.to_numpy(self.search_frozen)) < 0.5:
+            return False
+        self.frozen = True
+        _compat.set_trainable(self, self.mask_logits, False)
+        return True
 
     # ---------------------------------------------------------------- search
     def _output_mask(self, training=None) -> tf.Tensor:
@@ -192,9 +205,12 @@ class HardMaskEmbedding(SearchableEmbedding):
 
         The caller retraces the training step (`HardMaskSearch` does).
         """
+        if not self.built:
+            self.build()
         keep = self.dimension_mask().keep if mask is None else mask
         self.frozen = True
         self.set_dimension_mask(keep, optimizer=optimizer)
+        self.search_frozen.assign(1.0)
         _compat.set_trainable(self, self.mask_logits, False)
 
     def set_dimension_mask(self, mask, *, optimizer=None, zero_pruned: bool = True) -> None:

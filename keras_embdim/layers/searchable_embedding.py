@@ -315,6 +315,16 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
             for slot in _compat.optimizer_slots(optimizer, table):
                 slot.assign(_compat.to_numpy(slot) * rows_keep)
 
+    def sync_search_state(self) -> bool:
+        """Restored per-value sizes (a PME search that ended before the
+        checkpoint) switch the layer to per-value lookups."""
+        if not self.built or self.per_value:
+            return False
+        if int(_compat.to_numpy(self._value_sizes).min(initial=self.output_dim)) < self.output_dim:
+            self.per_value = True
+            return True
+        return False
+
     def add_penalty(self, penalty) -> None:
         """Attach a training loss `penalty(layer, rows, mask) -> scalar` (the caller retraces)."""
         if penalty not in self._penalties:

@@ -274,6 +274,10 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         self.value_sizes = self.add_weight(
             name="value_sizes", shape=(rows,), initializer=const(self.output_dim), dtype="int32", trainable=False
         )
+        # 1 once the sizes are fixed: saved with the weights (checkpoints, BackupAndRestore)
+        self.search_frozen = self.add_weight(
+            name="search_frozen", shape=(), initializer=const(float(self.frozen)), trainable=False
+        )
         self.built = True
 
     # ------------------------------------------------------------------ call
@@ -439,12 +443,23 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         if sizes.min(initial=0) < 0 or sizes.max(initial=0) > self.output_dim:
             raise ValueError(f"layer '{self.name}': sizes must lie in [0, {self.output_dim}].")
         self.value_sizes.assign(sizes.astype(np.int32))
+        self.search_frozen.assign(1.0)
+        self._freeze_python_state()
+        if zero_pruned:
+            zero_beyond_sizes(self.embedding_variable, sizes, optimizer)
+
+    def _freeze_python_state(self) -> None:
         self.frozen = True
         for branch in self._twins.values():  # unused from now on: no "gradients do not exist" warnings
             for variable in branch:
                 _compat.set_trainable(self, variable, False)
-        if zero_pruned:
-            zero_beyond_sizes(self.embedding_variable, sizes, optimizer)
+
+    def sync_search_state(self) -> bool:
+        """A restored `search_frozen` flag fixes the (restored) per-value sizes."""
+        if not self.built or self.frozen or float(_compat.to_numpy(self.search_frozen)) < 0.5:
+            return False
+        self._freeze_python_state()
+        return True
 
     def freeze_table(self, frozen: bool = True) -> None:
         """Stop (or resume) updates of the embedding table; the caller retraces."""
@@ -460,6 +475,7 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         return [
             self.counts, self.field_max, self.field_total, *twin_vars,
             self.temperature, self.size_weight, self.size_target, self.size_bias, self.value_sizes,
+            self.search_frozen,
         ]
 
     def save_own_variables(self, store):
