@@ -120,6 +120,13 @@ def test_layer_forward_counts_and_penalty_match_a_numpy_implementation():
     # scramble the twins so sizes differ between values
     for v in [w for b in layer._twins.values() for w in b]:
         v.assign(rng.normal(size=v.shape).astype(np.float32) * 0.3)
+    # counts are taken in the backward pass of a training step (a call outside one counts nothing)
+    layer(ids, training=True)
+    assert float(np.sum(layer.counts.numpy())) == 0.0
+    inp = keras.Input(shape=(2,), dtype="int32")
+    step = keras.Model(inp, keras.layers.Lambda(lambda t: tf.reduce_sum(t, axis=[1, 2]))(layer(inp)))
+    step.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # lr 0: the weights do not move
+    step.train_on_batch(ids, np.zeros(40, "float32"))
     out = layer(ids, training=True)
     rows = np.stack([ids[:, 0], ids[:, 1] + 6], 1)
     np.testing.assert_array_equal(layer.counts.numpy(), np.bincount(rows.ravel(), minlength=15))

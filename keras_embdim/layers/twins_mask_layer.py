@@ -360,13 +360,39 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
             sizes = tf.gather(tf.convert_to_tensor(self.value_sizes), rows)
             mask = tf.cast(tf.range(self.output_dim) < tf.expand_dims(sizes, -1), emb.dtype)
             return emb * mask
-        if training is True and self.count_frequencies:
-            self._count(rows, fields)
         z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
         mask, _ = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
         if training is True:
             self.add_loss(self.size_penalty())
-        return emb * tf.cast(mask, emb.dtype)
+        out = emb * tf.cast(mask, emb.dtype)
+        if training is True and self.count_frequencies:
+            out = self._count_in_backward(out, rows, fields)
+        return out
+
+    def _count_in_backward(self, out: tf.Tensor, rows: tf.Tensor, fields: tf.Tensor) -> tf.Tensor:
+        """Count this step's ids in the backward pass of the training step.
+
+        So a step's logits see the counts of the steps before it, on one
+        device and under a distribution strategy alike. Why not in the forward
+        pass: under a strategy, counting gathers every replica's ids
+        (`all_gather`), a point where the replicas' threads wait for each
+        other, and Keras keeps a layer's added losses in one list per layer
+        that the replica threads share: a collective between the forward
+        pass's `add_loss` and the loss computation let one replica read both
+        replicas' size penalties (measured: the penalty weighed 1.5x on two
+        replicas). In the backward pass each replica has read its own losses.
+        A call with `training=True` outside a training step (no gradient) does
+        not count."""
+
+        @tf.custom_gradient
+        def counted(x):
+            def grad(upstream):
+                self._count(rows, fields)  # a stateful op: tf.function runs it with the step
+                return upstream
+
+            return tf.identity(x), grad
+
+        return counted(out)
 
     def compute_mask(self, inputs, mask=None):
         return self.embedding.compute_mask(inputs, mask)
