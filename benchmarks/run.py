@@ -56,9 +56,17 @@ D = 16
 DATASETS = ("frappe", "movielens", "criteo", "avazu")
 MODELS = ("mlp", "deepfm")
 METHODS = ("full", "uniform", "mde", "sseds", "ham", "amtl", "pme")
+# the low-budget regime (issue 10): below 1/D every field at min_dim=1 is already over the
+# budget, so the searches run with min_dim=0 (a field or a value may keep nothing)
+LOW_METHODS = ("uniform1", "mde0", "drop", "sseds0", "ham0", "amtl0", "pme0")
+ALL_METHODS = METHODS + LOW_METHODS
 SEARCHED = ("sseds", "ham", "amtl", "pme")
-PER_VALUE = ("amtl", "pme")
+SEARCHED_LOW = ("sseds0", "ham0", "amtl0", "pme0")
+PER_VALUE = ("amtl", "pme", "amtl0", "pme0")
+PER_FIELD_LOW = ("sseds0", "ham0")
 BUDGETS = (0.1, 0.2, 0.5)
+LOW_BUDGETS = (0.02, 0.03, 0.05)
+UNIFORM1 = 1.0 / 16  # the budget uniform dimension 1 costs (recorded as its budget)
 CACHE = os.path.join(_common.ROOT, "benchmarks", "results", "runs.jsonl")
 # the Kaggle samples hold 7-8k training rows: smaller batches give the searches steps to work with
 BATCH = {"criteo": 256, "avazu": 256}
@@ -77,14 +85,60 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
+class DropFields(ked.SingleShotPruner):
+    """Baseline "drop the least important fields": SSEDS' gate scores summed per
+    field rank the fields; in that order each field keeps its one best column
+    while the budget allows (a field that does not fit is skipped), the others
+    are dropped whole."""
+
+    def __init__(self, budget: float, **kwargs):
+        super().__init__(budget, min_dim=0, **kwargs)
+
+    def _select_and_apply(self, scores, ranking="score"):
+        from keras_embdim.budget import budget_params
+        from keras_embdim.mask import total_params
+
+        layer, s = self._layers[0], np.nan_to_num(scores[0])
+        kept_before, full = total_params(self._layers)
+        vocab = np.asarray(layer.field_vocab_sizes)
+        target, spent = budget_params(self.budget, full), 0
+        keep = np.zeros(s.shape, bool)
+        for f in np.argsort(-s.sum(1), kind="stable"):
+            if spent + vocab[f] <= target:
+                keep[f, int(np.argmax(s[f]))] = True
+                spent += int(vocab[f])
+        self._rewind()
+        layer.set_dimension_mask(keep, optimizer=getattr(self.model, "optimizer", None))
+        self.phase = "done"
+        return {"budget": self.budget, "params_before": int(kept_before), "params_full": int(full),
+                "params_after": int(spent), "kept_fraction": spent / full, "step": self._step,
+                "scores": {layer.name: s}, "masks": {layer.name: keep}}
+
+
 def _embedding_and_callbacks(method: str, budget: float, data):
     """(embedding argument of `ked.models`, embedding dim, callbacks) of a method."""
     if method == "full":
         return "plain", D, []
     if method == "uniform":  # floor(b * D) dims for every field: never over the budget
         return "plain", max(1, int(budget * D)), []
-    if method == "mde":
-        dims = mixed_dimension_dims(data.vocab_sizes, D, budget)
+    if method == "uniform1":  # one dim per field, whatever the budget (it costs 1/D)
+        return "plain", 1, []
+    if method == "drop":
+        return "prunable", D, [DropFields(budget, verbose=0)]
+    if method in ("sseds0", "ham0", "amtl0", "pme0"):
+        base = method[:-1]
+        if base == "sseds":
+            return "prunable", D, [ked.SingleShotPruner(budget, min_dim=0, verbose=0)]
+        if base == "ham":
+            return (lambda v, dim, names: ked.HardMaskEmbedding(v, dim, field_names=names, name="embedding"),
+                    D, [ked.HardMaskSearch(budget, min_dim=0, verbose=0)])
+        if base == "amtl":
+            return (lambda v, dim, names: ked.TwinsMaskLayer(
+                ked.PrunableEmbedding(v, dim, field_names=names), min_dim=0, name="embedding"),
+                D, [ked.TwinsMaskSearch(budget, verbose=0)])
+        return "prunable", D, [ked.PMEPruner(budget, min_dim=0, verbose=0)]
+    if method in ("mde", "mde0"):
+        dims = mixed_dimension_dims(data.vocab_sizes, D, budget, min_dim=0 if method == "mde0" else 1)
 
         def mde(v, dim, names):
             layer = ked.PrunableEmbedding(v, dim, field_names=names, name="embedding")
@@ -107,7 +161,7 @@ def _embedding_and_callbacks(method: str, budget: float, data):
         return amtl, D, [ked.TwinsMaskSearch(budget, verbose=0)]
     if method == "pme":
         return "prunable", D, [ked.PMEPruner(budget, verbose=0)]
-    raise ValueError(f"method must be one of {METHODS}; received {method!r}.")
+    raise ValueError(f"method must be one of {ALL_METHODS}; received {method!r}.")
 
 
 def _dims_per_field(model, data, dim: int) -> list[float]:
@@ -194,9 +248,11 @@ def load_cache(path: str) -> list[dict]:
 
 
 def group_runs(methods, budgets) -> list[tuple[str, float]]:
-    """(method, budget) pairs of one group, the full model first."""
+    """(method, budget) pairs of one group, the full model first; uniform dimension 1
+    does not depend on the budget and runs once (recorded at the budget it costs)."""
     pairs = [("full", 1.0)] if "full" in methods else []
-    return pairs + [(m, b) for m in methods if m != "full" for b in budgets]
+    pairs += [("uniform1", UNIFORM1)] if "uniform1" in methods else []
+    return pairs + [(m, b) for m in methods if m not in ("full", "uniform1") for b in budgets]
 
 
 def run_group(data, dataset: str, model_kind: str, seed: int, methods, budgets, epochs: int,
@@ -285,9 +341,9 @@ def search_ratio(rec: dict, full: dict | None) -> float | None:
     are training batches with a probe attached: the first epoch's time beyond
     the full model's first epoch, over the full model's median epoch.
     """
-    if full is None or rec["method"] not in SEARCHED:
+    if full is None or rec["method"] not in SEARCHED + SEARCHED_LOW + ("drop",):
         return None
-    if rec["method"] == "sseds":  # scoring piggybacks on training steps: its cost is the first epoch's extra time
+    if rec["method"] in ("sseds", "sseds0", "drop"):  # scoring piggybacks on training steps: its cost is the first epoch's extra time
         return max(0.0, rec["epoch_seconds"][0] - full["epoch_seconds"][0]) / statistics.median(full["epoch_seconds"])
     return rec["epoch_seconds"][0] / full["epoch_seconds"][0]
 
@@ -296,7 +352,9 @@ def summarize(records: list[dict]) -> dict:
     """(dataset, model, method, budget) -> aggregated metrics over seeds (latest record per key)."""
     latest = {}
     for r in records:
-        latest[run_key(r)] = r
+        # a later run of the same key replaces an earlier one; measurements it did not
+        # take (the low-budget groups skip serving latency) are kept from the earlier one
+        latest[run_key(r)] = {**latest.get(run_key(r), {}), **r}
     fulls = {(r["dataset"], r["model"], r["seed"], r["epochs"]): r for r in latest.values() if r["method"] == "full"}
     for r in latest.values():
         r["search_ratio"] = search_ratio(r, fulls.get((r["dataset"], r["model"], r["seed"], r["epochs"])))
@@ -364,6 +422,112 @@ def check_targets(summary: dict) -> list[tuple[str, bool, str]]:
             rows.append((f"{d}/{m} {meth} {b}: serving latency at 512 <= {limit} x full", s["latency_ratio_512"] <= limit,
                          f"{s['latency_ratio_512']:.2f}"))
     return rows
+
+
+def significance(a: dict, b: dict) -> tuple[float, float, str]:
+    """(difference of mean AUC a - b, that difference in standard errors, mark).
+
+    The standard error of the difference of two means over independent seeds,
+    `sqrt(s_a^2 / n_a + s_b^2 / n_b)`; the difference is marked real ("better" or
+    "worse") only beyond two standard errors, "tie" otherwise."""
+    diff = a["auc"][0] - b["auc"][0]
+    se = float(np.sqrt(a["auc"][1] ** 2 / a["n"] + b["auc"][1] ** 2 / b["n"]))
+    z = diff / se if se > 0 else (np.inf if diff > 0 else -np.inf if diff < 0 else 0.0)
+    mark = "better" if z > 2 else "worse" if z < -2 else "tie"
+    return diff, z, mark
+
+
+def _sig_text(a: dict, b: dict | None) -> str:
+    if b is None:
+        return ""
+    diff, z, mark = significance(a, b)
+    zt = f"{z:+.1f}" if np.isfinite(z) else ("+inf" if z > 0 else "-inf")
+    return f"{diff:+.4f} ({zt} SE, {'**' + mark + '**' if mark != 'tie' else mark})"
+
+
+def check_low_targets(summary: dict) -> list[tuple[str, bool, str]]:
+    """Issue 10: at 3% the best per-value method >= uniform dimension 1 (6.25%), with its mark."""
+    rows = []
+    for d in ("frappe", "movielens"):
+        for m in MODELS:
+            uni = summary.get((d, m, "uniform1", UNIFORM1))
+            at = {meth: summary[(d, m, meth, 0.03)] for meth in ("amtl0", "pme0") if (d, m, meth, 0.03) in summary}
+            if not uni or not at:
+                continue
+            best_m, best = max(at.items(), key=lambda kv: kv[1]["auc"][0])
+            diff, z, mark = significance(best, uni)
+            rows.append((f"{d}/{m} at 0.03: best per-value method >= uniform dim 1 (0.0625)", diff >= 0,
+                         f"{best_m} {best['auc'][0]:.4f} vs {uni['auc'][0]:.4f}: {_sig_text(best, uni)}, n = {best['n']}/{uni['n']}"))
+    return rows
+
+
+def write_low_section(summary: dict, folder: str) -> list[str]:
+    """Low budgets (issue 10): every method against uniform dimension 1, with significance marks."""
+    by = {}
+    for (d, m, meth, b), s in summary.items():
+        if meth in LOW_METHODS:
+            by.setdefault((d, m), []).append((meth, b, s))
+    if not by:
+        return []
+    lines = [
+        "## Low budgets: 2-5 % of the parameters (issue 10)", "",
+        "Below 1/D = 6.25 % uniform dimensions cannot follow the budget: `uniform1` (one dim for every field) "
+        "is the reference at its own cost, 0.0625. The searches run with `min_dim=0` (a field, or for the "
+        "per-value methods a value, may keep nothing): `sseds0`, `ham0` per field, `amtl0`, `pme0` per value; "
+        "`mde0` = the MDE popularity rule with 0-dim fields allowed; `drop` = drop the least important fields "
+        "(SSEDS' scores summed per field rank them; in that order each keeps its best single column while "
+        "the budget allows). Columns: mean ± std over seeds (n); **vs uniform1**: the AUC difference, the "
+        "difference in standard errors `sqrt(s1^2/n1 + s2^2/n2)` and the mark: better / worse only beyond "
+        "two standard errors, tie otherwise.", "",
+    ]
+    order = {k: i for i, k in enumerate(LOW_METHODS)}
+    for (d, m) in sorted(by):
+        uni = summary.get((d, m, "uniform1", UNIFORM1))
+        full = summary.get((d, m, "full", 1.0))
+        lines += [f"### {d} / {m}", "", "| method | budget | n | AUC | vs uniform1 | vs full | kept | search | bytes |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        if full:
+            lines.append(f"| full | - | {full['n']} | {full['auc'][0]:.4f} ± {full['auc'][1]:.4f} | "
+                         f"{_sig_text(full, uni)} |  | 1.000 |  | 1.000 |")
+        for meth, b, s in sorted(by[(d, m)], key=lambda t: (t[1], order[t[0]])):
+            vs_full = f"{s['auc'][0] - full['auc'][0]:+.4f}" if full else ""
+            sr = "" if s["search_ratio"] is None else f"{s['search_ratio']:.2f}"
+            br = "" if s["bytes_ratio"] is None else f"{s['bytes_ratio']:.3f}"
+            lines.append(f"| {meth} | {b:g} | {s['n']} | {s['auc'][0]:.4f} ± {s['auc'][1]:.4f} | "
+                         f"{'' if meth == 'uniform1' else _sig_text(s, uni)} | {vs_full} | {s['kept_fraction']:.4f} | {sr} | {br} |")
+        png = plot_low(summary, d, m, folder)
+        lines += ["", f"![AUC at low budgets]({os.path.basename(png)})", ""]
+    targets = check_low_targets(summary)
+    lines += ["### Target (issue 10)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",
+              "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {t} | {'yes' if ok else '**no**'} | {v} |" for t, ok, v in targets]
+    lines.append("")
+    return lines
+
+
+def plot_low(summary: dict, dataset: str, model: str, folder: str) -> str:
+    from keras_embdim.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for meth in LOW_METHODS:
+        pts = sorted((s["kept_fraction"], s["auc"][0], s["auc"][1]) for (d, m, mm, b), s in summary.items()
+                     if (d, m, mm) == (dataset, model, meth))
+        if pts:
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="s" if meth == "uniform1" else "o", capsize=2, label=meth)
+    full = summary.get((dataset, model, "full", 1.0))
+    if full:
+        ax.axhline(full["auc"][0], color="k", linestyle="--", label="full")
+    ax.set_xlabel("kept fraction of embedding parameters")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"{dataset} / {model}: low budgets")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(folder, f"benchmarks_low_{dataset}_{model}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def uniform_gaps(summary: dict) -> np.ndarray:
@@ -469,14 +633,15 @@ def write_report(records: list[dict], out: str, command: str) -> str:
     ]
     by = {}
     for (d, m, meth, b), s in summary.items():
-        by.setdefault((d, m), []).append((meth, b, s))
+        if meth in METHODS:
+            by.setdefault((d, m), []).append((meth, b, s))
     order = {k: i for i, k in enumerate(METHODS)}
     for (d, m) in sorted(by):
         rows = sorted(by[(d, m)], key=lambda t: (t[1] if t[0] != "full" else -1, order.get(t[0], 99)))
         full = next((s for meth, b, s in rows if meth == "full"), None)
         lines += [f"## {d} / {m}", "",
-                  "| method | budget | n | AUC | vs full | log loss | kept | search | bytes | latency 1 | latency 512 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| method | budget | n | AUC | vs full | vs uniform (2 SE) | log loss | kept | search | bytes | latency 1 | latency 512 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for meth, b, s in rows:
             auc, ll = s["auc"], s["logloss"]
             vs = f"{auc[0] - full['auc'][0]:+.4f}" if full and meth != "full" else ""
@@ -484,9 +649,10 @@ def write_report(records: list[dict], out: str, command: str) -> str:
             def f(x, p=2):
                 return "" if x is None else f"{x:.{p}f}"
 
+            uni = summary.get((d, m, "uniform", b)) if meth not in ("full", "uniform") else None
             lines.append(
                 f"| {meth} | {'-' if meth == 'full' else b} | {s['n']} | {auc[0]:.4f} ± {auc[1]:.4f} | {vs} | "
-                f"{ll[0]:.4f} ± {ll[1]:.4f} | {s['kept_fraction']:.3f} | {f(s['search_ratio'])} | "
+                f"{_sig_text(s, uni)} | {ll[0]:.4f} ± {ll[1]:.4f} | {s['kept_fraction']:.3f} | {f(s['search_ratio'])} | "
                 f"{f(s['bytes_ratio'], 3)} | {f(s['latency_ratio_1'])} | {f(s['latency_ratio_512'])} |"
             )
         png = plot_auc(summary, d, m, os.path.dirname(out))
@@ -494,6 +660,7 @@ def write_report(records: list[dict], out: str, command: str) -> str:
         dims_png = plot_dims(summary, d, m, os.path.dirname(out))
         if dims_png:
             lines += [f"![dims per field]({os.path.basename(dims_png)})", ""]
+    lines += write_low_section(summary, os.path.dirname(out))
     targets = check_targets(summary)
     met = sum(ok for _, ok, _ in targets)
     lines += ["## Targets (issue 6)", "", f"{met} of {len(targets)} met.", "",
@@ -586,9 +753,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS))
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS)
+    p.add_argument("--budgets", nargs="+", type=float, default=None)
+    p.add_argument("--seeds", type=int, default=None)
+    p.add_argument("--low", action="store_true",
+                   help="the low-budget grid: methods %s, budgets %s, 5 seeds, MLP, no latency" % (
+                       " ".join(LOW_METHODS), " ".join(map(str, LOW_BUDGETS))))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--cache", default=CACHE)
     p.add_argument("--out", default=os.path.join(_common.DOCS, "benchmarks.md"))
@@ -607,6 +777,18 @@ def main(argv=None):
         best = max(s["auc"][0] for (d, m, meth, b), s in summary.items() if b == 0.2 and meth in SEARCHED)
         print(f"quick: full {full:.4f}, best method at 0.2 {best:.4f} ({best - full:+.4f})")
         return 0 if best >= full - 0.01 else 1
+    if a.low:
+        a.methods = a.methods or list(LOW_METHODS)
+        a.budgets = a.budgets or list(LOW_BUDGETS)
+        a.seeds = a.seeds or 5
+        if a.models == list(MODELS):
+            a.models = ["mlp"]
+        if a.datasets == list(DATASETS):
+            a.datasets = ["frappe", "movielens"]
+        a.no_serving = True
+    a.methods = a.methods or list(METHODS)
+    a.budgets = a.budgets or list(BUDGETS)
+    a.seeds = a.seeds or 3
     if not a.report_only:
         run(a.datasets, a.models, a.methods, a.budgets, a.seeds, a.epochs, a.cache, serving=not a.no_serving)
     print(write_report(load_cache(a.cache), a.out, command))

@@ -120,3 +120,69 @@ def test_quick_mode_runs_every_method_on_frappe(data_root, tmp_path, monkeypatch
     best = max(s["auc"][0] for (d, m, meth, b), s in summary.items() if meth in runner.SEARCHED)
     assert best >= full - 0.01, (best, full)
     assert "## Targets (issue 6)" in open(out).read()
+
+
+# ------------------------------------------------------------------ issue 10: low budgets and marks
+def test_significance_marks_by_hand():
+    a = {"auc": (0.80, 0.01), "n": 5}
+    b = {"auc": (0.79, 0.01), "n": 5}
+    diff, z, mark = runner.significance(a, b)
+    # SE of the difference = sqrt(0.01^2 / 5 * 2) = 0.006325: 0.01 / 0.006325 = 1.58 SE, a tie
+    assert diff == pytest.approx(0.01) and z == pytest.approx(1.5811, abs=1e-3) and mark == "tie"
+    c = {"auc": (0.775, 0.01), "n": 5}
+    assert runner.significance(c, a)[2] == "worse" and runner.significance(a, c)[2] == "better"
+    assert "**better**" in runner._sig_text(a, c) and runner._sig_text(a, None) == ""
+
+
+def test_uniform1_runs_once_per_group_at_its_own_cost():
+    pairs = runner.group_runs(["full", "uniform1", "pme0"], [0.02, 0.03])
+    assert pairs == [("full", 1.0), ("uniform1", 1 / 16), ("pme0", 0.02), ("pme0", 0.03)]
+
+
+def test_drop_fields_baseline_keeps_the_best_fields_at_one_dim(small_data):
+    """The "drop the least important fields" baseline: fields ranked by their summed
+    SSEDS scores keep one column each, in that order, while the budget allows."""
+    from keras_embdim._compat import keras
+
+    d = small_data
+    keras.utils.set_random_seed(0)
+    model = runner.ked.models.compile_ctr(
+        runner.ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,)))
+    budget = 0.05
+    cb = runner.DropFields(budget, warmup_steps=4, scoring_steps=4, verbose=0)
+    x, y = d.train
+    model.fit(d.inputs(x[:4096]), y[:4096], batch_size=256, epochs=1, verbose=0, callbacks=[cb])
+    keep = cb.result["masks"]["embedding"]
+    scores = cb.result["scores"]["embedding"]
+    vocab = np.asarray(d.vocab_sizes)
+    assert (keep.sum(1) <= 1).all()  # one column or nothing per field
+    kept_fields = keep.any(1)
+    assert (vocab[kept_fields]).sum() == cb.result["params_after"] <= budget * vocab.sum() * 8
+    # the greedy order by hand
+    target, spent, want = int(np.floor(budget * vocab.sum() * 8)), 0, np.zeros(len(vocab), bool)
+    for f in np.argsort(-scores.sum(1), kind="stable"):
+        if spent + vocab[f] <= target:
+            want[f], spent = True, spent + vocab[f]
+    np.testing.assert_array_equal(kept_fields, want)
+    # each kept field keeps its best-scored column
+    for f in np.flatnonzero(kept_fields):
+        assert keep[f, np.argmax(scores[f])]
+    layer = runner.ked.find_searchable_layers(model)[0]
+    np.testing.assert_array_equal(layer.dimension_mask().keep, keep)
+
+
+def test_low_budget_section_and_target_from_records(tmp_path):
+    recs = []
+    for seed in range(5):
+        for method, budget, auc in (("full", 1.0, 0.93), ("uniform1", 1 / 16, 0.930), ("pme0", 0.03, 0.925),
+                                    ("amtl0", 0.03, 0.935), ("sseds0", 0.03, 0.5)):
+            recs.append({"dataset": "frappe", "model": "mlp", "method": method, "budget": budget, "seed": seed,
+                         "epochs": 3, "auc": auc + 0.001 * (seed - 2), "logloss": 0.3, "kept_params": 1,
+                         "full_params": 10, "kept_fraction": budget, "epoch_seconds": [1.0, 1.0],
+                         "search_seconds": 0.1, "bytes_ratio": 1.0, "layout": "field", "dims_per_field": [1.0]})
+    summary = runner.summarize(recs)
+    rows = runner.check_low_targets(summary)
+    assert len(rows) == 1 and rows[0][1] is True and "amtl0" in rows[0][2] and "better" in rows[0][2]
+    text = "\n".join(runner.write_low_section(summary, str(tmp_path)))
+    assert "| sseds0 | 0.03 | 5 | 0.5000 ± 0.0016 | -0.4300" in text and "**worse**" in text
+    assert (tmp_path / "benchmarks_low_frappe_mlp.png").exists()

@@ -97,3 +97,15 @@ def test_dataset_batches_feed_the_zoo(small_data):
     ds = small_data.dataset("valid", batch_size=128)
     x, y = next(iter(ds))
     assert sorted(x) == sorted(small_data.field_names) and y.shape[0] == 128
+
+
+def test_synthetic_with_given_vocab_sizes():
+    sizes = [5, 300, 300, 40]
+    d = ked.data.make_synthetic_ctr(num_rows=5000, vocab_sizes=sizes, seed=1)
+    assert d.vocab_sizes == sizes and d.num_fields == 4
+    x = np.concatenate([d.train[0], d.valid[0], d.test[0]])
+    assert (x.max(0) < np.array(sizes)).all() and (x.min(0) >= 0).all()
+    # Zipf: the most frequent value of a 300-value field covers far more than 1/300 of the rows
+    assert np.bincount(x[:, 1]).max() / len(x) > 10 / 300
+    with pytest.raises(ValueError, match="vocab_sizes"):
+        ked.data.make_synthetic_ctr(num_rows=100, vocab_sizes=[3, 0])

@@ -20,6 +20,7 @@ def make_synthetic_ctr(
     main_effect_scale: float = 0.7,
     seed: int = 0,
     fractions=(0.8, 0.1, 0.1),
+    vocab_sizes=None,
 ) -> CTRData:
     """A click-through dataset whose label depends on some fields only.
 
@@ -41,18 +42,30 @@ def make_synthetic_ctr(
         latent_dim: rank of the planted pairwise interactions.
         interaction_scale, main_effect_scale: scale of the two kinds of signal.
         seed: everything is reproducible from it.
+        fractions: train/valid/test split.
+        vocab_sizes: the cardinality of each field, instead of the spread
+            between `min_vocab` and `max_vocab` (e.g. a few very large tables,
+            as in the scaling benchmark); `num_fields` is then its length.
 
     Returns:
         `CTRData`, with `informative_fields` set.
     """
+    if vocab_sizes is not None:
+        vocab_sizes = [int(n) for n in vocab_sizes]
+        if not vocab_sizes or min(vocab_sizes) < 1:
+            raise ValueError(f"`vocab_sizes` must be positive cardinalities; received {vocab_sizes!r}.")
+        num_fields = len(vocab_sizes)
     if num_fields < 1 or num_rows < 10:
         raise ValueError("need num_fields >= 1 and num_rows >= 10.")
     rng = np.random.default_rng(seed)
     k = num_fields // 2 if num_informative is None else int(num_informative)
     if not 0 <= k <= num_fields:
         raise ValueError(f"`num_informative` must be in [0, {num_fields}]; received {num_informative}.")
-    vocab = np.round(np.geomspace(min_vocab, max_vocab, num_fields)).astype(int)
-    vocab = rng.permutation(vocab)
+    if vocab_sizes is not None:
+        vocab = np.asarray(vocab_sizes)
+    else:
+        vocab = np.round(np.geomspace(min_vocab, max_vocab, num_fields)).astype(int)
+        vocab = rng.permutation(vocab)
     informative = sorted(rng.choice(num_fields, size=k, replace=False).tolist())
     x = np.empty((num_rows, num_fields), dtype=np.int32)
     for f, n in enumerate(vocab):
