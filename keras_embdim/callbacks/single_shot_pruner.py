@@ -37,6 +37,11 @@ class SingleShotPruner(DimensionSearchCallback):
     weights with the searched dimensions (`after="retrain"`, the paper's
     protocol).
 
+    Layers that already hold a per-field mask when `fit` starts (restored from
+    a checkpoint taken after the search, or loaded from a `.keras` file) are
+    not searched again: the callback reports their dims (`result["resumed"]`)
+    and training goes on (docs/architecture.md, resuming).
+
     Args:
         budget: kept fraction of embedding parameters, in (0, 1]. The kept
             parameters never exceed it and fall short by less than one
