@@ -49,7 +49,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402
 from keras_embdim._compat import keras  # noqa: E402
-from keras_embdim.budget import mixed_dimension_dims  # noqa: E402
+from keras_embdim.budget import frequency_value_dims, mixed_dimension_dims  # noqa: E402
 from keras_embdim.metrics import log_loss, roc_auc  # noqa: E402
 
 D = 16
@@ -58,11 +58,11 @@ MODELS = ("mlp", "deepfm")
 METHODS = ("full", "uniform", "mde", "sseds", "ham", "amtl", "pme")
 # the low-budget regime (issue 10): below 1/D every field at min_dim=1 is already over the
 # budget, so the searches run with min_dim=0 (a field or a value may keep nothing)
-LOW_METHODS = ("uniform1", "mde0", "drop", "sseds0", "ham0", "amtl0", "pme0")
+LOW_METHODS = ("uniform1", "mde0", "freq", "drop", "sseds0", "ham0", "amtl0", "pme0")
 ALL_METHODS = METHODS + LOW_METHODS
 SEARCHED = ("sseds", "ham", "amtl", "pme")
 SEARCHED_LOW = ("sseds0", "ham0", "amtl0", "pme0")
-PER_VALUE = ("amtl", "pme", "amtl0", "pme0")
+PER_VALUE = ("amtl", "pme", "amtl0", "pme0", "freq")
 PER_FIELD_LOW = ("sseds0", "ham0")
 BUDGETS = (0.1, 0.2, 0.5)
 LOW_BUDGETS = (0.02, 0.03, 0.05)
@@ -125,6 +125,16 @@ def _embedding_and_callbacks(method: str, budget: float, data):
         return "plain", 1, []
     if method == "drop":
         return "prunable", D, [DropFields(budget, verbose=0)]
+    if method == "freq":  # per-value sizes from training counts, no search (frequency heuristic)
+        sizes = frequency_value_dims(np.concatenate(data.value_counts), D, budget, min_dim=0)
+
+        def freq(v, dim, names):
+            layer = ked.PrunableEmbedding(v, dim, field_names=names, name="embedding")
+            layer.build()
+            layer.set_value_sizes(sizes.astype(np.int32))
+            return layer
+
+        return freq, D, []
     if method in ("sseds0", "ham0", "amtl0", "pme0"):
         base = method[:-1]
         if base == "sseds":
@@ -474,7 +484,9 @@ def write_low_section(summary: dict, folder: str) -> list[str]:
         "Below 1/D = 6.25 % uniform dimensions cannot follow the budget: `uniform1` (one dim for every field) "
         "is the reference at its own cost, 0.0625. The searches run with `min_dim=0` (a field, or for the "
         "per-value methods a value, may keep nothing): `sseds0`, `ham0` per field, `amtl0`, `pme0` per value; "
-        "`mde0` = the MDE popularity rule with 0-dim fields allowed; `drop` = drop the least important fields "
+        "`mde0` = the MDE popularity rule with 0-dim fields allowed; `freq` = the frequency heuristic per value "
+        "(`keras_embdim.budget.frequency_value_dims`: the MDE rule applied to each value's training count, "
+        "rare values get 0 dims; no search); `drop` = drop the least important fields "
         "(SSEDS' scores summed per field rank them; in that order each keeps its best single column while "
         "the budget allows). Columns: mean ± std over seeds (n); **vs uniform1**: the AUC difference, the "
         "difference in standard errors `sqrt(s1^2/n1 + s2^2/n2)` and the mark: better / worse only beyond "

@@ -148,6 +148,69 @@ def mixed_dimension_dims(
         d[f] += 1
 
 
+def frequency_value_dims(
+    counts,
+    output_dim: int,
+    budget: float,
+    *,
+    alpha: float = 0.3,
+    min_dim: int = 0,
+) -> np.ndarray:
+    """Per-value dims by frequency: the MDE popularity rule applied to each value.
+
+    Value i seen `c_i` times gets `d_i = clip(round(lam * (c_i + 1) ** alpha),
+    min_dim, output_dim)` with `lam` the largest scale (bisection) whose kept
+    parameters `sum_i d_i` stay within `budget * len(counts) * output_dim`;
+    the budget that rounding leaves goes one dim at a time to the most
+    frequent values below `output_dim`. With `min_dim=0` the rarest values
+    keep nothing: the "frequency heuristic" baseline of the low-budget
+    benchmarks, a per-value sizing without any search.
+
+    Args:
+        counts: training count of every value (rows of the concatenated table).
+        output_dim: D.
+        budget: kept fraction of `len(counts) * D` parameters, in (0, 1].
+        alpha: how fast dims grow with frequency (0: every value the same).
+        min_dim: dims every value keeps at least.
+
+    Returns:
+        int array `[len(counts)]`; never over the budget unless `min_dim`
+        everywhere is (then every value gets `min_dim`).
+
+    Example:
+
+    >>> frequency_value_dims([100, 10, 1, 0], 4, 0.25).tolist()
+    [2, 1, 1, 0]
+    """
+    c = np.asarray(counts, dtype=np.float64).reshape(-1)
+    if c.size == 0 or np.any(c < 0):
+        raise ValueError("counts must be a non-empty array of non-negative counts.")
+    if not (isinstance(budget, (int, float)) and 0 < budget <= 1):
+        raise ValueError(f"budget must be a fraction in (0, 1]; received {budget!r}.")
+    if not 0 <= min_dim <= output_dim:
+        raise ValueError(f"min_dim must be in [0, {output_dim}]; received {min_dim!r}.")
+    target = int(np.floor(budget * c.size * output_dim))
+    weight = (c + 1.0) ** float(alpha)
+
+    def dims(lam):
+        return np.clip(np.round(lam * weight), min_dim, output_dim).astype(np.int64)
+
+    lo, hi = 0.0, output_dim / weight.min() + 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if dims(mid).sum() <= target:
+            lo = mid
+        else:
+            hi = mid
+    d = dims(lo)
+    room = target - int(d.sum())
+    if room > 0:
+        order = np.argsort(-c, kind="stable")
+        below = order[d[order] < output_dim][:room]
+        d[below] += 1
+    return d
+
+
 class ByteBudget:
     """A budget in bytes of embedding tables, for any search callback's `budget=`.
 

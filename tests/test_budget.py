@@ -68,3 +68,23 @@ def test_budget_is_met_within_one_field_dimension(G, D, frac, min_dim, ranking, 
     if not keep.all():
         cheapest_left = min(costs[g] for g in range(G) if not keep[g].all())
         assert target - kept < cheapest_left
+
+
+def test_frequency_value_dims_by_hand_and_budget():
+    from keras_embdim.budget import frequency_value_dims
+
+    # budget 4 of 4 values x 4 dims = 16 params at 0.25: weights (c+1)^0.3 = 3.99, 2.05, 1.23, 1
+    np.testing.assert_array_equal(frequency_value_dims([100, 10, 1, 0], 4, 0.25), [2, 1, 1, 0])
+    rng = np.random.default_rng(0)
+    counts = rng.zipf(1.3, 3000).astype(float)
+    for budget in (0.02, 0.03, 0.05, 0.5):
+        d = frequency_value_dims(counts, 16, budget)
+        assert d.sum() <= budget * 3000 * 16 and d.sum() >= budget * 3000 * 16 - 16
+        # a more frequent value never gets fewer dims (equal counts may differ by the one leftover dim)
+        levels = np.unique(counts)
+        lo = np.array([d[counts == c].min() for c in levels])
+        hi = np.array([d[counts == c].max() for c in levels])
+        assert np.all(hi[:-1] <= lo[1:]) and np.all(hi - lo <= 1)
+    np.testing.assert_array_equal(frequency_value_dims(counts, 16, 0.001, min_dim=1), np.ones(3000))
+    with pytest.raises(ValueError, match="budget"):
+        frequency_value_dims(counts, 16, 0)
