@@ -35,7 +35,8 @@ class HardMaskSearch(EpochBoundedSearch):
         temperature: (start, end) of the annealed temperature.
         sparsity_weight: penalty weight (measured in docs/methods.md).
         trace_every: steps between two records of the kept fraction (`trace`).
-        min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`.
+        min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
+            (`min_dim=0`, off by default, lets a field be dropped whole).
 
     Example:
 

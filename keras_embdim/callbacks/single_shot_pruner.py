@@ -47,6 +47,10 @@ class SingleShotPruner(DimensionSearchCallback):
             parameters never exceed it and fall short by less than one
             field-dimension's cost.
         min_dim: every field keeps at least this many columns (default 1).
+            `min_dim=0` lets the search drop whole fields; it is needed for
+            budgets below 1/D (where `min_dim=1` alone is over the budget) but
+            drops a key id field as readily as a noise field (docs/benchmarks.md,
+            low budgets: Frappe at 3 % loses its item field and falls to AUC 0.49).
         warmup_steps: training steps before scoring. Default: all of the first
             epoch but its last `scoring_steps` batches (at least half an epoch),
             so that scoring reads batches the model has not seen yet; one epoch
