@@ -360,14 +360,31 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
             sizes = tf.gather(tf.convert_to_tensor(self.value_sizes), rows)
             mask = tf.cast(tf.range(self.output_dim) < tf.expand_dims(sizes, -1), emb.dtype)
             return emb * mask
-        z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
-        mask, _ = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
+        mask = self._grouped_mask(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
         if training is True:
             self.add_loss(self.size_penalty())
         out = emb * tf.cast(mask, emb.dtype)
         if training is True and self.count_frequencies:
             out = self._count_in_backward(out, rows, fields)
         return out
+
+    def _grouped_mask(self, counts: tf.Tensor, fields: tf.Tensor) -> tf.Tensor:
+        """The prefix mask `[..., D]` of every lookup, the twins run once per distinct
+        (field, count) of the batch: lookups with the same field and count have the
+        same features, hence the same logits. Frequent ids repeat within a batch and
+        rare ones share small counts, so a batch holds far fewer groups than lookups
+        (measured: the per-lookup twins made an AMTL step 1.5x a plain one on 26
+        fields x 1024 rows)."""
+        shape = tf.shape(counts)
+        # the exact bits of the (non-negative) float count, so no two counts merge
+        bits = tf.cast(tf.bitcast(tf.cast(tf.reshape(counts, [-1]), tf.float32), tf.int32), tf.int64)
+        key = tf.cast(tf.reshape(fields, [-1]), tf.int64) * (2**31) + bits
+        uniq, idx = tf.unique(key)
+        u_fields = tf.cast(uniq // (2**31), tf.int32)
+        u_counts = tf.bitcast(tf.cast(uniq % (2**31), tf.int32), tf.float32)
+        z = self._logits_for(u_counts, u_fields)
+        mask, _ = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
+        return tf.reshape(tf.gather(mask, idx), tf.concat([shape, [self.output_dim]], 0))
 
     def _count_in_backward(self, out: tf.Tensor, rows: tf.Tensor, fields: tf.Tensor) -> tf.Tensor:
         """Count this step's ids in the backward pass of the training step.
