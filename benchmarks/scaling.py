@@ -90,6 +90,14 @@ def _hwm_bytes() -> int:
     return 0
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _reset_hwm() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -162,6 +170,10 @@ def worker(config: str, path: str, out_dir: str) -> dict:
         r = callbacks[0].result
         rec["search_seconds"] = r.get("search_seconds")
         rec["kept_fraction"] = r["kept_fraction"]
+        import gc
+
+        gc.collect()
+        rec["rss_before_export"] = _rss_bytes()
         reset = _reset_hwm()
         t0 = time.perf_counter()
         sample = {n: xt[:1000, i] for i, n in enumerate(names)}
@@ -183,13 +195,14 @@ def load(cache: str) -> list[dict]:
 
 
 def run(sizes, configs, rows: int, cache: str, redo: bool = False) -> None:
-    done = set() if redo else {(r["vocab"], r["config"], r["rows"]) for r in load(cache)}
+    cached = {(r["vocab"], r["config"], r["rows"]) for r in load(cache)}
+    done = set() if redo else cached
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     for top in sizes:
         todo = [c for c in configs if (top, c, rows) not in done]
         if not todo:
             continue
-        if "plain" not in todo and (top, "plain", rows) not in done:
+        if "plain" not in todo and (top, "plain", rows) not in cached:
             todo = ["plain", *todo]
         t0 = time.perf_counter()
         path = make_data(top, rows)
@@ -248,6 +261,10 @@ def ratios(records: list[dict]) -> dict:
             "export_seconds": r["export_seconds"],
             "export_rss_mb": (r["export_peak_rss"] or 0) / 2**20,
             "export_rss_limit_mb": (plain["train_peak_rss"] + r["full_table_bytes"]) / 2**20,
+            # what the export itself adds on top of the process it runs in (None: not recorded)
+            "export_added_mb": ((r["export_peak_rss"] - r["rss_before_export"]) / 2**20
+                                if r.get("rss_before_export") and r.get("export_peak_rss") else None),
+            "table_mb": r["full_table_bytes"] / 2**20,
             "bytes": r["bytes_ratio"],
             "auc": r["auc"], "plain_auc": plain["auc"],
             "layout": r.get("layout"),
@@ -295,9 +312,11 @@ def report(cache: str, out: str) -> str:
         targets.append((f"V={v:,} {c}: {what}",
                         r["search"] <= lim, f"{r['search']:.3f}"))
         targets.append((f"V={v:,} {c}: search peak RSS <= 1.5 x plain", r["rss"] <= 1.5, f"{r['rss']:.3f}"))
-        targets.append((f"V={v:,} {c}: export peak RSS <= plain peak + one full table", 
+        targets.append((f"V={v:,} {c}: export peak RSS <= plain peak + one full table",
                         r["export_rss_mb"] <= r["export_rss_limit_mb"],
-                        f"{r['export_rss_mb']:.0f} MB vs {r['export_rss_limit_mb']:.0f} MB"))
+                        f"{r['export_rss_mb']:.0f} MB vs {r['export_rss_limit_mb']:.0f} MB"
+                        + ("" if r["export_added_mb"] is None else
+                           f"; the export itself added {r['export_added_mb']:.0f} MB (one table: {r['table_mb']:.0f} MB)")))
         lim_b = 1.10 if c in ("amtl", "pme") else 1.02
         targets.append((f"V={v:,} {c}: bytes <= {lim_b} x kept x 4 B", r["bytes"] <= lim_b, f"{r['bytes']:.3f}"))
     lines += ["", "## Targets (issue 10)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",

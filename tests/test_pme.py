@@ -194,3 +194,36 @@ def test_pme_writes_size_histograms_to_tensorboard(small_data, tmp_path):
     acc.Reload()
     tags = acc.Tags()["tensors"]
     assert any(t.startswith("value_sizes/embedding/") for t in tags)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 2), st.floats(0.05, 0.9))
+def test_select_entries_matches_a_sorting_reference(seed, min_size, frac):
+    """The partition-based selection (no whole-table index array) keeps exactly the
+    entries a full sort would, ties broken towards lower positions, min_size first."""
+    rng = np.random.default_rng(seed)
+    imps = [rng.integers(0, 4, (7, 5)).astype(np.float32), rng.random((4, 5)).astype(np.float32)]
+    imps[1][0, 0] = np.nan
+    total = sum(i.size for i in imps)
+    target = max(min_size * 11, int(frac * total))
+    got = select_entries(imps, target, min_size)
+    # reference: mark each row's min_size best, then the best of the rest by a stable sort
+    keep = []
+    for imp in imps:
+        m = np.zeros(imp.shape, bool)
+        if min_size:
+            np.put_along_axis(m, np.argpartition(-imp, min_size - 1, axis=1)[:, :min_size], True, axis=1)
+        keep.append(m)
+    flat = np.concatenate([np.where(m, -np.inf, np.nan_to_num(i, nan=-1.0)).ravel() for i, m in zip(imps, keep)])
+    rest = target - sum(int(m.sum()) for m in keep)
+    chosen = np.zeros(flat.size, bool)
+    if rest > 0:
+        order = np.argsort(-flat, kind="stable")[:rest]
+        chosen[order] = True
+    start, want = 0, []
+    for i, m in zip(imps, keep):
+        want.append((chosen[start:start + i.size].reshape(i.shape) | m).sum(1))
+        start += i.size
+    assert sum(int(g.sum()) for g in got) == target
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -35,11 +35,24 @@ def select_entries(importances: list[np.ndarray], target: int, min_size: int = 0
             f"the budget of {target} entries is smaller than min_dim={min_size} per value alone ({floor_total})."
         )
     rest = target - floor_total
-    flat = np.concatenate([np.where(m, -np.inf, np.nan_to_num(imp, nan=-1.0)).ravel() for imp, m in zip(importances, marked)])
+    # candidates: every entry not already kept by min_size (those are -inf here)
+    parts = []
+    for imp, m in zip(importances, marked):
+        part = np.nan_to_num(np.asarray(imp, np.float32), nan=-1.0, copy=True).ravel()
+        part[m.ravel()] = -np.inf
+        parts.append(part)
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    del parts
     chosen = np.zeros(flat.shape, bool)
     if rest > 0:
-        idx = np.argpartition(-flat, rest - 1)[:rest]
-        chosen[idx] = True
+        # the rest-th largest value, then everything above it and the first of its ties:
+        # no index array of the whole table (a million-row table has 64M entries)
+        kth = np.partition(flat, flat.size - rest)[flat.size - rest]
+        np.greater(flat, kth, out=chosen)
+        missing = rest - int(chosen.sum())
+        if missing > 0:
+            ties = np.flatnonzero(flat == kth)[:missing]
+            chosen[ties] = True
     start = 0
     for imp, m in zip(importances, marked):
         c = chosen[start : start + imp.size].reshape(imp.shape) | m

@@ -70,12 +70,33 @@ def check_id_range(ids: tf.Tensor, low, high, layer_name: str, fields: dict) -> 
         return tf.identity(ids)
 
 
+_CHUNK_ROWS = 1 << 18  # rows zeroed per step: bounded temporaries, whatever the table size
+
+
+def _scale_rows(variable, start: int, stop: int, keep: tf.Tensor) -> None:
+    """`variable[start:stop] *= keep` in chunks of rows (keep broadcasts against
+    `[rows, D]`, or is `[stop - start, D]`), without copying the whole table."""
+    v = _compat.tf_variable(variable)
+    per_row = keep.shape.rank == 2 and keep.shape[0] != 1
+    for a in range(start, stop, _CHUNK_ROWS):
+        b = min(a + _CHUNK_ROWS, stop)
+        k = keep[a - start : b - start] if per_row else keep
+        v[a:b].assign(v[a:b] * tf.cast(k, v.dtype))
+
+
 def zero_beyond_sizes(table, sizes: np.ndarray, optimizer=None) -> None:
-    """Zero the entries of each row beyond its size, in the table and its optimizer slots."""
-    keep = (np.arange(int(table.shape[1]))[None, :] < np.asarray(sizes)[:, None]).astype(np.float32)
-    table.assign(_compat.to_numpy(table) * keep)
-    for slot in _compat.optimizer_slots(optimizer, table):
-        slot.assign(_compat.to_numpy(slot) * keep)
+    """Zero the entries of each row beyond its size, in the table and its optimizer slots.
+
+    Chunked: at a million-row table a whole-table numpy copy per variable
+    (table and two Adam slots) made PME's landing the peak of training."""
+    sizes = np.asarray(sizes).astype(np.int32)
+    cols = tf.range(int(table.shape[1]), dtype=tf.int32)
+    for variable in [table, *_compat.optimizer_slots(optimizer, table)]:
+        v = _compat.tf_variable(variable)
+        for a in range(0, sizes.shape[0], _CHUNK_ROWS):
+            b = min(a + _CHUNK_ROWS, sizes.shape[0])
+            keep = cols[None, :] < tf.constant(sizes[a:b, None])
+            v[a:b].assign(v[a:b] * tf.cast(keep, v.dtype))
 
 
 class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
@@ -309,11 +330,11 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
             )
         self._mask_variable.assign(keep.astype(np.float32))
         if zero_pruned and not keep.all():
-            rows_keep = np.repeat(keep, self._vocab_sizes, axis=0).astype(np.float32)
             table = self.embedding_variable
-            table.assign(_compat.to_numpy(table) * rows_keep)
-            for slot in _compat.optimizer_slots(optimizer, table):
-                slot.assign(_compat.to_numpy(slot) * rows_keep)
+            for variable in [table, *_compat.optimizer_slots(optimizer, table)]:
+                for f, (start, n) in enumerate(zip(self._offsets, self._vocab_sizes)):
+                    if not keep[f].all():
+                        _scale_rows(variable, int(start), int(start + n), tf.constant(keep[f][None, :]))
 
     def sync_search_state(self) -> bool:
         """Restored per-value sizes (a PME search that ended before the
