@@ -188,3 +188,23 @@ def test_keras_file_mid_search_and_after_for_every_layer(method, tmp_path):
     loaded2.fit(ids, y, batch_size=128, epochs=1, verbose=0, callbacks=[again])
     assert again.phase == "done" and "resumed" in again.result
     np.testing.assert_array_equal(masks(loaded2)[0], masks(model2)[0])
+
+
+def test_pme_resumed_inside_a_longer_search_says_what_it_lost(tmp_path, caplog):
+    """PME's entry importance is not checkpointed: resumed inside a 2-epoch search it
+    scores the remaining epoch only, says so, and still lands on the budget."""
+    import logging
+
+    backup = str(tmp_path / "backup")
+    model = build("pme")
+    with pytest.raises(Preempted):
+        fit(model, [ked.PMEPruner(0.3, search_epochs=2, verbose=0), keras.callbacks.BackupAndRestore(backup),
+                    DieAt(1)])
+    keras.backend.clear_session()
+    model = build("pme")
+    cb = ked.PMEPruner(0.3, search_epochs=2, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="keras_embdim"):
+        fit(model, [cb, keras.callbacks.BackupAndRestore(backup)])
+    assert any("not in the checkpoint" in r.getMessage() for r in caplog.records)
+    assert cb.phase == "done" and cb.result["params_after"] <= 0.3 * sum(VOCAB) * D
+    assert cb.result["search_batches"] == STEPS  # only the epoch after the checkpoint was scored

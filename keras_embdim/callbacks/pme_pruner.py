@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Sequence
 
@@ -12,6 +13,8 @@ from keras_embdim import _compat, budget as budget_lib
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.callbacks.search_callback import EpochBoundedSearch
 from keras_embdim.mask import total_params
+
+logger = logging.getLogger("keras_embdim")
 
 
 def select_entries(importances: list[np.ndarray], target: int, min_size: int = 0) -> list[np.ndarray]:
