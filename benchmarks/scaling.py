@@ -345,16 +345,20 @@ def report(cache: str, out: str) -> str:
                 "every k steps, or fewer hidden units.")
         exp = [(v, c, r) for (v, c), r in sorted(rs.items()) if r["export_rss_mb"] > r["export_rss_limit_mb"]]
         if exp:
-            added = [r["export_added_mb"] for _, _, r in exp if r["export_added_mb"] is not None]
+            added = [(v, c, r["export_added_mb"] / r["table_mb"]) for v, c, r in exp
+                     if r["export_added_mb"] is not None and r["table_mb"] > 0]
+            big = [(v, c, x) for v, c, x in added if v == max(a[0] for a in added)] if added else []
             lines.append(
-                f"- **Export peak RSS** ({len(exp)} runs over the limit): the export runs in the training "
-                "process, whose resident memory before the export already holds what the search allocated and "
-                "the allocator kept (its training peak is above the plain run's, see the RSS column), so the "
-                "absolute peak exceeds plain's peak + one table even when the export itself adds less"
-                + (f": where measured, the export added {min(added):.0f}-{max(added):.0f} MB against one full "
-                   "table's size." if added else ".")
-                + " An export in a fresh process (`keras.models.load_model` then `export_compact`) holds the model "
-                "once plus the compacted tables.")
+                f"- **Export peak RSS** ({len(exp)} runs over the limit). Two causes. (1) The export runs in the "
+                "training process, whose resident memory already holds what the search allocated and the "
+                "allocator kept (its training peak is above the plain run's, see the RSS column). (2) The export "
+                "itself holds more than one extra table: "
+                + (", ".join(f"{c} {x:.1f}" for _, c, x in big) + f" tables' worth at V={big[0][0]:,} "
+                   if big else "")
+                + "(measured from the process' RSS right before it): `compaction.compact_layer` copies the whole "
+                "table to numpy and keeps a second full copy as the verification reference, and an unsearched "
+                "export packs the whole table. Fix (not done): compact field by field from the variable and keep "
+                "no reference copy for float32 exports (it is only used for float16/int8).")
         rss = [(v, c, r["rss"]) for (v, c), r in sorted(rs.items()) if r["rss"] > 1.5]
         if rss:
             lines.append(
