@@ -73,15 +73,23 @@ def check_id_range(ids: tf.Tensor, low, high, layer_name: str, fields: dict) -> 
 _CHUNK_ROWS = 1 << 18  # rows zeroed per step: bounded temporaries, whatever the table size
 
 
+def _assign_rows(v, a: int, b: int, rows: tf.Tensor) -> None:
+    """`v[a:b] = rows`: a sliced assign, or a row scatter for a distributed
+    (mirrored) variable, whose slices cannot be assigned."""
+    sliced = v[a:b]
+    if hasattr(sliced, "assign"):
+        sliced.assign(rows)
+    else:
+        v.scatter_update(tf.IndexedSlices(rows, tf.range(a, b)))
+
+
 def _scale_rows(variable, start: int, stop: int, keep: tf.Tensor) -> None:
-    """`variable[start:stop] *= keep` in chunks of rows (keep broadcasts against
-    `[rows, D]`, or is `[stop - start, D]`), without copying the whole table."""
+    """`variable[start:stop] *= keep` (`keep` broadcasts against `[rows, D]`) in
+    chunks of rows, without copying the whole table."""
     v = _compat.tf_variable(variable)
-    per_row = keep.shape.rank == 2 and keep.shape[0] != 1
     for a in range(start, stop, _CHUNK_ROWS):
         b = min(a + _CHUNK_ROWS, stop)
-        k = keep[a - start : b - start] if per_row else keep
-        v[a:b].assign(v[a:b] * tf.cast(k, v.dtype))
+        _assign_rows(v, a, b, v[a:b] * tf.cast(keep, v.dtype))
 
 
 def zero_beyond_sizes(table, sizes: np.ndarray, optimizer=None) -> None:
@@ -96,7 +104,7 @@ def zero_beyond_sizes(table, sizes: np.ndarray, optimizer=None) -> None:
         for a in range(0, sizes.shape[0], _CHUNK_ROWS):
             b = min(a + _CHUNK_ROWS, sizes.shape[0])
             keep = cols[None, :] < tf.constant(sizes[a:b, None])
-            v[a:b].assign(v[a:b] * tf.cast(keep, v.dtype))
+            _assign_rows(v, a, b, v[a:b] * tf.cast(keep, v.dtype))
 
 
 class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
