@@ -32,3 +32,64 @@ def timed(fn, reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def git_commit() -> str:
+    """The checkout's short commit, stored with every cached result."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return out.stdout.strip() or "?"
+    except OSError:
+        return "?"
+
+
+def load_jsonl(path: str) -> list:
+    """The records of a results cache (one JSON object per line); [] if there is none yet."""
+    import json
+
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def save_jsonl(path: str, records: list) -> None:
+    """Rewrite a results cache (a temporary file moved into place: a crash keeps the old one)."""
+    import json
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def rss_bytes() -> int:
+    """This process' resident memory now."""
+    return _status("VmRSS")
+
+
+def peak_rss_bytes() -> int:
+    """This process' resident high-water mark (since start or the last `reset_peak_rss`)."""
+    return _status("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the high-water mark to the current RSS (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False

@@ -65,7 +65,7 @@ def main():
                 for dtype in DTYPES:
                     path = os.path.join(tmp, f"{seed}-{name.split()[0]}-{dtype}")
                     r = ked.export_compact(model, path, sample_inputs=sample, verbose=0, table_dtype=dtype)
-                    pred = served_predictions(path, data)
+                    pred = served_predictions(r.path, data)
                     results.setdefault((name, dtype), []).append(
                         (r.embedding_bytes, roc_auc(y, pred), log_loss(y, pred), r.precision_max_abs_diff or 0.0)
                     )

@@ -35,7 +35,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -201,7 +200,7 @@ def train_one(data, model_kind: str, method: str, budget: float, seed: int, epoc
     layers = ked.find_searchable_layers(model)
     kept = int(layers[0].dimension_mask().kept_params) if layers else int(sum(data.vocab_sizes)) * dim
     search = callbacks[0].result if callbacks else None
-    exp = ked.export_compact(model, export_dir, sample_inputs=data.inputs(xt[:1000]), verbose=0)
+    exp = ked.export_compact(model, export_dir, version=None, sample_inputs=data.inputs(xt[:1000]), verbose=0)
     return {
         "auc": roc_auc(yt, p),
         "logloss": log_loss(yt, p),
@@ -222,19 +221,26 @@ def train_one(data, model_kind: str, method: str, budget: float, seed: int, epoc
 
 # ------------------------------------------------------------------ latency
 def latency_ratios(full_dir: str, export_dir: str, data, rounds: int = 5, reps: int = 20, seed: int = 0) -> dict:
-    """Serving latency of an export over the full model's, at batch 1 and 512 (round-robin)."""
+    """Serving latency of an export over the full model's, at batch 1 and 512 (round-robin, in
+    this process; `benchmarks/serving.py` is the serving benchmark proper: fresh process, baselines)."""
     full = tf.saved_model.load(full_dir).signatures["serving_default"]
     mine = tf.saved_model.load(export_dir).signatures["serving_default"]
     rng = np.random.default_rng(seed)
+
+    def request(fn, inputs):  # each signature takes its own id dtype (ours: int64)
+        specs = fn.structured_input_signature[1]
+        return {k: tf.constant(v.astype(specs[k].dtype.as_numpy_dtype)) for k, v in inputs.items()}
+
     out = {}
     for batch in (1, 512):
         rows = data.test[0][rng.integers(0, len(data.test[0]), batch)]
-        req = {k: tf.constant(v) for k, v in data.inputs(rows).items()}
-        full(**req), mine(**req)  # warm up
+        inputs = data.inputs(rows)
+        req_full, req_mine = request(full, inputs), request(mine, inputs)
+        full(**req_full), mine(**req_mine)  # warm up
         ratios = []
         for _ in range(rounds):
-            a = _common.timed(lambda: full(**req), reps)
-            b = _common.timed(lambda: mine(**req), reps)
+            a = _common.timed(lambda: full(**req_full), reps)
+            b = _common.timed(lambda: mine(**req_mine), reps)
             ratios.append(b / a)
         out[f"latency_ratio_{batch}"] = statistics.median(ratios)
     return out
@@ -246,15 +252,7 @@ def run_key(r: dict) -> tuple:
 
 
 def load_cache(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as fh:
-        for line in fh:
-            line = line.strip()
-            if line:
-                records.append(json.loads(line))
-    return records
+    return _common.load_jsonl(path)
 
 
 def group_runs(methods, budgets) -> list[tuple[str, float]]:
@@ -644,11 +642,7 @@ def uniform_gaps(summary: dict) -> np.ndarray:
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", _common.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=False).stdout.strip() or "?"
-    except OSError:
-        return "?"
+    return _common.git_commit()
 
 
 def _machine() -> str:
@@ -693,13 +687,11 @@ MISSES = [
      "Per field the export holds exactly the kept values; per value the layout's index stays within 10% "
      "(docs/methods.md)."),
     ("serving latency", "Serving latency (1.1x per field, 1.5x per value at batch 512)",
-     "A compacted table cannot be read with one row gather of the full width: kept columns are put back in "
-     "place element by element (`N x F x D` scalar reads at about 4 ns, against N x F 64-byte rows). The "
-     "per-field rows above were measured before the per-field lookup became one gather from one flat "
-     "buffer; docs/field_latency.md (benchmarks/field_latency.py) measures the current lookups, with and "
-     "without `jit_compile=True` (XLA), which fuses the lookup and meets both targets but needs TF "
-     "Serving's `--xla_cpu_compilation_enabled`. A fused gather op is the remaining fix for the default "
-     "path."),
+     "The grid's latency columns come from an in-process check of exports made at the commit of each run; "
+     "the per-field rows predate the current lookups (one row gather per kept width, Dense layers folded "
+     "onto the kept values) and the ragged-range per-value reads. docs/serving.md (benchmarks/serving.py) "
+     "measures the current exports in a fresh TensorFlow-only process against model.export() of the full "
+     "and of the uniform-dims model, and says which targets hold."),
 ]
 
 

@@ -84,29 +84,9 @@ def make_data(top: int, rows: int) -> str:
 
 
 # --------------------------------------------------------------- worker side
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+_hwm_bytes = _common.peak_rss_bytes
+_rss_bytes = _common.rss_bytes
+_reset_hwm = _common.reset_peak_rss
 
 
 def worker(config: str, path: str, out_dir: str) -> dict:
@@ -192,10 +172,7 @@ def worker(config: str, path: str, out_dir: str) -> dict:
 
 # --------------------------------------------------------------- parent side
 def load(cache: str) -> list[dict]:
-    if not os.path.exists(cache):
-        return []
-    with open(cache) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return _common.load_jsonl(cache)
 
 
 def run(sizes, configs, rows: int, cache: str, redo: bool = False) -> None:
@@ -230,11 +207,7 @@ def run(sizes, configs, rows: int, cache: str, redo: bool = False) -> None:
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", _common.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        return "?"
+    return _common.git_commit()
 
 
 def ratios(records: list[dict]) -> dict:

@@ -116,7 +116,7 @@ def main():
         cycle_rss, cycle_s = [], []
         for i in range(a.cycles):
             t = time.perf_counter()
-            ked.export_compact(model, path, overwrite=True, sample_inputs=sample, verbose=0)
+            ked.export_compact(model, path, version=None, overwrite=True, sample_inputs=sample, verbose=0)
             fn = tf.saved_model.load(path).signatures["serving_default"]
             fn(**req)
             del fn

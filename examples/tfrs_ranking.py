@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
 
     sample = data.inputs(x_test[:512])
     callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs)] if c is not None]
-    exporter = ked.DimensionExporter(args.export, overwrite=True, sample_inputs=sample, verbose=0)
+    exporter = ked.DimensionExporter(args.export, sample_inputs=sample, verbose=0)  # the next version below it
     model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks + [exporter])
 
     predictions = model.predict(data.inputs(x_test), batch_size=4096, verbose=0)[:, 0]

@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     sample = {f: test_pairs[f][:256] for f in USER_FIELDS}
     callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs)] if c is not None]
     exporter = ked.DimensionExporter(
-        args.export, overwrite=True, submodel="query_model", sample_inputs=sample, verbose=0
+        args.export, submodel="query_model", sample_inputs=sample, verbose=0
     )
     model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks + [exporter])
 

@@ -5,7 +5,7 @@
 """
 
 from keras_embdim import _compat
-from keras_embdim import compaction, data, layers, mask, models, plots
+from keras_embdim import data, export, layers, mask, models, plots
 from keras_embdim.callbacks import (
     DimensionExporter,
     DimensionSearchCallback,

@@ -54,6 +54,20 @@ def variable_path(variable: Any) -> str:
     return variable.name.split(":")[0]
 
 
+def plain_variable(initial_value: Any, *, name: str | None = None, trainable: bool = False) -> tf.Variable:
+    """A plain (not distributed) `tf.Variable`, even inside a `tf.distribute` scope.
+
+    Export tables must not become mirrored variables: their creation would be a
+    collective with workers that may have finished training (measured under
+    MultiWorkerMirroredStrategy: the chief's export hung on a broadcast to a
+    worker that had stopped). Constructing the resource variable class directly
+    bypasses the strategy's variable creator.
+    """
+    from tensorflow.python.ops import resource_variable_ops
+
+    return resource_variable_ops.ResourceVariable(initial_value, name=name, trainable=trainable)
+
+
 def to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "numpy"):
         return np.asarray(value.numpy())
@@ -236,3 +250,116 @@ def set_trainable(layer: Any, variable: Any, trainable: bool) -> None:
         src.pop(i)
     if hits and not any(v is variable for v in dst):
         dst.append(variable)
+
+
+# ------------------------------------------------------------ functional graphs
+# The exporter runs a functional model node by node so that it can replace a
+# searched embedding and the Dense layer it feeds by their folded form
+# (`keras_embdim.export.fold`). Both Keras versions keep a graph network's
+# calls in `_nodes_by_depth`; these helpers hide how their nodes differ.
+
+
+class GraphNode:
+    """One layer call of a functional model: `layer(*args, **kwargs) -> outputs`."""
+
+    __slots__ = ("layer", "inputs", "outputs", "raw")
+
+    def __init__(self, layer, inputs, outputs, raw):
+        self.layer = layer
+        self.inputs = inputs  # flat list of symbolic input tensors
+        self.outputs = outputs  # flat list of symbolic output tensors
+        self.raw = raw
+
+
+def graph_network(model: Any) -> Any | None:
+    """The functional graph behind `model` (itself, a Sequential's), or None (subclassed)."""
+    if KERAS_3:
+        if hasattr(model, "_nodes_by_depth") and hasattr(model, "_run_through_graph"):
+            return model
+        inner = getattr(model, "_functional", None)
+        return inner if inner is not None and hasattr(inner, "_nodes_by_depth") else None
+    return model if getattr(model, "_is_graph_network", False) else None
+
+
+def graph_nodes(net: Any) -> list[GraphNode]:
+    """The layer calls of a graph network in execution order (inputs excluded)."""
+    out = []
+    for depth in sorted(net._nodes_by_depth, reverse=True):
+        for node in net._nodes_by_depth[depth]:
+            if node.is_input:
+                continue
+            if KERAS_3:
+                if not node.operation:
+                    continue
+                out.append(GraphNode(node.operation, list(node.input_tensors), list(node.outputs), node))
+            else:
+                outputs = tf.nest.flatten(node.outputs)
+                out.append(GraphNode(node.layer, list(node.keras_inputs), outputs, node))
+    return out
+
+
+def producing_layer(tensor: Any) -> Any | None:
+    """The layer whose call produced a symbolic tensor (None for a model input)."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    return history.operation if KERAS_3 else history.layer
+
+
+def graph_inputs(net: Any) -> list:
+    return list(net.inputs)
+
+
+def graph_outputs(net: Any) -> list:
+    return list(net.outputs)
+
+
+def node_arguments(node: GraphNode, values: dict) -> tuple[tuple, dict]:
+    """The call arguments of `node` with its symbolic inputs replaced by `values[id(tensor)]`."""
+    if KERAS_3:
+        return node.raw.arguments.fill_in(values)
+    raw = node.raw  # as tf_keras' own Node.map_arguments, from our value dict
+    flat = list(raw._flat_arguments)
+    for kt_id, index in raw._keras_inputs_ids_and_indices:
+        flat[index] = values[int(kt_id)]
+    args, kwargs = tf.nest.pack_sequence_as((raw.call_args, list(raw.call_kwargs.values())), flat)
+    return tuple(args), dict(zip(raw.call_kwargs.keys(), kwargs))
+
+
+def call_for_inference(layer: Any, args: tuple, kwargs: dict) -> Any:
+    """`layer(*args, **kwargs)` in inference mode (`training=False` where the layer takes it)."""
+    kwargs = dict(kwargs)
+    if KERAS_3:
+        if "training" in getattr(layer, "_call_context_args", ()):
+            kwargs["training"] = False
+    elif getattr(layer, "_expects_training_arg", False):
+        kwargs["training"] = False
+    return layer(*args, **kwargs)
+
+
+def flat_graph_inputs(net: Any, inputs: Any) -> list:
+    """`inputs` in the model's own structure as the flat list matching `graph_inputs(net)`,
+    without the dtype conversion the model's call would apply (the exporter casts
+    where a consumer needs it)."""
+    if KERAS_3:
+        struct = net._inputs_struct
+        if isinstance(inputs, dict) and isinstance(struct, dict):
+            inputs = {k: inputs[k] for k in struct}  # same keys: flattened in the same order
+        flat = keras.tree.flatten(inputs)
+        if len(flat) == len(net.inputs):
+            return flat
+        return list(net._standardize_inputs(inputs))
+    return list(net._flatten_to_reference_inputs(inputs))
+
+
+def pack_graph_outputs(net: Any, flat: list) -> Any:
+    """The model's output structure around the flat list of output values."""
+    if KERAS_3:
+        out = keras.tree.pack_sequence_as(net._outputs_struct, flat)
+        # as Functional.call: a one-element list of outputs is returned unwrapped
+        return out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
+    return tf.nest.pack_sequence_as(net._nested_outputs, flat)
+
+
+def flatten(structure: Any) -> list:
+    return keras.tree.flatten(structure) if KERAS_3 else tf.nest.flatten(structure)

@@ -139,6 +139,10 @@ def _dims_from_report(report: Any, layer_names: list[str]) -> dict[str, list[int
     if isinstance(report, (str, os.PathLike)):
         path = os.fspath(report)
         if os.path.isdir(path):
+            from keras_embdim.export import writer
+
+            if not os.path.exists(os.path.join(path, "dimensions.json")) and writer.versions(path):
+                path = os.path.join(path, str(writer.versions(path)[-1]))  # a model base path: its latest version
             path = os.path.join(path, "dimensions.json")
         with open(path) as fh:
             doc = json.load(fh)

@@ -4,8 +4,8 @@ A *searchable* layer owns one embedding table per field (stored as one
 concatenated table) of width `output_dim`, and a `DimensionMask` saying which
 columns each field keeps. Callbacks find such layers with
 `find_searchable_layers`, read and write their masks through
-`DimensionSearchable`, and `keras_embdim.compaction` turns a table plus its mask
-into the compact arrays that ship. See docs/architecture.md.
+`DimensionSearchable`, and `keras_embdim.export` turns a table plus its mask
+into the compact tables that ship. See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -171,6 +171,21 @@ class DimensionSearchable:
     @property
     def embedding_variable(self):  # pragma: no cover - interface
         """The full-size table variable `[sum(n_f), output_dim]`."""
+        raise NotImplementedError
+
+    @property
+    def multi_field(self) -> bool:  # pragma: no cover - interface
+        """Whether the last axis of the layer's ids indexes its fields."""
+        raise NotImplementedError
+
+    def serving_ids(self, inputs):  # pragma: no cover - interface
+        """The local ids (`[..., F]`, or `[...]` for one field) that a serving
+        lookup of this layer takes (the exporter folds with them)."""
+        raise NotImplementedError
+
+    def use_serving_lookup(self, lookup) -> None:  # pragma: no cover - interface
+        """While `lookup` is set, `call` returns `lookup.padded(serving_ids(inputs))`
+        (the exporter traces the serving graph so); None switches back."""
         raise NotImplementedError
 
     def sync_search_state(self) -> bool:

@@ -1,6 +1,7 @@
 """The whole job on generated data: train, search, export, verify.
 
     python -m keras_embdim.quickstart [--budget 0.2] [--export export/quickstart] [--rows 200000]
+        [--version auto|N [--overwrite]]
 
 1. Generates a CTR dataset with planted informative and noise fields.
 2. Trains a full-dimension MLP (the reference) and the same model with
@@ -23,10 +24,13 @@ def main(argv=None) -> dict:
     p.add_argument("--rows", type=int, default=200_000)
     p.add_argument("--fields", type=int, default=12)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--export", default="export/quickstart")
-    p.add_argument("--overwrite", action="store_true", default=True)
+    p.add_argument("--export", default="export/quickstart",
+                   help="TF Serving model base path: each run writes the next version below it")
+    p.add_argument("--version", default="auto", help="'auto' (the next free number) or a version number")
+    p.add_argument("--overwrite", action="store_true", help="replace --version N if it exists")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    version = "auto" if args.version == "auto" else int(args.version)
 
     t0 = time.time()
 
@@ -51,7 +55,7 @@ def main(argv=None) -> dict:
     full_model, auc_full = fit([])
     print(f"full model: test AUC {auc_full:.4f}")
     pruner = ked.SingleShotPruner(budget=args.budget, verbose=0)
-    exporter = ked.DimensionExporter(args.export, overwrite=args.overwrite, verbose=0,
+    exporter = ked.DimensionExporter(args.export, version=version, overwrite=args.overwrite, verbose=0,
                                      sample_inputs=data.inputs(xt[:1000]))
     model, auc_pruned = fit([pruner, exporter])
     print(ked.format_report(model))
@@ -59,10 +63,15 @@ def main(argv=None) -> dict:
     print(f"budget {100 * args.budget:.0f}%: kept {100 * r['kept_fraction']:.2f}% of embedding parameters")
     print(f"test AUC: full dims {auc_full:.4f} -> searched dims {auc_pruned:.4f} ({auc_pruned - auc_full:+.4f})")
     e = exporter.result
+    b = e.bytes
     print(
-        f"export: {e.path}\n  embedding tables {e.embedding_bytes:,} B (= {e.kept_params:,} params x 4 B), "
-        f"all variables {e.variable_bytes:,} B, on disk {e.variables_file_bytes:,} B"
+        f"export: {e.path}" + (f" (version {e.version}; TF Serving: --model_base_path={e.base_path})" if e.version else "")
+        + f"\n  embedding tables {b['embedding_tables']:,} B (= {e.kept_params:,} params x 4 B), other variables "
+        f"{b['other_variables']:,} B, graph {b['graph']:,} B, on disk {b['total']:,} B in all"
     )
+    for layer, fold in e.folds.items():
+        where = f"folded into Dense {fold['folded_into']}" if fold["folded_into"] else f"padded: {fold['padded']}"
+        print(f"  layer {layer}: {where}")
     sample = data.inputs(xt[:1000])
     expected = {"ctr": model.predict(sample, batch_size=1000, verbose=0)}
     report = check_in_fresh_process(e.path, sample, expected)

@@ -6,7 +6,6 @@ _shared = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if "KERAS_EMBDIM_DATA" not in os.environ and _shared.exists():
     os.environ["KERAS_EMBDIM_DATA"] = str(_shared)
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402

@@ -25,7 +25,8 @@ def trained(tmp_path_factory):
     exporter = ked.DimensionExporter(path, verbose=0)
     x, y = d.train
     model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[pruner, exporter])
-    return d, model, pruner, exporter, path
+    assert exporter.result.path == os.path.join(path, "1")  # the first version of a TF Serving base path
+    return d, model, pruner, exporter, exporter.result.path
 
 
 def test_served_in_fresh_process_equals_trained_on_1000_rows(trained):
@@ -54,9 +55,19 @@ def test_embedding_bytes_equal_kept_params_and_no_full_table(trained):
     shapes = [tuple(s) for k, s in reader.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in k]
     assert (sum(d.vocab_sizes), 16) not in shapes
     dense_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights) - full
-    assert exporter.result.variable_bytes == (kept + dense_params) * 4
+    # the first Dense is folded: its kernel keeps only the rows of the kept columns
+    assert exporter.result.folds == {"embedding": {"folded_into": ["mlp_0"], "padded": None}}
+    first = model.get_layer("mlp_0").kernel
+    removed_rows = int(first.shape[0]) - int(layer_kept_dims(model).sum())
+    assert exporter.result.variable_bytes == (kept + dense_params - removed_rows * int(first.shape[1])) * 4
+    assert exporter.result.bytes["embedding_tables"] + exporter.result.bytes["other_variables"] == \
+        exporter.result.variable_bytes
     # the variables file on disk is the bytes plus a small header/index overhead
     assert exporter.result.variables_file_bytes <= exporter.result.variable_bytes * 1.02 + 4096
+
+
+def layer_kept_dims(model):
+    return ked.find_searchable_layers(model)[0].dimension_mask().kept_dims
 
 
 def test_dimensions_json_report(trained):
@@ -86,7 +97,9 @@ def test_existing_export_dir_is_refused_and_untouched(trained, tmp_path):
     _, model, _, _, path = trained
     before = sorted(os.listdir(path))
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        ked.export_compact(model, path, verbose=0)
+        ked.export_compact(model, path, version=None, verbose=0)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ked.export_compact(model, os.path.dirname(path), version=1, verbose=0)
     assert sorted(os.listdir(path)) == before
 
 
@@ -95,7 +108,8 @@ def test_exporter_callback_fails_fast_when_dir_exists(trained):
     before = [w.copy() for w in model.get_weights()]
     x, y = d.train
     with pytest.raises(FileExistsError, match="Nothing was trained"):
-        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0, callbacks=[ked.DimensionExporter(path)])
+        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0,
+                  callbacks=[ked.DimensionExporter(os.path.dirname(path), version=1)])
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -103,14 +117,20 @@ def test_exporter_callback_fails_fast_when_dir_exists(trained):
 def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_path):
     d, model, _, _, _ = trained
     target = str(tmp_path / "exp")
-    ked.export_compact(model, target, verbose=0)
+    ked.export_compact(model, target, version=None, verbose=0)
     stamp = os.path.getmtime(os.path.join(target, "saved_model.pb"))
     with pytest.raises(ked.ExportError, match="predicts differently"):
-        ked.export_compact(model, target, overwrite=True, atol=-1.0, verbose=0)  # can never verify
+        ked.export_compact(model, target, version=None, overwrite=True, atol=-1.0, verbose=0)  # can never verify
     assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == stamp
     assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary folder left behind
-    ked.export_compact(model, target, overwrite=True, verbose=0)
+    ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
     assert sorted(os.listdir(tmp_path)) == ["exp"]
+    # versioned: a failed export leaves no version folder and no temporary folder either
+    base = str(tmp_path / "base")
+    ked.export_compact(model, base, verbose=0)
+    with pytest.raises(ked.ExportError, match="predicts differently"):
+        ked.export_compact(model, base, atol=-1.0, verbose=0)
+    assert sorted(os.listdir(base)) == ["1"]
 
 
 def test_disk_full_mid_write_leaves_previous_export_and_no_partial(trained, tmp_path, monkeypatch):
@@ -118,7 +138,7 @@ def test_disk_full_mid_write_leaves_previous_export_and_no_partial(trained, tmp_
 
     d, model, _, _, _ = trained
     target = str(tmp_path / "exp")
-    ked.export_compact(model, target, verbose=0)
+    ked.export_compact(model, target, version=None, verbose=0)
     files = {f: open(os.path.join(target, f), "rb").read() for f in ("saved_model.pb", "dimensions.json")}
     weights = [w.copy() for w in model.get_weights()]
     real_save = tf.saved_model.save
@@ -131,7 +151,7 @@ def test_disk_full_mid_write_leaves_previous_export_and_no_partial(trained, tmp_
 
     monkeypatch.setattr(tf.saved_model, "save", save_then_fill_the_disk)
     with pytest.raises(OSError, match="No space left"):
-        ked.export_compact(model, target, overwrite=True, verbose=0)
+        ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
     assert sorted(os.listdir(tmp_path)) == ["exp"]  # no partial folder
     for f, data in files.items():  # the previous export is byte for byte the same
         assert open(os.path.join(target, f), "rb").read() == data
@@ -154,7 +174,7 @@ def test_xla_compiled_per_field_lookup_serves_in_a_fresh_process(trained, tmp_pa
     sample = d.inputs(d.test[0][:300])
     r = ked.export_compact(model, str(tmp_path / "xla"), sample_inputs=sample, verbose=0, jit_compile=True)
     assert r.max_abs_diff <= 1e-5 and r.embedding_bytes == 4 * r.kept_params
-    report = check_in_fresh_process(str(tmp_path / "xla"), sample, {"ctr": model.predict(sample, verbose=0)})
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
@@ -207,5 +227,7 @@ def test_subclassed_model_with_input_signature(tmp_path):
     r = ked.export_compact(model, str(tmp_path / "s"), input_signature=sig, sample_inputs={"ids": ids}, verbose=0)
     assert r.embedding_bytes == (30 * 2 + 40 * 6) * 4
     loaded = tf.saved_model.load(r.path).signatures["serving_default"]
-    got = list(loaded(ids=tf.constant(ids)).values())[0].numpy()
+    got = list(loaded(ids=ids).values())[0].numpy()  # numpy int32 into the int64 signature
+    got32 = list(tf.saved_model.load(r.path).signatures["serving_int32"](ids=tf.constant(ids)).values())[0].numpy()
+    np.testing.assert_array_equal(got, got32)
     np.testing.assert_allclose(got, model(ids).numpy(), atol=1e-6)

@@ -165,8 +165,9 @@ def test_export_serves_equal_with_kept_bytes_and_history(tmp_path, small_data):
     tb = str(tmp_path / "tb")
     search = ked.HardMaskSearch(0.25, search_epochs=2, verbose=0, log_dir=tb)
     sample = d.inputs(d.test[0][:1000])
-    model.fit(d.inputs(x), y, batch_size=512, epochs=3, verbose=0,
-              callbacks=[search, ked.DimensionExporter(path, sample_inputs=sample, verbose=0)])
+    exporter = ked.DimensionExporter(path, sample_inputs=sample, verbose=0)
+    model.fit(d.inputs(x), y, batch_size=512, epochs=3, verbose=0, callbacks=[search, exporter])
+    path = exporter.result.path
     kept = search.result["params_after"]
     with open(os.path.join(path, "dimensions.json")) as fh:
         rep = json.load(fh)

@@ -134,8 +134,8 @@ def test_sequence_features_with_a_shared_masked_embedding(method, tmp_path):
     result = ked.export_compact(model, tmp_path / "seq", sample_inputs=sample, verbose=0)
     assert result.max_abs_diff <= 1e-5
     assert result.kept_params == kept
-    served = tf.saved_model.load(str(tmp_path / "seq")).signatures["serving_default"](
-        **{k: tf.constant(v) for k, v in sample.items()}
+    served = tf.saved_model.load(result.path).signatures["serving_default"](
+        **{k: np.asarray(v) for k, v in sample.items()}
     )
     np.testing.assert_allclose(next(iter(served.values())).numpy(), ours, atol=1e-5)
 
@@ -175,7 +175,7 @@ def test_subclassed_model_is_searched_and_exported(method, tmp_path):
         sample_inputs=ids[:256], verbose=0,
     )
     assert result.max_abs_diff <= 1e-5
-    served = tf.saved_model.load(str(tmp_path / "sub")).signatures["serving_default"](ids=tf.constant(ids[:256]))
+    served = tf.saved_model.load(result.path).signatures["serving_default"](ids=ids[:256])
     np.testing.assert_allclose(next(iter(served.values())).numpy(), model.predict(ids[:256], verbose=0), atol=1e-5)
 
 
@@ -222,7 +222,7 @@ def test_string_lookup_inside_the_model_is_exported_with_its_table(tmp_path):
     sample = {"city": np.array(["city_3", "city_28", "nowhere", "city_0"], dtype=object)}
     result = ked.export_compact(model, tmp_path / "lookup", sample_inputs=sample, verbose=0)
     assert result.max_abs_diff <= 1e-5 and result.embedding_bytes == 4 * result.kept_params
-    served = tf.saved_model.load(str(tmp_path / "lookup")).signatures["serving_default"](
+    served = tf.saved_model.load(result.path).signatures["serving_default"](
         city=tf.constant(["city_3", "city_28", "nowhere", "city_0"])
     )
     np.testing.assert_allclose(

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_embdim as ked
 from keras_embdim._compat import keras

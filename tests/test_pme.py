@@ -7,7 +7,9 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import keras_embdim as ked
-from keras_embdim import ragged
+from keras_embdim.export import layouts as ragged
+
+import reference
 from keras_embdim._compat import keras, tf_variable
 from keras_embdim.callbacks.pme_pruner import select_entries
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
@@ -71,7 +73,7 @@ def test_per_value_forward_gradient_and_errors():
     assert layer.per_value
     table = np.asarray(layer.embedding_variable)
     rows = np.stack([ids[:, 0], ids[:, 1] + 6], 1)
-    want = ragged.prefix_lookup_reference(table, sizes, rows)
+    want = reference.prefix_lookup(table, sizes, rows)
     np.testing.assert_array_equal(np.asarray(layer(ids)), want)
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(layer(ids) ** 2 + layer(ids))
@@ -104,9 +106,9 @@ def pme_trained(tmp_path_factory):
     pruner = ked.PMEPruner(0.2, verbose=0)
     sample = d.inputs(d.test[0][:1000])
     x, y = d.train
-    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0,
-              callbacks=[pruner, ked.DimensionExporter(path, sample_inputs=sample, verbose=0)])
-    return d, model, pruner, path, sample
+    exporter = ked.DimensionExporter(path, sample_inputs=sample, verbose=0)
+    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[pruner, exporter])
+    return d, model, pruner, exporter.result.path, sample
 
 
 def test_capacity_transfer_keeps_the_parameter_count(pme_trained):

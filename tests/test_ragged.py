@@ -3,17 +3,19 @@ import pytest
 import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
-from keras_embdim import ragged
+from keras_embdim.export import layouts as ragged
+
+import reference
 
 
-def _lookup(packed, ids, multi_field=True, jit=False):
+def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
     arrays = {k: tf.constant(v) for k, v in packed.arrays.items()}
 
     def fn(ids):
         return ragged.packed_lookup(
             arrays, ids, layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
             multi_field=multi_field, bits=packed.bits, shift=packed.shift, size_offset=packed.size_offset,
-            size_scale=packed.size_scale,
+            size_scale=packed.size_scale, ranged=ranged,
         )
 
     if jit:
@@ -49,16 +51,17 @@ def test_packed_lookup_equals_prefix_reference(field_sizes, D, seed, kind, layou
     assert packed.layout == layout and packed.kept == sizes.sum()
     # numpy decoding (a second implementation) gives the sizes and the masked table back
     np.testing.assert_array_equal(ragged.unpack_sizes(packed), sizes)
-    np.testing.assert_array_equal(ragged.unpack(packed), ragged.prefix_lookup_reference(table, sizes, np.arange(n)))
+    np.testing.assert_array_equal(ragged.unpack(packed), reference.prefix_lookup(table, sizes, np.arange(n)))
     assert packed.nbytes == ragged.layout_bytes(sizes, D)[layout]
     # the TF lookup: local ids per field, several fields on the last axis
     ids = np.stack([rng.integers(0, f, size=(5, 3)) for f in field_sizes], axis=-1)
-    want = ragged.prefix_lookup_reference(table, sizes, ids + packed.field_starts)
+    want = reference.prefix_lookup(table, sizes, ids + packed.field_starts)
     np.testing.assert_array_equal(_lookup(packed, ids), want)
+    np.testing.assert_array_equal(_lookup(packed, ids, ranged=True), want)  # the ragged-range reader
     # a single-field table takes ids of any shape
     one = ragged.pack(table, sizes, layout=layout)
     flat = rng.integers(0, n, size=(4, 2))
-    np.testing.assert_array_equal(_lookup(one, flat, multi_field=False), ragged.prefix_lookup_reference(table, sizes, flat))
+    np.testing.assert_array_equal(_lookup(one, flat, multi_field=False), reference.prefix_lookup(table, sizes, flat))
 
 
 @pytest.mark.parametrize("layout", ragged.LAYOUTS)
@@ -110,7 +113,7 @@ def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():
         sizes = rng.integers(0, D + 1, 40)
         p = ragged.pack(table, sizes, layout="offsets")
         assert p.shift == shift and p.arrays["local"].dtype == local
-        np.testing.assert_array_equal(_lookup(p, np.arange(40), multi_field=False), ragged.prefix_lookup_reference(table, sizes, np.arange(40)))
+        np.testing.assert_array_equal(_lookup(p, np.arange(40), multi_field=False), reference.prefix_lookup(table, sizes, np.arange(40)))
 
 
 def test_int64_offsets_when_the_values_need_them(monkeypatch):
@@ -122,7 +125,7 @@ def test_int64_offsets_when_the_values_need_them(monkeypatch):
         p = ragged.pack(table, sizes, field_sizes=[100, 200], layout=layout)
         assert p.arrays["run_start" if layout == "runs" else "base"].dtype == np.int64
         ids = np.stack([rng.integers(0, 100, 30), rng.integers(0, 200, 30)], -1)
-        np.testing.assert_array_equal(_lookup(p, ids), ragged.prefix_lookup_reference(table, sizes, ids + [0, 100]))
+        np.testing.assert_array_equal(_lookup(p, ids), reference.prefix_lookup(table, sizes, ids + [0, 100]))
 
 
 def test_auto_takes_the_fastest_layout_within_the_byte_limit():
@@ -170,3 +173,20 @@ def test_bad_input_names_the_argument():
         ragged.pack(t, np.full(10, 1), field_sizes=[3, 3])
     with pytest.raises(ValueError, match="table must be"):
         ragged.pack(np.zeros(10), np.full(10, 1))
+
+
+@pytest.mark.parametrize("layout", ragged.LAYOUTS)
+@pytest.mark.parametrize("kind", ["any", "sorted", "one"])
+def test_index_built_in_chunks_equals_one_chunk(monkeypatch, layout, kind):
+    """The index is built a chunk of rows at a time (bounded memory): chunk boundaries must not show."""
+    rng = np.random.default_rng(3)
+    n, D = 64 * 9 + 5, 16
+    sizes = _sizes(rng, n, D, kind).astype(np.int32)
+    table = rng.standard_normal((n, D)).astype(np.float32)
+    whole = ragged.pack(table, sizes, field_sizes=[100, n - 100], layout=layout)
+    monkeypatch.setattr(ragged, "_CHUNK", 64)  # a multiple of every block size, as the real one
+    chunked = ragged.pack(table, sizes, field_sizes=[100, n - 100], layout=layout)
+    assert whole.arrays.keys() == chunked.arrays.keys()
+    for k in whole.arrays:
+        np.testing.assert_array_equal(whole.arrays[k], chunked.arrays[k])
+    np.testing.assert_array_equal(ragged.unpack_sizes(chunked), sizes)

@@ -50,8 +50,8 @@ def test_rebuild_mixed_has_the_searched_dims_and_trains(pruned, tmp_path, source
     back = keras.models.load_model(path)
     sample = d.inputs(d.test[0][:200])
     np.testing.assert_allclose(back.predict(sample, verbose=0), slim.predict(sample, verbose=0), atol=1e-6)
-    ked.export_compact(slim, str(tmp_path / "slim"), sample_inputs=sample, verbose=0)
-    stored = saved_variable_bytes(str(tmp_path / "slim"))
+    r = ked.export_compact(slim, str(tmp_path / "slim"), sample_inputs=sample, verbose=0)
+    stored = saved_variable_bytes(r.path)
     assert sum(stored.values()) == 4 * slim.count_params()  # every variable once, the tables at their own width
 
 

@@ -8,7 +8,8 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import keras_embdim as ked
-from keras_embdim import ragged, twins
+from keras_embdim import twins
+from keras_embdim.export import layouts as ragged
 from keras_embdim._compat import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.metrics import roc_auc
@@ -226,9 +227,9 @@ def twins_trained(tmp_path_factory):
     search = ked.TwinsMaskSearch(0.2, verbose=0, log_dir=tb)
     sample = d.inputs(d.test[0][:1000])
     x, y = d.train
-    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0,
-              callbacks=[search, ked.DimensionExporter(path, sample_inputs=sample, verbose=0)])
-    return d, model, search, path, sample, tb
+    exporter = ked.DimensionExporter(path, sample_inputs=sample, verbose=0)
+    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[search, exporter])
+    return d, model, search, exporter.result.path, sample, tb
 
 
 def test_budget_is_hit_within_one_percent(twins_trained):
@@ -280,7 +281,7 @@ def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_tra
     )
     assert r.embedding_bytes == packed.nbytes
     if jit:  # the XLA-compiled function loads with both loaders in a process without keras_embdim
-        report = check_in_fresh_process(path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
+        report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
         assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 

@@ -7,24 +7,34 @@ from typing import Any, Callable
 
 from keras_embdim._compat import keras
 from keras_embdim.export import ExportResult, export_compact
+from keras_embdim.export import layouts, quantize, writer
+from keras_embdim.export.lookup import check_invalid_id_policy
 
 
 class DimensionExporter(keras.callbacks.Callback):
     """Writes a compacted SavedModel for TF Serving at the end of `fit`.
 
-    Put it after the pruner in `callbacks=[...]`. See `keras_embdim.export_compact`
-    for what is written and verified.
+    Put it after the search callback in `callbacks=[...]`. See
+    `keras_embdim.export_compact` for what is written and verified.
 
     Args:
-        export_dir: target folder (must not exist unless `overwrite=True`).
-        overwrite: replace an existing export once the new one verified.
+        export_dir: TF Serving's model base path; the export goes to
+            `export_dir/<version>/` (with `version=None`: into `export_dir`).
+        version: `"auto"` (default: the next free version number), a positive
+            integer, or None.
+        overwrite: replace an existing export at the target once the new one
+            verified (`"auto"` versions never overwrite).
         sample_inputs: inputs to verify the export on (default: generated).
         input_signature: for models without symbolic inputs.
         verify: compare the export with the model before moving it into place.
         verbose: print where the export went.
         value_layout: per-value layers: the packed layout (`export_compact`).
-        jit_compile: per-value layers: XLA-compile the lookup (`export_compact`).
+        jit_compile: XLA-compile the lookups (`export_compact`).
         table_dtype: `"float32"`, `"float16"` or `"int8"` storage (`export_compact`).
+        on_invalid_id: `"error"` or `"zero"` for served ids outside a field's
+            vocabulary (`export_compact`).
+        fold: compute Dense layers fed by searched embeddings from the kept
+            values only (`export_compact`).
         submodel: export a part of the trained model instead of all of it: the
             name of an attribute of the model (`"query_model"`, the query tower
             of a TFRS retrieval model) or a callable `model -> keras.Model`.
@@ -34,7 +44,8 @@ class DimensionExporter(keras.callbacks.Callback):
 
     ```python
     model.fit(train, epochs=3, callbacks=[
-        ked.SingleShotPruner(budget=0.1), ked.DimensionExporter("export/ctr")])
+        ked.SingleShotPruner(budget=0.1), ked.DimensionExporter("models/ctr")])
+    # TF Serving: --model_base_path=$PWD/models/ctr (the export is models/ctr/1)
     ```
     """
 
@@ -42,6 +53,7 @@ class DimensionExporter(keras.callbacks.Callback):
         self,
         export_dir: str | os.PathLike,
         *,
+        version: int | str | None = "auto",
         overwrite: bool = False,
         sample_inputs: Any = None,
         input_signature: dict | None = None,
@@ -50,6 +62,8 @@ class DimensionExporter(keras.callbacks.Callback):
         value_layout: str = "auto",
         jit_compile: bool = False,
         table_dtype: str = "float32",
+        on_invalid_id: str = "error",
+        fold: bool = True,
         submodel: str | Callable[[Any], Any] | None = None,
     ):
         super().__init__()
@@ -62,20 +76,19 @@ class DimensionExporter(keras.callbacks.Callback):
         if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
             raise ValueError(f"`export_dir` must be a non-empty path; received {export_dir!r}.")
         self.export_dir = os.fspath(export_dir)
+        self.version = writer.check_version(version)
         self.overwrite = bool(overwrite)
         self.sample_inputs = sample_inputs
         self.input_signature = input_signature
         self.verify = verify
         self.verbose = verbose
-        from keras_embdim import ragged
-
-        if value_layout != "auto" and value_layout not in ragged.LAYOUTS:
-            raise ValueError(f"value_layout must be 'auto' or one of {ragged.LAYOUTS}, got {value_layout!r}.")
-        from keras_embdim import quantize
-
+        if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
+            raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
         self.value_layout = value_layout
         self.jit_compile = bool(jit_compile)
         self.table_dtype = quantize.check_dtype(table_dtype)
+        self.on_invalid_id = check_invalid_id_policy(on_invalid_id)
+        self.fold = bool(fold)
         self.result: ExportResult | None = None
 
     def _target(self) -> Any:
@@ -100,17 +113,17 @@ class DimensionExporter(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         # Fail fast, before hours of training, if the export could not be written.
-        if os.path.exists(self.export_dir) and not self.overwrite:
-            raise FileExistsError(
-                f"DimensionExporter: export_dir={self.export_dir!r} already exists; pass "
-                "overwrite=True to replace it or choose another folder. Nothing was trained."
-            )
+        try:
+            writer.resolve(self.export_dir, self.version, self.overwrite, create=False)
+        except (FileExistsError, PermissionError) as e:
+            raise type(e)(f"DimensionExporter: {e} Nothing was trained.") from None
         self._target()  # a wrong `submodel` fails now, not after training
 
     def on_train_end(self, logs=None):
         self.result = export_compact(
             self._target(),
             self.export_dir,
+            version=self.version,
             overwrite=self.overwrite,
             sample_inputs=self.sample_inputs,
             input_signature=self.input_signature,
@@ -119,4 +132,6 @@ class DimensionExporter(keras.callbacks.Callback):
             value_layout=self.value_layout,
             jit_compile=self.jit_compile,
             table_dtype=self.table_dtype,
+            on_invalid_id=self.on_invalid_id,
+            fold=self.fold,
         )

@@ -9,6 +9,15 @@ import tensorflow as tf
 from keras_embdim._compat import keras, register_serializable
 
 
+def saturate_cast(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
+    """`x` in `dtype`; a wider integer is clipped to `dtype`'s range first (no wrap-around)."""
+    if x.dtype == dtype:
+        return x
+    if x.dtype.is_integer and dtype.is_integer and x.dtype.size > dtype.size:
+        x = tf.clip_by_value(x, tf.constant(dtype.min, x.dtype), tf.constant(dtype.max, x.dtype))
+    return tf.cast(x, dtype)
+
+
 @register_serializable(package="keras_embdim")
 class StackFields(keras.layers.Layer):
     """Stacks per-field id tensors `[batch]` (or `[batch, 1]`) into `[batch, F]`.
@@ -33,8 +42,13 @@ class StackFields(keras.layers.Layer):
             x = tf.convert_to_tensor(x)
             if x.shape.rank == 2 and x.shape[-1] == 1:
                 x = tf.squeeze(x, -1)
-            cols.append(tf.cast(x, self.dtype_ids))
-        return tf.stack(cols, axis=-1)
+            cols.append(x)
+        if len({c.dtype for c in cols}) > 1:  # mixed id dtypes: stack at the widest
+            wide = tf.int64 if all(c.dtype.is_integer for c in cols) else tf.as_dtype(self.dtype_ids)
+            cols = [tf.cast(c, wide) for c in cols]
+        # stacked first, then cast once: int64 ids (a served request) cost one saturating
+        # cast, not one per field, and an id beyond the int32 range cannot wrap into it
+        return saturate_cast(tf.stack(cols, axis=-1), tf.as_dtype(self.dtype_ids))
 
     def compute_output_shape(self, input_shapes):
         first = tuple(input_shapes[0])

@@ -7,7 +7,9 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat, compaction
+from keras_embdim import _compat
+from keras_embdim import rows as row_ops
+from keras_embdim.fields import field_offsets
 from keras_embdim._compat import keras
 from keras_embdim.gate_probe import EntryProbe, GateProbe
 from keras_embdim.mask import DimensionMask, DimensionSearchable
@@ -70,41 +72,10 @@ def check_id_range(ids: tf.Tensor, low, high, layer_name: str, fields: dict) -> 
         return tf.identity(ids)
 
 
-_CHUNK_ROWS = 1 << 18  # rows zeroed per step: bounded temporaries, whatever the table size
-
-
-def _assign_rows(v, a: int, b: int, rows: tf.Tensor) -> None:
-    """`v[a:b] = rows`: a sliced assign, or a row scatter for a distributed
-    (mirrored) variable, whose slices cannot be assigned."""
-    sliced = v[a:b]
-    if hasattr(sliced, "assign"):
-        sliced.assign(rows)
-    else:
-        v.scatter_update(tf.IndexedSlices(rows, tf.range(a, b)))
-
-
-def _scale_rows(variable, start: int, stop: int, keep: tf.Tensor) -> None:
-    """`variable[start:stop] *= keep` (`keep` broadcasts against `[rows, D]`) in
-    chunks of rows, without copying the whole table."""
-    v = _compat.tf_variable(variable)
-    for a in range(start, stop, _CHUNK_ROWS):
-        b = min(a + _CHUNK_ROWS, stop)
-        _assign_rows(v, a, b, v[a:b] * tf.cast(keep, v.dtype))
-
-
 def zero_beyond_sizes(table, sizes: np.ndarray, optimizer=None) -> None:
-    """Zero the entries of each row beyond its size, in the table and its optimizer slots.
-
-    Chunked: at a million-row table a whole-table numpy copy per variable
-    (table and two Adam slots) made PME's landing the peak of training."""
-    sizes = np.asarray(sizes).astype(np.int32)
-    cols = tf.range(int(table.shape[1]), dtype=tf.int32)
+    """Zero the entries of each row beyond its size, in the table and its optimizer slots."""
     for variable in [table, *_compat.optimizer_slots(optimizer, table)]:
-        v = _compat.tf_variable(variable)
-        for a in range(0, sizes.shape[0], _CHUNK_ROWS):
-            b = min(a + _CHUNK_ROWS, sizes.shape[0])
-            keep = cols[None, :] < tf.constant(sizes[a:b, None])
-            _assign_rows(v, a, b, v[a:b] * tf.cast(keep, v.dtype))
+        row_ops.zero_beyond_sizes(variable, sizes)
 
 
 class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
@@ -159,9 +130,9 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         self.validate_ids = bool(validate_ids)
         # per-value granularity: value i keeps its first value_sizes[i] columns
         self.per_value = bool(per_value)
-        self._offsets = compaction.field_offsets(vocab)
+        self._offsets = field_offsets(vocab)
         self._gate_probe = None  # a GateProbe or EntryProbe while a search scores
-        self._serving = None  # a compaction.FieldServing / ValueServing while exporting
+        self._serving = None  # an export lookup (keras_embdim.export.lookup) while exporting
         # Extra training losses attached by callbacks (e.g. OrthogonalRegularizer):
         # callables (layer, rows [..., (F,) D] before masking, mask) -> scalar.
         self._penalties: list = []
@@ -245,11 +216,9 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         return tf.convert_to_tensor(self._mask_variable)
 
     def call(self, inputs, training=None):
-        ids = self._prepare_ids(inputs)
         if self._serving is not None:
-            return self._serving.lookup(
-                ids, multi_field=self._multi_field, output_dim=self.output_dim, dtype=tf.as_dtype(self.compute_dtype)
-            )
+            return self._serving.padded(self.serving_ids(inputs), dtype=tf.as_dtype(self.compute_dtype))
+        ids = self._prepare_ids(inputs)
         rows = ids + tf.constant(self._offsets, ids.dtype) if self._multi_field else ids
         emb = tf.gather(self.embedding_variable, rows)
         emb = tf.cast(emb, self.compute_dtype)
@@ -276,7 +245,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
         )
         if not (self.per_value and self.built):
             return DimensionMask(self._vocab_sizes, keep, self.field_names)
-        flat = _compat.to_numpy(self._value_sizes).astype(np.int64)
+        flat = _compat.to_numpy(self._value_sizes).astype(np.int32, copy=False)  # 4 B per row: sizes are <= D
         sizes = [flat[o : o + n] for o, n in zip(self._offsets, self._vocab_sizes)]
         keep = keep & (np.arange(self.output_dim)[None, :] < np.array([s.max(initial=0) for s in sizes])[:, None])
         return DimensionMask(self._vocab_sizes, keep, self.field_names, value_sizes=sizes)
@@ -342,7 +311,7 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
             for variable in [table, *_compat.optimizer_slots(optimizer, table)]:
                 for f, (start, n) in enumerate(zip(self._offsets, self._vocab_sizes)):
                     if not keep[f].all():
-                        _scale_rows(variable, int(start), int(start + n), tf.constant(keep[f][None, :]))
+                        row_ops.scale_rows(variable, int(start), int(start + n), tf.constant(keep[f][None, :]))
 
     def sync_search_state(self) -> bool:
         """Restored per-value sizes (a PME search that ended before the
@@ -378,9 +347,20 @@ class SearchableEmbedding(keras.layers.Embedding, DimensionSearchable):
     def detach_gate_probe(self) -> None:
         self._gate_probe = None
 
-    def _set_serving_tables(self, serving) -> None:
-        """Used by the exporter: look up from compact tables while tracing."""
-        self._serving = serving
+    def serving_ids(self, inputs) -> tf.Tensor:
+        """The local ids (`[..., F]`, or `[...]` for one field) a serving lookup takes.
+
+        Their range is checked by the lookup (`on_invalid_id`), not here.
+        """
+        ids = as_int_ids(inputs)
+        if self._multi_field:
+            check_field_axis(ids, len(self._vocab_sizes), self.name)
+        return ids
+
+    def use_serving_lookup(self, lookup) -> None:
+        """While set (the exporter traces the serving graph), `call` returns
+        `lookup.padded(serving_ids(inputs))`; None switches back."""
+        self._serving = lookup
 
     # ------------------------------------------------------- saving/loading
     def _state_variables(self) -> list:

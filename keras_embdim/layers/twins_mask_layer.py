@@ -7,7 +7,8 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat, compaction, twins
+from keras_embdim import _compat, twins
+from keras_embdim.fields import field_offsets
 from keras_embdim._compat import keras, register_serializable
 from keras_embdim.layers.searchable_embedding import (
     SearchableEmbedding,
@@ -154,7 +155,7 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
                 names = (embedding.name,) if len(vocab) == 1 else tuple(f"field_{i}" for i in range(len(vocab)))
         self._vocab_sizes = vocab
         self._names = names
-        self._offsets = compaction.field_offsets(vocab)
+        self._offsets = field_offsets(vocab)
         self.output_dim = int(embedding.output_dim)
         self.hidden_units = _positive_int("hidden_units", hidden_units)
         self.min_dim = _positive_int("min_dim", min_dim, 0)
@@ -335,6 +336,8 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         return tf.convert_to_tensor(self.size_weight) * tf.nn.relu(frac - tf.convert_to_tensor(self.size_target))
 
     def call(self, inputs, training=None):
+        if self._serving is not None:
+            return self._serving.padded(self.serving_ids(inputs), dtype=tf.as_dtype(self.compute_dtype))
         ids = as_int_ids(inputs)
         if self._multi:
             check_field_axis(ids, len(self._vocab_sizes), self.name)
@@ -345,11 +348,6 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
             else:
                 high = np.asarray(self._vocab_sizes if self._multi else self._vocab_sizes[0])
                 ids = check_id_range(ids, 0, high, self.name, fields)
-        if self._serving is not None:
-            local = ids - tf.constant(np.asarray(self._offsets), ids.dtype) if self._global_ids else ids
-            return self._serving.lookup(
-                local, multi_field=self._multi, output_dim=self.output_dim, dtype=tf.as_dtype(self.compute_dtype)
-            )
         emb = self.embedding(ids)
         if self._table_frozen:
             emb = tf.stop_gradient(emb) + 0.0 * emb  # zero gradient: the table does not move
@@ -450,7 +448,7 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         return sizes[np.argmax(z, axis=1)][inverse]
 
     def dimension_mask(self) -> DimensionMask:
-        flat = self.current_sizes().astype(np.int64)
+        flat = self.current_sizes().astype(np.int32, copy=False)
         sizes = [flat[o : o + n] for o, n in zip(self._offsets, self._vocab_sizes)]
         widest = np.array([s.max(initial=0) for s in sizes])
         keep = np.arange(self.output_dim)[None, :] < widest[:, None]
@@ -508,8 +506,19 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         """Stop (or resume) updates of the embedding table; the caller retraces."""
         self._table_frozen = bool(frozen)
 
-    def _set_serving_tables(self, serving) -> None:
-        self._serving = serving
+    def serving_ids(self, inputs) -> tf.Tensor:
+        """Local ids per field (global ids of a shared id space made local); see
+        `SearchableEmbedding.serving_ids`."""
+        ids = as_int_ids(inputs)
+        if self._multi:
+            check_field_axis(ids, len(self._vocab_sizes), self.name)
+        if self._global_ids:
+            ids = ids - tf.constant(np.asarray(self._offsets), ids.dtype)
+        return ids
+
+    def use_serving_lookup(self, lookup) -> None:
+        """See `SearchableEmbedding.use_serving_lookup`."""
+        self._serving = lookup
 
     # ------------------------------------------------------- saving/loading
     def _state_variables(self) -> list:

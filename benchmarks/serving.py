@@ -1,0 +1,323 @@
+"""Serving latency and bytes of compacted exports against the full and the uniform-dims model.
+
+    python benchmarks/serving.py                  # the whole grid (resumable), then docs/serving.md
+    python benchmarks/serving.py --report-only    # rewrite docs/serving.md from the cache
+    python benchmarks/serving.py --quick          # a small check (CI runs it in tests)
+
+For each dataset and budget, in one process: a full-dimension MLP (128-64 over
+16-dim embeddings) is trained with `SingleShotPruner(budget)` (per field) and
+with `PMEPruner(budget)` (per value) for one epoch, and exported with
+`export_compact` (default: folded lookups, no XLA; per field also with
+`fold=False`, the padded fallback). The baselines are the same MLP with plain
+`keras.layers.Embedding`s exported by Keras' own `model.export()`: full dims,
+and uniform dims `round(budget x 16)` (at least 1) for every field, the naive
+model of about the same parameter count.
+
+Timing: a fresh process that imports TensorFlow only loads every SavedModel of
+one (dataset, budget) and calls their `serving_default` signatures round-robin
+(every export in turn, `--rounds` times; each time the median of `--reps`
+calls) on the same requests (ids drawn from the test split, int64 for ours,
+the model's dtype for the baselines); a ratio is taken within each round, and
+the median over rounds is reported.
+
+Datasets: "criteo" (26 fields with the Criteo Kaggle cardinalities capped at
+`--cap`, generated data) and "frappe" (the real data, 10 fields).
+Results: benchmarks/results/serving.jsonl (one line per (dataset, budget)),
+docs/serving.md and docs/serving_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # noqa: E402  (the checkout on sys.path, ../shared/data found)
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving.jsonl")
+# the 26 categorical cardinalities of the Criteo Kaggle training set (C1..C26)
+CRITEO_VOCAB = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
+                5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+D = 16
+TARGETS = {
+    "field_vs_full": 1.0,  # per-field export <= 1.0x the full model, batch 1, 512, 4096
+    "field_vs_uniform": 1.2,  # folded per-field export <= 1.2x the uniform model, batch 512, 4096
+    "value_vs_full": 1.2,  # per-value export <= 1.2x the full model, batch 512
+}
+
+
+# ----------------------------------------------------------------- training
+def load(dataset: str, cap: int, rows: int, seed: int):
+    import keras_embdim as ked
+
+    if dataset == "criteo":
+        vocab = [min(v, cap) for v in CRITEO_VOCAB]
+        return ked.data.make_synthetic_ctr(num_rows=rows, vocab_sizes=vocab, seed=seed)
+    return ked.data.load_dataset(dataset, seed=seed)
+
+
+def uniform_dims(budget: float) -> int:
+    return max(1, int(round(budget * D)))
+
+
+def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
+    """Train the searched models, export them and the baselines; return their paths and facts."""
+    import keras_embdim as ked
+    from keras_embdim._compat import keras
+
+    sample = data.inputs(data.test[0][:500])
+    exports = {}
+
+    def plain(dim, name):
+        keras.utils.set_random_seed(seed)
+        model = ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding="plain")
+        path = os.path.join(out, name)
+        model.export(path, verbose=False) if ked.KERAS_3 else model.export(path)
+        params = sum(data.vocab_sizes) * dim
+        return {"path": path, "embedding_params": params, "embedding_bytes": 4 * params, "kind": "baseline"}
+
+    exports["full"] = plain(D, "full")
+    du = uniform_dims(budget)
+    exports["uniform"] = plain(du, "uniform")
+    exports["uniform"]["dims"] = du
+    for method, cb in (("sseds", ked.SingleShotPruner(budget, verbose=0)), ("pme", ked.PMEPruner(budget, verbose=0))):
+        keras.utils.set_random_seed(seed)
+        model = ked.models.compile_ctr(ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=D))
+        t = time.time()
+        model.fit(data.dataset("train", batch_size=batch, seed=seed), epochs=1, verbose=0, callbacks=[cb])
+        train_s = time.time() - t
+        variants = [("", True)] + ([("_padded", False)] if method == "sseds" else [])
+        for suffix, fold in variants:
+            reset = _common.reset_peak_rss()
+            before = _common.rss_bytes()
+            r = ked.export_compact(model, os.path.join(out, method + suffix), sample_inputs=sample, verbose=0,
+                                   fold=fold)
+            added = _common.peak_rss_bytes() - before if reset else None
+            exports[method + suffix] = {
+                "path": r.path, "embedding_params": r.kept_params, "embedding_bytes": r.embedding_bytes,
+                "kind": "ours", "layout": r.layouts.get("embedding"), "folded": bool(r.folds["embedding"]["folded_into"]),
+                "max_abs_diff": r.max_abs_diff, "bytes": r.bytes, "train_seconds": train_s,
+                "kept_fraction": r.kept_params / r.full_params, "export_added_rss": added,
+                "largest_table_bytes": 4 * D * max(data.vocab_sizes),
+            }
+    return exports
+
+
+# ------------------------------------------------------------------- timing
+TIMER = r'''
+import json, statistics, sys, time
+sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
+import numpy as np, tensorflow as tf
+spec = json.loads(sys.argv[1])
+requests = dict(np.load(spec["requests"]))
+fns = {k: tf.saved_model.load(p).signatures["serving_default"] for k, p in spec["paths"].items()}
+out = {}
+for batch in spec["batches"]:
+    calls = {}
+    for name, fn in fns.items():
+        specs = fn.structured_input_signature[1]
+        req = {n: tf.constant(requests[n][:batch].astype(specs[n].dtype.as_numpy_dtype)) for n in specs}
+        calls[name] = (fn, req)
+        fn(**req)  # trace and warm up
+    reps = spec["reps"] if batch < 1000 else max(3, spec["reps"] // 5)
+    per_round = {name: [] for name in calls}
+    for _ in range(spec["rounds"]):
+        for name, (fn, req) in calls.items():
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter(); fn(**req); times.append(time.perf_counter() - t)
+            per_round[name].append(statistics.median(times))
+    out[str(batch)] = per_round
+print(json.dumps(out))
+'''
+
+
+def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = data.test[0][rng.integers(0, len(data.test[0]), max(batches))]
+    with tempfile.TemporaryDirectory() as tmp:
+        req = os.path.join(tmp, "requests.npz")
+        np.savez(req, **data.inputs(rows))
+        spec = {"paths": paths, "requests": req, "batches": list(batches), "rounds": rounds, "reps": reps}
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        proc = subprocess.run([sys.executable, "-c", TIMER, json.dumps(spec)], capture_output=True, text=True,
+                              env=env, cwd=tmp, timeout=7200)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"timing process failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def ratios(per_round: dict, name: str, base: str) -> float:
+    return statistics.median(a / b for a, b in zip(per_round[name], per_round[base]))
+
+
+def run_one(dataset: str, budget: float, args) -> dict:
+    data = load(dataset, args.cap, args.rows, args.seed)
+    out = tempfile.mkdtemp(prefix="ked-serving-")
+    try:
+        t = time.time()
+        exports = export_models(data, budget, out, args.seed)
+        timing = time_exports({k: v["path"] for k, v in exports.items()}, data, args.batches, args.rounds, args.reps)
+        rec = {"dataset": dataset, "budget": budget, "cap": args.cap if dataset == "criteo" else None,
+               "fields": data.num_fields, "rows": int(sum(data.vocab_sizes)), "largest_table": max(data.vocab_sizes),
+               "exports": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in exports.items()},
+               "seconds": {}, "ratios": {}, "commit": _common.git_commit(), "wall_seconds": time.time() - t}
+        for batch, per_round in timing.items():
+            rec["seconds"][batch] = {k: statistics.median(v) for k, v in per_round.items()}
+            rec["ratios"][batch] = {
+                f"{k}/{base}": ratios(per_round, k, base)
+                for k in per_round if exports[k]["kind"] == "ours" for base in ("full", "uniform")
+            }
+        return rec
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+# ------------------------------------------------------------------- report
+def _label(r: dict) -> str:
+    cap = r.get("cap")
+    return r["dataset"] + (f" (cap {cap:.0e})" if cap else "")
+
+
+def report(records: list, path: str, plot: str | None) -> str:
+    header = ["dataset", "budget", "export", "layout", "embedding bytes / kept x 4 B", "batch",
+              "ms", "/ full", "/ uniform"]
+    rows, checks = [], []
+    for r in sorted(records, key=lambda r: (r["dataset"], r.get("cap") or 0, r["budget"])):
+        name = _label(r)
+        du = r["exports"]["uniform"]["dims"]
+        for batch, secs in r["seconds"].items():
+            for k in ("full", "uniform", "sseds", "sseds_padded", "pme"):
+                if k not in secs:
+                    continue
+                e = r["exports"][k]
+                over = e["embedding_bytes"] / (4 * e["embedding_params"]) if e["embedding_params"] else 1.0
+                label = {"full": "full (model.export)", "uniform": f"uniform {du} dims (model.export)",
+                         "sseds": "per field, folded", "sseds_padded": "per field, padded (fold=False)",
+                         "pme": "per value" + (", folded" if e.get("folded") else "")}[k]
+                rf = r["ratios"][batch].get(f"{k}/full")
+                ru = r["ratios"][batch].get(f"{k}/uniform")
+                rows.append(f"| {name} | {r['budget']} | {label} | {e.get('layout') or 'dense'} | {over:.3f} | {batch} | "
+                            f"{1000 * secs[k]:.2f} | {'' if rf is None else f'{rf:.2f}'} | {'' if ru is None else f'{ru:.2f}'} |")
+            rat = r["ratios"][batch]
+            checks.append((f"{name} b={r['budget']} batch {batch}: per field <= {TARGETS['field_vs_full']}x full",
+                           rat["sseds/full"] <= TARGETS["field_vs_full"], rat["sseds/full"]))
+            if int(batch) >= 512:
+                checks.append((f"{name} b={r['budget']} batch {batch}: folded per field <= "
+                               f"{TARGETS['field_vs_uniform']}x uniform {du} dims",
+                               rat["sseds/uniform"] <= TARGETS["field_vs_uniform"], rat["sseds/uniform"]))
+            if int(batch) == 512:
+                checks.append((f"{name} b={r['budget']} batch 512: per value <= {TARGETS['value_vs_full']}x full",
+                               rat["pme/full"] <= TARGETS["value_vs_full"], rat["pme/full"]))
+        for k in ("sseds", "pme"):
+            e = r["exports"][k]
+            limit = 1.02 if k == "sseds" else 1.10
+            over = e["embedding_bytes"] / (4 * e["embedding_params"])
+            checks.append((f"{name} b={r['budget']}: {k} bytes <= {limit} x kept x 4 B", over <= limit, over))
+            if r.get("largest_table", 0) >= 1_000_000 and e.get("export_added_rss") is not None:
+                ratio = e["export_added_rss"] / e["largest_table_bytes"]
+                checks.append((f"{name} b={r['budget']}: {k} export's added peak RSS <= one largest table "
+                               f"({e['largest_table_bytes'] / 2**20:.0f} MB)", ratio <= 1.0, ratio))
+    met = sum(ok for _, ok, _ in checks)
+    commits = sorted({r.get("commit") or "?" for r in records})
+    lines = [
+        "# Serving latency of compacted exports",
+        "",
+        "Generated by `python benchmarks/serving.py` from `benchmarks/results/serving.jsonl` (measured at commit "
+        f"{', '.join(commits)}), never by hand. MLP 128-64 over 16-dim embeddings; ours exported by "
+        "`export_compact` with its defaults (no XLA), the baselines by Keras' `model.export()`. Every "
+        "SavedModel of one (dataset, budget) is timed in one fresh TensorFlow-only process, round-robin; "
+        "a ratio is taken within each round and the median over rounds is shown (ms: median call time).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *rows,
+        "",
+        f"## Targets (issue 16): {met} of {len(checks)} met",
+        "",
+        "| target | met | measured |",
+        "|---|---|---|",
+        *[f"| {t} | {'yes' if ok else '**no**'} | {v:.3f} |" for t, ok, v in checks],
+        "",
+    ]
+    text = "\n".join(lines)
+    with open(path, "w") as fh:
+        fh.write(text)
+    if plot:
+        _plot(records, plot)
+    return text
+
+
+def _plot(records: list, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = sorted(records, key=lambda r: (r["dataset"], r.get("cap") or 0, r["budget"]))
+    batches = sorted({int(b) for r in recs for b in r["ratios"]})
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        labels = [_label(r) + f"\nb={r['budget']}" for r in recs]
+        x = range(len(recs))
+        for i, (key, lab) in enumerate((("sseds/full", "per field / full"), ("sseds/uniform", "per field / uniform"),
+                                        ("pme/full", "per value / full"))):
+            ax.bar([v + 0.27 * (i - 1) for v in x], [r["ratios"][str(batch)][key] for r in recs], width=0.27, label=lab)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_title(f"batch {batch}")
+        ax.set_ylabel("latency ratio")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> list:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", nargs="+", default=["criteo", "frappe"])
+    p.add_argument("--caps", nargs="+", type=int, default=[100_000, 1_000_000], help="criteo: largest vocabulary")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.05, 0.1, 0.2])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 512, 4096])
+    p.add_argument("--rows", type=int, default=200_000, help="criteo: generated rows")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", default=RESULTS)
+    p.add_argument("--out", default=os.path.join(_common.DOCS, "serving.md"))
+    p.add_argument("--plot", default=os.path.join(_common.DOCS, "serving_latency.png"))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--redo", action="store_true", help="measure again what the cache holds")
+    p.add_argument("--quick", action="store_true", help="frappe, budget 0.1, batches 1 and 512, 3 rounds")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.datasets, args.budgets, args.batches, args.rounds, args.reps = ["frappe"], [0.1], [1, 512], 3, 10
+    records = _common.load_jsonl(args.cache)
+    if not args.report_only:
+        for dataset in args.datasets:
+            for cap in (args.caps if dataset == "criteo" else [None]):
+                for budget in args.budgets:
+                    key = (dataset, cap, budget)
+                    if not args.redo and any((r["dataset"], r.get("cap"), r["budget"]) == key for r in records):
+                        continue
+                    args.cap = cap
+                    print(f"serving: {dataset} cap={cap} budget={budget} ...", flush=True)
+                    rec = run_one(dataset, budget, args)
+                    records = [r for r in records if (r["dataset"], r.get("cap"), r["budget"]) != key] + [rec]
+                    _common.save_jsonl(args.cache, records)
+    print(report(records, args.out, args.plot))
+    return records
+
+
+if __name__ == "__main__":
+    main()

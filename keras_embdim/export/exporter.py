@@ -1,0 +1,389 @@
+"""`export_compact`: a SavedModel whose searched tables hold only kept dimensions.
+
+How it works (docs/architecture.md):
+1. Every searchable layer's table is compacted field by field from its variable
+   (`keras_embdim.export.compact`): per-field masks into one table per kept
+   width, per-value sizes into a packed layout.
+2. Where a searched layer's output reaches a `Dense` only through data-moving
+   layers, the Dense is computed from the kept values and the matching kernel
+   rows (`keras_embdim.export.fold`); elsewhere the layer serves its padded
+   output. The serving function is traced once per signature with the layers
+   switched to their lookups, and switched back right after, so the Keras model
+   is never changed.
+3. The SavedModel tracks exactly the variables the serving graph reads: no
+   full-size table, optimizer state, mask or search variable is written, and
+   every variable is written once.
+4. It is written to a hidden temporary folder beside its target, its bytes are
+   counted by part, it is loaded back and run on sample inputs against the
+   Keras model, given readable permissions, and only then renamed into place
+   (by default as the next numbered version of a TF Serving model base path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim import _compat
+from keras_embdim.export import fold as fold_lib
+from keras_embdim.export import layouts, quantize, signature, writer
+from keras_embdim.export.compact import compact_layer
+from keras_embdim.export.lookup import check_invalid_id_policy
+from keras_embdim.mask import find_searchable_layers
+from keras_embdim.report import dimension_summary
+
+logger = logging.getLogger("keras_embdim")
+
+TABLES_ATTRIBUTE = "embedding_tables"
+REPORT_FILE = "dimensions.json"
+
+
+class ExportError(RuntimeError):
+    """The export could not be written or did not verify; nothing was moved into place."""
+
+
+@dataclass
+class ExportResult:
+    """What `export_compact` wrote (also in the export's `dimensions.json`)."""
+
+    path: str  # the SavedModel folder (`base_path/<version>` when versioned)
+    searched: bool
+    kept_params: int
+    full_params: int
+    embedding_bytes: int
+    embedding_overhead: float  # embedding bytes / (kept params x 4 B)
+    variable_bytes: int
+    variables_file_bytes: int
+    max_abs_diff: float | None
+    inputs: dict = field(default_factory=dict)
+    outputs: list = field(default_factory=list)
+    layouts: dict = field(default_factory=dict)  # layer -> "field" or the per-value layout
+    table_dtype: str = "float32"
+    # max |model with the stored precision - model in float32| on the verification inputs
+    precision_max_abs_diff: float | None = None
+    base_path: str | None = None  # TF Serving's --model_base_path (None: not versioned)
+    version: int | None = None
+    signatures: list = field(default_factory=list)
+    on_invalid_id: str = "error"
+    # bytes by part: embedding_tables, other_variables (stored values), graph, assets,
+    # variables_files (values + index on disk) and total on disk
+    bytes: dict = field(default_factory=dict)
+    # per searched layer: the Dense layers it was folded into, or why it serves padded
+    folds: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _layer_resources(model: Any) -> list:
+    """Non-variable resources held by the model's layers (e.g. a `StringLookup`'s
+    hash table): the SavedModel must track them for the serving graph to load."""
+    out, seen = [], set()
+
+    def visit(value, depth=0):
+        if isinstance(value, tf.saved_model.experimental.TrackableResource) and not isinstance(value, tf.Variable):
+            if id(value) not in seen:
+                seen.add(id(value))
+                out.append(value)
+        elif isinstance(value, (list, tuple)) and depth < 2:
+            for v in value:
+                visit(v, depth + 1)
+        elif isinstance(value, dict) and depth < 2:
+            for v in value.values():
+                visit(v, depth + 1)
+
+    for layer in _compat.flatten_layers(model):
+        for value in list(vars(layer).values()):
+            visit(value)
+    return out
+
+
+@contextlib.contextmanager
+def _serving(compacted: dict):
+    """The searchable layers look up from their compact tables (padded output) while inside."""
+    try:
+        for layer, compact in compacted.items():
+            layer.use_serving_lookup(compact.lookup)
+        yield
+    finally:
+        for layer in compacted:
+            layer.use_serving_lookup(None)
+
+
+def export_compact(
+    model: Any,
+    export_dir: str | os.PathLike,
+    *,
+    version: int | str | None = "auto",
+    overwrite: bool = False,
+    sample_inputs: Any = None,
+    input_signature: dict | None = None,
+    verify: bool = True,
+    atol: float = 1e-5,
+    verbose: int = 1,
+    value_layout: str = "auto",
+    jit_compile: bool = False,
+    table_dtype: str = "float32",
+    on_invalid_id: str = "error",
+    fold: bool = True,
+) -> ExportResult:
+    """Export `model` for TF Serving with its searched tables compacted.
+
+    Args:
+        model: a Keras model containing keras_embdim layers (a model without
+            any is exported at full size, and the report says so).
+        export_dir: TF Serving's model base path: the export goes to
+            `export_dir/<version>/` (with `version=None`: into `export_dir` itself).
+        version: `"auto"` (default: the next free version number, 1 for a new
+            folder), a positive integer, or None (no version folder).
+        overwrite: replace an existing export at the target (only after the
+            new one verified); `"auto"` versions never overwrite.
+        sample_inputs: inputs (dict by input name, list, or array) used to check
+            that the export predicts what the model predicts; default: 64
+            generated rows with ids valid for every field.
+        input_signature: for models without symbolic inputs (subclassed): a
+            named `tf.TensorSpec` if the model takes one tensor, a list of them,
+            or a dict of name -> `tf.TensorSpec` if it takes a dict; default: the
+            model's own inputs.
+        verify: load the export back and compare (default True).
+        atol: largest allowed absolute difference in verification.
+        verbose: print where the export went.
+        value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
+            layout, `"auto"` (the fastest within 1.10 x the kept bytes),
+            `"offsets"`, `"runs"` or `"planes"` (`keras_embdim.export.layouts`).
+        jit_compile: XLA-compile the embedding lookups in the serving graph
+            (TF Serving then needs `--xla_cpu_compilation_enabled=true`).
+        table_dtype: storage of the kept values: `"float32"` (default, exact),
+            `"float16"` (2 B per value) or `"int8"` (1 B per value plus a
+            float16 scale per row). The export is verified against the model
+            run on exactly the stored values, and the effect of the precision
+            itself is reported (`precision_max_abs_diff`).
+        on_invalid_id: what a served request with an id outside its field's
+            vocabulary gets: `"error"` (default: the request fails with a
+            message naming the layer, the field, the id and the vocabulary
+            size) or `"zero"` (a zero embedding for that id; the request answers).
+        fold: compute the `Dense` layers fed by searched embeddings from the
+            kept values only (`keras_embdim.export.fold`); False serves every
+            searched layer's padded output.
+
+    Returns:
+        an `ExportResult` (also written, with the dimension report, to the
+        export's `dimensions.json`).
+
+    Example:
+
+    ```python
+    r = ked.export_compact(model, "models/ctr")   # models/ctr/1
+    # then, with TensorFlow only:
+    serve = tf.saved_model.load(r.path).signatures["serving_default"]
+    ```
+    """
+    if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
+        raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
+    quantize.check_dtype(table_dtype)
+    check_invalid_id_policy(on_invalid_id)
+    auto = version == "auto"
+    target = writer.resolve(export_dir, version, overwrite)
+    layers = find_searchable_layers(model)
+    layout = signature.input_layout(model, input_signature, sample_inputs)
+
+    # 1. compact tables, field by field from the variables
+    compacted = {
+        layer: compact_layer(layer, value_layout=value_layout, jit_compile=jit_compile, table_dtype=table_dtype,
+                             on_invalid_id=on_invalid_id)
+        for layer in layers
+    }
+    # 2. folds, and the serving function traced per signature
+    # every graph network runs through the fold executor (no per-input casts where
+    # none are needed); with fold=False or nothing to fold the plan only runs it
+    plan, report = fold_lib.plan(model, compacted if fold else {}, fold_lib.FoldReport())
+    for layer in compacted:
+        if layer.name not in report.layers:
+            report.add(layer.name, reason="folding is off (fold=False)" if not fold else "not reached by a foldable Dense")
+
+    def serve(named):
+        if plan is not None:
+            outputs = fold_lib.run(plan, layout.model_inputs(named, cast=False))
+        else:  # a subclassed model: its call takes the model's dtypes
+            outputs = model(layout.model_inputs(named), training=False)
+        return signature.named_outputs(model, outputs)
+
+    signatures = {signature.DEFAULT_SIGNATURE: layout.serving_specs(tf.int64)}
+    if layout.has_integer_inputs:
+        signatures[signature.INT32_SIGNATURE] = layout.serving_specs(tf.int32)
+    with _serving(compacted):
+        concrete = {
+            name: tf.function(serve, input_signature=[specs], autograph=False).get_concrete_function()
+            for name, specs in signatures.items()
+        }
+
+    compact_vars = [v for c in compacted.values() for v in c.variables]
+    folded_vars = plan.variables if plan is not None else []
+    own = {id(v) for v in compact_vars + folded_vars}
+    captured, seen = [], set()
+    for fn in concrete.values():
+        for v in fn.variables:
+            if id(v) not in seen and id(v) not in own:
+                seen.add(id(v))
+                captured.append(v)
+    full_tables = {id(_compat.tf_variable(layer.embedding_variable)) for layer in compacted}
+    leaked = [v.name for v in captured if id(v) in full_tables]
+    if leaked:
+        raise ExportError(
+            f"the serving graph still reads full tables {leaked}: something other than the "
+            "searchable layer uses them (a shared weight?); refusing to ship them."
+        )
+    module = tf.Module()
+    # every compact table (a resource gather can capture its variable without
+    # listing it in `concrete.variables`, so the captured list is not enough)
+    setattr(module, TABLES_ATTRIBUTE, list(compact_vars))
+    module.folded_kernels = list(folded_vars)
+    module.model_variables = captured
+    # lookup tables (StringLookup, IntegerLookup, hashing tables) the graph reads
+    module.resources = _layer_resources(model)
+
+    summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
+    searched = any(not layer.dimension_mask().is_full for layer in layers)
+    native = [l.name for l in _compat.flatten_layers(model) if type(l).__name__ == "MixedDimensionEmbedding"]
+    if not searched and native:
+        logger.info("export_compact: model '%s' has natively mixed-dimension tables %s; exported as they are.",
+                    model.name, native)
+    elif not searched:
+        logger.warning(
+            "export_compact: model '%s' has %s; exporting full-size tables.",
+            model.name,
+            "no searchable layer" if not layers else "not been searched (every dimension is kept)",
+        )
+
+    while True:
+        tmp = writer.temporary_folder(target)
+        try:
+            result = _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report,
+                            sample_inputs, verify, atol, table_dtype, on_invalid_id, layers)
+            path = writer.move_into_place(tmp, target)
+            break
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not auto:
+                raise
+            target = writer.resolve(export_dir, "auto", False)  # another export took the version: next one
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    result.path = path
+    msg = (
+        f"Exported to {path}: embedding tables {result.embedding_bytes:,} B "
+        f"({result.kept_params:,} of {result.full_params:,} params), all variables "
+        f"{result.variable_bytes:,} B"
+        + (f", max |served - trained| = {result.max_abs_diff:.2e}" if result.max_abs_diff is not None else "")
+    )
+    logger.info(msg)
+    if verbose:
+        print(msg)
+    return result
+
+
+def _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report, sample_inputs,
+           verify, atol, table_dtype, on_invalid_id, layers) -> ExportResult:
+    tf.saved_model.save(module, tmp, signatures=concrete)
+    var_bytes = writer.saved_variable_bytes(tmp)
+    emb_bytes = sum(b for k, b in var_bytes.items() if k.startswith(TABLES_ATTRIBUTE + "/"))
+    tracked = getattr(module, TABLES_ATTRIBUTE) + module.folded_kernels + module.model_variables
+    tracked_bytes = sum(int(np.prod(v.shape)) * v.dtype.size for v in tracked)
+    if sum(var_bytes.values()) != tracked_bytes:
+        raise ExportError(f"the SavedModel stores {sum(var_bytes.values())} variable bytes, expected {tracked_bytes}.")
+    kept = summary["params_after"]
+    expected_bytes = sum(c.nbytes for c in compacted.values())
+    if table_dtype == "float32" and any(
+        c.nbytes != 4 * layer.dimension_mask().kept_params for layer, c in compacted.items() if c.lookup.granularity == "field"
+    ):
+        raise ExportError("a per-field compact table holds more than its kept parameters.")
+    if emb_bytes != expected_bytes:
+        raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
+    max_diff = precision_diff = None
+    if verify:
+        max_diff, precision_diff = _verify(model, tmp, layout, sample_inputs, atol, compacted, table_dtype, layers,
+                                           list(concrete))
+    disk = writer.disk_bytes(tmp)
+    result = ExportResult(
+        path=target.path,
+        searched=searched,
+        kept_params=int(kept),
+        full_params=int(summary["params_before"]),
+        embedding_bytes=int(emb_bytes),
+        embedding_overhead=float(emb_bytes / (4 * kept)) if kept else 1.0,
+        variable_bytes=int(sum(var_bytes.values())),
+        variables_file_bytes=sum(
+            os.path.getsize(os.path.join(tmp, "variables", f))
+            for f in os.listdir(os.path.join(tmp, "variables")) if f.startswith("variables.data")
+        ),
+        max_abs_diff=max_diff,
+        inputs={n: {"dtype": s.dtype.name, "shape": s.shape.as_list()}
+                for n, s in layout.serving_specs(tf.int64).items()},
+        outputs=list(concrete[signature.DEFAULT_SIGNATURE].structured_outputs),
+        layouts={layer.name: c.lookup.layout for layer, c in compacted.items()},
+        table_dtype=table_dtype,
+        precision_max_abs_diff=precision_diff,
+        base_path=target.base if target.version is not None else None,
+        version=target.version,
+        signatures=list(concrete),
+        on_invalid_id=on_invalid_id,
+        bytes={"embedding_tables": int(emb_bytes), "other_variables": int(sum(var_bytes.values()) - emb_bytes), **disk},
+        folds=report.to_json(),
+    )
+    with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
+        json.dump({"export": result.to_json(), **summary}, fh, indent=2)
+    writer.publish_permissions(tmp)
+    return result
+
+
+def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtype, layers, names) -> tuple:
+    """`(max |served - model|, max |model at stored precision - model|)` over every signature.
+
+    For float16 / int8 exports the model is run on exactly the stored values
+    (`CompactLayer.stored_values`), so that the served predictions are compared
+    with what they must equal, and the precision's own effect is measured apart.
+    """
+    if sample_inputs is None:
+        low = min((min(layer.field_vocab_sizes) for layer in layers), default=2)
+        named = signature.synthesize_inputs(layout.specs, low)
+    else:
+        named = signature.named_sample(layout, sample_inputs)
+
+    def run_model():
+        inputs = layout.model_inputs({n: tf.convert_to_tensor(v) for n, v in named.items()})
+        out = signature.named_outputs(model, model(inputs, training=False))
+        return {k: _compat.to_numpy(v) for k, v in out.items()}
+
+    expected = run_model()
+    precision_diff = None
+    if table_dtype != "float32":
+        with contextlib.ExitStack() as stack:
+            for c in compacted.values():
+                stack.enter_context(c.stored_values())
+            at_precision = run_model()
+        precision_diff = max(float(np.max(np.abs(at_precision[k] - expected[k]), initial=0.0)) for k in expected)
+        expected = at_precision
+    loaded = tf.saved_model.load(saved_dir)
+    worst = 0.0
+    for name in names:
+        fn = loaded.signatures[name]
+        specs = fn.structured_input_signature[1]
+        got = fn(**{n: tf.convert_to_tensor(np.asarray(named[n]).astype(specs[n].dtype.as_numpy_dtype)
+                                            if specs[n].dtype != tf.string else named[n], specs[n].dtype)
+                    for n in layout.specs})
+        for key, value in expected.items():
+            if key not in got:
+                raise ExportError(f"the export lacks output {key!r}; it has {sorted(got)}.")
+            worst = max(worst, float(np.max(np.abs(value - got[key].numpy()), initial=0.0)))
+    if not worst <= atol:
+        raise ExportError(f"the export predicts differently from the model: max |diff| = {worst} > atol={atol}.")
+    return worst, precision_diff

@@ -1,0 +1,391 @@
+"""Folding removed columns out of the serving computation, not only out of the tables.
+
+When a searched layer's output reaches a `Dense` layer only through layers that
+move data (`Flatten`, `Reshape`, `Concatenate`, `Permute`, inference-time
+`Dropout`, `Identity`), every removed column is an exact zero that the Dense
+kernel multiplies. The export then computes
+
+    y = activation(x_kept @ W[kept rows] + b)
+
+where `x_kept` holds only the kept values (`lookup.folded`: one row gather
+per kept width, no placement into `[..., F, D]`) and `W[kept rows]` the
+matching rows of the kernel. The padded tensor and the removed columns' part
+of the matmul are never computed, and the original kernel is not shipped (its
+selected rows are).
+
+Which row of the kernel matches which kept value is found by probing: every
+input of the data-moving layers is fed a tensor whose entries are distinct
+integers (exact in float32), the layers are run, and the Dense input says
+where each entry went. So any composition of those layers folds, in both Keras
+versions, without modelling each layer's semantics; an entry that reaches the
+Dense input twice (e.g. `RepeatVector`) sums its kernel rows.
+
+Where a searched layer's output has another consumer (an FM inner product,
+pooling, attention, a model output), the layer serves its padded output
+(`lookup.padded`) and the plan records why (`FoldReport`).
+
+Only functional models (and Sequential, and functional models nested in them)
+are planned: a subclassed model's `call` is opaque, so its layers serve padded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim import _compat
+from keras_embdim._compat import keras
+from keras_embdim.layers.fields import saturate_cast
+
+_MAX_CODES = 2**24  # float32 represents every integer up to this exactly
+
+
+def _transparent_types() -> tuple:
+    """Layers that only move entries (at inference): folding looks through them."""
+    L = keras.layers
+    names = ("Flatten", "Reshape", "Concatenate", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+             "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "Identity",
+             "ActivityRegularization")
+    return tuple(getattr(L, n) for n in names if hasattr(L, n))
+
+
+TRANSPARENT = _transparent_types()
+
+
+def _is_transparent(layer) -> bool:
+    return type(layer) in TRANSPARENT  # exact types: a subclass may compute
+
+
+def _foldable_dense(node: _compat.GraphNode) -> str | None:
+    """None if `node` is a Dense call whose kernel rows can be selected, else why not."""
+    layer = node.layer
+    if type(layer) is not keras.layers.Dense:
+        return f"its output reaches '{layer.name}' ({type(layer).__name__})"
+    shape = tuple(node.inputs[0].shape)
+    if len(shape) != 2:
+        return f"it reaches Dense '{layer.name}' with an input of rank {len(shape)} (folding needs [batch, features])"
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return f"Dense '{layer.name}' is LoRA-enabled or quantized"
+    if len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return f"Dense '{layer.name}' is called more than once"
+    return None
+
+
+@dataclass
+class DenseFold:
+    """A Dense call computed from the kept values of its sources."""
+
+    node: _compat.GraphNode
+    sources: list  # ("lookup", search node) or ("tensor", symbolic tensor), in x's order
+    kernel: tf.Variable  # the selected (and, for repeated entries, summed) kernel rows
+
+
+@dataclass
+class NetPlan:
+    """The folds of one graph network (and of the graph networks nested in it)."""
+
+    net: Any
+    skip: set = field(default_factory=set)  # id(raw node) of calls not run (folded)
+    dense: dict = field(default_factory=dict)  # id(raw node) -> DenseFold
+    nested: dict = field(default_factory=dict)  # id(raw node) -> NetPlan of a nested model
+    lookups: dict = field(default_factory=dict)  # id(raw node) -> compacted layer's CompactLayer
+
+    @property
+    def active(self) -> bool:
+        return bool(self.dense) or any(p.active for p in self.nested.values())
+
+    @property
+    def variables(self) -> list:
+        out = [f.kernel for f in self.dense.values()]
+        for p in self.nested.values():
+            out += p.variables
+        return out
+
+
+@dataclass
+class FoldReport:
+    """Per searched layer: the Dense layers it was folded into, or why it serves padded."""
+
+    layers: dict = field(default_factory=dict)  # layer name -> {"folded_into": [...], "padded": reason | None}
+
+    def add(self, layer_name: str, dense: str | None = None, reason: str | None = None) -> None:
+        rec = self.layers.setdefault(layer_name, {"folded_into": [], "padded": None})
+        if dense and dense not in rec["folded_into"]:
+            rec["folded_into"].append(dense)
+        if reason and not rec["padded"]:
+            rec["padded"] = reason
+
+    def to_json(self) -> dict:
+        return {k: dict(v) for k, v in self.layers.items()}
+
+
+def plan(model: Any, compacted: dict, report: FoldReport | None = None) -> tuple[NetPlan | None, FoldReport]:
+    """The folds of `model` given its compacted layers (`{layer: CompactLayer}`).
+
+    Returns `(plan, report)`; `plan` is None when the model is not a graph
+    network (its layers then all serve padded, as the report says).
+    """
+    report = report if report is not None else FoldReport()
+    net = _compat.graph_network(model)
+    if net is None:
+        for layer in compacted:
+            if layer in _layers_of(model):
+                report.add(layer.name, reason=f"model '{model.name}' is subclassed: its call cannot be folded")
+        return None, report
+    return _plan_net(net, compacted, report), report
+
+
+def _layers_of(model) -> set:
+    return set(_compat.flatten_layers(model))
+
+
+def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
+    nodes = _compat.graph_nodes(net)
+    result = NetPlan(net)
+    producer = {id(t): n for n in nodes for t in n.outputs}
+    consumers: dict = {}
+    for n in nodes:
+        for t in n.inputs:
+            consumers.setdefault(id(t), []).append(n)
+    outputs = {id(t) for t in _compat.graph_outputs(net)}
+    order = {id(n.raw): i for i, n in enumerate(nodes)}
+
+    # nested graph networks plan their own folds
+    for n in nodes:
+        if n.layer in compacted:
+            continue
+        inner = _compat.graph_network(n.layer) if isinstance(n.layer, keras.Model) else None
+        if inner is not None:
+            sub = _plan_net(inner, compacted, report)
+            if sub.active:
+                result.nested[id(n.raw)] = sub
+        elif isinstance(n.layer, keras.Model):
+            for layer in compacted:
+                if layer in _layers_of(n.layer):
+                    report.add(layer.name, reason=f"model '{n.layer.name}' is subclassed: its call cannot be folded")
+
+    # 1. forward from each searched call: only data-moving layers, then Dense layers
+    searched, downstream = {}, set()
+    for n in nodes:
+        if n.layer not in compacted:
+            continue
+        reason, region, denses = None, set(), []
+        frontier = list(n.outputs)
+        while frontier and reason is None:
+            t = frontier.pop()
+            if id(t) in outputs:
+                reason = "its output is a model output"
+                break
+            for c in consumers.get(id(t), []):
+                if _is_transparent(c.layer):
+                    if id(c.raw) not in region:
+                        region.add(id(c.raw))
+                        frontier.extend(c.outputs)
+                else:
+                    why = _foldable_dense(c)
+                    if why:
+                        reason = why
+                        break
+                    denses.append(c)
+        if reason is None and not denses:
+            reason = "its output reaches no Dense layer"
+        if reason:
+            report.add(n.layer.name, reason=reason)
+            continue
+        searched[id(n.raw)] = (n, denses)
+        downstream |= region
+
+    # 2. each Dense reached: its sources (searched outputs folded, other tensors as they are)
+    dense_nodes = {id(d.raw): d for _, (_, ds) in searched.items() for d in ds}
+    for key in sorted(dense_nodes, key=order.get):
+        dn = dense_nodes[key]
+        region, sources, seen = [], [], set()
+        stack = [dn.inputs[0]]
+        while stack:
+            t = stack.pop()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            p = producer.get(id(t))
+            if p is not None and id(p.raw) in downstream:
+                region.append(p)
+                stack.extend(p.inputs)
+            elif p is not None and id(p.raw) in searched:
+                sources.append(("lookup", p))
+            else:
+                sources.append(("tensor", t))
+        sources.sort(key=lambda s: order[id(s[1].raw)] if s[0] == "lookup" else -1)
+        region.sort(key=lambda r: order[id(r.raw)])
+        try:
+            kernel = _fold_kernel(dn, region, sources, compacted)
+        except _NotFoldable as e:
+            for kind, src in sources:
+                if kind == "lookup":
+                    report.add(src.layer.name, reason=str(e))
+                    searched.pop(id(src.raw), None)
+            continue
+        result.dense[key] = DenseFold(dn, sources, kernel)
+        for kind, src in sources:
+            if kind == "lookup":
+                result.lookups[id(src.raw)] = compacted[src.layer]
+                report.add(src.layer.name, dense=dn.layer.name)
+    # a searched call is skipped only if every Dense it reaches was folded
+    for key, (n, denses) in searched.items():
+        if all(id(d.raw) in result.dense for d in denses):
+            result.skip.add(key)
+        else:
+            result.lookups.pop(key, None)
+            report.add(n.layer.name, reason="a Dense layer it reaches could not be folded")
+    for key in downstream:  # data-moving calls whose every path ends in a folded Dense are not run
+        if _feeds_only_folded(key, nodes, consumers, result, downstream):
+            result.skip.add(key)
+    return result
+
+
+def _consumers_of(raw_id, nodes, consumers):
+    node = next(n for n in nodes if id(n.raw) == raw_id)
+    return [c for t in node.outputs for c in consumers.get(id(t), [])]
+
+
+def _feeds_only_folded(raw_id, nodes, consumers, result, downstream) -> bool:
+    """Whether every path from this data-moving call ends in a folded Dense."""
+    for c in _consumers_of(raw_id, nodes, consumers):
+        if id(c.raw) in result.dense:
+            continue
+        if id(c.raw) in downstream and _feeds_only_folded(id(c.raw), nodes, consumers, result, downstream):
+            continue
+        return False
+    return True
+
+
+class _NotFoldable(Exception):
+    pass
+
+
+def _static_size(t) -> int:
+    shape = tuple(t.shape)[1:]
+    if any(d is None for d in shape):
+        raise _NotFoldable(f"an input of the folded Dense has an unknown shape {tuple(t.shape)}")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict) -> tf.Variable:
+    """The Dense kernel rows matching the folded sources, found by probing the data-moving layers."""
+    values, x_codes, lookup_codes, base = {}, [], [], 1
+    for kind, src in sources:
+        t = src.outputs[0] if kind == "lookup" else src
+        size = _static_size(t)
+        codes = np.arange(base, base + size, dtype=np.int64)
+        values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
+        if kind == "lookup":
+            lookup = compacted[src.layer].lookup
+            per_position = lookup.num_fields * lookup.output_dim if src.layer.multi_field else lookup.output_dim
+            if size % per_position:
+                raise _NotFoldable(f"layer '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
+            folded = lookup.folded_codes(size // per_position)
+            x_codes.append(np.where(folded >= 0, base + folded, 0))
+            lookup_codes.append((base, base + size))
+        else:
+            x_codes.append(codes)
+        base += size
+    if base > _MAX_CODES:
+        raise _NotFoldable("the folded Dense has too many inputs to probe")
+    for r in region:
+        args, kwargs = _compat.node_arguments(r, values)
+        out = _compat.call_for_inference(r.layer, args, kwargs)
+        for t, v in zip(r.outputs, _compat.flatten(out)):
+            values[id(t)] = v
+    probe = values.get(id(dn.inputs[0]))
+    if probe is None:
+        raise _NotFoldable(f"the input of Dense '{dn.layer.name}' could not be traced to its sources")
+    where = np.rint(_compat.to_numpy(probe)).astype(np.int64).reshape(-1)
+    kernel = _compat.to_numpy(dn.layer.kernel)
+    if where.shape[0] != kernel.shape[0]:
+        raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {where.shape[0]}")
+    x = np.concatenate(x_codes)
+    column = np.full(base, -1, np.int64)
+    column[x[x > 0]] = np.flatnonzero(x > 0)
+    cols = column[np.clip(where, 0, base - 1)]
+    removed = np.zeros(where.shape, bool)
+    for lo, hi in lookup_codes:
+        removed |= (where >= lo) & (where < hi) & (cols < 0)  # a removed column of a searched layer: exact zero
+    unknown = (cols < 0) & ~removed
+    if unknown.any():
+        raise _NotFoldable(f"{int(unknown.sum())} inputs of Dense '{dn.layer.name}' come from no known source")
+    selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
+    used = cols >= 0
+    np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
+    return _compat.plain_variable(selected, name=f"{dn.layer.name}_folded_kernel")
+
+
+def _takes_int64_ids(layer) -> bool:
+    """Layers that take int64 ids exactly as int32 ones (no cast that could wrap)."""
+    from keras_embdim.layers import FieldOffsets, MixedDimensionEmbedding, StackFields
+    from keras_embdim.mask import DimensionSearchable
+
+    return isinstance(layer, (DimensionSearchable, StackFields, FieldOffsets, MixedDimensionEmbedding,
+                              keras.layers.Embedding))
+
+
+def run(plan: NetPlan, inputs: Any) -> Any:
+    """Run the planned graph network on `inputs` (dict, list or tensor), in inference mode.
+
+    Integer inputs arrive as served (int64 from `serving_default`); an input
+    whose every consumer takes int64 ids is fed as it is, the others are
+    converted to the model's dtype (saturating), so a request pays no per-input
+    cast where none is needed.
+    """
+    net = plan.net
+    flat = _compat.flat_graph_inputs(net, inputs)
+    nodes = _compat.graph_nodes(net)
+    values = {}
+    for t, v in zip(_compat.graph_inputs(net), flat):
+        v = tf.convert_to_tensor(v)
+        dtype = _compat.symbolic_dtype(t)
+        if v.dtype != dtype:
+            users = [n.layer for n in nodes if any(x is t for x in n.inputs)]
+            if not (v.dtype.is_integer and dtype.is_integer and users and all(_takes_int64_ids(u) for u in users)):
+                v = saturate_cast(v, dtype) if v.dtype.is_integer else tf.cast(v, dtype)
+        values[id(t)] = v
+    folded = {}
+    for node in nodes:
+        key = id(node.raw)
+        if key in plan.skip:
+            continue
+        if key in plan.dense:
+            out = _run_dense(plan.dense[key], plan, values, folded)
+        else:
+            args, kwargs = _compat.node_arguments(node, values)
+            if key in plan.nested:
+                out = run(plan.nested[key], args[0])
+            else:
+                out = _compat.call_for_inference(node.layer, args, kwargs)
+        for t, v in zip(node.outputs, _compat.flatten(out)):
+            values[id(t)] = v
+    return _compat.pack_graph_outputs(net, [values[id(t)] for t in _compat.graph_outputs(net)])
+
+
+def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf.Tensor:
+    layer = fold.node.layer
+    dtype = tf.as_dtype(layer.compute_dtype)
+    pieces = []
+    for kind, src in fold.sources:
+        if kind == "lookup":
+            key = id(src.raw)
+            if key not in folded:  # a searched call feeding several Dense layers is looked up once
+                args, _ = _compat.node_arguments(src, values)
+                compact = plan.lookups[key]
+                folded[key] = compact.lookup.folded(src.layer.serving_ids(args[0]))
+            piece = folded[key]
+        else:
+            v = tf.convert_to_tensor(values[id(src)])
+            piece = tf.reshape(v, tf.stack([tf.shape(v)[0], -1]))
+        pieces.append(tf.cast(piece, dtype))
+    x = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
+    y = tf.matmul(x, tf.cast(fold.kernel, dtype))
+    if layer.bias is not None:  # bias_add: Grappler fuses MatMul + BiasAdd + activation, as for Keras' Dense
+        y = tf.nn.bias_add(y, tf.cast(layer.bias, dtype))
+    return layer.activation(y) if layer.activation is not None else y

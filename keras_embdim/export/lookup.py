@@ -1,0 +1,333 @@
+"""Serving lookups of compacted layers, in standard TensorFlow ops only.
+
+A compacted layer serves through one of two lookups (built by
+`keras_embdim.export.tables.compact_layer`):
+
+- `FieldLookup` (per-field masks): field f keeps `k_f` columns. Fields of the
+  same kept width share one `[rows, k]` table variable, so a lookup is one row
+  gather per distinct width (at most D), never an element gather.
+- `ValueLookup` (per-value sizes): the packed layouts of
+  `keras_embdim.export.layouts`; a lookup decodes each row's start and size
+  and reads only the kept values (`layouts.ranged_rows`).
+
+Each has two outputs:
+
+- `folded(ids) -> [batch, P]`: the kept values of every looked-up row side by
+  side, in the lookup's own column order; `folded_codes(...)` says, for every
+  column, which column of the padded output it is (its flat index within one
+  example), so the exporter can select the matching rows of the `Dense` kernel
+  that consumes them (`keras_embdim.export.fold`). Removed columns are not
+  computed at all.
+- `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
+  removed columns exact zeros, for consumers that need aligned columns (FM
+  inner products, pooling, attention).
+
+Ids are checked by an `IdGuard`: `on_invalid_id="error"` fails the request
+with a message naming the layer, the field, the bad id and the vocabulary
+size; `"zero"` serves a zero vector for it and answers the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim.export import layouts
+
+INVALID_ID_POLICIES = ("error", "zero")
+
+
+def check_invalid_id_policy(value: str) -> str:
+    if value not in INVALID_ID_POLICIES:
+        raise ValueError(f"`on_invalid_id` must be one of {INVALID_ID_POLICIES}; received on_invalid_id={value!r}.")
+    return value
+
+
+class IdGuard:
+    """Checks a layer's local ids at serving time.
+
+    Args:
+        layer_name: for the error message.
+        field_names: names of the fields (last axis of multi-field ids).
+        vocab_sizes: vocabulary size of each field.
+        multi_field: whether the last axis of the ids indexes fields.
+        policy: `"error"` or `"zero"` (see the module docstring).
+    """
+
+    def __init__(self, layer_name: str, field_names: Sequence[str], vocab_sizes: Sequence[int], multi_field: bool,
+                 policy: str = "error"):
+        self.layer_name = layer_name
+        self.field_names = [str(n) for n in field_names]
+        self.vocab_sizes = np.asarray(vocab_sizes, np.int64)
+        self.multi_field = bool(multi_field)
+        self.policy = check_invalid_id_policy(policy)
+
+    def __call__(self, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """`(int32 ids, valid)`; `valid` is a boolean mask like `ids` for `"zero"`, else None."""
+        ids = tf.convert_to_tensor(ids)
+        if not ids.dtype.is_integer:
+            ids = tf.cast(ids, tf.int32)  # float ids, as keras.layers.Embedding takes them
+        unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
+        high = self.vocab_sizes if self.multi_field else self.vocab_sizes[:1].reshape(())
+        # one unsigned comparison: a negative id wraps to a huge value
+        in_range = tf.cast(ids, unsigned) < tf.constant(high, unsigned)
+        if self.policy == "zero":
+            safe = tf.where(in_range, ids, tf.zeros_like(ids))
+            return tf.cast(safe, tf.int32), in_range
+
+        def fail():
+            where = tf.where(tf.logical_not(in_range))[0]  # the first bad position
+            field = tf.cast(where[-1], tf.int32) if self.multi_field else tf.constant(0)
+            value = tf.cast(tf.gather_nd(ids, where[None])[0], tf.int64)
+            vocab = tf.strings.as_string(tf.gather(self.vocab_sizes, field))
+            message = tf.strings.join([
+                f'layer "{self.layer_name}": field "', tf.gather(self.field_names, field), '" received id ',
+                tf.strings.as_string(value), ", outside its vocabulary of ", vocab, " ids [0, ", vocab, ").",
+            ])
+            with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), [message])]):
+                return tf.identity(ids)
+
+        checked = tf.cond(tf.reduce_all(in_range), lambda: ids, fail)
+        return tf.cast(checked, tf.int32), None
+
+
+def _decode(rows: tf.Tensor, scales, index: tf.Tensor, dtype) -> tf.Tensor:
+    """Stored values (float32, float16, int8) to `dtype`; int8 times its row's float16 scale."""
+    rows = tf.cast(rows, dtype)
+    if scales is not None:
+        rows = rows * tf.cast(tf.gather(scales, index), dtype)[..., None]
+    return rows
+
+
+def _per_example(x: tf.Tensor, batch, inner: int) -> tf.Tensor:
+    """`x` as `[batch, positions * inner]`: the width is given when the positions are
+    static (so an empty batch keeps it; `-1` cannot be inferred from no elements)."""
+    mid = x.shape[1:-2] if x.shape.rank is not None else None
+    known = mid is not None and all(d is not None for d in mid)
+    if known:  # a static shape: no shape ops in the serving graph
+        return tf.reshape(x, [-1, int(np.prod(mid, dtype=np.int64)) * inner])
+    return tf.reshape(x, tf.stack([batch, -1]))
+
+
+def _jit(fn, variables):
+    """`fn` XLA-compiled; XLA has no resource gathers, so the variables are read first."""
+    compiled = tf.function(lambda ids, *values: fn(ids, values), jit_compile=True, autograph=False)
+    return lambda ids: compiled(ids, *[tf.convert_to_tensor(v) for v in variables])
+
+
+@dataclass
+class FieldGroup:
+    """Fields of one kept width `width`, stored in one `[rows, width]` table."""
+
+    width: int
+    fields: np.ndarray  # field indices, increasing
+    columns: list  # per field of the group: its kept columns (increasing)
+    table: tf.Variable
+    scales: tf.Variable | None = None  # int8: a float16 scale per row
+
+
+class FieldLookup:
+    """Serving lookup of a layer with per-field masks: one row gather per kept width.
+
+    Args:
+        num_fields, output_dim: F and D.
+        groups: the `FieldGroup`s (fields that keep nothing are in none).
+        row_offsets: `[F]` row of each field's id 0 in its group's table.
+        multi_field: whether the last axis of the ids indexes fields.
+        guard: the `IdGuard` of the layer.
+        jit_compile: XLA-compile the lookup (TF Serving then needs
+            `--xla_cpu_compilation_enabled=true`).
+    """
+
+    granularity = "field"
+    layout = "field"
+
+    def __init__(self, num_fields: int, output_dim: int, groups: list[FieldGroup], row_offsets: np.ndarray, *,
+                 multi_field: bool, guard: IdGuard, jit_compile: bool = False):
+        self.num_fields = int(num_fields)
+        self.output_dim = int(output_dim)
+        self.groups = groups
+        self.multi_field = bool(multi_field)
+        self.guard = guard
+        self.row_offsets = np.asarray(row_offsets, np.int32)
+        self.jit_compile = bool(jit_compile)
+        self.kept_width = int(sum(g.width * len(g.fields) for g in groups))  # K: kept columns per lookup
+        # code (f * D + j) of every kept column, in the order `_gather` puts them
+        self._codes = np.array(
+            [f * output_dim + j for g in groups for f, cols in zip(g.fields, g.columns) for j in cols], np.int64
+        )
+        if self.jit_compile and groups:
+            compiled = tf.function(lambda ids, valid, *values: self._gather_from(ids, valid, values),
+                                   jit_compile=True, autograph=False)
+            self._gather_fn = lambda ids, valid: compiled(ids, valid, *[tf.convert_to_tensor(v) for v in self.variables])
+        else:
+            self._gather_fn = lambda ids, valid: self._gather_from(ids, valid, None)
+
+    @property
+    def variables(self) -> list:
+        return [v for g in self.groups for v in (g.table, g.scales) if v is not None]
+
+    @property
+    def table_variables(self) -> list:
+        return list(self.variables)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
+
+    def _gather_from(self, ids: tf.Tensor, valid, values) -> tf.Tensor:
+        """`[N, *mid, F]` checked ids -> `[N, prod(mid) * K]` kept values, group by group.
+
+        `valid` (the `"zero"` policy) zeroes the rows of invalid ids; `values`
+        are the tables read for XLA, or None to gather from the variables.
+        """
+        tables = iter(values) if values is not None else None
+        batch = tf.shape(ids)[0] if any(d is None for d in ids.shape[1:-1]) else None  # only for unknown shapes
+        rows_all = ids + tf.constant(self.row_offsets) if self.row_offsets.any() else ids
+        pieces = []
+        for g in self.groups:
+            table = next(tables) if tables is not None else g.table
+            scales = (next(tables) if tables is not None else g.scales) if g.scales is not None else None
+            if len(g.fields) == self.num_fields:
+                pick = lambda x: x  # noqa: E731
+            elif len(g.fields) == 1:
+                f = int(g.fields[0])
+                pick = lambda x, f=f: x[..., f : f + 1]  # noqa: E731
+            else:
+                pick = lambda x, fs=g.fields: tf.gather(x, fs, axis=-1)  # noqa: E731
+            rows = pick(rows_all)
+            out = _decode(tf.gather(table, rows), scales, rows, tf.float32)  # [N, *mid, n_g, w]
+            if valid is not None:
+                out = out * tf.cast(pick(valid), out.dtype)[..., None]
+            pieces.append(_per_example(out, batch, len(g.fields) * g.width))
+        return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
+
+    def _checked(self, ids):
+        ids, valid = self.guard(ids)
+        if not self.multi_field:
+            ids = ids[..., None]
+            valid = valid[..., None] if valid is not None else None
+        return ids, valid
+
+    def folded(self, ids: tf.Tensor) -> tf.Tensor:
+        """`[batch, P]`: the kept values of every lookup of an example (see `folded_codes`)."""
+        ids, valid = self._checked(ids)
+        if not self.kept_width:
+            return tf.zeros(tf.stack([tf.shape(ids)[0], 0]), tf.float32)
+        return self._gather_fn(ids, valid)
+
+    def folded_codes(self, positions: int) -> np.ndarray:
+        """Code of every `folded` column for examples of `positions` lookups each:
+        `(position * F + f) * D + j` (the flat index in the padded `[positions, F, D]`
+        output of one example); for a single-field layer F = 1."""
+        out = []
+        for g in self.groups:
+            codes = np.array([f * self.output_dim + j for f, cols in zip(g.fields, g.columns) for j in cols], np.int64)
+            out.append((np.arange(positions)[:, None] * self.num_fields * self.output_dim + codes[None, :]).reshape(-1))
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def padded(self, ids: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
+        """`[..., F, D]` (multi-field) or `[..., D]`: removed columns exact zeros."""
+        ids = tf.convert_to_tensor(ids)
+        shape = tf.shape(ids)
+        flat = tf.reshape(ids, [-1, self.num_fields] if self.multi_field else [-1])
+        checked, valid = self._checked(flat)
+        F, D = self.num_fields, self.output_dim
+        if not self.kept_width:
+            out = tf.zeros(tf.stack([tf.shape(checked)[0], F * D]), dtype)
+        else:
+            kept = self._gather_fn(checked, valid)  # [N, K]
+            # every column of the padded row from [kept..., 0]: one element gather per row
+            place = np.full(F * D, self.kept_width, np.int32)
+            place[self._codes] = np.arange(self.kept_width)
+            padded = tf.concat([kept, tf.zeros_like(kept[:, :1])], axis=1)
+            out = tf.cast(tf.gather(padded, place, axis=1), dtype)
+        tail = [F, D] if self.multi_field else [D]
+        lead = shape[:-1] if self.multi_field else shape
+        return tf.reshape(out, tf.concat([lead, tail], 0))
+
+
+class ValueLookup:
+    """Serving lookup of a layer with per-value sizes (`keras_embdim.export.layouts`).
+
+    Args:
+        packed: the layer's `layouts.PackedTable` (all its fields), its arrays
+            as variables.
+        field_widths: `[F]` largest size of each field.
+        multi_field: whether the last axis of the ids indexes fields.
+        guard: the `IdGuard` of the layer.
+        jit_compile: XLA-compile the lookup (the static-shape `layouts.prefix_rows`
+            path): TF Serving then needs `--xla_cpu_compilation_enabled=true`.
+    """
+
+    granularity = "value"
+
+    def __init__(self, packed: layouts.PackedTable, arrays: dict, field_widths: np.ndarray, *, multi_field: bool,
+                 guard: IdGuard, jit_compile: bool = False):
+        self.layout = packed.layout
+        self.meta = packed.meta
+        self.field_starts = packed.field_starts
+        self.output_dim = packed.output_dim
+        self.num_fields = len(packed.field_starts)
+        self.arrays = arrays
+        self.kept = packed.kept
+        self.multi_field = bool(multi_field)
+        self.guard = guard
+        self.field_widths = np.asarray(field_widths, np.int64)
+        self.width = int(self.field_widths.max(initial=0))  # folded rows are padded to the widest field only
+        self.jit_compile = bool(jit_compile)
+        if self.jit_compile:  # XLA: static shapes, full-width rows (`layouts.prefix_rows`)
+            names = list(arrays)
+            self._compiled = _jit(lambda g, values: self._rows_from(g, dict(zip(names, values)), self.output_dim, False),
+                                  [arrays[n] for n in names])
+
+    @property
+    def variables(self) -> list:
+        return list(self.arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
+
+    def _rows_from(self, g: tf.Tensor, arrays: dict, width: int, ranged: bool) -> tf.Tensor:
+        start, size = layouts.start_and_size(arrays, g, **self.meta)
+        rows = (layouts.ranged_rows if ranged else layouts.prefix_rows)(arrays["values"], start, size, width)
+        return _decode(rows, arrays.get("scales"), g, tf.float32)
+
+    def _lookup_rows(self, ids: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """`[N, width]` rows of the flattened checked ids, and the flat valid mask."""
+        ids, valid = self.guard(ids)
+        g = ids + tf.constant(self.field_starts) if self.multi_field else ids
+        g = tf.reshape(g, [-1])
+        if self.jit_compile:
+            rows = self._compiled(g)[:, :width]
+        else:
+            rows = self._rows_from(g, self.arrays, width, True)
+        if valid is not None:
+            rows = rows * tf.cast(tf.reshape(valid, [-1]), rows.dtype)[:, None]
+        return rows, ids
+
+    def folded(self, ids: tf.Tensor) -> tf.Tensor:
+        """`[batch, P]`: every lookup's first `width` columns (the widest field's size)."""
+        rows, ids = self._lookup_rows(ids, self.width)
+        ids = ids if self.multi_field else ids[..., None]  # [batch, *mid, F]
+        shaped = tf.reshape(rows, tf.concat([tf.shape(ids), [self.width]], 0))
+        return _per_example(shaped, tf.shape(ids)[0], self.num_fields * self.width)
+
+    def folded_codes(self, positions: int) -> np.ndarray:
+        """As `FieldLookup.folded_codes`; columns past a field's widest value are -1 (always zero)."""
+        F, D, W = self.num_fields, self.output_dim, self.width
+        f = np.arange(F)[:, None]
+        j = np.arange(W)[None, :]
+        codes = np.where(j < self.field_widths[:, None], f * D + j, -1)  # [F, W]
+        pos = np.arange(positions)[:, None, None] * F * D
+        return np.where(codes[None] >= 0, pos + codes[None], -1).reshape(-1)
+
+    def padded(self, ids: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
+        """`[..., F, D]` (multi-field) or `[..., D]`: each value's prefix, then zeros."""
+        ids = tf.convert_to_tensor(ids)
+        rows, _ = self._lookup_rows(ids, self.output_dim)
+        return tf.reshape(tf.cast(rows, dtype), tf.concat([tf.shape(ids), [self.output_dim]], 0))

@@ -1,0 +1,198 @@
+"""The serving signatures of an export: named inputs, stable output names, id dtypes.
+
+- Inputs keep the model's input names (cleaned to what SavedModel allows).
+- Integer inputs are int64 in `serving_default` (numpy's default integer,
+  what `tf.make_tensor_proto(np.array(...))` sends) and int32 in
+  `serving_int32` (what `tf.make_tensor_proto([1, 2])` sends); both cast to
+  the model's dtype inside, int64 -> int32 saturating, so an id beyond the
+  int32 range is an invalid id, never a wrapped-around valid one. Called
+  from Python, `serving_default` also takes numpy int32 arrays.
+- Outputs: a dict output keeps its keys; otherwise an output produced by a
+  layer the user named keeps that name, and an output of an auto-named layer
+  (`dense_1`, which changes whenever the model is rebuilt) is `output_<i>`,
+  as Keras 3's `model.export()` names them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_embdim import _compat
+from keras_embdim.layers.fields import saturate_cast
+
+DEFAULT_SIGNATURE = "serving_default"
+INT32_SIGNATURE = "serving_int32"
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def clean_name(name: str) -> str:
+    name = _NAME_OK.sub("_", name) or "inputs"
+    return name if name[0].isalpha() else f"x_{name}"
+
+
+def _spec_of(value: Any, name: str) -> tf.TensorSpec:
+    value = tf.convert_to_tensor(value)
+    return tf.TensorSpec([None, *value.shape[1:]], value.dtype, name=name)
+
+
+@dataclass
+class InputLayout:
+    """How named serving inputs map to the model's inputs."""
+
+    kind: str  # "dict", "list" or "single"
+    names: list  # the model's names, in the model's order
+    specs: dict  # clean name -> tf.TensorSpec in the model's dtypes
+
+    def serving_specs(self, int_dtype: tf.DType) -> dict:
+        """The specs of a signature whose integer inputs are `int_dtype`."""
+        return {
+            n: tf.TensorSpec(s.shape, int_dtype if s.dtype.is_integer else s.dtype, name=n) for n, s in self.specs.items()
+        }
+
+    @property
+    def has_integer_inputs(self) -> bool:
+        return any(s.dtype.is_integer for s in self.specs.values())
+
+    def model_inputs(self, named: dict, cast: bool = True) -> Any:
+        """Serving inputs (by clean name) in the model's structure, converted to the model's
+        dtypes (`cast=False`: integers as served; `keras_embdim.export.fold.run` casts them
+        where a consumer needs it)."""
+        conv = {n: to_dtype(named[n], self.specs[n].dtype) if cast or not self.specs[n].dtype.is_integer
+                else named[n] for n in self.specs}
+        if self.kind == "dict":
+            return {n: conv[clean_name(n)] for n in self.names}
+        if self.kind == "list":
+            return [conv[n] for n in self.names]
+        return conv[self.names[0]]
+
+
+to_dtype = saturate_cast  # a wider integer is clipped first, so it cannot wrap into range
+
+
+def input_layout(model: Any, input_signature: Any, sample_inputs: Any) -> InputLayout:
+    """How the export's named inputs map to `model`'s inputs."""
+    if input_signature is not None:
+        # Its form says how the model is called: one tensor, a list, or a dict.
+        if isinstance(input_signature, tf.TensorSpec):
+            n = clean_name(input_signature.name or "inputs")
+            return InputLayout("single", [n], {n: tf.TensorSpec(input_signature.shape, input_signature.dtype, name=n)})
+        if isinstance(input_signature, (list, tuple)) and all(isinstance(s, tf.TensorSpec) for s in input_signature):
+            names = [clean_name(s.name or f"input_{i}") for i, s in enumerate(input_signature)]
+            return InputLayout("list", names, {n: tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in zip(names, input_signature)})
+        if not isinstance(input_signature, dict):
+            raise ValueError(
+                "`input_signature` must be a tf.TensorSpec (model takes one tensor), a list of them, "
+                f"or a dict of name -> tf.TensorSpec (model takes a dict); received {input_signature!r}."
+            )
+        names = list(input_signature)
+        return InputLayout("dict", names, {clean_name(n): tf.TensorSpec(s.shape, s.dtype, name=clean_name(n))
+                                           for n, s in input_signature.items()})
+    struct = _compat.input_structure(model)
+    if struct is None:
+        if sample_inputs is None:
+            raise ValueError(
+                f"model '{model.name}' has no symbolic inputs (subclassed?); pass "
+                "`input_signature` (dict of name -> tf.TensorSpec) or `sample_inputs`."
+            )
+        if isinstance(sample_inputs, dict):
+            names = list(sample_inputs)
+            return InputLayout("dict", names, {clean_name(n): _spec_of(sample_inputs[n], clean_name(n)) for n in names})
+        if isinstance(sample_inputs, (list, tuple)):
+            names = [f"input_{i}" for i in range(len(sample_inputs))]
+            return InputLayout("list", names, {n: _spec_of(v, n) for n, v in zip(names, sample_inputs)})
+        return InputLayout("single", ["inputs"], {"inputs": _spec_of(sample_inputs, "inputs")})
+
+    def spec(t, name):
+        shape = _compat.symbolic_shape(t)
+        return tf.TensorSpec([None, *shape[1:]], _compat.symbolic_dtype(t), name=name)
+
+    if isinstance(struct, dict):
+        names = list(struct)
+        return InputLayout("dict", names, {clean_name(n): spec(struct[n], clean_name(n)) for n in names})
+    if isinstance(struct, (list, tuple)):
+        names, seen = [], set()
+        for i, t in enumerate(struct):
+            n = clean_name(_compat.symbolic_name(t))
+            if n in seen:
+                n = f"{n}_{i}"
+            seen.add(n)
+            names.append(n)
+        return InputLayout("list", names, {n: spec(t, n) for n, t in zip(names, struct)})
+    n = clean_name(_compat.symbolic_name(struct))
+    return InputLayout("single", [n], {n: spec(struct, n)})
+
+
+def _snake(name: str) -> str:
+    """Keras' own `to_snake_case`, which its automatic layer names start from."""
+    s = re.sub("(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
+    s = re.sub("([a-z])([A-Z])", r"\1_\2", s).lower()
+    return s if not s.startswith("_") else "private" + s
+
+
+def is_auto_named(layer: Any) -> bool:
+    """Whether `layer.name` is what Keras names a layer of its class when no name is given."""
+    base = _snake(type(layer).__name__)
+    return re.fullmatch(re.escape(base) + r"(_\d+)?", layer.name) is not None
+
+
+def output_names(model: Any, outputs: Any) -> list[str]:
+    """The signature's output names for `outputs` (a dict keeps its keys)."""
+    if isinstance(outputs, dict):
+        return [clean_name(k) for k in outputs]
+    flat = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    net = _compat.graph_network(model)
+    layers = [_compat.producing_layer(t) for t in _compat.graph_outputs(net)] if net is not None else []
+    if len(layers) != len(flat):
+        layers = [None] * len(flat)
+    names, seen = [], set()
+    for i, layer in enumerate(layers):
+        name = f"output_{i}" if layer is None or is_auto_named(layer) else clean_name(layer.name)
+        while name in seen:
+            name = f"{name}_{i}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def named_outputs(model: Any, outputs: Any) -> dict:
+    if isinstance(outputs, dict):
+        return {clean_name(k): v for k, v in outputs.items()}
+    flat = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    return dict(zip(output_names(model, outputs), flat))
+
+
+def synthesize_inputs(specs: dict, low: int, rows: int = 64, seed: int = 0) -> dict:
+    """Valid-looking inputs for verification: integer ids below `low` (the smallest vocabulary)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, s in specs.items():
+        shape = [rows if i == 0 else (d or 1) for i, d in enumerate(s.shape.as_list())]
+        if s.dtype.is_integer:
+            out[name] = rng.integers(0, max(1, low), size=shape).astype(s.dtype.as_numpy_dtype)
+        elif s.dtype == tf.string:
+            out[name] = np.full(shape, b"", dtype=object)
+        elif s.dtype == tf.bool:
+            out[name] = rng.integers(0, 2, size=shape).astype(bool)
+        else:
+            out[name] = rng.standard_normal(shape).astype(s.dtype.as_numpy_dtype)
+    return out
+
+
+def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
+    """`sample_inputs` (a dict by input name, a list, or one array) by clean input name."""
+    if isinstance(sample_inputs, dict):
+        named = {clean_name(k): np.asarray(v) for k, v in sample_inputs.items()}
+    elif isinstance(sample_inputs, (list, tuple)):
+        named = {n: np.asarray(v) for n, v in zip(layout.specs, sample_inputs)}
+    else:
+        named = {next(iter(layout.specs)): np.asarray(sample_inputs)}
+    missing = set(layout.specs) - set(named)
+    if missing:
+        raise ValueError(f"sample_inputs lacks inputs {sorted(missing)}; the export takes {sorted(layout.specs)}.")
+    return named

@@ -1,0 +1,213 @@
+"""What a TF Serving user needs from an export: versions, permissions, signatures, ids, bytes."""
+
+import json
+import os
+import stat
+import subprocess
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_embdim as ked
+from keras_embdim import rows as row_ops
+from keras_embdim._compat import keras
+from keras_embdim.export import compact
+from keras_embdim.serving import check_in_fresh_process
+
+
+@pytest.fixture(scope="module")
+def searched():
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=3000, num_fields=4, max_vocab=200, seed=7)
+    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,))
+    layer = ked.find_searchable_layers(model)[0]
+    layer.set_dimension_mask(np.random.default_rng(0).random((4, 8)) < 0.5)
+    return d, model, d.inputs(d.test[0][:200])
+
+
+def test_versions_auto_explicit_and_plain(searched, tmp_path):
+    d, model, sample = searched
+    base = str(tmp_path / "models" / "ctr")
+    first = ked.export_compact(model, base, sample_inputs=sample, verbose=0)
+    second = ked.export_compact(model, base, sample_inputs=sample, verbose=0)
+    assert (first.version, second.version) == (1, 2) and first.base_path == base
+    assert sorted(os.listdir(base)) == ["1", "2"]  # no temporary folder left
+    seven = ked.export_compact(model, base, version=7, sample_inputs=sample, verbose=0)
+    assert seven.path == os.path.join(base, "7")
+    with pytest.raises(FileExistsError, match="version='auto' for the next version"):
+        ked.export_compact(model, base, version=7, verbose=0)
+    again = ked.export_compact(model, base, version=7, overwrite=True, sample_inputs=sample, verbose=0)
+    assert again.path == seven.path
+    assert ked.export_compact(model, base, sample_inputs=sample, verbose=0).version == 8  # next after the highest
+    # a plain SavedModel folder is not a base path
+    plain = ked.export_compact(model, str(tmp_path / "plain"), version=None, sample_inputs=sample, verbose=0)
+    assert plain.version is None and plain.base_path is None and plain.path == str(tmp_path / "plain")
+    with pytest.raises(FileExistsError, match="is a SavedModel itself"):
+        ked.export_compact(model, str(tmp_path / "plain"), verbose=0)
+    for bad in (0, -1, "latest", True, 1.5):
+        with pytest.raises(ValueError, match="`version` must be 'auto'"):
+            ked.export_compact(model, base, version=bad, verbose=0)
+        with pytest.raises(ValueError, match="`version` must be 'auto'"):
+            ked.DimensionExporter(base, version=bad)
+
+
+def test_exporter_callback_writes_the_next_version_and_fails_fast_on_a_taken_one(searched, tmp_path):
+    d, model, sample = searched
+    base = str(tmp_path / "ctr")
+    x, y = d.train
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    cb = ked.DimensionExporter(base, sample_inputs=sample, verbose=0)
+    model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0, callbacks=[cb])
+    assert cb.result.path == os.path.join(base, "1")
+    weights = [w.copy() for w in model.get_weights()]
+    with pytest.raises(FileExistsError, match="Nothing was trained"):
+        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0, callbacks=[ked.DimensionExporter(base, version=1)])
+    for a, b in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_permissions_are_those_of_model_export(searched, tmp_path):
+    d, model, sample = searched
+    old = os.umask(0o022)
+    try:
+        r = ked.export_compact(model, str(tmp_path / "perm"), sample_inputs=sample, verbose=0)
+    finally:
+        os.umask(old)
+    for root, dirs, files in os.walk(r.path):
+        assert stat.S_IMODE(os.stat(root).st_mode) == 0o755, root
+        for f in files:
+            assert stat.S_IMODE(os.stat(os.path.join(root, f)).st_mode) == 0o644, f
+
+
+def _read_all_as(uid: int, folder: str) -> subprocess.CompletedProcess:
+    """List every folder and read every file of `folder` as another user (what a server
+    running as its own user does when it loads the model)."""
+    script = 'find "$1" -type d -exec ls {} + > /dev/null && find "$1" -type f -exec cat {} + > /dev/null && id -u'
+
+    def drop_privileges():
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return subprocess.run(["/bin/sh", "-c", script, "sh", folder], capture_output=True, text=True, timeout=120,
+                          preexec_fn=drop_privileges, cwd="/")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="switching to another uid needs root")
+def test_another_user_can_read_every_file_of_the_export(searched):
+    """TF Serving often runs as its own user (the docker image's, or a service account)."""
+    d, model, sample = searched
+    top = tempfile.mkdtemp(dir="/tmp")
+    os.chmod(top, 0o755)  # a folder every user may enter, as a model repository is
+    old = os.umask(0o022)
+    try:
+        r = ked.export_compact(model, os.path.join(top, "ctr"), sample_inputs=sample, verbose=0)
+    finally:
+        os.umask(old)
+    proc = _read_all_as(65534, os.path.join(top, "ctr"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "65534", proc.stderr
+    # the check can fail: a file only its owner may read (what mkdtemp's 0700 did to the folder) is refused
+    os.chmod(os.path.join(r.path, "saved_model.pb"), 0o600)
+    assert _read_all_as(65534, os.path.join(top, "ctr")).returncode != 0
+
+
+def test_int64_and_int32_ids_and_no_wrap_around(searched, tmp_path):
+    d, model, sample = searched
+    r = ked.export_compact(model, str(tmp_path / "ids"), sample_inputs=sample, verbose=0)
+    assert r.signatures == ["serving_default", "serving_int32"]
+    assert {n: v["dtype"] for n, v in r.inputs.items()} == {n: "int64" for n in d.field_names}
+    loaded = tf.saved_model.load(r.path)
+    want = model.predict(sample, verbose=0)
+    for arrays in ({k: v.astype(np.int64) for k, v in sample.items()}, {k: v.astype(np.int32) for k, v in sample.items()}):
+        np.testing.assert_allclose(loaded.signatures["serving_default"](**arrays)["ctr"].numpy(), want, atol=1e-6)
+    int32 = {k: tf.constant(v, tf.int32) for k, v in sample.items()}
+    np.testing.assert_allclose(loaded.signatures["serving_int32"](**int32)["ctr"].numpy(), want, atol=1e-6)
+    # 2**32 + 1 would be id 1 after a plain int64 -> int32 cast: it must be refused
+    bad = {k: np.ones(2, np.int64) for k in sample}
+    bad[d.field_names[0]][1] = 2**32 + 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="outside its vocabulary"):
+        loaded.signatures["serving_default"](**bad)
+
+
+def test_invalid_ids_error_or_zero_chosen_at_export(searched, tmp_path):
+    d, model, sample = searched
+    names = d.field_names
+    err = ked.export_compact(model, str(tmp_path / "err"), sample_inputs=sample, verbose=0)
+    zero = ked.export_compact(model, str(tmp_path / "zero"), sample_inputs=sample, verbose=0, on_invalid_id="zero")
+    assert (err.on_invalid_id, zero.on_invalid_id) == ("error", "zero")
+    bad = {k: np.asarray(v[:3]).astype(np.int64) for k, v in sample.items()}
+    vocab = d.vocab_sizes[2]
+    bad[names[2]][1] = vocab + 5
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=rf'field \\"{names[2]}\\" received id {vocab + 5}, outside its vocabulary of {vocab} ids'):
+        tf.saved_model.load(err.path).signatures["serving_default"](**bad)
+    # "zero": that id embeds to zeros, the request answers, and equals the model with the id's row zeroed
+    served = tf.saved_model.load(zero.path).signatures["serving_default"](**bad)["ctr"].numpy()
+    layer = ked.find_searchable_layers(model)[0]
+    table = np.asarray(layer.embedding_variable).copy()
+    fixed = dict(bad)
+    fixed[names[2]] = np.where(bad[names[2]] >= vocab, 0, bad[names[2]])
+    row = int(layer._offsets[2])  # id 0 of field 2: zeroed while the model predicts
+    try:
+        t = table.copy()
+        t[row] = 0.0
+        layer.embedding_variable.assign(t)
+        want = model.predict(fixed, verbose=0)
+    finally:
+        layer.embedding_variable.assign(table)
+    np.testing.assert_allclose(served[1], want[1], atol=1e-6)
+    np.testing.assert_allclose(served[[0, 2]], model.predict(fixed, verbose=0)[[0, 2]], atol=1e-6)
+    with pytest.raises(ValueError, match="`on_invalid_id` must be one of"):
+        ked.DimensionExporter(str(tmp_path / "x"), on_invalid_id="clip")
+
+
+def test_string_inputs_with_a_lookup_inside_serve_in_a_fresh_process(tmp_path):
+    keras.utils.set_random_seed(0)
+    vocab = [f"city_{i}" for i in range(40)]
+    inp = keras.Input(shape=(), dtype="string", name="city")
+    lookup = keras.layers.StringLookup(vocabulary=vocab, name="lookup")
+    emb = ked.PrunableEmbedding(len(vocab) + 1, 8, name="emb")
+    model = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="p")(emb(lookup(inp))))
+    emb.set_dimension_mask(np.array([[1, 0, 1, 1, 0, 0, 1, 0]], bool))
+    cities = np.array(["city_3", "city_28", "nowhere", "city_0"])
+    r = ked.export_compact(model, str(tmp_path / "s"), sample_inputs={"city": cities}, verbose=0)
+    assert r.folds["emb"]["folded_into"] == ["p"] and r.inputs["city"]["dtype"] == "string"
+    assert r.signatures == ["serving_default"]  # no integer input: no int32 variant
+    report = check_in_fresh_process(r.path, {"city": cities}, {"p": model.predict(tf.constant(cities), verbose=0)})
+    assert report["tf1_max_abs_diff"] <= 1e-6 and report["tf2_max_abs_diff"] <= 1e-6
+
+
+def test_bytes_by_part_add_up(searched, tmp_path):
+    d, model, sample = searched
+    r = ked.export_compact(model, str(tmp_path / "b"), sample_inputs=sample, verbose=0)
+    b = r.bytes
+    assert b["embedding_tables"] == r.embedding_bytes == 4 * r.kept_params
+    assert b["embedding_tables"] + b["other_variables"] == r.variable_bytes
+    assert b["graph"] == sum(os.path.getsize(os.path.join(r.path, f)) for f in os.listdir(r.path) if f.endswith(".pb"))
+    on_disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(r.path) for f in fs)
+    assert b["total"] == on_disk - os.path.getsize(os.path.join(r.path, "dimensions.json"))
+    assert b["variables_files"] >= r.variable_bytes and b["assets"] == 0
+    with open(os.path.join(r.path, "dimensions.json")) as fh:
+        assert json.load(fh)["export"]["bytes"] == b
+
+
+@pytest.mark.parametrize("per_value", [False, True])
+def test_compaction_reads_the_table_a_chunk_at_a_time(searched, monkeypatch, per_value):
+    """No whole-table copy: every read of the table is at most one chunk of rows."""
+    layer = ked.PrunableEmbedding([300, 50], 8, name="big")
+    layer.build()
+    rng = np.random.default_rng(0)
+    layer.embedding_variable.assign(rng.standard_normal((350, 8)).astype(np.float32))
+    if per_value:
+        layer.set_value_sizes(rng.integers(0, 9, 350))
+    else:
+        layer.set_dimension_mask(rng.random((2, 8)) < 0.5)
+    whole = compact.compact_layer(layer).lookup
+    reads, real = [], row_ops.read_rows
+    monkeypatch.setattr(row_ops, "CHUNK_ROWS", 64)
+    monkeypatch.setattr(compact.row_ops, "read_rows", lambda v, a, b, c=None: reads.append(b - a) or real(v, a, b, c))
+    chunked = compact.compact_layer(layer).lookup
+    assert reads and max(reads) <= 64
+    ids = np.stack([rng.integers(0, 300, 40), rng.integers(0, 50, 40)], -1)
+    np.testing.assert_array_equal(chunked.padded(tf.constant(ids)).numpy(), whole.padded(tf.constant(ids)).numpy())

@@ -1,0 +1,203 @@
+"""Folding removed columns out of the served computation (keras_embdim.export.fold).
+
+Each model gets random tables and masks (no training needed: folding is exact
+algebra), is exported, and the export is compared with the Keras model value
+by value; the report says what was folded and why not.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_embdim as ked
+from keras_embdim._compat import keras
+from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
+
+VOCAB = [7, 30, 120]
+D = 6
+
+
+def _mask(layer, seed, p=0.5):
+    rng = np.random.default_rng(seed)
+    layer.embedding_variable.assign(rng.standard_normal(tuple(layer.embedding_variable.shape)).astype(np.float32))
+    if isinstance(layer, ked.HardMaskEmbedding):
+        layer.freeze(rng.random((layer.num_fields, layer.output_dim)) < p)
+    else:
+        layer.set_dimension_mask(rng.random((layer.num_fields, layer.output_dim)) < p)
+
+
+def _ids(n=50, seed=0, vocab=VOCAB):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, v, n) for v in vocab], 1).astype("int32")
+
+
+def _served(r, inputs):
+    fn = tf.saved_model.load(r.path).signatures["serving_default"]
+    return {k: v.numpy() for k, v in fn(**inputs).items()}
+
+
+def _kernel_rows_stored(r):
+    """Row counts of every stored 2-D variable that is not an embedding table."""
+    reader = tf.train.load_checkpoint(os.path.join(r.path, "variables", "variables"))
+    return sorted(tuple(s) for k, s in reader.get_variable_to_shape_map().items()
+                  if "VARIABLE_VALUE" in k and len(s) == 2 and not k.startswith(TABLES_ATTRIBUTE))
+
+
+def test_mlp_folds_and_ships_only_the_kept_kernel_rows(tmp_path):
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    h = keras.layers.Dense(5, activation="relu", name="hidden")(keras.layers.Flatten()(emb(ids)))
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid", name="ctr")(h))
+    _mask(emb, 1)
+    k = int(emb.dimension_mask().kept_dims.sum())
+    x = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert r.folds == {"emb": {"folded_into": ["hidden"], "padded": None}}
+    np.testing.assert_allclose(_served(r, {"ids": x})["ctr"], model.predict(x, verbose=0), atol=1e-6)
+    # the 18 x 5 kernel is not shipped, only its k kept rows
+    assert _kernel_rows_stored(r) == sorted([(k, 5), (5, 1)])
+    assert r.bytes["other_variables"] == 4 * (k * 5 + 5 + 5 + 1)
+    # fold=False: the same predictions from the padded lookup and the whole kernel
+    p = ked.export_compact(model, tmp_path / "p", sample_inputs=x, verbose=0, fold=False)
+    assert p.folds["emb"]["padded"] == "folding is off (fold=False)"
+    assert _kernel_rows_stored(p) == sorted([(3 * D, 5), (5, 1)])
+    np.testing.assert_allclose(_served(p, {"ids": x})["ctr"], _served(r, {"ids": x})["ctr"], atol=1e-6)
+
+
+def test_two_searched_layers_and_a_dense_feature_into_one_dense(tmp_path):
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    item = keras.Input((), dtype="int32", name="item")
+    price = keras.Input((2,), name="price")
+    a = ked.PrunableEmbedding(VOCAB, D, name="fields")
+    b = ked.HardMaskEmbedding(40, 4, name="item_emb")
+    x = keras.layers.Concatenate(name="cat")([keras.layers.Flatten()(a(ids)), price, b(item)])
+    x = keras.layers.Dropout(0.3)(x)
+    out = keras.layers.Dense(3, name="head")(x)
+    model = keras.Model({"ids": ids, "item": item, "price": price}, out)
+    _mask(a, 2)
+    _mask(b, 3)
+    rng = np.random.default_rng(0)
+    sample = {"ids": _ids(), "item": rng.integers(0, 40, 50).astype("int32"),
+              "price": rng.standard_normal((50, 2)).astype("float32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["fields"]["folded_into"] == ["head"] and r.folds["item_emb"]["folded_into"] == ["head"]
+    k = int(a.dimension_mask().kept_dims.sum()) + int(b.dimension_mask().kept_dims.sum())
+    assert _kernel_rows_stored(r) == [(k + 2, 3)]  # kept columns of both layers and the 2 dense features
+    np.testing.assert_allclose(_served(r, sample)["head"], model.predict(sample, verbose=0), atol=1e-5)
+
+
+def test_permute_and_reshape_fold_through_probing(tmp_path):
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    x = keras.layers.Permute((2, 1))(emb(ids))  # [B, D, F]: fields interleaved in the Dense input
+    x = keras.layers.Reshape((D * 3,))(x)
+    model = keras.Model(ids, keras.layers.Dense(2, name="head")(x))
+    _mask(emb, 4)
+    x_ = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
+    assert r.folds["emb"]["folded_into"] == ["head"]
+    np.testing.assert_allclose(_served(r, {"ids": x_})["head"], model.predict(x_, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("per_value", [False, True])
+def test_sequence_of_one_field_folds_per_position(tmp_path, per_value):
+    hist = keras.Input((5,), dtype="int32", name="history")
+    emb = ked.PrunableEmbedding(50, D, name="seq")
+    model = keras.Model(hist, keras.layers.Dense(2, name="head")(keras.layers.Flatten()(emb(hist))))
+    emb.build()
+    rng = np.random.default_rng(5)
+    emb.embedding_variable.assign(rng.standard_normal((50, D)).astype(np.float32))
+    if per_value:
+        emb.set_value_sizes(rng.integers(0, 4, 50))  # widest value 3 < D: folded rows are 3 wide
+    else:
+        emb.set_dimension_mask(rng.random((1, D)) < 0.5)
+    x = rng.integers(0, 50, (40, 5)).astype("int32")
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert r.folds["seq"]["folded_into"] == ["head"]
+    width = 3 if per_value else int(emb.dimension_mask().kept_dims[0])
+    assert _kernel_rows_stored(r) == [(5 * width, 2)]
+    np.testing.assert_allclose(_served(r, {"history": x})["head"], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_one_search_feeding_two_heads_is_looked_up_once_and_named_outputs_stay(tmp_path):
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    flat = keras.layers.Flatten()(emb(ids))
+    click = keras.layers.Dense(1, activation="sigmoid", name="click")(flat)
+    other = keras.layers.Dense(1)(flat)  # an unnamed head: a stable output_<i> name
+    model = keras.Model(ids, [click, other])
+    _mask(emb, 6)
+    x = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert sorted(r.folds["emb"]["folded_into"]) == sorted(["click", other._keras_history[0].name])
+    assert sorted(r.outputs) == ["click", "output_1"]
+    got = _served(r, {"ids": x})
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got["click"], want[0], atol=1e-5)
+    np.testing.assert_allclose(got["output_1"], want[1], atol=1e-5)
+
+
+def test_deepfm_serves_padded_and_says_why(tmp_path):
+    d = ked.data.make_synthetic_ctr(num_rows=500, num_fields=3, max_vocab=40, seed=1)
+    model = ked.models.build_deepfm(d.vocab_sizes, d.field_names, embedding_dim=D, hidden=(4,))
+    _mask(ked.find_searchable_layers(model)[0], 7)
+    sample = d.inputs(d.test[0][:60])
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds == {"embedding": {"folded_into": [], "padded": "its output reaches 'fm' (FMInteraction)"}}
+    np.testing.assert_allclose(_served(r, sample)["ctr"], model.predict(sample, verbose=0), atol=1e-5)
+
+
+def test_a_dense_called_twice_is_not_folded(tmp_path):
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    shared = keras.layers.Dense(2, name="shared")
+    flat = keras.layers.Flatten()(emb(ids))
+    model = keras.Model(ids, keras.layers.Add()([shared(flat), shared(flat * 2.0)]))
+    _mask(emb, 8)
+    x = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert not r.folds["emb"]["folded_into"] and r.folds["emb"]["padded"]
+    np.testing.assert_allclose(list(_served(r, {"ids": x}).values())[0], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_nested_functional_tower_folds_inside_and_subclassed_says_why(tmp_path):
+    inner_in = keras.Input((3,), dtype="int32")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    tower = keras.Model(inner_in, keras.layers.Dense(4, name="proj")(keras.layers.Flatten()(emb(inner_in))), name="tower")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    model = keras.Model(ids, keras.layers.Dense(1, name="out")(tower(ids)))
+    _mask(emb, 9)
+    x = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert r.folds["emb"]["folded_into"] == ["proj"]
+    np.testing.assert_allclose(_served(r, {"ids": x})["out"], model.predict(x, verbose=0), atol=1e-5)
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.emb = ked.PrunableEmbedding(VOCAB, D, name="sub_emb")
+            self.out = keras.layers.Dense(1)
+
+        def call(self, ids):
+            return self.out(tf.reshape(self.emb(ids), [-1, 3 * D]))
+
+    sub = Sub()
+    sub(x)
+    _mask(sub.emb, 10)
+    s = ked.export_compact(sub, tmp_path / "s", input_signature=tf.TensorSpec([None, 3], tf.int32, name="ids"),
+                           sample_inputs=x, verbose=0)
+    assert "subclassed" in s.folds["sub_emb"]["padded"]
+    assert s.max_abs_diff <= 1e-5
+
+
+def test_folded_model_serves_an_empty_batch(tmp_path):
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    model = keras.Model(ids, keras.layers.Dense(1, name="o")(keras.layers.Flatten()(emb(ids))))
+    _mask(emb, 11)
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=_ids(), verbose=0)
+    assert _served(r, {"ids": np.zeros((0, 3), "int32")})["o"].shape == (0, 1)
+    emb_bytes = sum(b for k, b in saved_variable_bytes(r.path).items() if k.startswith(TABLES_ATTRIBUTE))
+    assert emb_bytes == 4 * emb.dimension_mask().kept_params

@@ -1,0 +1,139 @@
+"""Serving lookups of compacted layers against numpy references (keras_embdim.export.lookup)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings, strategies as st
+
+import keras_embdim as ked
+from keras_embdim.export.compact import compact_layer
+from keras_embdim.mask import DimensionMask
+
+import reference
+
+
+def _layer(vocab, D, seed, keep=None, sizes=None):
+    rng = np.random.default_rng(seed)
+    layer = ked.PrunableEmbedding(list(vocab), D, name="emb")
+    layer.build()
+    table = rng.standard_normal((sum(vocab), D)).astype(np.float32)
+    layer.embedding_variable.assign(table)
+    if keep is not None:
+        layer.set_dimension_mask(keep, zero_pruned=False)
+    if sizes is not None:
+        layer.set_value_sizes(sizes, zero_pruned=False)
+    return layer, table
+
+
+def test_mask_param_accounting():
+    m = DimensionMask([10, 100], np.array([[1, 1, 0], [1, 0, 0]]))
+    assert m.kept_dims.tolist() == [2, 1]
+    assert m.kept_params == 10 * 2 + 100
+    assert m.full_params == 330
+    recs = m.to_records()
+    assert recs[1]["params_after"] == 100 and recs[0]["kept_columns"] == [0, 1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=1, max_size=5), st.integers(1, 8), st.floats(0.0, 1.0),
+       st.integers(0, 10_000), st.booleans())
+def test_field_lookup_equals_masked_reference(vocab, D, keep_p, seed, jit):
+    """Padded and folded outputs of the per-field lookup against the numpy reference
+    (fields and whole layers may keep nothing); bytes are exactly the kept parameters."""
+    rng = np.random.default_rng(seed)
+    keep = rng.random((len(vocab), D)) < keep_p
+    layer, table = _layer(vocab, D, seed, keep=keep)
+    lookup = compact_layer(layer, jit_compile=jit).lookup
+    mask = layer.dimension_mask()
+    assert lookup.nbytes == 4 * mask.kept_params
+    assert len(lookup.groups) == len(set(mask.kept_dims[mask.kept_dims > 0].tolist()))  # one table per kept width
+    ids = np.stack([rng.integers(0, n, size=(3, 4)) for n in vocab], axis=-1)
+    want = reference.masked_lookup(table, mask, ids, multi_field=True)  # [3, 4, F, D]
+    np.testing.assert_array_equal(lookup.padded(tf.constant(ids)).numpy(), want)
+    # folded: [batch, P] in the lookup's own order; each column is the padded entry its code names
+    folded = lookup.folded(tf.constant(ids)).numpy()
+    codes = lookup.folded_codes(4)
+    assert folded.shape == (3, codes.size) and codes.size == 4 * int(mask.kept_dims.sum())
+    np.testing.assert_array_equal(folded, want.reshape(3, -1)[:, codes])
+
+
+def test_single_field_lookup_takes_ids_of_any_shape():
+    keep = np.array([[True, False, True]])
+    layer = ked.PrunableEmbedding(4, 3)
+    layer.build()
+    layer.embedding_variable.assign(np.arange(12, dtype=np.float32).reshape(4, 3))
+    layer.set_dimension_mask(keep)
+    lookup = compact_layer(layer).lookup
+    got = lookup.padded(tf.constant([[0, 3], [2, 2]])).numpy()
+    assert got.shape == (2, 2, 3) and got[0, 1].tolist() == [9.0, 0.0, 11.0]
+    assert lookup.folded(tf.constant([[0, 3], [2, 2]])).numpy()[0].tolist() == [0.0, 2.0, 9.0, 11.0]
+    assert lookup.folded_codes(2).tolist() == [0, 2, 3, 5]
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=4), st.integers(1, 12), st.integers(0, 10_000),
+       st.sampled_from(["auto", "offsets", "runs", "planes"]), st.booleans())
+def test_value_lookup_equals_prefix_reference(vocab, D, seed, layout, jit):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, D + 1, sum(vocab))
+    layer, table = _layer(vocab, D, seed, sizes=sizes)
+    lookup = compact_layer(layer, value_layout=layout, jit_compile=jit).lookup
+    ids = np.stack([rng.integers(0, n, size=(5,)) for n in vocab], axis=-1)
+    rows = ids + ked.fields.field_offsets(vocab)
+    want = reference.prefix_lookup(table, sizes, rows)  # [5, F, D]
+    np.testing.assert_array_equal(lookup.padded(tf.constant(ids)).numpy(), want)
+    # folded: each field padded only to the layer's widest value; columns past a field's widest are -1 (zero)
+    folded, codes = lookup.folded(tf.constant(ids)).numpy(), lookup.folded_codes(1)
+    assert folded.shape == (5, len(vocab) * lookup.width)
+    assert lookup.width == sizes.max()
+    np.testing.assert_array_equal(folded[:, codes >= 0], want.reshape(5, -1)[:, codes[codes >= 0]])
+    assert not folded[:, codes < 0].any()
+
+
+def test_invalid_ids_error_names_layer_field_value_and_vocabulary():
+    layer, _ = _layer([10, 20], 4, 0, keep=np.ones((2, 4), bool))
+    layer._field_names = ("user", "item")
+    lookup = compact_layer(layer).lookup
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r'layer "emb": field "item" received id 20, '
+                       r"outside its vocabulary of 20 ids \[0, 20\)"):
+        lookup.folded(tf.constant([[1, 2], [3, 20]]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "user" received id -1'):
+        lookup.padded(tf.constant([[-1, 2]]))
+    big = tf.constant([[2**33 + 1, 2]], tf.int64)  # would wrap to 1 as int32: still an error
+    with pytest.raises(tf.errors.InvalidArgumentError, match="received id 8589934593"):
+        lookup.padded(big)
+
+
+@pytest.mark.parametrize("per_value", [False, True])
+def test_zero_policy_serves_zero_vectors_for_invalid_ids_only(per_value):
+    rng = np.random.default_rng(0)
+    kw = {"sizes": rng.integers(0, 5, 30)} if per_value else {"keep": rng.random((2, 4)) < 0.7}
+    layer, _ = _layer([10, 20], 4, 0, **kw)
+    good = compact_layer(layer).lookup
+    zero = compact_layer(layer, on_invalid_id="zero").lookup
+    ids = np.array([[1, 2], [3, 25], [-4, 7]])
+    clean = np.where((ids >= 0) & (ids < [10, 20]), ids, 0)
+    want = good.padded(tf.constant(clean)).numpy()
+    want[1, 1] = 0.0
+    want[2, 0] = 0.0
+    np.testing.assert_array_equal(zero.padded(tf.constant(ids)).numpy(), want)
+    codes = zero.folded_codes(1)
+    got = zero.folded(tf.constant(ids)).numpy()
+    np.testing.assert_array_equal(got[:, codes >= 0], want.reshape(3, -1)[:, codes[codes >= 0]])
+
+
+@pytest.mark.parametrize("per_value", [False, True])
+@pytest.mark.parametrize("table_dtype", ["float16", "int8"])
+def test_stored_values_swap_in_and_back_exactly(per_value, table_dtype):
+    rng = np.random.default_rng(1)
+    kw = {"sizes": rng.integers(0, 5, 30)} if per_value else {"keep": rng.random((2, 4)) < 0.7}
+    layer, table = _layer([10, 20], 4, 1, **kw)
+    compact = compact_layer(layer, table_dtype=table_dtype)
+    ids = np.stack([np.arange(10), np.arange(10) * 2], -1)
+    served = compact.lookup.padded(tf.constant(ids)).numpy()
+    before = np.asarray(layer.embedding_variable).copy()
+    with compact.stored_values():
+        # the training lookup now reads exactly what the export serves
+        np.testing.assert_allclose(np.asarray(layer(ids)), served, rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(layer.embedding_variable), before)
+    assert compact.nbytes < 4 * layer.dimension_mask().kept_params + 4 * 31
