@@ -1,13 +1,15 @@
-"""Shared setup of the benchmark scripts: import the checkout, find ../shared/data."""
+"""Shared helpers of the benchmark scripts: find ../shared/data, results caches, timing, memory.
+
+Run the scripts from a checkout with the package installed (`pip install -e .`):
+`python benchmarks/<script>.py` puts this folder on `sys.path`, nothing else is patched.
+"""
 
 import os
 import statistics
-import sys
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-DOCS = os.path.join(ROOT, "docs")
-sys.path.insert(0, ROOT)
+DOCS = os.path.join(ROOT, "docs", "results")  # generated pages and plots
 _SHARED = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 if "KERAS_EMBDIM_DATA" not in os.environ and os.path.isdir(_SHARED):
     os.environ["KERAS_EMBDIM_DATA"] = _SHARED

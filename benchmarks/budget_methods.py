@@ -9,19 +9,17 @@ Methods, all with the same MLP (128-64), D = 16, Adam 1e-3, batch 1024:
 - ham+ortho: the same plus OrthogonalRegularizer(1e-3) during the whole fit;
 - sseds: SingleShotPruner(budget);
 - pme: PMEPruner(budget) (per-value sizes).
-Writes docs/methods_<dataset>.md: test AUC median, min and max over seeds, and kept params.
+Writes docs/results/methods_<dataset>.md: test AUC median, min and max over seeds, and kept params.
 """
 
 import argparse
 import os
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 D = 16
@@ -61,7 +59,7 @@ def main():
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    out = a.out or os.path.join(os.path.dirname(__file__), "..", "docs", f"methods_{a.dataset}.md")
+    out = a.out or os.path.join(_common.DOCS, f"methods_{a.dataset}.md")
     results = {}
     for seed in range(a.seeds):
         data = ked.data.load_dataset(a.dataset, seed=seed) if a.dataset in ("frappe", "movielens") else ked.data.load_dataset(a.dataset)

@@ -11,7 +11,7 @@ This script trains the same MLP as the runner (D = 16 reference and a 1-dim
 `PrunableEmbedding`, Adam 1e-3, batch 1024, 3 epochs, per seed), exports the
 1-dim model with `table_dtype` float32 / float16 / int8, and measures the AUC of
 the *served* predictions and the exported embedding bytes over the full
-model's float32 table. Writes docs/low_budget_bytes.md.
+model's float32 table. Writes docs/results/low_budget_bytes.md.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 D = 16

@@ -20,22 +20,20 @@ measurements of one round lie seconds apart. Per step times come from a
 callback (the first step of every fit, which traces, is left out). For each
 round the ratio is a configuration's median step time over plain's; the table
 gives the median and the quartiles of that ratio over rounds. Writes
-docs/overhead.md.
+docs/results/overhead.md.
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -78,7 +76,7 @@ def main():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "overhead.md"))
+    p.add_argument("--out", default=os.path.join(_common.DOCS, "overhead.md"))
     a = p.parse_args()
     if a.dataset == "synthetic":  # CTR-sized: 26 fields, vocabularies up to 100k
         data = ked.data.make_synthetic_ctr(num_rows=a.rows, num_fields=26, min_vocab=10, max_vocab=100_000, seed=0,

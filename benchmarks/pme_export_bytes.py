@@ -6,20 +6,18 @@ Trains the MLP (D = 16) with PMEPruner(budget), exports it with
 `export_compact` (verified against the model) and reports the bytes of the
 embedding variables in the SavedModel (the packed per-value layout that
 `value_layout="auto"` chose, `keras_embdim.ragged`) over kept params x 4 B.
-Writes docs/pme_export_bytes.md.
+Writes docs/results/pme_export_bytes.md.
 """
 
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 
 
 def main():

@@ -2,19 +2,17 @@
 
     python benchmarks/pme_min_dim.py [--dataset movielens] [--budget 0.1] [--seed 0] [--epochs 3]
 
-Writes docs/pme_min_dim_<dataset>.md (test AUC, one seed: the options differ by
-far more than the seed spread of docs/methods_<dataset>.md).
+Writes docs/results/pme_min_dim_<dataset>.md (test AUC, one seed: the options differ by
+far more than the seed spread of docs/results/methods_<dataset>.md).
 """
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 

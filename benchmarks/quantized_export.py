@@ -10,24 +10,22 @@ every SavedModel is loaded with `tf.saved_model.load` and its
 `serving_default` predicts the whole test split. Reported: embedding bytes,
 test AUC and log loss of the served predictions, and their change against the
 float32 export of the same model (mean over seeds). Writes
-docs/quantized_export.md.
+docs/results/quantized_export.md.
 """
 
 import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import log_loss, roc_auc  # noqa: E402
 
 DTYPES = ("float32", "float16", "int8")

@@ -2,7 +2,7 @@
 
     python benchmarks/scaling.py                       # every size (resumable; run it in parts)
     python benchmarks/scaling.py --vocab 10000         # one size
-    python benchmarks/scaling.py --report-only         # rewrite docs/scaling.md and its plots
+    python benchmarks/scaling.py --report-only         # rewrite docs/results/scaling.md and its plots
 
 Data: the package's generator (`keras_embdim.data.make_synthetic_ctr`, planted
 informative and noise fields, Zipf value frequencies) with 26 fields: the 3
@@ -29,7 +29,7 @@ plus one full table; exported embedding bytes over kept x 4 B.
 
 Results: `benchmarks/results/scaling.jsonl` (one record per size and
 configuration, appended when it finishes; a record already there is not
-rerun), `docs/scaling.md`, `docs/scaling_*.png`.
+rerun), `docs/results/scaling.md`, `docs/results/scaling_*.png`.
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402
+import _common
 
 SIZES = (10_000, 100_000, 1_000_000)
 CONFIGS = ("plain", "sseds", "ham", "amtl", "pme", "ortho")
@@ -93,7 +92,7 @@ def worker(config: str, path: str, out_dir: str) -> dict:
     import tensorflow as tf
 
     import keras_embdim as ked
-    from keras_embdim._compat import keras
+    from keras_embdim import keras
     from keras_embdim.metrics import roc_auc
 
     class EpochTimer(keras.callbacks.Callback):
@@ -151,9 +150,9 @@ def worker(config: str, path: str, out_dir: str) -> dict:
     rec = {"epoch_seconds": timer.seconds, "step_median": timer.step_median, "train_peak_rss": train_peak, "auc": auc,
            "full_table_bytes": int(sum(vocab)) * D * 4}
     if callbacks:
-        r = getattr(callbacks[0], "result", None) or {}
-        rec["search_seconds"] = r.get("search_seconds")
-        rec["kept_fraction"] = r.get("kept_fraction", 1.0)
+        r = callbacks[0].result if isinstance(callbacks[0], ked.DimensionSearchCallback) else None
+        rec["search_seconds"] = r.seconds if r is not None else None
+        rec["kept_fraction"] = r.kept_fraction if r is not None else 1.0
         import gc
 
         gc.collect()

@@ -1,12 +1,13 @@
 """Serving latency and bytes of compacted exports against the full and the uniform-dims model.
 
-    python benchmarks/serving.py                  # the whole grid (resumable), then docs/serving.md
-    python benchmarks/serving.py --report-only    # rewrite docs/serving.md from the cache
+    python benchmarks/serving.py                  # the whole grid (resumable), then docs/results/serving.md
+    python benchmarks/serving.py --report-only    # rewrite docs/results/serving.md from the cache
     python benchmarks/serving.py --quick          # a small check (CI runs it in tests)
 
 For each dataset and budget, in one process: a full-dimension MLP (128-64 over
 16-dim embeddings) is trained with `SingleShotPruner(budget)` (per field) and
-with `PMEPruner(budget)` (per value) for one epoch, and exported with
+with `PMEPruner(budget)` (per value) for one epoch (`min_dim=0` below 1/16,
+where one dim for every field or value is already over the budget), and exported with
 `export_compact` (default: folded lookups, no XLA; per field also with
 `fold=False`, the padded fallback). The baselines are the same MLP with plain
 `keras.layers.Embedding`s exported by Keras' own `model.export()`: full dims,
@@ -23,7 +24,7 @@ the median over rounds is reported.
 Datasets: "criteo" (26 fields with the Criteo Kaggle cardinalities capped at
 `--cap`, generated data) and "frappe" (the real data, 10 fields).
 Results: benchmarks/results/serving.jsonl (one line per (dataset, budget)),
-docs/serving.md and docs/serving_latency.png.
+docs/results/serving.md and docs/results/serving_latency.png.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402  (the checkout on sys.path, ../shared/data found)
+import _common
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving.jsonl")
 # the 26 categorical cardinalities of the Criteo Kaggle training set (C1..C26)
@@ -70,7 +70,7 @@ def uniform_dims(budget: float) -> int:
 def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
     """Train the searched models, export them and the baselines; return their paths and facts."""
     import keras_embdim as ked
-    from keras_embdim._compat import keras
+    from keras_embdim import keras
 
     sample = data.inputs(data.test[0][:500])
     exports = {}
@@ -87,7 +87,10 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
     du = uniform_dims(budget)
     exports["uniform"] = plain(du, "uniform")
     exports["uniform"]["dims"] = du
-    for method, cb in (("sseds", ked.SingleShotPruner(budget, verbose=0)), ("pme", ked.PMEPruner(budget, verbose=0))):
+    min_dim = 1 if budget >= 1 / D else 0  # below 1/D one dim everywhere is over the budget: fields may drop
+    searches = (("sseds", ked.SingleShotPruner(budget, min_dim=min_dim, verbose=0)),
+                ("pme", ked.PMEPruner(budget, min_dim=min_dim, verbose=0)))
+    for method, cb in searches:
         keras.utils.set_random_seed(seed)
         model = ked.models.compile_ctr(ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=D))
         t = time.time()
@@ -104,7 +107,7 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
                 "path": r.path, "embedding_params": r.kept_params, "embedding_bytes": r.embedding_bytes,
                 "kind": "ours", "layout": r.layouts.get("embedding"), "folded": bool(r.folds["embedding"]["folded_into"]),
                 "max_abs_diff": r.max_abs_diff, "bytes": r.bytes, "train_seconds": train_s,
-                "kept_fraction": r.kept_params / r.full_params, "export_added_rss": added,
+                "kept_fraction": r.kept_params / r.full_params, "export_added_rss": added, "min_dim": min_dim,
                 "largest_table_bytes": 4 * D * max(data.vocab_sizes),
             }
     return exports

@@ -17,7 +17,7 @@
 
 Memory growth is the slope of a least-squares line over the second half of
 each series (the first half includes warm-up: tracing caches, allocator
-pools). Writes docs/soak.md and docs/soak_rss.png.
+pools). Writes docs/results/soak.md and docs/results/soak_rss.png.
 """
 
 import argparse
@@ -34,11 +34,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -4,20 +4,18 @@
 
 Trains the full-dimension model and SingleShotPruner variants (score mean_abs /
 abs_mean, ranking score / cost, finetune / retrain) for the same epochs and
-writes docs/sseds_options.md (median and spread of test AUC over seeds).
+writes docs/results/sseds_options_<dataset>.md (median and spread of test AUC over seeds).
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 
@@ -42,7 +40,7 @@ def main():
     p.add_argument("--budget", type=float, default=0.2)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "sseds_options.md"))
+    p.add_argument("--out", default=os.path.join(_common.DOCS, "sseds_options.md"))
     args = p.parse_args()
     combos = [(s, "score", "finetune") for s in ("abs_mean", "mean_abs", "taylor")]
     combos += [("abs_mean", "cost", "finetune"), ("abs_mean", "score", "retrain")]

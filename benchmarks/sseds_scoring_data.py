@@ -6,18 +6,16 @@ Same data and model as `python -m keras_embdim.quickstart` (12 fields, largest
 vocabulary 20,000). For each score it compares scoring on the last unseen
 batches of the first epoch (the default), on batches already fitted (one-epoch
 warm-up) and on held-out `scoring_data` (the validation split). Writes
-docs/sseds_scoring_data.md.
+docs/results/sseds_scoring_data.md.
 """
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 

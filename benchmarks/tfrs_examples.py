@@ -1,4 +1,4 @@
-"""The TFRS examples at full length, every method, several seeds -> docs/tfrs_results.md.
+"""The TFRS examples at full length, every method, several seeds -> docs/results/tfrs_results.md.
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/tfrs_examples.py [--seeds 3] [--budget 0.2]
 
@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("--budget", type=float, default=0.2)
     args = p.parse_args(argv)
     ranking, retrieval = _load("tfrs_ranking"), _load("tfrs_retrieval")
-    from keras_embdim._compat import keras
+    from keras_embdim import keras
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,23 +14,21 @@ trains `--epochs` epochs (the "original"). For each budget:
 
 Reports test AUC (median and range over seeds) against the original, the kept
 fraction, and the mean size of the values counted more often than their
-field's median against the others (all fields pooled). Writes docs/twins_<dataset>.md and
-docs/twins_size_vs_frequency_<dataset>.png (warm start at the middle budget,
+field's median against the others (all fields pooled). Writes docs/results/twins_<dataset>.md and
+docs/results/twins_size_vs_frequency_<dataset>.png (warm start at the middle budget,
 seed 0).
 """
 
 import argparse
 import os
 import statistics
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # noqa: E402,F401  (puts the checkout on sys.path, finds ../shared/data)
+import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 D = 16
@@ -83,7 +81,7 @@ def main():
             search = ked.TwinsMaskSearch(b, twins_epochs=1, verbose=0)
             warm.fit(train, epochs=a.epochs, verbose=0, callbacks=[search])
             results.setdefault(("warm start", b), []).append(
-                (auc_of(warm, data), search.result["kept_fraction"], *frequent_vs_rare(warm, data))
+                (auc_of(warm, data), search.result.kept_fraction, *frequent_vs_rare(warm, data))
             )
             if seed == 0 and b == plot_budget:
                 ked.plots.plot_size_vs_frequency(warm, data.value_counts, plot_path)
@@ -94,7 +92,7 @@ def main():
             search = ked.TwinsMaskSearch(b, verbose=0)
             scratch.fit(train, epochs=a.epochs, verbose=0, callbacks=[search])
             results.setdefault(("from scratch", b), []).append(
-                (auc_of(scratch, data), search.result["kept_fraction"], *frequent_vs_rare(scratch, data))
+                (auc_of(scratch, data), search.result.kept_fraction, *frequent_vs_rare(scratch, data))
             )
             print(f"seed {seed} budget {b}: " + ", ".join(
                 f"{k} {v[-1][0]:.4f}" for (k, bb), v in results.items() if bb in (b, None)), flush=True)

@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 from keras_embdim.serving import check_in_fresh_process  # noqa: E402
 
@@ -37,26 +37,19 @@ METHODS = ("sseds", "ham", "amtl", "pme", "full")
 
 
 def embedding_layer(method: str, vocab_sizes, field_names, dim: int, frequencies=None):
-    """One multi-field layer `[batch, F]` ids -> `[batch, F, dim]` for `method`."""
-    kw = dict(field_names=list(field_names), name="features")
-    if method == "ham":
-        return ked.HardMaskEmbedding(list(vocab_sizes), dim, **kw)
-    if method == "amtl":
-        table = ked.PrunableEmbedding(list(vocab_sizes), dim, field_names=list(field_names), name="features_table")
-        return ked.TwinsMaskLayer(table, frequencies=frequencies, name="features")
-    return ked.PrunableEmbedding(list(vocab_sizes), dim, **kw)
+    """One multi-field layer `[batch, F]` ids -> `[batch, F, dim]` for `method` (full dims: a PrunableEmbedding)."""
+    extra = {"frequencies": frequencies} if method == "amtl" else {}
+    return ked.get_method("sseds" if method == "full" else method).embedding(
+        vocab_sizes, dim, field_names, name="features", **extra)
 
 
 def search_callback(method: str, budget: float, search_epochs: int):
-    if method == "sseds":
-        return ked.SingleShotPruner(budget, verbose=0)
-    if method == "ham":
-        return ked.HardMaskSearch(budget, search_epochs=search_epochs, verbose=0)
-    if method == "amtl":
-        return ked.TwinsMaskSearch(budget, search_epochs=search_epochs, verbose=0)
-    if method == "pme":
-        return ked.PMEPruner(budget, search_epochs=search_epochs, verbose=0)
-    return None
+    """The method's search callback (None for full dims); epoch-bounded searches take `search_epochs`."""
+    if method == "full":
+        return None
+    m = ked.get_method(method)
+    epochs = {"search_epochs": search_epochs} if issubclass(m.callback, ked.callbacks.EpochBoundedSearch) else {}
+    return m.search(budget, verbose=0, **epochs)
 
 
 class RankingModel(tfrs.Model):

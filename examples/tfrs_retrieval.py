@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 from keras_embdim.serving import check_in_fresh_process  # noqa: E402
 
 USER_FIELDS = ["user_id", "age", "gender", "occupation", "zip"]
@@ -40,8 +40,8 @@ def tower(name: str, fields, vocab_sizes, dim: int, out_dim: int, method: str):
     """A functional model: one int input per field -> searched embeddings -> `[batch, out_dim]`."""
     inputs = {f: keras.Input(shape=(), dtype="int32", name=f) for f in fields}
     ids = ked.layers.StackFields(name=f"{name}_ids")([inputs[f] for f in fields])
-    layer_cls = ked.HardMaskEmbedding if method == "ham" else ked.PrunableEmbedding
-    emb = layer_cls(list(vocab_sizes), dim, field_names=list(fields), name=f"{name}_embedding")(ids)
+    searched = ked.get_method("sseds" if method == "full" else method)  # full dims: a PrunableEmbedding, unsearched
+    emb = searched.embedding(vocab_sizes, dim, fields, name=f"{name}_embedding")(ids)
     x = keras.layers.Flatten()(emb)
     out = keras.layers.Dense(out_dim, name=f"{name}_projection")(x)
     return keras.Model(inputs, out, name=name)
@@ -63,13 +63,12 @@ class RetrievalModel(tfrs.Model):
 
 
 def search_callback(method: str, budget: float, search_epochs: int):
-    if method == "sseds":
-        return ked.SingleShotPruner(budget, verbose=0)
-    if method == "ham":
-        return ked.HardMaskSearch(budget, search_epochs=search_epochs, verbose=0)
-    if method == "pme":
-        return ked.PMEPruner(budget, search_epochs=search_epochs, verbose=0)
-    return None
+    """The method's search callback (None for full dims); epoch-bounded searches take `search_epochs`."""
+    if method == "full":
+        return None
+    m = ked.get_method(method)
+    epochs = {"search_epochs": search_epochs} if issubclass(m.callback, ked.callbacks.EpochBoundedSearch) else {}
+    return m.search(budget, verbose=0, **epochs)
 
 
 def main(argv=None) -> dict:

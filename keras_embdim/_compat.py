@@ -1,4 +1,4 @@
-"""Every difference between Keras 3 and Keras 2 (`tf_keras`) lives here.
+"""Every difference between Keras 3 and Keras 2 (`tf_keras`) lives here, and only those.
 
 `keras_embdim` follows TensorFlow's own switch: with `TF_USE_LEGACY_KERAS=1`
 (the mode TensorFlow Recommenders needs) `tf.keras` is `tf_keras` and so is
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 USE_LEGACY_KERAS: bool = os.environ.get("TF_USE_LEGACY_KERAS", "").lower() in (
@@ -40,6 +39,11 @@ KERAS_VERSION: str = keras.__version__ if hasattr(keras, "__version__") else ""
 register_serializable = keras.saving.register_keras_serializable
 
 
+def layer_classes(*names: str) -> tuple:
+    """The `keras.layers` classes of these names that this Keras version has."""
+    return tuple(getattr(keras.layers, n) for n in names if n in dir(keras.layers))
+
+
 def tf_variable(variable: Any) -> tf.Variable:
     """The `tf.Variable` behind a Keras variable (Keras 3 wraps one)."""
     if KERAS_3 and not isinstance(variable, tf.Variable):
@@ -52,41 +56,6 @@ def variable_path(variable: Any) -> str:
     if KERAS_3:
         return variable.path
     return variable.name.split(":")[0]
-
-
-def plain_variable(initial_value: Any, *, name: str | None = None, trainable: bool = False) -> tf.Variable:
-    """A plain (not distributed) `tf.Variable`, even inside a `tf.distribute` scope.
-
-    Export tables must not become mirrored variables: their creation would be a
-    collective with workers that may have finished training (measured under
-    MultiWorkerMirroredStrategy: the chief's export hung on a broadcast to a
-    worker that had stopped). Constructing the resource variable class directly
-    bypasses the strategy's variable creator.
-    """
-    from tensorflow.python.ops import resource_variable_ops
-
-    return resource_variable_ops.ResourceVariable(initial_value, name=name, trainable=trainable)
-
-
-def to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "numpy"):
-        return np.asarray(value.numpy())
-    return np.asarray(value)
-
-
-def flatten_layers(model: Any) -> list:
-    """All layers inside `model` (itself included), depth first, deduplicated.
-
-    Works for functional, sequential, subclassed and nested models in both Keras
-    versions (both expose `_flatten_layers`).
-    """
-    seen: set[int] = set()
-    out = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if id(layer) not in seen:
-            seen.add(id(layer))
-            out.append(layer)
-    return out
 
 
 def input_structure(model: Any) -> Any:
@@ -105,44 +74,15 @@ def input_structure(model: Any) -> Any:
     return struct
 
 
-def symbolic_name(tensor: Any) -> str:
-    name = getattr(tensor, "name", None) or "inputs"
-    return name.split(":")[0]
-
-
-def symbolic_dtype(tensor: Any) -> tf.DType:
-    return tf.as_dtype(tensor.dtype)
-
-
-def symbolic_shape(tensor: Any) -> list:
-    return list(tf.TensorShape(tensor.shape).as_list())
-
-
-def output_names(model: Any) -> list[str] | None:
-    names = getattr(model, "output_names", None)
-    if names:
-        return list(names)
-    return None
-
-
-def force_retrace(model: Any) -> None:
-    """Rebuild `model.train_function` so that a changed Python flag is traced.
-
-    `fit` reads `model.train_function` before every step in both Keras
-    versions, so the next step runs the new trace; this is done once per state
-    change, never per batch.
-    """
-    model.train_function = None
-    model.make_train_function(force=True)
-
-
 def compute_loss(model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any = None):
     """The model's compiled training loss on one batch (regularizers included).
 
     A TensorFlow Recommenders model computes its own loss from the whole batch
     (`compute_loss(inputs, training)`); `y_pred` is then recomputed inside it.
     """
-    if _takes_whole_batch(model):
+    from keras_embdim import _tfrs
+
+    if _tfrs.takes_whole_batch(model):
         batch = x if y is None else ((x, y) if sample_weight is None else (x, y, sample_weight))
         return model.compute_loss(batch, training=True)
     if KERAS_3:
@@ -150,17 +90,6 @@ def compute_loss(model: Any, x: Any, y: Any, y_pred: Any, sample_weight: Any = N
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
         )
     return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
-
-
-def _takes_whole_batch(model: Any) -> bool:
-    """`compute_loss(inputs, training)` (tfrs.Model), not Keras' `(x, y, y_pred, ...)`."""
-    import inspect
-
-    try:
-        params = inspect.signature(model.compute_loss).parameters
-    except (TypeError, ValueError):
-        return False
-    return "inputs" in params and "y_pred" not in params
 
 
 def optimizer_slots(optimizer: Any, variable: Any) -> list:
@@ -189,21 +118,24 @@ def optimizer_slots(optimizer: Any, variable: Any) -> list:
     return slots
 
 
-def reset_optimizer_state(optimizer: Any, model_variables: list) -> None:
-    """Zero every slot of the given variables (used when a model is rewound)."""
-    for variable in model_variables:
-        for slot in optimizer_slots(optimizer, variable):
-            slot.assign(tf.zeros(slot.shape, slot.dtype))
+def optimizer_slot(optimizer: Any, attr: str, variable: Any) -> Any:
+    """The slot variable of `variable` in the optimizer's slot list `attr` (e.g. `_momentums`)."""
+    slots = getattr(optimizer, attr)
+    if KERAS_3:
+        return slots[optimizer._get_variable_index(variable)]
+    return slots[optimizer._index_dict[optimizer._var_key(variable)]]
 
 
-def tensorboard_log_dir(value: Any) -> str | None:
-    """Accept a path or a `keras.callbacks.TensorBoard` instance."""
-    if value is None:
-        return None
-    if isinstance(value, keras.callbacks.TensorBoard):
-        return os.path.join(value.log_dir, "embdim")
-    return os.fspath(value)
+def optimizer_learning_rate(optimizer: Any, learning_rate: Any) -> Any:
+    """The step's learning rate: Keras 3 passes it to `update_step`, tf_keras's optimizer holds it."""
+    return learning_rate if KERAS_3 else optimizer.learning_rate
 
+
+def optimizer_update(parent: Any, gradient: Any, variable: Any, learning_rate: Any) -> Any:
+    """`parent.update_step(...)` with this Keras version's arguments (`parent`: a `super()`)."""
+    if KERAS_3:
+        return parent.update_step(gradient, variable, learning_rate)
+    return parent.update_step(gradient, variable)
 
 
 def set_embedding_variable(layer: Any, variable: Any) -> None:
@@ -217,11 +149,6 @@ def set_embedding_variable(layer: Any, variable: Any) -> None:
 def get_embedding_variable(layer: Any) -> Any:
     """The table variable itself (Keras 3's `embeddings` property may wrap it)."""
     return layer._embeddings if KERAS_3 else layer.embeddings
-
-
-def store_len(store: Any) -> int:
-    """Number of entries in a `save_own_variables` store (h5 group or dict)."""
-    return len(list(store.keys()))
 
 
 EMBEDDING_UNSUPPORTED_KWARGS = (

@@ -39,7 +39,7 @@ def make_searchable(model: Any, *, layer_class: type | None = None, layers: Sequ
                 cfg.pop(key, None)
             replaced.append(layer.name)
             return layer_class.from_config(cfg)
-        return layer.__class__.from_config(layer.get_config())
+        return type(layer).from_config(layer.get_config())
 
     new = keras.models.clone_model(model, clone_function=clone)
     if wanted is not None and wanted - set(replaced):
@@ -120,7 +120,7 @@ def add_twins(
                 name=f"{layer.name}_twins",
                 **layer_kwargs,
             )
-        return layer.__class__.from_config(layer.get_config())
+        return type(layer).from_config(layer.get_config())
 
     new = keras.models.clone_model(model, clone_function=clone)
     for layer in new.layers:
@@ -129,6 +129,14 @@ def add_twins(
         elif layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     return new
+
+
+def _is_dataframe(value: Any) -> bool:
+    """A pandas DataFrame (pandas is loaded if the value can be one)."""
+    import sys
+
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(value, pd.DataFrame)
 
 
 def _dims_from_report(report: Any, layer_names: list[str]) -> dict[str, list[int]]:
@@ -147,7 +155,7 @@ def _dims_from_report(report: Any, layer_names: list[str]) -> dict[str, list[int
         with open(path) as fh:
             doc = json.load(fh)
         records = [{"layer": name, **f} for name, fields in doc["layers"].items() for f in fields]
-    elif hasattr(report, "to_dict"):  # a pandas DataFrame (dimension_report)
+    elif _is_dataframe(report):  # dimension_report's DataFrame
         records = report.to_dict("records")
     else:
         records = list(report)
@@ -189,7 +197,7 @@ def rebuild_mixed(model: Any, report: Any = None):
     ```
     """
     from keras_embdim.layers.mixed_dimension_embedding import MixedDimensionEmbedding
-    from keras_embdim.mask import find_searchable_layers
+    from keras_embdim.searchable import find_searchable_layers
     from keras_embdim.report import dimension_records
 
     layers = find_searchable_layers(model)
@@ -206,11 +214,11 @@ def rebuild_mixed(model: Any, report: Any = None):
                 raise ValueError(
                     f"report: layer '{layer.name}' has {m.num_fields} fields, the report {len(dims[layer.name])}."
                 )
-            multi = m.num_fields > 1 or getattr(layer, "multi_field", False) or getattr(layer, "_multi", False)
+            multi = layer.multi_field
             return MixedDimensionEmbedding(
                 list(m.vocab_sizes) if multi else m.vocab_sizes[0], dims[layer.name], m.output_dim,
                 field_names=list(m.field_names), name=layer.name,
             )
-        return layer.__class__.from_config(layer.get_config())
+        return type(layer).from_config(layer.get_config())
 
     return keras.models.clone_model(model, clone_function=clone)

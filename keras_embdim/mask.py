@@ -1,22 +1,21 @@
-"""The dimension-mask protocol shared by every searchable embedding layer.
+"""`DimensionMask`: the common notion of which embedding dimensions a layer keeps.
 
-A *searchable* layer owns one embedding table per field (stored as one
-concatenated table) of width `output_dim`, and a `DimensionMask` saying which
-columns each field keeps. Callbacks find such layers with
-`find_searchable_layers`, read and write their masks through
-`DimensionSearchable`, and `keras_embdim.export` turns a table plus its mask
-into the compact tables that ship. See docs/architecture.md.
+A searchable layer (`keras_embdim.searchable.DimensionSearchable`) owns one
+embedding table per field (stored as one concatenated table) of width
+`output_dim`; its `DimensionMask` says which columns each field keeps (per
+field), or how many leading columns each value keeps (per value), and does the
+parameter accounting. Callbacks read and write it, reports print it, and
+`keras_embdim.export` turns a table plus its mask into the tables that ship.
+See docs/reference/architecture.md.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from keras_embdim import _compat
 
 
 @dataclass
@@ -140,109 +139,3 @@ class DimensionMask:
                 rec["size_histogram"] = np.bincount(s, minlength=self.output_dim + 1).tolist()
             out.append(rec)
         return out
-
-
-class DimensionSearchable:
-    """Interface of a layer whose embedding dimensions can be searched.
-
-    Implemented by `keras_embdim.layers.SearchableEmbedding` and everything
-    derived from it. Callbacks and the exporter use only these members.
-    """
-
-    #: "field" (every value of a field keeps the same columns) or "value".
-    granularity: str = "field"
-
-    @property
-    def field_vocab_sizes(self) -> tuple[int, ...]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    @property
-    def field_names(self) -> tuple[str, ...]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def dimension_mask(self) -> DimensionMask:  # pragma: no cover - interface
-        """The mask in force now, as numpy."""
-        raise NotImplementedError
-
-    def set_dimension_mask(self, mask: "DimensionMask | np.ndarray") -> None:  # pragma: no cover
-        """Impose a mask (pruners call this)."""
-        raise NotImplementedError
-
-    @property
-    def embedding_variable(self):  # pragma: no cover - interface
-        """The full-size table variable `[sum(n_f), output_dim]`."""
-        raise NotImplementedError
-
-    @property
-    def multi_field(self) -> bool:  # pragma: no cover - interface
-        """Whether the last axis of the layer's ids indexes its fields."""
-        raise NotImplementedError
-
-    def serving_ids(self, inputs):  # pragma: no cover - interface
-        """The local ids (`[..., F]`, or `[...]` for one field) that a serving
-        lookup of this layer takes (the exporter folds with them)."""
-        raise NotImplementedError
-
-    def use_serving_lookup(self, lookup) -> None:  # pragma: no cover - interface
-        """While `lookup` is set, `call` returns `lookup.padded(serving_ids(inputs))`
-        (the exporter traces the serving graph so); None switches back."""
-        raise NotImplementedError
-
-    def sync_search_state(self) -> bool:
-        """After weights were restored (a checkpoint, `BackupAndRestore`,
-        `load_weights`): make the layer's Python state (frozen, per-value)
-        agree with its restored variables. Returns True if it changed; the
-        caller then retraces the training step."""
-        return False
-
-
-def find_searchable_layers(model: Any, names: Iterable[str] | None = None) -> list:
-    """Every searchable layer inside `model`, at any depth, each once.
-
-    Args:
-        model: any Keras model or layer (functional, sequential, subclassed,
-            nested, TFRS).
-        names: optional layer names to restrict the result to; an unknown name
-            is an error.
-    """
-    layers = [l for l in _compat.flatten_layers(model) if isinstance(l, DimensionSearchable)]
-    # a searchable layer wrapped by another (TwinsMaskLayer around a PrunableEmbedding)
-    # is searched and compacted through its wrapper only
-    wrapped = {id(getattr(l, "embedding", None)) for l in layers}
-    layers = [l for l in layers if id(l) not in wrapped]
-    if names is not None:
-        names = list(names)
-        by_name = {l.name: l for l in layers}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise ValueError(
-                f"layers={names!r}: no searchable layer named {missing!r} in model "
-                f"{getattr(model, 'name', model)!r}; searchable layers are {sorted(by_name)!r}."
-            )
-        layers = [by_name[n] for n in names]
-    return layers
-
-
-def total_params(layers: Sequence[Any]) -> tuple[int, int]:
-    """(kept, full) embedding parameters over the given searchable layers."""
-    kept = full = 0
-    for layer in layers:
-        m = layer.dimension_mask()
-        kept += m.kept_params
-        full += m.full_params
-    return kept, full
-
-
-def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """Validate a fraction argument such as `budget` (0 < value <= 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"`{name}` must be a number in (0, 1]; received {value!r}.")
-    value = float(value)
-    low_ok = value >= 0 if allow_zero else value > 0
-    if math.isnan(value) or not low_ok or value > 1:
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(
-            f"`{name}` must be a fraction of the embedding parameters in {interval}; "
-            f"received {name}={value!r}."
-        )
-    return value

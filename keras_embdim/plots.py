@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from keras_embdim.mask import find_searchable_layers
+from keras_embdim.searchable import find_searchable_layers
 
 
 def _pyplot():

@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     model, auc_pruned = fit([pruner, exporter])
     print(ked.format_report(model))
     r = pruner.result
-    print(f"budget {100 * args.budget:.0f}%: kept {100 * r['kept_fraction']:.2f}% of embedding parameters")
+    print(f"budget {100 * args.budget:.0f}%: kept {100 * r.kept_fraction:.2f}% of embedding parameters")
     print(f"test AUC: full dims {auc_full:.4f} -> searched dims {auc_pruned:.4f} ({auc_pruned - auc_full:+.4f})")
     e = exporter.result
     b = e.bytes

@@ -9,11 +9,11 @@ if "KERAS_EMBDIM_DATA" not in os.environ and _shared.exists():
 import pytest  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 
 
 def pytest_report_header(config):
-    return f"keras_embdim: Keras {'3' if ked.KERAS_3 else '2 (tf_keras)'} {ked._compat.KERAS_VERSION}"
+    return f"keras_embdim: Keras {'3' if ked.KERAS_3 else '2 (tf_keras)'} {ked.keras.__version__}"
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 
 CALLBACKS = {
     "sseds": lambda b, **k: ked.SingleShotPruner(b, verbose=0, **k),
@@ -56,8 +56,13 @@ def test_no_searchable_layer_and_two_searches_are_clear_errors(method, small_dat
     x, y = d.train
     plain = _model(d, "plain")
     before = [w.copy() for w in plain.get_weights()]
-    with pytest.raises(ValueError, match="has no searchable embedding layer"):
+    with pytest.raises(ValueError, match=r"has only plain keras.layers.Embedding layers \['embedding'\]; make them "
+                                         r"searchable with ked.make_searchable\(model\)"):
         plain.fit(d.inputs(x[:256]), y[:256], epochs=1, verbose=0, callbacks=[CALLBACKS[method](0.5)])
+    dense_only = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    dense_only.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="has no searchable embedding layer"):
+        dense_only.fit(np.zeros((8, 3)), np.zeros((8, 1)), epochs=1, verbose=0, callbacks=[CALLBACKS[method](0.5)])
     for a, b in zip(before, plain.get_weights()):
         np.testing.assert_array_equal(a, b)
     model = _model(d, EMBEDDING_OF[method])

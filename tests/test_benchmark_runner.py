@@ -1,16 +1,19 @@
-"""The benchmark runner (benchmarks/run.py): baselines, cache and resume, targets, and the quick mode."""
+"""The benchmark runner (benchmarks/run.py and its grid_* modules): baselines, cache and resume, targets, and the quick mode."""
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-from keras_embdim.budget import mixed_dimension_dims
+from baselines import mixed_dimension_dims
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-import run as runner  # noqa: E402
+import factories
+import grid_report
+import grid_spec
+import grid_stats
+import run as runner  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+import keras_embdim as ked
 
 
 def test_mixed_dimension_dims_by_hand():
@@ -44,13 +47,13 @@ def test_mixed_dimension_dims_spend_the_budget_and_favour_small_fields(budget):
 def _fake_group(data, dataset, model_kind, seed, methods, budgets, epochs, progress=None, serving=True):
     out = []
     for method, budget in runner.group_runs(["full", *methods], budgets):
-        auc = 0.80 if method == "full" else 0.79 + 0.001 * runner.METHODS.index(method)
+        auc = 0.80 if method == "full" else 0.79 + 0.001 * grid_spec.METHODS.index(method)
         out.append({
             "dataset": dataset, "model": model_kind, "method": method, "budget": budget, "seed": seed,
             "epochs": epochs, "auc": auc + 0.001 * seed, "logloss": 0.5, "kept_params": 10, "full_params": 100,
             "kept_fraction": 0.1 if method != "full" else 1.0, "epoch_seconds": [1.0], "search_seconds": 0.01,
-            "bytes_ratio": 1.05 if method in runner.PER_VALUE else 1.0, "layout": "offsets",
-            "latency_ratio_1": 1.0, "latency_ratio_512": 1.6 if method in runner.PER_VALUE else 1.0,
+            "bytes_ratio": 1.05 if method in grid_spec.PER_VALUE else 1.0, "layout": "offsets",
+            "latency_ratio_1": 1.0, "latency_ratio_512": 1.6 if method in grid_spec.PER_VALUE else 1.0,
             "dims_per_field": [1.0, 2.0], "search_ratio": 0.02 if method == "sseds" else 1.1,
         })
     return out
@@ -64,7 +67,7 @@ def test_cache_resumes_at_the_first_unfinished_group(tmp_path, monkeypatch):
         return _fake_group(*args, **kwargs)
 
     monkeypatch.setattr(runner, "run_group", fake)
-    monkeypatch.setattr(runner.ked.data, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(ked.data, "load_dataset", lambda *a, **k: None)
     cache = str(tmp_path / "runs.jsonl")
     recs = runner.run(["frappe"], ["mlp"], ["uniform", "sseds"], [0.1], 2, 3, cache)
     assert calls == [("frappe", "mlp", 0), ("frappe", "mlp", 1)] and len(recs) == 6
@@ -77,20 +80,20 @@ def test_cache_resumes_at_the_first_unfinished_group(tmp_path, monkeypatch):
         fh.write("\n".join(lines[:-1]) + "\n")
     recs = runner.run(["frappe"], ["mlp"], ["uniform", "sseds"], [0.1], 2, 3, cache)
     assert calls[-1] == ("frappe", "mlp", 1) and len(calls) == 3
-    assert len({runner.run_key(r) for r in recs}) == 6
+    assert len({grid_spec.run_key(r) for r in recs}) == 6
     assert all(json.loads(line)["dataset"] == "frappe" for line in open(cache))
 
 
 def test_report_and_targets_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_group", _fake_group)
-    monkeypatch.setattr(runner.ked.data, "load_dataset", lambda *a, **k: None)
+    monkeypatch.setattr(ked.data, "load_dataset", lambda *a, **k: None)
     cache = str(tmp_path / "runs.jsonl")
-    recs = runner.run(["frappe"], ["mlp"], list(runner.METHODS), [0.1], 2, 3, cache)
-    summary = runner.summarize(recs)
+    recs = runner.run(["frappe"], ["mlp"], list(grid_spec.METHODS), [0.1], 2, 3, cache)
+    summary = grid_stats.summarize(recs)
     s = summary[("frappe", "mlp", "sseds", 0.1)]
     assert s["n"] == 2 and s["auc"][0] == pytest.approx(0.7935)
     assert s["auc"][1] == pytest.approx(np.std([0.793, 0.794], ddof=1))
-    targets = {t: (ok, v) for t, ok, v in runner.check_targets(summary)}
+    targets = {t: (ok, v) for t, ok, v in grid_stats.check_targets(summary)}
     # best searched method (pme, mean 0.7965) is 0.0040 below full (0.8005): missed, and said by how much
     ok, v = targets["frappe/mlp at 0.1: best method AUC >= full - 0.001"]
     assert not ok and "pme" in v and "-0.0040" in v
@@ -98,11 +101,11 @@ def test_report_and_targets_from_the_cache(tmp_path, monkeypatch):
     assert targets["frappe/mlp sseds 0.1: scoring / epoch <= 0.05"][0]
     assert targets["frappe/mlp amtl 0.1: serving latency at 512 <= 1.5 x full"] == (False, "1.60")
     out = str(tmp_path / "benchmarks.md")
-    text = runner.write_report(recs, out, "python benchmarks/run.py --test")
+    text = grid_report.write_report(recs, out, "python benchmarks/run.py --test")
     assert "## frappe / mlp" in text and "| sseds | 0.1 | 2 | 0.7935 ± 0.0007 | -0.0070 |" in text
     assert os.path.exists(tmp_path / "benchmarks_auc_frappe_mlp.png")
-    n_targets = len(runner.check_targets(summary))
-    met = sum(ok for _, ok, _ in runner.check_targets(summary))
+    n_targets = len(grid_stats.check_targets(summary))
+    met = sum(ok for _, ok, _ in grid_stats.check_targets(summary))
     assert f"{met} of {n_targets} met." in text and "**no**" in text and 0 < met < n_targets
 
 
@@ -110,14 +113,14 @@ def test_quick_mode_runs_every_method_on_frappe(data_root, tmp_path, monkeypatch
     monkeypatch.setenv("KERAS_EMBDIM_DATA", str(data_root))
     cache, out = str(tmp_path / "quick.jsonl"), str(tmp_path / "quick.md")
     records, summary = runner.quick(cache, out)
-    assert {r["method"] for r in records} == set(runner.METHODS)
+    assert {r["method"] for r in records} == set(grid_spec.METHODS)
     for r in records:
         assert r["max_abs_diff"] is None or r["max_abs_diff"] <= 1e-5  # every export verified
         if r["method"] != "full":
             assert r["kept_fraction"] <= 0.2 + 1e-9, r
         assert r["latency_ratio_512"] > 0
     full = summary[("frappe", "mlp", "full", 1.0)]["auc"][0]
-    best = max(s["auc"][0] for (d, m, meth, b), s in summary.items() if meth in runner.SEARCHED)
+    best = max(s["auc"][0] for (d, m, meth, b), s in summary.items() if meth in grid_spec.SEARCHED)
     assert best >= full - 0.01, (best, full)
     assert "## Targets (issue 6)" in open(out).read()
 
@@ -126,12 +129,12 @@ def test_quick_mode_runs_every_method_on_frappe(data_root, tmp_path, monkeypatch
 def test_significance_marks_by_hand():
     a = {"auc": (0.80, 0.01), "n": 5}
     b = {"auc": (0.79, 0.01), "n": 5}
-    diff, z, mark = runner.significance(a, b)
+    diff, z, mark = grid_stats.significance(a, b)
     # SE of the difference = sqrt(0.01^2 / 5 * 2) = 0.006325: 0.01 / 0.006325 = 1.58 SE, a tie
     assert diff == pytest.approx(0.01) and z == pytest.approx(1.5811, abs=1e-3) and mark == "tie"
     c = {"auc": (0.775, 0.01), "n": 5}
-    assert runner.significance(c, a)[2] == "worse" and runner.significance(a, c)[2] == "better"
-    assert "**better**" in runner._sig_text(a, c) and runner._sig_text(a, None) == ""
+    assert grid_stats.significance(c, a)[2] == "worse" and grid_stats.significance(a, c)[2] == "better"
+    assert "**better**" in grid_stats._sig_text(a, c) and grid_stats._sig_text(a, None) == ""
 
 
 def test_uniform1_runs_once_per_group_at_its_own_cost():
@@ -142,22 +145,22 @@ def test_uniform1_runs_once_per_group_at_its_own_cost():
 def test_drop_fields_baseline_keeps_the_best_fields_at_one_dim(small_data):
     """The "drop the least important fields" baseline: fields ranked by their summed
     SSEDS scores keep one column each, in that order, while the budget allows."""
-    from keras_embdim._compat import keras
+    from keras_embdim import keras
 
     d = small_data
     keras.utils.set_random_seed(0)
-    model = runner.ked.models.compile_ctr(
-        runner.ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,)))
+    model = ked.models.compile_ctr(
+        ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,)))
     budget = 0.05
-    cb = runner.DropFields(budget, warmup_steps=4, scoring_steps=4, verbose=0)
+    cb = factories.DropFields(budget, warmup_steps=4, scoring_steps=4, verbose=0)
     x, y = d.train
     model.fit(d.inputs(x[:4096]), y[:4096], batch_size=256, epochs=1, verbose=0, callbacks=[cb])
-    keep = cb.result["masks"]["embedding"]
-    scores = cb.result["scores"]["embedding"]
+    keep = cb.result.masks["embedding"]
+    scores = cb.result.scores["embedding"]
     vocab = np.asarray(d.vocab_sizes)
     assert (keep.sum(1) <= 1).all()  # one column or nothing per field
     kept_fields = keep.any(1)
-    assert (vocab[kept_fields]).sum() == cb.result["params_after"] <= budget * vocab.sum() * 8
+    assert (vocab[kept_fields]).sum() == cb.result.params_after <= budget * vocab.sum() * 8
     # the greedy order by hand
     target, spent, want = int(np.floor(budget * vocab.sum() * 8)), 0, np.zeros(len(vocab), bool)
     for f in np.argsort(-scores.sum(1), kind="stable"):
@@ -167,7 +170,7 @@ def test_drop_fields_baseline_keeps_the_best_fields_at_one_dim(small_data):
     # each kept field keeps its best-scored column
     for f in np.flatnonzero(kept_fields):
         assert keep[f, np.argmax(scores[f])]
-    layer = runner.ked.find_searchable_layers(model)[0]
+    layer = ked.find_searchable_layers(model)[0]
     np.testing.assert_array_equal(layer.dimension_mask().keep, keep)
 
 
@@ -180,9 +183,9 @@ def test_low_budget_section_and_target_from_records(tmp_path):
                          "epochs": 3, "auc": auc + 0.001 * (seed - 2), "logloss": 0.3, "kept_params": 1,
                          "full_params": 10, "kept_fraction": budget, "epoch_seconds": [1.0, 1.0],
                          "search_seconds": 0.1, "bytes_ratio": 1.0, "layout": "field", "dims_per_field": [1.0]})
-    summary = runner.summarize(recs)
-    rows = runner.check_low_targets(summary)
+    summary = grid_stats.summarize(recs)
+    rows = grid_stats.check_low_targets(summary)
     assert len(rows) == 1 and rows[0][1] is True and "amtl0" in rows[0][2] and "better" in rows[0][2]
-    text = "\n".join(runner.write_low_section(summary, str(tmp_path)))
+    text = "\n".join(grid_report.write_low_section(summary, str(tmp_path)))
     assert "| sseds0 | 0.03 | 5 | 0.5000 ± 0.0016 | -0.4300" in text and "**worse**" in text
     assert (tmp_path / "benchmarks_low_frappe_mlp.png").exists()

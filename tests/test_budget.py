@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from keras_embdim.budget import budget_params, select_under_budget
+from keras_embdim.search.budget import budget_params, select_under_budget
 
 
 def test_hand_example_score_ranking():
@@ -71,7 +71,7 @@ def test_budget_is_met_within_one_field_dimension(G, D, frac, min_dim, ranking, 
 
 
 def test_frequency_value_dims_by_hand_and_budget():
-    from keras_embdim.budget import frequency_value_dims
+    from baselines import frequency_value_dims  # a benchmark baseline, not a search
 
     # budget 4 of 4 values x 4 dims = 16 params at 0.25: weights (c+1)^0.3 = 3.99, 2.05, 1.23, 1
     np.testing.assert_array_equal(frequency_value_dims([100, 10, 1, 0], 4, 0.25), [2, 1, 1, 0])

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import keras_embdim as ked
 from keras_embdim import rows as row_ops
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.export import compact
 from keras_embdim.serving import check_in_fresh_process
 
@@ -148,7 +148,7 @@ def test_invalid_ids_error_or_zero_chosen_at_export(searched, tmp_path):
     table = np.asarray(layer.embedding_variable).copy()
     fixed = dict(bad)
     fixed[names[2]] = np.where(bad[names[2]] >= vocab, 0, bad[names[2]])
-    row = int(layer._offsets[2])  # id 0 of field 2: zeroed while the model predicts
+    row = int(layer.layout.offsets[2])  # id 0 of field 2: zeroed while the model predicts
     try:
         t = table.copy()
         t[row] = 0.0

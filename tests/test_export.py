@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.serving import check_in_fresh_process
 
@@ -42,8 +42,8 @@ def test_served_in_fresh_process_equals_trained_on_1000_rows(trained):
 
 def test_embedding_bytes_equal_kept_params_and_no_full_table(trained):
     d, model, pruner, exporter, path = trained
-    kept = pruner.result["params_after"]
-    full = pruner.result["params_full"]
+    kept = pruner.result.params_after
+    full = pruner.result.params_full
     var_bytes = saved_variable_bytes(path)
     emb = {k: b for k, b in var_bytes.items() if k.startswith(TABLES_ATTRIBUTE + "/")}
     assert sum(emb.values()) == kept * 4
@@ -74,8 +74,8 @@ def test_dimensions_json_report(trained):
     d, model, pruner, _, path = trained
     with open(os.path.join(path, "dimensions.json")) as fh:
         rep = json.load(fh)
-    assert rep["params_after"] == pruner.result["params_after"]
-    assert rep["params_before"] == pruner.result["params_full"]
+    assert rep["params_after"] == pruner.result.params_after
+    assert rep["params_before"] == pruner.result.params_full
     fields = rep["layers"]["embedding"]
     assert [f["field"] for f in fields] == d.field_names
     for f, vocab in zip(fields, d.vocab_sizes):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 
 VOCAB = [7, 30, 120]

@@ -22,7 +22,7 @@ def test_probe_gradient_equals_gradient_wrt_explicit_gates():
     with tf.GradientTape() as tape:
         loss = _loss(layer(ids), w)
     tape.gradient(loss, tf_variable(layer.embedding_variable))
-    layer.detach_gate_probe()
+    layer.detach_probe()
 
     # second implementation: explicit gates alpha multiplying the masked output
     table = np.asarray(layer.embedding_variable)
@@ -38,7 +38,7 @@ def test_probe_gradient_equals_gradient_wrt_explicit_gates():
 
 
 def test_mean_abs_and_abs_mean_differ_when_signs_cancel():
-    from keras_embdim.gate_probe import GateProbe
+    from keras_embdim.search.probes import GateProbe
 
     p = GateProbe(1, 2)
     p.grad_sum.assign([[0.0, 2.0]])

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim._compat import keras, tf_variable
+from keras_embdim import keras
+from keras_embdim._compat import tf_variable
 from keras_embdim.metrics import roc_auc
 from keras_embdim.serving import check_in_fresh_process
 
@@ -129,7 +130,7 @@ def test_frozen_mask_holds_and_pruned_columns_stay_zero(small_data):
     model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=1, verbose=0)
     np.testing.assert_array_equal(layer.dimension_mask().keep, keep)
     assert np.all(np.asarray(layer.embedding_variable)[~rows_keep] == 0)
-    hist = layer.__dict__["_dimension_history"]
+    hist = ked.dimension_history(layer)
     assert [h["epoch"] for h in hist] == [0, 1, 2]
 
 
@@ -168,7 +169,7 @@ def test_export_serves_equal_with_kept_bytes_and_history(tmp_path, small_data):
     exporter = ked.DimensionExporter(path, sample_inputs=sample, verbose=0)
     model.fit(d.inputs(x), y, batch_size=512, epochs=3, verbose=0, callbacks=[search, exporter])
     path = exporter.result.path
-    kept = search.result["params_after"]
+    kept = search.result.params_after
     with open(os.path.join(path, "dimensions.json")) as fh:
         rep = json.load(fh)
     assert rep["export"]["embedding_bytes"] == kept * 4

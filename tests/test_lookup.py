@@ -12,9 +12,9 @@ from keras_embdim.mask import DimensionMask
 import reference
 
 
-def _layer(vocab, D, seed, keep=None, sizes=None):
+def _layer(vocab, D, seed, keep=None, sizes=None, names=None):
     rng = np.random.default_rng(seed)
-    layer = ked.PrunableEmbedding(list(vocab), D, name="emb")
+    layer = ked.PrunableEmbedding(list(vocab), D, name="emb", field_names=names)
     layer.build()
     table = rng.standard_normal((sum(vocab), D)).astype(np.float32)
     layer.embedding_variable.assign(table)
@@ -91,8 +91,7 @@ def test_value_lookup_equals_prefix_reference(vocab, D, seed, layout, jit):
 
 
 def test_invalid_ids_error_names_layer_field_value_and_vocabulary():
-    layer, _ = _layer([10, 20], 4, 0, keep=np.ones((2, 4), bool))
-    layer._field_names = ("user", "item")
+    layer, _ = _layer([10, 20], 4, 0, keep=np.ones((2, 4), bool), names=["user", "item"])
     lookup = compact_layer(layer).lookup
     with pytest.raises(tf.errors.InvalidArgumentError, match=r'layer "emb": field "item" received id 20, '
                        r"outside its vocabulary of 20 ids \[0, 20\)"):

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim import _compat
-from keras_embdim._compat import keras
+from keras_embdim import _utils
+from keras_embdim import keras
 
 METHODS = ["sseds", "ham", "amtl", "pme"]
 D = 8
@@ -40,7 +40,7 @@ def make_search(method, budget=0.5):
 def effective_table(layer) -> np.ndarray:
     """The full table with every removed entry zeroed: what the layer really uses."""
     m = layer.dimension_mask()
-    table = _compat.to_numpy(layer.embedding_variable)
+    table = _utils.to_numpy(layer.embedding_variable)
     keep = np.repeat(m.keep, m.vocab_sizes, axis=0)
     if m.granularity == "value":
         sizes = np.concatenate([np.asarray(v) for v in m.value_sizes])
@@ -124,12 +124,12 @@ def test_sequence_features_with_a_shared_masked_embedding(method, tmp_path):
     twin = plain_twin(model, {"item": item, "user": user})
     np.testing.assert_allclose(ours, twin.predict(sample, verbose=0), atol=1e-5)
     mask = item.compute_mask(sample["history"])
-    np.testing.assert_array_equal(_compat.to_numpy(mask), sample["history"] != 0)
+    np.testing.assert_array_equal(_utils.to_numpy(mask), sample["history"] != 0)
     # and a padding-aware mean differs from an unmasked one on these inputs
-    emb = _compat.to_numpy(item(sample["history"]))
+    emb = _utils.to_numpy(item(sample["history"]))
     unmasked = emb.mean(1)
     masked = keras.layers.GlobalAveragePooling1D()(item(sample["history"]), mask=mask)
-    assert np.abs(_compat.to_numpy(masked) - unmasked).max() > 1e-3
+    assert np.abs(_utils.to_numpy(masked) - unmasked).max() > 1e-3
     # the export serves the same predictions, from compacted tables only
     result = ked.export_compact(model, tmp_path / "seq", sample_inputs=sample, verbose=0)
     assert result.max_abs_diff <= 1e-5

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
-from keras_embdim.orthogonality import (
+from keras_embdim import keras
+from keras_embdim.search.orthogonality import (
     mean_abs_column_correlation,
     orthogonality_penalty,
     orthogonality_penalty_numpy,
@@ -64,7 +64,7 @@ def test_schedule_and_logs(small_data):
 
 
 def test_as_embeddings_regularizer_on_a_plain_layer():
-    reg = ked.OrthogonalRegularizer(0.5, sample_rows=64)
+    reg = ked.OrthogonalEmbeddingRegularizer(0.5, sample_rows=64)
     layer = keras.layers.Embedding(100, 4, embeddings_regularizer=reg)
     layer(np.array([1, 2]))
     value = float(reg(layer.embeddings))
@@ -72,13 +72,19 @@ def test_as_embeddings_regularizer_on_a_plain_layer():
     # correlated columns cost more than orthogonal ones
     corr = np.tile(np.arange(100, dtype=np.float32)[:, None] + 1, (1, 4))
     assert float(reg(corr)) == pytest.approx(0.5 * 12, rel=1e-3)
-    clone = ked.OrthogonalRegularizer.from_config(reg.get_config())
+    clone = ked.OrthogonalEmbeddingRegularizer.from_config(reg.get_config())
     assert clone.strength == 0.5 and clone.sample_rows == 64
     restored = keras.regularizers.deserialize(keras.regularizers.serialize(reg))
-    assert isinstance(restored, ked.OrthogonalRegularizer)
+    assert isinstance(restored, ked.OrthogonalEmbeddingRegularizer) and restored.get_config() == reg.get_config()
 
 
-@pytest.mark.parametrize("kwargs", [{"strength": -1}, {"strength": float("nan")}, {"schedule": 3}, {"sample_rows": 1}])
+@pytest.mark.parametrize("kwargs", [{"strength": -1}, {"strength": float("nan")}, {"schedule": 3}])
 def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
         ked.OrthogonalRegularizer(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"strength": -1}, {"sample_rows": 1}, {"sample_rows": 2.5}])
+def test_bad_regularizer_arguments(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ked.OrthogonalEmbeddingRegularizer(**kwargs)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 
 
 def test_drop_in_single_field_equals_keras_embedding():

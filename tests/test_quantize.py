@@ -5,7 +5,7 @@ import pytest
 
 import keras_embdim as ked
 from keras_embdim.export import quantize
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.serving import check_in_fresh_process
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.export import saved_variable_bytes
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 
 VOCAB = [40, 25, 12, 6]
 D = 8
@@ -96,7 +96,7 @@ def uninterrupted(tmp_path_factory):
         model = build(method)
         cb = search(method, kwargs)
         fit(model, [cb])
-        out[case] = (masks(model), model.predict(data()[0][:512], verbose=0), cb.result["params_after"])
+        out[case] = (masks(model), model.predict(data()[0][:512], verbose=0), cb.result.params_after)
     return out
 
 
@@ -124,11 +124,11 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_result(case, order, uni
     np.testing.assert_array_equal(got_keep, keep)
     if sizes is not None:
         np.testing.assert_array_equal(got_sizes, sizes)
-    assert cb.phase == "done" and cb.result["params_after"] == kept
+    assert cb.phase == "done" and cb.result.params_after == kept
     if die_epoch > (kwargs.get("search_epochs", 1) + kwargs.get("twins_epochs", 0)) or (
         method == "sseds" and "warmup_steps" not in kwargs
     ):
-        assert "resumed" in cb.result  # the search was over at the checkpoint: it was not redone
+        assert cb.result.resumed  # the search was over at the checkpoint: it was not redone
     np.testing.assert_allclose(model.predict(data()[0][:512], verbose=0), pred, atol=2e-5)
 
 
@@ -150,7 +150,7 @@ def test_model_checkpoint_mid_search_then_fit_from_initial_epoch(method, uninter
     loaded.fit(ids, y, batch_size=128, epochs=EPOCHS, initial_epoch=1, shuffle=False, verbose=0, callbacks=[cb])
     (keep, _), pred, kept = uninterrupted[case]
     np.testing.assert_array_equal(masks(loaded)[0], keep)
-    assert cb.result["params_after"] == kept
+    assert cb.result.params_after == kept
     np.testing.assert_allclose(loaded.predict(ids[:512], verbose=0), pred, atol=2e-5)
 
 
@@ -186,7 +186,7 @@ def test_keras_file_mid_search_and_after_for_every_layer(method, tmp_path):
     # training on with a new search callback keeps the found dims
     again = search(method, kwargs)
     loaded2.fit(ids, y, batch_size=128, epochs=1, verbose=0, callbacks=[again])
-    assert again.phase == "done" and "resumed" in again.result
+    assert again.phase == "done" and again.result.resumed
     np.testing.assert_array_equal(masks(loaded2)[0], masks(model2)[0])
 
 
@@ -206,5 +206,5 @@ def test_pme_resumed_inside_a_longer_search_says_what_it_lost(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="keras_embdim"):
         fit(model, [cb, keras.callbacks.BackupAndRestore(backup)])
     assert any("not in the checkpoint" in r.getMessage() for r in caplog.records)
-    assert cb.phase == "done" and cb.result["params_after"] <= 0.3 * sum(VOCAB) * D
-    assert cb.result["search_batches"] == STEPS  # only the epoch after the checkpoint was scored
+    assert cb.phase == "done" and cb.result.params_after <= 0.3 * sum(VOCAB) * D
+    assert cb.result.batches == STEPS  # only the epoch after the checkpoint was scored

@@ -1,12 +1,10 @@
 """The scaling benchmark (benchmarks/scaling.py): its data shape, one worker run, ratios and report."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import scaling  # noqa: E402
 
 

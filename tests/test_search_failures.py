@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 
 
 class Poison(keras.callbacks.Callback):
@@ -60,9 +60,9 @@ def test_nan_loss_stops_the_search_with_the_last_good_masks(method, small_data, 
         assert mask.is_full and "the start of the search" in cb.error
     else:  # the masks of the end of epoch 1, fixed
         assert "the end of epoch 1" in cb.error
-        want = layer._dimension_history[-1]["kept_dims"] if method == "ham" else None
+        want = ked.dimension_history(layer)[-1]["kept_dims"] if method == "ham" else None
         if want is not None:
             np.testing.assert_array_equal(mask.kept_dims, want)
-    assert cb.result["params_after"] == mask.kept_params
+    assert cb.result.params_after == mask.kept_params
     # a second search on the same model is refused or finds nothing to undo: the model stays usable
     assert model.stop_training

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.metrics import roc_auc
 
 
@@ -34,7 +34,7 @@ def test_model_without_searchable_layer_is_a_clear_error_and_unchanged(small_dat
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding="plain", hidden=(8,)))
     before = [w.copy() for w in model.get_weights()]
     x, y = d.train
-    with pytest.raises(ValueError, match="no searchable embedding layer"):
+    with pytest.raises(ValueError, match=r"has only plain keras.layers.Embedding layers .*ked.make_searchable"):
         model.fit(d.inputs(x[:512]), y[:512], epochs=1, verbose=0, callbacks=[ked.SingleShotPruner(0.1)])
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -62,18 +62,18 @@ def test_budget_hit_within_one_field_dimension_and_logged(small_data, tmp_path):
     r = pruner.result
     full = sum(d.vocab_sizes) * 8
     target = math.floor(0.25 * full)
-    assert r["params_full"] == full
-    assert target - max(d.vocab_sizes) < r["params_after"] <= target
-    assert r["scoring_batches"] == 5
-    assert r["step"] == 10
+    assert r.params_full == full
+    assert target - max(d.vocab_sizes) < r.params_after <= target
+    assert r.batches == 5
+    assert r.step == 10
     layer = ked.find_searchable_layers(model)[0]
-    assert layer.dimension_mask().kept_params == r["params_after"]
+    assert layer.dimension_mask().kept_params == r.params_after
     assert (layer.dimension_mask().kept_dims >= 1).all()
-    assert hist.history["embdim_kept_fraction"][-1] == pytest.approx(r["kept_fraction"])
+    assert hist.history["embdim_kept_fraction"][-1] == pytest.approx(r.kept_fraction)
     assert glob.glob(str(tmp_path / "tb" / "embdim" / "events.*"))
     # the report and its DataFrame form agree with the mask
     df = ked.dimension_report(model)
-    assert int(df["params_after"].sum()) == r["params_after"]
+    assert int(df["params_after"].sum()) == r.params_after
 
 
 def test_informative_fields_get_more_dims_and_auc_holds_at_budget_02():
@@ -130,8 +130,8 @@ def test_explicit_scoring_data_and_cost_ranking(small_data):
                                   score="abs_mean", verbose=0)
     model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=1, verbose=0, callbacks=[pruner])
     assert pruner.phase == "done"
-    assert pruner.result["scoring_batches"] >= 1
-    assert pruner.result["params_after"] <= math.floor(0.2 * sum(d.vocab_sizes) * 8)
+    assert pruner.result.batches >= 1
+    assert pruner.result.params_after <= math.floor(0.2 * sum(d.vocab_sizes) * 8)
 
 
 def test_second_fit_does_not_prune_again_and_two_pruners_conflict(small_data):
@@ -170,9 +170,9 @@ def test_deepfm_and_two_layers_ranked_globally(small_data):
     pruner = ked.SingleShotPruner(0.3, warmup_steps=3, scoring_steps=3, verbose=0)
     model.fit(d.inputs(xt[:4096]), yt[:4096], batch_size=512, epochs=1, verbose=0, callbacks=[pruner])
     full = sum(d.vocab_sizes) * 12
-    assert pruner.result["params_full"] == full
-    assert pruner.result["params_after"] <= math.floor(0.3 * full)
-    masks = pruner.result["masks"]
+    assert pruner.result.params_full == full
+    assert pruner.result.params_after <= math.floor(0.3 * full)
+    masks = pruner.result.masks
     assert masks["wide"].shape[1] == 8 and masks["narrow"].shape[1] == 4
 
 
@@ -183,4 +183,4 @@ def test_default_warmup_scores_the_last_unseen_batches_of_the_first_epoch(small_
     pruner = ked.SingleShotPruner(0.3, scoring_steps=5, verbose=0)
     model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=2, verbose=0, callbacks=[pruner])
     # 16 steps per epoch: warm-up 11 steps, scoring on steps 12..16, pruned at the end of epoch 1
-    assert pruner.result["step"] == 16 and pruner.result["scoring_batches"] == 5
+    assert pruner.result.step == 16 and pruner.result.batches == 5

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim._compat import keras
+from keras_embdim import keras
 
 if ked.KERAS_3:
     pytest.skip("TensorFlow Recommenders runs on Keras 2 only (TF_USE_LEGACY_KERAS=1)", allow_module_level=True)
@@ -114,9 +114,9 @@ def test_sseds_scoring_data_uses_the_tfrs_loss(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(0.02))
     pruner = ked.SingleShotPruner(0.3, warmup_steps=20, scoring_data=(ids[:512], y[:512]), verbose=0)
     model.fit(tf.data.Dataset.from_tensor_slices((ids, y)).batch(64), epochs=2, verbose=0, callbacks=[pruner])
-    assert pruner.result["scoring_batches"] == 1  # the 512 scoring rows, in one batch
+    assert pruner.result.batches == 1  # the 512 scoring rows, in one batch
     # the field the label depends on scores highest
-    per_field = pruner.result["scores"]["emb"].sum(1)
+    per_field = pruner.result.scores["emb"].sum(1)
     assert per_field[0] > 3 * max(per_field[1], per_field[2])
 
 

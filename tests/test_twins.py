@@ -8,9 +8,9 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import keras_embdim as ked
-from keras_embdim import twins
+from keras_embdim.search import twins
 from keras_embdim.export import layouts as ragged
-from keras_embdim._compat import keras
+from keras_embdim import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.metrics import roc_auc
 from keras_embdim.serving import check_in_fresh_process
@@ -95,8 +95,8 @@ def test_land_on_budget_never_exceeds_and_lands_close(groups, D, min_dim, frac, 
 def _numpy_twins(layer, counts, fields):
     """A second implementation of the layer's logits (numpy)."""
     vocab = np.asarray(layer.field_vocab_sizes, np.float64)
-    fmax = layer.field_max.numpy()[fields]
-    fmean = (layer.field_total.numpy() / vocab)[fields]
+    fmax = layer.counter.field_max.numpy()[fields]
+    fmean = (layer.counter.field_total.numpy() / vocab)[fields]
     lc = np.log1p(counts)
     q = np.where(fmax > 0, lc / np.where(fmax > 0, np.log1p(fmax), 1.0), 0.0)
     rel = np.tanh((lc - np.log1p(fmean)) / 2)
@@ -107,7 +107,7 @@ def _numpy_twins(layer, counts, fields):
     def branch(w1, b1, w2, b2):
         return np.maximum(x @ w1.numpy() + b1.numpy(), 0) @ w2.numpy() + b2.numpy()
 
-    z = layer.logit_scale * (q[..., None] * branch(*layer._twins["high"]) + (1 - q[..., None]) * branch(*layer._twins["low"]))
+    z = layer.logit_scale * (q[..., None] * branch(*layer.twins.high) + (1 - q[..., None]) * branch(*layer.twins.low))
     sizes = twins.size_table(layer.min_dim, layer.output_dim)
     return z - float(layer.size_bias.numpy()) * sizes / layer.output_dim
 
@@ -119,30 +119,30 @@ def test_layer_forward_counts_and_penalty_match_a_numpy_implementation():
     ids = np.stack([rng.integers(0, 6, 40), rng.integers(0, 9, 40)], 1)
     layer(ids)
     # scramble the twins so sizes differ between values
-    for v in [w for b in layer._twins.values() for w in b]:
+    for v in [w for b in (layer.twins.high, layer.twins.low) for w in b]:
         v.assign(rng.normal(size=v.shape).astype(np.float32) * 0.3)
     # counts are taken in the backward pass of a training step (a call outside one counts nothing)
     layer(ids, training=True)
-    assert float(np.sum(layer.counts.numpy())) == 0.0
+    assert float(np.sum(layer.counter.counts.numpy())) == 0.0
     inp = keras.Input(shape=(2,), dtype="int32")
     step = keras.Model(inp, keras.layers.Lambda(lambda t: tf.reduce_sum(t, axis=[1, 2]))(layer(inp)))
     step.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # lr 0: the weights do not move
     step.train_on_batch(ids, np.zeros(40, "float32"))
     out = layer(ids, training=True)
     rows = np.stack([ids[:, 0], ids[:, 1] + 6], 1)
-    np.testing.assert_array_equal(layer.counts.numpy(), np.bincount(rows.ravel(), minlength=15))
+    np.testing.assert_array_equal(layer.counter.counts.numpy(), np.bincount(rows.ravel(), minlength=15))
     np.testing.assert_array_equal(
-        layer.field_max.numpy(), [np.bincount(ids[:, 0]).max(), np.bincount(ids[:, 1]).max()]
+        layer.counter.field_max.numpy(), [np.bincount(ids[:, 0]).max(), np.bincount(ids[:, 1]).max()]
     )
-    np.testing.assert_array_equal(layer.field_total.numpy(), [40, 40])
-    z = _numpy_twins(layer, layer.counts.numpy()[rows], np.broadcast_to([0, 1], rows.shape))
+    np.testing.assert_array_equal(layer.counter.field_total.numpy(), [40, 40])
+    z = _numpy_twins(layer, layer.counter.counts.numpy()[rows], np.broadcast_to([0, 1], rows.shape))
     k = np.argmax(z, -1) + layer.min_dim
     table = np.asarray(inner.embedding_variable)
     want = table[rows] * (np.arange(5) < k[..., None])
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-7)
     # the penalty, over the whole vocabulary (penalty_sample > rows)
     all_rows = np.arange(15)
-    zv = _numpy_twins(layer, layer.counts.numpy(), (all_rows >= 6).astype(int))
+    zv = _numpy_twins(layer, layer.counter.counts.numpy(), (all_rows >= 6).astype(int))
     frac = (np.argmax(zv, -1) + 1).mean() / 5
     np.testing.assert_allclose(float(layer.size_penalty()), 2.0 * max(0.0, frac - 0.3), rtol=1e-5, atol=1e-7)
     # the report agrees with the forward pass
@@ -155,8 +155,8 @@ def test_given_frequencies_are_not_counted_and_bad_arguments_fail_clearly():
     layer = ked.TwinsMaskLayer(keras.layers.Embedding(5, 4), field_vocab_sizes=[3, 2], frequencies=freq)
     assert not layer.count_frequencies
     layer(np.array([[0, 3]]), training=True)
-    np.testing.assert_array_equal(layer.counts.numpy(), [5, 0, 1, 2, 2])
-    np.testing.assert_array_equal(layer.field_max.numpy(), [5, 2])
+    np.testing.assert_array_equal(layer.counter.counts.numpy(), [5, 0, 1, 2, 2])
+    np.testing.assert_array_equal(layer.counter.field_max.numpy(), [5, 2])
     with pytest.raises(tf.errors.InvalidArgumentError, match="offset"):
         layer(np.array([[0, 1]]))  # column 1 holds field 1's ids, 3..4
     with pytest.raises(ValueError, match="add up"):
@@ -186,7 +186,8 @@ def test_wrapped_prunable_embedding_is_found_through_its_wrapper_only():
     model = keras.Model(ids, keras.layers.Dense(1)(keras.layers.Flatten()(out)))
     assert [l.name for l in ked.find_searchable_layers(model)] == ["twins"]
     model.compile(loss="mse")
-    with pytest.raises(ValueError, match="no searchable embedding layer"):
+    with pytest.raises(ValueError, match=r"found TwinsMaskLayer layers: use TwinsMaskSearch, or build the "
+                                         r"embeddings with PrunableEmbedding"):
         model.fit(np.zeros((8, 2), "int32"), np.zeros(8), verbose=0, callbacks=[ked.SingleShotPruner(0.5)])
 
 
@@ -196,12 +197,12 @@ def test_twins_epochs_keep_the_table_fixed_while_the_twins_learn(small_data):
     model = ked.models.compile_ctr(ked.add_twins(model, field_vocab_sizes=d.vocab_sizes))
     layer = ked.find_searchable_layers(model)[0]
     table0 = np.asarray(layer.embedding_variable).copy()
-    twins0 = layer._twins["high"][3].numpy().copy()
+    twins0 = layer.twins.high[3].numpy().copy()
     seen = {}
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            seen[epoch] = (np.asarray(layer.embedding_variable).copy(), layer._twins["high"][3].numpy().copy())
+            seen[epoch] = (np.asarray(layer.embedding_variable).copy(), layer.twins.high[3].numpy().copy())
 
     x, y = d.train
     search = ked.TwinsMaskSearch(0.5, twins_epochs=1, verbose=0)
@@ -237,11 +238,11 @@ def test_budget_is_hit_within_one_percent(twins_trained):
     r = search.result
     layer = ked.find_searchable_layers(model)[0]
     kept = int(np.concatenate(layer.dimension_mask().value_sizes).sum())
-    target = math.floor(0.2 * r["params_full"])
-    assert kept == r["params_after"] <= target
+    target = math.floor(0.2 * r.params_full)
+    assert kept == r.params_after <= target
     assert kept >= 0.99 * target
     trainable = {id(v) for v in layer.trainable_weights}
-    assert layer.frozen and not any(id(v) in trainable for b in layer._twins.values() for v in b)
+    assert layer.frozen and not any(id(v) in trainable for b in (layer.twins.high, layer.twins.low) for v in b)
 
 
 def test_frequent_values_get_larger_sizes(twins_trained):
@@ -258,7 +259,7 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
     stored = saved_variable_bytes(path)
     emb = sum(b for k, b in stored.items() if k.startswith(TABLES_ATTRIBUTE + "/"))
-    assert emb <= 1.10 * search.result["params_after"] * 4
+    assert emb <= 1.10 * search.result.params_after * 4
     layer = ked.find_searchable_layers(model)[0]
     packed = ragged.pack(
         np.asarray(layer.embedding_variable), list(layer.dimension_mask().value_sizes), field_sizes=d.vocab_sizes
@@ -317,7 +318,7 @@ def test_keras_round_trip_mid_search(small_data, tmp_path):
     loaded = keras.models.load_model(path)
     a, b = (ked.find_searchable_layers(m)[0] for m in (model, loaded))
     assert not b.frozen
-    np.testing.assert_array_equal(a.counts.numpy(), b.counts.numpy())
+    np.testing.assert_array_equal(a.counter.counts.numpy(), b.counter.counts.numpy())
     np.testing.assert_array_equal(np.concatenate(a.dimension_mask().value_sizes), np.concatenate(b.dimension_mask().value_sizes))
     sample = d.inputs(d.test[0][:300])
     np.testing.assert_array_equal(model.predict(sample, verbose=0), loaded.predict(sample, verbose=0))
@@ -367,7 +368,7 @@ def test_warm_start_on_frappe_keeps_auc_at_budget_04(data_root):
     masked.fit(train, epochs=3, verbose=0, callbacks=[search])
     auc_plain = roc_auc(yt, p_plain)
     auc_masked = roc_auc(yt, masked.predict(d.inputs(xt), batch_size=8192, verbose=0))
-    assert search.result["kept_fraction"] <= 0.4 and search.result["kept_fraction"] >= 0.396
+    assert search.result.kept_fraction <= 0.4 and search.result.kept_fraction >= 0.396
     assert auc_masked >= auc_plain - 0.005, (auc_plain, auc_masked)
     # the method's premise on real data: frequent values get larger sizes
     m = ked.find_searchable_layers(masked)[0].dimension_mask()

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
-from keras_embdim import _compat
-from keras_embdim.callbacks.search_callback import EpochBoundedSearch, check_int
+from keras_embdim import _utils
+from keras_embdim.callbacks.search_callback import EpochBoundedSearch, Phase
 from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
-from keras_embdim.mask import total_params
+from keras_embdim.searchable import total_params
+from keras_embdim.validation import check_int, check_number
 
 
 class HardMaskSearch(EpochBoundedSearch):
@@ -25,7 +25,7 @@ class HardMaskSearch(EpochBoundedSearch):
     the discrete network trained during the search settles at the budget with
     no penalty weight to tune. When the search ends the scores of all fields of
     all layers are ranked globally and the best kept until the budget (within
-    one field-dimension, `keras_embdim.budget`), the mask freezes, and training
+    one field-dimension, `keras_embdim.search.budget`), the mask freezes, and training
     continues on it (`after="finetune"`) or restarts from the initial weights
     with it (`after="retrain"`). If `fit` ends first, the search ends there.
 
@@ -33,7 +33,7 @@ class HardMaskSearch(EpochBoundedSearch):
         budget: kept fraction of embedding parameters, in (0, 1].
         search_epochs: epochs of search before the mask freezes (default 1).
         temperature: (start, end) of the annealed temperature.
-        sparsity_weight: penalty weight (measured in docs/methods.md).
+        sparsity_weight: penalty weight (measured in docs/reference/methods.md).
         trace_every: steps between two records of the kept fraction (`trace`).
         min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
             (`min_dim=0`, off by default, lets a field be dropped whole).
@@ -48,6 +48,7 @@ class HardMaskSearch(EpochBoundedSearch):
     """
 
     layer_types = (HardMaskEmbedding,)
+    logs_penalty = True
 
     def __init__(
         self,
@@ -68,40 +69,34 @@ class HardMaskSearch(EpochBoundedSearch):
         )
         self.trace_every = check_int("trace_every", trace_every, 1)
         try:
-            t0, t1 = (float(t) for t in temperature)
+            t0, t1 = (check_number("temperature", t, low=0, strict=True) for t in temperature)
         except (TypeError, ValueError):
             raise ValueError(f"`temperature` must be two positive numbers (start, end); received {temperature!r}.")
-        if not (t0 > 0 and t1 > 0 and math.isfinite(t0) and math.isfinite(t1)):
-            raise ValueError(f"`temperature` must be two positive numbers (start, end); received {temperature!r}.")
-        if isinstance(sparsity_weight, bool) or not (
-            isinstance(sparsity_weight, (int, float)) and math.isfinite(sparsity_weight) and sparsity_weight > 0
-        ):
-            raise ValueError(f"`sparsity_weight` must be a number > 0; received {sparsity_weight!r}.")
         self.temperature = (t0, t1)
-        self.sparsity_weight = float(sparsity_weight)
+        self.sparsity_weight = check_number("sparsity_weight", sparsity_weight, low=0, strict=True)
         self._search_steps: int | None = None
         self.trace: list[dict] = []
 
-    def on_train_begin(self, logs=None):
-        if self.phase == "done":
-            return
-        self._discover()
-        self._sync_layers()
-        if self._completed_in_layers():
-            self._adopt_finished_search("the start of fit")
-            return
+    def _check_layers_fresh(self) -> None:
         frozen = [l.name for l in self._layers if l.frozen]
         if frozen:
             raise ValueError(
                 f"HardMaskSearch: layers {frozen} are frozen already, the others not; "
                 "build new HardMaskEmbedding layers to search again."
             )
+
+    def _start(self) -> None:
         steps = (self.params or {}).get("steps")
         self._search_steps = int(steps) * self.search_epochs if steps else None
         for layer in self._layers:
             layer.sparsity_weight.assign(self.sparsity_weight)
             layer.sparsity_target.assign(self.budget)
             layer.temperature.assign(self.temperature[0])
+
+    def _plan(self) -> str:
+        t0, t1 = self.temperature
+        return (f"{self.search_epochs} search epoch{'s' if self.search_epochs > 1 else ''} of hard masks "
+                f"(temperature {t0:g} -> {t1:g}, sparsity weight {self.sparsity_weight:g}), then one ranking")
 
     def _completed_in_layers(self) -> bool:
         return all(layer.frozen for layer in self._layers)
@@ -119,7 +114,7 @@ class HardMaskSearch(EpochBoundedSearch):
             layer.temperature.assign(t)
 
     def _on_batch(self, batch, logs=None):
-        if self.phase != "search":
+        if self.phase != Phase.SEARCH:
             return
         self._step += 1
         if self._search_steps:
@@ -135,12 +130,11 @@ class HardMaskSearch(EpochBoundedSearch):
     def _finish(self):
         scores = [l.mask_scores().astype(np.float64) for l in self._layers]
         hard_kept, full = total_params(self._layers)
-        self.result = self._select_and_apply(scores, "score")
-        optimizer = getattr(self.model, "optimizer", None)
+        masks, _, _ = self._select_and_apply(scores, "score")
         for layer in self._layers:
-            layer.freeze(self.result["masks"][layer.name], optimizer=optimizer)
-        _compat.force_retrace(self.model)
-        self.result.update(hard_kept_before_ranking=hard_kept, search_steps=self._step)
-        self._announce(
-            f"searched {self._step} steps (the hard mask kept {100 * hard_kept / full:.1f}% before the final ranking)"
+            layer.freeze(masks[layer.name], optimizer=self._optimizer)
+        _utils.force_retrace(self.model)
+        self._conclude(
+            f"searched {self._step} steps (the hard mask kept {100 * hard_kept / full:.1f}% before the final ranking)",
+            masks=masks, params_before=int(hard_kept), scores={l.name: s for l, s in zip(self._layers, scores)},
         )

@@ -1,59 +1,167 @@
-"""`DimensionSearchCallback`: what every per-field search callback shares.
+"""`DimensionSearchCallback`: what every search callback shares (a template method).
 
-Budget and option checks, discovery of the searchable layers (with an early
-feasibility check), one global selection under the budget over all fields of all
-layers (`keras_embdim.budget`), applying the masks (fine-tune, or rewind to the
-weights at `fit` start and retrain), and logging: Keras logs, the
-`keras_embdim` logger, TensorBoard, and a per-epoch history of kept dims.
-`SingleShotPruner` and `HardMaskSearch` differ only in how they score.
+`on_train_begin` finds the layers (a clear message when they are of another
+kind), re-derives their state from restored variables, adopts a finished
+search, says in one line what the search will do and when (and warns when
+fit leaves almost no steps after it), then calls the subclass's `_start`.
+Subclasses score (`_on_batch`, `on_epoch_end`) and end with `_conclude`,
+which records a `SearchResult`, the time it took and the summary.
+Shared as well: budget and option checks, one global selection under the
+budget over all fields of all layers (`select_dimensions`, overridable),
+fine-tune or rewind, stopping on a non-finite loss, and logging (Keras logs,
+the `keras_embdim` logger, TensorBoard, and a per-epoch history of kept dims
+that `dimensions.json` includes, `dimension_history`).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat, budget as budget_lib
+from keras_embdim import _utils
 from keras_embdim._compat import keras
-from keras_embdim.mask import check_fraction, find_searchable_layers, total_params
 from keras_embdim.report import format_report
+from keras_embdim.search import budget as budget_lib
+from keras_embdim.searchable import find_searchable_layers, total_params
+from keras_embdim.validation import check_choice, check_fraction, check_int
 
 logger = logging.getLogger("keras_embdim")
 
 _AFTER = ("finetune", "retrain")
 _RANKINGS = ("score", "cost")
+#: warn at train begin when less than this share of `fit`'s steps follows the search
+FINETUNE_WARNING_SHARE = 0.2
+
+# Which callback searches a layer, and the per-epoch history of its kept dims:
+# kept by the callbacks, not written onto the layers.
+_OWNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_HISTORY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}; received {name}={value!r}.")
-    return int(value)
+def dimension_history(layer: Any) -> list[dict]:
+    """Kept dims per field at the end of every epoch of the search callbacks that searched
+    `layer` (`[{"epoch", "step", "kept_dims"}, ...]`; empty if none did)."""
+    return list(_HISTORY.get(layer, []))
 
 
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {tuple(allowed)}; received {name}={value!r}.")
-    return value
+class Phase(str, enum.Enum):
+    """Where a search is: before it (warm-up), scoring, searching, done, or stopped."""
+
+    WARMUP = "warmup"
+    SCORING = "scoring"
+    SEARCH = "search"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass
+class SearchResult:
+    """What a search callback decided (`callback.result`).
+
+    Attributes:
+        method: the callback's class name.
+        budget: the kept fraction asked for.
+        params_full: embedding parameters of the searched layers at full size.
+        params_before: parameters the search network kept when the search
+            ended, before the final selection under the budget (HAM's hard
+            mask, AMTL's twins; the full size for SSEDS and PME).
+        params_after: parameters kept (never above the budget).
+        step: the training step the search ended at.
+        seconds: how long the search took (SSEDS: its scoring).
+        masks: per-field layers: layer name -> `[F, D]` kept columns.
+        sizes: per-value layers: layer name -> `[rows]` sizes.
+        scores: what was ranked, layer name -> array.
+        batches: batches scored (SSEDS' gate gradients, PME's entry importance).
+        price: AMTL: the price per parameter that landed on the budget.
+        resumed: set when a finished search was adopted (from a checkpoint): when.
+        error: set when the search stopped on a non-finite loss.
+    """
+
+    method: str
+    budget: float
+    params_full: int
+    params_after: int
+    params_before: int | None = None
+    step: int = 0
+    seconds: float = 0.0
+    masks: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+    batches: int | None = None
+    price: float | None = None
+    resumed: str | None = None
+    error: str | None = None
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.params_after / self.params_full if self.params_full else 1.0
+
+
+class SearchLog:
+    """Where a search reports: the `keras_embdim` logger, stdout (`verbose`) and TensorBoard."""
+
+    def __init__(self, name: str, verbose: int, log_dir: str | None):
+        self.name, self.verbose, self.log_dir = name, verbose, log_dir
+        self._writer = None
+
+    def info(self, msg: str) -> None:
+        logger.info(msg)
+        if self.verbose:
+            print(msg)
+
+    def warning(self, msg: str) -> None:
+        logger.warning(msg)
+        if self.verbose:
+            print(f"WARNING: {msg}")
+
+    @property
+    def writer(self):
+        if self.log_dir and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        return self._writer
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            with self.writer.as_default():
+                for key, value in values.items():
+                    tf.summary.scalar(key, value, step=step)
+
+    def histograms(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            with self.writer.as_default():
+                for key, value in values.items():
+                    tf.summary.histogram(key, np.nan_to_num(np.asarray(value, np.float64)).ravel(), step=step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
 
 class DimensionSearchCallback(keras.callbacks.Callback):
-    """Base of the callbacks that search per-field dimensions under a budget.
+    """Base of the callbacks that search embedding dimensions under a budget.
 
     Args:
-        budget: kept fraction of embedding parameters, in (0, 1].
-        min_dim: columns every field keeps at least.
+        budget: kept fraction of embedding parameters, in (0, 1], or a
+            `keras_embdim.ByteBudget`.
+        min_dim: columns every field (per-value: every value) keeps at least.
         after: "finetune" or "retrain" (rewind every weight to its value at
-            `fit` start, reset the optimizer, apply the searched mask).
+            `fit` start, reset the optimizer, apply the searched dims).
         layers: names of the searchable layers to search (default all).
         log_dir: a path or a `keras.callbacks.TensorBoard`.
-        verbose: print the summary when the search ends.
+        verbose: print the plan at train begin and the summary when the search ends.
     """
 
     #: layer classes a subclass searches (None: any searchable layer)
     layer_types: tuple | None = None
+    #: the phase before `on_train_begin`
+    initial_phase: Phase = Phase.SEARCH
 
     def __init__(
         self,
@@ -72,41 +180,81 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self.min_dim = check_int("min_dim", min_dim, 0)
         self.after = check_choice("after", after, _AFTER)
         self.layer_names = list(layers) if layers is not None else None
-        self.log_dir = _compat.tensorboard_log_dir(log_dir)
+        self.log_dir = _utils.tensorboard_log_dir(log_dir)
         self.verbose = verbose
-        self.phase = "search"
-        self.result: dict | None = None
+        self.log = SearchLog(self.name, verbose, self.log_dir)
+        self.phase = self.initial_phase
+        self.result: SearchResult | None = None
+        self.penalties: list[dict] = []  # per search epoch: the layers' search penalties
+        self.history: dict[str, list] = {}  # layer name -> kept dims per epoch
         self._layers: list = []
         self._step = 0
         self._snapshot = None
-        self._writer = None
         self._good_masks: dict = {}
-        self.error: str | None = None
-        self.penalties: list[dict] = []  # per search epoch: the layers' search penalties
+        self._good_when = "the start of the search"
         self._first_epoch: int | None = None  # first epoch of the current fit (> 0: resumed)
+        self._started = 0.0
 
     @property
     def name(self) -> str:
         return type(self).__name__
 
-    # --------------------------------------------------------------- setup
+    @property
+    def error(self) -> str | None:
+        return self.result.error if self.result is not None else None
+
+    # ------------------------------------------------------ template method
+    def on_train_begin(self, logs=None):
+        if self.phase in (Phase.DONE, Phase.FAILED) and self._layers:
+            self.log.info(f"{self.name}: the search is over; training continues on its dims.")
+            return
+        self._discover()
+        self._sync_layers()
+        if self._completed_in_layers():
+            self._adopt_finished_search("the start of fit")
+            return
+        self._check_layers_fresh()
+        self._started = time.perf_counter()
+        self._start()
+        self._announce_plan()
+
+    def _start(self) -> None:
+        """Subclasses: set the layers up for the search (called once per `fit`)."""
+
+    def _plan(self) -> str:
+        """Subclasses: what the search does and when, for the line at train begin."""
+        return ""
+
+    def _search_end_step(self) -> int | None:
+        """Subclasses: the step at which the search ends (None if unknown)."""
+        return None
+
+    def _check_layers_fresh(self) -> None:
+        """Subclasses: refuse layers that hold part of a finished search."""
+
+    def _completed_in_layers(self) -> bool:
+        """Subclasses: the layers hold the result of a finished search of this kind."""
+        return False
+
+    def _resume_search(self, epoch: int) -> None:
+        """Subclasses: continue a search restored at the start of `epoch` (> 0)."""
+
+    def _on_batch(self, batch, logs=None) -> None:
+        """Subclasses: what a search does after each training batch."""
+
+    # ---------------------------------------------------------------- setup
     def _discover(self) -> None:
-        layers = find_searchable_layers(self.model, self.layer_names)
-        if self.layer_types is not None:
-            layers = [l for l in layers if isinstance(l, self.layer_types)]
+        found = find_searchable_layers(self.model, self.layer_names)
+        layers = [l for l in found if isinstance(l, self.layer_types)] if self.layer_types else found
         if not layers:
-            wanted = "/".join(t.__name__ for t in self.layer_types) if self.layer_types else "keras_embdim"
-            raise ValueError(
-                f"{self.name}: model '{self.model.name}' has no searchable embedding layer "
-                f"({wanted}); build its embeddings with keras_embdim's layers. The model was not changed."
-            )
+            raise ValueError(self._no_layers_message(found))
         for layer in layers:
             if not layer.built:
                 # a subclassed model (e.g. a tfrs.Model) builds its layers on the
                 # first batch; ours need no input shape, so build them now
                 layer.build()
         for layer in layers:
-            owner = getattr(layer, "_embdim_search", None)
+            owner = _OWNERS.get(layer)
             if owner is not None and owner is not self:
                 raise ValueError(
                     f"{self.name}: layer '{layer.name}' is already searched by another "
@@ -135,18 +283,78 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 f"least {need} or lower min_dim. The model was not changed."
             )
         for layer in layers:
-            layer._embdim_search = self
+            _OWNERS[layer] = self
         self._layers = layers
         self._first_epoch = None
         self._remember_masks("the start of the search")
         if self.after == "retrain":
             self._snapshot = self.model.get_weights()
-        if self.log_dir and self._writer is None:
-            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def _no_layers_message(self, found: list) -> str:
+        """Why a model has nothing for this callback, and what to use instead."""
+        from keras_embdim import methods
+
+        wanted = methods.layer_for(type(self))
+        if found:
+            kinds = sorted({type(l).__name__ for l in found})
+            fits = sorted({c for l in found for c in methods.callbacks_for(l)})
+            return (
+                f"{self.name} found {', '.join(kinds)} layers: use {' or '.join(fits)}, or build the embeddings "
+                f"with {wanted}. The model was not changed."
+            )
+        plain = [l.name for l in _utils.flatten_layers(self.model) if isinstance(l, keras.layers.Embedding)]
+        if plain:
+            return (
+                f"{self.name}: model '{self.model.name}' has only plain keras.layers.Embedding layers {plain}; "
+                "make them searchable with ked.make_searchable(model) (ked.add_twins(model) for TwinsMaskSearch), "
+                f"or build them with {wanted}. The model was not changed."
+            )
+        return (
+            f"{self.name}: model '{self.model.name}' has no searchable embedding layer "
+            f"({wanted}); build its embeddings with keras_embdim's layers. The model was not changed."
+        )
+
+    def _announce_plan(self) -> None:
+        """One line at train begin: what the search will do and when; a warning when `fit`
+        leaves almost no steps after it."""
+        kept, full = total_params(self._layers)
+        target = budget_lib.budget_params(self.budget, full)
+        names = ", ".join(f"'{l.name}'" for l in self._layers)
+        plan = self._plan()
+        self.log.info(
+            f"{self.name}: budget {100 * self.budget:.2f}% ({target:,} of {full:,} embedding parameters) over "
+            f"{names}; {plan}{'; ' if plan else ''}then {self.after}."
+        )
+        steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
+        planned = self._search_end_step()
+        if steps and epochs and planned is not None:
+            total = int(steps) * int(epochs)
+            end = min(planned, total)  # a search that outlasts fit ends with it
+            left = total - end
+            if left < FINETUNE_WARNING_SHARE * total:
+                cut = f" (it would need {planned})" if planned > total else ""
+                self.log.warning(
+                    f"{self.name}: the search ends at step {end} of fit's {total} ({epochs} epoch"
+                    f"{'s' if int(epochs) != 1 else ''} x {steps} steps){cut}, so only {left} "
+                    f"step{'s' if left != 1 else ''} of {self.after} follow it; train for more epochs (or shorten "
+                    "the search) so that the model can adapt to the searched dims."
+                )
 
     # ------------------------------------------------------------ selection
-    def _select_and_apply(self, scores: list[np.ndarray], ranking: str = "score") -> dict:
-        """One global ranking of `scores` (one `[F, D]` array per layer) under the budget."""
+    def select_dimensions(self, scores: np.ndarray, costs: np.ndarray, target: int, valid: np.ndarray,
+                          ranking: str = "score") -> np.ndarray:
+        """Which field-dimensions to keep: `[G, D]` booleans from `[G, D]` scores (all
+        fields of all layers, padded to the widest; `valid` marks real cells), `[G]`
+        column costs and the `target` in parameters. The default is one global
+        ranking (`keras_embdim.search.budget.select_under_budget`); a subclass may
+        apply another rule (e.g. a baseline that drops whole fields)."""
+        return budget_lib.select_under_budget(scores, costs, target, min_dim=self.min_dim, ranking=ranking,
+                                              valid=valid)
+
+    def _select_and_apply(self, scores: list[np.ndarray], ranking: str = "score") -> tuple[dict, int, int]:
+        """One selection of `scores` (one `[F, D]` array per layer) under the budget, applied.
+
+        Returns `(masks by layer name, kept before, full)`."""
         kept_before, full = total_params(self._layers)
         width = max(l.output_dim for l in self._layers)
         rows = sum(s.shape[0] for s in scores)
@@ -158,102 +366,79 @@ class DimensionSearchCallback(keras.callbacks.Callback):
             valid[row : row + s.shape[0], : s.shape[1]] = True
             row += s.shape[0]
         costs = np.concatenate([np.asarray(l.field_vocab_sizes) for l in self._layers])
-        keep = budget_lib.select_under_budget(
-            all_scores,
-            costs,
-            budget_lib.budget_params(self.budget, full),
-            min_dim=self.min_dim,
-            ranking=ranking,
-            valid=valid,
-        )
-        optimizer = getattr(self.model, "optimizer", None)
+        keep = self.select_dimensions(all_scores, costs, budget_lib.budget_params(self.budget, full), valid, ranking)
         masks, row = {}, 0
         for layer, s in zip(self._layers, scores):
             masks[layer.name] = keep[row : row + s.shape[0], : s.shape[1]]
             row += s.shape[0]
         self._rewind()
         for layer in self._layers:
-            layer.set_dimension_mask(masks[layer.name], optimizer=optimizer)
-        kept_after, _ = total_params(self._layers)
-        self.phase = "done"
-        return {
-            "budget": self.budget,
-            "params_before": int(kept_before),
-            "params_full": int(full),
-            "params_after": int(kept_after),
-            "kept_fraction": kept_after / full,
-            "step": self._step,
-            "scores": {l.name: s for l, s in zip(self._layers, scores)},
-            "masks": masks,
-        }
+            layer.set_dimension_mask(masks[layer.name], optimizer=self._optimizer)
+        return masks, int(kept_before), int(full)
+
+    @property
+    def _optimizer(self):
+        return getattr(self.model, "optimizer", None)
 
     def _rewind(self) -> None:
         """`after="retrain"`: every weight back to its value at `fit` start, optimizer reset."""
         if self.after == "retrain" and self._snapshot is not None:
             self.model.set_weights(self._snapshot)
-            optimizer = getattr(self.model, "optimizer", None)
-            if optimizer is not None:
-                _compat.reset_optimizer_state(optimizer, self.model.trainable_weights)
+            if self._optimizer is not None:
+                _utils.reset_optimizer_state(self._optimizer, self.model.trainable_weights)
             self._snapshot = None
 
-    def _announce(self, headline: str) -> None:
-        r = self.result
-        msg = (
-            f"{self.name}: {headline}; kept {r['params_after']:,} of {r['params_full']:,} embedding "
-            f"parameters ({100 * r['kept_fraction']:.2f}%, budget {100 * self.budget:.2f}%), then "
-            f"{self.after}.\n" + format_report(self._layers)
+    def _conclude(self, headline: str, **fields: Any) -> SearchResult:
+        """The search is over: record the result, say what was kept and how long it took."""
+        kept, full = total_params(self._layers)
+        self.phase = Phase.DONE
+        self.result = SearchResult(
+            method=self.name, budget=self.budget, params_full=int(full), params_after=int(kept), step=self._step,
+            seconds=time.perf_counter() - self._started, **fields,
         )
-        logger.info(msg)
-        if self.verbose:
-            print(msg)
-        if self._writer is not None:
-            with self._writer.as_default():
-                for name, s in r["scores"].items():
-                    tf.summary.histogram(f"scores/{name}", np.nan_to_num(s).ravel(), step=self._step)
-            self._write_summaries()
+        r = self.result
+        self.log.info(
+            f"{self.name}: {headline}; kept {r.params_after:,} of {r.params_full:,} embedding "
+            f"parameters ({100 * r.kept_fraction:.2f}%, budget {100 * self.budget:.2f}%) in {r.seconds:.1f} s, "
+            f"then {self.after}.\n" + format_report(self._layers)
+        )
+        self.log.histograms(self._step, {f"scores/{name}": s for name, s in r.scores.items()})
+        for layer in self._layers:
+            m = layer.dimension_mask()
+            if m.granularity == "value":
+                self.log.histograms(self._step, {f"value_sizes/{layer.name}/{n}": s
+                                                 for n, s in zip(m.field_names, m.value_sizes)})
+        self._write_summaries()
+        return r
 
     # ------------------------------------------------------------ resuming
-    def _completed_in_layers(self) -> bool:
-        """Subclasses: the layers hold the result of a finished search of this kind."""
-        return False
-
-    def _resume_search(self, epoch: int) -> None:
-        """Subclasses: continue a search restored at the start of `epoch` (> 0)."""
-
     def _sync_layers(self) -> bool:
         """Python state of the layers from their (possibly restored) variables."""
         changed = [layer.sync_search_state() for layer in self._layers]
         if any(changed):
-            _compat.force_retrace(self.model)
+            _utils.force_retrace(self.model)
         return any(changed)
 
     def _adopt_finished_search(self, when: str) -> None:
         """The layers already hold a finished search (e.g. restored from a checkpoint
         taken after it): keep their dims and train on; nothing is searched again."""
         for layer in self._layers:
-            if getattr(layer, "_gate_probe", None) is not None:
-                layer.detach_gate_probe()
-            if hasattr(layer, "freeze_table"):
-                layer.freeze_table(False)
-        _compat.force_retrace(self.model)
+            layer.detach_probe()
+            layer.freeze_table(False)
+        _utils.force_retrace(self.model)
         self._snapshot = None
         kept, full = total_params(self._layers)
-        self.phase = "done"
-        self.result = {
-            "budget": self.budget,
-            "params_after": int(kept),
-            "params_full": int(full),
-            "kept_fraction": kept / full,
-            "resumed": when,
-            "masks": {layer.name: layer.dimension_mask().keep for layer in self._layers},
-        }
-        msg = (
+        self.phase = Phase.DONE
+        masks = {l.name: l.dimension_mask() for l in self._layers}
+        self.result = SearchResult(
+            method=self.name, budget=self.budget, params_full=int(full), params_after=int(kept), resumed=when,
+            masks={n: m.keep for n, m in masks.items() if m.granularity == "field"},
+            sizes={n: np.concatenate(m.value_sizes) for n, m in masks.items() if m.granularity == "value"},
+        )
+        self.log.info(
             f"{self.name}: at {when} the layers already hold a finished search ({kept:,} of {full:,} "
             "embedding parameters kept); training continues on those dims, nothing is searched again."
         )
-        logger.info(msg)
-        if self.verbose:
-            print(msg)
 
     def on_epoch_begin(self, epoch, logs=None):
         """Resuming (`BackupAndRestore`, or `fit(initial_epoch=k)` on a model loaded
@@ -263,7 +448,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         if self._first_epoch is not None:
             return
         self._first_epoch = int(epoch)
-        if epoch == 0 or not self._layers or self.phase in ("done", "failed"):
+        if epoch == 0 or not self._layers or self.phase in (Phase.DONE, Phase.FAILED):
             return
         self._sync_layers()
         if self._completed_in_layers():
@@ -284,15 +469,12 @@ class DimensionSearchCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if self.phase not in ("done", "failed") and self._layers and loss is not None:
+        if self.phase not in (Phase.DONE, Phase.FAILED) and self._layers and loss is not None:
             value = float(np.asarray(loss))
             if not np.isfinite(value):
                 self._abort(value)
                 return
         self._on_batch(batch, logs)
-
-    def _on_batch(self, batch, logs=None) -> None:
-        """Subclasses: what a search does after each training batch."""
 
     def _abort(self, loss: float) -> None:
         """The loss is not finite: stop training, keep the last good masks, say so.
@@ -300,82 +482,64 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         The weights of the failing step are whatever it left (as with
         `keras.callbacks.TerminateOnNaN`): restore them from a checkpoint.
         """
-        optimizer = getattr(self.model, "optimizer", None)
         for layer, mask in self._good_masks.items():
-            if getattr(layer, "_gate_probe", None) is not None:
-                layer.detach_gate_probe()
-            if hasattr(layer, "freeze_table"):
-                layer.freeze_table(False)
-            if mask.granularity == "value":
-                layer.set_value_sizes(list(mask.value_sizes), optimizer=optimizer, zero_pruned=False)
-            elif hasattr(layer, "freeze"):
-                layer.freeze(mask.keep, optimizer=optimizer)
-            else:
-                layer.set_dimension_mask(mask, optimizer=optimizer, zero_pruned=False)
-        _compat.force_retrace(self.model)
+            layer.detach_probe()
+            layer.freeze_table(False)
+            layer.end_search(mask, optimizer=self._optimizer)
+        _utils.force_retrace(self.model)
         kept, full = total_params(self._layers)
-        self.error = (
+        error = (
             f"{self.name}: the training loss became {loss} at search step {self._step}; training stopped "
             f"and the search ended with the masks of {self._good_when} ({kept:,} of {full:,} embedding "
             "parameters kept). Lower the learning rate or check the inputs, then search again on a fresh model."
         )
-        self.phase = "failed"
-        self.result = {"error": self.error, "params_after": kept, "params_full": full}
+        self.phase = Phase.FAILED
+        self.result = SearchResult(method=self.name, budget=self.budget, params_full=int(full),
+                                   params_after=int(kept), step=self._step, error=error)
         self.model.stop_training = True
-        logger.error(self.error)
+        logger.error(error)
 
     # ------------------------------------------------------------- logging
     def _record_epoch(self, epoch: int, logs: dict | None) -> None:
         if not self._layers:
             return
-        if self.phase not in ("done", "failed"):
+        if self.phase not in (Phase.DONE, Phase.FAILED):
             self._remember_masks(f"the end of epoch {epoch + 1}")
         kept, full = total_params(self._layers)
         if logs is not None:
             logs["embdim_kept_params"] = float(kept)
             logs["embdim_kept_fraction"] = kept / full
         for layer in self._layers:
-            history = layer.__dict__.setdefault("_dimension_history", [])
-            history.append({"epoch": int(epoch), "step": self._step, "kept_dims": layer.dimension_mask().kept_dims.tolist()})
-        if self._writer is not None:
-            self._write_summaries()
+            record = {"epoch": int(epoch), "step": self._step, "kept_dims": layer.dimension_mask().kept_dims.tolist()}
+            self.history.setdefault(layer.name, []).append(record)
+            _HISTORY.setdefault(layer, []).append(record)
+        self._write_summaries()
 
     def _log_penalties(self, logs: dict | None) -> None:
         """Each layer's search penalty at the end of a search epoch: in `logs` (so in
         `History` under Keras 3) as `embdim_penalty_<layer>`, in `self.penalties`, and in
         TensorBoard as `embdim/penalty/<layer>`."""
-        values = {
-            layer.name: float(_compat.to_numpy(layer.search_penalty()))
-            for layer in self._layers
-            if hasattr(layer, "search_penalty")
-        }
-        if values:
-            self.penalties.append({"step": self._step, **values})
+        values = {layer.name: float(_utils.to_numpy(layer.search_penalty())) for layer in self._layers}
+        self.penalties.append({"step": self._step, **values})
         if logs is not None:  # Keras 3's History keeps keys callbacks add to the logs; tf_keras's does not
             for name, v in values.items():
                 logs[f"embdim_penalty_{name}"] = v
-        if self._writer is not None and values:
-            with self._writer.as_default():
-                for name, v in values.items():
-                    tf.summary.scalar(f"embdim/penalty/{name}", v, step=self._step)
+        self.log.scalars(self._step, {f"embdim/penalty/{name}": v for name, v in values.items()})
 
-    def _write_summaries(self, extra: dict | None = None) -> None:
-        step = self._step
+    def _write_summaries(self) -> None:
+        if self.log.writer is None:
+            return
         kept, full = total_params(self._layers)
-        with self._writer.as_default():
-            tf.summary.scalar("embdim/kept_params", kept, step=step)
-            tf.summary.scalar("embdim/kept_fraction", kept / full, step=step)
-            for key, value in (extra or {}).items():
-                tf.summary.scalar(key, value, step=step)
-            for layer in self._layers:
-                m = layer.dimension_mask()
-                for name, d in zip(m.field_names, m.kept_dims):
-                    tf.summary.scalar(f"kept_dims/{layer.name}/{name}", int(d), step=step)
-        self._writer.flush()
+        values = {"embdim/kept_params": kept, "embdim/kept_fraction": kept / full}
+        for layer in self._layers:
+            m = layer.dimension_mask()
+            for name, d in zip(m.field_names, m.kept_dims):
+                values[f"kept_dims/{layer.name}/{name}"] = int(d)
+        self.log.scalars(self._step, values)
+        self.log.flush()
 
     def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.flush()
+        self.log.flush()
 
 
 class EpochBoundedSearch(DimensionSearchCallback):
@@ -385,6 +549,9 @@ class EpochBoundedSearch(DimensionSearchCallback):
     half-searched. Subclasses implement `_finish` and may hook
     `_on_search_epoch_end`.
     """
+
+    #: the searched layers add a penalty to the loss (logged each search epoch)
+    logs_penalty: bool = False
 
     def __init__(self, budget: float, *, search_epochs: int = 1, **kwargs: Any):
         super().__init__(budget, **kwargs)
@@ -396,15 +563,24 @@ class EpochBoundedSearch(DimensionSearchCallback):
     def _on_search_epoch_end(self, epoch: int) -> None:
         """Called at the end of every search epoch, before the search may end."""
 
+    def _search_end_step(self) -> int | None:
+        steps = (self.params or {}).get("steps")
+        return int(steps) * self.search_epochs if steps else None
+
+    def _on_batch(self, batch, logs=None):
+        if self.phase == Phase.SEARCH:
+            self._step += 1
+
     def on_epoch_end(self, epoch, logs=None):
-        if self.phase == "search":
+        if self.phase == Phase.SEARCH:
             self._on_search_epoch_end(epoch)
-            self._log_penalties(logs)
+            if self.logs_penalty:
+                self._log_penalties(logs)
             if epoch + 1 >= self.search_epochs:
                 self._finish()
         self._record_epoch(epoch, logs)
 
     def on_train_end(self, logs=None):
-        if self.phase == "search" and self._layers:
+        if self.phase == Phase.SEARCH and self._layers:
             self._finish()
         super().on_train_end(logs)

@@ -9,15 +9,11 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat
+from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
+from keras_embdim.callbacks.search_callback import _RANKINGS, DimensionSearchCallback, Phase
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
-from keras_embdim.callbacks.search_callback import (
-    _RANKINGS,
-    DimensionSearchCallback,
-    check_choice,
-    check_int,
-)
+from keras_embdim.validation import check_choice, check_int
 
 logger = logging.getLogger("keras_embdim")
 
@@ -27,7 +23,7 @@ _SCORES = ("abs_mean", "mean_abs", "taylor")
 class SingleShotPruner(DimensionSearchCallback):
     """Prune embedding dimensions to a parameter budget in one scoring pass.
 
-    The SSEDS method (docs/methods.md): after a warm-up, every field-dimension
+    The SSEDS method (docs/reference/methods.md): after a warm-up, every field-dimension
     `(f, j)` of every searchable layer gets a gate `alpha = 1` on its output; the
     gradient `dL/dalpha` is accumulated over `scoring_steps` training batches
     (the batches `fit` trains on: no data argument is needed), the scores are
@@ -39,8 +35,8 @@ class SingleShotPruner(DimensionSearchCallback):
 
     Layers that already hold a per-field mask when `fit` starts (restored from
     a checkpoint taken after the search, or loaded from a `.keras` file) are
-    not searched again: the callback reports their dims (`result["resumed"]`)
-    and training goes on (docs/architecture.md, resuming).
+    not searched again: the callback reports their dims (`result.resumed`)
+    and training goes on (docs/reference/architecture.md, resuming).
 
     Args:
         budget: kept fraction of embedding parameters, in (0, 1]. The kept
@@ -49,7 +45,7 @@ class SingleShotPruner(DimensionSearchCallback):
         min_dim: every field keeps at least this many columns (default 1).
             `min_dim=0` lets the search drop whole fields; it is needed for
             budgets below 1/D (where `min_dim=1` alone is over the budget) but
-            drops a key id field as readily as a noise field (docs/benchmarks.md,
+            drops a key id field as readily as a noise field (docs/results/benchmarks.md,
             low budgets: Frappe at 3 % loses its item field and falls to AUC 0.49).
         warmup_steps: training steps before scoring. Default: all of the first
             epoch but its last `scoring_steps` batches (at least half an epoch),
@@ -57,8 +53,8 @@ class SingleShotPruner(DimensionSearchCallback):
             when the epoch length is unknown (then prefer `scoring_data`).
         scoring_steps: batches whose gate gradients are accumulated (default 20).
         score: "abs_mean" (|mean of dL/dalpha over batches|, default) or
-            "mean_abs" (mean of |dL/dalpha|). Measured in
-            docs/sseds_options_synthetic.md: with "mean_abs" the large
+            "mean_abs" (mean of |dL/dalpha|), or "taylor". Measured in
+            docs/results/sseds_options_synthetic.md: with "mean_abs" the large
             random-sign gradients of noise fields look important; "abs_mean"
             lets them cancel and keeps AUC at the full model's.
         ranking: "score" (rank by score alone, the paper) or "cost" (score per
@@ -69,7 +65,7 @@ class SingleShotPruner(DimensionSearchCallback):
         layers: optional names of the searchable layers to prune (default all).
         log_dir: a path or a `keras.callbacks.TensorBoard`; if given, kept params,
             kept dims per field and the score histogram are written there.
-        verbose: 0 silent, 1 prints the pruning summary.
+        verbose: 0 silent, 1 prints the plan and the pruning summary.
 
     Example:
 
@@ -79,6 +75,7 @@ class SingleShotPruner(DimensionSearchCallback):
     """
 
     layer_types = (SearchableEmbedding,)  # gate probes and per-field masks
+    initial_phase = Phase.WARMUP
 
     def __init__(
         self,
@@ -96,91 +93,89 @@ class SingleShotPruner(DimensionSearchCallback):
         verbose: int = 1,
     ):
         super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
-        if warmup_steps is not None:
-            check_int("warmup_steps", warmup_steps, 0)
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = None if warmup_steps is None else check_int("warmup_steps", warmup_steps, 0)
         self.scoring_steps = check_int("scoring_steps", scoring_steps, 1)
         self.score = check_choice("score", score, _SCORES)
         self.ranking = check_choice("ranking", ranking, _RANKINGS)
         self.scoring_data = scoring_data
-        self.phase = "warmup"
         self._scored = 0
         self._warmup_resolved: int | None = None
-        self._scoring_started_at = 0.0
+        self._probes: dict = {}  # layer -> the GateProbe this callback attached
 
-    # ------------------------------------------------------------ callbacks
-    def on_train_begin(self, logs=None):
-        if self.phase == "done":
-            logger.info("SingleShotPruner: already pruned; training continues on the searched dims.")
-            return
-        self._discover()
-        self._sync_layers()
-        if self._completed_in_layers():
-            self._adopt_finished_search("the start of fit")
-            return
+    # ------------------------------------------------------- template hooks
+    def _start(self) -> None:
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
         if self._warmup_resolved is None and steps:
             # Score on the last batches of the first epoch: the model has not
             # seen them yet, so their gradients are those of held-out data. On
             # batches it has already fitted, memorised noise fields look
-            # important (measured: docs/methods.md).
+            # important (measured: docs/reference/methods.md).
             self._warmup_resolved = max(1, int(steps) // 2, int(steps) - self.scoring_steps)
+
+    def _plan(self) -> str:
+        warm = f"{self._warmup_resolved} warm-up steps" if self._warmup_resolved is not None else "a warm-up epoch"
+        where = "the scoring_data" if self.scoring_data is not None else "the next training batches"
+        return f"{warm}, then gate gradients ({self.score}) on {self.scoring_steps} batches of {where}, then one ranking"
+
+    def _search_end_step(self) -> int | None:
+        if self._warmup_resolved is None:
+            return None
+        return self._warmup_resolved + (0 if self.scoring_data is not None else self.scoring_steps)
 
     def _completed_in_layers(self) -> bool:
         return any(not layer.dimension_mask().is_full for layer in self._layers)
 
+    # ------------------------------------------------------------ callbacks
     def _on_batch(self, batch, logs=None):
-        if self.phase == "done":
+        if self.phase == Phase.DONE:
             return
         self._step += 1
-        if self.phase == "warmup" and self._warmup_resolved is not None and self._step >= self._warmup_resolved:
+        if self.phase == Phase.WARMUP and self._warmup_resolved is not None and self._step >= self._warmup_resolved:
             self._start_scoring()
-        elif self.phase == "scoring":
+        elif self.phase == Phase.SCORING:
             self._scored += 1
             if self._scored >= self.scoring_steps:
                 self._finish()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.phase == "warmup" and self._warmup_resolved is None:
+        if self.phase == Phase.WARMUP and self._warmup_resolved is None:
             self._start_scoring()
         self._record_epoch(epoch, logs)
 
     def on_train_end(self, logs=None):
-        if self.phase == "scoring":
-            probes = [l._gate_probe for l in self._layers if l._gate_probe is not None]
-            if probes and float(probes[0].batches.numpy()) > 0:
+        if self.phase == Phase.SCORING:
+            if self._probes and float(next(iter(self._probes.values())).batches.numpy()) > 0:
                 self._finish()
             else:
                 self._detach()
-                self.phase = "warmup"
-        if self.phase == "warmup" and self._layers:
-            logger.warning(
-                "SingleShotPruner: training ended before the search ran (warm-up of %s steps "
-                "not finished); the model was not pruned. Train longer or lower warmup_steps.",
-                self._warmup_resolved if self._warmup_resolved is not None else "one epoch of",
+                self.phase = Phase.WARMUP
+        if self.phase == Phase.WARMUP and self._layers:
+            self.log.warning(
+                f"SingleShotPruner: training ended before the search ran (warm-up of "
+                f"{self._warmup_resolved if self._warmup_resolved is not None else 'one epoch of'} steps not "
+                "finished); the model was not pruned. Train longer or lower warmup_steps."
             )
         super().on_train_end(logs)
 
     # --------------------------------------------------------------- search
     def _start_scoring(self):
-        self._scoring_started_at = time.perf_counter()
+        self._started = time.perf_counter()  # SSEDS' search time is its scoring
+        self._probes = {layer: layer.attach_gate_probe() for layer in self._layers}
+        for probe in self._probes.values():
+            probe.reset()
         if self.scoring_data is not None:
             self._score_explicit()
             self._finish()
             return
-        for layer in self._layers:
-            layer.attach_gate_probe().reset()
-        _compat.force_retrace(self.model)
-        self.phase = "scoring"
+        _utils.force_retrace(self.model)
+        self.phase = Phase.SCORING
         self._scored = 0
 
     def _score_explicit(self):
         data = self.scoring_data
         if not isinstance(data, tf.data.Dataset):
             data = tf.data.Dataset.from_tensor_slices(tuple(data) if isinstance(data, list) else data).batch(4096)
-        for layer in self._layers:
-            layer.attach_gate_probe().reset()
         variables = [_compat.tf_variable(l.embedding_variable) for l in self._layers]
         for batch in data.take(self.scoring_steps):
             x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
@@ -190,25 +185,21 @@ class SingleShotPruner(DimensionSearchCallback):
             tape.gradient(loss, variables)
 
     def _detach(self):
-        probing = any(l._gate_probe is not None for l in self._layers)
-        for layer in self._layers:
-            layer.detach_gate_probe()
-        if probing and self.scoring_data is None:
-            _compat.force_retrace(self.model)
+        for layer in self._probes:
+            layer.detach_probe()
+        if self._probes and self.scoring_data is None:
+            _utils.force_retrace(self.model)
+        self._probes = {}
 
     def _finish(self):
-        probes = [l._gate_probe for l in self._layers]
-        scores = [p.scores(self.score) for p in probes]
-        batches = int(probes[0].batches.numpy())
+        scores = [self._probes[l].scores(self.score) for l in self._layers]
+        batches = int(next(iter(self._probes.values())).batches.numpy())
         self._detach()
         total = float(sum(np.abs(s).sum() for s in scores))
         if total > 0:
             scores = [s / total for s in scores]  # the paper normalises to sum 1
         if not all(np.isfinite(s).all() for s in scores):
             logger.warning("SingleShotPruner: non-finite gate gradients; those dims rank last.")
-        self.result = self._select_and_apply(scores, self.ranking)
-        self.result.update(
-            scoring_batches=batches,
-            search_seconds=time.perf_counter() - self._scoring_started_at,
-        )
-        self._announce(f"scored {batches} batches at step {self._step}")
+        masks, before, _ = self._select_and_apply(scores, self.ranking)
+        self._conclude(f"scored {batches} batches at step {self._step}", masks=masks, params_before=before,
+                       batches=batches, scores={l.name: s for l, s in zip(self._layers, scores)})

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from keras_embdim import _compat, budget as budget_lib, twins
-from keras_embdim.callbacks.search_callback import EpochBoundedSearch, check_int
+from keras_embdim import _utils
+from keras_embdim.callbacks.search_callback import EpochBoundedSearch
 from keras_embdim.layers.twins_mask_layer import TwinsMaskLayer
-from keras_embdim.mask import total_params
+from keras_embdim.search import budget as budget_lib, twins
+from keras_embdim.searchable import total_params
+from keras_embdim.validation import check_int, check_number
 
 
 class TwinsMaskSearch(EpochBoundedSearch):
@@ -29,7 +28,7 @@ class TwinsMaskSearch(EpochBoundedSearch):
        values of all layers so that their sizes, `argmax(z - price * size)`,
        keep at most `budget` of the embedding parameters, and the values whose
        size changes at that price are promoted most-frequent first while the
-       budget allows (`keras_embdim.twins.land_on_budget`): the result is at the
+       budget allows (`keras_embdim.search.twins.land_on_budget`): the result is at the
        budget within one value's size step and never above it. Every value's
        size is then frozen (`TwinsMaskLayer.set_value_sizes`), and training
        continues on those sizes (`after="finetune"`) or restarts from the
@@ -39,7 +38,7 @@ class TwinsMaskSearch(EpochBoundedSearch):
         budget: kept fraction of embedding parameters, in (0, 1].
         twins_epochs: epochs that train the twins with the tables frozen.
         search_epochs: epochs of joint search after those.
-        size_weight: weight of the size penalty (docs/methods.md).
+        size_weight: weight of the size penalty (docs/reference/methods.md).
         after, layers, log_dir, verbose: as for `SingleShotPruner`.
 
     Example:
@@ -51,6 +50,7 @@ class TwinsMaskSearch(EpochBoundedSearch):
     """
 
     layer_types = (TwinsMaskLayer,)
+    logs_penalty = True
 
     def __init__(
         self,
@@ -75,23 +75,11 @@ class TwinsMaskSearch(EpochBoundedSearch):
             log_dir=log_dir,
             verbose=verbose,
         )
-        if isinstance(size_weight, bool) or not (
-            isinstance(size_weight, (int, float)) and math.isfinite(size_weight) and size_weight >= 0
-        ):
-            raise ValueError(f"`size_weight` must be a number >= 0; received size_weight={size_weight!r}.")
         self.twins_epochs = twins_epochs
-        self.size_weight = float(size_weight)
+        self.size_weight = check_number("size_weight", size_weight, low=0)
         self.trace: list[dict] = []
-        self._started = 0.0
 
-    def on_train_begin(self, logs=None):
-        if self.phase == "done":
-            return
-        self._discover()
-        self._sync_layers()
-        if self._completed_in_layers():
-            self._adopt_finished_search("the start of fit")
-            return
+    def _check_layers_fresh(self) -> None:
         frozen = [l.name for l in self._layers if l.frozen]
         if frozen:
             raise ValueError(
@@ -107,16 +95,20 @@ class TwinsMaskSearch(EpochBoundedSearch):
                 f"but the layers' min_dim alone keeps {floor:,}; raise budget to at least {floor / full:.4f} "
                 "or build the layers with a smaller min_dim. The model was not changed."
             )
+
+    def _start(self) -> None:
         for layer in self._layers:
             layer.size_weight.assign(self.size_weight)
             layer.size_target.assign(self.budget)
             layer.freeze_table(self.twins_epochs > 0)
-        _compat.force_retrace(self.model)
-        self._started = time.perf_counter()
+        _utils.force_retrace(self.model)
 
-    def _on_batch(self, batch, logs=None):
-        if self.phase == "search":
-            self._step += 1
+    def _plan(self) -> str:
+        first = f"{self.twins_epochs} twins-only epoch{'s' if self.twins_epochs != 1 else ''} (tables frozen), " \
+            if self.twins_epochs else ""
+        joint = self.search_epochs - self.twins_epochs
+        return (f"{first}{joint} joint search epoch{'s' if joint != 1 else ''} (size weight {self.size_weight:g}), "
+                "then one price per parameter lands every value's size on the budget")
 
     def _completed_in_layers(self) -> bool:
         return all(layer.frozen for layer in self._layers)
@@ -125,7 +117,7 @@ class TwinsMaskSearch(EpochBoundedSearch):
         # the table trains again once the twins-only epochs are over
         for layer in self._layers:
             layer.freeze_table(epoch < self.twins_epochs)
-        _compat.force_retrace(self.model)
+        _utils.force_retrace(self.model)
 
     def _on_search_epoch_end(self, epoch: int) -> None:
         kept, full = total_params(self._layers)
@@ -133,10 +125,9 @@ class TwinsMaskSearch(EpochBoundedSearch):
         if epoch + 1 == self.twins_epochs:
             for layer in self._layers:
                 layer.freeze_table(False)
-            _compat.force_retrace(self.model)
+            _utils.force_retrace(self.model)
 
     def _finish(self):
-        search_seconds = time.perf_counter() - self._started
         kept_before, full = total_params(self._layers)
         target = budget_lib.budget_params(self.budget, full)
         blocks, inverses = [], []
@@ -149,37 +140,15 @@ class TwinsMaskSearch(EpochBoundedSearch):
             inverses.append(inverse)
         per_layer, price = twins.land_on_budget(blocks, target)
         self._rewind()
-        optimizer = getattr(self.model, "optimizer", None)
         sizes_by_layer = {}
         for layer, inverse, grouped in zip(self._layers, inverses, per_layer):
             sizes = np.empty(inverse.shape, np.int32)
             sizes[np.argsort(inverse, kind="stable")] = grouped
             layer.size_bias.assign(price * layer.output_dim)
-            layer.set_value_sizes(sizes, optimizer=optimizer)
+            layer.set_value_sizes(sizes, optimizer=self._optimizer)
             sizes_by_layer[layer.name] = sizes
-        _compat.force_retrace(self.model)
-        kept_after, _ = total_params(self._layers)
-        self.phase = "done"
-        self.result = {
-            "budget": self.budget,
-            "params_before": int(kept_before),
-            "params_full": int(full),
-            "params_after": int(kept_after),
-            "kept_fraction": kept_after / full,
-            "twins_kept_fraction": kept_before / full,
-            "price": float(price),
-            "step": self._step,
-            "search_seconds": search_seconds,
-            "sizes": sizes_by_layer,
-            "scores": {},
-        }
-        if self._writer is not None:
-            with self._writer.as_default():
-                for layer in self._layers:
-                    m = layer.dimension_mask()
-                    for name, s in zip(m.field_names, m.value_sizes):
-                        tf.summary.histogram(f"value_sizes/{layer.name}/{name}", s, step=self._step)
-        self._announce(
+        _utils.force_retrace(self.model)
+        self._conclude(
             f"searched {self._step} steps (the twins kept {100 * kept_before / full:.1f}% before landing on the budget); "
-            "per-value sizes frozen"
+            "per-value sizes frozen", sizes=sizes_by_layer, params_before=int(kept_before), price=float(price),
         )

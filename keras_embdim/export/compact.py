@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat, rows as row_ops
+from keras_embdim import _utils, rows as row_ops
 from keras_embdim.export import layouts, quantize
 from keras_embdim.export.lookup import FieldGroup, FieldLookup, IdGuard, ValueLookup
 from keras_embdim.fields import field_offsets
@@ -107,8 +107,8 @@ def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLaye
     for width in sorted(set(int(w) for w in widths if w > 0)):
         fields = np.flatnonzero(widths == width)
         rows = int(sum(mask.vocab_sizes[f] for f in fields))
-        values = _compat.plain_variable(tf.zeros([rows, width], store), name=f"width_{width}")
-        scales = _compat.plain_variable(tf.zeros([rows], tf.float16), name=f"width_{width}_scales") if table_dtype == "int8" else None
+        values = _utils.plain_variable(tf.zeros([rows, width], store), name=f"width_{width}")
+        scales = _utils.plain_variable(tf.zeros([rows], tf.float16), name=f"width_{width}_scales") if table_dtype == "int8" else None
         r = 0
         for f in fields:
             cols = mask.kept_columns(f)
@@ -135,8 +135,8 @@ def _compact_values(layer, mask, guard, value_layout, jit_compile, table_dtype) 
     sizes = np.concatenate([np.asarray(v, np.int64) for v in mask.value_sizes])
     packed = layouts.pack_index(sizes, D, field_sizes=mask.vocab_sizes, layout=value_layout)
     store = _STORE[table_dtype]
-    values = _compat.plain_variable(tf.zeros([packed.kept + 1], store), name="values")  # + the zero slot
-    scales = _compat.plain_variable(tf.zeros([packed.num_rows], tf.float16), name="scales") if table_dtype == "int8" else None
+    values = _utils.plain_variable(tf.zeros([packed.kept + 1], store), name="values")  # + the zero slot
+    scales = _utils.plain_variable(tf.zeros([packed.num_rows], tf.float16), name="scales") if table_dtype == "int8" else None
     swaps, pos = [], 0
     columns = np.arange(D)[None, :]
     for a, b in row_ops.chunks(0, packed.num_rows):
@@ -158,7 +158,7 @@ def _compact_values(layer, mask, guard, value_layout, jit_compile, table_dtype) 
         pos += n
     arrays = {"values": values}
     for name, array in packed.arrays.items():
-        arrays[name] = _compat.plain_variable(array, name=name)
+        arrays[name] = _utils.plain_variable(array, name=name)
     if scales is not None:
         arrays["scales"] = scales
     widths = np.array([int(np.max(s, initial=0)) for s in mask.value_sizes], np.int64)

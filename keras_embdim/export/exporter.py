@@ -1,6 +1,6 @@
 """`export_compact`: a SavedModel whose searched tables hold only kept dimensions.
 
-How it works (docs/architecture.md):
+How it works (docs/reference/architecture.md):
 1. Every searchable layer's table is compacted field by field from its variable
    (`keras_embdim.export.compact`): per-field masks into one table per kept
    width, per-value sizes into a packed layout.
@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat
+from keras_embdim import _compat, _utils
 from keras_embdim.export import fold as fold_lib
 from keras_embdim.export import layouts, quantize, signature, writer
 from keras_embdim.export.compact import compact_layer
 from keras_embdim.export.lookup import check_invalid_id_policy
-from keras_embdim.mask import find_searchable_layers
+from keras_embdim.searchable import find_searchable_layers
 from keras_embdim.report import dimension_summary
 
 logger = logging.getLogger("keras_embdim")
@@ -100,7 +100,7 @@ def _layer_resources(model: Any) -> list:
             for v in value.values():
                 visit(v, depth + 1)
 
-    for layer in _compat.flatten_layers(model):
+    for layer in _utils.flatten_layers(model):
         for value in list(vars(layer).values()):
             visit(value)
     return out
@@ -252,7 +252,7 @@ def export_compact(
 
     summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
     searched = any(not layer.dimension_mask().is_full for layer in layers)
-    native = [l.name for l in _compat.flatten_layers(model) if type(l).__name__ == "MixedDimensionEmbedding"]
+    native = [l.name for l in _utils.flatten_layers(model) if type(l).__name__ == "MixedDimensionEmbedding"]
     if not searched and native:
         logger.info("export_compact: model '%s' has natively mixed-dimension tables %s; exported as they are.",
                     model.name, native)
@@ -361,7 +361,7 @@ def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtyp
     def run_model():
         inputs = layout.model_inputs({n: tf.convert_to_tensor(v) for n, v in named.items()})
         out = signature.named_outputs(model, model(inputs, training=False))
-        return {k: _compat.to_numpy(v) for k, v in out.items()}
+        return {k: _utils.to_numpy(v) for k, v in out.items()}
 
     expected = run_model()
     precision_diff = None

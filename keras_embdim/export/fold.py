@@ -36,23 +36,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat
+from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
 from keras_embdim.layers.fields import saturate_cast
 
 _MAX_CODES = 2**24  # float32 represents every integer up to this exactly
 
 
-def _transparent_types() -> tuple:
-    """Layers that only move entries (at inference): folding looks through them."""
-    L = keras.layers
-    names = ("Flatten", "Reshape", "Concatenate", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-             "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "Identity",
-             "ActivityRegularization")
-    return tuple(getattr(L, n) for n in names if hasattr(L, n))
-
-
-TRANSPARENT = _transparent_types()
+#: layers that only move entries (at inference): folding looks through them
+TRANSPARENT = _compat.layer_classes(
+    "Flatten", "Reshape", "Concatenate", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "Identity", "ActivityRegularization",
+)
 
 
 def _is_transparent(layer) -> bool:
@@ -139,7 +134,7 @@ def plan(model: Any, compacted: dict, report: FoldReport | None = None) -> tuple
 
 
 def _layers_of(model) -> set:
-    return set(_compat.flatten_layers(model))
+    return set(_utils.flatten_layers(model))
 
 
 def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
@@ -301,8 +296,8 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     probe = values.get(id(dn.inputs[0]))
     if probe is None:
         raise _NotFoldable(f"the input of Dense '{dn.layer.name}' could not be traced to its sources")
-    where = np.rint(_compat.to_numpy(probe)).astype(np.int64).reshape(-1)
-    kernel = _compat.to_numpy(dn.layer.kernel)
+    where = np.rint(_utils.to_numpy(probe)).astype(np.int64).reshape(-1)
+    kernel = _utils.to_numpy(dn.layer.kernel)
     if where.shape[0] != kernel.shape[0]:
         raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {where.shape[0]}")
     x = np.concatenate(x_codes)
@@ -318,13 +313,13 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
-    return _compat.plain_variable(selected, name=f"{dn.layer.name}_folded_kernel")
+    return _utils.plain_variable(selected, name=f"{dn.layer.name}_folded_kernel")
 
 
 def _takes_int64_ids(layer) -> bool:
     """Layers that take int64 ids exactly as int32 ones (no cast that could wrap)."""
     from keras_embdim.layers import FieldOffsets, MixedDimensionEmbedding, StackFields
-    from keras_embdim.mask import DimensionSearchable
+    from keras_embdim.searchable import DimensionSearchable
 
     return isinstance(layer, (DimensionSearchable, StackFields, FieldOffsets, MixedDimensionEmbedding,
                               keras.layers.Embedding))
@@ -344,7 +339,7 @@ def run(plan: NetPlan, inputs: Any) -> Any:
     values = {}
     for t, v in zip(_compat.graph_inputs(net), flat):
         v = tf.convert_to_tensor(v)
-        dtype = _compat.symbolic_dtype(t)
+        dtype = _utils.symbolic_dtype(t)
         if v.dtype != dtype:
             users = [n.layer for n in nodes if any(x is t for x in n.inputs)]
             if not (v.dtype.is_integer and dtype.is_integer and users and all(_takes_int64_ids(u) for u in users)):

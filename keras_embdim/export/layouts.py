@@ -27,7 +27,7 @@ plus an index that gives each row's start in `values` and its size:
   on `[N, b]`.
 
 `layout="auto"` takes the fastest layout whose bytes stay within
-`max_overhead` x the kept values' bytes, else the smallest (why: docs/methods.md).
+`max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md).
 
 The index and the values are built apart (`pack_index`, then the values row
 chunk by row chunk, `keras_embdim.export.tables`), so a table is never copied

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat
+from keras_embdim import _compat, _utils
 from keras_embdim.layers.fields import saturate_cast
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -109,8 +109,8 @@ def input_layout(model: Any, input_signature: Any, sample_inputs: Any) -> InputL
         return InputLayout("single", ["inputs"], {"inputs": _spec_of(sample_inputs, "inputs")})
 
     def spec(t, name):
-        shape = _compat.symbolic_shape(t)
-        return tf.TensorSpec([None, *shape[1:]], _compat.symbolic_dtype(t), name=name)
+        shape = _utils.symbolic_shape(t)
+        return tf.TensorSpec([None, *shape[1:]], _utils.symbolic_dtype(t), name=name)
 
     if isinstance(struct, dict):
         names = list(struct)
@@ -118,13 +118,13 @@ def input_layout(model: Any, input_signature: Any, sample_inputs: Any) -> InputL
     if isinstance(struct, (list, tuple)):
         names, seen = [], set()
         for i, t in enumerate(struct):
-            n = clean_name(_compat.symbolic_name(t))
+            n = clean_name(_utils.symbolic_name(t))
             if n in seen:
                 n = f"{n}_{i}"
             seen.add(n)
             names.append(n)
         return InputLayout("list", names, {n: spec(t, n) for n, t in zip(names, struct)})
-    n = clean_name(_compat.symbolic_name(struct))
+    n = clean_name(_utils.symbolic_name(struct))
     return InputLayout("single", [n], {n: spec(struct, n)})
 
 

@@ -7,30 +7,12 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat
+from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras, register_serializable
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.mask import DimensionMask
-
-
-def hard_mask(logits: tf.Tensor, temperature: tf.Tensor) -> tf.Tensor:
-    """`1[sigmoid(a / t) > 0.5] = 1[a > 0]`, exactly 0/1, with the gradient of `sigmoid(a / t)`.
-
-    The straight-through estimator of HAM: the forward pass is the discrete
-    candidate, the backward pass uses the derivative of the smooth surrogate at
-    temperature `t`, which sharpens as `t` is annealed.
-    """
-    temperature = tf.cast(temperature, logits.dtype)
-
-    @tf.custom_gradient
-    def fn(a):
-        def grad(upstream):
-            s = tf.sigmoid(a / temperature)
-            return upstream * s * (1.0 - s) / temperature
-
-        return tf.cast(a > 0, a.dtype), grad
-
-    return fn(logits)
+from keras_embdim.search.hard_mask import hard_mask
+from keras_embdim.validation import check_fraction, check_number
 
 
 @register_serializable(package="keras_embdim")
@@ -89,21 +71,11 @@ class HardMaskEmbedding(SearchableEmbedding):
         **kwargs: Any,
     ):
         super().__init__(input_dim, output_dim, **kwargs)
-        if not np.isfinite(initial_logit):
-            raise ValueError(f"`initial_logit` must be finite; received {initial_logit!r}.")
-        if not (logit_scale > 0 and np.isfinite(logit_scale)):
-            raise ValueError(f"`logit_scale` must be > 0; received logit_scale={logit_scale!r}.")
-        if not temperature > 0:
-            raise ValueError(f"`temperature` must be > 0; received temperature={temperature!r}.")
-        if not sparsity_weight >= 0:
-            raise ValueError(f"`sparsity_weight` must be >= 0; received sparsity_weight={sparsity_weight!r}.")
-        self.initial_logit = float(initial_logit)
-        self.logit_scale = float(logit_scale)
-        self.initial_temperature = float(temperature)
-        self.initial_sparsity_weight = float(sparsity_weight)
-        if not 0 <= target <= 1:
-            raise ValueError(f"`target` must be a kept fraction in [0, 1]; received target={target!r}.")
-        self.initial_target = float(target)
+        self.initial_logit = check_number("initial_logit", initial_logit)
+        self.logit_scale = check_number("logit_scale", logit_scale, low=0, strict=True)
+        self.initial_temperature = check_number("temperature", temperature, low=0, strict=True)
+        self.initial_sparsity_weight = check_number("sparsity_weight", sparsity_weight, low=0)
+        self.initial_target = check_fraction("target", target, allow_zero=True)
         self.frozen = bool(frozen)
         self._hard = None  # the hard mask of the call being traced
         self._costs = np.repeat(np.asarray(self.field_vocab_sizes, np.float32)[:, None], output_dim, axis=1)
@@ -136,7 +108,7 @@ class HardMaskEmbedding(SearchableEmbedding):
 
     def sync_search_state(self) -> bool:
         """A restored `search_frozen` flag freezes the layer (its mask is restored too)."""
-        if not self.built or self.frozen or float(_compat.to_numpy(self.search_frozen)) < 0.5:
+        if not self.built or self.frozen or float(_utils.to_numpy(self.search_frozen)) < 0.5:
             return False
         self.frozen = True
         _compat.set_trainable(self, self.mask_logits, False)
@@ -158,7 +130,7 @@ class HardMaskEmbedding(SearchableEmbedding):
 
     def mask_scores(self) -> np.ndarray:
         """The auxiliary scores `a` `[F, D]` (a dimension is on where `a > 0`)."""
-        return _compat.to_numpy(self.mask_logits) * self.logit_scale
+        return _utils.to_numpy(self.mask_logits) * self.logit_scale
 
     def sparsity_penalty(self, hard: tf.Tensor | None = None) -> tf.Tensor:
         """`sparsity_weight * relu(kept fraction - target)`, cost-weighted.
@@ -197,7 +169,7 @@ class HardMaskEmbedding(SearchableEmbedding):
     def dimension_mask(self) -> DimensionMask:
         mask = super().dimension_mask()
         if self.built and not self.frozen:
-            mask.keep &= _compat.to_numpy(self.mask_logits) > 0
+            mask.keep &= _utils.to_numpy(self.mask_logits) > 0
         return mask
 
     def freeze(self, mask=None, *, optimizer=None) -> None:
@@ -213,12 +185,16 @@ class HardMaskEmbedding(SearchableEmbedding):
         self.search_frozen.assign(1.0)
         _compat.set_trainable(self, self.mask_logits, False)
 
+    def end_search(self, mask: DimensionMask, *, optimizer=None) -> None:
+        """A search that stopped falls back to `mask`: freeze on it."""
+        self.freeze(mask.keep, optimizer=optimizer)
+
     def set_dimension_mask(self, mask, *, optimizer=None, zero_pruned: bool = True) -> None:
         super().set_dimension_mask(mask, optimizer=optimizer, zero_pruned=zero_pruned)
         if not self.frozen:
             # imposing a mask while searching: removed dims must stay off
             keep = mask.keep if isinstance(mask, DimensionMask) else np.asarray(mask, bool)
-            logits = _compat.to_numpy(self.mask_logits)
+            logits = _utils.to_numpy(self.mask_logits)
             self.mask_logits.assign(np.where(keep, np.maximum(logits, 1e-3), np.minimum(logits, -1e-3)))
 
     def get_config(self) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_embdim._compat import keras, register_serializable
-from keras_embdim.layers.searchable_embedding import as_int_ids, check_field_axis, check_id_range
+from keras_embdim.fields import FieldLayout
 
 
 @register_serializable(package="keras_embdim")
@@ -64,6 +64,7 @@ class MixedDimensionEmbedding(keras.layers.Layer):
             raise ValueError(f"`input_dims` must be positive vocabulary sizes; received {input_dims!r}.")
         self.dims = [int(d) for d in dims]
         self.field_names = list(field_names) if field_names is not None else [f"field_{f}" for f in range(len(dims))]
+        self.layout = FieldLayout(self.input_dims, self.field_names, multi_field=self._multi)
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.tables: list = []
 
@@ -76,11 +77,7 @@ class MixedDimensionEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        ids = as_int_ids(inputs)
-        if self._multi:
-            check_field_axis(ids, len(self.input_dims), self.name)
-        high = np.asarray(self.input_dims if self._multi else self.input_dims[0])
-        ids = check_id_range(ids, 0, high, self.name, dict(zip(self.field_names, self.input_dims)))
+        ids = self.layout.checked(inputs, self.name)
 
         def one(f, field_ids):
             table = self.tables[f]

@@ -1,4 +1,16 @@
-"""`TwinsMaskLayer`: per-value sizes from value frequency (AMTL), behind an embedding."""
+"""`TwinsMaskLayer`: per-value sizes from value frequency (AMTL), behind an embedding.
+
+Three parts, each with one job:
+
+- `FrequencyCounter` (sublayer): how often each value occurs, counted in
+  training steps (or given), and the frequency features the twins read;
+- `Twins` (sublayer): the two MLPs, frequent and rare branch, mixed by the
+  value's normalised count, giving logits over the candidate sizes
+  (the math: `keras_embdim.search.twins`);
+- `TwinsMaskLayer`: the wrapped embedding, its `FieldLayout`, the
+  straight-through prefix mask, the size penalty, and once the search is over
+  the frozen per-value sizes.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +19,137 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_embdim import _compat, twins
-from keras_embdim.fields import field_offsets
+from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras, register_serializable
-from keras_embdim.layers.searchable_embedding import (
-    SearchableEmbedding,
-    as_int_ids,
-    check_field_axis,
-    check_id_range,
-    zero_beyond_sizes,
-)
-from keras_embdim.mask import DimensionMask, DimensionSearchable
+from keras_embdim.fields import FieldLayout, as_int_ids
+from keras_embdim.layers.searchable_embedding import SearchableEmbedding, zero_beyond_sizes
+from keras_embdim.layers.state import LayerState
+from keras_embdim.mask import DimensionMask
+from keras_embdim.search import twins
+from keras_embdim.searchable import DimensionSearchable
+from keras_embdim.validation import check_int, check_number
 
 _EVAL_CHUNK = 1 << 16
 
 
-def _positive_int(name: str, value: Any, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}; received {name}={value!r}.")
-    return int(value)
+class FrequencyCounter(keras.layers.Layer):
+    """How often each value of a layer's fields occurs, and the features the twins read.
+
+    Variables: `counts` per table row, per field the largest count
+    (`field_max`) and the total (`field_total`). Built by `TwinsMaskLayer`.
+
+    Args:
+        layout: the fields (`keras_embdim.fields.FieldLayout`).
+        frequencies: known counts per row (then the owner does not count), or None.
+    """
+
+    def __init__(self, layout: FieldLayout, frequencies: np.ndarray | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.layout = layout
+        self._initial = frequencies
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        rows, F = self.layout.num_rows, self.layout.num_fields
+        freq = self._initial if self._initial is not None else np.zeros(rows, np.float32)
+        per_field = self.layout.split(freq)
+        const = keras.initializers.Constant
+        self.counts = self.add_weight(name="counts", shape=(rows,), trainable=False,
+                                      initializer=const(freq) if freq.any() else "zeros")
+        self.field_max = self.add_weight(name="field_max", shape=(F,), trainable=False,
+                                         initializer=const(np.array([f.max(initial=0.0) for f in per_field], np.float32)))
+        self.field_total = self.add_weight(name="field_total", shape=(F,), trainable=False,
+                                           initializer=const(np.array([f.sum() for f in per_field], np.float32)))
+        self.built = True
+
+    def features(self, counts: tf.Tensor, fields: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """`(q, s)` of values with these counts and fields: the twins' mixing weight and
+        inputs (frequency features, and the field as a one-hot when there are several)."""
+        vocab = tf.constant(np.asarray(self.layout.vocab_sizes, np.float32))
+        fmax = tf.gather(tf.convert_to_tensor(self.field_max), fields)
+        fmean = tf.gather(tf.convert_to_tensor(self.field_total) / vocab, fields)
+        q, s = twins.frequency_features(counts, fmax, fmean)
+        if self.layout.num_fields > 1:
+            s = tf.concat([s, tf.one_hot(fields, self.layout.num_fields)], axis=-1)
+        return q, s
+
+    @property
+    def num_features(self) -> int:
+        F = self.layout.num_fields
+        return twins.NUM_FREQUENCY_FEATURES + (F if F > 1 else 0)
+
+    def count(self, rows: tf.Tensor, fields: tf.Tensor) -> None:
+        """Add one occurrence for every looked-up row (all replicas' under a strategy)."""
+        flat = tf.reshape(rows, [-1])
+        flat_fields = tf.reshape(fields, [-1])
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            # each replica sees its part of the batch: gather the ids of all replicas so
+            # that every replica makes the same (whole-batch) update
+            flat = ctx.all_gather(flat, axis=0)
+            flat_fields = ctx.all_gather(flat_fields, axis=0)
+        ones = tf.ones(tf.shape(flat), tf.float32)
+        counts = _compat.tf_variable(self.counts)
+        counts.scatter_add(tf.IndexedSlices(ones, flat))
+        seen = tf.math.unsorted_segment_max(tf.gather(counts, flat), flat_fields, self.layout.num_fields)
+        self.field_max.assign(tf.maximum(tf.convert_to_tensor(self.field_max), seen))
+        self.field_total.assign_add(tf.math.unsorted_segment_sum(ones, flat_fields, self.layout.num_fields))
+
+    def groups(self):
+        """Distinct `(field, count)` pairs (values the twins cannot tell apart):
+        `(fields [G], counts [G], inverse [rows], multiplicity [G])`."""
+        counts = _utils.to_numpy(self.counts).astype(np.float64)
+        fields = np.repeat(np.arange(self.layout.num_fields, dtype=np.float64), self.layout.vocab_sizes)
+        uniq, inverse, mult = np.unique(np.stack([fields, counts], axis=1), axis=0, return_inverse=True,
+                                        return_counts=True)
+        return uniq[:, 0].astype(np.int32), uniq[:, 1].astype(np.float32), inverse.reshape(-1), mult
+
+
+class Twins(keras.layers.Layer):
+    """AMTL's twin MLPs: `logit_scale * (q h(s) + (1 - q) l(s))` over the candidate sizes.
+
+    Every value starts at full size: the last size's bias starts high, so a
+    warm start keeps the trained model's output. Built by `TwinsMaskLayer`.
+    """
+
+    def __init__(self, num_inputs: int, hidden_units: int, num_candidates: int, logit_scale: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_inputs, self.hidden_units, self.num_candidates = num_inputs, hidden_units, num_candidates
+        self.logit_scale = float(logit_scale)
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        start = np.zeros(self.num_candidates, np.float32)
+        start[-1] = 2.0 / self.logit_scale
+        H, K = self.hidden_units, self.num_candidates
+        for branch in ("high", "low"):
+            setattr(self, f"{branch}_w1", self.add_weight(name=f"{branch}_w1", shape=(self.num_inputs, H),
+                                                           initializer="glorot_uniform"))
+            setattr(self, f"{branch}_b1", self.add_weight(name=f"{branch}_b1", shape=(H,), initializer="zeros"))
+            setattr(self, f"{branch}_w2", self.add_weight(name=f"{branch}_w2", shape=(H, K),
+                                                           initializer=keras.initializers.RandomNormal(stddev=0.01)))
+            setattr(self, f"{branch}_b2", self.add_weight(name=f"{branch}_b2", shape=(K,),
+                                                           initializer=keras.initializers.Constant(start)))
+        self.built = True
+
+    @property
+    def high(self) -> tuple:
+        """The frequent-value branch `(w1, b1, w2, b2)`."""
+        return self.high_w1, self.high_b1, self.high_w2, self.high_b2
+
+    @property
+    def low(self) -> tuple:
+        """The rare-value branch `(w1, b1, w2, b2)`."""
+        return self.low_w1, self.low_b1, self.low_w2, self.low_b2
+
+    def call(self, features: tf.Tensor, q: tf.Tensor) -> tf.Tensor:
+        return self.logit_scale * twins.twins_logits(features, q, self.high, self.low)
 
 
 @register_serializable(package="keras_embdim")
-class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
+class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
     """Per-value embedding sizes from an adaptively-masked twins layer (AMTL).
 
     Wraps an embedding layer (a plain `keras.layers.Embedding`, or keras_embdim's
@@ -39,13 +159,13 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
 
     - frequency features of the value (its count relative to the largest and to
       the mean count of its field, plus the field as a one-hot), from counts the
-      layer gathers while training (or `frequencies` given by you);
+      layer gathers while training (`FrequencyCounter`), or `frequencies` given;
     - two twin MLPs of the same shape map them to logits over the sizes
-      `min_dim..D`; the frequent-value branch and the rare-value branch are
-      mixed with weight `q_i = log(1+c_i) / log(1+max count of the field)`;
+      `min_dim..D` (`Twins`); the frequent-value branch and the rare-value
+      branch are mixed with weight `q_i = log(1+c_i) / log(1+max count of the field)`;
     - the forward mask is the prefix of the argmax size, exactly 0/1; the
       gradient reaches the twins through `softmax(z / temperature)`
-      (straight-through, `keras_embdim.twins.straight_through_mask`);
+      (straight-through, `keras_embdim.search.twins.straight_through_mask`);
     - a size penalty `size_weight * relu(expected kept fraction - size_target)`
       is added to the loss, the kept fraction being estimated on a uniform
       sample of the vocabulary (each distinct value costs its size once, however
@@ -54,7 +174,7 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
     `keras_embdim.TwinsMaskSearch` drives it to a parameter budget and then
     freezes every value's size (`set_value_sizes`); after that the twins are
     not evaluated any more, and `DimensionExporter` ships each value's kept
-    prefix in a ragged layout without the twins.
+    prefix in a packed layout without the twins.
 
     Args:
         embedding: the embedding layer to mask.
@@ -74,13 +194,15 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
             few hundred steps).
         size_weight, size_target: the size penalty (`TwinsMaskSearch` sets them).
         penalty_sample: vocabulary rows sampled per step for the size penalty.
+        count_frequencies: count values in training steps (default: unless
+            `frequencies` are given).
         validate_ids: assert that ids lie in their field's range.
+        frozen: the sizes are fixed (a layer loaded after its search).
 
     Example:
 
     >>> import numpy as np, keras_embdim as ked
-    >>> from keras_embdim._compat import keras
-    >>> layer = ked.TwinsMaskLayer(keras.layers.Embedding(100, 8))
+    >>> layer = ked.TwinsMaskLayer(ked.keras.layers.Embedding(100, 8))
     >>> tuple(layer(np.array([[1, 2, 3]])).shape)
     (1, 3, 8)
     """
@@ -124,82 +246,67 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
             raise ValueError(f"`embedding` '{embedding.name}' has a dimension mask already; wrap an unsearched layer.")
         self.embedding = embedding
         self._ours = ours
+        self._given_vocab = field_vocab_sizes is not None
+        self._given_names = field_names is not None
         if ours:
             if field_vocab_sizes is not None:
                 raise ValueError(
                     f"`field_vocab_sizes` is for a plain Embedding; '{embedding.name}' knows its fields "
                     f"({list(embedding.field_vocab_sizes)})."
                 )
-            vocab = tuple(embedding.field_vocab_sizes)
-            self._multi = embedding.multi_field
-            self._global_ids = False
-            names = tuple(embedding.field_names)
+            self.layout = embedding.layout
         else:
             n = int(embedding.input_dim)
-            if field_vocab_sizes is None:
-                vocab, self._multi = (n,), False
-            else:
-                vocab = tuple(_positive_int("field_vocab_sizes", v) for v in field_vocab_sizes)
-                if sum(vocab) != n:
-                    raise ValueError(
-                        f"`field_vocab_sizes` must add up to the Embedding's input_dim={n}; "
-                        f"received {list(vocab)} (sum {sum(vocab)})."
-                    )
-                self._multi = True
-            self._global_ids = self._multi
-            if field_names is not None:
-                names = tuple(str(x) for x in field_names)
-                if len(names) != len(vocab):
-                    raise ValueError(f"`field_names` must name each of the {len(vocab)} fields; received {names!r}.")
-            else:
-                names = (embedding.name,) if len(vocab) == 1 else tuple(f"field_{i}" for i in range(len(vocab)))
-        self._vocab_sizes = vocab
-        self._names = names
-        self._offsets = field_offsets(vocab)
+            vocab = (n,) if field_vocab_sizes is None else tuple(check_int("field_vocab_sizes", v, 1) for v in field_vocab_sizes)
+            if sum(vocab) != n:
+                raise ValueError(
+                    f"`field_vocab_sizes` must add up to the Embedding's input_dim={n}; "
+                    f"received {list(vocab)} (sum {sum(vocab)})."
+                )
+            multi = field_vocab_sizes is not None
+            if field_names is None:
+                field_names = (embedding.name,) if len(vocab) == 1 else tuple(f"field_{i}" for i in range(len(vocab)))
+            self.layout = FieldLayout(vocab, field_names, multi_field=multi, global_ids=multi)
         self.output_dim = int(embedding.output_dim)
-        self.hidden_units = _positive_int("hidden_units", hidden_units)
-        self.min_dim = _positive_int("min_dim", min_dim, 0)
+        self.hidden_units = check_int("hidden_units", hidden_units, 1)
+        self.min_dim = check_int("min_dim", min_dim, 0)
         if self.min_dim > self.output_dim:
             raise ValueError(f"`min_dim` must be <= output_dim={self.output_dim}; received min_dim={min_dim}.")
-        for name, value in (("temperature", temperature), ("logit_scale", logit_scale), ("size_weight", size_weight), ("size_target", size_target)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-                raise ValueError(f"`{name}` must be a finite number >= 0; received {name}={value!r}.")
-        if temperature <= 0 or logit_scale <= 0:
-            raise ValueError(
-                f"`temperature` and `logit_scale` must be > 0; received {temperature!r} and {logit_scale!r}."
-            )
-        self.logit_scale = float(logit_scale)
-        self._init_temperature = float(temperature)
-        self._init_size_weight = float(size_weight)
-        self._init_size_target = float(size_target)
-        self.penalty_sample = _positive_int("penalty_sample", penalty_sample)
-        self._frequencies = self._parse_frequencies(frequencies)
+        self._init_temperature = check_number("temperature", temperature, low=0, strict=True)
+        self.logit_scale = check_number("logit_scale", logit_scale, low=0, strict=True)
+        self._init_size_weight = check_number("size_weight", size_weight, low=0)
+        self._init_size_target = check_number("size_target", size_target, low=0)
+        self.penalty_sample = check_int("penalty_sample", penalty_sample, 1)
+        freq = self._parse_frequencies(frequencies)
         self.count_frequencies = (frequencies is None) if count_frequencies is None else bool(count_frequencies)
         self.validate_ids = bool(validate_ids)
         self.frozen = bool(frozen)
         self._table_frozen = False  # twins-first warm start: no update of the table
-        self._serving = None
         self.supports_masking = True
+        self.counter = FrequencyCounter(self.layout, freq, name="frequency_counter")
+        self.twins = Twins(self.counter.num_features, self.hidden_units, self.num_candidates, self.logit_scale,
+                           name="twins")
+        self.twins.trainable = not self.frozen  # a frozen layer (loaded after its search) no longer trains them
 
     def _parse_frequencies(self, frequencies) -> np.ndarray | None:
+        """Known counts: one array per field, or one over all rows."""
         if frequencies is None:
             return None
-        total = int(sum(self._vocab_sizes))
-        if isinstance(frequencies, (list, tuple)) and len(frequencies) == len(self._vocab_sizes) and all(
+        if isinstance(frequencies, (list, tuple)) and len(frequencies) == self.num_fields and all(
             np.ndim(f) == 1 for f in frequencies
         ):
-            parts = [np.asarray(f, np.float64) for f in frequencies]
-            if any(p.shape != (n,) for p, n in zip(parts, self._vocab_sizes)):
+            shapes = [np.shape(f) for f in frequencies]
+            if any(shape != (n,) for shape, n in zip(shapes, self.field_vocab_sizes)):
                 raise ValueError(
-                    f"`frequencies` must hold one count per value of each field {list(self._vocab_sizes)}; "
-                    f"received lengths {[p.shape for p in parts]}."
+                    f"`frequencies` must hold one count per value of each field {list(self.field_vocab_sizes)}; "
+                    f"received lengths {shapes}."
                 )
-            freq = np.concatenate(parts)
-        else:
-            freq = np.asarray(frequencies, np.float64)
-        if freq.shape != (total,):
+            frequencies = np.concatenate([np.asarray(f, np.float64) for f in frequencies])
+        freq = np.asarray(frequencies, np.float64)
+        if freq.shape != (self.layout.num_rows,):
             raise ValueError(
-                f"`frequencies` must be {total} counts (one per row) or one array per field; received shape {freq.shape}."
+                f"`frequencies` must be {self.layout.num_rows} counts (one per row) or one array per field; "
+                f"received shape {freq.shape}."
             )
         if not np.all(np.isfinite(freq)) or freq.min(initial=0) < 0:
             raise ValueError("`frequencies` must be finite counts >= 0.")
@@ -208,19 +315,19 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
     # ------------------------------------------------------------ properties
     @property
     def field_vocab_sizes(self) -> tuple[int, ...]:
-        return self._vocab_sizes
+        return self.layout.vocab_sizes
 
     @property
     def field_names(self) -> tuple[str, ...]:
-        return self._names
+        return self.layout.names
 
     @property
     def num_fields(self) -> int:
-        return len(self._vocab_sizes)
+        return self.layout.num_fields
 
     @property
     def multi_field(self) -> bool:
-        return self._multi
+        return self.layout.multi_field
 
     @property
     def embedding_variable(self):
@@ -236,44 +343,16 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
             return
         if not self.embedding.built:
             self.embedding.build(input_shape)
-        rows, F = int(sum(self._vocab_sizes)), self.num_fields
-        freq = self._frequencies
-        if freq is None:
-            freq = np.zeros(rows, np.float32)
-        fmax = np.array([freq[o : o + n].max(initial=0.0) for o, n in zip(self._offsets, self._vocab_sizes)], np.float32)
-        ftot = np.array([freq[o : o + n].sum() for o, n in zip(self._offsets, self._vocab_sizes)], np.float32)
+        self.counter.build()
+        self.twins.build()
         const = keras.initializers.Constant
-        self.counts = self.add_weight(name="counts", shape=(rows,), initializer=const(freq) if freq.any() else "zeros", trainable=False)
-        self.field_max = self.add_weight(name="field_max", shape=(F,), initializer=const(fmax), trainable=False)
-        self.field_total = self.add_weight(name="field_total", shape=(F,), initializer=const(ftot), trainable=False)
-        inputs = twins.NUM_FREQUENCY_FEATURES + (F if F > 1 else 0)
-        H, K = self.hidden_units, self.num_candidates
-        # Every value starts at full size (warm start keeps the trained model's output).
-        start = np.zeros(K, np.float32)
-        start[-1] = 2.0 / self.logit_scale
-        # not a tracked attribute: tf_keras would list the variables a second time
-        # through the container (they are tracked once, by add_weight)
-        twin_vars: dict = {}
-        object.__setattr__(self, "_twins", twin_vars)
-        live = not self.frozen  # a frozen layer (loaded after its search) no longer trains them
-        for branch in ("high", "low"):
-            twin_vars[branch] = (
-                self.add_weight(name=f"{branch}_w1", shape=(inputs, H), initializer="glorot_uniform", trainable=live),
-                self.add_weight(name=f"{branch}_b1", shape=(H,), initializer="zeros", trainable=live),
-                self.add_weight(
-                    name=f"{branch}_w2",
-                    shape=(H, K),
-                    initializer=keras.initializers.RandomNormal(stddev=0.01),
-                    trainable=live,
-                ),
-                self.add_weight(name=f"{branch}_b2", shape=(K,), initializer=const(start), trainable=live),
-            )
         self.temperature = self.add_weight(name="temperature", shape=(), initializer=const(self._init_temperature), trainable=False)
         self.size_weight = self.add_weight(name="size_weight", shape=(), initializer=const(self._init_size_weight), trainable=False)
         self.size_target = self.add_weight(name="size_target", shape=(), initializer=const(self._init_size_target), trainable=False)
         self.size_bias = self.add_weight(name="size_bias", shape=(), initializer="zeros", trainable=False)
         self.value_sizes = self.add_weight(
-            name="value_sizes", shape=(rows,), initializer=const(self.output_dim), dtype="int32", trainable=False
+            name="value_sizes", shape=(self.layout.num_rows,), initializer=const(self.output_dim), dtype="int32",
+            trainable=False,
         )
         # 1 once the sizes are fixed: saved with the weights (checkpoints, BackupAndRestore)
         self.search_frozen = self.add_weight(
@@ -282,41 +361,13 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         self.built = True
 
     # ------------------------------------------------------------------ call
-    def _field_index(self, rows: tf.Tensor) -> tf.Tensor:
-        """Field of each position: the last axis for multi-field input, else 0."""
-        if not self._multi:
-            return tf.zeros_like(rows)
-        return tf.broadcast_to(tf.range(self.num_fields, dtype=rows.dtype), tf.shape(rows))
-
     def _logits_for(self, counts: tf.Tensor, fields: tf.Tensor, biased: bool = True) -> tf.Tensor:
         """Twins logits `[..., K]` of values with the given counts and field indices."""
-        vocab = tf.constant(np.asarray(self._vocab_sizes, np.float32))
-        fmax = tf.gather(tf.convert_to_tensor(self.field_max), fields)
-        fmean = tf.gather(tf.convert_to_tensor(self.field_total) / vocab, fields)
-        q, s = twins.frequency_features(counts, fmax, fmean)
-        if self.num_fields > 1:
-            s = tf.concat([s, tf.one_hot(fields, self.num_fields)], axis=-1)
-        z = self.logit_scale * twins.twins_logits(s, q, self._twins["high"], self._twins["low"])
+        q, s = self.counter.features(counts, fields)
+        z = self.twins(s, q)
         if biased:
             z = twins.biased_logits(z, self.size_bias, self.min_dim, self.output_dim)
         return z
-
-    def _count(self, rows: tf.Tensor, fields: tf.Tensor) -> None:
-        flat = tf.reshape(rows, [-1])
-        flat_fields = tf.reshape(fields, [-1])
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            # under a distribution strategy each replica sees its part of the batch: gather the
-            # ids of all replicas so that every replica makes the same (whole-batch) update
-            flat = ctx.all_gather(flat, axis=0)
-            flat_fields = ctx.all_gather(flat_fields, axis=0)
-        ones = tf.ones(tf.shape(flat), tf.float32)
-        counts = _compat.tf_variable(self.counts)
-        counts.scatter_add(tf.IndexedSlices(ones, flat))
-        new = tf.gather(counts, flat)
-        seen = tf.math.unsorted_segment_max(new, flat_fields, self.num_fields)
-        self.field_max.assign(tf.maximum(tf.convert_to_tensor(self.field_max), seen))
-        self.field_total.assign_add(tf.math.unsorted_segment_sum(ones, flat_fields, self.num_fields))
 
     def search_penalty(self) -> tf.Tensor:
         """The size penalty on a fresh vocabulary sample (0 once frozen): for logs."""
@@ -324,13 +375,12 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
 
     def size_penalty(self) -> tf.Tensor:
         """`size_weight * relu(kept fraction - size_target)` on a uniform vocabulary sample."""
-        total = int(sum(self._vocab_sizes))
+        total = self.layout.num_rows
         if total <= self.penalty_sample:
             rows = tf.range(total, dtype=tf.int32)
         else:
             rows = tf.random.uniform([self.penalty_sample], 0, total, dtype=tf.int32)
-        fields = tf.searchsorted(tf.constant(np.asarray(self._offsets, np.int32)), rows, side="right") - 1
-        z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
+        z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counter.counts), rows), self.layout.field_of_rows(rows))
         _, size = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
         frac = tf.reduce_mean(size) / float(self.output_dim)
         return tf.convert_to_tensor(self.size_weight) * tf.nn.relu(frac - tf.convert_to_tensor(self.size_target))
@@ -338,27 +388,17 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
     def call(self, inputs, training=None):
         if self._serving is not None:
             return self._serving.padded(self.serving_ids(inputs), dtype=tf.as_dtype(self.compute_dtype))
-        ids = as_int_ids(inputs)
-        if self._multi:
-            check_field_axis(ids, len(self._vocab_sizes), self.name)
-        if self.validate_ids:
-            fields = dict(zip(self._names, self._vocab_sizes))
-            if self._global_ids:
-                ids = check_id_range(ids, self._offsets, np.add(self._offsets, self._vocab_sizes), self.name, fields)
-            else:
-                high = np.asarray(self._vocab_sizes if self._multi else self._vocab_sizes[0])
-                ids = check_id_range(ids, 0, high, self.name, fields)
+        ids = self.layout.checked(inputs, self.name, self.validate_ids)
         emb = self.embedding(ids)
         if self._table_frozen:
             emb = tf.stop_gradient(emb) + 0.0 * emb  # zero gradient: the table does not move
-        rows = ids + tf.constant(np.asarray(self._offsets), ids.dtype) if (self._ours and self._multi) else ids
-        rows = tf.cast(rows, tf.int32)
-        fields = self._field_index(rows)
+        rows = tf.cast(self.layout.rows(ids), tf.int32)
+        fields = self.layout.field_index(rows)
         if self.frozen:
             sizes = tf.gather(tf.convert_to_tensor(self.value_sizes), rows)
             mask = tf.cast(tf.range(self.output_dim) < tf.expand_dims(sizes, -1), emb.dtype)
             return emb * mask
-        mask = self._grouped_mask(tf.gather(tf.convert_to_tensor(self.counts), rows), fields)
+        mask = self._grouped_mask(tf.gather(tf.convert_to_tensor(self.counter.counts), rows), fields)
         if training is True:
             self.add_loss(self.size_penalty())
         out = emb * tf.cast(mask, emb.dtype)
@@ -402,12 +442,19 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         @tf.custom_gradient
         def counted(x):
             def grad(upstream):
-                self._count(rows, fields)  # a stateful op: tf.function runs it with the step
+                self.counter.count(rows, fields)  # a stateful op: tf.function runs it with the step
                 return upstream
 
             return tf.identity(x), grad
 
         return counted(out)
+
+    def serving_ids(self, inputs) -> tf.Tensor:
+        """Local ids per field (global ids of a shared id space made local); see
+        `SearchableEmbedding.serving_ids`."""
+        ids = as_int_ids(inputs)
+        self.layout.check_axis(ids, self.name)
+        return self.layout.local(ids)
 
     def compute_mask(self, inputs, mask=None):
         return self.embedding.compute_mask(inputs, mask)
@@ -416,43 +463,32 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         return self.embedding.compute_output_shape(input_shape)
 
     # -------------------------------------------------------- mask protocol
-    def _groups(self):
-        """Distinct (field, count) pairs: values the twins cannot tell apart."""
-        counts = _compat.to_numpy(self.counts).astype(np.float32)
-        fields = np.repeat(np.arange(self.num_fields, dtype=np.int32), self._vocab_sizes)
-        pairs = np.stack([fields.astype(np.float64), counts.astype(np.float64)], axis=1)
-        uniq, inverse, mult = np.unique(pairs, axis=0, return_inverse=True, return_counts=True)
-        return uniq[:, 0].astype(np.int32), uniq[:, 1].astype(np.float32), inverse.reshape(-1), mult
-
     def group_logits(self, biased: bool = False):
         """`(z [G, K], inverse [rows], group counts [G], multiplicity [G])` over the vocabulary."""
-        g_fields, g_counts, inverse, mult = self._groups()
-        parts = []
-        for s in range(0, len(g_fields), _EVAL_CHUNK):
-            parts.append(
-                _compat.to_numpy(
-                    self._logits_for(tf.constant(g_counts[s : s + _EVAL_CHUNK]), tf.constant(g_fields[s : s + _EVAL_CHUNK]), biased)
-                )
-            )
+        g_fields, g_counts, inverse, mult = self.counter.groups()
+        parts = [
+            _utils.to_numpy(self._logits_for(tf.constant(g_counts[s : s + _EVAL_CHUNK]),
+                                             tf.constant(g_fields[s : s + _EVAL_CHUNK]), biased))
+            for s in range(0, len(g_fields), _EVAL_CHUNK)
+        ]
         z = np.concatenate(parts) if parts else np.zeros((0, self.num_candidates), np.float32)
         return z, inverse, g_counts, mult
 
     def current_sizes(self) -> np.ndarray:
         """`[rows]` size of every value now (frozen sizes, or the twins' choice)."""
         if not self.built:
-            return np.full(int(sum(self._vocab_sizes)), self.output_dim, np.int32)
+            return np.full(self.layout.num_rows, self.output_dim, np.int32)
         if self.frozen:
-            return _compat.to_numpy(self.value_sizes).astype(np.int32)
+            return _utils.to_numpy(self.value_sizes).astype(np.int32)
         z, inverse, _, _ = self.group_logits(biased=True)
         sizes = twins.size_table(self.min_dim, self.output_dim)
         return sizes[np.argmax(z, axis=1)][inverse]
 
     def dimension_mask(self) -> DimensionMask:
-        flat = self.current_sizes().astype(np.int32, copy=False)
-        sizes = [flat[o : o + n] for o, n in zip(self._offsets, self._vocab_sizes)]
+        sizes = self.layout.split(self.current_sizes().astype(np.int32, copy=False))
         widest = np.array([s.max(initial=0) for s in sizes])
         keep = np.arange(self.output_dim)[None, :] < widest[:, None]
-        return DimensionMask(self._vocab_sizes, keep, self._names, value_sizes=sizes)
+        return DimensionMask(self.field_vocab_sizes, keep, self.field_names, value_sizes=sizes)
 
     def set_dimension_mask(self, mask, **kwargs) -> None:
         raise ValueError(
@@ -472,18 +508,8 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         """
         if not self.built:
             self.build()
-        if isinstance(sizes, (list, tuple)) and len(sizes) == self.num_fields and np.ndim(sizes[0]) == 1:
-            sizes = np.concatenate([np.asarray(s) for s in sizes])
-        sizes = np.asarray(sizes)
-        total = int(sum(self._vocab_sizes))
-        if sizes.shape != (total,) or not np.issubdtype(sizes.dtype, np.integer):
-            raise ValueError(
-                f"layer '{self.name}': sizes must be {total} integers (one per row), or one array per field; "
-                f"received shape {sizes.shape} of {sizes.dtype}."
-            )
-        if sizes.min(initial=0) < 0 or sizes.max(initial=0) > self.output_dim:
-            raise ValueError(f"layer '{self.name}': sizes must lie in [0, {self.output_dim}].")
-        self.value_sizes.assign(sizes.astype(np.int32))
+        sizes = self._checked_sizes(sizes)
+        self.value_sizes.assign(sizes)
         self.search_frozen.assign(1.0)
         self._freeze_python_state()
         if zero_pruned:
@@ -491,13 +517,11 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
 
     def _freeze_python_state(self) -> None:
         self.frozen = True
-        for branch in self._twins.values():  # unused from now on: no "gradients do not exist" warnings
-            for variable in branch:
-                _compat.set_trainable(self, variable, False)
+        self.twins.trainable = False  # unused from now on: no "gradients do not exist" warnings
 
     def sync_search_state(self) -> bool:
         """A restored `search_frozen` flag fixes the (restored) per-value sizes."""
-        if not self.built or self.frozen or float(_compat.to_numpy(self.search_frozen)) < 0.5:
+        if not self.built or self.frozen or float(_utils.to_numpy(self.search_frozen)) < 0.5:
             return False
         self._freeze_python_state()
         return True
@@ -506,53 +530,19 @@ class TwinsMaskLayer(keras.layers.Layer, DimensionSearchable):
         """Stop (or resume) updates of the embedding table; the caller retraces."""
         self._table_frozen = bool(frozen)
 
-    def serving_ids(self, inputs) -> tf.Tensor:
-        """Local ids per field (global ids of a shared id space made local); see
-        `SearchableEmbedding.serving_ids`."""
-        ids = as_int_ids(inputs)
-        if self._multi:
-            check_field_axis(ids, len(self._vocab_sizes), self.name)
-        if self._global_ids:
-            ids = ids - tf.constant(np.asarray(self._offsets), ids.dtype)
-        return ids
-
-    def use_serving_lookup(self, lookup) -> None:
-        """See `SearchableEmbedding.use_serving_lookup`."""
-        self._serving = lookup
-
     # ------------------------------------------------------- saving/loading
     def _state_variables(self) -> list:
-        """Own variables in a fixed order (trainability changes when sizes freeze)."""
-        twin_vars = [v for branch in ("high", "low") for v in self._twins[branch]]
-        return [
-            self.counts, self.field_max, self.field_total, *twin_vars,
-            self.temperature, self.size_weight, self.size_target, self.size_bias, self.value_sizes,
-            self.search_frozen,
-        ]
-
-    def save_own_variables(self, store):
-        if not self.built:
-            return
-        for i, v in enumerate(self._state_variables()):
-            store[str(i)] = _compat.to_numpy(v)
-
-    def load_own_variables(self, store):
-        if not self.built:
-            return
-        variables = self._state_variables()
-        n = _compat.store_len(store)
-        if n != len(variables):
-            raise ValueError(f"layer '{self.name}' expects {len(variables)} saved variables; the file holds {n}.")
-        for i, v in enumerate(variables):
-            v.assign(np.asarray(store[str(i)]))
+        """Own variables in a fixed order (the counter's and the twins' are their sublayers')."""
+        return [self.temperature, self.size_weight, self.size_target, self.size_bias, self.value_sizes,
+                self.search_frozen]
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(
             embedding=keras.layers.serialize(self.embedding),
-            field_vocab_sizes=list(self._vocab_sizes) if (self._global_ids) else None,
-            field_names=list(self._names) if not self._ours else None,
+            field_vocab_sizes=list(self.field_vocab_sizes) if self._given_vocab else None,
+            field_names=list(self.field_names) if self._given_names else None,
             hidden_units=self.hidden_units,
             min_dim=self.min_dim,
             temperature=self._init_temperature,

@@ -15,7 +15,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import numpy as np  # noqa: E402
 
 import keras_embdim as ked  # noqa: E402
-from keras_embdim._compat import keras  # noqa: E402
+from keras_embdim import keras  # noqa: E402
 
 
 def emb_factory(method):
@@ -64,7 +64,7 @@ def main(methods):
                 "pred": model.predict(sample, verbose=0).reshape(-1)[:50].tolist(),
                 "export_max_abs_diff": r.max_abs_diff,
                 "export_bytes": r.embedding_bytes,
-                "counts_total": float(np.sum(np.asarray(layer.counts))) if hasattr(layer, "counts") else None,
+                "counts_total": float(np.sum(np.asarray(layer.counter.counts))) if isinstance(layer, ked.TwinsMaskLayer) else None,
             }
     print(json.dumps(out))
 

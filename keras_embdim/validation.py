@@ -1,0 +1,50 @@
+"""Argument checks: every bad argument gets one clear error naming it and the expected value."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A fraction such as `budget`: `0 < value <= 1` (or `0 <= value` with `allow_zero`)."""
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
+    if not _is_number(value):
+        raise TypeError(f"`{name}` must be a number in {interval}; received {value!r}.")
+    value = float(value)
+    low_ok = value >= 0 if allow_zero else value > 0
+    if math.isnan(value) or not low_ok or value > 1:
+        raise ValueError(
+            f"`{name}` must be a fraction of the embedding parameters in {interval}; received {name}={value!r}."
+        )
+    return value
+
+
+def check_int(name: str, value: Any, low: int = 0) -> int:
+    """An integer `>= low` (booleans are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}; received {name}={value!r}.")
+    return int(value)
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """One of `allowed`."""
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {tuple(allowed)}; received {name}={value!r}.")
+    return value
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, strict: bool = False) -> float:
+    """A finite number, `>= low` (or `> low` with `strict`)."""
+    if not _is_number(value) or not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be a finite number; received {name}={value!r}.")
+    value = float(value)
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} {low:g}; received {name}={value!r}.")
+    return value
