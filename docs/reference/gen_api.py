@@ -1,7 +1,7 @@
-"""Generate docs/api.md from the docstrings of keras_embdim's public API.
+"""Generate docs/reference/api.md from the docstrings of keras_embdim's public API.
 
-    python docs/gen_api.py            # rewrite docs/api.md
-    python docs/gen_api.py --check    # exit 1 if docs/api.md is out of date
+    python docs/reference/gen_api.py            # rewrite docs/reference/api.md
+    python docs/reference/gen_api.py --check    # exit 1 if docs/reference/api.md is out of date
 
 The reference lists every name in `keras_embdim.__all__` and the public names
 of `keras_embdim.data`, `keras_embdim.models` and `keras_embdim.plots`: the
@@ -23,15 +23,26 @@ OUT = os.path.join(HERE, "api.md")
 
 SECTIONS = [
     ("Layers", ["PrunableEmbedding", "HardMaskEmbedding", "TwinsMaskLayer", "MixedDimensionEmbedding",
-                "SearchableEmbedding"]),
+                "SearchableEmbedding", "StackFields", "FieldOffsets"]),
     ("Search callbacks", ["SingleShotPruner", "HardMaskSearch", "TwinsMaskSearch", "PMEPruner",
-                          "OrthogonalRegularizer", "DimensionSearchCallback", "ByteBudget"]),
+                          "OrthogonalRegularizer", "DimensionSearchCallback", "SearchResult", "Phase",
+                          "dimension_history", "ByteBudget"]),
+    ("Regularizers", ["OrthogonalEmbeddingRegularizer"]),
+    ("Row-sparse optimizers", ["row_sparse", "LazyAdam", "LazyAdagrad", "LazySGD"]),
+    ("The methods by name", ["get_method", "Method"]),
     ("Export", ["DimensionExporter", "export_compact", "ExportResult", "ExportError"]),
     ("Converting models", ["make_searchable", "add_twins", "rebuild_mixed"]),
-    ("Reports and the mask protocol", ["dimension_report", "dimension_summary", "format_report",
-                                       "find_searchable_layers", "DimensionMask", "DimensionSearchable"]),
+    ("Reports and the protocol", ["dimension_report", "dimension_summary", "format_report",
+                                  "find_searchable_layers", "DimensionMask", "DimensionSearchable", "FieldLayout"]),
 ]
-MODULES = [("keras_embdim.data", "Data"), ("keras_embdim.models", "Model zoo"), ("keras_embdim.plots", "Plots")]
+# public names that are not documented by their repr
+NOT_RENDERED = {
+    "keras": "`keras_embdim.keras`: the Keras the package runs on (Keras 3, or `tf_keras` under "
+             "`TF_USE_LEGACY_KERAS=1`); use it to build models that mix keras_embdim's layers with Keras'.",
+    "METHODS": "`keras_embdim.METHODS`: the four methods by name, see `keras_embdim.methods` below.",
+}
+MODULES = [("keras_embdim.methods", "The methods"), ("keras_embdim.data", "Data"),
+           ("keras_embdim.models", "Model zoo"), ("keras_embdim.plots", "Plots")]
 
 
 def _signature(obj) -> str:
@@ -106,7 +117,7 @@ def render() -> str:
     lines = [
         "# API reference",
         "",
-        "Generated from the docstrings by `python docs/gen_api.py` (checked in CI: a stale",
+        "Generated from the docstrings by `python docs/reference/gen_api.py` (checked in CI: a stale",
         "reference fails `tests/test_docstrings.py`). Every layer and callback is registered for",
         "Keras serialization; every layer works in Keras 3 and in Keras 2 (`tf_keras`).",
         "",
@@ -117,13 +128,16 @@ def render() -> str:
         for n in names:
             lines += _entry(f"keras_embdim.{n}", getattr(ked, n))
             listed.add(n)
-    rest = [n for n in ked.__all__ if n not in listed]
-    if rest:
-        lines += ["## Other", ""]
-        for n in sorted(rest):
-            lines += _entry(f"keras_embdim.{n}", getattr(ked, n))
+    lines += ["## Names that are not classes or functions", ""]
+    lines += [f"- {text}" for text in NOT_RENDERED.values()] + [""]
+    rest = [n for n in ked.__all__ if n not in listed and n not in NOT_RENDERED]
+    if rest:  # every public name has its place in a section
+        raise SystemExit(f"gen_api.py: public names without a section: {rest}")
     for modname, title in MODULES:
         module = sys.modules.get(modname) or __import__(modname, fromlist=["_"])
+        if modname == "keras_embdim.methods":
+            lines += [f"## {title} (`{modname}`)", "", _doc(module), ""]
+            continue
         names = getattr(module, "__all__", None) or [
             n for n, v in vars(module).items()
             if not n.startswith("_") and (inspect.isfunction(v) or inspect.isclass(v))
@@ -144,7 +158,7 @@ def main(argv=None) -> int:
     if args.check:
         current = open(OUT).read() if os.path.exists(OUT) else ""
         if current != text:
-            print("docs/api.md is out of date: run python docs/gen_api.py", file=sys.stderr)
+            print("docs/reference/api.md is out of date: run python docs/reference/gen_api.py", file=sys.stderr)
             return 1
         return 0
     with open(OUT, "w") as fh:
