@@ -39,6 +39,7 @@ from keras_embdim.layers import (
 )
 from keras_embdim.mask import DimensionMask
 from keras_embdim.methods import METHODS, Method, get_method
+from keras_embdim.optimizers import LazyAdagrad, LazyAdam, LazySGD, row_sparse
 from keras_embdim.regularizers import OrthogonalEmbeddingRegularizer
 from keras_embdim.report import dimension_report, dimension_summary, format_report
 from keras_embdim.search.budget import ByteBudget
@@ -71,6 +72,9 @@ __all__ = [
     "FieldOffsets",
     "HardMaskEmbedding",
     "HardMaskSearch",
+    "LazyAdagrad",
+    "LazyAdam",
+    "LazySGD",
     "METHODS",
     "Method",
     "MixedDimensionEmbedding",
@@ -96,4 +100,5 @@ __all__ = [
     "keras",
     "make_searchable",
     "rebuild_mixed",
+    "row_sparse",
 ]
