@@ -48,3 +48,24 @@ def check_number(name: str, value: Any, *, low: float | None = None, strict: boo
     if low is not None and (value <= low if strict else value < low):
         raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} {low:g}; received {name}={value!r}.")
     return value
+
+
+def check_not_parameter_server(component: str, strategy: Any, why: str) -> None:
+    """Refuse `ParameterServerStrategy` with an error that names `component` and what to do instead.
+
+    Args:
+        component: the callback, e.g. "SingleShotPruner (SSEDS)".
+        strategy: the model's `tf.distribute` strategy.
+        why: what in `component` needs more than the strategy gives.
+    """
+    import tensorflow as tf
+
+    ps_classes = tuple({tf.distribute.experimental.ParameterServerStrategy,
+                        getattr(tf.distribute, "ParameterServerStrategy", tf.distribute.experimental.ParameterServerStrategy)})
+    if isinstance(strategy, ps_classes):
+        raise ValueError(
+            f"{component} does not run under ParameterServerStrategy: {why}. Search under MirroredStrategy or "
+            "MultiWorkerMirroredStrategy (or on one machine, on a sample of the data), then train the searched "
+            f"model under ParameterServerStrategy without {component.split(' ')[0]}: its dimensions are ordinary "
+            "weights of the layers, and ked.rebuild_mixed(model) gives plain tables (docs/guides/distribution.md)."
+        )

@@ -48,6 +48,7 @@ class HardMaskSearch(EpochBoundedSearch):
     """
 
     layer_types = (HardMaskEmbedding,)
+    method = "HAM"
     logs_penalty = True
 
     def __init__(

@@ -11,7 +11,7 @@ from keras_embdim import _utils
 from keras_embdim._compat import keras
 from keras_embdim.search.orthogonality import orthogonality_penalty
 from keras_embdim.searchable import find_searchable_layers
-from keras_embdim.validation import check_number
+from keras_embdim.validation import check_not_parameter_server, check_number
 
 
 class OrthogonalRegularizer(keras.callbacks.Callback):
@@ -55,6 +55,12 @@ class OrthogonalRegularizer(keras.callbacks.Callback):
 
     def _penalty(self, layer, rows, mask):
         return tf.cast(self._strength_var, rows.dtype) * orthogonality_penalty(rows, mask)
+
+    def set_model(self, model):
+        check_not_parameter_server(
+            "OrthogonalRegularizer", model.distribute_strategy,
+            "its strength is a variable of the coordinator that the workers' steps would read")
+        super().set_model(model)
 
     def on_train_begin(self, logs=None):
         self._layers = find_searchable_layers(self.model, self.layer_names)

@@ -47,6 +47,7 @@ class PMEPruner(EpochBoundedSearch):
     """
 
     layer_types = (SearchableEmbedding,)  # entry probes and per-value sizes
+    method = "PME"
 
     def __init__(
         self,
@@ -91,8 +92,9 @@ class PMEPruner(EpochBoundedSearch):
         )
 
     def _finish(self):
-        importances = [_utils.to_numpy(self._probes[l].importance) for l in self._layers]
-        batches = int(next(iter(self._probes.values())).batches.numpy())
+        strategy = self.model.distribute_strategy
+        importances = [self._probes[l].total_importance(strategy) for l in self._layers]
+        batches = next(iter(self._probes.values())).total_batches(strategy)
         for layer in self._layers:
             layer.detach_probe()
         self._probes = {}

@@ -30,7 +30,7 @@ from keras_embdim._compat import keras
 from keras_embdim.report import format_report
 from keras_embdim.search import budget as budget_lib
 from keras_embdim.searchable import find_searchable_layers, total_params
-from keras_embdim.validation import check_choice, check_fraction, check_int
+from keras_embdim.validation import check_choice, check_fraction, check_int, check_not_parameter_server
 
 logger = logging.getLogger("keras_embdim")
 
@@ -162,6 +162,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
     layer_types: tuple | None = None
     #: the phase before `on_train_begin`
     initial_phase: Phase = Phase.SEARCH
+    #: the paper's acronym (the glossary in docs/reference/methods.md)
+    method: str = ""
 
     def __init__(
         self,
@@ -202,6 +204,14 @@ class DimensionSearchCallback(keras.callbacks.Callback):
     @property
     def error(self) -> str | None:
         return self.result.error if self.result is not None else None
+
+    def set_model(self, model):
+        # Keras calls set_model before it checks the callbacks against the strategy: our error comes first
+        check_not_parameter_server(
+            f"{self.name} ({self.method})" if self.method else self.name, model.distribute_strategy,
+            "Keras runs no batch-level callback there and the search changes the training step between "
+            "batches (probes, masks, retraces) from the coordinator")
+        super().set_model(model)
 
     # ------------------------------------------------------ template method
     def on_train_begin(self, logs=None):

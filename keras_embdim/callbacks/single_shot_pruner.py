@@ -76,6 +76,7 @@ class SingleShotPruner(DimensionSearchCallback):
 
     layer_types = (SearchableEmbedding,)  # gate probes and per-field masks
     initial_phase = Phase.WARMUP
+    method = "SSEDS"
 
     def __init__(
         self,
@@ -192,8 +193,9 @@ class SingleShotPruner(DimensionSearchCallback):
         self._probes = {}
 
     def _finish(self):
-        scores = [self._probes[l].scores(self.score) for l in self._layers]
-        batches = int(next(iter(self._probes.values())).batches.numpy())
+        strategy = self.model.distribute_strategy
+        scores = [self._probes[l].scores(self.score, strategy) for l in self._layers]
+        batches = next(iter(self._probes.values())).total_batches(strategy)
         self._detach()
         total = float(sum(np.abs(s).sum() for s in scores))
         if total > 0:

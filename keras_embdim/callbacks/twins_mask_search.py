@@ -50,6 +50,7 @@ class TwinsMaskSearch(EpochBoundedSearch):
     """
 
     layer_types = (TwinsMaskLayer,)
+    method = "AMTL"
     logs_penalty = True
 
     def __init__(

@@ -186,6 +186,8 @@ def export_compact(
     serve = tf.saved_model.load(r.path).signatures["serving_default"]
     ```
     """
+    if tf.distribute.has_strategy():  # plain variables and a plain verification load, no collective
+        return _utils.outside_strategy(export_compact, **locals())
     if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
         raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
     quantize.check_dtype(table_dtype)

@@ -160,7 +160,7 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
             return self._serving.padded(self.serving_ids(inputs), dtype=tf.as_dtype(self.compute_dtype))
         ids = self.layout.checked(inputs, self.name, self.validate_ids)
         rows = self.layout.rows(ids)
-        emb = tf.cast(tf.gather(self.embedding_variable, rows), self.compute_dtype)
+        emb = tf.cast(_utils.gather_rows(self.embedding_variable, rows), self.compute_dtype)
         field_mask = tf.cast(self._output_mask(training), emb.dtype)
         if not self.multi_field:
             field_mask = field_mask[0]

@@ -10,12 +10,45 @@ effect of the backward pass, adds that quantity for the current batch to
 accumulators. A layer attaches a probe only while scoring, so whatever
 `train_step` a model has (plain Keras, TFRS, custom) scores on the very batches
 `fit` trains on, and steps outside scoring pay nothing.
+
+The accumulators are plain variables: under MirroredStrategy every local
+replica adds into the same one; under MultiWorkerMirroredStrategy each worker
+holds the sum of its own shard, so every read goes through `sum_over_workers`
+(one all-reduce when the search ends, on every worker at the same step).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+
+
+def sum_over_workers(value, strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
+    """A worker-local accumulator summed over the workers of `strategy`.
+
+    Under one worker (no strategy, OneDevice, MirroredStrategy) the value is
+    returned as is: the local replicas already add into the same variable.
+    With several workers each replica contributes its worker's value divided
+    by the number of local replicas to one all-reduce, so the result is the
+    sum over workers, identical on every worker. Every worker must call it at
+    the same point (it is a collective).
+
+    Args:
+        value: the local accumulator (tensor, variable or array).
+        strategy: the model's strategy; default: the one in scope.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    local = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
+    if strategy.num_replicas_in_sync <= 1:
+        return local
+    local_replicas = len(strategy.extended.worker_devices)
+    if strategy.num_replicas_in_sync <= local_replicas:
+        return local
+    share = tf.constant(local / local_replicas)
+    with strategy.scope():
+        total = strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.identity(share)))
+    return np.asarray(strategy.experimental_local_results(total)[0].numpy())
 
 
 class GateProbe:
@@ -66,7 +99,7 @@ class GateProbe:
 
         return gated(emb, tf.cast(mask, emb.dtype))
 
-    def scores(self, mode: str = "abs_mean") -> np.ndarray:
+    def scores(self, mode: str = "abs_mean", strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
         """Mean importance per gate `[F, D]` (unnormalised: the pruner
         normalises over all layers so that the global scores sum to 1).
 
@@ -76,20 +109,25 @@ class GateProbe:
                 "taylor" takes `-mean dL/dalpha`, the first-order estimate of
                 how much the loss rises if the column is removed (signed: a
                 column whose removal lowers the loss ranks last).
+            strategy: the model's `tf.distribute` strategy (sums over workers).
         """
-        n = float(self.batches.numpy())
+        n = float(self.total_batches(strategy))
         if n == 0:
             raise RuntimeError("the gate probe saw no batch: nothing to score.")
         if mode == "mean_abs":
-            s = self.abs_sum.numpy() / n
+            s = sum_over_workers(self.abs_sum, strategy) / n
         elif mode == "abs_mean":
-            s = np.abs(self.grad_sum.numpy() / n)
+            s = np.abs(sum_over_workers(self.grad_sum, strategy) / n)
         elif mode == "taylor":
             # first-order Taylor: removing column j changes the loss by about -dL/dalpha
-            s = -self.grad_sum.numpy() / n
+            s = -sum_over_workers(self.grad_sum, strategy) / n
         else:
             raise ValueError(f"`score` must be 'abs_mean', 'mean_abs' or 'taylor'; received {mode!r}.")
         return s
+
+    def total_batches(self, strategy: tf.distribute.Strategy | None = None) -> int:
+        """Batches scored, over all workers."""
+        return int(sum_over_workers(self.batches, strategy))
 
 
 class EntryProbe:
@@ -131,3 +169,11 @@ class EntryProbe:
             return e * m, grad
 
         return gated(emb, tf.cast(mask, emb.dtype))
+
+    def total_importance(self, strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
+        """`[rows, D]` accumulated importance, summed over workers."""
+        return sum_over_workers(self.importance, strategy)
+
+    def total_batches(self, strategy: tf.distribute.Strategy | None = None) -> int:
+        """Batches scored, over all workers."""
+        return int(sum_over_workers(self.batches, strategy))
