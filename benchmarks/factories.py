@@ -31,6 +31,20 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every training step (`times`, seconds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._t)
+
+
 class DropFields(ked.SingleShotPruner):
     """Baseline "drop the least important fields": SSEDS' gate scores summed per
     field rank the fields; in that order each field keeps its one best column

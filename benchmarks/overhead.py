@@ -26,26 +26,15 @@ docs/results/overhead.md.
 import argparse
 import os
 import statistics
-import time
 
 import numpy as np
 
 import _common  # noqa: F401  (finds ../shared/data)
 
 import keras_embdim as ked  # noqa: E402
+from factories import StepTimer  # noqa: E402
 from keras_embdim import keras  # noqa: E402
 
-
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self._t)
 
 
 def ham(v, dim, names):

@@ -3,6 +3,8 @@
     python benchmarks/scaling.py                       # every size (resumable; run it in parts)
     python benchmarks/scaling.py --vocab 10000         # one size
     python benchmarks/scaling.py --report-only         # rewrite docs/results/scaling.md and its plots
+    python benchmarks/scaling.py --part steps          # dense vs row-sparse step time, V = 1e4 ... 1e7
+    python benchmarks/scaling.py --part auc            # Adam vs LazyAdam AUC, 3 seeds (docs/results/row_sparse.md)
 
 Data: the package's generator (`keras_embdim.data.make_synthetic_ctr`, planted
 informative and noise fields, Zipf value frequencies) with 26 fields: the 3
@@ -385,11 +387,28 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(_common.DOCS, "scaling.md"))
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--redo", action="store_true", help="run the configurations again even if cached (the latest record counts)")
+    p.add_argument("--part", choices=("epochs", "steps", "auc"), default="epochs",
+                   help="epochs: search epochs vs plain (docs/results/scaling.md); steps / auc: row-sparse "
+                        "optimizers (benchmarks/row_sparse.py, docs/results/row_sparse.md)")
+    p.add_argument("--steps", type=int, default=40, help="--part steps: steps per run (the first 10 untimed)")
+    p.add_argument("--optimizers", nargs="+", default=["dense", "lazy"], choices=["dense", "lazy"])
+    p.add_argument("--datasets", nargs="+", default=["frappe", "generated"], help="--part auc")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--part auc")
     p.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
         print(json.dumps(worker(a.worker, a.data, a.out)))
+        return 0
+    if a.part != "epochs":
+        import row_sparse
+
+        if not a.report_only and a.part == "steps":
+            sizes = a.vocab if a.vocab != list(SIZES) else list(row_sparse.SIZES)
+            row_sparse.run_steps(sizes, a.configs, a.optimizers, a.steps)
+        elif not a.report_only:
+            row_sparse.run_auc(a.datasets, [c for c in a.configs if c in ("plain", "sseds")], a.seeds)
+        print(row_sparse.report())
         return 0
     if not a.report_only:
         run(a.vocab, a.configs, a.rows, a.cache, redo=a.redo)

@@ -12,7 +12,6 @@ always run under tf_keras; the test runs once, in the Keras 2 pass of CI.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -22,22 +21,13 @@ import pytest
 import keras_embdim as ked
 from keras_embdim._compat import KERAS_3
 from keras_embdim.serving import check_in_fresh_process
+from scripts.loopback import free_ports
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts", "multiworker_search.py")
 METHODS = ["sseds", "ham", "pme", "amtl"]
 
 pytestmark = pytest.mark.skipif(
     KERAS_3, reason="the workers run under tf_keras: tested in the Keras 2 pass only")
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +82,19 @@ def test_chief_export_serves_what_was_trained_and_equals_single_process_export(c
         report = check_in_fresh_process(path, sample, expected, atol=1e-5)
         assert report["keras_embdim_importable"] is False
         assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_cluster_example_runs_on_loopback_and_workers_agree(tmp_path):
+    example = os.path.join(os.path.dirname(SCRIPT), "..", "..", "examples", "cluster_search.py")
+    proc = subprocess.run(
+        [sys.executable, example, "--local-workers", "2", "--export-dir", str(tmp_path / "ctr"), "--rows", "12000",
+         "--fields", "5", "--max-vocab", "300", "--epochs", "2", "--budget", "0.2"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"worker"')),
+                       key=lambda s: s["worker"])
+    assert [s["worker"] for s in summaries] == [0, 1]
+    assert summaries[0]["kept_dims"] == summaries[1]["kept_dims"]
+    assert summaries[0]["kept_fraction"] <= 0.2
+    assert summaries[0]["export"] == str(tmp_path / "ctr" / "1")
+    assert os.path.exists(os.path.join(summaries[0]["export"], "saved_model.pb"))

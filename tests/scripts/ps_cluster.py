@@ -14,9 +14,10 @@ parameter servers run in their own processes. Run by tests/test_parameter_server
 
 import json
 import os
-import socket
 import subprocess
 import sys
+
+from loopback import free_ports  # tests/scripts, the script's folder
 
 SERVER = """
 import json, sys
@@ -26,16 +27,6 @@ server = tf.distribute.Server(cluster, job_name=sys.argv[2], task_index=int(sys.
 print("ready", flush=True)
 server.join()
 """
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_cluster():
