@@ -109,3 +109,53 @@ def test_synthetic_with_given_vocab_sizes():
     assert np.bincount(x[:, 1]).max() / len(x) > 10 / 300
     with pytest.raises(ValueError, match="vocab_sizes"):
         ked.data.make_synthetic_ctr(num_rows=100, vocab_sizes=[3, 0])
+
+
+# ---------------------------------------------------------------- planted ranks
+def _excess_value_variance(x, y, min_count=200):
+    """Variance of per-value positive rates among frequent values, over its binomial expectation."""
+    vals, counts = np.unique(x, return_counts=True)
+    rates = np.array([y[x == v].mean() for v in vals[counts >= min_count]])
+    n = counts[counts >= min_count]
+    p = y.mean()
+    return rates.var() / np.mean(p * (1 - p) / n)
+
+
+def test_planted_ctr_returns_the_rank_allocation_and_noise_fields_carry_no_signal():
+    d = ked.data.make_planted_ctr(60_000, [6, 6, 1, 1, 0, 0], vocab_sizes=[50] * 6, seed=2)
+    assert d.planted_ranks == [6, 6, 1, 1, 0, 0]
+    assert d.informative_fields == [0, 1, 2, 3]
+    assert d.field_names == ["f00_r6", "f01_r6", "f02_r1", "f03_r1", "f04_r0", "f05_r0"]
+    x, y = d.train
+    excess = [_excess_value_variance(x[:, f], y) for f in range(6)]
+    # a field's value moves the click rate (bias) only if its rank is >= 1; noise is binomial (ratio ~1)
+    assert min(excess[:4]) > 3 and max(excess[4:]) < 2, excess
+    again = ked.data.make_planted_ctr(60_000, [6, 6, 1, 1, 0, 0], vocab_sizes=[50] * 6, seed=2)
+    np.testing.assert_array_equal(again.train[0], x)
+
+
+def test_planted_interactions_have_the_planted_rank():
+    # two rank-4 fields: bias (1 dim) + a 3-dim latent inner product. The pair's log-odds, with the
+    # per-value effects removed (double centring), is a rank-3 matrix: 3 singular values stand out
+    d = ked.data.make_planted_ctr(400_000, [4, 4], vocab_sizes=[8, 8], zipf_exponent=0.0, seed=0,
+                                  fractions=(1.0, 0.0, 0.0))
+    x, y = d.train
+    pos = np.zeros((8, 8))
+    cnt = np.zeros((8, 8))
+    np.add.at(pos, (x[:, 0], x[:, 1]), y)
+    np.add.at(cnt, (x[:, 0], x[:, 1]), 1)
+    p = (pos + 0.5) / (cnt + 1)
+    logit = np.log(p / (1 - p))
+    centred = logit - logit.mean(0) - logit.mean(1)[:, None] + logit.mean()
+    sv = np.linalg.svd(centred, compute_uv=False)
+    assert sv[2] > 4 * sv[3], sv
+
+
+@pytest.mark.parametrize("ranks,groups,match", [
+    ([-1, 2], None, "ranks"),
+    ([4, 2], [[0, 1]], "one rank"),
+    ([4, 4, 4], [[0]], ">= 2 fields"),
+])
+def test_planted_ctr_rejects_bad_ranks_and_groups(ranks, groups, match):
+    with pytest.raises(ValueError, match=match):
+        ked.data.make_planted_ctr(1_000, ranks, groups=groups)

@@ -8,7 +8,7 @@ from keras_embdim.data.loaders import (
     load_frappe,
     load_movielens,
 )
-from keras_embdim.data.synthetic import make_synthetic_ctr
+from keras_embdim.data.synthetic import make_planted_ctr, make_synthetic_ctr
 
 __all__ = [
     "CTRData",
@@ -19,6 +19,7 @@ __all__ = [
     "load_dataset",
     "load_frappe",
     "load_movielens",
+    "make_planted_ctr",
     "make_synthetic_ctr",
     "split_indices",
 ]

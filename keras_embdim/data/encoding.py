@@ -25,6 +25,8 @@ class CTRData:
         train, valid, test: `(x, y)` with `x` int32 `[N, F]`, `y` float32 `[N]`.
         value_counts: per field, how often each id occurs in `train`.
         informative_fields: for generated data, the fields the label depends on.
+        planted_ranks: for `make_planted_ctr` data, the dims each field needs
+            (0 for a noise field): the "rank oracle" allocation.
     """
 
     name: str
@@ -35,6 +37,7 @@ class CTRData:
     test: tuple[np.ndarray, np.ndarray]
     value_counts: list[np.ndarray] = field(default_factory=list)
     informative_fields: list[int] | None = None
+    planted_ranks: list[int] | None = None
 
     def __post_init__(self):
         if not self.value_counts:
