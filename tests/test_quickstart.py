@@ -9,3 +9,8 @@ def test_quickstart_runs_the_whole_job(tmp_path, capsys):
     assert out["export"].embedding_bytes == out["pruner"].params_after * 4
     assert out["serve"]["tf1_max_abs_diff"] <= 1e-5
     assert out["pruner"].kept_fraction <= 0.2
+    # the naive alternative beside the result: uniform floor(0.2 x 16) = 3 and ceil = 4 dims
+    assert sorted(out["auc_uniform"]) == [3, 4]
+    assert all(0.5 < a < 1 for a in out["auc_uniform"].values())
+    assert "uniform 3 dims for every field (18.75% of the parameters)" in printed
+    assert "against the better uniform model" in printed
