@@ -95,22 +95,6 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
         return "value" if self.per_value else "field"
 
     @property
-    def field_vocab_sizes(self) -> tuple[int, ...]:
-        return self.layout.vocab_sizes
-
-    @property
-    def field_names(self) -> tuple[str, ...]:
-        return self.layout.names
-
-    @property
-    def num_fields(self) -> int:
-        return self.layout.num_fields
-
-    @property
-    def multi_field(self) -> bool:
-        return self.layout.multi_field
-
-    @property
     def embedding_variable(self):
         return _compat.get_embedding_variable(self)
 

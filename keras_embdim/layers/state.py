@@ -1,4 +1,7 @@
-"""`LayerState`: what keras_embdim's embedding layers share besides their field layout.
+"""`LayerState`: what keras_embdim's embedding layers share around their field layout.
+
+- The field properties (`field_names`, `field_vocab_sizes`, `num_fields`,
+  `multi_field`) read the layer's `layout` (`keras_embdim.fields.FieldLayout`).
 
 - Their own variables are saved and loaded in one fixed order
   (`_state_variables`), so that `.keras` files, `save_weights` and
@@ -19,6 +22,22 @@ class LayerState:
     """Mixin for a Keras layer with a `layout` (`keras_embdim.fields.FieldLayout`) and `output_dim`."""
 
     _serving = None  # an export lookup (keras_embdim.export.lookup) while the exporter traces
+
+    @property
+    def field_vocab_sizes(self) -> tuple[int, ...]:
+        return self.layout.vocab_sizes
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return self.layout.names
+
+    @property
+    def num_fields(self) -> int:
+        return self.layout.num_fields
+
+    @property
+    def multi_field(self) -> bool:
+        return self.layout.multi_field
 
     def _state_variables(self) -> list:  # pragma: no cover - interface
         """The layer's own variables, in the order they are saved."""
