@@ -20,6 +20,7 @@ import argparse
 import math
 import time
 
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=0.2)
