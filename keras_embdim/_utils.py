@@ -51,16 +51,15 @@ def gather_rows(table: Any, rows: tf.Tensor) -> tf.Tensor:
     A `ShardedVariable` (a `variable_partitioner` under ParameterServerStrategy)
     gathers only 1-D indices, and returns its rows in shard order, not in the
     order of the indices (`ShardedVariable.sparse_read` concatenates the
-    shards' reads): measured under a loopback ParameterServerStrategy, the
-    lookups of unsorted ids were off by 0.11. Sharded tables are therefore read
+    shards' reads), so unsorted ids got other ids' rows under a loopback
+    ParameterServerStrategy. Sharded tables are therefore read
     shard by shard and stitched back in the order of `rows`.
     """
     if isinstance(table, tf.__internal__.distribute.ShardedVariable):
         return _gather_sharded(table, rows)
     # the tf.Variable itself, not a tensor of it: a resource gather reads only the rows. A dense read
     # (what converting Keras 3's variable does) copies the whole table once the variable has had a
-    # sparse update (TensorFlow's copy-on-read mode): O(vocabulary) per step, measured 71 ms against
-    # 11 ms for a 1e6 x 16 table, 26 x 1024 ids, with a row-sparse update (and 5-6 ms at 1e4 for both)
+    # sparse update (TensorFlow's copy-on-read mode): O(vocabulary) per step (docs/guides/scaling.md)
     return tf.gather(_compat.tf_variable(table), rows)
 
 

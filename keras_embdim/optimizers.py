@@ -37,7 +37,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_embdim import _compat
+from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras, register_serializable
 
 
@@ -48,8 +48,12 @@ def _rows(gradient: tf.IndexedSlices, dtype) -> tuple[tf.Tensor, tf.Tensor]:
     return values, rows
 
 
-def _gather(variable, rows):
-    return tf.gather(_compat.tf_variable(variable), rows)
+def _sparse_step(optimizer, gradient, variable, learning_rate):
+    """`(lr, values, rows)` of a sparse step: the learning rate in the variable's dtype and the
+    gradient's rows, duplicates summed."""
+    dtype = variable.dtype
+    lr = tf.cast(_compat.optimizer_learning_rate(optimizer, learning_rate), dtype)
+    return (lr, *_rows(gradient, dtype))
 
 
 def _scatter(variable, rows, values, op: str = "update") -> None:
@@ -69,23 +73,22 @@ class LazyAdam(keras.optimizers.Adam):
         if not isinstance(gradient, tf.IndexedSlices):
             return _compat.optimizer_update(super(), gradient, variable, learning_rate)
         dtype = variable.dtype
-        lr = tf.cast(_compat.optimizer_learning_rate(self, learning_rate), dtype)
+        lr, values, rows = _sparse_step(self, gradient, variable, learning_rate)
         step = tf.cast(self.iterations + 1, dtype)
         b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
         epsilon = tf.cast(self.epsilon, dtype)
         if getattr(self, "adaptive_epsilon", False):  # tf_keras's option
             epsilon = epsilon * tf.sqrt(1 - tf.pow(b2, step))
-        values, rows = _rows(gradient, dtype)
         m = _compat.optimizer_slot(self, "_momentums", variable)
         v = _compat.optimizer_slot(self, "_velocities", variable)
-        m_rows = b1 * _gather(m, rows) + (1 - b1) * values
-        v_rows = b2 * _gather(v, rows) + (1 - b2) * tf.square(values)
+        m_rows = b1 * _utils.gather_rows(m, rows) + (1 - b1) * values
+        v_rows = b2 * _utils.gather_rows(v, rows) + (1 - b2) * tf.square(values)
         _scatter(m, rows, m_rows)
         _scatter(v, rows, v_rows)
         if self.amsgrad:
             v_hat = _compat.optimizer_slot(self, "_velocity_hats", variable)
-            v_rows = tf.maximum(_gather(v_hat, rows), v_rows)
+            v_rows = tf.maximum(_utils.gather_rows(v_hat, rows), v_rows)
             _scatter(v_hat, rows, v_rows)
         _scatter(variable, rows, alpha * m_rows / (tf.sqrt(v_rows) + epsilon), "sub")
 
@@ -101,10 +104,9 @@ class LazyAdagrad(keras.optimizers.Adagrad):
         if not isinstance(gradient, tf.IndexedSlices):
             return _compat.optimizer_update(super(), gradient, variable, learning_rate)
         dtype = variable.dtype
-        lr = tf.cast(_compat.optimizer_learning_rate(self, learning_rate), dtype)
-        values, rows = _rows(gradient, dtype)
+        lr, values, rows = _sparse_step(self, gradient, variable, learning_rate)
         acc = _compat.optimizer_slot(self, "_accumulators", variable)
-        acc_rows = _gather(acc, rows) + tf.square(values)
+        acc_rows = _utils.gather_rows(acc, rows) + tf.square(values)
         _scatter(acc, rows, acc_rows)
         _scatter(variable, rows, lr * values / tf.sqrt(acc_rows + tf.cast(self.epsilon, dtype)), "sub")
 
@@ -120,14 +122,13 @@ class LazySGD(keras.optimizers.SGD):
         if not isinstance(gradient, tf.IndexedSlices):
             return _compat.optimizer_update(super(), gradient, variable, learning_rate)
         dtype = variable.dtype
-        lr = tf.cast(_compat.optimizer_learning_rate(self, learning_rate), dtype)
-        values, rows = _rows(gradient, dtype)
+        lr, values, rows = _sparse_step(self, gradient, variable, learning_rate)
         if self.momentum == 0:
             _scatter(variable, rows, lr * values, "sub")
             return
         momentum = tf.cast(self.momentum, dtype)
         m = _compat.optimizer_slot(self, "momentums", variable)
-        m_rows = momentum * _gather(m, rows) - lr * values
+        m_rows = momentum * _utils.gather_rows(m, rows) - lr * values
         _scatter(m, rows, m_rows)
         step = momentum * m_rows - lr * values if self.nesterov else m_rows
         _scatter(variable, rows, -step, "sub")

@@ -27,20 +27,13 @@ BUDGET = 0.25
 
 
 def embedding(method):
-    if method == "ham":
-        return lambda v, d, n: ked.HardMaskEmbedding(v, d, field_names=n, name="embedding")
-    if method == "amtl":
-        return lambda v, d, n: ked.TwinsMaskLayer(ked.PrunableEmbedding(v, d, field_names=n), name="embedding")
-    return "prunable"
+    """The method's layer (the registry in keras_embdim.methods), as build_mlp's factory."""
+    return lambda v, d, n: ked.get_method(method).embedding(v, d, n)
 
 
 def search(method):
-    return {
-        "sseds": lambda: ked.SingleShotPruner(BUDGET, warmup_steps=8, scoring_steps=4, verbose=0),
-        "ham": lambda: ked.HardMaskSearch(BUDGET, verbose=0),
-        "pme": lambda: ked.PMEPruner(BUDGET, verbose=0),
-        "amtl": lambda: ked.TwinsMaskSearch(BUDGET, verbose=0),
-    }[method]()
+    extra = {"warmup_steps": 8, "scoring_steps": 4} if method == "sseds" else {}  # SSEDS: score early
+    return ked.get_method(method).search(BUDGET, verbose=0, **extra)
 
 
 def main(out_dir, methods):
