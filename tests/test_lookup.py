@@ -72,12 +72,14 @@ def test_single_field_lookup_takes_ids_of_any_shape():
 
 @settings(max_examples=20, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=4), st.integers(1, 12), st.integers(0, 10_000),
-       st.sampled_from(["auto", "offsets", "runs", "planes"]), st.booleans())
-def test_value_lookup_equals_prefix_reference(vocab, D, seed, layout, jit):
+       st.sampled_from(["auto", "offsets", "runs", "planes"]), st.sampled_from(["xla", "prefix", "ranged"]))
+def test_value_lookup_equals_prefix_reference(vocab, D, seed, layout, read):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(0, D + 1, sum(vocab))
     layer, table = _layer(vocab, D, seed, sizes=sizes)
-    lookup = compact_layer(layer, value_layout=layout, jit_compile=jit).lookup
+    jit = read == "xla"
+    lookup = compact_layer(layer, value_layout=layout, jit_compile=jit, value_read="prefix" if jit else read).lookup
+    assert lookup.read == ("prefix" if jit else read)
     ids = np.stack([rng.integers(0, n, size=(5,)) for n in vocab], axis=-1)
     rows = ids + ked.fields.field_offsets(vocab)
     want = reference.prefix_lookup(table, sizes, rows)  # [5, F, D]

@@ -269,11 +269,13 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
     assert not any("w1" in k or "counts" in k for k in stored)
 
 
-@pytest.mark.parametrize("layout,jit", [("runs", False), ("planes", False), ("offsets", True)])
-def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_trained, tmp_path, layout, jit):
+@pytest.mark.parametrize("layout,jit,read", [("runs", False, "prefix"), ("planes", False, "ranged"),
+                                             ("offsets", True, "prefix")])
+def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_trained, tmp_path, layout, jit, read):
     d, model, search, _, sample, _ = twins_trained
     path = str(tmp_path / "export")
-    r = ked.export_compact(model, path, sample_inputs=sample, verbose=0, value_layout=layout, jit_compile=jit)
+    r = ked.export_compact(model, path, sample_inputs=sample, verbose=0, value_layout=layout, jit_compile=jit,
+                           value_read=read)
     assert r.layouts == {"embedding": layout} and r.max_abs_diff <= 1e-5  # verified in process
     layer = ked.find_searchable_layers(model)[0]
     packed = ragged.pack(
@@ -281,7 +283,7 @@ def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_tra
         field_sizes=d.vocab_sizes, layout=layout,
     )
     assert r.embedding_bytes == packed.nbytes
-    if jit:  # the XLA-compiled function loads with both loaders in a process without keras_embdim
+    if jit or read == "ranged":  # both loaders, in a process without keras_embdim
         report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
         assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
@@ -292,6 +294,10 @@ def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, t
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_layout="buckets")
     with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
         ked.DimensionExporter(str(tmp_path / "e"), value_layout="buckets")
+    with pytest.raises(ValueError, match=r"`value_read` must be one of \('prefix', 'ranged'\); received value_read='rows'"):
+        ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_read="rows")
+    with pytest.raises(ValueError, match="`value_read` must be one of"):
+        ked.DimensionExporter(str(tmp_path / "e"), value_read="rows")
     assert not (tmp_path / "e").exists()
 
 

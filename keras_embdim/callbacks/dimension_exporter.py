@@ -29,6 +29,7 @@ class DimensionExporter(keras.callbacks.Callback):
         verify: compare the export with the model before moving it into place.
         verbose: print where the export went.
         value_layout: per-value layers: the packed layout (`export_compact`).
+        value_read: per-value layers: `"prefix"` or `"ranged"` row reads (`export_compact`).
         jit_compile: XLA-compile the lookups (`export_compact`).
         table_dtype: `"float32"`, `"float16"` or `"int8"` storage (`export_compact`).
         on_invalid_id: `"error"` or `"zero"` for served ids outside a field's
@@ -60,6 +61,7 @@ class DimensionExporter(keras.callbacks.Callback):
         verify: bool = True,
         verbose: int = 1,
         value_layout: str = "auto",
+        value_read: str = "prefix",
         jit_compile: bool = False,
         table_dtype: str = "float32",
         on_invalid_id: str = "error",
@@ -85,6 +87,7 @@ class DimensionExporter(keras.callbacks.Callback):
         if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
             raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
         self.value_layout = value_layout
+        self.value_read = layouts.check_read(value_read)
         self.jit_compile = bool(jit_compile)
         self.table_dtype = quantize.check_dtype(table_dtype)
         self.on_invalid_id = check_invalid_id_policy(on_invalid_id)
@@ -130,6 +133,7 @@ class DimensionExporter(keras.callbacks.Callback):
             verify=self.verify,
             verbose=self.verbose,
             value_layout=self.value_layout,
+            value_read=self.value_read,
             jit_compile=self.jit_compile,
             table_dtype=self.table_dtype,
             on_invalid_id=self.on_invalid_id,

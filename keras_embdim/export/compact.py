@@ -74,6 +74,7 @@ def compact_layer(
     layer: Any,
     *,
     value_layout: str = "auto",
+    value_read: str = "prefix",
     jit_compile: bool = False,
     table_dtype: str = "float32",
     on_invalid_id: str = "error",
@@ -84,16 +85,18 @@ def compact_layer(
         layer: a searchable layer (anything `find_searchable_layers` returns).
         value_layout: per-value sizes only: the `layouts` layout, `"auto"` (the
             fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"planes"`.
+        value_read: per-value sizes only: `"prefix"` or `"ranged"` (`ValueLookup`).
         jit_compile: XLA-compile the lookup (see `FieldLookup`, `ValueLookup`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
             `"int8"` with a float16 scale per row (`keras_embdim.export.quantize`).
         on_invalid_id: `"error"` or `"zero"` (`keras_embdim.export.lookup.IdGuard`).
     """
     quantize.check_dtype(table_dtype)
+    layouts.check_read(value_read)
     mask = layer.dimension_mask()
     guard = IdGuard(layer.name, mask.field_names, mask.vocab_sizes, layer.multi_field, on_invalid_id)
     if mask.granularity == "value":
-        return _compact_values(layer, mask, guard, value_layout, jit_compile, table_dtype)
+        return _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype)
     return _compact_fields(layer, mask, guard, jit_compile, table_dtype)
 
 
@@ -129,7 +132,7 @@ def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLaye
     return CompactLayer(layer, lookup, table_dtype, swaps)
 
 
-def _compact_values(layer, mask, guard, value_layout, jit_compile, table_dtype) -> CompactLayer:
+def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype) -> CompactLayer:
     table = layer.embedding_variable
     D = mask.output_dim
     sizes = np.concatenate([np.asarray(v, np.int64) for v in mask.value_sizes])
@@ -162,5 +165,6 @@ def _compact_values(layer, mask, guard, value_layout, jit_compile, table_dtype) 
     if scales is not None:
         arrays["scales"] = scales
     widths = np.array([int(np.max(s, initial=0)) for s in mask.value_sizes], np.int64)
-    lookup = ValueLookup(packed, arrays, widths, multi_field=layer.multi_field, guard=guard, jit_compile=jit_compile)
+    lookup = ValueLookup(packed, arrays, widths, multi_field=layer.multi_field, guard=guard, jit_compile=jit_compile,
+                         read=value_read)
     return CompactLayer(layer, lookup, table_dtype, swaps)

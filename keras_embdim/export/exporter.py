@@ -130,6 +130,7 @@ def export_compact(
     atol: float = 1e-5,
     verbose: int = 1,
     value_layout: str = "auto",
+    value_read: str = "prefix",
     jit_compile: bool = False,
     table_dtype: str = "float32",
     on_invalid_id: str = "error",
@@ -159,6 +160,13 @@ def export_compact(
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
             `"offsets"`, `"runs"` or `"planes"` (`keras_embdim.export.layouts`).
+        value_read: for per-value layers without XLA: how a lookup reads its
+            rows. `"prefix"` (default) reads each looked-up row at the layer's
+            widest size, a cost that does not depend on the traffic;
+            `"ranged"` reads only the kept values, faster when requests mostly
+            hit rare (narrow) values. After a per-value search the frequent
+            values keep the most columns, so served traffic mostly hits wide
+            rows and `"prefix"` is the faster (docs/results/serving.md).
         jit_compile: XLA-compile the embedding lookups in the serving graph
             (TF Serving then needs `--xla_cpu_compilation_enabled=true`).
         table_dtype: storage of the kept values: `"float32"` (default, exact),
@@ -191,6 +199,7 @@ def export_compact(
     if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
         raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
     quantize.check_dtype(table_dtype)
+    layouts.check_read(value_read)
     check_invalid_id_policy(on_invalid_id)
     auto = version == "auto"
     target = writer.resolve(export_dir, version, overwrite)
@@ -199,8 +208,8 @@ def export_compact(
 
     # 1. compact tables, field by field from the variables
     compacted = {
-        layer: compact_layer(layer, value_layout=value_layout, jit_compile=jit_compile, table_dtype=table_dtype,
-                             on_invalid_id=on_invalid_id)
+        layer: compact_layer(layer, value_layout=value_layout, value_read=value_read, jit_compile=jit_compile,
+                             table_dtype=table_dtype, on_invalid_id=on_invalid_id)
         for layer in layers
     }
     # 2. folds, and the serving function traced per signature

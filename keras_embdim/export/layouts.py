@@ -45,6 +45,8 @@ import numpy as np
 import tensorflow as tf
 
 LAYOUTS = ("offsets", "runs", "planes")
+# how a lookup reads the rows once it has their starts and sizes (`prefix_rows`, `ranged_rows`)
+READS = ("prefix", "ranged")
 # preference when several fit the byte limit (measured: benchmarks/serving.py)
 SPEED_ORDER = ("offsets", "runs", "planes")
 PLANE_SHIFT = 6  # planes: 64 rows per block (one uint64 word per bit)
@@ -171,6 +173,13 @@ def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10
         if nbytes[name] <= limit:
             return name
     return min(LAYOUTS, key=lambda k: (nbytes[k], SPEED_ORDER.index(k)))
+
+
+def check_read(value: str) -> str:
+    """`value` if it names a row reader (`READS`), else a ValueError naming the argument."""
+    if value not in READS:
+        raise ValueError(f"`value_read` must be one of {READS}; received value_read={value!r}.")
+    return value
 
 
 def check_sizes(sizes, num_rows: int, output_dim: int) -> np.ndarray:
@@ -414,11 +423,13 @@ def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, sh
 def ranged_rows(values, start: tf.Tensor, size: tf.Tensor, width: int) -> tf.Tensor:
     """`[N, width]` rows: row n holds `values[start_n : start_n + size_n]`, then zeros.
 
-    Reads only the kept values (`tf.ragged.range` builds their flat index, one
-    element gather reads them, `RaggedTensorToTensor` pads the rows): at budget
-    0.1 about 1.6 values per row instead of D (measured: 1.5x faster than
-    building the `[N, D]` index of `prefix_rows` at batch 512,
-    benchmarks/serving.py). Not for XLA (ragged shapes): `prefix_rows` is.
+    Reads only the kept values of the looked-up rows (`tf.ragged.range` builds
+    their flat index, one element gather reads them, `RaggedTensorToTensor`
+    pads the rows), at the price of the ragged ops' fixed cost. Faster than
+    `prefix_rows` when the looked-up rows are narrow against `width` (requests
+    spread over rare values); slower when traffic hits the widest rows, as it
+    does after every per-value search (frequent values keep the most columns).
+    Not for XLA (ragged shapes).
     """
     splits_t = tf.int64 if start.dtype == tf.int64 else tf.int32
     ranges = tf.ragged.range(start, start + size, row_splits_dtype=splits_t)
@@ -428,7 +439,10 @@ def ranged_rows(values, start: tf.Tensor, size: tf.Tensor, width: int) -> tf.Ten
 
 
 def prefix_rows(values, start: tf.Tensor, size: tf.Tensor, width: int) -> tf.Tensor:
-    """`ranged_rows` with static shapes, for XLA: one `[N, width]` index and one element gather.
+    """`[N, width]` rows as `ranged_rows`, in static shapes: one `[N, width]` index and one element gather.
+
+    The default reader (and the one XLA needs): its cost is `N x width`
+    element reads and a few ops, whatever the sizes.
 
     Column j of row n reads `values[start_n + j]` if `j < size_n`, else the
     trailing zero slot: `idx = min(start + CT[size], zero)` with `CT[s, j] = j`

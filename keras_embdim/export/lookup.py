@@ -8,7 +8,7 @@ A compacted layer serves through one of two lookups (built by
   gather per distinct width (at most D), never an element gather.
 - `ValueLookup` (per-value sizes): the packed layouts of
   `keras_embdim.export.layouts`; a lookup decodes each row's start and size
-  and reads only the kept values (`layouts.ranged_rows`).
+  and reads the rows (`layouts.prefix_rows`, or `layouts.ranged_rows`).
 
 Each has two outputs:
 
@@ -261,12 +261,16 @@ class ValueLookup:
         guard: the `IdGuard` of the layer.
         jit_compile: XLA-compile the lookup (the static-shape `layouts.prefix_rows`
             path): TF Serving then needs `--xla_cpu_compilation_enabled=true`.
+        read: without XLA, how rows are read once their starts and sizes are
+            known: `"prefix"` (`layouts.prefix_rows`, `N x width` element reads)
+            or `"ranged"` (`layouts.ranged_rows`, only the kept values plus the
+            ragged ops' fixed cost).
     """
 
     granularity = "value"
 
     def __init__(self, packed: layouts.PackedTable, arrays: dict, field_widths: np.ndarray, *, multi_field: bool,
-                 guard: IdGuard, jit_compile: bool = False):
+                 guard: IdGuard, jit_compile: bool = False, read: str = "prefix"):
         self.layout = packed.layout
         self.meta = packed.meta
         self.field_starts = packed.field_starts
@@ -279,6 +283,7 @@ class ValueLookup:
         self.field_widths = np.asarray(field_widths, np.int64)
         self.width = int(self.field_widths.max(initial=0))  # folded rows are padded to the widest field only
         self.jit_compile = bool(jit_compile)
+        self.read = layouts.check_read(read)
         if self.jit_compile:  # XLA: static shapes, full-width rows (`layouts.prefix_rows`)
             names = list(arrays)
             self._compiled = _jit(lambda g, values: self._rows_from(g, dict(zip(names, values)), self.output_dim, False),
@@ -305,7 +310,7 @@ class ValueLookup:
         if self.jit_compile:
             rows = self._compiled(g)[:, :width]
         else:
-            rows = self._rows_from(g, self.arrays, width, True)
+            rows = self._rows_from(g, self.arrays, width, self.read == "ranged")
         if valid is not None:
             rows = rows * tf.cast(tf.reshape(valid, [-1]), rows.dtype)[:, None]
         return rows, ids
