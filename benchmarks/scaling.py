@@ -5,6 +5,7 @@
     python benchmarks/scaling.py --report-only         # rewrite docs/results/scaling.md and its plots
     python benchmarks/scaling.py --part steps          # dense vs row-sparse step time, V = 1e4 ... 1e7
     python benchmarks/scaling.py --part auc            # Adam vs LazyAdam AUC, 3 seeds (docs/results/row_sparse.md)
+    python benchmarks/scaling.py --part big            # every search over one 1e7-row table (docs/results/big_table.md)
 
 Data: the package's generator (`keras_embdim.data.make_synthetic_ctr`, planted
 informative and noise fields, Zipf value frequencies) with 26 fields: the 3
@@ -387,11 +388,11 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(_common.DOCS, "scaling.md"))
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--redo", action="store_true", help="run the configurations again even if cached (the latest record counts)")
-    p.add_argument("--part", choices=("epochs", "steps", "auc"), default="epochs",
+    p.add_argument("--part", choices=("epochs", "steps", "auc", "big"), default="epochs",
                    help="epochs: search epochs vs plain (docs/results/scaling.md); steps / auc: row-sparse "
                         "optimizers (benchmarks/row_sparse.py, docs/results/row_sparse.md)")
     p.add_argument("--steps", type=int, default=40, help="--part steps: steps per run (the first 10 untimed)")
-    p.add_argument("--optimizers", nargs="+", default=["dense", "lazy"], choices=["dense", "lazy"])
+    p.add_argument("--optimizers", nargs="+", default=["dense", "lazy"], choices=["dense", "lazy", "catchup"])
     p.add_argument("--datasets", nargs="+", default=["frappe", "generated"], help="--part auc")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--part auc")
     p.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -400,6 +401,13 @@ def main(argv=None):
     if a.worker:
         print(json.dumps(worker(a.worker, a.data, a.out)))
         return 0
+    if a.part == "big":
+        import big_table
+
+        if not a.report_only:
+            big_table.run([c for c in a.configs if c in big_table.CONFIGS])
+        print(big_table.report())
+        return 0
     if a.part != "epochs":
         import row_sparse
 
@@ -407,7 +415,8 @@ def main(argv=None):
             sizes = a.vocab if a.vocab != list(SIZES) else list(row_sparse.SIZES)
             row_sparse.run_steps(sizes, a.configs, a.optimizers, a.steps)
         elif not a.report_only:
-            row_sparse.run_auc(a.datasets, [c for c in a.configs if c in ("plain", "sseds")], a.seeds)
+            row_sparse.run_auc(a.datasets, [c for c in a.configs if c in ("plain", "sseds")], a.seeds,
+                               ["dense", *[o for o in a.optimizers if o != "dense"]])
         print(row_sparse.report())
         return 0
     if not a.report_only:

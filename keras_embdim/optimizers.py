@@ -20,6 +20,19 @@ column receives exact-zero gradients, so its entries and slots stay zero, and
 per-value prefixes hold. Works in both Keras versions and under
 `MirroredStrategy`; weight decay (when set) stays dense, as Keras applies it.
 
+`catch_up=True` (Adam, and SGD with momentum) gives back dense semantics at
+the same row-sparse cost: each row remembers the step that last updated it
+(one float per row), and when it is next looked up the updates dense Adam
+would have made in between (zero gradients: decayed moments, still moving
+the row) are applied first, in closed form. For Adam the sum of the skipped
+steps' `alpha_u * beta_1^j / beta_2^(j/2)` is exact over the last 32
+skipped steps (their bias corrections included) and a geometric series
+beyond (where `beta_1^32 < 0.035`); `epsilon` is taken as scaled with the
+decayed velocity, which differs from dense Adam only for rows whose velocity
+is within a few `epsilon`. For SGD with momentum the catch-up is exact.
+Adagrad needs none: a zero gradient changes neither its accumulator nor
+the row, so sparse Adagrad is dense Adagrad.
+
 `row_sparse(optimizer)` gives the lazy counterpart of an Adam, Adagrad or SGD
 with the same configuration.
 
@@ -56,6 +69,55 @@ def _sparse_step(optimizer, gradient, variable, learning_rate):
     return (lr, *_rows(gradient, dtype))
 
 
+CATCH_UP_WINDOW = 32  # skipped steps summed one by one (bias corrections included); a geometric tail beyond
+
+
+class _CatchUp:
+    """A row-sparse optimizer that can remember each row's last update (`catch_up=True`).
+
+    `build` adds one `[rows]` float slot per variable, `_last_steps`, aligned
+    with the optimizer's other slot lists.
+    """
+
+    catch_up: bool = False
+    _last_steps: list | None = None
+
+    def build(self, var_list):
+        super().build(var_list)
+        if not self.catch_up or self._last_steps is not None:
+            return
+        self._last_steps = [
+            self.add_variable(shape=tuple(v.shape)[:1], initializer="zeros", dtype="float32",
+                              name=_compat.variable_path(v).replace("/", "_") + "_last_step")
+            for v in var_list
+        ]
+
+    def _skipped(self, variable, rows: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        """Steps since each row's last update, minus one (>= 0), as the variable's dtype; marks the rows
+        updated at `step`."""
+        last = _compat.optimizer_slot(self, "_last_steps", variable)
+        seen = tf.cast(_utils.gather_rows(last, rows), step.dtype)
+        _scatter(last, rows, tf.fill(tf.shape(rows), tf.cast(step, last.dtype)))
+        return tf.maximum(step - seen - 1, 0)
+
+    def get_config(self):
+        return {**super().get_config(), "catch_up": self.catch_up}
+
+
+def _adam_catch_up(skipped, step, lr, b1, b2):
+    """`sum_{j=1..k} alpha_{t-k-1+j} * b1^j / b2^(j/2)` for `k = skipped` (per row): dense Adam's
+    movement over k zero-gradient steps, per unit of `m / (sqrt(v) + eps)` at the last update."""
+    j = tf.range(1, CATCH_UP_WINDOW + 1, dtype=skipped.dtype)[None, :]
+    u = (step - skipped - 1)[:, None] + j  # the skipped steps, one by one
+    alpha = lr * tf.sqrt(1 - tf.pow(b2, u)) / (1 - tf.pow(b1, u))
+    ratio = b1 / tf.sqrt(b2)
+    window = tf.reduce_sum(tf.where(j <= skipped[:, None], alpha * tf.pow(ratio, j), 0.0), axis=1)
+    alpha_t = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
+    beyond = tf.maximum(skipped - CATCH_UP_WINDOW, 0)
+    tail = alpha_t * tf.pow(ratio, CATCH_UP_WINDOW + 1.0) * (1 - tf.pow(ratio, beyond)) / (1 - ratio)
+    return window + tail
+
+
 def _scatter(variable, rows, values, op: str = "update") -> None:
     slices = tf.IndexedSlices(values, rows)
     v = _compat.tf_variable(variable)
@@ -63,11 +125,23 @@ def _scatter(variable, rows, values, op: str = "update") -> None:
 
 
 @register_serializable(package="keras_embdim")
-class LazyAdam(keras.optimizers.Adam):
+class LazyAdam(_CatchUp, keras.optimizers.Adam):
     """Adam whose sparse updates touch only the rows of the batch (see the module docstring).
 
-    Takes `keras.optimizers.Adam`'s arguments.
+    Args:
+        catch_up: apply, when a row is next looked up, the updates dense Adam
+            would have made to it in the steps that skipped it (dense
+            semantics at row-sparse cost; one extra float per row). Not with
+            `amsgrad`.
+        **kwargs: `keras.optimizers.Adam`'s arguments.
     """
+
+    def __init__(self, *args, catch_up: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.catch_up = bool(catch_up)
+        if self.catch_up and self.amsgrad:
+            raise ValueError("LazyAdam: `catch_up=True` does not combine with amsgrad=True (its running maximum "
+                             "of the velocity has no closed form over skipped steps); received both.")
 
     def update_step(self, gradient, variable, learning_rate=None):
         if not isinstance(gradient, tf.IndexedSlices):
@@ -82,15 +156,22 @@ class LazyAdam(keras.optimizers.Adam):
             epsilon = epsilon * tf.sqrt(1 - tf.pow(b2, step))
         m = _compat.optimizer_slot(self, "_momentums", variable)
         v = _compat.optimizer_slot(self, "_velocities", variable)
-        m_rows = b1 * _utils.gather_rows(m, rows) + (1 - b1) * values
-        v_rows = b2 * _utils.gather_rows(v, rows) + (1 - b2) * tf.square(values)
+        m_rows, v_rows = _utils.gather_rows(m, rows), _utils.gather_rows(v, rows)
+        moved = 0.0
+        if self.catch_up:  # the skipped steps' updates, then their decay of the moments
+            skipped = self._skipped(variable, rows, step)
+            moved = _adam_catch_up(skipped, step, lr, b1, b2)[:, None] * m_rows / (tf.sqrt(v_rows) + epsilon)
+            m_rows = m_rows * tf.pow(b1, skipped)[:, None]
+            v_rows = v_rows * tf.pow(b2, skipped)[:, None]
+        m_rows = b1 * m_rows + (1 - b1) * values
+        v_rows = b2 * v_rows + (1 - b2) * tf.square(values)
         _scatter(m, rows, m_rows)
         _scatter(v, rows, v_rows)
         if self.amsgrad:
             v_hat = _compat.optimizer_slot(self, "_velocity_hats", variable)
             v_rows = tf.maximum(_utils.gather_rows(v_hat, rows), v_rows)
             _scatter(v_hat, rows, v_rows)
-        _scatter(variable, rows, alpha * m_rows / (tf.sqrt(v_rows) + epsilon), "sub")
+        _scatter(variable, rows, moved + alpha * m_rows / (tf.sqrt(v_rows) + epsilon), "sub")
 
 
 @register_serializable(package="keras_embdim")
@@ -112,11 +193,18 @@ class LazyAdagrad(keras.optimizers.Adagrad):
 
 
 @register_serializable(package="keras_embdim")
-class LazySGD(keras.optimizers.SGD):
+class LazySGD(_CatchUp, keras.optimizers.SGD):
     """SGD (with optional momentum) whose sparse updates touch only the rows of the batch.
 
-    Takes `keras.optimizers.SGD`'s arguments.
+    Args:
+        catch_up: with momentum: apply, when a row is next looked up, the
+            momentum steps dense SGD would have made to it in between (exact).
+        **kwargs: `keras.optimizers.SGD`'s arguments.
     """
+
+    def __init__(self, *args, catch_up: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.catch_up = bool(catch_up)
 
     def update_step(self, gradient, variable, learning_rate=None):
         if not isinstance(gradient, tf.IndexedSlices):
@@ -128,19 +216,30 @@ class LazySGD(keras.optimizers.SGD):
             return
         momentum = tf.cast(self.momentum, dtype)
         m = _compat.optimizer_slot(self, "momentums", variable)
-        m_rows = momentum * _utils.gather_rows(m, rows) - lr * values
+        m_rows = _utils.gather_rows(m, rows)
+        moved = 0.0
+        if self.catch_up:  # k zero-gradient steps: m -> momentum^j m, the row moves by each (x momentum: nesterov)
+            skipped = self._skipped(variable, rows, tf.cast(self.iterations + 1, dtype))
+            series = momentum * (1 - tf.pow(momentum, skipped)) / (1 - momentum)
+            moved = (series * momentum if self.nesterov else series)[:, None] * m_rows
+            m_rows = m_rows * tf.pow(momentum, skipped)[:, None]
+        m_rows = momentum * m_rows - lr * values
         _scatter(m, rows, m_rows)
         step = momentum * m_rows - lr * values if self.nesterov else m_rows
-        _scatter(variable, rows, -step, "sub")
+        _scatter(variable, rows, -(moved + step), "sub")
 
 
 _LAZY = {"Adam": LazyAdam, "Adagrad": LazyAdagrad, "SGD": LazySGD}
 
 
-def row_sparse(optimizer: Any):
+def row_sparse(optimizer: Any, catch_up: bool = False):
     """The row-sparse counterpart of a Keras `Adam`, `Adagrad` or `SGD`, same configuration.
 
     An optimizer that is already row-sparse is returned as it is.
+
+    Args:
+        optimizer: a `keras.optimizers.Adam`, `Adagrad` or `SGD`.
+        catch_up: Adam and SGD: see `LazyAdam` (Adagrad needs no catch-up).
 
     Example:
 
@@ -156,4 +255,7 @@ def row_sparse(optimizer: Any):
             f"`optimizer` must be a keras.optimizers.Adam, Adagrad or SGD (of the Keras keras_embdim runs on) "
             f"to make it row-sparse; received {type(optimizer).__module__}.{kind}."
         )
-    return _LAZY[kind].from_config(optimizer.get_config())
+    config = optimizer.get_config()
+    if kind != "Adagrad":
+        config["catch_up"] = bool(catch_up)
+    return _LAZY[kind].from_config(config)

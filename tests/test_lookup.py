@@ -6,7 +6,7 @@ import tensorflow as tf
 from hypothesis import given, settings, strategies as st
 
 import keras_embdim as ked
-from keras_embdim.export.compact import compact_layer
+from keras_embdim.export.compact import compact_layer, group_widths
 from keras_embdim.mask import DimensionMask
 
 import reference
@@ -39,22 +39,51 @@ def test_mask_param_accounting():
        st.integers(0, 10_000), st.booleans())
 def test_field_lookup_equals_masked_reference(vocab, D, keep_p, seed, jit):
     """Padded and folded outputs of the per-field lookup against the numpy reference
-    (fields and whole layers may keep nothing); bytes are exactly the kept parameters."""
+    (fields and whole layers may keep nothing); bytes are the kept parameters plus the
+    padding `group_widths` allows (at most 1 %)."""
     rng = np.random.default_rng(seed)
     keep = rng.random((len(vocab), D)) < keep_p
     layer, table = _layer(vocab, D, seed, keep=keep)
     lookup = compact_layer(layer, jit_compile=jit).lookup
     mask = layer.dimension_mask()
-    assert lookup.nbytes == 4 * mask.kept_params
-    assert len(lookup.groups) == len(set(mask.kept_dims[mask.kept_dims > 0].tolist()))  # one table per kept width
+    stored = group_widths(mask.kept_dims, mask.vocab_sizes)
+    padding = int((stored - mask.kept_dims) @ np.asarray(mask.vocab_sizes))
+    assert lookup.padding_params == padding <= 0.01 * mask.kept_params
+    assert lookup.nbytes == 4 * (mask.kept_params + padding)
+    assert len(lookup.groups) == len(set(stored[stored > 0].tolist()))  # one table per stored width
     ids = np.stack([rng.integers(0, n, size=(3, 4)) for n in vocab], axis=-1)
     want = reference.masked_lookup(table, mask, ids, multi_field=True)  # [3, 4, F, D]
     np.testing.assert_array_equal(lookup.padded(tf.constant(ids)).numpy(), want)
-    # folded: [batch, P] in the lookup's own order; each column is the padded entry its code names
+    # folded: [batch, P] in the lookup's own order; each column is the padded entry its code names,
+    # a padding column (code -1) is zero
     folded = lookup.folded(tf.constant(ids)).numpy()
     codes = lookup.folded_codes(4)
-    assert folded.shape == (3, codes.size) and codes.size == 4 * int(mask.kept_dims.sum())
-    np.testing.assert_array_equal(folded, want.reshape(3, -1)[:, codes])
+    assert folded.shape == (3, codes.size) and codes.size == 4 * int(stored.sum())
+    np.testing.assert_array_equal(folded[:, codes >= 0], want.reshape(3, -1)[:, codes[codes >= 0]])
+    assert (codes >= 0).sum() == 4 * int(mask.kept_dims.sum()) and not folded[:, codes < 0].any()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 16), st.integers(1, 10_000)), min_size=1, max_size=12),
+       st.floats(0.0, 0.1))
+def test_group_widths_pads_within_the_slack_and_only_upwards(fields, slack):
+    widths = np.array([w for w, _ in fields])
+    rows = np.array([n for _, n in fields])
+    stored = group_widths(widths, rows, slack)
+    assert np.all(stored >= widths) and np.all((stored == 0) == (widths == 0))
+    assert (stored - widths) @ rows <= slack * (widths @ rows)
+    assert set(stored[stored > 0].tolist()) <= set(widths[widths > 0].tolist())  # a group is a kept width
+    for w in set(widths.tolist()):  # fields of one kept width share one table
+        assert len(set(stored[widths == w].tolist())) == 1
+    if slack == 0:
+        np.testing.assert_array_equal(stored, widths)
+
+
+def test_small_fields_join_a_wider_table_for_free():
+    # a 7-row field of width 2 pads into the width-5 table (21 zero entries, 0.4 % of the 5,014 kept)
+    assert group_widths(np.array([2, 5]), np.array([7, 1000])).tolist() == [5, 5]
+    # padding 1000 rows by 3 columns would be 60 % more: two tables
+    assert group_widths(np.array([2, 5]), np.array([1000, 1000])).tolist() == [2, 5]
 
 
 def test_single_field_lookup_takes_ids_of_any_shape():

@@ -99,11 +99,70 @@ def test_lazy_adagrad_and_sgd_update_only_the_batch_rows(kind):
     np.testing.assert_array_equal(got[untouched], table0[untouched])
 
 
+def _apply(opt, steps, V, D, sparse):
+    """Apply `steps` of (rows, values) gradients to a ones table: as IndexedSlices, or dense with zeros."""
+    w = keras.Variable(np.ones((V, D), "float32")) if ked.KERAS_3 else tf.Variable(np.ones((V, D), "float32"))
+    for rows, vals in steps:
+        if sparse:
+            g = tf.IndexedSlices(tf.constant(vals), tf.constant(rows.astype("int64")), tf.constant([V, D]))
+        else:
+            g = np.zeros((V, D), "float32")
+            g[rows] = vals
+            g = tf.constant(g)
+        opt.apply_gradients([(g, w)])
+    return np.asarray(w)
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd_momentum", "sgd_nesterov"])
+def test_catch_up_gives_dense_results_from_row_sparse_steps(kind):
+    """With catch_up, a row updated at the last step holds what Keras' own dense optimizer gives,
+    whatever steps skipped it (gaps up to ~100 steps: the 32-step window and the geometric tail)."""
+    rng = np.random.default_rng(0)
+    V, D = 20, 3
+    steps = [np.unique(rng.integers(0, V, 4)) for _ in range(150)]
+    steps.append(np.arange(V))  # every row at the end, so that every row is caught up
+    steps = [(r, rng.standard_normal((len(r), D)).astype("float32")) for r in steps]
+    make = {
+        "adam": lambda lazy, cu: (ked.LazyAdam(0.01, catch_up=cu) if lazy else keras.optimizers.Adam(0.01)),
+        "sgd_momentum": lambda lazy, cu: (ked.LazySGD(0.05, momentum=0.9, catch_up=cu) if lazy
+                                          else keras.optimizers.SGD(0.05, momentum=0.9)),
+        "sgd_nesterov": lambda lazy, cu: (ked.LazySGD(0.05, momentum=0.9, nesterov=True, catch_up=cu) if lazy
+                                          else keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True)),
+    }[kind]
+    dense = _apply(make(False, False), steps, V, D, sparse=False)
+    caught_up = _apply(make(True, True), steps, V, D, sparse=True)
+    lazy = _apply(make(True, False), steps, V, D, sparse=True)
+    np.testing.assert_allclose(caught_up, dense, rtol=0, atol=2e-5)
+    assert np.abs(lazy - dense).max() > 0.05  # the lazy semantics really differ here
+
+
+def test_catch_up_is_saved_converted_and_refused_with_amsgrad(tmp_path):
+    opt = ked.row_sparse(keras.optimizers.Adam(0.02), catch_up=True)
+    assert type(opt) is ked.LazyAdam and opt.catch_up and opt.get_config()["catch_up"] is True
+    assert ked.row_sparse(keras.optimizers.SGD(0.1, momentum=0.5), catch_up=True).catch_up
+    with pytest.raises(ValueError, match="`catch_up=True` does not combine with amsgrad=True"):
+        ked.LazyAdam(0.01, amsgrad=True, catch_up=True)
+    keras.utils.set_random_seed(0)
+    model, emb = _embedding_model()
+    model.compile(optimizer=ked.LazyAdam(0.01, catch_up=True), loss="mse")
+    model.fit(np.array([[1, 2, 3], [4, 5, 6]]), np.ones((2, 1)), verbose=0)
+    last = np.asarray(optimizer_slot(model.optimizer, "_last_steps", emb.embeddings))
+    assert last.shape == (50,) and last[[1, 2, 3, 4, 5, 6]].tolist() == [1.0] * 6 and not last[7:].any()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    back = keras.models.load_model(path)
+    assert back.optimizer.catch_up
+    np.testing.assert_array_equal(np.asarray(optimizer_slot(back.optimizer, "_last_steps", back.layers[1].embeddings)),
+                                  last)
+
+
 def test_row_sparse_converts_and_refuses_clearly():
     for base, lazy in ((keras.optimizers.Adam(0.02, beta_1=0.8), ked.LazyAdam),
                        (keras.optimizers.Adagrad(0.3), ked.LazyAdagrad), (keras.optimizers.SGD(0.1, momentum=0.5), ked.LazySGD)):
         opt = ked.row_sparse(base)
-        assert type(opt) is lazy and opt.get_config() == {**base.get_config(), "name": opt.get_config()["name"]}
+        extra = {} if lazy is ked.LazyAdagrad else {"catch_up": False}
+        assert type(opt) is lazy and opt.get_config() == {**base.get_config(), "name": opt.get_config()["name"],
+                                                          **extra}
         assert ked.row_sparse(opt) is opt
     with pytest.raises(ValueError, match="`optimizer` must be a keras.optimizers.Adam, Adagrad or SGD"):
         ked.row_sparse(keras.optimizers.RMSprop())

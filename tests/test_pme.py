@@ -200,16 +200,17 @@ def test_pme_writes_size_histograms_to_tensorboard(small_data, tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 10_000), st.integers(0, 2), st.floats(0.05, 0.9))
-def test_select_entries_matches_a_sorting_reference(seed, min_size, frac):
-    """The partition-based selection (no whole-table index array) keeps exactly the
-    entries a full sort would, ties broken towards lower positions, min_size first."""
+@given(st.integers(0, 10_000), st.integers(0, 2), st.floats(0.05, 0.9), st.sampled_from([1, 3, 1 << 18]))
+def test_select_entries_matches_a_sorting_reference(seed, min_size, frac, chunk_rows):
+    """The chunked radix selection (no whole-table temporary) keeps exactly the
+    entries a full sort would, ties broken towards lower positions, min_size first,
+    whatever the chunk size."""
     rng = np.random.default_rng(seed)
     imps = [rng.integers(0, 4, (7, 5)).astype(np.float32), rng.random((4, 5)).astype(np.float32)]
     imps[1][0, 0] = np.nan
     total = sum(i.size for i in imps)
     target = max(min_size * 11, int(frac * total))
-    got = select_entries(imps, target, min_size)
+    got = select_entries(imps, target, min_size, chunk_rows=chunk_rows)
     # reference: mark each row's min_size best, then the best of the rest by a stable sort
     keep = []
     for imp in imps:

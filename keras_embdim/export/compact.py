@@ -5,8 +5,11 @@ rows at a time (`keras_embdim.rows`) and builds its serving lookup
 (`keras_embdim.export.lookup`):
 
 - per-field masks: field f's kept columns, `[n_f, k_f]`, go into the table of
-  its width (fields of one width share one variable, filled by sliced assigns);
-  the bytes are exactly the kept parameters x the storage size;
+  its width (fields of one width share one variable, filled by sliced assigns;
+  a field may be padded with zero columns into a wider table while the padding
+  stays within 1 % of the kept bytes, `group_widths`: fewer tables, fewer ops
+  per request); the bytes are the kept parameters x the storage size, plus
+  that padding;
 - per-value sizes: each row's kept prefix goes into the packed `values` of
   `keras_embdim.export.layouts` (the layout's index is built from the sizes).
 
@@ -100,15 +103,55 @@ def compact_layer(
     return _compact_fields(layer, mask, guard, jit_compile, table_dtype)
 
 
+PADDING_SLACK = 0.01  # per-field tables: padding allowed, as a share of the kept bytes, to serve fewer tables
+
+
+def group_widths(widths: np.ndarray, rows: np.ndarray, slack: float = PADDING_SLACK) -> np.ndarray:
+    """The table width each field is stored at: its kept width, or a wider group's.
+
+    A served lookup costs a few ops per table (one table per distinct width),
+    which dominate at small batches; a field is padded with zero columns into
+    the next wider table while the padding stays within `slack` x the kept
+    values: small-vocabulary fields join a wider table for free. Greedy: the
+    merge that pads the fewest entries first.
+
+    Args:
+        widths: `[F]` kept columns per field (0: the field keeps nothing).
+        rows: `[F]` vocabulary sizes.
+        slack: padding allowed, as a share of the kept entries.
+
+    Example:
+
+    >>> group_widths(np.array([2, 3, 5, 0]), np.array([10, 1000, 1000, 7])).tolist()
+    [3, 3, 5, 0]
+    """
+    widths, rows = np.asarray(widths, np.int64), np.asarray(rows, np.int64)
+    to = widths.copy()
+    allowed = slack * float(widths @ rows)
+    spent = 0.0
+    while True:
+        groups = sorted(set(to[to > 0].tolist()))
+        if len(groups) < 2:
+            return to
+        # merging group i into group i + 1 pads each of its rows by the difference of the widths
+        extra = [(groups[i + 1] - groups[i]) * int(rows[to == groups[i]].sum()) for i in range(len(groups) - 1)]
+        i = int(np.argmin(extra))
+        if spent + extra[i] > allowed:
+            return to
+        spent += extra[i]
+        to[to == groups[i]] = groups[i + 1]
+
+
 def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLayer:
     table = layer.embedding_variable
     offsets = field_offsets(mask.vocab_sizes)
     widths = mask.kept_dims
+    stored_widths = group_widths(widths, mask.vocab_sizes)
     store = _STORE[table_dtype]
     row_offsets = np.zeros(mask.num_fields, np.int32)
     groups, swaps = [], []
-    for width in sorted(set(int(w) for w in widths if w > 0)):
-        fields = np.flatnonzero(widths == width)
+    for width in sorted(set(int(w) for w in stored_widths if w > 0)):
+        fields = np.flatnonzero(stored_widths == width)
         rows = int(sum(mask.vocab_sizes[f] for f in fields))
         values = _utils.plain_variable(tf.zeros([rows, width], store), name=f"width_{width}")
         scales = _utils.plain_variable(tf.zeros([rows], tf.float16), name=f"width_{width}_scales") if table_dtype == "int8" else None
@@ -119,7 +162,7 @@ def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLaye
             for a, b in row_ops.chunks(0, mask.vocab_sizes[f]):
                 kept = row_ops.read_rows(table, offsets[f] + a, offsets[f] + b, cols)
                 stored, sc = quantize.quantize(kept, table_dtype)
-                row_ops.assign_rows(values, r + a, r + b, stored)
+                row_ops.assign_rows(values, r + a, r + b, np.pad(stored, ((0, 0), (0, width - len(cols)))))
                 if sc is not None:
                     row_ops.assign_rows(scales, r + a, r + b, sc)
                 if table_dtype != "float32":

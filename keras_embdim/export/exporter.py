@@ -60,6 +60,9 @@ class ExportResult:
     full_params: int
     embedding_bytes: int
     embedding_overhead: float  # embedding bytes / (kept params x 4 B)
+    # of the embedding bytes: zero columns that pad narrow fields into a wider per-field table
+    # (at most 1 % of the kept bytes; `keras_embdim.export.compact.group_widths`)
+    embedding_padding_bytes: int
     variable_bytes: int
     variables_file_bytes: int
     max_abs_diff: float | None
@@ -314,9 +317,10 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
     kept = summary["params_after"]
     expected_bytes = sum(c.nbytes for c in compacted.values())
     if table_dtype == "float32" and any(
-        c.nbytes != 4 * layer.dimension_mask().kept_params for layer, c in compacted.items() if c.lookup.granularity == "field"
+        c.nbytes != 4 * (layer.dimension_mask().kept_params + c.lookup.padding_params)
+        for layer, c in compacted.items() if c.lookup.granularity == "field"
     ):
-        raise ExportError("a per-field compact table holds more than its kept parameters.")
+        raise ExportError("a per-field compact table holds more than its kept parameters and padding.")
     if emb_bytes != expected_bytes:
         raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
     max_diff = precision_diff = None
@@ -331,6 +335,8 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         full_params=int(summary["params_before"]),
         embedding_bytes=int(emb_bytes),
         embedding_overhead=float(emb_bytes / (4 * kept)) if kept else 1.0,
+        embedding_padding_bytes=int(sum(c.lookup.padding_params for c in compacted.values()
+                                        if c.lookup.granularity == "field") * quantize.itemsize(table_dtype)),
         variable_bytes=int(sum(var_bytes.values())),
         variables_file_bytes=sum(
             os.path.getsize(os.path.join(tmp, "variables", f))

@@ -120,13 +120,20 @@ def _jit(fn, variables):
 
 @dataclass
 class FieldGroup:
-    """Fields of one kept width `width`, stored in one `[rows, width]` table."""
+    """Fields stored in one `[rows, width]` table: each field's kept columns first, then zeros
+    up to `width` (a field narrower than the group's width: `keras_embdim.export.compact.group_widths`)."""
 
     width: int
     fields: np.ndarray  # field indices, increasing
-    columns: list  # per field of the group: its kept columns (increasing)
+    columns: list  # per field of the group: its kept columns (increasing), at most `width`
     table: tf.Variable
     scales: tf.Variable | None = None  # int8: a float16 scale per row
+
+    def codes(self, output_dim: int) -> np.ndarray:
+        """`f * D + j` of each table column, field by field; -1 for a padding column (always zero)."""
+        return np.array([f * output_dim + j if i < len(cols) else -1
+                         for f, cols in zip(self.fields, self.columns)
+                         for i, j in enumerate(list(cols) + [0] * (self.width - len(cols)))], np.int64)
 
 
 class FieldLookup:
@@ -154,11 +161,9 @@ class FieldLookup:
         self.guard = guard
         self.row_offsets = np.asarray(row_offsets, np.int32)
         self.jit_compile = bool(jit_compile)
-        self.kept_width = int(sum(g.width * len(g.fields) for g in groups))  # K: kept columns per lookup
-        # code (f * D + j) of every kept column, in the order `_gather` puts them
-        self._codes = np.array(
-            [f * output_dim + j for g in groups for f, cols in zip(g.fields, g.columns) for j in cols], np.int64
-        )
+        self.kept_width = int(sum(g.width * len(g.fields) for g in groups))  # K: columns per lookup, padding included
+        # code (f * D + j) of every column, in the order `_gather` puts them (-1: padding)
+        self._codes = np.concatenate([g.codes(output_dim) for g in groups]) if groups else np.zeros(0, np.int64)
         if self.jit_compile and groups:
             compiled = tf.function(lambda ids, valid, *values: self._gather_from(ids, valid, values),
                                    jit_compile=True, autograph=False)
@@ -173,6 +178,17 @@ class FieldLookup:
     @property
     def table_variables(self) -> list:
         return list(self.variables)
+
+    @property
+    def padding_params(self) -> int:
+        """Zero entries stored to pad narrower fields into a wider table (`FieldGroup`)."""
+        rows = {int(f): n for g in self.groups for f, n in zip(g.fields, self._field_rows(g))}
+        return int(sum((g.width - len(cols)) * rows[int(f)] for g in self.groups for f, cols in zip(g.fields, g.columns)))
+
+    def _field_rows(self, group: FieldGroup) -> list:
+        """Rows of each field of `group` in its table (from the row offsets and the table's length)."""
+        starts = [int(self.row_offsets[f]) for f in group.fields] + [int(group.table.shape[0])]
+        return [b - a for a, b in zip(starts[:-1], starts[1:])]
 
     @property
     def nbytes(self) -> int:
@@ -222,11 +238,13 @@ class FieldLookup:
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
         `(position * F + f) * D + j` (the flat index in the padded `[positions, F, D]`
-        output of one example); for a single-field layer F = 1."""
+        output of one example), -1 for a padding column (always zero); for a
+        single-field layer F = 1."""
         out = []
-        for g in self.groups:
-            codes = np.array([f * self.output_dim + j for f, cols in zip(g.fields, g.columns) for j in cols], np.int64)
-            out.append((np.arange(positions)[:, None] * self.num_fields * self.output_dim + codes[None, :]).reshape(-1))
+        for g in self.groups:  # `_gather_from`'s order: group by group, then position by position
+            codes = g.codes(self.output_dim)[None, :]
+            at = np.arange(positions)[:, None] * self.num_fields * self.output_dim + codes
+            out.append(np.where(codes >= 0, at, -1).reshape(-1))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     def padded(self, ids: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
@@ -242,7 +260,8 @@ class FieldLookup:
             kept = self._gather_fn(checked, valid)  # [N, K]
             # every column of the padded row from [kept..., 0]: one element gather per row
             place = np.full(F * D, self.kept_width, np.int32)
-            place[self._codes] = np.arange(self.kept_width)
+            real = self._codes >= 0
+            place[self._codes[real]] = np.flatnonzero(real)
             padded = tf.concat([kept, tf.zeros_like(kept[:, :1])], axis=1)
             out = tf.cast(tf.gather(padded, place, axis=1), dtype)
         tail = [F, D] if self.multi_field else [D]

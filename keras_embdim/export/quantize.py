@@ -27,6 +27,11 @@ def check_dtype(table_dtype: str) -> str:
     return table_dtype
 
 
+def itemsize(table_dtype: str) -> int:
+    """Bytes of one stored value (an int8 row's float16 scale apart)."""
+    return {"float32": 4, "float16": 2, "int8": 1}[check_dtype(table_dtype)]
+
+
 def row_scales(rows: np.ndarray) -> np.ndarray:
     """Per-row int8 scale `max |x| / 127` in float16 (1 for an all-zero row, which reads back as 0)."""
     peak = np.abs(np.asarray(rows, np.float32)).max(axis=-1, initial=0.0)
