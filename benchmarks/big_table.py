@@ -112,7 +112,7 @@ def worker(config: str, path: str) -> dict:
             e = ked.export_compact(model, os.path.join(out, config), sample_inputs={n: xt[:1000, i] for i, n in
                                                                                       enumerate(names)}, verbose=0)
             rec["export_seconds"] = time.perf_counter() - t0
-        rec["export_added_rss"] = (_common.peak_rss_bytes() - before) if reset else None
+        rec["export_added_rss"] = max(0, _common.peak_rss_bytes() - before) if reset else None
         rec["export_max_abs_diff"] = e.max_abs_diff
         rec["bytes_ratio"] = e.embedding_overhead
         rec["layout"] = next(iter(e.layouts.values()))
