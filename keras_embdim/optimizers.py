@@ -29,7 +29,11 @@ steps' `alpha_u * beta_1^j / beta_2^(j/2)` is exact over the last 32
 skipped steps (their bias corrections included) and a geometric series
 beyond (where `beta_1^32 < 0.035`); `epsilon` is taken as scaled with the
 decayed velocity, which differs from dense Adam only for rows whose velocity
-is within a few `epsilon`. For SGD with momentum the catch-up is exact.
+is within a few `epsilon`. For SGD with momentum the catch-up is exact. (The
+last step is stored as a float32, exact up to 2^24 = 16.7M steps; beyond, a
+gap may be off by one step per 2^24.) The catch-up happens when the row's
+gradient is applied, after that step's forward pass used the row, so a
+trained model follows dense Adam closely but not exactly.
 Adagrad needs none: a zero gradient changes neither its accumulator nor
 the row, so sparse Adagrad is dense Adagrad.
 

@@ -19,7 +19,7 @@ def runs():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["sseds", "ham", "pme", "amtl", "pme_lazy"])
+@pytest.mark.parametrize("method", ["sseds", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
 def test_mirrored_search_and_export_match_one_device(runs, method):
     one, two = runs[f"{method}/single"], runs[f"{method}/mirrored"]
     assert two["kept_dims"] == one["kept_dims"] and two["kept_params"] == one["kept_params"]
@@ -35,5 +35,5 @@ def test_mirrored_search_and_export_match_one_device(runs, method):
     same_sizes = one["value_sizes"] == two["value_sizes"]
     np.testing.assert_allclose(two["pred"], one["pred"], atol=1e-3 if same_sizes else 3e-2)
     assert two["export_max_abs_diff"] <= 1e-5 and two["export_bytes"] == one["export_bytes"]
-    if one["value_sizes"] is not None:  # removed entries stay exact zeros (LazyAdam too) on two replicas
+    if one["value_sizes"] is not None:  # removed entries stay exact zeros (LazyAdam, caught up too) on two replicas
         assert one["removed_nonzero"] == two["removed_nonzero"] == 0

@@ -231,3 +231,28 @@ def test_subclassed_model_with_input_signature(tmp_path):
     got32 = list(tf.saved_model.load(r.path).signatures["serving_int32"](ids=tf.constant(ids)).values())[0].numpy()
     np.testing.assert_array_equal(got, got32)
     np.testing.assert_allclose(got, model(ids).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_small_fields_padded_into_a_wider_table_serve_exactly(tmp_path, fold):
+    """Widths 1 (a 4-row field), 3 (a 6-row field) and 5 (a 900-row field): the two small fields
+    join the width-5 table for 12 + 12 zero entries (0.5 % of the 4,510 kept), and the export,
+    folded or padded, serves what the model computes, in a process without keras_embdim."""
+    keras.utils.set_random_seed(0)
+    vocab = [4, 6, 900]
+    model = ked.models.build_mlp(vocab, ["a", "b", "c"], embedding_dim=8, hidden=(16,))
+    layer = ked.find_searchable_layers(model)[0]
+    keep = np.zeros((3, 8), bool)
+    keep[0, [5]] = keep[1, [0, 2, 7]] = keep[2, :5] = True
+    layer.set_dimension_mask(keep)
+    rng = np.random.default_rng(0)
+    sample = {n: rng.integers(0, v, 300).astype("int64") for n, v in zip(["a", "b", "c"], vocab)}
+    r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, verbose=0, fold=fold)
+    kept = 4 * 1 + 6 * 3 + 900 * 5
+    assert r.kept_params == kept and r.embedding_padding_bytes == 4 * (4 * 4 + 6 * 2)
+    assert r.embedding_bytes == 4 * kept + r.embedding_padding_bytes
+    assert json.load(open(os.path.join(r.path, "dimensions.json")))["export"]["embedding_padding_bytes"] == 112
+    tables = {k: b for k, b in saved_variable_bytes(r.path).items() if k.startswith(TABLES_ATTRIBUTE + "/")}
+    assert list(tables.values()) == [4 * 910 * 5]  # one [910, 5] table instead of three
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5

@@ -27,7 +27,7 @@ def emb_factory(method):
 
 
 def callback(method):
-    if method == "pme_lazy":  # the row-sparse optimizer under the strategy (per-value sizes need exact zeros)
+    if method in ("pme_lazy", "pme_catchup"):  # the row-sparse optimizer under the strategy (exact zeros needed)
         method = "pme"
     return {
         "sseds": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, verbose=0),
@@ -61,8 +61,9 @@ def main(methods):
             with strategy.scope():
                 model = ked.models.compile_ctr(ked.models.build_mlp(
                     d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(16,), embedding=emb_factory(method)))
-                if method == "pme_lazy":
-                    model.compile(optimizer=ked.LazyAdam(1e-3), loss="binary_crossentropy")
+                if method in ("pme_lazy", "pme_catchup"):
+                    model.compile(optimizer=ked.LazyAdam(1e-3, catch_up=method == "pme_catchup"),
+                                  loss="binary_crossentropy")
             cb = callback(method)
             hist = model.fit(d.inputs(x), y, batch_size=500, epochs=2, verbose=0, callbacks=[cb], shuffle=False)
             layer = ked.find_searchable_layers(model)[0]
@@ -84,4 +85,4 @@ def main(methods):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sseds", "ham", "pme", "amtl", "pme_lazy"])
+    main(sys.argv[1:] or ["sseds", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
