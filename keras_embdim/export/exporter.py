@@ -335,8 +335,8 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         full_params=int(summary["params_before"]),
         embedding_bytes=int(emb_bytes),
         embedding_overhead=float(emb_bytes / (4 * kept)) if kept else 1.0,
-        embedding_padding_bytes=int(sum(c.lookup.padding_params for c in compacted.values()
-                                        if c.lookup.granularity == "field") * quantize.itemsize(table_dtype)),
+        embedding_padding_bytes=int(sum(c.lookup.padding_params for c in compacted.values())
+                                    * quantize.itemsize(table_dtype)),
         variable_bytes=int(sum(var_bytes.values())),
         variables_file_bytes=sum(
             os.path.getsize(os.path.join(tmp, "variables", f))

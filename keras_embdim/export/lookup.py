@@ -313,6 +313,11 @@ class ValueLookup:
         return list(self.arrays.values())
 
     @property
+    def padding_params(self) -> int:
+        """No padding: a per-value layout's overhead is its index (`layouts.PackedTable.overhead`)."""
+        return 0
+
+    @property
     def nbytes(self) -> int:
         return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
