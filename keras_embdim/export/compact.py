@@ -5,7 +5,7 @@ rows at a time (`keras_embdim.rows`) and builds its serving lookup
 (`keras_embdim.export.lookup`):
 
 - per-field masks: field f's kept columns, `[n_f, k_f]`, go into the table of
-  its width (fields of one width share one variable, filled by sliced assigns;
+  its width (fields of one width share one variable, filled by row scatters;
   a field may be padded with zero columns into a wider table while the padding
   stays within 1 % of the kept bytes, `group_widths`: fewer tables, fewer ops
   per request); the bytes are the kept parameters x the storage size, plus
