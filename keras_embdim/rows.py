@@ -44,10 +44,10 @@ def assign_rows(variable, start: int, stop: int, rows) -> None:
     Not a sliced assign: `v[a:b]` reads the whole variable (a `ReadVariableOp`
     whose tensor shares the buffer) and the strided-slice assign that follows
     then copies the whole buffer before writing its rows (a dense update of a
-    shared buffer). Chunk by chunk that was one table copy per chunk: zeroing
-    half the columns of a 1e7-row table took 53 s (measured on this machine),
-    minutes with the optimizer's slots. A scatter writes only its rows (and
-    works for mirrored variables, whose slices cannot be assigned).
+    shared buffer). Chunk by chunk that was one table copy per chunk: pruning
+    a 1e7-row table and its optimizer slots took minutes
+    (docs/guides/scaling.md). A scatter writes only its rows (and works for
+    mirrored variables, whose slices cannot be assigned).
     """
     v = _compat.tf_variable(variable)
     v.scatter_update(tf.IndexedSlices(tf.convert_to_tensor(rows, v.dtype), tf.range(int(start), int(stop))))
