@@ -150,7 +150,7 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
             field_mask = field_mask[0]
         mask = field_mask
         if self.per_value:
-            sizes = tf.gather(tf.convert_to_tensor(self._value_sizes), rows)
+            sizes = _utils.gather_rows(self._value_sizes, rows)
             prefix = tf.range(self.output_dim)[None, :] < tf.expand_dims(tf.reshape(sizes, [-1]), -1)
             prefix = tf.reshape(tf.cast(prefix, emb.dtype), tf.shape(emb))
             mask = field_mask * prefix

@@ -244,7 +244,7 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
             rows = tf.range(total, dtype=tf.int32)
         else:
             rows = tf.random.uniform([self.penalty_sample], 0, total, dtype=tf.int32)
-        z = self._logits_for(tf.gather(tf.convert_to_tensor(self.counter.counts), rows), self.layout.field_of_rows(rows))
+        z = self._logits_for(_utils.gather_rows(self.counter.counts, rows), self.layout.field_of_rows(rows))
         _, size = twins.straight_through_mask(z, self.temperature, self.min_dim, self.output_dim)
         frac = tf.reduce_mean(size) / float(self.output_dim)
         return tf.convert_to_tensor(self.size_weight) * tf.nn.relu(frac - tf.convert_to_tensor(self.size_target))
@@ -259,10 +259,12 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         rows = tf.cast(self.layout.rows(ids), tf.int32)
         fields = self.layout.field_index(rows)
         if self.frozen:
-            sizes = tf.gather(tf.convert_to_tensor(self.value_sizes), rows)
+            sizes = _utils.gather_rows(self.value_sizes, rows)
             mask = tf.cast(tf.range(self.output_dim) < tf.expand_dims(sizes, -1), emb.dtype)
             return emb * mask
-        mask = self._grouped_mask(tf.gather(tf.convert_to_tensor(self.counter.counts), rows), fields)
+        # a resource gather, not a dense read: the counts are scatter-updated, and TensorFlow copies a
+        # scatter-updated variable whole on every dense read (40 MB per step at 1e7 rows)
+        mask = self._grouped_mask(_utils.gather_rows(self.counter.counts, rows), fields)
         if training is True:
             self.add_loss(self.size_penalty())
         out = emb * tf.cast(mask, emb.dtype)
