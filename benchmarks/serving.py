@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py                  # the whole grid (resumable), then docs/results/serving.md
     python benchmarks/serving.py --report-only    # rewrite docs/results/serving.md from the cache
-    python benchmarks/serving.py --quick          # a small check (CI runs it in tests)
+    python benchmarks/serving.py --quick          # a small check: Frappe, budget 0.1, batches 1 and 512
 
 For each dataset and budget, in one process: a full-dimension MLP (128-64 over
 16-dim embeddings) is trained with `SingleShotPruner(budget)` (per field) and
