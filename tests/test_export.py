@@ -11,6 +11,7 @@ import tensorflow as tf
 import keras_embdim as ked
 from keras_embdim import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
+from keras_embdim.export.compact import group_widths
 from keras_embdim.serving import check_in_fresh_process
 
 
@@ -46,8 +47,13 @@ def test_embedding_bytes_equal_kept_params_and_no_full_table(trained):
     full = pruner.result.params_full
     var_bytes = saved_variable_bytes(path)
     emb = {k: b for k, b in var_bytes.items() if k.startswith(TABLES_ATTRIBUTE + "/")}
-    assert sum(emb.values()) == kept * 4
-    assert exporter.result.embedding_bytes == kept * 4
+    # the kept parameters, plus the zero columns that pad small fields into a wider table (group_widths)
+    dims = layer_kept_dims(model)
+    stored = group_widths(dims, d.vocab_sizes)
+    padding = int((stored - dims) @ np.asarray(d.vocab_sizes))
+    assert exporter.result.embedding_padding_bytes == 4 * padding <= 0.01 * 4 * kept
+    assert sum(emb.values()) == (kept + padding) * 4
+    assert exporter.result.embedding_bytes == (kept + padding) * 4
     # budget within one field-dimension
     assert 0.2 * full - max(d.vocab_sizes) < kept <= 0.2 * full
     # no variable of the full table's shape, and no variable stored twice
@@ -55,11 +61,11 @@ def test_embedding_bytes_equal_kept_params_and_no_full_table(trained):
     shapes = [tuple(s) for k, s in reader.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in k]
     assert (sum(d.vocab_sizes), 16) not in shapes
     dense_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights) - full
-    # the first Dense is folded: its kernel keeps only the rows of the kept columns
+    # the first Dense is folded: its kernel keeps only the rows of the stored columns (zero rows for padding)
     assert exporter.result.folds == {"embedding": {"folded_into": ["mlp_0"], "padded": None}}
     first = model.get_layer("mlp_0").kernel
-    removed_rows = int(first.shape[0]) - int(layer_kept_dims(model).sum())
-    assert exporter.result.variable_bytes == (kept + dense_params - removed_rows * int(first.shape[1])) * 4
+    removed_rows = int(first.shape[0]) - int(stored.sum())
+    assert exporter.result.variable_bytes == (kept + padding + dense_params - removed_rows * int(first.shape[1])) * 4
     assert exporter.result.bytes["embedding_tables"] + exporter.result.bytes["other_variables"] == \
         exporter.result.variable_bytes
     # the variables file on disk is the bytes plus a small header/index overhead
@@ -173,7 +179,7 @@ def test_xla_compiled_per_field_lookup_serves_in_a_fresh_process(trained, tmp_pa
     d, model, _, _, _ = trained
     sample = d.inputs(d.test[0][:300])
     r = ked.export_compact(model, str(tmp_path / "xla"), sample_inputs=sample, verbose=0, jit_compile=True)
-    assert r.max_abs_diff <= 1e-5 and r.embedding_bytes == 4 * r.kept_params
+    assert r.max_abs_diff <= 1e-5 and r.embedding_bytes == 4 * r.kept_params + r.embedding_padding_bytes
     report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
@@ -200,7 +206,7 @@ def test_deepfm_with_dropped_columns_exports_equal(tmp_path):
     layer.set_dimension_mask(keep)
     sample = d.inputs(d.test[0][:500])
     r = ked.export_compact(model, str(tmp_path / "fm"), sample_inputs=sample, verbose=0)
-    assert r.embedding_bytes == layer.dimension_mask().kept_params * 4
+    assert r.embedding_bytes == layer.dimension_mask().kept_params * 4 + r.embedding_padding_bytes
     expected = {"ctr": model.predict(sample, verbose=0)}
     check_in_fresh_process(r.path, sample, expected)
 

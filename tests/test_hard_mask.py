@@ -172,7 +172,7 @@ def test_export_serves_equal_with_kept_bytes_and_history(tmp_path, small_data):
     kept = search.result.params_after
     with open(os.path.join(path, "dimensions.json")) as fh:
         rep = json.load(fh)
-    assert rep["export"]["embedding_bytes"] == kept * 4
+    assert rep["export"]["embedding_bytes"] == kept * 4 + rep["export"]["embedding_padding_bytes"]
     assert [h["epoch"] for h in rep["history"]["embedding"]] == [0, 1, 2]
     assert len(rep["history"]["embedding"][0]["kept_dims"]) == d.num_fields
     report = check_in_fresh_process(path, sample, {"ctr": model.predict(sample, batch_size=1000, verbose=0)})
