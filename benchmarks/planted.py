@@ -87,7 +87,8 @@ def method_setup(method: str, budget: float, data):
     return embedding_and_callbacks(method, budget, data)
 
 
-def worker(setting: str, seed: int, rows: int, methods: list[str]) -> list[dict]:
+def worker(setting: str, seed: int, rows: int, methods: list[str], done: set | frozenset = frozenset()) -> list[dict]:
+    """Train `methods` at both budgets on one seed's data, skipping the (method, budget name) pairs in `done`."""
     import keras_embdim as ked
     from keras_embdim import keras
     from keras_embdim.metrics import roc_auc
@@ -103,6 +104,15 @@ def worker(setting: str, seed: int, rows: int, methods: list[str]) -> list[dict]
         for method in methods:
             if method in ("full", "oracle") and budget_name != "oracle":
                 continue  # budget-free
+            if (method, budget_name) in done:
+                continue
+            if (method == "uniform_ceil" and math.ceil(budget * D) == max(1, math.floor(budget * D))
+                    and any(r["method"] == "uniform_floor" and r["budget_name"] == budget_name for r in out)):
+                # b x 16 is a whole number: ceil and floor are the same model on the same seed; share its record
+                twin = next(r for r in out if r["method"] == "uniform_floor" and r["budget_name"] == budget_name)
+                out.append({**twin, "method": "uniform_ceil", "shared_with": "uniform_floor"})
+                print(json.dumps(out[-1]), flush=True)
+                continue
             keras.backend.clear_session()
             keras.utils.set_random_seed(seed)
             emb, dim, callbacks = method_setup(method, budget, data)
@@ -125,6 +135,7 @@ def worker(setting: str, seed: int, rows: int, methods: list[str]) -> list[dict]
                         "budget": budget, "auc": float(auc), "kept_dims": kept, "params": params,
                         "params_fraction": params / (sum(vocab) * D), "ranks": ranks, "vocab": vocab,
                         "seconds": seconds})
+            print(json.dumps(out[-1]), flush=True)  # one line per record: the parent appends it at once
             print(f"{setting} seed {seed} {budget_name} {method}: AUC {auc:.4f} ({seconds:.0f} s)", file=sys.stderr,
                   flush=True)
     return out
@@ -132,23 +143,29 @@ def worker(setting: str, seed: int, rows: int, methods: list[str]) -> list[dict]
 
 # ----------------------------------------------------------------- parent side
 def run(settings, seeds, rows, methods, cache: str = CACHE) -> None:
-    done = {(r["setting"], r["seed"], r["rows"]) for r in _common.load_jsonl(cache)}
+    """Train what the cache does not hold yet, one process per (setting, seed); every record is appended as
+    soon as its training ends, so an interrupted sweep resumes at the next method."""
     os.makedirs(os.path.dirname(cache), exist_ok=True)
+    commit = _common.git_commit()
     for setting in settings:
         n = rows or SETTINGS[setting]["rows"]
         for seed in seeds:
-            if (setting, seed, n) in done:
+            have = {(r["method"], r["budget_name"]) for r in _common.load_jsonl(cache)
+                    if (r["setting"], r["seed"], r["rows"]) == (setting, seed, n)}
+            todo = [m for m in methods if (m, "oracle") not in have or
+                    (m not in ("full", "oracle") and (m, "2x oracle") not in have)]
+            if not todo:
                 continue
-            proc = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--worker", setting, str(seed), str(n), *methods],
+            proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", setting, str(seed), str(n),
+                 json.dumps(sorted(have)), *todo],
                 stdout=subprocess.PIPE, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-            if proc.returncode != 0 or not lines:
+            for line in proc.stdout:
+                if line.startswith("{"):
+                    with open(cache, "a") as fh:
+                        fh.write(json.dumps({**json.loads(line), "commit": commit}) + "\n")
+            if proc.wait() != 0:
                 raise RuntimeError(f"{setting} seed {seed} failed (exit {proc.returncode})")
-            commit = _common.git_commit()
-            with open(cache, "a") as fh:
-                for rec in json.loads(lines[-1]):
-                    fh.write(json.dumps({**rec, "commit": commit}) + "\n")
 
 
 def summarize(records: list[dict]) -> dict:
@@ -293,8 +310,8 @@ def main(argv=None) -> int:
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        setting, seed, rows, *methods = a.worker
-        print(json.dumps(worker(setting, int(seed), int(rows), methods)))
+        setting, seed, rows, done, *methods = a.worker
+        worker(setting, int(seed), int(rows), methods, {tuple(d) for d in json.loads(done)})
         return 0
     if not a.report_only:
         run(a.settings, a.seeds, a.rows, a.methods)
