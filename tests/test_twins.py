@@ -179,6 +179,19 @@ def test_given_frequencies_are_not_counted_and_bad_arguments_fail_clearly():
         ked.TwinsMaskSearch(1.5)
 
 
+def test_frequency_groups_by_hand():
+    # field 0 counts [5, 0, 5, 1], field 1 counts [0, 0, 2]: the same count in two fields is two groups
+    freq = [np.array([5, 0, 5, 1]), np.array([0, 0, 2])]
+    layer = ked.TwinsMaskLayer(keras.layers.Embedding(7, 4), field_vocab_sizes=[4, 3], frequencies=freq)
+    layer.build()
+    fields, counts, inverse, mult = layer.counter.groups()
+    np.testing.assert_array_equal(fields, [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(counts, [0, 1, 5, 0, 2])
+    np.testing.assert_array_equal(inverse, [2, 0, 2, 1, 3, 3, 4])
+    np.testing.assert_array_equal(mult, [1, 1, 2, 2, 1])
+    assert fields.dtype == np.int32 and counts.dtype == np.float32
+
+
 def test_wrapped_prunable_embedding_is_found_through_its_wrapper_only():
     inner = ked.PrunableEmbedding([4, 3], 4, name="inner")
     ids = keras.Input(shape=(2,), dtype="int32")

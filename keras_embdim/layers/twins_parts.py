@@ -87,11 +87,19 @@ class FrequencyCounter(keras.layers.Layer):
     def groups(self):
         """Distinct `(field, count)` pairs (values the twins cannot tell apart):
         `(fields [G], counts [G], inverse [rows], multiplicity [G])`."""
-        counts = _utils.to_numpy(self.counts).astype(np.float64)
-        fields = np.repeat(np.arange(self.layout.num_fields, dtype=np.float64), self.layout.vocab_sizes)
-        uniq, inverse, mult = np.unique(np.stack([fields, counts], axis=1), axis=0, return_inverse=True,
-                                        return_counts=True)
-        return uniq[:, 0].astype(np.int32), uniq[:, 1].astype(np.float32), inverse.reshape(-1), mult
+        # one 1-D unique per field, not `np.unique(axis=0)` over (field, count) rows: that sorts a
+        # structured dtype and took 38 s per call at 1e7 rows (1-D float32: about 1 s)
+        g_fields, g_counts, inverse, mult = [], [], [], []
+        start = 0
+        for f, part in enumerate(self.layout.split(_utils.to_numpy(self.counts).astype(np.float32, copy=False))):
+            uniq, inv, n = np.unique(part, return_inverse=True, return_counts=True)
+            g_fields.append(np.full(uniq.size, f, np.int32))
+            g_counts.append(uniq)
+            inverse.append(inv.reshape(-1) + start)
+            mult.append(n)
+            start += uniq.size
+        return (np.concatenate(g_fields), np.concatenate(g_counts).astype(np.float32, copy=False),
+                np.concatenate(inverse), np.concatenate(mult))
 
 
 class Twins(keras.layers.Layer):
