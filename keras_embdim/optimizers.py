@@ -14,6 +14,11 @@ steps that see it, so a rare id keeps its momentum between its occurrences
 (dense Adam would have decayed it by `beta ** gap`). Frequent rows, which see
 nearly every step, behave as under dense Adam.
 
+After each update the table is taken out of TensorFlow's "copy-on-read"
+mode (which a scatter turns on, and in which every whole-table read copies the
+table), so that a layer reading its table whole each step, as Keras 3's own
+`keras.layers.Embedding` does, does not copy it each step (`_update_rows`).
+
 Duplicated ids in a batch are summed first (as a dense gradient would), so a
 row is updated once per step. Searched tables stay consistent: a removed
 column receives exact-zero gradients, so its entries and slots stay zero, and
@@ -122,10 +127,26 @@ def _adam_catch_up(skipped, step, lr, b1, b2):
     return window + tail
 
 
-def _scatter(variable, rows, values, op: str = "update") -> None:
-    slices = tf.IndexedSlices(values, rows)
+def _scatter(variable, rows, values) -> None:
+    """Write `values` into the `rows` of an optimizer slot (read by row gathers only)."""
+    _compat.tf_variable(variable).scatter_update(tf.IndexedSlices(values, rows))
+
+
+def _update_rows(variable, rows, delta) -> None:
+    """`variable[rows] -= delta`, leaving the variable cheap to read whole.
+
+    A scatter puts a TensorFlow resource variable in "copy-on-read" mode for
+    good: from then on every dense read copies the whole variable. Keras 3's
+    own `keras.layers.Embedding` reads its table densely in every forward pass
+    (`ops.take` of the variable's value), so after the first row-sparse step
+    each step copied the whole table (measured: 646 ms per step at 1e7 rows,
+    docs/results/row_sparse.md). `DisableCopyOnRead` turns the mode off after
+    the update; TensorFlow still copies before a later scatter if a dense read
+    of the table is alive then, so values are never shared wrongly.
+    """
     v = _compat.tf_variable(variable)
-    (v.scatter_update if op == "update" else v.scatter_sub)(slices)
+    v.scatter_sub(tf.IndexedSlices(delta, rows))
+    tf.raw_ops.DisableCopyOnRead(resource=v.handle)
 
 
 @register_serializable(package="keras_embdim")
@@ -175,7 +196,7 @@ class LazyAdam(_CatchUp, keras.optimizers.Adam):
             v_hat = _compat.optimizer_slot(self, "_velocity_hats", variable)
             v_rows = tf.maximum(_utils.gather_rows(v_hat, rows), v_rows)
             _scatter(v_hat, rows, v_rows)
-        _scatter(variable, rows, moved + alpha * m_rows / (tf.sqrt(v_rows) + epsilon), "sub")
+        _update_rows(variable, rows, moved + alpha * m_rows / (tf.sqrt(v_rows) + epsilon))
 
 
 @register_serializable(package="keras_embdim")
@@ -193,7 +214,7 @@ class LazyAdagrad(keras.optimizers.Adagrad):
         acc = _compat.optimizer_slot(self, "_accumulators", variable)
         acc_rows = _utils.gather_rows(acc, rows) + tf.square(values)
         _scatter(acc, rows, acc_rows)
-        _scatter(variable, rows, lr * values / tf.sqrt(acc_rows + tf.cast(self.epsilon, dtype)), "sub")
+        _update_rows(variable, rows, lr * values / tf.sqrt(acc_rows + tf.cast(self.epsilon, dtype)))
 
 
 @register_serializable(package="keras_embdim")
@@ -216,7 +237,7 @@ class LazySGD(_CatchUp, keras.optimizers.SGD):
         dtype = variable.dtype
         lr, values, rows = _sparse_step(self, gradient, variable, learning_rate)
         if self.momentum == 0:
-            _scatter(variable, rows, lr * values, "sub")
+            _update_rows(variable, rows, lr * values)
             return
         momentum = tf.cast(self.momentum, dtype)
         m = _compat.optimizer_slot(self, "momentums", variable)
@@ -230,7 +251,7 @@ class LazySGD(_CatchUp, keras.optimizers.SGD):
         m_rows = momentum * m_rows - lr * values
         _scatter(m, rows, m_rows)
         step = momentum * m_rows - lr * values if self.nesterov else m_rows
-        _scatter(variable, rows, -(moved + step), "sub")
+        _update_rows(variable, rows, -(moved + step))
 
 
 _LAZY = {"Adam": LazyAdam, "Adagrad": LazyAdagrad, "SGD": LazySGD}
