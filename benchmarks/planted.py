@@ -189,8 +189,15 @@ def worker(setting: str, seed: int, rows: int, methods: list[str], done: set | f
 
 # ----------------------------------------------------------------- parent side
 def load(cache: str = CACHE) -> list[dict]:
-    """The cache's records of the current protocol."""
-    return [r for r in _common.load_jsonl(cache) if r.get("protocol") == PROTOCOL]
+    """The cache's records of the current protocol, the first of each (setting, rows, seed, method, budget)
+    (two sweeps run side by side may both train one)."""
+    out, seen = [], set()
+    for r in _common.load_jsonl(cache):
+        key = (r["setting"], r["rows"], r["seed"], r["method"], r["budget_name"])
+        if r.get("protocol") == PROTOCOL and key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 def run(settings, seeds, rows, methods, cache: str = CACHE) -> None:
@@ -231,6 +238,7 @@ def summarize(records: list[dict]) -> dict:
                     "se": float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else 0.0,
                     "kept_dims": np.mean([r["kept_dims"] for r in rs], axis=0).tolist(),
                     "params_fraction": float(np.mean([r["params_fraction"] for r in rs])),
+                    "epoch": float(np.mean([r["epoch"] for r in rs])),
                     "ranks": rs[0]["ranks"]}
     return out
 
@@ -273,8 +281,8 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
     for (setting, n) in sorted({(k[0], k[1]) for k in s}):
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
         lines += [f"## {setting}, {n:,} rows (ranks {ranks})", "",
-                  "| budget | method | AUC | kept params | dims per field (mean over seeds) | vs better uniform |",
-                  "|---|---|---|---|---|---|"]
+                  "| budget | method | AUC | best epoch | kept params | dims per field (mean over seeds) | vs better uniform |",
+                  "|---|---|---|---|---|---|---|"]
         ver = {(r[2], r[3]): r for r in verdicts(s, records) if r[:2] == (setting, n)}
         for bname in ("oracle", "2x oracle"):
             for method in METHODS:
@@ -287,7 +295,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
                     mark = f"{margin:+.1f} SE" + (" **" if margin > 2 else "")
                 dims = " ".join(f"{d:.1f}" if d % 1 else f"{int(d)}" for d in v["kept_dims"])
                 lines.append(f"| {bname} | {method} | {v['mean']:.4f} +- {v['std']:.4f} (n={v['n']}) | "
-                             f"{v['params_fraction']:.3f} | {dims} | {mark} |")
+                             f"{v['epoch']:.1f} | {v['params_fraction']:.3f} | {dims} | {mark} |")
         lines.append("")
     # targets of issue 19
     targets = []
