@@ -72,9 +72,10 @@ def vocab_sizes(ranks: list[int]) -> list[int]:
     """Informative fields 2,000 values each (so that only the ranks differ), noise fields 4,000.
 
     Why not more: with 10,000 values per informative field (and 20,000 per noise field) 1M rows do
-    not teach a model the planted ranks; the rank oracle itself did not beat 2 dims everywhere
-    (seed 0: 0.8234 vs 0.8182, seed 1: 0.7598 vs 0.7662; benchmarks/results/planted_vocab10k.jsonl),
-    so the sweep could not show whether a search finds an allocation that pays."""
+    not teach a model the planted ranks; the rank oracle itself was no better than 2 dims everywhere
+    (seed 0: 0.8234 vs 0.8182, seed 1: 0.7598 vs 0.7662, best of 3 epochs;
+    benchmarks/results/planted_vocab10k.jsonl), so the sweep could not show whether a search finds an
+    allocation that pays."""
     return [2_000 if r > 0 else 4_000 for r in ranks]
 
 
@@ -134,7 +135,6 @@ def worker(setting: str, seed: int, rows: int, methods: list[str], done: set | f
     """Train `methods` at both budgets on one seed's data, skipping the (method, budget name) pairs in `done`."""
     import keras_embdim as ked
     from keras_embdim import keras
-    from keras_embdim.metrics import roc_auc
 
     ranks = SETTINGS[setting]["ranks"]
     vocab = vocab_sizes(ranks)
