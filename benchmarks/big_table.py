@@ -14,7 +14,8 @@ Each configuration runs in its own fresh process, one after the other: the MLP
 (128-64 over 16-dim embeddings) with `ked.LazyAdam(1e-3)`, batch 1024, one
 epoch with the search's callback at its defaults and budget 0.1 (every search
 ends within the epoch; `plain`: a full-size `PrunableEmbedding` and no
-search, since Keras 3's own Embedding reads its whole table every step), then the test AUC and `export_compact` with its
+search, chosen when Keras 3's own Embedding still copied its whole table every
+LazyAdam step, before the optimizers' copy-on-read change), then the test AUC and `export_compact` with its
 defaults. Measured: the epoch's wall time, training peak RSS (the process'
 high-water mark) against plain training's, and the export's own added peak
 RSS (high-water mark reset right before it, minus the RSS before it) against
@@ -70,9 +71,9 @@ def make_data(top: int, rows: int = ROWS, test_rows: int = TEST_ROWS, seed: int 
 
 def setup(config: str, counts):
     """(embedding factory for build_mlp, callbacks): each search at its defaults; `plain` is a
-    `PrunableEmbedding` without a search (a full-size Embedding that gathers from its variable:
-    Keras 3's own Embedding reads its whole table on every step, 646 ms per step at 1e7 rows
-    with LazyAdam, docs/results/row_sparse.md)."""
+    `PrunableEmbedding` without a search (a full-size Embedding that gathers from its variable;
+    chosen when Keras 3's own Embedding copied its whole table on every LazyAdam step, 646 ms
+    per step at 1e7 rows, which the optimizers' copy-on-read change removed: docs/guides/scaling.md)."""
     import keras_embdim as ked
 
     if config == "plain":
@@ -162,7 +163,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
              "`benchmarks/results/big_table.jsonl`, never by hand. 26 fields (one of V rows, 25 of 10 ... 10,000 "
              "rows), 2M training rows, Zipf ids, planted logistic labels; MLP 128-64 over 16-dim embeddings, "
              "ked.LazyAdam, batch 1024, one epoch, budget 0.1, each configuration in a fresh process; `plain`: "
-             "a PrunableEmbedding without a search (Keras 3's own Embedding reads its whole table every step). "
+             "a PrunableEmbedding without a search (a full-size table that gathers its rows). "
              "Export added: the export's peak RSS over the RSS right before it.", "",
              "| V | configuration | epoch s | training peak RSS MB | / plain | test AUC | export s | "
              "export added MB | / one table | kept | bytes / kept x 4 B |",
