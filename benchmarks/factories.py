@@ -31,6 +31,42 @@ class EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
+class EpochAUC(keras.callbacks.Callback):
+    """Validation and test AUC after every epoch, with early stopping (patience 1).
+
+    `best()` is the epoch (0-based) of the best validation AUC among those that
+    end with the model at its budget (`search.result` set; every epoch when
+    `search` is None). Training stops at the first such epoch that does not
+    improve on the best one before it.
+
+    Args:
+        data: a `keras_embdim.data.CTRData` (its `valid` and `test` splits).
+        search: the search callback of the run, or None.
+    """
+
+    def __init__(self, data, search=None):
+        super().__init__()
+        self.data, self.search = data, search
+        self.valid, self.test, self.eligible = [], [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_embdim.metrics import roc_auc
+
+        for (x, y), into in ((self.data.valid, self.valid), (self.data.test, self.test)):
+            into.append(float(roc_auc(y, self.model.predict(self.data.inputs(x), batch_size=8192,
+                                                            verbose=0).reshape(-1))))
+        self.eligible.append(self.search is None or self.search.result is not None)
+        best_before = [self.valid[e] for e in range(epoch) if self.eligible[e]]
+        if self.eligible[-1] and best_before and self.valid[-1] <= max(best_before):
+            self.model.stop_training = True
+
+    def best(self) -> int:
+        ok = [e for e, good in enumerate(self.eligible) if good]
+        if not ok:
+            raise RuntimeError("the search did not end within the epochs")
+        return max(ok, key=lambda e: self.valid[e])
+
+
 class StepTimer(keras.callbacks.Callback):
     """Wall time of every training step (`times`, seconds)."""
 

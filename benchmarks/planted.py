@@ -84,36 +84,6 @@ def oracle_budget(ranks, vocab) -> float:
 
 
 # ----------------------------------------------------------------- worker side
-def epoch_auc(data, search=None):
-    """A Keras callback: validation and test AUC after every epoch; `best()` is the epoch (0-based) of the
-    best validation AUC among those that end with the model at its budget (the search, if any, over).
-    Training stops at the first such epoch that does not improve on the best before it (patience 1)."""
-    from keras_embdim import keras
-    from keras_embdim.metrics import roc_auc
-
-    class _EpochAUC(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.valid, self.test, self.eligible = [], [], []
-
-        def on_epoch_end(self, epoch, logs=None):
-            for (x, y), into in ((data.valid, self.valid), (data.test, self.test)):
-                into.append(float(roc_auc(y, self.model.predict(data.inputs(x), batch_size=8192,
-                                                                verbose=0).reshape(-1))))
-            self.eligible.append(search is None or search.result is not None)
-            best_before = [self.valid[e] for e in range(epoch) if self.eligible[e]]
-            if self.eligible[-1] and best_before and self.valid[-1] <= max(best_before):
-                self.model.stop_training = True
-
-        def best(self) -> int:
-            ok = [e for e, good in enumerate(self.eligible) if good]
-            if not ok:
-                raise RuntimeError("the search did not end within the epochs")
-            return max(ok, key=lambda e: self.valid[e])
-
-    return _EpochAUC()
-
-
 def method_setup(method: str, budget: float, data):
     """(embedding argument of build_mlp, embedding dim, callbacks)."""
     import keras_embdim as ked
@@ -134,6 +104,7 @@ def method_setup(method: str, budget: float, data):
 def worker(setting: str, seed: int, rows: int, methods: list[str], done: set | frozenset = frozenset()) -> list[dict]:
     """Train `methods` at both budgets on one seed's data, skipping the (method, budget name) pairs in `done`."""
     import keras_embdim as ked
+    from factories import EpochAUC
     from keras_embdim import keras
 
     ranks = SETTINGS[setting]["ranks"]
@@ -161,7 +132,7 @@ def worker(setting: str, seed: int, rows: int, methods: list[str], done: set | f
             emb, dim, callbacks = method_setup(method, budget, data)
             model = ked.models.compile_ctr(ked.models.build_mlp(data.vocab_sizes, data.field_names,
                                                                 embedding_dim=dim, hidden=(64, 32), embedding=emb))
-            track = epoch_auc(data, search=callbacks[0] if method in SEARCHES else None)
+            track = EpochAUC(data, search=callbacks[0] if method in SEARCHES else None)
             t0 = time.perf_counter()
             model.fit(data.inputs(x), y, batch_size=1024, epochs=EPOCHS, verbose=0, callbacks=callbacks + [track])
             seconds = time.perf_counter() - t0
