@@ -63,6 +63,15 @@ def gather_rows(table: Any, rows: tf.Tensor) -> tf.Tensor:
     return tf.gather(_compat.tf_variable(table), rows)
 
 
+def variable_parts(table: Any) -> list:
+    """The `tf.Variable`s that hold `table`: its shards for a `ShardedVariable` (a
+    `variable_partitioner` under ParameterServerStrategy), else the variable itself (the
+    targets a `tf.GradientTape` can differentiate against)."""
+    if isinstance(table, tf.__internal__.distribute.ShardedVariable):
+        return list(table.variables)
+    return [_compat.tf_variable(table)]
+
+
 def _gather_sharded(table: Any, rows: tf.Tensor) -> tf.Tensor:
     shards = table.variables
     sizes = np.array([int(v.shape[0]) for v in shards], np.int64)

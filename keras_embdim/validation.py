@@ -50,6 +50,15 @@ def check_number(name: str, value: Any, *, low: float | None = None, strict: boo
     return value
 
 
+def is_parameter_server(strategy: Any) -> bool:
+    """Whether `strategy` is a `ParameterServerStrategy` (`fit` then runs no batch-level callback)."""
+    import tensorflow as tf
+
+    ps_classes = tuple({tf.distribute.experimental.ParameterServerStrategy,
+                        getattr(tf.distribute, "ParameterServerStrategy", tf.distribute.experimental.ParameterServerStrategy)})
+    return isinstance(strategy, ps_classes)
+
+
 def check_not_parameter_server(component: str, strategy: Any, why: str) -> None:
     """Refuse `ParameterServerStrategy` with an error that names `component` and what to do instead.
 
@@ -58,11 +67,7 @@ def check_not_parameter_server(component: str, strategy: Any, why: str) -> None:
         strategy: the model's `tf.distribute` strategy.
         why: what in `component` needs more than the strategy gives.
     """
-    import tensorflow as tf
-
-    ps_classes = tuple({tf.distribute.experimental.ParameterServerStrategy,
-                        getattr(tf.distribute, "ParameterServerStrategy", tf.distribute.experimental.ParameterServerStrategy)})
-    if isinstance(strategy, ps_classes):
+    if is_parameter_server(strategy):
         raise ValueError(
             f"{component} does not run under ParameterServerStrategy: {why}. Search under MirroredStrategy or "
             "MultiWorkerMirroredStrategy (or on one machine, on a sample of the data), then train the searched "

@@ -66,3 +66,23 @@ def test_nan_loss_stops_the_search_with_the_last_good_masks(method, small_data, 
     assert cb.result.params_after == mask.kept_params
     # a second search on the same model is refused or finds nothing to undo: the model stays usable
     assert model.stop_training
+
+
+@pytest.mark.parametrize("callback,blocked_by", [
+    (lambda: ked.SingleShotPruner(0.1), "scoring_data="),
+    (lambda: ked.SingleShotPruner(0.1, scoring_data=([np.zeros((4, 2), np.int64)], np.zeros(4)), warmup_steps=3),
+     "warmup_steps"),
+    (lambda: ked.SingleShotPruner(0.1, scoring_data=([np.zeros((4, 2), np.int64)], np.zeros(4))), None),
+    (lambda: ked.HardMaskSearch(0.1), "search_epochs >= 2"),
+    (lambda: ked.HardMaskSearch(0.1, search_epochs=2), None),
+    (lambda: ked.PMEPruner(0.1), None),
+    (lambda: ked.TwinsMaskSearch(0.1), None),
+])
+def test_what_blocks_each_search_under_parameter_server_strategy(callback, blocked_by):
+    # the cluster itself runs in tests/test_parameter_server.py (tf_keras); which options it refuses is
+    # decided before any cluster exists, in both Keras modes
+    why = callback().parameter_server_blocker()
+    if blocked_by is None:
+        assert why is None
+    else:
+        assert blocked_by in why

@@ -31,8 +31,12 @@ class HardMaskSearch(EpochBoundedSearch):
 
     Args:
         budget: kept fraction of embedding parameters, in (0, 1].
-        search_epochs: epochs of search before the mask freezes (default 1).
-        temperature: (start, end) of the annealed temperature.
+        search_epochs: epochs of search before the mask freezes (default 1;
+            at least 2 under ParameterServerStrategy, where the temperature is
+            annealed at epoch boundaries: docs/guides/distribution.md).
+        temperature: (start, end) of the annealed temperature (every step;
+            every epoch when the epoch length is unknown or under
+            ParameterServerStrategy).
         sparsity_weight: penalty weight (measured in docs/reference/methods.md).
         trace_every: steps between two records of the kept fraction (`trace`).
         min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
@@ -86,9 +90,19 @@ class HardMaskSearch(EpochBoundedSearch):
                 "build new HardMaskEmbedding layers to search again."
             )
 
+    def parameter_server_blocker(self) -> str | None:
+        """Under ParameterServerStrategy the temperature is annealed at epoch boundaries
+        (no batch-level callback runs there), which needs at least two search epochs."""
+        if self.search_epochs < 2:
+            return ("it anneals the temperature between batches, and there only at epoch boundaries, so "
+                    "one search epoch would search at the start temperature throughout; pass search_epochs >= 2 "
+                    "(shorter epochs via fit's steps_per_epoch)")
+        return None
+
     def _start(self) -> None:
         steps = (self.params or {}).get("steps")
-        self._search_steps = int(steps) * self.search_epochs if steps else None
+        # under ParameterServerStrategy: annealed per epoch (`_on_search_epoch_end`)
+        self._search_steps = int(steps) * self.search_epochs if steps and not self._on_parameter_server else None
         for layer in self._layers:
             layer.sparsity_weight.assign(self.sparsity_weight)
             layer.sparsity_target.assign(self.budget)

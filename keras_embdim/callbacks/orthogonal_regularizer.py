@@ -11,7 +11,7 @@ from keras_embdim import _utils
 from keras_embdim._compat import keras
 from keras_embdim.search.orthogonality import orthogonality_penalty
 from keras_embdim.searchable import find_searchable_layers
-from keras_embdim.validation import check_not_parameter_server, check_number
+from keras_embdim.validation import check_number, is_parameter_server
 
 
 class OrthogonalRegularizer(keras.callbacks.Callback):
@@ -52,14 +52,13 @@ class OrthogonalRegularizer(keras.callbacks.Callback):
         self.layer_names = list(layers) if layers is not None else None
         self._strength_var: tf.Variable | None = None
         self._layers: list = []
+        self._on_parameter_server = False  # set by set_model
 
     def _penalty(self, layer, rows, mask):
         return tf.cast(self._strength_var, rows.dtype) * orthogonality_penalty(rows, mask)
 
     def set_model(self, model):
-        check_not_parameter_server(
-            "OrthogonalRegularizer", model.distribute_strategy,
-            "its strength is a variable of the coordinator that the workers' steps would read")
+        self._on_parameter_server = is_parameter_server(model.distribute_strategy)
         super().set_model(model)
 
     def on_train_begin(self, logs=None):
@@ -70,7 +69,11 @@ class OrthogonalRegularizer(keras.callbacks.Callback):
                 "use ked.OrthogonalEmbeddingRegularizer as embeddings_regularizer= on a plain Embedding instead."
             )
         if self._strength_var is None:
-            self._strength_var = _utils.plain_variable(self.strength, name="orthogonal_strength")
+            # under ParameterServerStrategy the workers' steps read it: a variable of the strategy (on a
+            # parameter server), which the schedule assigns at epoch boundaries; elsewhere a plain one
+            self._strength_var = (tf.Variable(float(self.strength), trainable=False, name="orthogonal_strength")
+                                  if self._on_parameter_server else
+                                  _utils.plain_variable(self.strength, name="orthogonal_strength"))
         for layer in self._layers:
             layer.add_penalty(self._penalty)
         _utils.force_retrace(self.model)

@@ -30,7 +30,8 @@ from keras_embdim._compat import keras
 from keras_embdim.report import format_report
 from keras_embdim.search import budget as budget_lib
 from keras_embdim.searchable import find_searchable_layers, total_params
-from keras_embdim.validation import check_choice, check_fraction, check_int, check_not_parameter_server
+from keras_embdim.validation import (check_choice, check_fraction, check_int, check_not_parameter_server,
+                                     is_parameter_server)
 
 logger = logging.getLogger("keras_embdim")
 
@@ -196,6 +197,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._good_when = "the start of the search"
         self._first_epoch: int | None = None  # first epoch of the current fit (> 0: resumed)
         self._started = 0.0
+        self._on_parameter_server = False  # set by set_model: epoch-boundary actions only
 
     @property
     def name(self) -> str:
@@ -207,11 +209,48 @@ class DimensionSearchCallback(keras.callbacks.Callback):
 
     def set_model(self, model):
         # Keras calls set_model before it checks the callbacks against the strategy: our error comes first
-        check_not_parameter_server(
-            f"{self.name} ({self.method})" if self.method else self.name, model.distribute_strategy,
-            "Keras runs no batch-level callback there and the search changes the training step between "
-            "batches (probes, masks, retraces) from the coordinator")
+        why = self.parameter_server_blocker()
+        if why is not None:
+            check_not_parameter_server(f"{self.name} ({self.method})" if self.method else self.name,
+                                       model.distribute_strategy, why)
+        self._on_parameter_server = is_parameter_server(model.distribute_strategy)
         super().set_model(model)
+
+    # ------------------------------------------------ ParameterServerStrategy
+    def parameter_server_blocker(self) -> str | None:
+        """Why this search, with its options, cannot run under `ParameterServerStrategy`
+        (None: it runs there, acting only at epoch boundaries).
+
+        There `fit` schedules the steps on the workers from the coordinator and
+        runs no batch-level callback; at the end of an epoch it waits for every
+        step, so the coordinator may read and change the variables (on the
+        parameter servers) before the next epoch's steps start. A search that
+        needs to act between batches returns the reason.
+        """
+        return ("Keras runs no batch-level callback there and this search acts between batches "
+                "(probes, masks, retraces) from the coordinator")
+
+    def _implements_train_batch_hooks(self) -> bool:
+        # tf_keras asks this of every callback under ParameterServerStrategy and refuses those that say
+        # yes; ours then act at epoch boundaries only (`parameter_server_blocker`)
+        return not self._on_parameter_server and super()._implements_train_batch_hooks()
+
+    def _epoch_boundary(self, epoch: int, logs: dict | None) -> bool:
+        """Under ParameterServerStrategy, at the end of an epoch: the search step is the epoch's
+        last, and a non-finite epoch loss stops the search (the batch-level check cannot run).
+        Returns False when it stopped."""
+        if not self._on_parameter_server:
+            return True
+        steps = (self.params or {}).get("steps")
+        if steps:
+            self._step = (int(epoch) + 1) * int(steps)
+        loss = (logs or {}).get("loss")
+        if self.phase not in (Phase.DONE, Phase.FAILED) and self._layers and loss is not None:
+            value = float(np.asarray(loss))
+            if not np.isfinite(value):
+                self._abort(value)
+                return False
+        return True
 
     # ------------------------------------------------------ template method
     def on_train_begin(self, logs=None):
@@ -570,6 +609,13 @@ class EpochBoundedSearch(DimensionSearchCallback):
     def _finish(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def parameter_server_blocker(self) -> str | None:
+        """None: an epoch-bounded search runs under ParameterServerStrategy. Its probes and
+        search variables are created in the strategy's scope (on the parameter servers, where
+        every worker's step updates them), its retraces happen at epoch boundaries, and it
+        ends at the end of its last search epoch, as it does elsewhere."""
+        return None
+
     def _on_search_epoch_end(self, epoch: int) -> None:
         """Called at the end of every search epoch, before the search may end."""
 
@@ -582,6 +628,8 @@ class EpochBoundedSearch(DimensionSearchCallback):
             self._step += 1
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self._epoch_boundary(epoch, logs):
+            return
         if self.phase == Phase.SEARCH:
             self._on_search_epoch_end(epoch)
             if self.logs_penalty:

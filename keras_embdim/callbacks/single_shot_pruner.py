@@ -62,6 +62,8 @@ class SingleShotPruner(DimensionSearchCallback):
         after: "finetune" (default) or "retrain".
         scoring_data: optional dataset `(x, y[, sample_weight])` to score on
             instead of the training batches (scored right after warm-up).
+            Needed under ParameterServerStrategy, where the coordinator scores
+            it at the end of the first epoch (docs/guides/distribution.md).
         layers: optional names of the searchable layers to prune (default all).
         log_dir: a path or a `keras.callbacks.TensorBoard`; if given, kept params,
             kept dims per field and the score histogram are written there.
@@ -104,10 +106,24 @@ class SingleShotPruner(DimensionSearchCallback):
         self._probes: dict = {}  # layer -> the GateProbe this callback attached
 
     # ------------------------------------------------------- template hooks
+    def parameter_server_blocker(self) -> str | None:
+        """Under ParameterServerStrategy the training batches run on the workers, out of the
+        coordinator's sight: SSEDS scores there on `scoring_data` (on the coordinator, reading
+        the parameter servers' variables) at the end of the first epoch, its warm-up."""
+        if self.scoring_data is None:
+            return ("it scores gate gradients on the training batches, which run on the workers there; pass "
+                    "scoring_data= (held-out batches the coordinator scores at the end of the first epoch)")
+        if self.warmup_steps is not None:
+            return ("warmup_steps counts batches, which the coordinator does not see there; leave it unset "
+                    "(the warm-up is the first epoch: set its length with steps_per_epoch)")
+        return None
+
     def _start(self) -> None:
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
-        if self._warmup_resolved is None and steps:
+        if self._on_parameter_server:
+            self._warmup_resolved = None  # scored at the end of the first epoch (on_epoch_end)
+        elif self._warmup_resolved is None and steps:
             # Score on the last batches of the first epoch: the model has not
             # seen them yet, so their gradients are those of held-out data. On
             # batches it has already fitted, memorised noise fields look
@@ -140,6 +156,8 @@ class SingleShotPruner(DimensionSearchCallback):
                 self._finish()
 
     def on_epoch_end(self, epoch, logs=None):
+        if not self._epoch_boundary(epoch, logs):
+            return
         if self.phase == Phase.WARMUP and self._warmup_resolved is None:
             self._start_scoring()
         self._record_epoch(epoch, logs)
@@ -177,7 +195,7 @@ class SingleShotPruner(DimensionSearchCallback):
         data = self.scoring_data
         if not isinstance(data, tf.data.Dataset):
             data = tf.data.Dataset.from_tensor_slices(tuple(data) if isinstance(data, list) else data).batch(4096)
-        variables = [_compat.tf_variable(l.embedding_variable) for l in self._layers]
+        variables = [v for l in self._layers for v in _utils.variable_parts(l.embedding_variable)]
         for batch in data.take(self.scoring_steps):
             x, y, sw = keras.utils.unpack_x_y_sample_weight(batch)
             with tf.GradientTape() as tape:

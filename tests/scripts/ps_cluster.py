@@ -8,8 +8,11 @@ parameter servers run in their own processes. Run by tests/test_parameter_server
 2. The same model with keras_embdim layers (PrunableEmbedding, HardMaskEmbedding) trains there too.
 3. A model searched on one machine (SingleShotPruner), loaded in the strategy's scope (its table
    sharded), trains there, and `export_compact` on the coordinator reads the sharded table.
-4. Every search callback and the OrthogonalRegularizer refuse the strategy with an error naming
-   the method and the alternative (recorded, not raised).
+4. Every search runs there at epoch boundaries (SSEDS on `scoring_data`, PME, HAM + the
+   OrthogonalRegularizer with 2 search epochs, AMTL), lands within its budget with the removed
+   entries exactly zero in the sharded table, and exports from it.
+5. Options that need batch-level callbacks (SSEDS without `scoring_data` or with `warmup_steps`,
+   HAM with one search epoch) refuse the strategy with an error naming the option (recorded).
 """
 
 import json
@@ -120,16 +123,73 @@ def main(work):
             "pred": np.asarray(model(sample, training=False)).reshape(-1).tolist(),
         }
 
+        # every search under the strategy: epoch-boundary formulations (docs/guides/distribution.md)
+        scoring = tf.data.Dataset.from_tensor_slices((d.inputs(d.valid[0]), d.valid[1])).batch(512)
+        ham = lambda v, dim, n: ked.HardMaskEmbedding(v, dim, field_names=n, name="embedding")  # noqa: E731
+        amtl = lambda v, dim, n: ked.TwinsMaskLayer(ked.PrunableEmbedding(v, dim, field_names=n),  # noqa: E731
+                                                    name="embedding")
+        searches = {
+            "sseds": ("prunable", lambda: [ked.SingleShotPruner(0.25, scoring_data=scoring, verbose=0)]),
+            "pme": ("prunable", lambda: [ked.PMEPruner(0.25, verbose=0)]),
+            "ham_ortho": (ham, lambda: [ked.HardMaskSearch(0.25, search_epochs=2, verbose=0),
+                                        ked.OrthogonalRegularizer(1e-3)]),
+            "amtl": (amtl, lambda: [ked.TwinsMaskSearch(0.25, verbose=0)]),
+        }
+        out["search"] = {}
+        for name, (embedding, callbacks) in searches.items():
+            keras.utils.set_random_seed(0)
+            model = build(embedding)
+            cbs = callbacks()
+            hist = model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=3, steps_per_epoch=20,
+                             verbose=0, callbacks=cbs)
+            layer = ked.find_searchable_layers(model)[0]
+            mask = layer.dimension_mask()
+            table = ked._utils.to_numpy(tf.convert_to_tensor(layer.embedding_variable))
+            if mask.value_sizes is None:  # per field: the removed columns of every field's rows
+                removed = np.repeat(~mask.keep, mask.vocab_sizes, axis=0)
+            else:
+                sizes = np.concatenate(mask.value_sizes)
+                removed = np.arange(table.shape[1])[None, :] >= sizes[:, None]
+            export = ked.export_compact(model, os.path.join(work, f"export_{name}"), sample_inputs=sample,
+                                        verbose=0)
+            out["search"][name] = {
+                "phase": str(cbs[0].phase.value), "result_kept": cbs[0].result.params_after,
+                "kept_params": int(mask.kept_params), "full_params": int(mask.full_params),
+                "granularity": mask.granularity,
+                "removed_entries": int(removed.sum()), "removed_nonzero": int(np.count_nonzero(table[removed])),
+                "loss": [float(v) for v in hist.history["loss"]],
+                "export": export.path, "export_max_abs_diff": export.max_abs_diff,
+                "pred": np.asarray(model(sample, training=False)).reshape(-1).tolist(),
+            }
+
+        # a loss that turns NaN mid-search: caught at the epoch boundary (no batch-level check runs there)
+        class PoisonAtEpochEnd(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 0:
+                    kernel = self.model.get_layer("ctr").kernel
+                    kernel.assign(np.full(kernel.shape, np.nan, np.float32))
+
+        model = build("prunable")
+        pme = ked.PMEPruner(0.25, search_epochs=2, verbose=0)
+        model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=3, steps_per_epoch=10, verbose=0,
+                  callbacks=[PoisonAtEpochEnd(), pme])
+        layer = ked.find_searchable_layers(model)[0]
+        out["nan"] = {"phase": str(pme.phase.value), "error": pme.error, "step": pme.result.step,
+                      "kept_params": int(layer.dimension_mask().kept_params),
+                      "full_params": int(layer.dimension_mask().full_params)}
+
+        # options that need batches refuse the strategy, naming the option to change
         errors = {}
-        for cb in (ked.SingleShotPruner(0.2), ked.HardMaskSearch(0.2), ked.PMEPruner(0.2),
-                   ked.TwinsMaskSearch(0.2), ked.OrthogonalRegularizer(1e-3)):
-            model = build("prunable")
+        for name, cb in (("sseds_without_scoring_data", ked.SingleShotPruner(0.2)),
+                         ("sseds_warmup_steps", ked.SingleShotPruner(0.2, scoring_data=scoring, warmup_steps=5)),
+                         ("ham_one_epoch", ked.HardMaskSearch(0.2))):
+            model = build(ham if name.startswith("ham") else "prunable")
             try:
                 model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1, steps_per_epoch=5,
                           verbose=0, callbacks=[cb])
-                errors[type(cb).__name__] = None
+                errors[name] = None
             except ValueError as e:
-                errors[type(cb).__name__] = str(e)
+                errors[name] = str(e)
         out["errors"] = errors
         print(json.dumps(out))
     finally:
