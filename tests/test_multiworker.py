@@ -98,3 +98,20 @@ def test_cluster_example_runs_on_loopback_and_workers_agree(tmp_path):
     assert summaries[0]["kept_fraction"] <= 0.2
     assert summaries[0]["export"] == str(tmp_path / "ctr" / "1")
     assert os.path.exists(os.path.join(summaries[0]["export"], "saved_model.pb"))
+
+
+def test_cluster_example_runs_under_parameter_server_strategy_on_loopback(tmp_path):
+    # the same example with --strategy ps: a chief (coordinator), 2 workers and 2 parameter servers
+    example = os.path.join(os.path.dirname(SCRIPT), "..", "..", "examples", "cluster_search.py")
+    proc = subprocess.run(
+        [sys.executable, example, "--strategy", "ps", "--local-workers", "2", "--local-ps", "2",
+         "--export-dir", str(tmp_path / "ctr"), "--rows", "12000", "--fields", "5", "--max-vocab", "3000",
+         "--epochs", "2", "--budget", "0.2"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"worker"')]
+    assert len(summary) == 1 and summary[0]["worker"] == "chief"
+    assert summary[0]["tables"] == "ShardedVariable"  # the 3000-value field's table is over 64 KiB
+    assert 0.19 <= summary[0]["kept_fraction"] <= 0.2
+    assert summary[0]["export"] == str(tmp_path / "ctr" / "1")
+    assert os.path.exists(os.path.join(summary[0]["export"], "saved_model.pb"))
