@@ -56,8 +56,9 @@ EPOCHS = 10  # at most; training stops at the first epoch (at budget) whose vali
 PROTOCOL = "early_stopping"
 CACHE = os.path.join(_common.ROOT, "benchmarks", "results", "planted.jsonl")
 OUT = os.path.join(_common.DOCS, "planted.md")
-METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle", "sseds", "ham", "ham_ortho", "amtl", "pme", "mde")
-SEARCHES = ("sseds", "ham", "ham_ortho", "amtl", "pme")
+METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle", "sseds", "sseds_rotate", "ham", "ham_ortho", "amtl",
+           "pme", "mde")
+SEARCHES = ("sseds", "sseds_rotate", "ham", "ham_ortho", "amtl", "pme")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
 SETTINGS = {
     "unequal": {"ranks": UNEQUAL + [0, 0], "rows": 1_000_000},
@@ -95,6 +96,9 @@ def method_setup(method: str, budget: float, data):
         return "plain", max(1, math.ceil(budget * D)), []
     if method == "oracle":
         return _masked(np.asarray(data.planted_ranks), False), D, []
+    if method == "sseds_rotate":  # SSEDS scoring each field on its principal axes (keras_embdim.search.rotation)
+        emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
+        return emb, dim, [ked.SingleShotPruner(budget, rotate=True, verbose=0)]
     if method == "ham_ortho":
         emb, dim, cbs = embedding_and_callbacks("ham", budget, data)
         return emb, dim, cbs + [ked.OrthogonalRegularizer(1e-3)]
@@ -276,7 +280,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
     # targets of issue 19
     targets = []
     for setting, n, bname, method, mean, best, margin, vs_full in verdicts(s, records):
-        if bname != "oracle" or method not in ("sseds", "ham", "ham_ortho"):
+        if bname != "oracle" or method not in ("sseds", "sseds_rotate", "ham", "ham_ortho"):
             continue
         if setting in ("unequal", "very_unequal"):
             targets.append((f"{setting} {n:,} rows, {method}: >= better uniform + 2 SE", margin >= 2,
@@ -287,7 +291,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
             targets.append((f"equal ranks {n:,} rows, {method}: within 2 SE of uniform", abs(margin) <= 2,
                             f"{margin:+.1f} SE"))
     for (setting, n, bname, method), v in sorted(s.items()):
-        if bname == "oracle" and method in ("sseds", "ham"):
+        if bname == "oracle" and method in ("sseds", "sseds_rotate", "ham"):
             noise = [f for f, r in enumerate(v["ranks"]) if r == 0]
             if not noise:
                 continue
@@ -320,7 +324,7 @@ def plot(s: dict, folder: str) -> str | None:
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
         xs = np.arange(len(ranks))
         ax.bar(xs, ranks, color="0.85", label="planted rank")
-        for method, marker in (("sseds", "o"), ("ham", "s"), ("ham_ortho", "^"), ("pme", "x"), ("amtl", "+")):
+        for method, marker in (("sseds", "o"), ("sseds_rotate", "D"), ("ham", "s"), ("ham_ortho", "^"), ("pme", "x"), ("amtl", "+")):
             v = s.get((setting, n, "oracle", method))
             if v:
                 ax.plot(xs, v["kept_dims"], marker, label=method)

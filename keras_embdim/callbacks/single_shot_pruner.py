@@ -12,7 +12,9 @@ import tensorflow as tf
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
 from keras_embdim.callbacks.search_callback import _RANKINGS, DimensionSearchCallback, Phase
+from keras_embdim.export.fold import kernel_rows
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
+from keras_embdim.search import rotation
 from keras_embdim.validation import check_choice, check_int
 
 logger = logging.getLogger("keras_embdim")
@@ -64,6 +66,14 @@ class SingleShotPruner(DimensionSearchCallback):
             instead of the training batches (scored right after warm-up).
             Needed under ParameterServerStrategy, where the coordinator scores
             it at the end of the first epoch (docs/guides/distribution.md).
+        rotate: rotate each field's columns to the principal axes of its rows
+            before scoring, and the kernel rows of the Dense layers that consume
+            them back (the model computes the same function), so that a field's
+            information sits in its leading columns where a column search can
+            keep it (`keras_embdim.search.rotation`; measured in
+            docs/results/planted.md). Needs each layer's output to reach Dense
+            layers only through data-moving layers (the MLP over concatenated
+            fields; not FM or pooling) and `after="finetune"`.
         layers: optional names of the searchable layers to prune (default all).
         log_dir: a path or a `keras.callbacks.TensorBoard`; if given, kept params,
             kept dims per field and the score histogram are written there.
@@ -91,11 +101,18 @@ class SingleShotPruner(DimensionSearchCallback):
         ranking: str = "score",
         after: str = "finetune",
         scoring_data: Any = None,
+        rotate: bool = False,
         layers: Sequence[str] | None = None,
         log_dir: Any = None,
         verbose: int = 1,
     ):
         super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
+        if not isinstance(rotate, (bool, np.bool_)):
+            raise ValueError(f"`rotate` must be True or False; received rotate={rotate!r}.")
+        if rotate and self.after != "finetune":
+            raise ValueError("`rotate=True` needs after='finetune': a rewind to the initial weights would undo the "
+                             f"rotation the masks were chosen in; received after={after!r}.")
+        self.rotate = bool(rotate)
         self.warmup_steps = None if warmup_steps is None else check_int("warmup_steps", warmup_steps, 0)
         self.scoring_steps = check_int("scoring_steps", scoring_steps, 1)
         self.score = check_choice("score", score, _SCORES)
@@ -116,9 +133,17 @@ class SingleShotPruner(DimensionSearchCallback):
         if self.warmup_steps is not None:
             return ("warmup_steps counts batches, which the coordinator does not see there; leave it unset "
                     "(the warm-up is the first epoch: set its length with steps_per_epoch)")
+        if self.rotate:
+            return "rotate=True rewrites whole tables from the coordinator; search without it there"
         return None
 
     def _start(self) -> None:
+        if self.rotate:  # fail before training, with the model unchanged
+            for layer in self._layers:
+                _, why = kernel_rows(self.model, layer)
+                if why is not None:
+                    raise ValueError(f"SingleShotPruner(rotate=True): layer '{layer.name}' cannot be rotated to its "
+                                     f"principal axes: {why}. Search without rotate=True.")
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
         if self._on_parameter_server:
@@ -133,7 +158,9 @@ class SingleShotPruner(DimensionSearchCallback):
     def _plan(self) -> str:
         warm = f"{self._warmup_resolved} warm-up steps" if self._warmup_resolved is not None else "a warm-up epoch"
         where = "the scoring_data" if self.scoring_data is not None else "the next training batches"
-        return f"{warm}, then gate gradients ({self.score}) on {self.scoring_steps} batches of {where}, then one ranking"
+        turn = "each field rotated to its principal axes, " if self.rotate else ""
+        return (f"{warm}, then {turn}gate gradients ({self.score}) on {self.scoring_steps} batches of {where}, "
+                "then one ranking")
 
     def _search_end_step(self) -> int | None:
         if self._warmup_resolved is None:
@@ -179,7 +206,10 @@ class SingleShotPruner(DimensionSearchCallback):
 
     # --------------------------------------------------------------- search
     def _start_scoring(self):
-        self._started = time.perf_counter()  # SSEDS' search time is its scoring
+        self._started = time.perf_counter()  # SSEDS' search time is its scoring (and the rotation)
+        if self.rotate:
+            for layer in self._layers:
+                rotation.rotate_layer(self.model, layer, self._optimizer)
         self._probes = {layer: layer.attach_gate_probe() for layer in self._layers}
         for probe in self._probes.values():
             probe.reset()

@@ -384,3 +384,114 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf
     if layer.bias is not None:  # bias_add: Grappler fuses MatMul + BiasAdd + activation, as for Keras' Dense
         y = tf.nn.bias_add(y, tf.cast(layer.bias, dtype))
     return layer.activation(y) if layer.activation is not None else y
+
+
+# ------------------------------------------------- where a layer's outputs enter Dense kernels
+@dataclass
+class KernelRows:
+    """Where a searchable layer's output enters one Dense kernel: `rows[p, f, j]` is the
+    kernel row that output entry (position `p`, field `f`, column `j`) multiplies (F = 1 for
+    a single-field layer)."""
+
+    dense: Any  # the keras.layers.Dense
+    rows: np.ndarray  # int64 [positions, F, D]
+
+
+def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
+    """The Dense kernel rows that `layer`'s output entries multiply, found as `plan` finds them
+    (forward through data-moving layers only, then a probe of those layers).
+
+    Returns `(kernel rows per Dense, None)` when every entry of the output reaches Dense
+    layers only, each Dense exactly once, else `([], why not)`. Used to rotate a field's
+    columns without changing the model's function (`keras_embdim.search.rotation`): the
+    kernel rows of a field take the inverse rotation.
+    """
+    net = _compat.graph_network(model)
+    if net is None:
+        return [], f"model '{model.name}' is subclassed: its call cannot be analysed"
+    nodes = _compat.graph_nodes(net)
+    calls = [n for n in nodes if n.layer is layer]
+    if len(calls) != 1:
+        where = "is not called by the model's top-level graph" if not calls else "is called more than once"
+        return [], f"layer '{layer.name}' {where}"
+    node = calls[0]
+    producer = {id(t): n for n in nodes for t in n.outputs}
+    consumers: dict = {}
+    for n in nodes:
+        for t in n.inputs:
+            consumers.setdefault(id(t), []).append(n)
+    outputs = {id(t) for t in _compat.graph_outputs(net)}
+    order = {id(n.raw): i for i, n in enumerate(nodes)}
+    region, denses, frontier = set(), {}, list(node.outputs)
+    while frontier:
+        t = frontier.pop()
+        if id(t) in outputs:
+            return [], "its output is a model output"
+        for c in consumers.get(id(t), []):
+            if _is_transparent(c.layer):
+                if id(c.raw) not in region:
+                    region.add(id(c.raw))
+                    frontier.extend(c.outputs)
+                continue
+            why = _foldable_dense(c)
+            if why:
+                return [], why
+            denses[id(c.raw)] = c
+    if not denses:
+        return [], "its output reaches no Dense layer"
+    out = node.outputs[0]
+    try:
+        size = _static_size(out)
+    except _NotFoldable as e:
+        return [], str(e)
+    per_position = layer.num_fields * layer.output_dim if layer.multi_field else layer.output_dim
+    if size % per_position:
+        return [], f"layer '{layer.name}' has an output of unexpected shape {tuple(out.shape)}"
+    found = []
+    for key in sorted(denses, key=order.get):
+        dn = denses[key]
+        # the data-moving calls between the sources and this Dense, and their other inputs
+        steps, values, seen, stack, base = [], {}, set(), [dn.inputs[0]], size + 1
+        while stack:
+            t = stack.pop()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            p = producer.get(id(t))
+            if t is out or (p is node):
+                values[id(t)] = tf.constant(np.arange(1, size + 1, dtype=np.float32).reshape([1, *tuple(t.shape)[1:]]))
+            elif p is not None and id(p.raw) in region:
+                steps.append(p)
+                stack.extend(p.inputs)
+            else:  # another source: codes that are not ours
+                try:
+                    n_other = _static_size(t)
+                except _NotFoldable as e:
+                    return [], str(e)
+                values[id(t)] = tf.constant(
+                    np.arange(base, base + n_other, dtype=np.float32).reshape([1, *tuple(t.shape)[1:]]))
+                base += n_other
+        if base > _MAX_CODES:
+            return [], "the Dense has too many inputs to probe"
+        for r in sorted(steps, key=lambda r: order[id(r.raw)]):
+            args, kwargs = _compat.node_arguments(r, values)
+            result = _compat.call_for_inference(r.layer, args, kwargs)
+            for t, v in zip(r.outputs, _compat.flatten(result)):
+                values[id(t)] = v
+        probe = values.get(id(dn.inputs[0]))
+        if probe is None:
+            return [], f"the input of Dense '{dn.layer.name}' could not be traced to its sources"
+        where = np.rint(_utils.to_numpy(probe)).astype(np.int64).reshape(-1)
+        ours = (where >= 1) & (where <= size)
+        entry = where[ours] - 1
+        if np.bincount(entry, minlength=size).max(initial=0) > 1 or entry.size not in (0, size):
+            return [], f"entries of '{layer.name}' reach Dense '{dn.layer.name}' more than once or only in part"
+        if entry.size == 0:
+            continue
+        rows = np.empty(size, np.int64)
+        rows[entry] = np.flatnonzero(ours)
+        fields = layer.num_fields if layer.multi_field else 1
+        found.append(KernelRows(dn.layer, rows.reshape(size // per_position, fields, layer.output_dim)))
+    if not found:
+        return [], "its output reaches no Dense layer"
+    return found, None

@@ -7,4 +7,5 @@
 - `entries`: PME's global entry selection.
 - `twins`: AMTL's frequency features, twins, prefix mask and budget landing.
 - `orthogonality`: HAM's orthogonal regularity of embedding columns.
+- `rotation`: each field's columns on its principal axes (SSEDS `rotate=True`).
 """

@@ -1,0 +1,100 @@
+"""SSEDS' rotation of each field to its principal axes (`keras_embdim.search.rotation`).
+
+Checked: the axes against numpy by hand, a planted rank-2 field ending in its first two
+columns, the model's function unchanged (predictions before == after), where the rotation
+cannot keep the function (FM) a clear error with the model unchanged, and the search with
+`rotate=True` landing on the budget with an export that serves what the model predicts.
+"""
+
+import numpy as np
+import pytest
+
+import keras_embdim as ked
+from keras_embdim import keras
+from keras_embdim.export.fold import kernel_rows
+from keras_embdim.search.rotation import field_gram, principal_axes, rotate_layer
+
+
+def test_principal_axes_by_hand():
+    # gram of rows (1, 1) and (1, -1) scaled: eigenvalues 8 (along (1, 1)) and 2 (along (1, -1))
+    gram = np.array([[5.0, 3.0], [3.0, 5.0]])
+    q = principal_axes(gram)
+    s = np.sqrt(0.5)
+    np.testing.assert_allclose(q, [[s, s], [s, -s]], atol=1e-12)
+    np.testing.assert_allclose(q.T @ gram @ q, np.diag([8.0, 2.0]), atol=1e-12)
+    np.testing.assert_allclose(q.T @ q, np.eye(2), atol=1e-12)
+
+
+def _mlp(d, dim=8, build=ked.models.build_mlp):
+    keras.utils.set_random_seed(0)
+    return ked.models.compile_ctr(build(d.vocab_sizes, d.field_names, embedding_dim=dim, hidden=(16,)))
+
+
+def test_kernel_rows_of_the_mlp_are_its_concatenated_inputs(small_data):
+    d = small_data
+    model = _mlp(d)
+    layer = ked.find_searchable_layers(model)[0]
+    found, why = kernel_rows(model, layer)
+    assert why is None and len(found) == 1
+    F, D = len(d.vocab_sizes), 8
+    # build_mlp flattens [F, D]: entry (f, j) is input f * D + j of the first Dense
+    np.testing.assert_array_equal(found[0].rows, np.arange(F * D).reshape(1, F, D))
+
+
+def test_rotation_keeps_the_function_and_moves_a_planted_rank_into_the_leading_columns(small_data):
+    d = small_data
+    model = _mlp(d)
+    layer = ked.find_searchable_layers(model)[0]
+    rng = np.random.default_rng(0)
+    table = np.asarray(layer.embedding_variable).copy()
+    n0 = d.vocab_sizes[0]
+    table[:n0] = rng.normal(size=(n0, 2)) @ rng.normal(size=(2, 8))  # field 0: rank 2, in no particular basis
+    layer.embedding_variable.assign(table)
+    x = d.inputs(d.test[0][:256])
+    before = np.asarray(model(x, training=False))
+    rotations = rotate_layer(model, layer)
+    after = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    rotated = np.asarray(layer.embedding_variable)
+    np.testing.assert_allclose(rotated[:n0], table[:n0] @ rotations[0], atol=1e-5)
+    col_norms = np.linalg.norm(rotated[:n0], axis=0)
+    assert col_norms[2:].max() < 1e-4 * col_norms[0]  # the rank-2 field now lives in columns 0 and 1
+    for f, q in enumerate(rotations):  # every field: decorrelated columns, by decreasing second moment
+        start = int(ked.fields.field_offsets(d.vocab_sizes)[f])
+        gram = field_gram(layer.embedding_variable, start, start + d.vocab_sizes[f])
+        off = gram - np.diag(np.diag(gram))
+        assert np.abs(off).max() <= 1e-4 * np.abs(gram).max()
+        assert np.all(np.diff(np.diag(gram)) <= 1e-6 * np.abs(gram).max())
+
+
+def test_fm_consumer_cannot_be_rotated_and_the_model_is_unchanged(small_data):
+    d = small_data
+    model = _mlp(d, build=ked.models.build_deepfm)
+    before = [w.copy() for w in model.get_weights()]
+    x, y = d.train
+    with pytest.raises(ValueError, match=r"rotate=True\): layer 'embedding' cannot be rotated .* Search without"):
+        model.fit(d.inputs(x[:512]), y[:512], epochs=1, verbose=0,
+                  callbacks=[ked.SingleShotPruner(0.2, rotate=True, verbose=0)])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs,match", [({"rotate": "yes"}, "rotate"), ({"rotate": True, "after": "retrain"},
+                                                                          "after='finetune'")])
+def test_bad_rotate_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ked.SingleShotPruner(0.2, **kwargs)
+
+
+def test_search_with_rotation_lands_on_the_budget_and_exports_what_it_predicts(small_data, tmp_path):
+    d = small_data
+    model = _mlp(d)
+    x, y = d.train
+    cb = ked.SingleShotPruner(0.2, rotate=True, warmup_steps=5, scoring_steps=5, verbose=0)
+    model.fit(d.inputs(x), y, batch_size=256, epochs=2, verbose=0, callbacks=[cb])
+    layer = ked.find_searchable_layers(model)[0]
+    mask = layer.dimension_mask()
+    assert mask.kept_params <= 0.2 * mask.full_params
+    sample = d.inputs(d.test[0][:300])
+    r = ked.export_compact(model, str(tmp_path / "export"), sample_inputs=sample, verbose=0)
+    assert r.max_abs_diff <= 1e-5 and r.embedding_bytes == 4 * mask.kept_params
