@@ -137,16 +137,63 @@ def _layers_of(model) -> set:
     return set(_utils.flatten_layers(model))
 
 
+@dataclass
+class _Graph:
+    """The calls of a graph network and who produces and consumes each tensor."""
+
+    nodes: list
+    producer: dict  # id(tensor) -> node
+    consumers: dict  # id(tensor) -> [node]
+    outputs: set  # id(tensor) of the network's outputs
+    order: dict  # id(raw node) -> execution order
+
+    @classmethod
+    def of(cls, net: Any) -> "_Graph":
+        nodes = _compat.graph_nodes(net)
+        consumers: dict = {}
+        for n in nodes:
+            for t in n.inputs:
+                consumers.setdefault(id(t), []).append(n)
+        return cls(nodes, {id(t): n for n in nodes for t in n.outputs}, consumers,
+                   {id(t) for t in _compat.graph_outputs(net)}, {id(n.raw): i for i, n in enumerate(nodes)})
+
+    def dense_reach(self, node: _compat.GraphNode) -> tuple[str | None, set, list]:
+        """Forward from `node` through data-moving layers: `(why it cannot fold, the data-moving
+        calls passed, the Dense calls reached)`; the reason is None when it reaches Dense layers
+        only."""
+        region, denses, frontier = set(), [], list(node.outputs)
+        while frontier:
+            t = frontier.pop()
+            if id(t) in self.outputs:
+                return "its output is a model output", region, denses
+            for c in self.consumers.get(id(t), []):
+                if _is_transparent(c.layer):
+                    if id(c.raw) not in region:
+                        region.add(id(c.raw))
+                        frontier.extend(c.outputs)
+                    continue
+                why = _foldable_dense(c)
+                if why:
+                    return why, region, denses
+                if all(d is not c for d in denses):
+                    denses.append(c)
+        return (None if denses else "its output reaches no Dense layer"), region, denses
+
+
+def _run_region(region: list, values: dict, order: dict) -> None:
+    """Run the data-moving calls of `region` in execution order on `values` (id(tensor) -> value),
+    adding their outputs to it."""
+    for r in sorted(region, key=lambda r: order[id(r.raw)]):
+        args, kwargs = _compat.node_arguments(r, values)
+        out = _compat.call_for_inference(r.layer, args, kwargs)
+        for t, v in zip(r.outputs, _compat.flatten(out)):
+            values[id(t)] = v
+
+
 def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
-    nodes = _compat.graph_nodes(net)
+    graph = _Graph.of(net)
+    nodes, producer, consumers, order = graph.nodes, graph.producer, graph.consumers, graph.order
     result = NetPlan(net)
-    producer = {id(t): n for n in nodes for t in n.outputs}
-    consumers: dict = {}
-    for n in nodes:
-        for t in n.inputs:
-            consumers.setdefault(id(t), []).append(n)
-    outputs = {id(t) for t in _compat.graph_outputs(net)}
-    order = {id(n.raw): i for i, n in enumerate(nodes)}
 
     # nested graph networks plan their own folds
     for n in nodes:
@@ -167,26 +214,7 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
     for n in nodes:
         if n.layer not in compacted:
             continue
-        reason, region, denses = None, set(), []
-        frontier = list(n.outputs)
-        while frontier and reason is None:
-            t = frontier.pop()
-            if id(t) in outputs:
-                reason = "its output is a model output"
-                break
-            for c in consumers.get(id(t), []):
-                if _is_transparent(c.layer):
-                    if id(c.raw) not in region:
-                        region.add(id(c.raw))
-                        frontier.extend(c.outputs)
-                else:
-                    why = _foldable_dense(c)
-                    if why:
-                        reason = why
-                        break
-                    denses.append(c)
-        if reason is None and not denses:
-            reason = "its output reaches no Dense layer"
+        reason, region, denses = graph.dense_reach(n)
         if reason:
             report.add(n.layer.name, reason=reason)
             continue
@@ -288,11 +316,7 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
         base += size
     if base > _MAX_CODES:
         raise _NotFoldable("the folded Dense has too many inputs to probe")
-    for r in region:
-        args, kwargs = _compat.node_arguments(r, values)
-        out = _compat.call_for_inference(r.layer, args, kwargs)
-        for t, v in zip(r.outputs, _compat.flatten(out)):
-            values[id(t)] = v
+    _run_region(region, values, {id(r.raw): i for i, r in enumerate(region)})  # region: in execution order
     probe = values.get(id(dn.inputs[0]))
     if probe is None:
         raise _NotFoldable(f"the input of Dense '{dn.layer.name}' could not be traced to its sources")
@@ -409,36 +433,15 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     net = _compat.graph_network(model)
     if net is None:
         return [], f"model '{model.name}' is subclassed: its call cannot be analysed"
-    nodes = _compat.graph_nodes(net)
-    calls = [n for n in nodes if n.layer is layer]
+    graph = _Graph.of(net)
+    calls = [n for n in graph.nodes if n.layer is layer]
     if len(calls) != 1:
         where = "is not called by the model's top-level graph" if not calls else "is called more than once"
         return [], f"layer '{layer.name}' {where}"
     node = calls[0]
-    producer = {id(t): n for n in nodes for t in n.outputs}
-    consumers: dict = {}
-    for n in nodes:
-        for t in n.inputs:
-            consumers.setdefault(id(t), []).append(n)
-    outputs = {id(t) for t in _compat.graph_outputs(net)}
-    order = {id(n.raw): i for i, n in enumerate(nodes)}
-    region, denses, frontier = set(), {}, list(node.outputs)
-    while frontier:
-        t = frontier.pop()
-        if id(t) in outputs:
-            return [], "its output is a model output"
-        for c in consumers.get(id(t), []):
-            if _is_transparent(c.layer):
-                if id(c.raw) not in region:
-                    region.add(id(c.raw))
-                    frontier.extend(c.outputs)
-                continue
-            why = _foldable_dense(c)
-            if why:
-                return [], why
-            denses[id(c.raw)] = c
-    if not denses:
-        return [], "its output reaches no Dense layer"
+    why, region, denses = graph.dense_reach(node)
+    if why:
+        return [], why
     out = node.outputs[0]
     try:
         size = _static_size(out)
@@ -448,8 +451,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     if size % per_position:
         return [], f"layer '{layer.name}' has an output of unexpected shape {tuple(out.shape)}"
     found = []
-    for key in sorted(denses, key=order.get):
-        dn = denses[key]
+    for dn in sorted(denses, key=lambda d: graph.order[id(d.raw)]):
         # the data-moving calls between the sources and this Dense, and their other inputs
         steps, values, seen, stack, base = [], {}, set(), [dn.inputs[0]], size + 1
         while stack:
@@ -457,7 +459,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
             if id(t) in seen:
                 continue
             seen.add(id(t))
-            p = producer.get(id(t))
+            p = graph.producer.get(id(t))
             if t is out or (p is node):
                 values[id(t)] = tf.constant(np.arange(1, size + 1, dtype=np.float32).reshape([1, *tuple(t.shape)[1:]]))
             elif p is not None and id(p.raw) in region:
@@ -473,11 +475,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
                 base += n_other
         if base > _MAX_CODES:
             return [], "the Dense has too many inputs to probe"
-        for r in sorted(steps, key=lambda r: order[id(r.raw)]):
-            args, kwargs = _compat.node_arguments(r, values)
-            result = _compat.call_for_inference(r.layer, args, kwargs)
-            for t, v in zip(r.outputs, _compat.flatten(result)):
-                values[id(t)] = v
+        _run_region(steps, values, graph.order)
         probe = values.get(id(dn.inputs[0]))
         if probe is None:
             return [], f"the input of Dense '{dn.layer.name}' could not be traced to its sources"
