@@ -415,7 +415,7 @@ def main(argv=None):
             sizes = a.vocab if a.vocab != list(SIZES) else list(row_sparse.SIZES)
             row_sparse.run_steps(sizes, a.configs, a.optimizers, a.steps)
         elif not a.report_only:
-            row_sparse.run_auc(a.datasets, [c for c in a.configs if c in ("plain", "sseds")], a.seeds,
+            row_sparse.run_auc(a.datasets, a.configs, a.seeds,
                                ["dense", *[o for o in a.optimizers if o != "dense"]])
         print(row_sparse.report())
         return 0
