@@ -13,7 +13,10 @@ where one dim for every field or value is already over the budget), and exported
 and with `jit_compile=True`). The baselines are the same MLP with plain
 `keras.layers.Embedding`s exported by Keras' own `model.export()`: full dims,
 and uniform dims `round(budget x 16)` (at least 1) for every field, the naive
-model of about the same parameter count.
+model of about the same parameter count; and uniform dims as wide as the
+searched per-field model's MLP input (`round(kept columns / fields)`, more
+parameters), which separates the wider first layer the search chose from the
+cost of our lookups.
 
 Timing: a fresh process that imports TensorFlow only loads every SavedModel of
 one (dataset, budget) and calls their `serving_default` signatures round-robin
