@@ -137,7 +137,7 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
 
 
 def _traffic(model, data) -> dict:
-    """Share of the per-value table's rows, and of the test requests' lookups, at the widest size."""
+    """Shares of the per-value table's rows and of the test lookups at the widest size; rows at 0; entropy."""
     import numpy as np
 
     import keras_embdim as ked
@@ -146,8 +146,12 @@ def _traffic(model, data) -> dict:
     sizes = np.concatenate([np.asarray(s) for s in mask.value_sizes])
     widest = sizes.max()
     looked = sizes[data.test[0] + ked.fields.field_offsets(mask.vocab_sizes)[None, :]]
+    share = np.bincount(sizes) / sizes.size
+    share = share[share > 0]
     return {"rows_at_widest": float(np.mean(sizes == widest)), "lookups_at_widest": float(np.mean(looked == widest)),
-            "widest": int(widest)}
+            "widest": int(widest), "rows_at_zero": float(np.mean(sizes == 0)),
+            # the sizes' entropy: no index that tells every row its size can take fewer bits per row
+            "size_entropy_bits": float(-(share * np.log2(share)).sum())}
 
 
 # ------------------------------------------------------------------- timing
@@ -270,7 +274,11 @@ def report(records: list, path: str, plot: str | None) -> str:
                 if "lookups_at_widest" in pme:
                     options.append(f"{name} b={r['budget']}: per-value sizes: {100 * pme['rows_at_widest']:.0f} % of "
                                    f"the rows but {100 * pme['lookups_at_widest']:.0f} % of the test lookups at the "
-                                   f"widest size ({pme['widest']})")
+                                   f"widest size ({pme['widest']})"
+                                   + (f"; {100 * pme['rows_at_zero']:.0f} % of the rows at size 0, the sizes' entropy "
+                                      f"{pme['size_entropy_bits']:.2f} bits per row (layout {pme['layout']}, "
+                                      f"{pme['embedding_bytes'] / (4 * pme['embedding_params']):.3f}x the kept bytes)"
+                                      if "rows_at_zero" in pme else ""))
                 if "pme_xla/full" in rat:  # not the target's default path: shown, not counted
                     options.append(f"{name} b={r['budget']} batch 512: per value with jit_compile=True: "
                                    f"{rat['pme_xla/full']:.2f}x full; value_read='ranged': "

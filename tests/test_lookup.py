@@ -101,7 +101,7 @@ def test_single_field_lookup_takes_ids_of_any_shape():
 
 @settings(max_examples=20, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=4), st.integers(1, 12), st.integers(0, 10_000),
-       st.sampled_from(["auto", "offsets", "runs", "planes"]), st.sampled_from(["xla", "prefix", "ranged"]))
+       st.sampled_from(["auto", "offsets", "runs", "planes", "sparse"]), st.sampled_from(["xla", "prefix", "ranged"]))
 def test_value_lookup_equals_prefix_reference(vocab, D, seed, layout, read):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(0, D + 1, sum(vocab))

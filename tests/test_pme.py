@@ -146,6 +146,29 @@ def test_export_equal_and_bytes_within_ten_percent(pme_trained):
     assert emb == want
 
 
+def test_low_budget_export_marks_the_empty_rows_and_stays_within_ten_percent(tmp_path):
+    """At budget 0.05 with min_dim=0 most values keep nothing: 5-bit planes would be about 1.2x the
+    kept bytes; the sparse layout (rows of size 0 only marked) stays within 1.10x and serves the same."""
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=5, max_vocab=2000, seed=5)
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=16, hidden=(16,)))
+    pruner = ked.PMEPruner(0.05, min_dim=0, verbose=0)
+    sample = d.inputs(d.test[0][:500])
+    exporter = ked.DimensionExporter(str(tmp_path / "export"), sample_inputs=sample, verbose=0)
+    x, y = d.train
+    model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[pruner, exporter])
+    sizes = np.concatenate(ked.find_searchable_layers(model)[0].dimension_mask().value_sizes)
+    assert (sizes == 0).mean() > 0.5 and len(np.unique(sizes)) > 8  # many empty rows, the others spread
+    assert exporter.result.layouts["embedding"] == "sparse"
+    kept = int(sizes.sum())
+    assert ragged.layout_bytes(sizes, 16)["planes"] > 1.10 * 4 * kept  # what the sparse layout saves
+    emb = sum(b for k, b in saved_variable_bytes(exporter.result.path).items() if k.startswith(TABLES_ATTRIBUTE + "/"))
+    assert emb == ragged.layout_bytes(sizes, 16)["sparse"] <= 1.10 * 4 * kept
+    want = {"ctr": model.predict(sample, batch_size=500, verbose=0)}
+    report = check_in_fresh_process(exporter.result.path, sample, want)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
 def test_keras_round_trip_keeps_per_value_sizes(pme_trained, tmp_path):
     d, model, _, _, sample = pme_trained
     path = str(tmp_path / "pme.keras")

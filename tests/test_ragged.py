@@ -15,7 +15,7 @@ def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
         return ragged.packed_lookup(
             arrays, ids, layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
             multi_field=multi_field, bits=packed.bits, shift=packed.shift, size_offset=packed.size_offset,
-            size_scale=packed.size_scale, ranged=ranged,
+            size_scale=packed.size_scale, common=packed.common, ranged=ranged,
         )
 
     if jit:
@@ -106,6 +106,39 @@ def test_planes_words_by_hand():
     np.testing.assert_array_equal(p.arrays["values"], [0, 1, 4, 5, 6, 0])
 
 
+def test_sparse_words_by_hand():
+    # 5 rows of sizes 0, 3, 0, 0, 1 (D = 4): 0 is the common size, rows 1 and 4 are listed; their
+    # sizes 3 and 1 are 1 + 2 * code: codes 1, 0 in one plane
+    p = ragged.pack(np.arange(20, dtype=np.float32).reshape(5, 4), np.array([0, 3, 0, 0, 1]), layout="sparse")
+    assert p.common == 0 and (p.size_offset, p.size_scale, p.bits) == (1, 2, 1)
+    np.testing.assert_array_equal(p.arrays["mark"], np.array([0b10010], np.uint64))
+    np.testing.assert_array_equal(p.arrays["rank"], [0])
+    np.testing.assert_array_equal(p.arrays["planes"], np.array([[0b01]], np.uint64))
+    np.testing.assert_array_equal(p.arrays["base"], [0])
+    np.testing.assert_array_equal(p.arrays["values"], [4, 5, 6, 16, 0])
+
+
+def test_sparse_start_is_common_times_unlisted_plus_listed_sizes():
+    # 200 rows of size 1 but rows 3, 70 and 130 of size 5: common 1, three listed rows of one size
+    # (no planes: size_offset 5), one per block of 64 rows
+    sizes = np.ones(200, np.int64)
+    sizes[[3, 70, 130]] = 5
+    p = ragged.pack(np.ones((200, 16), np.float32), sizes, layout="sparse")
+    assert (p.common, p.bits, p.size_offset) == (1, 0, 5) and "planes" not in p.arrays
+    np.testing.assert_array_equal(p.arrays["mark"], np.array([1 << 3, 1 << 6, 1 << 2, 0], np.uint64))
+    np.testing.assert_array_equal(p.arrays["rank"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(p.arrays["base"], [0])  # the starts of the listed rows 0..3: 0, 5, 10, 15
+    g = np.array([0, 3, 4, 70, 100, 130, 131, 199], np.int32)
+    arrays = {k: tf.constant(v) for k, v in p.arrays.items()}
+    start, size = ragged.start_and_size(arrays, tf.constant(g), **p.meta)
+    # row 100: 98 rows of size 1 and 2 of size 5 before it
+    np.testing.assert_array_equal(start.numpy(), [0, 3, 8, 74, 108, 138, 143, 211])
+    np.testing.assert_array_equal(size.numpy(), [1, 5, 1, 5, 1, 5, 1, 1])
+    np.testing.assert_array_equal(start.numpy(), np.concatenate([[0], np.cumsum(sizes)])[g])
+    # bytes: 4 blocks of a uint64 word and an int32 count, one int32 start of the listed rows' planes
+    assert p.nbytes == ragged.layout_bytes(sizes, 16)["sparse"] == 4 * (212 + 1) + 4 * 12 + 4
+
+
 def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():
     rng = np.random.default_rng(0)
     for D, shift, local in [(16, 4, np.uint8), (17, 4, np.uint8), (18, 3, np.uint8), (64, 2, np.uint8), (128, 4, np.uint16), (300, 4, np.uint16)]:
@@ -137,6 +170,9 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
     assert ragged.choose_layout(low, D) == "planes"
     assert ragged.choose_layout(np.sort(low)[::-1], D) == "runs"  # frequency-sorted ids: a few runs
     assert ragged.choose_layout(low, D, max_overhead=2.0) == "offsets"
+    # PME at budget 0.05 with min_dim=0: 90 % of the rows at 0, the rest 1..16 (5-bit planes: 1.21x)
+    mixed = np.where(rng.random(n) < 0.1, rng.integers(1, D + 1, n), 0)
+    assert ragged.choose_layout(mixed, D) == "sparse"
     tiny = np.zeros(1000, np.int64)  # nothing kept: no layout fits, the smallest is taken
     assert ragged.choose_layout(tiny, D) == "runs"
     for sizes in (scattered, low):
@@ -144,13 +180,15 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
         assert p.overhead <= 1.10, (p.layout, p.overhead)
 
 
-@pytest.mark.parametrize("mean_dims", [1.6, 3.2, 8.0])
-@pytest.mark.parametrize("spread", ["scattered", "pme_like", "sorted"])
+@pytest.mark.parametrize("mean_dims", [0.8, 1.6, 3.2, 8.0])
+@pytest.mark.parametrize("spread", ["scattered", "pme_like", "mixed", "sorted"])
 def test_auto_bytes_stay_within_ten_percent(mean_dims, spread):
     rng = np.random.default_rng(0)
     n, D = 100_000, 16
     if spread == "pme_like":  # most values at 0, the frequent ones at 16
         sizes = np.where(rng.random(n) < mean_dims / 16, 16, 0)
+    elif spread == "mixed":  # most values at 0, the others anywhere in 1..16 (PME at low budgets, min_dim=0)
+        sizes = np.where(rng.random(n) < mean_dims / 8.5, rng.integers(1, D + 1, n), 0)
     else:  # sizes 1..16 (min_dim = 1): 4-bit codes at worst
         sizes = np.clip(rng.poisson(mean_dims, size=n), 1, D)
         if spread == "sorted":

@@ -87,7 +87,7 @@ def compact_layer(
     Args:
         layer: a searchable layer (anything `find_searchable_layers` returns).
         value_layout: per-value sizes only: the `layouts` layout, `"auto"` (the
-            fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"` or `"planes"`.
+            fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"`, `"planes"` or `"sparse"`.
         value_read: per-value sizes only: `"prefix"` or `"ranged"` (`ValueLookup`).
         jit_compile: XLA-compile the lookup (see `FieldLookup`, `ValueLookup`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or

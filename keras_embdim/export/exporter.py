@@ -162,7 +162,7 @@ def export_compact(
         verbose: print where the export went.
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
-            `"offsets"`, `"runs"` or `"planes"` (`keras_embdim.export.layouts`).
+            `"offsets"`, `"runs"`, `"planes"` or `"sparse"` (`keras_embdim.export.layouts`).
         value_read: for per-value layers without XLA: how a lookup reads its
             rows. `"prefix"` (default) reads each looked-up row at the layer's
             widest size, a cost that does not depend on the traffic;

@@ -25,6 +25,14 @@ plus an index that gives each row's start in `values` and its size:
   start. The sizes before a row are `sum_k 2^k popcount(plane_k & below)`:
   `b / 8 + 1 / 16` bytes per row, a lookup of two gathers and word arithmetic
   on `[N, b]`.
+- `"sparse"` (smallest when one size dominates, as 0 does after a per-value
+  search at a low budget): rows at one `common` size are only marked, the
+  others ("listed") get a planes index of their own. Per block of 64 rows a
+  uint64 word marks the listed rows and an int32 counts the listed rows
+  before the block; the listed rows' sizes are bit planes as above (their own
+  offset, scale and bits). With `r` listed rows before row `g`,
+  `start(g) = common * (g - r) + (sizes of the first r listed rows)`:
+  `3 / 16 + m / n * (b / 8 + 1 / 16)` bytes per row for `m` listed of `n`.
 
 `layout="auto"` takes the fastest layout whose bytes stay within
 `max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md).
@@ -44,11 +52,11 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-LAYOUTS = ("offsets", "runs", "planes")
+LAYOUTS = ("offsets", "runs", "planes", "sparse")
 # how a lookup reads the rows once it has their starts and sizes (`prefix_rows`, `ranged_rows`)
 READS = ("prefix", "ranged")
 # preference when several fit the byte limit (measured: benchmarks/serving.py)
-SPEED_ORDER = ("offsets", "runs", "planes")
+SPEED_ORDER = ("offsets", "runs", "planes", "sparse")
 PLANE_SHIFT = 6  # planes: 64 rows per block (one uint64 word per bit)
 
 
@@ -70,6 +78,7 @@ class PackedTable:
     shift: int = 0  # offsets layout: log2 rows per block
     size_offset: int = 0  # planes layout: size = size_offset + size_scale * code
     size_scale: int = 1
+    common: int = 0  # sparse layout: the size of the unlisted rows
 
     @property
     def nbytes(self) -> int:
@@ -84,7 +93,7 @@ class PackedTable:
     def meta(self) -> dict:
         """The static arguments of `start_and_size` / `prefix_rows`."""
         return dict(layout=self.layout, bits=self.bits, shift=self.shift, size_offset=self.size_offset,
-                    size_scale=self.size_scale)
+                    size_scale=self.size_scale, common=self.common)
 
 
 def _offsets_params(D: int) -> tuple[int, type]:
@@ -144,6 +153,25 @@ def _num_runs(sizes: np.ndarray) -> int:
     return runs
 
 
+def _planes_bytes(rows: int, bits: int, isz: int) -> int:
+    """A planes index over `rows` rows: per 64 rows a start and `bits` uint64 words."""
+    return (-(-max(rows, 1) >> PLANE_SHIFT)) * (isz + 8 * bits)
+
+
+def _sparse_plan(histogram: np.ndarray, isz: int) -> tuple[int, int]:
+    """`(common size, index bytes)` of the sparse layout: the size left unlisted that makes the index smallest."""
+    n = int(histogram.sum())
+    mark = (-(-max(n, 1) >> PLANE_SHIFT)) * (8 + 4)  # a uint64 word and an int32 count per 64 rows
+    best = (0, mark + _planes_bytes(1, 0, isz))
+    for size in np.flatnonzero(histogram):
+        listed = histogram.copy()
+        listed[size] = 0
+        cost = mark + _planes_bytes(n - int(histogram[size]) + 1, _affine(listed)[2], isz)
+        if size == np.flatnonzero(histogram)[0] or cost < best[1]:
+            best = (int(size), cost)
+    return best
+
+
 def layout_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
     """Bytes each layout would take for these per-row sizes (float32 values, without packing)."""
     sizes = np.asarray(sizes)
@@ -161,6 +189,7 @@ def layout_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
         "offsets": values + local * (n + 1) + isz * (-(-(n + 1) >> shift)),
         "runs": values + _num_runs(sizes) * (4 + size_b + isz),
         "planes": values + blocks * (isz + 8 * bits),
+        "sparse": values + _sparse_plan(histogram, isz)[1],
     }
 
 
@@ -199,6 +228,57 @@ def check_sizes(sizes, num_rows: int, output_dim: int) -> np.ndarray:
     return sizes
 
 
+class _PlaneWriter:
+    """The planes index (`base`, `planes`) of a stream of sizes, fed in chunks of any length.
+
+    Args:
+        rows: rows the index must answer for (blocks of 64 are allocated for
+            them; blocks past the rows written start at the total).
+        offset, scale, bits: every size is `offset + scale * code`, `code < 2^bits`.
+        itype: dtype of the starts.
+    """
+
+    def __init__(self, rows: int, offset: int, scale: int, bits: int, itype):
+        blocks = -(-max(rows, 1) >> PLANE_SHIFT)
+        self.base = np.zeros(blocks, itype)
+        self.planes = np.zeros((blocks, bits), np.uint64) if bits else None
+        self.offset, self.scale, self.bits = offset, scale, bits
+        self.row = self.running = 0
+        self.pending = np.zeros(0, np.int64)  # fewer than 64 sizes, not yet a whole block
+
+    def add(self, sizes: np.ndarray) -> None:
+        if self.pending.size:
+            sizes = np.concatenate([self.pending, sizes])
+        whole = (sizes.shape[0] >> PLANE_SHIFT) << PLANE_SHIFT
+        self._write(sizes[:whole])
+        self.pending = np.array(sizes[whole:], np.int64)
+
+    def close(self) -> dict:
+        self._write(self.pending)
+        self.base[-(-self.row >> PLANE_SHIFT) :] = self.running  # blocks past the last row written
+        return {"base": self.base, **({"planes": self.planes} if self.bits else {})}  # one size: no planes
+
+    def _write(self, sizes: np.ndarray) -> None:
+        """Sizes of the rows from `self.row` (a block start) on."""
+        n = sizes.shape[0]
+        if not n:
+            return
+        rows_per = 1 << PLANE_SHIFT
+        k0, m = self.row >> PLANE_SHIFT, -(-n >> PLANE_SHIFT)
+        ends = np.cumsum(sizes, dtype=np.int64)
+        self.base[k0 : k0 + m] = self.running + (ends - sizes)[::rows_per]
+        if self.bits:
+            codes = np.zeros(m * rows_per, np.uint64)
+            codes[:n] = (sizes - self.offset) // self.scale
+            grid = codes.reshape(m, rows_per)
+            weights = np.arange(rows_per, dtype=np.uint64)
+            for k in range(self.bits):  # bit j of plane k's word = bit k of row j's code
+                self.planes[k0 : k0 + m, k] = (((grid >> np.uint64(k)) & np.uint64(1)) << weights).sum(
+                    1, dtype=np.uint64)
+        self.running += int(ends[-1])
+        self.row += n
+
+
 def pack_index(
     sizes: np.ndarray,
     output_dim: int,
@@ -216,7 +296,7 @@ def pack_index(
         sizes: `[n]` integers in `[0, output_dim]`, all fields' rows one after another.
         output_dim: D.
         field_sizes: rows per field (default: one field).
-        layout: `"auto"`, `"offsets"`, `"runs"` or `"planes"`.
+        layout: `"auto"` or one of `LAYOUTS`.
         max_overhead: for `"auto"`: bytes allowed over the kept values' bytes.
     """
     n = int(np.asarray(sizes).shape[0]) if np.ndim(sizes) == 1 else -1
@@ -236,7 +316,7 @@ def pack_index(
     itype = _index_dtype(total + 1)
     size_t = np.uint8 if D <= 255 else np.uint16
     arrays: dict = {}
-    bits = shift = offset = 0
+    bits = shift = offset = common = 0
     scale = 1
 
     def starts_of(a, b, running):
@@ -279,31 +359,39 @@ def pack_index(
         arrays["run_row"] = np.concatenate(rows)
         arrays["run_size"] = np.concatenate(run_sizes)
         arrays["run_start"] = np.concatenate(run_starts)
-    else:
+    elif layout == "planes":
         offset, scale, bits = _affine(histogram)
-        rows_per = 1 << PLANE_SHIFT
-        blocks = -(-max(n, 1) >> PLANE_SHIFT)
-        base = np.zeros(blocks, itype)
-        planes = np.zeros((blocks, bits), np.uint64) if bits else None
-        weights = np.arange(rows_per, dtype=np.uint64)
-        running = 0
+        writer = _PlaneWriter(n, offset, scale, bits, itype)
         for a, b in _chunks(n):
-            st = starts_of(a, b, running)
-            base[a >> PLANE_SHIFT : -(-b >> PLANE_SHIFT)] = st[:-1:rows_per]
-            running = int(st[-1])
-            if bits:
-                m = -(-(b - a) >> PLANE_SHIFT)
-                codes = np.zeros(m * rows_per, np.uint64)
-                codes[: b - a] = (sizes[a:b] - offset) // scale
-                grid = codes.reshape(m, rows_per)
-                for k in range(bits):  # bit j of plane k's word = bit k of row j's code
-                    planes[a >> PLANE_SHIFT : (a >> PLANE_SHIFT) + m, k] = (
-                        ((grid >> np.uint64(k)) & np.uint64(1)) << weights).sum(1, dtype=np.uint64)
-        arrays["base"] = base
-        if bits:  # one size only: no planes at all
-            arrays["planes"] = planes
+            writer.add(sizes[a:b])
+        arrays.update(writer.close())
+    else:  # sparse: rows of the common size marked, the listed ones in planes of their own
+        common = _sparse_plan(histogram, np.dtype(itype).itemsize)[0]
+        listed_histogram = histogram.copy()
+        listed_histogram[common] = 0
+        offset, scale, bits = _affine(listed_histogram)
+        m = n - int(histogram[common])
+        blocks = -(-max(n, 1) >> PLANE_SHIFT)
+        mark = np.zeros(blocks, np.uint64)
+        rank = np.zeros(blocks, np.int32)
+        writer = _PlaneWriter(m + 1, offset, scale, bits, itype)  # + 1: unlisted rows after the last listed
+        weights = np.arange(1 << PLANE_SHIFT, dtype=np.uint64)
+        count = 0
+        for a, b in _chunks(n):
+            listed = sizes[a:b] != common
+            k = -(-(b - a) >> PLANE_SHIFT)
+            grid = np.zeros(k << PLANE_SHIFT, np.uint64)
+            grid[: b - a] = listed
+            grid = grid.reshape(k, -1)
+            mark[a >> PLANE_SHIFT : (a >> PLANE_SHIFT) + k] = (grid << weights).sum(1, dtype=np.uint64)
+            per_block = grid.sum(1, dtype=np.int64)
+            rank[a >> PLANE_SHIFT : (a >> PLANE_SHIFT) + k] = count + np.cumsum(per_block) - per_block
+            count += int(per_block.sum())
+            writer.add(sizes[a:b][listed])
+        arrays["mark"], arrays["rank"] = mark, rank
+        arrays.update(writer.close())
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
-    return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale)
+    return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common)
 
 
 def pack(
@@ -324,7 +412,7 @@ def pack(
         sizes: `[n]` integers in `[0, D]`, or one array per field.
         field_sizes: rows per field (default: one field, or the lengths of
             `sizes` when it is given per field).
-        layout: `"auto"`, `"offsets"`, `"runs"` or `"planes"`.
+        layout: `"auto"` or one of `LAYOUTS`.
         max_overhead: for `"auto"`: bytes allowed over the kept values' bytes.
     """
     table = np.asarray(table, dtype=np.float32)
@@ -353,7 +441,18 @@ def unpack_sizes(packed: PackedTable) -> np.ndarray:
     if packed.layout == "runs":
         r = np.searchsorted(a["run_row"], g, side="right") - 1
         return a["run_size"][r].astype(np.int64)
-    code = np.zeros(n, np.int64)
+    if packed.layout == "planes":
+        return _plane_sizes(a, g, packed)
+    bit = (a["mark"][g >> PLANE_SHIFT] >> (g & ((1 << PLANE_SHIFT) - 1)).astype(np.uint64)) & np.uint64(1)
+    sizes = np.full(n, packed.common, np.int64)
+    listed = np.flatnonzero(bit)
+    sizes[listed] = _plane_sizes(a, np.arange(listed.size), packed)
+    return sizes
+
+
+def _plane_sizes(a: dict, g: np.ndarray, packed: PackedTable) -> np.ndarray:
+    """Sizes of the rows `g` of a planes index (numpy, bit by bit: the reference of the lookups)."""
+    code = np.zeros(g.size, np.int64)
     if packed.bits:
         words = a["planes"][g >> PLANE_SHIFT]  # [n, bits]
         bit = (words >> (g & ((1 << PLANE_SHIFT) - 1)).astype(np.uint64)[:, None]) & np.uint64(1)
@@ -370,7 +469,7 @@ def unpack(packed: PackedTable) -> np.ndarray:
 
 
 def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, shift: int = 0,
-                   size_offset: int = 0, size_scale: int = 1) -> tuple[tf.Tensor, tf.Tensor]:
+                   size_offset: int = 0, size_scale: int = 1, common: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
     """`(start, size)` in `values` of the global rows `g` (`[N]` int32), from a layout's index.
 
     Both are int32, or int64 when the values need 64-bit offsets.
@@ -392,8 +491,24 @@ def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, sh
         size = tf.cast(tf.gather(arrays["run_size"], r), itype)
         start = tf.cast(tf.gather(arrays["run_start"], r), itype) + tf.cast(g - tf.gather(arrays["run_row"], r), itype) * size
         return start, size
-    if layout != "planes":
+    if layout == "planes":
+        return _plane_start_and_size(arrays, g, itype, bits, size_offset, size_scale)
+    if layout != "sparse":
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    local = tf.cast(tf.bitwise.bitwise_and(g, (1 << PLANE_SHIFT) - 1), tf.uint64)
+    block = tf.bitwise.right_shift(g, PLANE_SHIFT)
+    word = tf.gather(arrays["mark"], block)
+    below = tf.bitwise.left_shift(tf.ones_like(local), local) - 1
+    r = tf.gather(arrays["rank"], block) + tf.cast(
+        tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_and(word, below)), tf.int32)  # listed rows before g
+    listed = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, local), 1), itype)
+    before, size = _plane_start_and_size(arrays, r, itype, bits, size_offset, size_scale)
+    start = before + tf.cast(g - r, itype) * common if common else before
+    return start, common + listed * (size - common) if common else listed * size
+
+
+def _plane_start_and_size(arrays: dict, g: tf.Tensor, itype, bits: int, size_offset: int, size_scale: int):
+    """`(start, size)` of the rows `g` of a planes index (`base`, `planes`)."""
     local = tf.bitwise.bitwise_and(g, (1 << PLANE_SHIFT) - 1)
     block = tf.bitwise.right_shift(g, PLANE_SHIFT)
     start = tf.cast(tf.gather(arrays["base"], block), itype)
@@ -469,6 +584,7 @@ def packed_lookup(
     shift: int = 0,
     size_offset: int = 0,
     size_scale: int = 1,
+    common: int = 0,
     ranged: bool = False,
 ) -> tf.Tensor:
     """Rebuild `[..., D]` (single field) or `[..., F, D]` embeddings from a packed table.
@@ -477,7 +593,7 @@ def packed_lookup(
         arrays: the `PackedTable.arrays`, as tensors or variables (`values`
             may be float16, or int8 with a float16 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
-        layout, field_starts, output_dim, bits, shift, size_offset, size_scale:
+        layout, field_starts, output_dim, bits, shift, size_offset, size_scale, common:
             from the `PackedTable`.
         multi_field: whether the last axis of `ids` indexes fields.
         ranged: read the rows with `ranged_rows` (not under XLA) instead of `prefix_rows`.
@@ -488,7 +604,7 @@ def packed_lookup(
     g = ids + tf.constant(field_starts, tf.int32) if multi_field else ids
     g = tf.reshape(g, [-1])
     start, size = start_and_size(arrays, g, layout=layout, bits=bits, shift=shift, size_offset=size_offset,
-                                 size_scale=size_scale)
+                                 size_scale=size_scale, common=common)
     out = (ranged_rows if ranged else prefix_rows)(values, start, size, output_dim)
     if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.export.quantize)
         out = tf.cast(out, tf.float32)
