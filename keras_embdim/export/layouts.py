@@ -162,12 +162,12 @@ def _sparse_plan(histogram: np.ndarray, isz: int) -> tuple[int, int]:
     """`(common size, index bytes)` of the sparse layout: the size left unlisted that makes the index smallest."""
     n = int(histogram.sum())
     mark = (-(-max(n, 1) >> PLANE_SHIFT)) * (8 + 4)  # a uint64 word and an int32 count per 64 rows
-    best = (0, mark + _planes_bytes(1, 0, isz))
-    for size in np.flatnonzero(histogram):
+    best = (0, mark + _planes_bytes(1, 0, isz))  # no rows
+    for i, size in enumerate(np.flatnonzero(histogram)):
         listed = histogram.copy()
         listed[size] = 0
         cost = mark + _planes_bytes(n - int(histogram[size]) + 1, _affine(listed)[2], isz)
-        if size == np.flatnonzero(histogram)[0] or cost < best[1]:
+        if i == 0 or cost < best[1]:  # ties: the smallest size
             best = (int(size), cost)
     return best
 
