@@ -283,7 +283,7 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
 
 
 @pytest.mark.parametrize("layout,jit,read", [("runs", False, "prefix"), ("planes", False, "ranged"),
-                                             ("offsets", True, "prefix")])
+                                             ("offsets", True, "prefix"), ("sparse", True, "prefix")])
 def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_trained, tmp_path, layout, jit, read):
     d, model, search, _, sample, _ = twins_trained
     path = str(tmp_path / "export")
