@@ -26,6 +26,13 @@ def write_table(path: str, title: str, generated_by: str, header: list, rows: li
     return text
 
 
+def keras_export(model, path: str) -> None:
+    """`model.export(path)` (the baselines' SavedModel), quietly in Keras 3 (tf_keras' has no `verbose`)."""
+    import keras_embdim as ked
+
+    model.export(path, verbose=False) if ked.KERAS_3 else model.export(path)
+
+
 def timed(fn, reps: int) -> float:
     """Median wall time of `reps` calls of `fn`."""
     times = []

@@ -93,7 +93,7 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
         keras.utils.set_random_seed(seed)
         model = ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding="plain")
         path = os.path.join(out, name)
-        model.export(path, verbose=False) if ked.KERAS_3 else model.export(path)
+        _common.keras_export(model, path)
         params = sum(data.vocab_sizes) * dim
         return {"path": path, "embedding_params": params, "embedding_bytes": 4 * params, "kind": "baseline"}
 
@@ -183,7 +183,10 @@ print(json.dumps(out))
 '''
 
 
-def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0) -> dict:
+def run_tf_only(script: str, spec: dict, data, batches, seed: int = 0, timeout: int = 7200) -> dict:
+    """Run `script` (Python source) in a fresh process without keras_embdim on `sys.path`, with
+    `spec` plus `"requests"`: an .npz of `max(batches)` test rows drawn with `seed`; return the JSON
+    object it prints last."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -191,15 +194,19 @@ def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int =
     with tempfile.TemporaryDirectory() as tmp:
         req = os.path.join(tmp, "requests.npz")
         np.savez(req, **data.inputs(rows))
-        spec = {"paths": paths, "requests": req, "batches": list(batches), "rounds": rounds, "reps": reps}
+        spec = {**spec, "requests": req, "batches": list(batches)}
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        proc = subprocess.run([sys.executable, "-c", TIMER, json.dumps(spec)], capture_output=True, text=True,
-                              env=env, cwd=tmp, timeout=7200)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec)], capture_output=True, text=True,
+                              env=env, cwd=tmp, timeout=timeout)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"timing process failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"the TensorFlow-only process failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
+
+
+def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0) -> dict:
+    return run_tf_only(TIMER, {"paths": paths, "rounds": rounds, "reps": reps}, data, batches, seed)
 
 
 def ratios(per_round: dict, name: str, base: str) -> float:

@@ -19,11 +19,8 @@ docs/results/serving_profile.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import _common
@@ -93,22 +90,10 @@ def split(by_type: dict) -> dict:
 
 
 def profile(paths: dict, data, batches, reps: int, seed: int = 0) -> dict:
-    import numpy as np
+    """`{export: {batch: {"total": us, "by_type": {op type: us}}}}`, from a fresh TensorFlow-only process."""
+    import serving
 
-    rng = np.random.default_rng(seed)
-    rows = data.test[0][rng.integers(0, len(data.test[0]), max(batches))]
-    with tempfile.TemporaryDirectory() as tmp:
-        req = os.path.join(tmp, "requests.npz")
-        np.savez(req, **data.inputs(rows))
-        spec = {"paths": paths, "requests": req, "batches": list(batches), "reps": reps}
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-        proc = subprocess.run([sys.executable, "-c", PROFILER, json.dumps(spec)], capture_output=True, text=True,
-                              env=env, cwd=tmp, timeout=3600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        raise RuntimeError(f"profiling process failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    return serving.run_tf_only(PROFILER, {"paths": paths, "reps": reps}, data, batches, seed, timeout=3600)
 
 
 def main() -> None:
@@ -120,7 +105,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=0.1)
     p.add_argument("--batches", nargs="+", type=int, default=[1, 512, 4096])
     p.add_argument("--rows", type=int, default=200_000, help="criteo: generated rows")
-    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--reps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join(_common.DOCS, "serving_profile.md"))
     a = p.parse_args()

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+import _common
 import serving_profile  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import keras_embdim as ked
 from keras_embdim import keras
@@ -20,7 +21,7 @@ def test_profile_reads_the_ops_each_export_runs(small_data, tmp_path):
     keras.utils.set_random_seed(0)
     plain = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, embedding="plain", hidden=(8,))
     base = str(tmp_path / "plain")
-    plain.export(base, verbose=False) if ked.KERAS_3 else plain.export(base)
+    _common.keras_export(plain, base)
     model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(8,))
     widths = np.array([1, 2, 2, 3, 4, 4])[: d.num_fields]
     ked.find_searchable_layers(model)[0].set_dimension_mask(np.arange(4)[None, :] < widths[:, None])
