@@ -145,6 +145,17 @@ class FieldLayout:
         """Local ids per field (global ids made local)."""
         return ids - tf.constant(self.offsets, ids.dtype) if self.global_ids else ids
 
+    def local_columns(self, columns: Sequence[tf.Tensor], layer_name: str) -> list[tf.Tensor]:
+        """`local` for ids given as one tensor per field (multi-field layouts only)."""
+        if not self.multi_field or len(columns) != self.num_fields:
+            raise ValueError(f"layer '{layer_name}' embeds {self.num_fields} field(s) (multi_field="
+                             f"{self.multi_field}): it takes one id tensor per field only as a multi-field "
+                             f"layer; received {len(columns)}.")
+        columns = [as_int_ids(c) for c in columns]
+        if not self.global_ids:
+            return columns
+        return [c - tf.constant(int(o), c.dtype) if o else c for c, o in zip(columns, self.offsets)]
+
     def rows(self, ids: tf.Tensor) -> tf.Tensor:
         """Rows of the concatenated table the ids look up."""
         if self.multi_field and not self.global_ids:

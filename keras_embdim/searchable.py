@@ -20,7 +20,7 @@ abstract ones.
 | `attach_gate_probe()` / `attach_entry_probe()` / `detach_probe()` | SSEDS, PME |
 | `add_penalty(fn)` / `remove_penalty(fn)` | `OrthogonalRegularizer` |
 | `sync_search_state()` | resuming from a checkpoint |
-| `serving_ids(inputs)` / `use_serving_lookup(lookup)` | exporter |
+| `serving_ids(inputs)` / `serving_field_ids(columns)` / `use_serving_lookup(lookup)` | exporter |
 """
 
 from __future__ import annotations
@@ -126,6 +126,12 @@ class DimensionSearchable:
     def serving_ids(self, inputs) -> tf.Tensor:  # pragma: no cover - interface
         """The local ids (`[..., F]`, or `[...]` for one field) that a serving
         lookup of this layer takes (the exporter folds with them)."""
+        raise NotImplementedError
+
+    def serving_field_ids(self, columns: Sequence[tf.Tensor]) -> list[tf.Tensor]:  # pragma: no cover - interface
+        """`serving_ids` of a multi-field layer from one id tensor per field (`[...]`,
+        what `keras_embdim.layers.StackFields` would stack), field by field: the
+        exporter's per-field lookups stack only the fields each table holds."""
         raise NotImplementedError
 
     def use_serving_lookup(self, lookup) -> None:  # pragma: no cover - interface

@@ -201,3 +201,54 @@ def test_folded_model_serves_an_empty_batch(tmp_path):
     assert _served(r, {"ids": np.zeros((0, 3), "int32")})["o"].shape == (0, 1)
     emb_bytes = sum(b for k, b in saved_variable_bytes(r.path).items() if k.startswith(TABLES_ATTRIBUTE))
     assert emb_bytes == 4 * emb.dimension_mask().kept_params
+
+
+def _field_model(vocab, first_order: bool):
+    """Named per-field inputs -> StackFields -> searched layer -> Dense; with `first_order`, the
+    stacked ids also feed a plain first-order Embedding concatenated into the same Dense."""
+    names = [f"f{i}" for i in range(len(vocab))]
+    inputs = {n: keras.Input(shape=(), dtype="int32", name=n) for n in names}
+    ids = ked.layers.StackFields(name="stack")([inputs[n] for n in names])
+    emb = ked.PrunableEmbedding(vocab, D, name="emb")
+    x = keras.layers.Flatten()(emb(ids))
+    if first_order:
+        shared = ked.layers.FieldOffsets(vocab)(ids)
+        w = keras.layers.Flatten()(keras.layers.Embedding(sum(vocab), 1, name="w")(shared))
+        x = keras.layers.Concatenate()([x, w])
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="ctr")(x))
+    _mask(emb, 5)
+    return model, emb, names
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_stacked_field_inputs_are_looked_up_per_width_group(tmp_path, first_order):
+    """Behind `StackFields`, the folded lookup takes the per-field inputs (each width group
+    stacks only its fields); the stack itself runs only if another layer uses it. Served
+    int64 requests == the model; an int64 id past the int32 range is reported as sent."""
+    from keras_embdim.export import fold as fold_lib
+    from keras_embdim.export.compact import compact_layer
+
+    vocab = [7, 30, 120, 5, 60]
+    model, emb, names = _field_model(vocab, first_order)
+    plan, report = fold_lib.plan(model, {emb: compact_layer(emb)})
+    assert report.layers["emb"]["folded_into"] == ["ctr"]
+    stack = model.get_layer("stack")
+    assert [n.layer for n in plan.columns.values()] == [stack]
+    stack_skipped = {n.layer for n in _compat_nodes(model) if id(n.raw) in plan.skip}
+    assert (stack in stack_skipped) is (not first_order) and emb in stack_skipped
+    x = _ids(vocab=vocab)
+    request = {n: x[:, i].astype("int64") for i, n in enumerate(names)}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs={n: x[:, i] for i, n in enumerate(names)}, verbose=0)
+    np.testing.assert_allclose(_served(r, request)["ctr"], model.predict(request, verbose=0), atol=1e-6)
+    # past the int32 range (with the first-order weights, whose shared-table gather would fail on
+    # its own: an id that lands on another field's row there, caught only by our check)
+    value = 130 if first_order else 2**40
+    bad = dict(request, f2=np.full(len(x), value, "int64"))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf'field_2\\?" received id {value},'):
+        _served(r, bad)
+
+
+def _compat_nodes(model):
+    from keras_embdim import _compat
+
+    return _compat.graph_nodes(_compat.graph_network(model))

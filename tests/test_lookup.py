@@ -167,3 +167,63 @@ def test_stored_values_swap_in_and_back_exactly(per_value, table_dtype):
         np.testing.assert_allclose(np.asarray(layer(ids)), served, rtol=0, atol=1e-7)
     np.testing.assert_array_equal(np.asarray(layer.embedding_variable), before)
     assert compact.nbytes < 4 * layer.dimension_mask().kept_params + 4 * 31
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, 30), min_size=2, max_size=6), st.integers(1, 6), st.floats(0.0, 1.0),
+       st.integers(0, 10_000), st.booleans(), st.booleans(), st.sampled_from(["error", "zero"]),
+       st.sampled_from([(7,), (4, 3)]))
+def test_per_field_columns_serve_what_the_stacked_ids_serve(vocab, D, keep_p, seed, jit, per_value, policy, shape):
+    """`folded_fields` (one id tensor per field, each width group stacking only its own
+    fields; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
+    value by value: int32 and int64 columns mixed, fields that keep nothing, one-field
+    groups, sequences of ids per field, and invalid ids under the "zero" policy."""
+    rng = np.random.default_rng(seed)
+    kw = {"sizes": rng.integers(0, D + 1, sum(vocab))} if per_value else {"keep": rng.random((len(vocab), D)) < keep_p}
+    layer, _ = _layer(vocab, D, seed, **kw)
+    lookup = compact_layer(layer, jit_compile=jit, on_invalid_id=policy).lookup
+    ids = np.stack([rng.integers(0, n, shape) for n in vocab], axis=-1)
+    if policy == "zero":  # some ids outside their field's vocabulary, both sides
+        bad = rng.random(ids.shape) < 0.3
+        ids = np.where(bad, rng.choice([-5, -1, 40, 2**40], ids.shape), ids)
+    columns = [tf.constant(ids[..., f], tf.int64 if f % 2 or abs(ids[..., f]).max() >= 2**31 else tf.int32)
+               for f in range(len(vocab))]
+    want = lookup.folded(tf.constant(ids, tf.int64)).numpy()
+    np.testing.assert_array_equal(lookup.folded_fields(columns).numpy(), want)
+
+
+def test_per_field_columns_check_every_field_and_name_the_exact_id():
+    keep = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]], bool)  # field "b" keeps nothing
+    layer, table = _layer([10, 20, 30], 4, 0, keep=keep, names=["a", "b", "c"])
+    lookup = compact_layer(layer).lookup
+
+    def cols(*fields):
+        return [tf.constant(f, tf.int64) for f in fields]
+
+    got = lookup.folded_fields(cols([1, 9], [0, 19], [3, 29])).numpy()
+    want = reference.masked_lookup(table, layer.dimension_mask(), np.array([[1, 0, 3], [9, 19, 29]]), multi_field=True)
+    codes = lookup.folded_codes(1)
+    np.testing.assert_array_equal(got[:, codes >= 0], want.reshape(2, -1)[:, codes[codes >= 0]])
+    # a field in no table is still checked; an int64 id is reported as sent, not clipped to int32
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "b" received id 20, outside its vocabulary of 20'):
+        lookup.folded_fields(cols([1], [20], [3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "c" received id 1099511627776'):
+        lookup.folded_fields(cols([1], [2], [2**40]))
+    # the first field with a bad id, and its largest bad id (a negative id counts as the largest)
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "a" received id -1,'):
+        lookup.folded_fields(cols([1, -1], [2, 2], [99, 3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "c" received id 99,'):
+        lookup.folded_fields(cols([1, 2], [2, 2], [99, 31]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "c" received id -2,'):
+        lookup.folded_fields([tf.constant([1, 2]), tf.constant([2, 2]), tf.constant([-2, 31])])  # int32
+    with pytest.raises(ValueError, match="one id tensor per field"):
+        lookup.folded_fields(cols([1], [2]))
+
+
+def test_local_columns_of_a_shared_id_space_by_hand():
+    layout = ked.fields.FieldLayout((3, 5), ("a", "b"), multi_field=True, global_ids=True)
+    got = layout.local_columns([tf.constant([0, 2]), tf.constant([3, 7], tf.int64)], "emb")
+    assert [c.numpy().tolist() for c in got] == [[0, 2], [0, 4]] and got[1].dtype == tf.int64
+    single = ked.fields.FieldLayout((3,), ("a",), multi_field=False)
+    with pytest.raises(ValueError, match="layer 'emb' embeds 1 field"):
+        single.local_columns([tf.constant([0])], "emb")

@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
-from keras_embdim.layers.fields import saturate_cast
+from keras_embdim.layers.fields import StackFields, field_columns, saturate_cast
 
 _MAX_CODES = 2**24  # float32 represents every integer up to this exactly
 
@@ -87,6 +87,7 @@ class NetPlan:
     dense: dict = field(default_factory=dict)  # id(raw node) -> DenseFold
     nested: dict = field(default_factory=dict)  # id(raw node) -> NetPlan of a nested model
     lookups: dict = field(default_factory=dict)  # id(raw node) -> compacted layer's CompactLayer
+    columns: dict = field(default_factory=dict)  # id(raw searched node) -> StackFields node of its per-field ids
 
     @property
     def active(self) -> bool:
@@ -265,7 +266,25 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
     for key in downstream:  # data-moving calls whose every path ends in a folded Dense are not run
         if _feeds_only_folded(key, nodes, consumers, result, downstream):
             result.skip.add(key)
+    _plan_field_columns(graph, result)
     return result
+
+
+def _plan_field_columns(graph: "_Graph", result: NetPlan) -> None:
+    """Folded multi-field lookups whose ids a `StackFields` call stacks take its per-field inputs
+    instead (`FieldLookup.folded_fields`: each width group stacks only its own fields); the
+    `StackFields` call is then not run if nothing else uses its output."""
+    searched = {id(n.raw): n for n in graph.nodes if id(n.raw) in result.lookups and id(n.raw) in result.skip}
+    for key, n in searched.items():
+        stack = graph.producer.get(id(n.inputs[0])) if n.inputs else None
+        if (stack is None or type(stack.layer) is not StackFields or not n.layer.multi_field
+                or len(stack.inputs) != n.layer.num_fields):
+            continue
+        result.columns[key] = stack
+    for stack in {id(s.raw): s for s in result.columns.values()}.values():
+        users = [c for t in stack.outputs for c in graph.consumers.get(id(t), [])]
+        if all(id(c.raw) in result.columns for c in users) and not any(id(t) in graph.outputs for t in stack.outputs):
+            result.skip.add(id(stack.raw))
 
 
 def _consumers_of(raw_id, nodes, consumers):
@@ -395,9 +414,14 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf
         if kind == "lookup":
             key = id(src.raw)
             if key not in folded:  # a searched call feeding several Dense layers is looked up once
-                args, _ = _compat.node_arguments(src, values)
-                compact = plan.lookups[key]
-                folded[key] = compact.lookup.folded(src.layer.serving_ids(args[0]))
+                lookup = plan.lookups[key].lookup
+                stack = plan.columns.get(key)
+                if stack is not None:  # per-field ids, as the StackFields call takes them
+                    columns = field_columns([values[id(t)] for t in stack.inputs])
+                    folded[key] = lookup.folded_fields(src.layer.serving_field_ids(columns))
+                else:
+                    args, _ = _compat.node_arguments(src, values)
+                    folded[key] = lookup.folded(src.layer.serving_ids(args[0]))
             piece = folded[key]
         else:
             v = tf.convert_to_tensor(values[id(src)])

@@ -67,31 +67,112 @@ class IdGuard:
 
     def __call__(self, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`(int32 ids, valid)`; `valid` is a boolean mask like `ids` for `"zero"`, else None."""
-        ids = tf.convert_to_tensor(ids)
-        if not ids.dtype.is_integer:
-            ids = tf.cast(ids, tf.int32)  # float ids, as keras.layers.Embedding takes them
-        unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
+        ids = _int_ids(ids)
         high = self.vocab_sizes if self.multi_field else self.vocab_sizes[:1].reshape(())
-        # one unsigned comparison: a negative id wraps to a huge value
-        in_range = tf.cast(ids, unsigned) < tf.constant(high, unsigned)
+        in_range = _below(ids, high)
         if self.policy == "zero":
-            safe = tf.where(in_range, ids, tf.zeros_like(ids))
-            return tf.cast(safe, tf.int32), in_range
+            return tf.cast(tf.where(in_range, ids, tf.zeros_like(ids)), tf.int32), in_range
 
         def fail():
-            where = tf.where(tf.logical_not(in_range))[0]  # the first bad position
-            field = tf.cast(where[-1], tf.int32) if self.multi_field else tf.constant(0)
-            value = tf.cast(tf.gather_nd(ids, where[None])[0], tf.int64)
-            vocab = tf.strings.as_string(tf.gather(self.vocab_sizes, field))
-            message = tf.strings.join([
-                f'layer "{self.layer_name}": field "', tf.gather(self.field_names, field), '" received id ',
-                tf.strings.as_string(value), ", outside its vocabulary of ", vocab, " ids [0, ", vocab, ").",
-            ])
-            with tf.control_dependencies([tf.debugging.Assert(tf.constant(False), [message])]):
+            with tf.control_dependencies([self._fail(ids, in_range)]):
                 return tf.identity(ids)
 
         checked = tf.cond(tf.reduce_all(in_range), lambda: ids, fail)
         return tf.cast(checked, tf.int32), None
+
+    def check_parts(self, parts: Sequence[tf.Tensor], part_fields: Sequence[np.ndarray]
+                    ) -> tuple[list[tf.Tensor], list[tf.Tensor] | None, list]:
+        """`__call__` for multi-field ids held in parts, without joining them.
+
+        `parts[i]` (`[..., n_i]`) holds the fields `part_fields[i]`, every field
+        in exactly one part; a part of one field may also be its `[N]` ids.
+        `"error"` checks each field's largest id (read as unsigned, so a
+        negative id is the largest) against its vocabulary: per part a bitcast
+        and a max over the batch, then one comparison and one `cond` for all
+        fields, whatever the batch size. A failing request
+        names the first field (in field order) with a bad id and its largest
+        bad id.
+
+        Returns `(parts, valid, checks)`: the parts as integer ids (a gather
+        takes int64 indices as they are), `valid` masks for `"zero"` (invalid
+        ids replaced by 0) or None, and for `"error"` the check that whatever
+        reads the ids must run after (`tf.control_dependencies`).
+        """
+        parts = [_int_ids(p) for p in parts]
+        fields = [np.asarray(fs, np.int64) for fs in part_fields]
+        if self.policy == "zero":
+            in_range = [_below(p, self.vocab_sizes[fs]) for p, fs in zip(parts, fields)]
+            return [tf.where(ok, p, tf.zeros_like(p)) for p, ok in zip(parts, in_range)], in_range, []
+        if len({p.dtype for p in parts}) > 1 or parts[0].dtype.size < 4:
+            parts = [tf.cast(p, tf.int64) for p in parts]
+        unsigned = tf.uint64 if parts[0].dtype.size > 4 else tf.uint32
+        largest = []
+        for p, fs in zip(parts, fields):
+            bits = p if p.dtype == unsigned else tf.bitcast(p, unsigned)
+            if bits.shape.rank == 1 and len(fs) == 1:  # one field's `[N]` ids (or `[1]`: the same max)
+                largest.append(tf.reduce_max(bits, keepdims=True))
+                continue
+            axes = list(range(bits.shape.rank - 1)) if bits.shape.rank is not None else None
+            largest.append(tf.reduce_max(bits if axes is not None else tf.reshape(bits, [-1, tf.shape(bits)[-1]]),
+                                         axis=axes if axes is not None else 0))
+        largest = largest[0] if len(largest) == 1 else tf.concat(largest, axis=0)  # [F], in part order
+        order = np.concatenate(fields)
+        vocab = self.vocab_sizes[order]
+        ok = tf.reduce_all(largest < tf.constant(vocab, unsigned))
+
+        def fail():  # field order: the first field with a bad id
+            bad = tf.gather(largest, np.argsort(order))
+            field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes, unsigned))[0][0], tf.int32)
+            value = tf.gather(bad, field)
+            value = tf.cast(value if parts[0].dtype.is_unsigned else tf.bitcast(value, parts[0].dtype), tf.int64)
+            with tf.control_dependencies([self._assert(field, value)]):
+                return tf.constant(False)
+
+        return parts, None, [tf.cond(ok, lambda: tf.constant(True), fail)]
+
+    def _fail(self, ids: tf.Tensor, in_range: tf.Tensor) -> tf.Operation:
+        """The assertion that fails a request, naming its first bad field and id."""
+        where = tf.where(tf.logical_not(in_range))[0]  # the first bad position
+        field = tf.cast(where[-1], tf.int32) if self.multi_field else tf.constant(0)
+        return self._assert(field, tf.cast(tf.gather_nd(ids, where[None])[0], tf.int64))
+
+    def _assert(self, field: tf.Tensor, value: tf.Tensor) -> tf.Operation:
+        vocab = tf.strings.as_string(tf.gather(self.vocab_sizes, field))
+        message = tf.strings.join([
+            f'layer "{self.layer_name}": field "', tf.gather(self.field_names, field), '" received id ',
+            tf.strings.as_string(value), ", outside its vocabulary of ", vocab, " ids [0, ", vocab, ").",
+        ])
+        return tf.debugging.Assert(tf.constant(False), [message])
+
+
+def _int_ids(ids) -> tf.Tensor:
+    ids = tf.convert_to_tensor(ids)
+    return ids if ids.dtype.is_integer else tf.cast(ids, tf.int32)  # float ids, as keras.layers.Embedding takes them
+
+
+def _below(ids: tf.Tensor, high) -> tf.Tensor:
+    """`0 <= ids < high` in one unsigned comparison: the ids' bits read as unsigned (a bitcast,
+    no copy), so a negative id is a huge value."""
+    if ids.dtype.size < 4:
+        ids = tf.cast(ids, tf.int32)
+    unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
+    bits = ids if ids.dtype == unsigned else tf.bitcast(ids, unsigned)
+    return bits < tf.constant(high, unsigned)
+
+
+def stack_columns(columns: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Per-field id columns `[...]` stacked into `[..., n]`, at their common integer dtype
+    (the widest when they differ: nothing is clipped, the guard checks the values)."""
+    columns = [_int_ids(c) for c in columns]
+    if len({c.dtype for c in columns}) > 1:
+        columns = [tf.cast(c, tf.int64) for c in columns]
+    return tf.stack(columns, axis=-1)
+
+
+def _check_columns(lookup, columns: Sequence) -> None:
+    if not lookup.multi_field or len(columns) != lookup.num_fields:
+        raise ValueError(f"`columns` must hold one id tensor per field of a multi-field layer; received "
+                         f"{len(columns)} for {lookup.num_fields} field(s), multi_field={lookup.multi_field}.")
 
 
 def _decode(rows: tf.Tensor, scales, index: tf.Tensor, dtype) -> tf.Tensor:
@@ -164,12 +245,14 @@ class FieldLookup:
         self.kept_width = int(sum(g.width * len(g.fields) for g in groups))  # K: columns per lookup, padding included
         # code (f * D + j) of every column, in the order `_gather` puts them (-1: padding)
         self._codes = np.concatenate([g.codes(output_dim) for g in groups]) if groups else np.zeros(0, np.int64)
+        # fields in no group (they keep nothing) are still checked on the per-field path
+        self._unkept = np.setdiff1d(np.arange(self.num_fields), np.concatenate([g.fields for g in groups] + [[]]))
         if self.jit_compile and groups:
-            compiled = tf.function(lambda ids, valid, *values: self._gather_from(ids, valid, values),
+            compiled = tf.function(lambda rows, valid, *values: self._gather_groups(rows, valid, values),
                                    jit_compile=True, autograph=False)
-            self._gather_fn = lambda ids, valid: compiled(ids, valid, *[tf.convert_to_tensor(v) for v in self.variables])
+            self._gather_fn = lambda rows, valid: compiled(rows, valid, *[tf.convert_to_tensor(v) for v in self.variables])
         else:
-            self._gather_fn = lambda ids, valid: self._gather_from(ids, valid, None)
+            self._gather_fn = lambda rows, valid: self._gather_groups(rows, valid, None)
 
     @property
     def variables(self) -> list:
@@ -194,19 +277,11 @@ class FieldLookup:
     def nbytes(self) -> int:
         return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
-    def _gather_from(self, ids: tf.Tensor, valid, values) -> tf.Tensor:
-        """`[N, *mid, F]` checked ids -> `[N, prod(mid) * K]` kept values, group by group.
-
-        `valid` (the `"zero"` policy) zeroes the rows of invalid ids; `values`
-        are the tables read for XLA, or None to gather from the variables.
-        """
-        tables = iter(values) if values is not None else None
-        batch = tf.shape(ids)[0] if any(d is None for d in ids.shape[1:-1]) else None  # only for unknown shapes
+    def _split(self, ids: tf.Tensor, valid) -> tuple[list, list | None]:
+        """`[N, *mid, F]` checked ids -> each group's table rows `[N, *mid, n_g]` (and valid masks)."""
         rows_all = ids + tf.constant(self.row_offsets) if self.row_offsets.any() else ids
-        pieces = []
+        rows, valids = [], []
         for g in self.groups:
-            table = next(tables) if tables is not None else g.table
-            scales = (next(tables) if tables is not None else g.scales) if g.scales is not None else None
             if len(g.fields) == self.num_fields:
                 pick = lambda x: x  # noqa: E731
             elif len(g.fields) == 1:
@@ -214,11 +289,27 @@ class FieldLookup:
                 pick = lambda x, f=f: x[..., f : f + 1]  # noqa: E731
             else:
                 pick = lambda x, fs=g.fields: tf.gather(x, fs, axis=-1)  # noqa: E731
-            rows = pick(rows_all)
-            out = _decode(tf.gather(table, rows), scales, rows, tf.float32)  # [N, *mid, n_g, w]
+            rows.append(pick(rows_all))
+            valids.append(pick(valid) if valid is not None else None)
+        return rows, (valids if valid is not None else None)
+
+    def _gather_groups(self, rows: list, valid, values) -> tf.Tensor:
+        """Each group's table rows `[N, *mid, n_g]` -> `[N, prod(mid) * K]` kept values.
+
+        `valid` (the `"zero"` policy) zeroes the rows of invalid ids; `values`
+        are the tables read for XLA, or None to gather from the variables.
+        """
+        tables = iter(values) if values is not None else None
+        unknown = any(r.shape.rank is None or any(d is None for d in r.shape[1:-1]) for r in rows)
+        batch = tf.shape(rows[0])[0] if unknown else None  # only for unknown shapes
+        pieces = []
+        for i, (g, r) in enumerate(zip(self.groups, rows)):
+            table = next(tables) if tables is not None else g.table
+            scales = (next(tables) if tables is not None else g.scales) if g.scales is not None else None
+            out = _decode(tf.gather(table, r), scales, r, tf.float32)  # [N, *mid, n_g, w]
             if valid is not None:
-                out = out * tf.cast(pick(valid), out.dtype)[..., None]
-            pieces.append(_per_example(out, batch, len(g.fields) * g.width))
+                out = out * tf.cast(valid[i], out.dtype)[..., None]
+            pieces.append(out if out.shape.rank == 2 else _per_example(out, batch, len(g.fields) * g.width))
         return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
 
     def _checked(self, ids):
@@ -233,7 +324,30 @@ class FieldLookup:
         ids, valid = self._checked(ids)
         if not self.kept_width:
             return tf.zeros(tf.stack([tf.shape(ids)[0], 0]), tf.float32)
-        return self._gather_fn(ids, valid)
+        return self._gather_fn(*self._split(ids, valid))
+
+    def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
+        """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`),
+        without stacking all fields: each width group stacks its own fields straight into
+        its table rows, so no per-group selection from the stacked ids is computed. Ids are
+        checked by `IdGuard.check_parts` (fields that keep nothing too), the int64 ids of a
+        request gathered as they are."""
+        _check_columns(self, columns)
+        columns = [tf.convert_to_tensor(c) for c in columns]
+        fields = [g.fields for g in self.groups] + ([self._unkept] if self._unkept.size else [])
+        # a one-field group of `[N]` ids gathers `[N, w]` rows straight: no stack, no reshape
+        parts = [_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
+                 else stack_columns([columns[f] for f in fs]) for fs in fields]
+        parts, valid, checks = self.guard.check_parts(parts, fields)
+        if not self.kept_width:
+            with tf.control_dependencies(checks):
+                return tf.zeros(tf.stack([tf.shape(parts[0])[0], 0]), tf.float32)
+        rows = []
+        for g, p in zip(self.groups, parts):
+            offsets = self.row_offsets[g.fields]
+            rows.append(p + tf.constant(offsets, p.dtype) if offsets.any() else p)
+        with tf.control_dependencies(checks):  # the reads wait for the ids' check
+            return self._gather_fn(rows, valid[:len(self.groups)] if valid is not None else None)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
@@ -241,7 +355,7 @@ class FieldLookup:
         output of one example), -1 for a padding column (always zero); for a
         single-field layer F = 1."""
         out = []
-        for g in self.groups:  # `_gather_from`'s order: group by group, then position by position
+        for g in self.groups:  # `_gather_groups`' order: group by group, then position by position
             codes = g.codes(self.output_dim)[None, :]
             at = np.arange(positions)[:, None] * self.num_fields * self.output_dim + codes
             out.append(np.where(codes >= 0, at, -1).reshape(-1))
@@ -257,7 +371,7 @@ class FieldLookup:
         if not self.kept_width:
             out = tf.zeros(tf.stack([tf.shape(checked)[0], F * D]), dtype)
         else:
-            kept = self._gather_fn(checked, valid)  # [N, K]
+            kept = self._gather_fn(*self._split(checked, valid))  # [N, K]
             # every column of the padded row from [kept..., 0]: one element gather per row
             place = np.full(F * D, self.kept_width, np.int32)
             real = self._codes >= 0
@@ -345,6 +459,12 @@ class ValueLookup:
         ids = ids if self.multi_field else ids[..., None]  # [batch, *mid, F]
         shaped = tf.reshape(rows, tf.concat([tf.shape(ids), [self.width]], 0))
         return _per_example(shaped, tf.shape(ids)[0], self.num_fields * self.width)
+
+    def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
+        """`folded(stack_columns(columns))`: int64 ids stacked as they are, checked by the
+        guard, never clipped to int32 first (see `FieldLookup.folded_fields`)."""
+        _check_columns(self, columns)
+        return self.folded(stack_columns(columns))
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """As `FieldLookup.folded_codes`; columns past a field's widest value are -1 (always zero)."""

@@ -18,6 +18,17 @@ def saturate_cast(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.cast(x, dtype)
 
 
+def field_columns(inputs: Sequence) -> list[tf.Tensor]:
+    """Per-field id tensors as `StackFields` stacks them: `[batch, 1]` squeezed to `[batch]`."""
+    cols = []
+    for x in inputs:
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank == 2 and x.shape[-1] == 1:
+            x = tf.squeeze(x, -1)
+        cols.append(x)
+    return cols
+
+
 @register_serializable(package="keras_embdim")
 class StackFields(keras.layers.Layer):
     """Stacks per-field id tensors `[batch]` (or `[batch, 1]`) into `[batch, F]`.
@@ -37,12 +48,7 @@ class StackFields(keras.layers.Layer):
         self.dtype_ids = dtype_ids
 
     def call(self, inputs: Sequence[tf.Tensor]):
-        cols = []
-        for x in inputs:
-            x = tf.convert_to_tensor(x)
-            if x.shape.rank == 2 and x.shape[-1] == 1:
-                x = tf.squeeze(x, -1)
-            cols.append(x)
+        cols = field_columns(inputs)
         if len({c.dtype for c in cols}) > 1:  # mixed id dtypes: stack at the widest
             wide = tf.int64 if all(c.dtype.is_integer for c in cols) else tf.as_dtype(self.dtype_ids)
             cols = [tf.cast(c, wide) for c in cols]

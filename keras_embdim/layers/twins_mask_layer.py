@@ -322,6 +322,10 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         self.layout.check_axis(ids, self.name)
         return self.layout.local(ids)
 
+    def serving_field_ids(self, columns) -> list[tf.Tensor]:
+        """`serving_ids` from one id tensor per field; see `DimensionSearchable.serving_field_ids`."""
+        return self.layout.local_columns(columns, self.name)
+
     def compute_mask(self, inputs, mask=None):
         return self.embedding.compute_mask(inputs, mask)
 
