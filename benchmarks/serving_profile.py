@@ -59,17 +59,19 @@ for batch in spec["batches"]:
         for name, (sess, fetch, feed) in calls.items():
             meta = tf.compat.v1.RunMetadata()
             sess.run(fetch, feed, options=trace, run_metadata=meta)
-            by_type = collections.Counter()
+            by_type, count = collections.Counter(), 0
             for dev in meta.step_stats.dev_stats:
                 for node in dev.node_stats:
                     label = node.timeline_label
                     op = label.split("=", 1)[1].split("(", 1)[0].strip() if "=" in label else "other"
                     by_type[op] += node.op_end_rel_micros - node.op_start_rel_micros
-            per_call[name].append(by_type)
+                    count += 1
+            per_call[name].append((by_type, count))
     for name, got in per_call.items():
-        ops = sorted({op for c in got for op in c})
-        out[name][str(batch)] = {"total": statistics.median(sum(c.values()) for c in got),
-                                 "by_type": {op: statistics.median(c.get(op, 0) for c in got) for op in ops}}
+        ops = sorted({op for c, _ in got for op in c})
+        out[name][str(batch)] = {"total": statistics.median(sum(c.values()) for c, _ in got),
+                                 "ops": statistics.median(n for _, n in got),
+                                 "by_type": {op: statistics.median(c.get(op, 0) for c, _ in got) for op in ops}}
 print(json.dumps(out))
 '''
 
@@ -122,7 +124,7 @@ def main() -> None:
         for name in names:
             r = result[name][str(batch)]
             parts = split(r["by_type"])
-            rows.append(f"| {batch} | {LABELS[name]} | {r['total']:.0f} | "
+            rows.append(f"| {batch} | {LABELS[name]} | {r['ops']:.0f} | {r['total']:.0f} | "
                         + " | ".join(f"{parts[c]:.0f}" for c in (*COLUMNS, "other")) + " |")
     big = str(max(a.batches))
     footer = [f"The largest ops in \"other\" at batch {big} (us per call):", ""]
@@ -139,14 +141,16 @@ def main() -> None:
         f"{' '.join(map(str, a.batches))}` ({where}; the models of `benchmarks/serving.py` at budget {a.budget}: MLP "
         f"128-64 over 16-dim embeddings; the uniform model as wide as the searched one has {width['dims']} dims, the "
         f"search kept {width['searched_width']} columns). Each SavedModel run through the TF1 session loader in a "
-        "fresh TensorFlow-only process, the exports round-robin; microseconds of op time per call (sum over the "
-        f"executed ops, median of {a.reps} rounds; the columns: median per op type, so they need not add up). "
-        "MatMul includes oneDNN's fused MatMul + bias + activation; "
+        "fresh TensorFlow-only process, the exports round-robin; the ops a call runs (constants and variable "
+        "handles included: every op costs the executor a fixed amount, most of the op time at batch 1) and "
+        f"microseconds of op time per call (sum over the executed ops, median of {a.reps} rounds; the columns: "
+        "median per op type, so they need not add up). MatMul includes oneDNN's fused MatMul + bias + activation; "
         "ResourceGather reads rows straight from a variable, GatherV2 from a tensor: Keras 3's Embedding reads "
-        "its table and gathers with GatherV2, our per-field tables use ResourceGather and GatherV2 selects each "
-        "width group's ids; ResourceGatherNd is the per-value element read. A call's wall time adds the "
-        "session's fixed cost, the same for every export.",
-        ["batch", "export", "op time (us)", *COLUMNS, "other"],
+        "its table and gathers with GatherV2, our per-field tables use ResourceGather, one per kept width, each "
+        "stacking its own fields from the request's per-field inputs (Pack); ResourceGatherNd is the per-value "
+        "element read. A "
+        "call's wall time adds the session's fixed cost, the same for every export.",
+        ["batch", "export", "ops run", "op time (us)", *COLUMNS, "other"],
         rows,
         footer=tuple(footer),
     )
