@@ -17,7 +17,9 @@ Each has two outputs:
   column, which column of the padded output it is (its flat index within one
   example), so the exporter can select the matching rows of the `Dense` kernel
   that consumes them (`keras_embdim.export.fold`). Removed columns are not
-  computed at all.
+  computed at all. `folded_fields(columns)` is the same from one id tensor per
+  field (the inputs of a `StackFields` call): `FieldLookup` then stacks only
+  the fields of each table, never all of them.
 - `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
   removed columns exact zeros, for consumers that need aligned columns (FM
   inner products, pooling, attention).
