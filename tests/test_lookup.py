@@ -218,6 +218,13 @@ def test_per_field_columns_check_every_field_and_name_the_exact_id():
         lookup.folded_fields([tf.constant([1, 2]), tf.constant([2, 2]), tf.constant([-2, 31])])  # int32
     with pytest.raises(ValueError, match="one id tensor per field"):
         lookup.folded_fields(cols([1], [2]))
+    # ids of any integer dtype gather as int32 / int64 would, in both policies
+    odd = [tf.constant([1, 9], tf.int16), tf.constant([0, 19], tf.uint8), tf.constant([3, 29], tf.uint32)]
+    np.testing.assert_array_equal(lookup.folded_fields(odd).numpy(), got)
+    zero = compact_layer(layer, on_invalid_id="zero").lookup
+    np.testing.assert_array_equal(zero.folded_fields(odd).numpy(), got)
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "a" received id -2,'):
+        lookup.folded_fields([tf.constant([-2, 9], tf.int16)] + odd[1:])
 
 
 def test_local_columns_of_a_shared_id_space_by_hand():

@@ -100,13 +100,16 @@ class IdGuard:
         ids replaced by 0) or None, and for `"error"` the check that whatever
         reads the ids must run after (`tf.control_dependencies`).
         """
+        # gather indices are int32 or int64: other integer ids (int16, uint32, ...) become int64, as do
+        # parts of different dtypes (one comparison for all)
         parts = [_int_ids(p) for p in parts]
+        parts = [p if p.dtype in (tf.int32, tf.int64) else tf.cast(p, tf.int64) for p in parts]
+        if len({p.dtype for p in parts}) > 1:
+            parts = [tf.cast(p, tf.int64) for p in parts]
         fields = [np.asarray(fs, np.int64) for fs in part_fields]
         if self.policy == "zero":
             in_range = [_below(p, self.vocab_sizes[fs]) for p, fs in zip(parts, fields)]
             return [tf.where(ok, p, tf.zeros_like(p)) for p, ok in zip(parts, in_range)], in_range, []
-        if len({p.dtype for p in parts}) > 1 or parts[0].dtype.size < 4:
-            parts = [tf.cast(p, tf.int64) for p in parts]
         unsigned = tf.uint64 if parts[0].dtype.size > 4 else tf.uint32
         largest = []
         for p, fs in zip(parts, fields):
@@ -125,8 +128,7 @@ class IdGuard:
         def fail():  # field order: the first field with a bad id
             bad = tf.gather(largest, np.argsort(order))
             field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes, unsigned))[0][0], tf.int32)
-            value = tf.gather(bad, field)
-            value = tf.cast(value if parts[0].dtype.is_unsigned else tf.bitcast(value, parts[0].dtype), tf.int64)
+            value = tf.cast(tf.bitcast(tf.gather(bad, field), parts[0].dtype), tf.int64)
             with tf.control_dependencies([self._assert(field, value)]):
                 return tf.constant(False)
 
