@@ -10,9 +10,10 @@ loads each SavedModel in a fresh TensorFlow-only process with the TF1 session
 loader (as TF Serving does) and runs its `serving_default` signature with
 `RunOptions(trace_level=FULL_TRACE)`: the step stats give every executed op's
 time. The exports are run round-robin, one traced call each in turn.
-Reported: the sum of op times per call (median over `--reps` rounds; the
-call's wall time also holds the session's fixed cost, the same for every
-export) and the median time of each op type. Writes
+Reported: the number of ops a call runs, the sum of their times per call
+(median over `--reps` rounds; the call's wall time also holds the session's
+fixed cost, the same for every export) and the median time of each op type.
+Writes
 docs/results/serving_profile.md.
 """
 
@@ -92,7 +93,8 @@ def split(by_type: dict) -> dict:
 
 
 def profile(paths: dict, data, batches, reps: int, seed: int = 0) -> dict:
-    """`{export: {batch: {"total": us, "by_type": {op type: us}}}}`, from a fresh TensorFlow-only process."""
+    """`{export: {batch: {"total": us, "ops": ops run, "by_type": {op type: us}}}}` (medians over `reps`
+    calls), from a fresh TensorFlow-only process."""
     import serving
 
     return serving.run_tf_only(PROFILER, {"paths": paths, "reps": reps}, data, batches, seed, timeout=3600)

@@ -46,6 +46,16 @@ def as_int_ids(inputs) -> tf.Tensor:
     return ids
 
 
+def stack_columns(columns: Sequence[tf.Tensor]) -> tf.Tensor:
+    """Per-field id tensors `[...]` stacked into `[..., n]` as integer ids (`as_int_ids`), at
+    their common dtype (int64 when they differ: nothing wraps or is clipped here; a range check
+    comes after)."""
+    columns = [as_int_ids(c) for c in columns]
+    if len({c.dtype for c in columns}) > 1:
+        columns = [tf.cast(c, tf.int64) for c in columns]
+    return tf.stack(columns, axis=-1)
+
+
 def check_id_range(ids: tf.Tensor, low, high, layer_name: str, fields: dict) -> tf.Tensor:
     """`ids` after asserting `low <= ids < high` (per field along the last axis).
 

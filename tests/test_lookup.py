@@ -234,3 +234,14 @@ def test_local_columns_of_a_shared_id_space_by_hand():
     single = ked.fields.FieldLayout((3,), ("a",), multi_field=False)
     with pytest.raises(ValueError, match="layer 'emb' embeds 1 field"):
         single.local_columns([tf.constant([0])], "emb")
+
+
+def test_stack_fields_stacks_as_the_per_field_path_reads_ids():
+    """`StackFields` (training graph) and the exporter's per-field path share `stack_columns`:
+    mixed dtypes meet at int64 (a large int64 id is clipped to int32, never wrapped into range),
+    float ids are cast, `[batch, 1]` inputs squeezed."""
+    got = ked.layers.StackFields()([tf.constant([[1], [2]], tf.int32), tf.constant([3, 2**32 + 5], tf.int64),
+                                    tf.constant([4.0, 7.9])])
+    assert got.dtype == tf.int32 and got.numpy().tolist() == [[1, 3, 4], [2, 2**31 - 1, 7]]
+    assert ked.fields.stack_columns([tf.constant([1], tf.int32), tf.constant([2**40], tf.int64)]).numpy().tolist() \
+        == [[1, 2**40]]

@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_embdim.export import layouts
+from keras_embdim.fields import as_int_ids, stack_columns
 
 INVALID_ID_POLICIES = ("error", "zero")
 
@@ -69,7 +70,7 @@ class IdGuard:
 
     def __call__(self, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`(int32 ids, valid)`; `valid` is a boolean mask like `ids` for `"zero"`, else None."""
-        ids = _int_ids(ids)
+        ids = as_int_ids(ids)
         high = self.vocab_sizes if self.multi_field else self.vocab_sizes[:1].reshape(())
         in_range = _below(ids, high)
         if self.policy == "zero":
@@ -102,7 +103,7 @@ class IdGuard:
         """
         # gather indices are int32 or int64: other integer ids (int16, uint32, ...) become int64, as do
         # parts of different dtypes (one comparison for all)
-        parts = [_int_ids(p) for p in parts]
+        parts = [as_int_ids(p) for p in parts]
         parts = [p if p.dtype in (tf.int32, tf.int64) else tf.cast(p, tf.int64) for p in parts]
         if len({p.dtype for p in parts}) > 1:
             parts = [tf.cast(p, tf.int64) for p in parts]
@@ -149,11 +150,6 @@ class IdGuard:
         return tf.debugging.Assert(tf.constant(False), [message])
 
 
-def _int_ids(ids) -> tf.Tensor:
-    ids = tf.convert_to_tensor(ids)
-    return ids if ids.dtype.is_integer else tf.cast(ids, tf.int32)  # float ids, as keras.layers.Embedding takes them
-
-
 def _below(ids: tf.Tensor, high) -> tf.Tensor:
     """`0 <= ids < high` in one unsigned comparison: the ids' bits read as unsigned (a bitcast,
     no copy), so a negative id is a huge value."""
@@ -162,15 +158,6 @@ def _below(ids: tf.Tensor, high) -> tf.Tensor:
     unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
     bits = ids if ids.dtype == unsigned else tf.bitcast(ids, unsigned)
     return bits < tf.constant(high, unsigned)
-
-
-def stack_columns(columns: Sequence[tf.Tensor]) -> tf.Tensor:
-    """Per-field id columns `[...]` stacked into `[..., n]`, at their common integer dtype
-    (the widest when they differ: nothing is clipped, the guard checks the values)."""
-    columns = [_int_ids(c) for c in columns]
-    if len({c.dtype for c in columns}) > 1:
-        columns = [tf.cast(c, tf.int64) for c in columns]
-    return tf.stack(columns, axis=-1)
 
 
 def _check_columns(lookup, columns: Sequence) -> None:
@@ -340,7 +327,7 @@ class FieldLookup:
         columns = [tf.convert_to_tensor(c) for c in columns]
         fields = [g.fields for g in self.groups] + ([self._unkept] if self._unkept.size else [])
         # a one-field group of `[N]` ids gathers `[N, w]` rows straight: no stack, no reshape
-        parts = [_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
+        parts = [as_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
                  else stack_columns([columns[f] for f in fs]) for fs in fields]
         parts, valid, checks = self.guard.check_parts(parts, fields)
         if not self.kept_width:

@@ -7,6 +7,7 @@ from typing import Sequence
 import tensorflow as tf
 
 from keras_embdim._compat import keras, register_serializable
+from keras_embdim.fields import stack_columns
 
 
 def saturate_cast(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -41,6 +42,10 @@ class StackFields(keras.layers.Layer):
     >>> import numpy as np, keras_embdim as ked
     >>> ked.layers.StackFields()([np.array([1, 2]), np.array([3, 4])]).numpy().tolist()
     [[1, 3], [2, 4]]
+
+    Args:
+        dtype_ids: integer dtype of the stacked ids; wider ids are clipped to
+            its range, float ids are cast (as `keras.layers.Embedding` does).
     """
 
     def __init__(self, dtype_ids: str = "int32", **kwargs):
@@ -48,13 +53,9 @@ class StackFields(keras.layers.Layer):
         self.dtype_ids = dtype_ids
 
     def call(self, inputs: Sequence[tf.Tensor]):
-        cols = field_columns(inputs)
-        if len({c.dtype for c in cols}) > 1:  # mixed id dtypes: stack at the widest
-            wide = tf.int64 if all(c.dtype.is_integer for c in cols) else tf.as_dtype(self.dtype_ids)
-            cols = [tf.cast(c, wide) for c in cols]
-        # stacked first, then cast once: int64 ids (a served request) cost one saturating
-        # cast, not one per field, and an id beyond the int32 range cannot wrap into it
-        return saturate_cast(tf.stack(cols, axis=-1), tf.as_dtype(self.dtype_ids))
+        # stacked first (mixed dtypes at int64), then cast once: int64 ids (a served request) cost
+        # one saturating cast, not one per field, and an id beyond the int32 range cannot wrap into it
+        return saturate_cast(stack_columns(field_columns(inputs)), tf.as_dtype(self.dtype_ids))
 
     def compute_output_shape(self, input_shapes):
         first = tuple(input_shapes[0])
