@@ -15,7 +15,8 @@ def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
         return ragged.packed_lookup(
             arrays, ids, layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
             multi_field=multi_field, bits=packed.bits, shift=packed.shift, size_offset=packed.size_offset,
-            size_scale=packed.size_scale, common=packed.common, ranged=ranged,
+            size_scale=packed.size_scale, common=packed.common, head_rows=packed.head_rows,
+            head_width=packed.head_width, ranged=ranged, static=jit,
         )
 
     if jit:
@@ -139,6 +140,49 @@ def test_sparse_start_is_common_times_unlisted_plus_listed_sizes():
     assert p.nbytes == ragged.layout_bytes(sizes, 16)["sparse"] == 4 * (212 + 1) + 4 * 12 + 4
 
 
+def test_head_words_by_hand():
+    # 6 rows of sizes 0, 4, 2, 0, 4, 1 (D = 4): rows 1 and 4 at the widest size 4 are the head, stored
+    # whole; no common size pays for its mark here, so every row is listed (common -1): the head mark
+    # covers the rows themselves, the planes the other four rows (sizes 0, 2, 0, 1: codes in 2 bits)
+    p = ragged.pack(np.arange(24, dtype=np.float32).reshape(6, 4), np.array([0, 4, 2, 0, 4, 1]), layout="head")
+    assert (p.common, p.head_rows, p.head_width, p.bits) == (-1, 2, 4, 2) and "mark" not in p.arrays
+    np.testing.assert_array_equal(p.arrays["hmark"], np.array([0b10010], np.uint64))
+    np.testing.assert_array_equal(p.arrays["hrank"], [0])
+    # plane 0: bit 0 of codes 0, 2, 0, 1 -> 0b1000; plane 1: bit 1 -> 0b0010
+    np.testing.assert_array_equal(p.arrays["planes"], np.array([[0b1000, 0b0010]], np.uint64))
+    np.testing.assert_array_equal(p.arrays["head"], [[4, 5, 6, 7], [16, 17, 18, 19], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(p.arrays["values"], [8, 9, 20, 0])  # rows 2 and 5, then the zero slot
+    # bytes: values 4 x 4, head 4 x 4 x 3, one mark block (12), one planes block (int32 + 2 words)
+    assert p.nbytes == ragged.layout_bytes(np.array([0, 4, 2, 0, 4, 1]), 4)["head"] == 16 + 48 + 12 + 20
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide"])
+def test_head_layout_with_and_without_the_common_mark(kind, static):
+    """PME-like sizes (most rows empty, a few whole): the empty rows are only marked (common 0); sizes
+    spread evenly: every row listed (common -1); every row at the widest size: no other row."""
+    rng = np.random.default_rng(4)
+    n, D = 3000, 16
+    if kind == "empty_rows":
+        sizes = np.where(rng.random(n) < 0.1, rng.integers(1, D + 1, n), 0)
+        sizes[rng.random(n) < 0.03] = D
+    elif kind == "spread":
+        sizes = np.where(rng.random(n) < 0.2, D, rng.integers(0, 4, n))
+    else:
+        sizes = np.full(n, 7)
+    table = rng.standard_normal((n, D)).astype(np.float32)
+    p = ragged.pack(table, sizes, field_sizes=[1000, 2000], layout="head")
+    assert p.common == {"empty_rows": 0, "spread": -1, "all_wide": -1}[kind]
+    assert p.head_rows == (sizes == sizes.max()).sum() and p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
+    np.testing.assert_array_equal(ragged.unpack_sizes(p), sizes)
+    ids = np.stack([rng.integers(0, 1000, (64, 3)), rng.integers(0, 2000, (64, 3))], -1)
+    want = reference.prefix_lookup(table, sizes, ids + [0, 1000])
+    np.testing.assert_array_equal(_lookup(p, ids, jit=static), want)
+    if not static:
+        np.testing.assert_array_equal(_lookup(p, ids, ranged=True), want)
+        np.testing.assert_array_equal(_lookup(p, np.zeros((0, 2), np.int64)), np.zeros((0, 2, D)))  # empty request
+
+
 def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():
     rng = np.random.default_rng(0)
     for D, shift, local in [(16, 4, np.uint8), (17, 4, np.uint8), (18, 3, np.uint8), (64, 2, np.uint8), (128, 4, np.uint16), (300, 4, np.uint16)]:
@@ -170,9 +214,16 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
     assert ragged.choose_layout(low, D) == "planes"
     assert ragged.choose_layout(np.sort(low)[::-1], D) == "runs"  # frequency-sorted ids: a few runs
     assert ragged.choose_layout(low, D, max_overhead=2.0) == "offsets"
-    # PME at budget 0.05 with min_dim=0: 90 % of the rows at 0, the rest 1..16 (5-bit planes: 1.21x)
+    # PME at budget 0.05 with min_dim=0: 90 % of the rows at 0, the rest 1..16 (5-bit planes: 1.21x);
+    # the rows at 16 hold 16 / 136 of the kept values (>= HEAD_MIN_SHARE): the head layout, unless
+    # the lookup is XLA-compiled (static shapes), where the sparse one is the only one within 1.10x
     mixed = np.where(rng.random(n) < 0.1, rng.integers(1, D + 1, n), 0)
-    assert ragged.choose_layout(mixed, D) == "sparse"
+    assert ragged.choose_layout(mixed, D) == "head"
+    assert ragged.choose_layout(mixed, D, static=True) == "sparse"
+    # the same sizes capped at 15 with a few rows at 16: the widest rows hold < 5 %, no head
+    few = np.minimum(mixed, 15)
+    few[:50] = 16
+    assert 16 * 50 < ragged.HEAD_MIN_SHARE * few.sum() and ragged.choose_layout(few, D) == "sparse"
     tiny = np.zeros(1000, np.int64)  # nothing kept: no layout fits, the smallest is taken
     assert ragged.choose_layout(tiny, D) == "runs"
     for sizes in (scattered, low):

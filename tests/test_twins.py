@@ -283,7 +283,8 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
 
 
 @pytest.mark.parametrize("layout,jit,read", [("runs", False, "prefix"), ("planes", False, "ranged"),
-                                             ("offsets", True, "prefix"), ("sparse", True, "prefix")])
+                                             ("offsets", True, "prefix"), ("sparse", True, "prefix"),
+                                             ("head", False, "prefix"), ("head", False, "ranged")])
 def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_trained, tmp_path, layout, jit, read):
     d, model, search, _, sample, _ = twins_trained
     path = str(tmp_path / "export")
@@ -301,12 +302,27 @@ def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_tra
         assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
+def test_auto_layout_leaves_the_head_out_under_xla(twins_trained, tmp_path):
+    _, model, _, _, sample, _ = twins_trained
+    mask = ked.find_searchable_layers(model)[0].dimension_mask()
+    sizes = np.concatenate(mask.value_sizes)
+    assert ragged.choose_layout(sizes, mask.output_dim) == "head"  # the frequent values keep the most
+    r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, verbose=0, jit_compile=True)
+    assert r.layouts["embedding"] == ragged.choose_layout(sizes, mask.output_dim, static=True) != "head"
+    assert r.max_abs_diff <= 1e-5
+
+
 def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, tmp_path):
     _, model, _, _, sample, _ = twins_trained
     with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_layout="buckets")
     with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
         ked.DimensionExporter(str(tmp_path / "e"), value_layout="buckets")
+    # the head layout splits requests at run time: not under XLA, and "auto" leaves it out there
+    with pytest.raises(ValueError, match="value_layout='head' splits each request at run time"):
+        ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_layout="head", jit_compile=True)
+    with pytest.raises(ValueError, match="value_layout='head' splits each request at run time"):
+        ked.DimensionExporter(str(tmp_path / "e"), value_layout="head", jit_compile=True)
     with pytest.raises(ValueError, match=r"`value_read` must be one of \('prefix', 'ranged'\); received value_read='rows'"):
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_read="rows")
     with pytest.raises(ValueError, match="`value_read` must be one of"):

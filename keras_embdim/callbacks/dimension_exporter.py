@@ -84,9 +84,7 @@ class DimensionExporter(keras.callbacks.Callback):
         self.input_signature = input_signature
         self.verify = verify
         self.verbose = verbose
-        if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
-            raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
-        self.value_layout = value_layout
+        self.value_layout = layouts.check_layout(value_layout, jit_compile)
         self.value_read = layouts.check_read(value_read)
         self.jit_compile = bool(jit_compile)
         self.table_dtype = quantize.check_dtype(table_dtype)

@@ -87,7 +87,8 @@ def compact_layer(
     Args:
         layer: a searchable layer (anything `find_searchable_layers` returns).
         value_layout: per-value sizes only: the `layouts` layout, `"auto"` (the
-            fastest within 1.10 x the kept bytes), `"offsets"`, `"runs"`, `"planes"` or `"sparse"`.
+            fastest within 1.10 x the kept bytes), `"head"` (not with `jit_compile`),
+            `"offsets"`, `"runs"`, `"planes"` or `"sparse"`.
         value_read: per-value sizes only: `"prefix"` or `"ranged"` (`ValueLookup`).
         jit_compile: XLA-compile the lookup (see `FieldLookup`, `ValueLookup`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
@@ -179,11 +180,15 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
     table = layer.embedding_variable
     D = mask.output_dim
     sizes = np.concatenate([np.asarray(v, np.int64) for v in mask.value_sizes])
+    if layouts.check_layout(value_layout, jit_compile) == "auto":  # XLA: no head layout (`choose_layout`)
+        value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
     packed = layouts.pack_index(sizes, D, field_sizes=mask.vocab_sizes, layout=value_layout)
     store = _STORE[table_dtype]
-    values = _utils.plain_variable(tf.zeros([packed.kept + 1], store), name="values")  # + the zero slot
+    W, H = packed.head_width, packed.head_rows  # head layout: the widest rows whole, in a table of their own
+    values = _utils.plain_variable(tf.zeros([packed.kept - H * W + 1], store), name="values")  # + the zero slot
+    head = _utils.plain_variable(tf.zeros([H + 1, W], store), name="head") if packed.layout == "head" else None
     scales = _utils.plain_variable(tf.zeros([packed.num_rows], tf.float16), name="scales") if table_dtype == "int8" else None
-    swaps, pos = [], 0
+    swaps, pos, head_pos = [], 0, 0
     columns = np.arange(D)[None, :]
     for a, b in row_ops.chunks(0, packed.num_rows):
         rows = row_ops.read_rows(table, a, b)
@@ -196,13 +201,21 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
         else:
             stored = quantize.quantize(rows[keep], table_dtype)[0]
             back = stored.astype(np.float32)
-        n = int(keep.sum())
-        if n:
-            row_ops.assign_rows(values, pos, pos + n, stored)
         if table_dtype != "float32":
             swaps.append((a, b, keep, rows[keep], back))
+        if head is not None:  # the head rows' values to `head`, the others' to `values`
+            wide = sizes[a:b] == W
+            to_head = wide[np.nonzero(keep)[0]]  # per stored value: whether its row is a head row
+            k = int(wide.sum())
+            if k and W:
+                row_ops.assign_rows(head, head_pos, head_pos + k, stored[to_head].reshape(k, W))
+            head_pos += k
+            stored = stored[~to_head]
+        n = stored.shape[0]
+        if n:
+            row_ops.assign_rows(values, pos, pos + n, stored)
         pos += n
-    arrays = {"values": values}
+    arrays = {"values": values, **({"head": head} if head is not None else {})}
     for name, array in packed.arrays.items():
         arrays[name] = _utils.plain_variable(array, name=name)
     if scales is not None:

@@ -162,7 +162,9 @@ def export_compact(
         verbose: print where the export went.
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
-            `"offsets"`, `"runs"`, `"planes"` or `"sparse"` (`keras_embdim.export.layouts`).
+            `"head"` (the widest rows whole in a table of their own, read by
+            one row gather; not with `jit_compile`), `"offsets"`, `"runs"`,
+            `"planes"` or `"sparse"` (`keras_embdim.export.layouts`).
         value_read: for per-value layers without XLA: how a lookup reads its
             rows. `"prefix"` (default) reads each looked-up row at the layer's
             widest size, a cost that does not depend on the traffic;
@@ -199,8 +201,7 @@ def export_compact(
     """
     if tf.distribute.has_strategy():  # plain variables and a plain verification load, no collective
         return _utils.outside_strategy(export_compact, **locals())
-    if value_layout != "auto" and value_layout not in layouts.LAYOUTS:
-        raise ValueError(f"value_layout must be 'auto' or one of {layouts.LAYOUTS}, got {value_layout!r}.")
+    layouts.check_layout(value_layout, jit_compile)
     quantize.check_dtype(table_dtype)
     layouts.check_read(value_read)
     check_invalid_id_policy(on_invalid_id)

@@ -34,13 +34,28 @@ plus an index that gives each row's start in `values` and its size:
   `start(g) = common * (g - r) + (sizes of the first r listed rows)`:
   `3 / 16 + m / n * (b / 8 + 1 / 16)` bytes per row for `m` listed of `n`.
 
+- `"head"` (the default when it fits; not under XLA): the rows at the widest
+  size `W` (the head) are stored whole in a `[H + 1, W]` table `head` (a zero
+  row last) and read by one row gather; `values` holds the other rows only.
+  A mark per listed row (`hmark`, `hrank`: as sparse's) says which rows are
+  in the head and how many come before, planes give the other rows' sizes.
+  When it pays, rows of one `common` size are first left unlisted (`mark`,
+  `rank`, as sparse). A lookup decodes the marks for every row of the
+  request, splits it (`tf.where`), decodes the planes for the non-head rows
+  only and stitches the two parts back (`tf.dynamic_stitch`). After a
+  per-value search the widest rows are few but take most lookups (the
+  frequent values keep the most columns), so most of a request costs a row
+  gather.
+
 `layout="auto"` takes the fastest layout whose bytes stay within
-`max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md).
+`max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md);
+the head layout only when its rows hold at least `HEAD_MIN_SHARE` of the
+kept values, and not for an XLA-compiled lookup (`choose_layout`).
 
 The index and the values are built apart (`pack_index`, then the values row
 chunk by row chunk, `keras_embdim.export.tables`), so a table is never copied
-whole. Lookups (`start_and_size`, then `ranged_rows` or `prefix_rows`) use
-standard TensorFlow ops only, so a SavedModel built on them serves without
+whole. Lookups (`read_rows`: `start_and_size`, then `ranged_rows` or
+`prefix_rows`) use standard TensorFlow ops only, so a SavedModel built on them serves without
 keras_embdim.
 """
 
@@ -52,11 +67,15 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-LAYOUTS = ("offsets", "runs", "planes", "sparse")
+LAYOUTS = ("head", "offsets", "runs", "planes", "sparse")
 # how a lookup reads the rows once it has their starts and sizes (`prefix_rows`, `ranged_rows`)
 READS = ("prefix", "ranged")
 # preference when several fit the byte limit (measured: benchmarks/serving.py)
-SPEED_ORDER = ("offsets", "runs", "planes", "sparse")
+SPEED_ORDER = ("head", "offsets", "runs", "planes", "sparse")
+# static shapes (XLA): layouts whose lookup keeps the shape of the request at every step
+STATIC_ORDER = ("offsets", "runs", "planes", "sparse")
+# "auto" takes the head layout only when the widest rows hold at least this share of the kept values
+HEAD_MIN_SHARE = 0.05
 PLANE_SHIFT = 6  # planes: 64 rows per block (one uint64 word per bit)
 
 
@@ -78,7 +97,9 @@ class PackedTable:
     shift: int = 0  # offsets layout: log2 rows per block
     size_offset: int = 0  # planes layout: size = size_offset + size_scale * code
     size_scale: int = 1
-    common: int = 0  # sparse layout: the size of the unlisted rows
+    common: int = 0  # sparse / head layouts: the size of the unlisted rows (head: -1, every row listed)
+    head_rows: int = 0  # head layout: rows at the widest size, stored whole in `arrays["head"]`
+    head_width: int = 0  # head layout: that widest size
 
     @property
     def nbytes(self) -> int:
@@ -93,7 +114,8 @@ class PackedTable:
     def meta(self) -> dict:
         """The static arguments of `start_and_size` / `prefix_rows`."""
         return dict(layout=self.layout, bits=self.bits, shift=self.shift, size_offset=self.size_offset,
-                    size_scale=self.size_scale, common=self.common)
+                    size_scale=self.size_scale, common=self.common, head_rows=self.head_rows,
+                    head_width=self.head_width)
 
 
 def _offsets_params(D: int) -> tuple[int, type]:
@@ -172,8 +194,46 @@ def _sparse_plan(histogram: np.ndarray, isz: int) -> tuple[int, int]:
     return best
 
 
-def layout_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
-    """Bytes each layout would take for these per-row sizes (float32 values, without packing)."""
+def _mark_bytes(rows: int) -> int:
+    """A mark index over `rows` rows: per 64 rows a uint64 word and an int32 count."""
+    return (-(-max(rows, 1) >> PLANE_SHIFT)) * (8 + 4)
+
+
+def _head_plan(histogram: np.ndarray, isz: int, max_overhead: float = 1.10) -> tuple[int, int]:
+    """`(common size or -1, index bytes)` of the head layout (the head values' own bytes not counted).
+
+    Without a common size (-1) every row is listed: a mark per row says which
+    rows are in the head, planes give the other rows' sizes. With one, a first
+    mark leaves the rows of the common size unlisted (as `sparse`), the head
+    mark and the planes cover the listed rows only. The first is taken when it
+    fits `max_overhead` (one mark fewer to decode), else the smallest.
+    """
+    n = int(histogram.sum())
+    width = int(np.flatnonzero(histogram).max(initial=0))
+    rest = histogram.copy()
+    rest[width] = 0
+    head = int(histogram[width])
+    kept4 = 4 * int(histogram @ np.arange(histogram.size))
+    values = 4 * (int(rest @ np.arange(rest.size)) + 1) + 4 * width * (head + 1)
+    plain = _mark_bytes(n + 1) + _planes_bytes(n - head + 1, _affine(rest)[2], isz)
+    if values + plain <= max_overhead * kept4:
+        return -1, plain
+    best = (-1, plain)
+    for size in np.flatnonzero(rest):
+        listed = rest.copy()
+        listed[size] = 0
+        m = n - int(histogram[size])
+        cost = _mark_bytes(n) + _mark_bytes(m + 1) + _planes_bytes(m - head + 1, _affine(listed)[2], isz)
+        if cost < best[1]:
+            best = (int(size), cost)
+    return best
+
+
+def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> dict[str, int]:
+    """Bytes each layout would take for these per-row sizes (float32 values, without packing).
+
+    `max_overhead` matters to the head layout only (`_head_plan`: one mark or two).
+    """
     sizes = np.asarray(sizes)
     n, D = sizes.shape[0], output_dim
     histogram = _histogram(sizes, D)
@@ -190,18 +250,45 @@ def layout_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
         "runs": values + _num_runs(sizes) * (4 + size_b + isz),
         "planes": values + blocks * (isz + 8 * bits),
         "sparse": values + _sparse_plan(histogram, isz)[1],
+        # the head's values: the widest rows whole, plus a zero row
+        "head": values + 4 * int(np.flatnonzero(histogram).max(initial=0))
+        + _head_plan(histogram, isz, max_overhead)[1],
     }
 
 
-def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> str:
-    """The fastest layout within `max_overhead` x the kept bytes, else the smallest."""
+def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10, static: bool = False) -> str:
+    """The fastest layout within `max_overhead` x the kept bytes, else the smallest.
+
+    The head layout is a candidate when its rows (those at the widest size)
+    hold at least `HEAD_MIN_SHARE` of the kept values: a per-value search gives
+    the widest size to the values it found most important, the frequent ones,
+    and then those few rows take most lookups. `static=True` (an XLA-compiled
+    lookup) leaves it out: its lookup splits the request by row kind (shapes
+    known only at run time).
+    """
     sizes = np.asarray(sizes)
-    nbytes = layout_bytes(sizes, output_dim)
-    limit = max_overhead * 4 * int(_histogram(sizes, output_dim) @ np.arange(output_dim + 1))
-    for name in SPEED_ORDER:
+    nbytes = layout_bytes(sizes, output_dim, max_overhead)
+    histogram = _histogram(sizes, output_dim)
+    kept = int(histogram @ np.arange(output_dim + 1))
+    limit = max_overhead * 4 * kept
+    width = int(np.flatnonzero(histogram).max(initial=0))
+    few_wide = width * int(histogram[width]) < HEAD_MIN_SHARE * kept  # no head worth splitting off
+    order = STATIC_ORDER if static or few_wide else SPEED_ORDER
+    for name in order:
         if nbytes[name] <= limit:
             return name
-    return min(LAYOUTS, key=lambda k: (nbytes[k], SPEED_ORDER.index(k)))
+    return min(order, key=lambda k: (nbytes[k], order.index(k)))
+
+
+def check_layout(value: str, jit_compile: bool = False) -> str:
+    """`value` if it is `"auto"` or names a layout that the lookup can run, else a ValueError
+    naming the argument (the head layout splits each request at run time: not under XLA)."""
+    if value != "auto" and value not in LAYOUTS:
+        raise ValueError(f"value_layout must be 'auto' or one of {LAYOUTS}, got {value!r}.")
+    if value == "head" and jit_compile:
+        raise ValueError("value_layout='head' splits each request at run time, which XLA cannot compile: use "
+                         f"jit_compile=False, or one of {STATIC_ORDER}.")
+    return value
 
 
 def check_read(value: str) -> str:
@@ -226,6 +313,50 @@ def check_sizes(sizes, num_rows: int, output_dim: int) -> np.ndarray:
             f"sizes must be {num_rows} integers in [0, {output_dim}], got values in [{sizes.min()}, {sizes.max()}]."
         )
     return sizes
+
+
+class _MarkWriter:
+    """A mark index (`mark`, `rank`) of a stream of flags, fed in chunks of any length: per block
+    of 64 rows a uint64 word (bit j = row j's flag) and an int32 count of the flagged rows before
+    the block.
+
+    Args:
+        rows: rows the index must answer for (blocks past the rows written
+            count every flagged row).
+    """
+
+    def __init__(self, rows: int):
+        blocks = -(-max(rows, 1) >> PLANE_SHIFT)
+        self.mark = np.zeros(blocks, np.uint64)
+        self.rank = np.zeros(blocks, np.int32)
+        self.row = self.count = 0
+        self.pending = np.zeros(0, bool)
+
+    def add(self, flags: np.ndarray) -> None:
+        if self.pending.size:
+            flags = np.concatenate([self.pending, flags])
+        whole = (flags.shape[0] >> PLANE_SHIFT) << PLANE_SHIFT
+        self._write(flags[:whole])
+        self.pending = np.array(flags[whole:], bool)
+
+    def close(self) -> tuple[np.ndarray, np.ndarray]:
+        self._write(self.pending)
+        self.rank[-(-self.row >> PLANE_SHIFT) :] = self.count
+        return self.mark, self.rank
+
+    def _write(self, flags: np.ndarray) -> None:
+        n = flags.shape[0]
+        if not n:
+            return
+        k0, m = self.row >> PLANE_SHIFT, -(-n >> PLANE_SHIFT)
+        grid = np.zeros(m << PLANE_SHIFT, np.uint64)
+        grid[:n] = flags
+        grid = grid.reshape(m, -1)
+        self.mark[k0 : k0 + m] = (grid << np.arange(1 << PLANE_SHIFT, dtype=np.uint64)).sum(1, dtype=np.uint64)
+        per_block = grid.sum(1, dtype=np.int64)
+        self.rank[k0 : k0 + m] = self.count + np.cumsum(per_block) - per_block
+        self.count += int(per_block.sum())
+        self.row += n
 
 
 class _PlaneWriter:
@@ -316,7 +447,7 @@ def pack_index(
     itype = _index_dtype(total + 1)
     size_t = np.uint8 if D <= 255 else np.uint16
     arrays: dict = {}
-    bits = shift = offset = common = 0
+    bits = shift = offset = common = head_rows = head_width = 0
     scale = 1
 
     def starts_of(a, b, running):
@@ -365,33 +496,49 @@ def pack_index(
         for a, b in _chunks(n):
             writer.add(sizes[a:b])
         arrays.update(writer.close())
-    else:  # sparse: rows of the common size marked, the listed ones in planes of their own
+    elif layout == "sparse":  # rows of the common size unmarked, the listed ones in planes of their own
         common = _sparse_plan(histogram, np.dtype(itype).itemsize)[0]
         listed_histogram = histogram.copy()
         listed_histogram[common] = 0
         offset, scale, bits = _affine(listed_histogram)
-        m = n - int(histogram[common])
-        blocks = -(-max(n, 1) >> PLANE_SHIFT)
-        mark = np.zeros(blocks, np.uint64)
-        rank = np.zeros(blocks, np.int32)
-        writer = _PlaneWriter(m + 1, offset, scale, bits, itype)  # + 1: unlisted rows after the last listed
-        weights = np.arange(1 << PLANE_SHIFT, dtype=np.uint64)
-        count = 0
+        marks = _MarkWriter(n)
+        # + 1: unlisted rows after the last listed one
+        writer = _PlaneWriter(n - int(histogram[common]) + 1, offset, scale, bits, itype)
         for a, b in _chunks(n):
             listed = sizes[a:b] != common
-            k = -(-(b - a) >> PLANE_SHIFT)
-            grid = np.zeros(k << PLANE_SHIFT, np.uint64)
-            grid[: b - a] = listed
-            grid = grid.reshape(k, -1)
-            mark[a >> PLANE_SHIFT : (a >> PLANE_SHIFT) + k] = (grid << weights).sum(1, dtype=np.uint64)
-            per_block = grid.sum(1, dtype=np.int64)
-            rank[a >> PLANE_SHIFT : (a >> PLANE_SHIFT) + k] = count + np.cumsum(per_block) - per_block
-            count += int(per_block.sum())
+            marks.add(listed)
             writer.add(sizes[a:b][listed])
-        arrays["mark"], arrays["rank"] = mark, rank
+        arrays["mark"], arrays["rank"] = marks.close()
+        arrays.update(writer.close())
+    else:  # head: the widest rows whole in their own table; a mark per listed row says which
+        head_width = int(np.flatnonzero(histogram).max(initial=0))
+        head_rows = int(histogram[head_width])
+        common = _head_plan(histogram, np.dtype(itype).itemsize, max_overhead)[0]
+        rest = histogram.copy()
+        rest[head_width] = 0
+        if common >= 0:
+            rest[common] = 0
+        offset, scale, bits = _affine(rest)
+        m = n - int(histogram[common]) if common >= 0 else n  # listed rows
+        marks = _MarkWriter(n) if common >= 0 else None
+        heads = _MarkWriter(m + 1)  # + 1: an unlisted row after the last listed one
+        writer = _PlaneWriter(m - head_rows + 1, offset, scale, bits, itype)
+        for a, b in _chunks(n):
+            chunk = sizes[a:b]
+            if marks is not None:
+                listed = chunk != common
+                marks.add(listed)
+                chunk = chunk[listed]
+            wide = chunk == head_width
+            heads.add(wide)
+            writer.add(chunk[~wide])
+        if marks is not None:
+            arrays["mark"], arrays["rank"] = marks.close()
+        arrays["hmark"], arrays["hrank"] = heads.close()
         arrays.update(writer.close())
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
-    return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common)
+    return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common,
+                       head_rows, head_width)
 
 
 def pack(
@@ -426,7 +573,13 @@ def pack(
     sizes = check_sizes(sizes, n, D)
     packed = pack_index(sizes, D, field_sizes=field_sizes, layout=layout, max_overhead=max_overhead)
     keep = np.arange(D)[None, :] < sizes[:, None]
-    packed.arrays = {"values": np.concatenate([table[keep], np.zeros(1, np.float32)]), **packed.arrays}
+    head = {}
+    if packed.layout == "head":  # the widest rows whole in a table of their own (and a zero row)
+        wide = sizes == packed.head_width
+        head = {"head": np.concatenate([table[wide, : packed.head_width],
+                                        np.zeros((1, packed.head_width), np.float32)])}
+        keep &= ~wide[:, None]
+    packed.arrays = {"values": np.concatenate([table[keep], np.zeros(1, np.float32)]), **head, **packed.arrays}
     return packed
 
 
@@ -443,11 +596,23 @@ def unpack_sizes(packed: PackedTable) -> np.ndarray:
         return a["run_size"][r].astype(np.int64)
     if packed.layout == "planes":
         return _plane_sizes(a, g, packed)
-    bit = (a["mark"][g >> PLANE_SHIFT] >> (g & ((1 << PLANE_SHIFT) - 1)).astype(np.uint64)) & np.uint64(1)
+    if packed.layout == "sparse":
+        listed = _marked_np(a["mark"], g)
+        sizes = np.full(n, packed.common, np.int64)
+        sizes[listed] = _plane_sizes(a, np.arange(int(listed.sum())), packed)
+        return sizes
+    listed = _marked_np(a["mark"], g) if packed.common >= 0 else np.ones(n, bool)
     sizes = np.full(n, packed.common, np.int64)
-    listed = np.flatnonzero(bit)
-    sizes[listed] = _plane_sizes(a, np.arange(listed.size), packed)
+    wide = _marked_np(a["hmark"], np.arange(int(listed.sum())))
+    listed_sizes = np.full(wide.size, packed.head_width, np.int64)
+    listed_sizes[~wide] = _plane_sizes(a, np.arange(int((~wide).sum())), packed)
+    sizes[listed] = listed_sizes
     return sizes
+
+
+def _marked_np(mark: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Whether rows `g` are marked in a mark index (numpy; the reference of `_marked`)."""
+    return ((mark[g >> PLANE_SHIFT] >> (g & ((1 << PLANE_SHIFT) - 1)).astype(np.uint64)) & np.uint64(1)).astype(bool)
 
 
 def _plane_sizes(a: dict, g: np.ndarray, packed: PackedTable) -> np.ndarray:
@@ -464,15 +629,23 @@ def unpack(packed: PackedTable) -> np.ndarray:
     """The masked `[n, D]` table back (numpy; tests)."""
     sizes = unpack_sizes(packed)
     out = np.zeros((packed.num_rows, packed.output_dim), np.float32)
-    out[np.arange(packed.output_dim)[None, :] < sizes[:, None]] = packed.arrays["values"][:-1]
+    keep = np.arange(packed.output_dim)[None, :] < sizes[:, None]
+    if packed.layout == "head":
+        wide = sizes == packed.head_width
+        out[wide, : packed.head_width] = packed.arrays["head"][:-1]
+        keep &= ~wide[:, None]
+    out[keep] = packed.arrays["values"][:-1]
     return out
 
 
 def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, shift: int = 0,
-                   size_offset: int = 0, size_scale: int = 1, common: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+                   size_offset: int = 0, size_scale: int = 1, common: int = 0, head_rows: int = 0,
+                   head_width: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
     """`(start, size)` in `values` of the global rows `g` (`[N]` int32), from a layout's index.
 
-    Both are int32, or int64 when the values need 64-bit offsets.
+    Both are int32, or int64 when the values need 64-bit offsets. Takes a
+    `PackedTable.meta`; the head layout (`head_rows`, `head_width`) keeps its
+    widest rows out of `values` and is read with `read_rows` only.
     """
     index = arrays["run_start"] if layout == "runs" else arrays.get("base")
     itype = tf.int64 if index is not None and index.dtype == tf.int64 else tf.int32
@@ -493,18 +666,100 @@ def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, sh
         return start, size
     if layout == "planes":
         return _plane_start_and_size(arrays, g, itype, bits, size_offset, size_scale)
-    if layout != "sparse":
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    if layout != "sparse":  # the head layout reads its rows with `read_rows`
+        raise ValueError(f"start_and_size: layout must be one of {STATIC_ORDER}, got {layout!r}.")
+    listed, r = _marked(arrays["mark"], arrays["rank"], g)
+    return _listed_start_and_size(arrays, g, r, tf.cast(listed, itype), r, itype, bits, size_offset, size_scale,
+                                  common)
+
+
+def _marked(mark, rank, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(flag, r)` of rows `g` (int32) in a mark index: whether each is marked (int32 0/1) and
+    how many marked rows come before it."""
     local = tf.cast(tf.bitwise.bitwise_and(g, (1 << PLANE_SHIFT) - 1), tf.uint64)
     block = tf.bitwise.right_shift(g, PLANE_SHIFT)
-    word = tf.gather(arrays["mark"], block)
+    block = block[:, None]  # gather_nd: faster than gather for scalar slices (as in `prefix_rows`)
+    word = tf.gather_nd(mark, block)
     below = tf.bitwise.left_shift(tf.ones_like(local), local) - 1
-    r = tf.gather(arrays["rank"], block) + tf.cast(
-        tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_and(word, below)), tf.int32)  # listed rows before g
-    listed = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, local), 1), itype)
-    before, size = _plane_start_and_size(arrays, r, itype, bits, size_offset, size_scale)
-    start = before + tf.cast(g - r, itype) * common if common else before
-    return start, common + listed * (size - common) if common else listed * size
+    r = tf.gather_nd(rank, block) + tf.cast(tf.raw_ops.PopulationCount(x=tf.bitwise.bitwise_and(word, below)),
+                                            tf.int32)
+    flag = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(word, local), 1), tf.int32)
+    return flag, r
+
+
+def _listed_start_and_size(arrays: dict, g, r, listed, t, itype, bits: int, size_offset: int, size_scale: int,
+                           common: int):
+    """`(start, size)` of rows `g` in a layout whose unlisted rows all have size `common`:
+    `r` listed rows before `g`, `t` of them in the planes (`listed`: whether `g` is listed, in `itype`)."""
+    before, size = _plane_start_and_size(arrays, t, itype, bits, size_offset, size_scale)
+    start = before + tf.cast(g - r, itype) * common if common > 0 else before
+    return start, common + listed * (size - common) if common > 0 else listed * size
+
+
+def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bool = False, static: bool = False,
+              bits: int = 0, shift: int = 0, size_offset: int = 0, size_scale: int = 1, common: int = 0,
+              head_rows: int = 0, head_width: int = 0) -> tf.Tensor:
+    """`[N, width]` rows of the global rows `g` (`[N]` int32), in the storage dtype: each row's
+    kept prefix, then zeros.
+
+    Args:
+        arrays: a `PackedTable`'s arrays as tensors or variables.
+        g: global rows.
+        width: columns to return (wider rows are cut).
+        layout, bits, shift, size_offset, size_scale, common, head_rows, head_width:
+            the `PackedTable.meta`.
+        ranged: read with `ranged_rows` instead of `prefix_rows` (not with `static`).
+        static: keep every intermediate at the request's shape (XLA).
+    """
+    if layout == "head":
+        return _head_layout_rows(arrays, g, width, ranged=ranged, static=static, bits=bits, size_offset=size_offset,
+                                 size_scale=size_scale, common=common, head_rows=head_rows, head_width=head_width)
+    start, size = start_and_size(arrays, g, layout=layout, bits=bits, shift=shift, size_offset=size_offset,
+                                 size_scale=size_scale, common=common)
+    return (ranged_rows if ranged else prefix_rows)(arrays["values"], start, size, width)
+
+
+def _to_width(rows: tf.Tensor, width: int) -> tf.Tensor:
+    """`[N, w]` rows cut or zero-padded to `[N, width]`."""
+    w = int(rows.shape[-1])
+    return rows[:, :width] if w >= width else tf.pad(rows, [[0, 0], [0, width - w]])
+
+
+def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, static: bool, bits: int,
+                      size_offset: int, size_scale: int, common: int, head_rows: int, head_width: int) -> tf.Tensor:
+    """`read_rows` of the head layout: the widest rows by one row gather from `head`, the others
+    as the sparse layout reads them, the two stitched back in request order.
+
+    The request is split (`tf.where`) so that the index of the non-head rows
+    is decoded only for them: after a per-value search the widest rows are
+    few but take most lookups (`docs/results/serving.md`). With `static=True`
+    (XLA) both parts are read for every lookup and added instead.
+    """
+    itype = tf.int64 if arrays["base"].dtype == tf.int64 else tf.int32
+    listed, r = _marked(arrays["mark"], arrays["rank"], g) if common >= 0 else (None, g)
+    wide, h = _marked(arrays["hmark"], arrays["hrank"], r)
+    if listed is not None:
+        wide = wide * listed
+    # the non-head rows' widest size (the planes' largest code, or the common size)
+    tail_width = min(width, max(common, size_offset + size_scale * ((1 << bits) - 1) if bits else size_offset))
+    values, head = arrays["values"], arrays["head"]
+
+    def tail(g, r, h, listed):
+        flag = tf.cast(listed, itype) if listed is not None else tf.ones_like(g, itype)
+        start, size = _listed_start_and_size(arrays, g, r, flag, r - h, itype, bits, size_offset, size_scale,
+                                             max(common, 0))
+        if static:
+            size = size * tf.cast(1 - wide, itype)
+        return _to_width((ranged_rows if ranged else prefix_rows)(values, start, size, tail_width), width)
+
+    if static:
+        return _to_width(tf.gather(head, tf.where(wide > 0, h, head_rows)), width) + tail(g, r, h, listed)
+    at_head = tf.cast(tf.where(wide > 0)[:, 0], tf.int32)
+    at_tail = tf.cast(tf.where(wide == 0)[:, 0], tf.int32)
+    head_part = _to_width(tf.gather(head, tf.gather(h, at_head)), width)
+    tail_part = tail(tf.gather(g, at_tail), tf.gather(r, at_tail), tf.gather(h, at_tail),
+                     None if listed is None else tf.gather(listed, at_tail))
+    return tf.dynamic_stitch([at_head, at_tail], [head_part, tail_part])
 
 
 def _plane_start_and_size(arrays: dict, g: tf.Tensor, itype, bits: int, size_offset: int, size_scale: int):
@@ -585,7 +840,10 @@ def packed_lookup(
     size_offset: int = 0,
     size_scale: int = 1,
     common: int = 0,
+    head_rows: int = 0,
+    head_width: int = 0,
     ranged: bool = False,
+    static: bool = False,
 ) -> tf.Tensor:
     """Rebuild `[..., D]` (single field) or `[..., F, D]` embeddings from a packed table.
 
@@ -593,19 +851,19 @@ def packed_lookup(
         arrays: the `PackedTable.arrays`, as tensors or variables (`values`
             may be float16, or int8 with a float16 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
-        layout, field_starts, output_dim, bits, shift, size_offset, size_scale, common:
-            from the `PackedTable`.
+        layout, field_starts, output_dim, bits, shift, size_offset, size_scale, common, head_rows,
+            head_width: from the `PackedTable`.
         multi_field: whether the last axis of `ids` indexes fields.
         ranged: read the rows with `ranged_rows` (not under XLA) instead of `prefix_rows`.
+        static: request-shaped intermediates only (needed under XLA; `read_rows`).
     """
-    values = arrays["values"]
     ids = tf.cast(ids, tf.int32)
     shape = tf.shape(ids)
     g = ids + tf.constant(field_starts, tf.int32) if multi_field else ids
     g = tf.reshape(g, [-1])
-    start, size = start_and_size(arrays, g, layout=layout, bits=bits, shift=shift, size_offset=size_offset,
-                                 size_scale=size_scale, common=common)
-    out = (ranged_rows if ranged else prefix_rows)(values, start, size, output_dim)
+    out = read_rows(arrays, g, output_dim, layout=layout, ranged=ranged, static=static, bits=bits, shift=shift,
+                    size_offset=size_offset, size_scale=size_scale, common=common, head_rows=head_rows,
+                    head_width=head_width)
     if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.export.quantize)
         out = tf.cast(out, tf.float32)
     if "scales" in arrays:  # int8: one float16 scale per row

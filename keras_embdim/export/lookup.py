@@ -427,8 +427,7 @@ class ValueLookup:
         return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
     def _rows_from(self, g: tf.Tensor, arrays: dict, width: int, ranged: bool) -> tf.Tensor:
-        start, size = layouts.start_and_size(arrays, g, **self.meta)
-        rows = (layouts.ranged_rows if ranged else layouts.prefix_rows)(arrays["values"], start, size, width)
+        rows = layouts.read_rows(arrays, g, width, ranged=ranged, static=self.jit_compile, **self.meta)
         return _decode(rows, arrays.get("scales"), g, tf.float32)
 
     def _lookup_rows(self, ids: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor | None]:
