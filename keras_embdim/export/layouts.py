@@ -669,8 +669,8 @@ def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, sh
     if layout != "sparse":  # the head layout reads its rows with `read_rows`
         raise ValueError(f"start_and_size: layout must be one of {STATIC_ORDER}, got {layout!r}.")
     listed, r = _marked(arrays["mark"], arrays["rank"], g)
-    return _listed_start_and_size(arrays, g, r, tf.cast(listed, itype), r, itype, bits, size_offset, size_scale,
-                                  common)
+    return _listed_start_and_size(arrays, g - r if common > 0 else None, listed, r, itype, bits, size_offset,
+                                  size_scale, common)
 
 
 def _marked(mark, rank, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -687,12 +687,16 @@ def _marked(mark, rank, g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return flag, r
 
 
-def _listed_start_and_size(arrays: dict, g, r, listed, t, itype, bits: int, size_offset: int, size_scale: int,
-                           common: int):
-    """`(start, size)` of rows `g` in a layout whose unlisted rows all have size `common`:
-    `r` listed rows before `g`, `t` of them in the planes (`listed`: whether `g` is listed, in `itype`)."""
+def _listed_start_and_size(arrays: dict, unlisted, listed, t, itype, bits: int, size_offset: int,
+                           size_scale: int, common: int):
+    """`(start, size)` of rows in a layout whose unlisted rows all have size `common`: `unlisted`
+    unlisted rows before each, `t` rows of the planes before it (`listed`: whether it is listed,
+    0/1; None: every row is)."""
     before, size = _plane_start_and_size(arrays, t, itype, bits, size_offset, size_scale)
-    start = before + tf.cast(g - r, itype) * common if common > 0 else before
+    start = before + tf.cast(unlisted, itype) * common if common > 0 else before
+    if listed is None:
+        return start, size
+    listed = tf.cast(listed, itype)
     return start, common + listed * (size - common) if common > 0 else listed * size
 
 
@@ -744,21 +748,22 @@ def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, s
     tail_width = min(width, max(common, size_offset + size_scale * ((1 << bits) - 1) if bits else size_offset))
     values, head = arrays["values"], arrays["head"]
 
-    def tail(g, r, h, listed):
-        flag = tf.cast(listed, itype) if listed is not None else tf.ones_like(g, itype)
-        start, size = _listed_start_and_size(arrays, g, r, flag, r - h, itype, bits, size_offset, size_scale,
+    t = r - h  # rows of the planes (listed, not in the head) before each row
+    unlisted = g - r if common > 0 else None  # rows of the common size before each row
+
+    def tail(t, unlisted, listed, keep=None):
+        start, size = _listed_start_and_size(arrays, unlisted, listed, t, itype, bits, size_offset, size_scale,
                                              max(common, 0))
-        if static:
-            size = size * tf.cast(1 - wide, itype)
+        if keep is not None:
+            size = size * tf.cast(keep, itype)
         return _to_width((ranged_rows if ranged else prefix_rows)(values, start, size, tail_width), width)
 
     if static:
-        return _to_width(tf.gather(head, tf.where(wide > 0, h, head_rows)), width) + tail(g, r, h, listed)
+        return _to_width(tf.gather(head, tf.where(wide > 0, h, head_rows)), width) + tail(t, unlisted, listed, 1 - wide)
     at_head = tf.cast(tf.where(wide > 0)[:, 0], tf.int32)
     at_tail = tf.cast(tf.where(wide == 0)[:, 0], tf.int32)
     head_part = _to_width(tf.gather(head, tf.gather(h, at_head)), width)
-    tail_part = tail(tf.gather(g, at_tail), tf.gather(r, at_tail), tf.gather(h, at_tail),
-                     None if listed is None else tf.gather(listed, at_tail))
+    tail_part = tail(*(None if x is None else tf.gather(x, at_tail) for x in (t, unlisted, listed)))
     return tf.dynamic_stitch([at_head, at_tail], [head_part, tail_part])
 
 
