@@ -157,10 +157,11 @@ def test_head_words_by_hand():
 
 
 @pytest.mark.parametrize("static", [False, True])
-@pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide"])
+@pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide", "empty_or_wide"])
 def test_head_layout_with_and_without_the_common_mark(kind, static):
     """PME-like sizes (most rows empty, a few whole): the empty rows are only marked (common 0); sizes
-    spread evenly: every row listed (common -1); every row at the widest size: no other row."""
+    spread evenly: every row listed (common -1); every row at the widest size: no other row; rows
+    empty or whole: the non-head rows read nothing (a zero-width tail)."""
     rng = np.random.default_rng(4)
     n, D = 3000, 16
     if kind == "empty_rows":
@@ -168,11 +169,13 @@ def test_head_layout_with_and_without_the_common_mark(kind, static):
         sizes[rng.random(n) < 0.03] = D
     elif kind == "spread":
         sizes = np.where(rng.random(n) < 0.2, D, rng.integers(0, 4, n))
-    else:
+    elif kind == "all_wide":
         sizes = np.full(n, 7)
+    else:
+        sizes = np.where(rng.random(n) < 0.3, D, 0)
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, field_sizes=[1000, 2000], layout="head")
-    assert p.common == {"empty_rows": 0, "spread": -1, "all_wide": -1}[kind]
+    assert p.common == {"empty_rows": 0, "spread": -1, "all_wide": -1, "empty_or_wide": -1}[kind]
     assert p.head_rows == (sizes == sizes.max()).sum() and p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
     np.testing.assert_array_equal(ragged.unpack_sizes(p), sizes)
     ids = np.stack([rng.integers(0, 1000, (64, 3)), rng.integers(0, 2000, (64, 3))], -1)
