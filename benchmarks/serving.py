@@ -9,8 +9,9 @@ For each dataset and budget, in one process: a full-dimension MLP (128-64 over
 with `PMEPruner(budget)` (per value) for one epoch (`min_dim=0` below 1/16,
 where one dim for every field or value is already over the budget), and exported with
 `export_compact` (default: folded lookups, no XLA; per field also with
-`fold=False`, the padded fallback; per value also with `value_read="ranged"`
-and with `jit_compile=True`). The baselines are the same MLP with plain
+`fold=False`, the padded fallback; per value also with `value_read="ranged"`,
+with `jit_compile=True`, and with the layout `"auto"` takes when the head layout
+is left out, timed beside it). The baselines are the same MLP with plain
 `keras.layers.Embedding`s exported by Keras' own `model.export()`: full dims,
 and uniform dims `round(budget x 16)` (at least 1) for every field, the naive
 model of about the same parameter count; and uniform dims as wide as the
@@ -60,11 +61,13 @@ TARGETS = {
 # export options timed per search: the default, and the alternatives a user can pick
 VARIANTS = {
     "sseds": [("", {}), ("_padded", {"fold": False})],
-    "pme": [("", {}), ("_ranged", {"value_read": "ranged"}), ("_xla", {"jit_compile": True})],
+    "pme": [("", {}), ("_ranged", {"value_read": "ranged"}), ("_xla", {"jit_compile": True}),
+            ("_static", {"value_layout": "static"})],  # resolved in export_models: auto without the head layout
 }
 LABELS = {"sseds": "per field, folded", "sseds_padded": "per field, padded (fold=False)",
           "pme": "per value, folded", "pme_ranged": "per value, folded, value_read='ranged'",
-          "pme_xla": "per value, folded, jit_compile=True (XLA)"}
+          "pme_xla": "per value, folded, jit_compile=True (XLA)",
+          "pme_static": "per value, folded, the layout auto takes without the head one"}
 
 
 # ----------------------------------------------------------------- training
@@ -83,8 +86,11 @@ def uniform_dims(budget: float) -> int:
 
 def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
     """Train the searched models, export them and the baselines; return their paths and facts."""
+    import numpy as np
+
     import keras_embdim as ked
     from keras_embdim import keras
+    from keras_embdim.export import layouts
 
     sample = data.inputs(data.test[0][:500])
     exports = {}
@@ -114,6 +120,10 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
         if method == "sseds":  # the searched MLP input width (kept columns over all fields)
             kept_width = int(ked.find_searchable_layers(model)[0].dimension_mask().kept_dims.sum())
         for suffix, options in VARIANTS[method]:
+            if options.get("value_layout") == "static":  # the head layout's side-by-side alternative
+                mask = ked.find_searchable_layers(model)[0].dimension_mask()
+                sizes = np.concatenate([np.asarray(v) for v in mask.value_sizes])
+                options = {**options, "value_layout": layouts.choose_layout(sizes, D, static=True)}
             reset = _common.reset_peak_rss()
             before = _common.rss_bytes()
             r = ked.export_compact(model, os.path.join(out, method + suffix), sample_inputs=sample, verbose=0,
@@ -230,6 +240,8 @@ def run_one(dataset: str, budget: float, args) -> dict:
                 f"{k}/{base}": ratios(per_round, k, base)
                 for k in per_round if exports[k]["kind"] == "ours" for base in ("full", "uniform", "uniform_width")
             }
+            if "pme_static" in per_round:  # the head layout against the layout auto took before it, side by side
+                rec["ratios"][batch]["pme/pme_static"] = ratios(per_round, "pme", "pme_static")
         return rec
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -289,7 +301,11 @@ def report(records: list, path: str, plot: str | None) -> str:
                 if "pme_xla/full" in rat:  # not the target's default path: shown, not counted
                     options.append(f"{name} b={r['budget']} batch 512: per value with jit_compile=True: "
                                    f"{rat['pme_xla/full']:.2f}x full; value_read='ranged': "
-                                   f"{rat['pme_ranged/full']:.2f}x full")
+                                   f"{rat['pme_ranged/full']:.2f}x full"
+                                   + (f"; without the head layout ({r['exports']['pme_static']['layout']}): "
+                                      f"{rat['pme_static/full']:.2f}x full; the head layout at "
+                                      f"{rat['pme/pme_static']:.2f}x its latency"
+                                      if "pme_static/full" in rat else ""))
         for k in ("sseds", "pme"):
             e = r["exports"][k]
             limit = 1.02 if k == "sseds" else 1.10
