@@ -60,6 +60,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def emit(summary: dict) -> None:
+    """Print `summary` as one JSON line in a single write: the local workers share the launcher's
+    stdout, and `print` writes the line and its newline apart (two writes when unbuffered), so
+    two workers' lines could run together."""
+    sys.stdout.write(json.dumps(summary) + "\n")
+    sys.stdout.flush()
+
+
 def launch_local(n: int, argv: list[str], ps: int = 0) -> int:
     """Start this script's processes of a loopback cluster and wait for them: `n` workers
     (MultiWorkerMirroredStrategy), or with `ps` parameter servers a chief, `n` workers and `ps`
@@ -128,7 +136,7 @@ def coordinator(args) -> dict:
     summary = {"worker": "chief", "kept_dims": ked.find_searchable_layers(model)[0].dimension_mask().kept_dims.tolist(),
                "kept_fraction": pruner.result.kept_fraction, "export": exporter.result.path,
                "tables": type(ked.find_searchable_layers(model)[0].embedding_variable).__name__}
-    print(json.dumps(summary), flush=True)
+    emit(summary)
     return summary
 
 
@@ -161,7 +169,7 @@ def worker(args) -> dict:
                .dimension_mask().kept_dims.tolist(), "kept_fraction": pruner.result.kept_fraction}
     if chief:
         summary["export"] = callbacks[-1].result.path
-    print(json.dumps(summary), flush=True)
+    emit(summary)
     return summary
 
 
