@@ -86,8 +86,6 @@ def uniform_dims(budget: float) -> int:
 
 def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
     """Train the searched models, export them and the baselines; return their paths and facts."""
-    import numpy as np
-
     import keras_embdim as ked
     from keras_embdim import keras
     from keras_embdim.export import layouts
@@ -121,9 +119,8 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
             kept_width = int(ked.find_searchable_layers(model)[0].dimension_mask().kept_dims.sum())
         for suffix, options in VARIANTS[method]:
             if options.get("value_layout") == "static":  # the head layout's side-by-side alternative
-                mask = ked.find_searchable_layers(model)[0].dimension_mask()
-                sizes = np.concatenate([np.asarray(v) for v in mask.value_sizes])
-                options = {**options, "value_layout": layouts.choose_layout(sizes, D, static=True)}
+                static = layouts.choose_layout(_row_sizes(model)[1], D, static=True)
+                options = {**options, "value_layout": static}
             reset = _common.reset_peak_rss()
             before = _common.rss_bytes()
             r = ked.export_compact(model, os.path.join(out, method + suffix), sample_inputs=sample, verbose=0,
@@ -146,14 +143,23 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
     return exports
 
 
+def _row_sizes(model):
+    """The per-value layer's mask and its sizes, all fields' rows one after another."""
+    import numpy as np
+
+    import keras_embdim as ked
+
+    mask = ked.find_searchable_layers(model)[0].dimension_mask()
+    return mask, np.concatenate([np.asarray(s) for s in mask.value_sizes])
+
+
 def _traffic(model, data) -> dict:
     """Shares of the per-value table's rows and of the test lookups at the widest size; rows at 0; entropy."""
     import numpy as np
 
     import keras_embdim as ked
 
-    mask = ked.find_searchable_layers(model)[0].dimension_mask()
-    sizes = np.concatenate([np.asarray(s) for s in mask.value_sizes])
+    mask, sizes = _row_sizes(model)
     widest = sizes.max()
     looked = sizes[data.test[0] + ked.fields.field_offsets(mask.vocab_sizes)[None, :]]
     share = np.bincount(sizes) / sizes.size
