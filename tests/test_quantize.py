@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
+from keras_embdim.export import layouts
 from keras_embdim.export import quantize
 from keras_embdim import keras
 from keras_embdim.serving import check_in_fresh_process
@@ -72,9 +73,11 @@ def test_quantized_export_serves_the_stored_values_and_reports_their_cost(search
     else:  # the packed values (and the zero slot) shrink; int8 adds a float16 scale per row
         rows = sum(d.vocab_sizes)
         assert r.layouts == full.layouts
-        slots = kept + 1  # the kept values and the zero slot; the head layout: and a zero row of the widest size
-        if r.layouts["embedding"] == "head":
-            slots += max(int(np.max(s)) for s in ked.find_searchable_layers(model)[0].dimension_mask().value_sizes)
+        slots = kept + 1  # the kept values and the zero slot; the head layout: and a zero row of the widest size,
+        if r.layouts["embedding"] == "head":  # and the zeros its narrower rows are padded with
+            mask = ked.find_searchable_layers(model)[0].dimension_mask()
+            p = layouts.pack_index(np.concatenate(mask.value_sizes), mask.output_dim, layout="head")
+            slots += p.head_width + p.head_rows * p.head_width - p.head_kept
         if table_dtype == "float16":
             assert r.embedding_bytes == full.embedding_bytes - 2 * slots
         else:

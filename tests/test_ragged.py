@@ -24,6 +24,13 @@ def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
     return fn(tf.constant(ids)).numpy()
 
 
+def _stored(packed, sizes):
+    """The sizes `unpack_sizes` gives back: a head layout's head rows at the head's width."""
+    if packed.layout != "head":
+        return sizes
+    return np.where(sizes >= packed.head_from, packed.head_width, sizes)
+
+
 def _sizes(rng, n, D, kind):
     if kind == "any":
         return rng.integers(0, D + 1, size=n)
@@ -51,7 +58,7 @@ def test_packed_lookup_equals_prefix_reference(field_sizes, D, seed, kind, layou
     packed = ragged.pack(table, sizes, field_sizes=field_sizes, layout=layout)
     assert packed.layout == layout and packed.kept == sizes.sum()
     # numpy decoding (a second implementation) gives the sizes and the masked table back
-    np.testing.assert_array_equal(ragged.unpack_sizes(packed), sizes)
+    np.testing.assert_array_equal(ragged.unpack_sizes(packed), _stored(packed, sizes))
     np.testing.assert_array_equal(ragged.unpack(packed), reference.prefix_lookup(table, sizes, np.arange(n)))
     assert packed.nbytes == ragged.layout_bytes(sizes, D)[layout]
     # the TF lookup: local ids per field, several fields on the last axis
@@ -157,6 +164,34 @@ def test_head_words_by_hand():
 
 
 @pytest.mark.parametrize("static", [False, True])
+def test_head_takes_the_near_widest_rows_when_their_padding_fits(static):
+    # 256 rows (D = 8): 64 at 8, 64 at 7, 128 empty; kept 960 values, 3,840 B; the limit 1.10x is 4,224 B.
+    # Rows >= 7 in the head (padded to 8): head 129 x 8 x 4 = 4,128, values the zero slot 4, every row
+    # listed: a head mark over 257 rows (5 blocks x 12 B) and zero-bit planes over the 129 other rows
+    # (3 blocks x 4 B): 4,204 B, fits. At 1.09x (4,185.6 B) it does not, and the head keeps the rows at 8
+    # only: head 65 x 32 = 2,080, values (448 + 1) x 4 = 1,796, mark 60, 1-bit planes (0 or 7) over 193
+    # rows (4 blocks x (4 + 8) B) = 48: 3,984 B.
+    rng = np.random.default_rng(0)
+    sizes = rng.permutation(np.repeat([8, 7, 0], [64, 64, 128]))
+    table = rng.standard_normal((256, 8)).astype(np.float32)
+    ids = rng.integers(0, 256, (40, 1))
+    want = reference.prefix_lookup(table, sizes, ids)
+    for max_overhead, head_from, nbytes in [(1.10, 7, 4204), (1.09, 8, 3984)]:
+        p = ragged.pack(table, sizes, layout="head", max_overhead=max_overhead)
+        assert (p.head_from, p.head_width, p.head_rows, p.common, p.nbytes) == (
+            head_from, 8, (sizes >= head_from).sum(), -1, nbytes)
+        assert p.nbytes == ragged.layout_bytes(sizes, 8, max_overhead)["head"]
+        assert p.head_kept == sizes[sizes >= head_from].sum() and p.arrays["values"].size == 960 - p.head_kept + 1
+        # a padded head row: its kept prefix, then zeros
+        at7 = np.flatnonzero(sizes == 7)[0]
+        if head_from == 7:
+            stored = p.arrays["head"][np.count_nonzero(sizes[:at7] >= 7)]
+            np.testing.assert_array_equal(stored, np.append(table[at7, :7], 0))
+        np.testing.assert_array_equal(_lookup(p, ids, multi_field=False, jit=static)[:, 0], want[:, 0])
+        np.testing.assert_array_equal(ragged.unpack(p), reference.prefix_lookup(table, sizes, np.arange(256)))
+
+
+@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide", "empty_or_wide"])
 def test_head_layout_with_and_without_the_common_mark(kind, static):
     """PME-like sizes (most rows empty, a few whole): the empty rows are only marked (common 0); sizes
@@ -176,8 +211,8 @@ def test_head_layout_with_and_without_the_common_mark(kind, static):
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, field_sizes=[1000, 2000], layout="head")
     assert p.common == {"empty_rows": 0, "spread": -1, "all_wide": -1, "empty_or_wide": -1}[kind]
-    assert p.head_rows == (sizes == sizes.max()).sum() and p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
-    np.testing.assert_array_equal(ragged.unpack_sizes(p), sizes)
+    assert p.head_rows == (sizes >= p.head_from).sum() and p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
+    np.testing.assert_array_equal(ragged.unpack_sizes(p), _stored(p, sizes))
     ids = np.stack([rng.integers(0, 1000, (64, 3)), rng.integers(0, 2000, (64, 3))], -1)
     want = reference.prefix_lookup(table, sizes, ids + [0, 1000])
     np.testing.assert_array_equal(_lookup(p, ids, jit=static), want)
@@ -281,4 +316,4 @@ def test_index_built_in_chunks_equals_one_chunk(monkeypatch, layout, kind):
     assert whole.arrays.keys() == chunked.arrays.keys()
     for k in whole.arrays:
         np.testing.assert_array_equal(whole.arrays[k], chunked.arrays[k])
-    np.testing.assert_array_equal(ragged.unpack_sizes(chunked), sizes)
+    np.testing.assert_array_equal(ragged.unpack_sizes(chunked), _stored(chunked, sizes))

@@ -184,8 +184,8 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
         value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
     packed = layouts.pack_index(sizes, D, field_sizes=mask.vocab_sizes, layout=value_layout)
     store = _STORE[table_dtype]
-    W, H = packed.head_width, packed.head_rows  # head layout: the widest rows whole, in a table of their own
-    values = _utils.plain_variable(tf.zeros([packed.kept - H * W + 1], store), name="values")  # + the zero slot
+    W, H = packed.head_width, packed.head_rows  # head layout: the widest rows (padded), in a table of their own
+    values = _utils.plain_variable(tf.zeros([packed.kept - packed.head_kept + 1], store), name="values")  # + zero slot
     head = _utils.plain_variable(tf.zeros([H + 1, W], store), name="head") if packed.layout == "head" else None
     scales = _utils.plain_variable(tf.zeros([packed.num_rows], tf.float16), name="scales") if table_dtype == "int8" else None
     swaps, pos, head_pos = [], 0, 0
@@ -203,14 +203,15 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
             back = stored.astype(np.float32)
         if table_dtype != "float32":
             swaps.append((a, b, keep, rows[keep], back))
-        if head is not None:  # the head rows' values to `head`, the others' to `values`
-            wide = sizes[a:b] == W
-            to_head = wide[np.nonzero(keep)[0]]  # per stored value: whether its row is a head row
+        if head is not None:  # the head rows' values (zero-padded to W) to `head`, the others' to `values`
+            wide = sizes[a:b] >= packed.head_from
             k = int(wide.sum())
             if k and W:
-                row_ops.assign_rows(head, head_pos, head_pos + k, stored[to_head].reshape(k, W))
+                dense = np.zeros((b - a, D), stored.dtype)
+                dense[keep] = stored
+                row_ops.assign_rows(head, head_pos, head_pos + k, dense[wide, :W])
+                stored = dense[~wide][keep[~wide]]
             head_pos += k
-            stored = stored[~to_head]
         n = stored.shape[0]
         if n:
             row_ops.assign_rows(values, pos, pos + n, stored)

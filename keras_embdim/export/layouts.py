@@ -34,18 +34,21 @@ plus an index that gives each row's start in `values` and its size:
   `start(g) = common * (g - r) + (sizes of the first r listed rows)`:
   `3 / 16 + m / n * (b / 8 + 1 / 16)` bytes per row for `m` listed of `n`.
 
-- `"head"` (the default when it fits; not under XLA): the rows at the widest
-  size `W` (the head) are stored whole in a `[H + 1, W]` table `head` (a zero
-  row last) and read by one row gather; `values` holds the other rows only.
-  A mark per listed row (`hmark`, `hrank`: as sparse's) says which rows are
-  in the head and how many come before, planes give the other rows' sizes.
-  When it pays, rows of one `common` size are first left unlisted (`mark`,
-  `rank`, as sparse). A lookup decodes the marks for every row of the
-  request, splits it (`tf.where`), decodes the planes for the non-head rows
-  only and stitches the two parts back (`tf.dynamic_stitch`). After a
-  per-value search the widest rows are few but take most lookups (the
-  frequent values keep the most columns), so most of a request costs a row
-  gather.
+- `"head"` (the default when it fits; not under XLA): the rows of size
+  `head_from` or more (the head) are stored in a `[H + 1, W]` table `head`
+  (`W` the widest size, narrower head rows zero-padded, a zero row last) and
+  read by one row gather; `values` holds the other rows only. `head_from` is
+  the smallest size whose padding keeps the layout within `max_overhead`
+  (else `W`: no padding). A mark per listed row (`hmark`, `hrank`: as
+  sparse's) says which rows are in the head and how many come before,
+  planes give the other rows' sizes. When it pays, rows of one `common`
+  size are first left unlisted (`mark`, `rank`, as sparse). A lookup
+  decodes the marks for every row of the request, reads every row from the
+  head, then decodes the planes and reads element by element for the
+  non-head rows only (`tf.where`) and writes them over their places
+  (`tf.tensor_scatter_nd_update`). After a per-value search the widest rows
+  are few but take most lookups (the frequent values keep the most
+  columns), so most of a request costs a row gather.
 
 `layout="auto"` takes the fastest layout whose bytes stay within
 `max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md);
@@ -98,8 +101,10 @@ class PackedTable:
     size_offset: int = 0  # planes layout: size = size_offset + size_scale * code
     size_scale: int = 1
     common: int = 0  # sparse / head layouts: the size of the unlisted rows (head: -1, every row listed)
-    head_rows: int = 0  # head layout: rows at the widest size, stored whole in `arrays["head"]`
-    head_width: int = 0  # head layout: that widest size
+    head_rows: int = 0  # head layout: rows of size `head_from` or more, stored in `arrays["head"]`
+    head_width: int = 0  # head layout: the widest size, the head table's width (narrower head rows padded)
+    head_from: int = 0  # head layout: the smallest size in the head
+    head_kept: int = 0  # head layout: the head rows' own sizes, summed (`kept - head_kept` values in `values`)
 
     @property
     def nbytes(self) -> int:
@@ -199,40 +204,53 @@ def _mark_bytes(rows: int) -> int:
     return (-(-max(rows, 1) >> PLANE_SHIFT)) * (8 + 4)
 
 
-def _head_plan(histogram: np.ndarray, isz: int, max_overhead: float = 1.10) -> tuple[int, int]:
-    """`(common size or -1, index bytes)` of the head layout (the head values' own bytes not counted).
+def _head_plan(histogram: np.ndarray, isz: int, max_overhead: float = 1.10) -> tuple[int, int, int]:
+    """`(head_from, common size or -1, bytes)` of the head layout (values, head table and index).
+
+    The head holds the rows of size `head_from` or more, padded to the
+    widest size `W`: the smallest `head_from` whose bytes stay within
+    `max_overhead` x the kept bytes, else `W` alone (no padding). A lower
+    `head_from` moves the near-widest rows (frequent values too) from the
+    element-by-element reads to the row gather and narrows those reads, for
+    the bytes of their padding.
 
     Without a common size (-1) every row is listed: a mark per row says which
     rows are in the head, planes give the other rows' sizes. With one, a first
     mark leaves the rows of the common size unlisted (as `sparse`), the head
-    mark and the planes cover the listed rows only. The first is taken when it
-    fits `max_overhead` (one mark fewer to decode), else the smallest.
+    mark and the planes cover the listed rows only. For each `head_from` the
+    first is taken when it fits `max_overhead` (one mark fewer to decode),
+    else the smallest.
     """
     n = int(histogram.sum())
     width = int(np.flatnonzero(histogram).max(initial=0))
-    rest = histogram.copy()
-    rest[width] = 0
-    head = int(histogram[width])
-    kept4 = 4 * int(histogram @ np.arange(histogram.size))
-    values = 4 * (int(rest @ np.arange(rest.size)) + 1) + 4 * width * (head + 1)
-    plain = _mark_bytes(n + 1) + _planes_bytes(n - head + 1, _affine(rest)[2], isz)
-    if values + plain <= max_overhead * kept4:
-        return -1, plain
-    best = (-1, plain)
-    for size in np.flatnonzero(rest):
-        listed = rest.copy()
-        listed[size] = 0
-        m = n - int(histogram[size])
-        cost = _mark_bytes(n) + _mark_bytes(m + 1) + _planes_bytes(m - head + 1, _affine(listed)[2], isz)
-        if cost < best[1]:
-            best = (int(size), cost)
+    limit = max_overhead * 4 * int(histogram @ np.arange(histogram.size))
+    best = None
+    for head_from in [int(s) for s in np.flatnonzero(histogram) if s > 0] or [0]:  # (all at 0: a zero-wide head)
+        rest = histogram.copy()
+        rest[head_from:] = 0
+        head = n - int(rest.sum())
+        values = 4 * (int(rest @ np.arange(rest.size)) + 1) + 4 * width * (head + 1)
+        plan = (-1, _mark_bytes(n + 1) + _planes_bytes(n - head + 1, _affine(rest)[2], isz))
+        if values + plan[1] > limit:
+            for size in np.flatnonzero(rest):
+                listed = rest.copy()
+                listed[size] = 0
+                m = n - int(histogram[size])
+                cost = _mark_bytes(n) + _mark_bytes(m + 1) + _planes_bytes(m - head + 1, _affine(listed)[2], isz)
+                if cost < plan[1]:
+                    plan = (int(size), cost)
+        total = values + plan[1]
+        if total <= limit:
+            return head_from, plan[0], total
+        if head_from == width:
+            best = (head_from, plan[0], total)
     return best
 
 
 def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> dict[str, int]:
     """Bytes each layout would take for these per-row sizes (float32 values, without packing).
 
-    `max_overhead` matters to the head layout only (`_head_plan`: one mark or two).
+    `max_overhead` matters to the head layout only (`_head_plan`: which rows it takes, one mark or two).
     """
     sizes = np.asarray(sizes)
     n, D = sizes.shape[0], output_dim
@@ -250,9 +268,7 @@ def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10)
         "runs": values + _num_runs(sizes) * (4 + size_b + isz),
         "planes": values + blocks * (isz + 8 * bits),
         "sparse": values + _sparse_plan(histogram, isz)[1],
-        # the head's values: the widest rows whole, plus a zero row
-        "head": values + 4 * int(np.flatnonzero(histogram).max(initial=0))
-        + _head_plan(histogram, isz, max_overhead)[1],
+        "head": _head_plan(histogram, isz, max_overhead)[2],
     }
 
 
@@ -447,7 +463,7 @@ def pack_index(
     itype = _index_dtype(total + 1)
     size_t = np.uint8 if D <= 255 else np.uint16
     arrays: dict = {}
-    bits = shift = offset = common = head_rows = head_width = 0
+    bits = shift = offset = common = head_rows = head_width = head_from = head_kept = 0
     scale = 1
 
     def starts_of(a, b, running):
@@ -510,12 +526,13 @@ def pack_index(
             writer.add(sizes[a:b][listed])
         arrays["mark"], arrays["rank"] = marks.close()
         arrays.update(writer.close())
-    else:  # head: the widest rows whole in their own table; a mark per listed row says which
+    else:  # head: the widest rows (padded) in their own table; a mark per listed row says which
         head_width = int(np.flatnonzero(histogram).max(initial=0))
-        head_rows = int(histogram[head_width])
-        common = _head_plan(histogram, np.dtype(itype).itemsize, max_overhead)[0]
+        head_from, common, _ = _head_plan(histogram, np.dtype(itype).itemsize, max_overhead)
+        head_rows = int(histogram[head_from:].sum())
+        head_kept = int(histogram[head_from:] @ np.arange(head_from, D + 1))
         rest = histogram.copy()
-        rest[head_width] = 0
+        rest[head_from:] = 0
         if common >= 0:
             rest[common] = 0
         offset, scale, bits = _affine(rest)
@@ -529,7 +546,7 @@ def pack_index(
                 listed = chunk != common
                 marks.add(listed)
                 chunk = chunk[listed]
-            wide = chunk == head_width
+            wide = chunk >= head_from
             heads.add(wide)
             writer.add(chunk[~wide])
         if marks is not None:
@@ -538,7 +555,7 @@ def pack_index(
         arrays.update(writer.close())
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
     return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common,
-                       head_rows, head_width)
+                       head_rows, head_width, head_from, head_kept)
 
 
 def pack(
@@ -574,17 +591,21 @@ def pack(
     packed = pack_index(sizes, D, field_sizes=field_sizes, layout=layout, max_overhead=max_overhead)
     keep = np.arange(D)[None, :] < sizes[:, None]
     head = {}
-    if packed.layout == "head":  # the widest rows whole in a table of their own (and a zero row)
-        wide = sizes == packed.head_width
-        head = {"head": np.concatenate([table[wide, : packed.head_width],
-                                        np.zeros((1, packed.head_width), np.float32)])}
+    if packed.layout == "head":  # the widest rows (padded) in a table of their own, and a zero row
+        wide = sizes >= packed.head_from
+        W = packed.head_width
+        head = {"head": np.concatenate([np.where(keep[wide, :W], table[wide, :W], 0), np.zeros((1, W), np.float32)])}
         keep &= ~wide[:, None]
     packed.arrays = {"values": np.concatenate([table[keep], np.zeros(1, np.float32)]), **head, **packed.arrays}
     return packed
 
 
 def unpack_sizes(packed: PackedTable) -> np.ndarray:
-    """The per-row sizes back from a `PackedTable` (numpy; tests and reports)."""
+    """The per-row sizes back from a `PackedTable` (numpy; tests and reports).
+
+    A head layout's head rows come back at `head_width`, the width they are
+    stored at (a row narrower than that is padded with zeros).
+    """
     a, n = packed.arrays, packed.num_rows
     g = np.arange(n)
     if packed.layout == "offsets":
@@ -726,18 +747,21 @@ def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bo
 def _to_width(rows: tf.Tensor, width: int) -> tf.Tensor:
     """`[N, w]` rows cut or zero-padded to `[N, width]`."""
     w = int(rows.shape[-1])
-    return rows[:, :width] if w >= width else tf.pad(rows, [[0, 0], [0, width - w]])
+    if w == width:  # the tensor itself (a slice would keep a second reference: no in-place update after it)
+        return rows
+    return rows[:, :width] if w > width else tf.pad(rows, [[0, 0], [0, width - w]])
 
 
 def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, static: bool, bits: int,
                       size_offset: int, size_scale: int, common: int, head_rows: int, head_width: int) -> tf.Tensor:
-    """`read_rows` of the head layout: the widest rows by one row gather from `head`, the others
-    as the sparse layout reads them, the two stitched back in request order.
+    """`read_rows` of the head layout: every row by one row gather from `head`, then the non-head
+    rows, read as the sparse layout reads them, written over their places.
 
-    The request is split (`tf.where`) so that the index of the non-head rows
-    is decoded only for them: after a per-value search the widest rows are
-    few but take most lookups (`docs/results/serving.md`). With `static=True`
-    (XLA) both parts are read for every lookup and added instead.
+    The non-head rows are picked out (`tf.where`) so that their index is
+    decoded and their values read only for them: after a per-value search
+    the head rows are few but take most lookups (`docs/results/serving.md`).
+    With `static=True` (XLA) both parts are read for every lookup and added
+    instead (the non-head rows read the head's zero row).
     """
     itype = tf.int64 if arrays["base"].dtype == tf.int64 else tf.int32
     listed, r = _marked(arrays["mark"], arrays["rank"], g) if common >= 0 else (None, g)
@@ -760,11 +784,10 @@ def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, s
 
     if static:
         return _to_width(tf.gather(head, tf.where(wide > 0, h, head_rows)), width) + tail(t, unlisted, listed, 1 - wide)
-    at_head = tf.cast(tf.where(wide > 0)[:, 0], tf.int32)
-    at_tail = tf.cast(tf.where(wide == 0)[:, 0], tf.int32)
-    head_part = _to_width(tf.gather(head, tf.gather(h, at_head)), width)
-    tail_part = tail(*(None if x is None else tf.gather(x, at_tail) for x in (t, unlisted, listed)))
-    return tf.dynamic_stitch([at_head, at_tail], [head_part, tail_part])
+    at_tail = tf.where(wide == 0)
+    rows = _to_width(tf.gather(head, h), width)  # every row from the head: the non-head rows overwritten next
+    tail_part = tail(*(None if x is None else tf.gather_nd(x, at_tail) for x in (t, unlisted, listed)))
+    return tf.tensor_scatter_nd_update(rows, at_tail, tail_part)
 
 
 def _plane_start_and_size(arrays: dict, g: tf.Tensor, itype, bits: int, size_offset: int, size_scale: int):
