@@ -444,7 +444,8 @@ def pack_index(
         output_dim: D.
         field_sizes: rows per field (default: one field).
         layout: `"auto"` or one of `LAYOUTS`.
-        max_overhead: for `"auto"`: bytes allowed over the kept values' bytes.
+        max_overhead: bytes allowed over the kept values' bytes, for `"auto"` and for the
+            head layout's padding (`head_from`).
     """
     n = int(np.asarray(sizes).shape[0]) if np.ndim(sizes) == 1 else -1
     sizes = check_sizes(sizes, max(n, 0), output_dim)
@@ -577,7 +578,8 @@ def pack(
         field_sizes: rows per field (default: one field, or the lengths of
             `sizes` when it is given per field).
         layout: `"auto"` or one of `LAYOUTS`.
-        max_overhead: for `"auto"`: bytes allowed over the kept values' bytes.
+        max_overhead: bytes allowed over the kept values' bytes, for `"auto"` and for the
+            head layout's padding (`head_from`).
     """
     table = np.asarray(table, dtype=np.float32)
     if table.ndim != 2:
