@@ -749,7 +749,7 @@ def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bo
 def _to_width(rows: tf.Tensor, width: int) -> tf.Tensor:
     """`[N, w]` rows cut or zero-padded to `[N, width]`."""
     w = int(rows.shape[-1])
-    if w == width:  # the tensor itself (a slice would keep a second reference: no in-place update after it)
+    if w == width:  # the tensor itself: no slice op
         return rows
     return rows[:, :width] if w > width else tf.pad(rows, [[0, 0], [0, width - w]])
 
