@@ -258,3 +258,34 @@ def test_select_entries_matches_a_sorting_reference(seed, min_size, frac, chunk_
     assert sum(int(g.sum()) for g in got) == target
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("table_dtype", ["float32", "int8"])
+def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, tmp_path):
+    """Sizes 8 / 7 / 0 (a quarter, a quarter, a half of the rows; D = 8): padding the rows at 7 into
+    the head costs one zero per row and fits 1.10x (`test_ragged`, by hand), so the export stores them
+    in the head table; served as the layer computes, in a process without keras_embdim."""
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=400, seed=2)
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
+                                                        embedding="prunable"))
+    sample = d.inputs(d.test[0][:300])
+    model.predict(sample, verbose=0)
+    layer = ked.find_searchable_layers(model)[0]
+    n = sum(d.vocab_sizes)
+    sizes = np.random.default_rng(0).permutation(np.repeat([8, 7, 0], [n // 4, n // 4, n - 2 * (n // 4)]))
+    layer.set_value_sizes(sizes)
+    packed = ragged.pack_index(sizes, 8, field_sizes=d.vocab_sizes, layout="head")
+    assert (packed.head_from, packed.head_width, packed.head_rows) == (7, 8, 2 * (n // 4))
+    r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, table_dtype=table_dtype, verbose=0)
+    assert r.layouts["embedding"] == "head" and r.max_abs_diff <= 1e-5
+    emb = sum(b for k, b in saved_variable_bytes(r.path).items() if k.startswith(TABLES_ATTRIBUTE + "/"))
+    if table_dtype == "float32":
+        assert emb == ragged.layout_bytes(sizes, 8)["head"] <= 1.10 * 4 * sizes.sum()
+    else:  # one byte per stored value (the padding zeros and the zero row included), a float16 scale per row
+        stored = (packed.kept - packed.head_kept + 1) + (packed.head_rows + 1) * 8
+        assert emb == ragged.layout_bytes(sizes, 8)["head"] - 3 * stored + 2 * n
+    atol = (r.precision_max_abs_diff or 0) + 1e-5
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, batch_size=300, verbose=0)},
+                                    atol=atol)
+    assert report["tf2_max_abs_diff"] <= atol and report["tf1_max_abs_diff"] <= atol
