@@ -34,6 +34,15 @@ def test_mirrored_search_and_export_match_one_device(runs, method):
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-3)
     same_sizes = one["value_sizes"] == two["value_sizes"]
     np.testing.assert_allclose(two["pred"], one["pred"], atol=1e-3 if same_sizes else 3e-2)
-    assert two["export_max_abs_diff"] <= 1e-5 and two["export_bytes"] == one["export_bytes"]
+    assert two["export_max_abs_diff"] <= 1e-5
+    if same_sizes:
+        assert two["export_bytes"] == one["export_bytes"]
+    else:  # each export packs its own sizes: the head layout pads rows into its head by their histogram
+        from keras_embdim.export import layouts
+
+        for run in (one, two):
+            sizes = np.concatenate(run["value_sizes"])
+            assert run["export_bytes"] == layouts.layout_bytes(sizes, 8)[run["export_layout"]]
+            assert run["export_bytes"] <= 1.10 * 4 * run["kept_params"]
     if one["value_sizes"] is not None:  # removed entries stay exact zeros (LazyAdam, caught up too) on two replicas
         assert one["removed_nonzero"] == two["removed_nonzero"] == 0

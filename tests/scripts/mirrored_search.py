@@ -78,6 +78,7 @@ def main(methods):
                 "pred": model.predict(sample, verbose=0).reshape(-1)[:50].tolist(),
                 "export_max_abs_diff": r.max_abs_diff,
                 "export_bytes": r.embedding_bytes,
+                "export_layout": next(iter(r.layouts.values())),
                 "removed_nonzero": removed_nonzero(layer, mask),
                 "counts_total": float(np.sum(np.asarray(layer.counter.counts))) if isinstance(layer, ked.TwinsMaskLayer) else None,
             }
