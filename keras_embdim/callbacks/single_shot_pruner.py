@@ -19,7 +19,7 @@ from keras_embdim.validation import check_choice, check_int
 
 logger = logging.getLogger("keras_embdim")
 
-_SCORES = ("abs_mean", "mean_abs", "taylor")
+_SCORES = ("abs_mean", "mean_abs", "taylor", "fisher")
 
 
 class SingleShotPruner(DimensionSearchCallback):
@@ -55,7 +55,10 @@ class SingleShotPruner(DimensionSearchCallback):
             when the epoch length is unknown (then prefer `scoring_data`).
         scoring_steps: batches whose gate gradients are accumulated (default 20).
         score: "abs_mean" (|mean of dL/dalpha over batches|, default) or
-            "mean_abs" (mean of |dL/dalpha|), or "taylor". Measured in
+            "mean_abs" (mean of |dL/dalpha|), "taylor", or "fisher" (half the
+            mean over examples of each example's squared dl/dalpha: the
+            second-order estimate of the loss a column's removal costs at a
+            trained model, where the mean gradient is about zero). Measured in
             docs/results/sseds_options_synthetic.md: with "mean_abs" the large
             random-sign gradients of noise fields look important; "abs_mean"
             lets them cancel and keeps AUC at the full model's.

@@ -63,10 +63,13 @@ class GateProbe:
         shape = (num_fields, output_dim)
         self.grad_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_grad_sum")
         self.abs_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_abs_sum")
+        self.sq_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_sq_sum")  # per example
+        self.examples = tf.Variable(0.0, trainable=False, name="gate_examples")
         self.batches = tf.Variable(0.0, trainable=False, name="gate_batches")
 
     def reset(self) -> None:
-        for v in (self.grad_sum, self.abs_sum):
+        self.examples.assign(0.0)
+        for v in (self.grad_sum, self.abs_sum, self.sq_sum):
             v.assign(tf.zeros_like(v))
         self.batches.assign(0.0)
 
@@ -87,11 +90,17 @@ class GateProbe:
             def grad(upstream):
                 g = upstream * e
                 rank = g.shape.rank
-                axes = list(range(rank - keep_axes))
-                g = tf.cast(tf.reduce_sum(g, axis=axes) if axes else g, tf.float32)
-                g = tf.reshape(g, tf.shape(probe.grad_sum))
+                # per example (the batch axis kept), then over the batch
+                inner = list(range(1, rank - keep_axes))
+                per = tf.cast(tf.reduce_sum(g, axis=inner) if inner else g, tf.float32)
+                per = tf.reshape(per, tf.concat([[-1], tf.shape(probe.grad_sum)], axis=0))
+                n = tf.cast(tf.shape(per)[0], tf.float32)
+                g = tf.reduce_sum(per, axis=0)
                 probe.grad_sum.assign_add(g)
                 probe.abs_sum.assign_add(tf.abs(g))
+                # the loss is a batch mean: an example's own gradient is n x its share
+                probe.sq_sum.assign_add(tf.reduce_sum(tf.square(per * n), axis=0))
+                probe.examples.assign_add(n)
                 probe.batches.assign_add(1.0)
                 return upstream * m, tf.zeros_like(m)
 
@@ -108,7 +117,11 @@ class GateProbe:
                 takes `|mean dL/dalpha|` (gradients of opposite sign cancel);
                 "taylor" takes `-mean dL/dalpha`, the first-order estimate of
                 how much the loss rises if the column is removed (signed: a
-                column whose removal lowers the loss ranks last).
+                column whose removal lowers the loss ranks last); "fisher" takes
+                half the mean over examples of `(dl/dalpha)^2` (each example's
+                own loss `l`): the second-order estimate of that rise at a
+                trained model, where the mean gradient is about zero (the
+                empirical Fisher information of the gate).
             strategy: the model's `tf.distribute` strategy (sums over workers).
         """
         n = float(self.total_batches(strategy))
@@ -121,8 +134,10 @@ class GateProbe:
         elif mode == "taylor":
             # first-order Taylor: removing column j changes the loss by about -dL/dalpha
             s = -sum_over_workers(self.grad_sum, strategy) / n
+        elif mode == "fisher":
+            s = 0.5 * sum_over_workers(self.sq_sum, strategy) / max(float(sum_over_workers(self.examples, strategy)), 1.0)
         else:
-            raise ValueError(f"`score` must be 'abs_mean', 'mean_abs' or 'taylor'; received {mode!r}.")
+            raise ValueError(f"`score` must be 'abs_mean', 'mean_abs', 'taylor' or 'fisher'; received {mode!r}.")
         return s
 
     def total_batches(self, strategy: tf.distribute.Strategy | None = None) -> int:
