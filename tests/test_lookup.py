@@ -174,8 +174,8 @@ def test_stored_values_swap_in_and_back_exactly(per_value, table_dtype):
        st.integers(0, 10_000), st.booleans(), st.booleans(), st.sampled_from(["error", "zero"]),
        st.sampled_from([(7,), (4, 3)]))
 def test_per_field_columns_serve_what_the_stacked_ids_serve(vocab, D, keep_p, seed, jit, per_value, policy, shape):
-    """`folded_fields` (one id tensor per field, stacked in table order and split per
-    width group; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
+    """`folded_fields` (one id tensor per field, each width group stacking only its own
+    fields; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
     value by value: int32 and int64 columns mixed, fields that keep nothing, one-field
     groups, sequences of ids per field, and invalid ids under the "zero" policy."""
     rng = np.random.default_rng(seed)
@@ -225,29 +225,6 @@ def test_per_field_columns_check_every_field_and_name_the_exact_id():
     np.testing.assert_array_equal(zero.folded_fields(odd).numpy(), got)
     with pytest.raises(tf.errors.InvalidArgumentError, match='field "a" received id -2,'):
         lookup.folded_fields([tf.constant([-2, 9], tf.int16)] + odd[1:])
-
-
-def test_per_field_columns_check_and_split_once_whatever_the_number_of_tables():
-    """At batch 1 a served lookup costs what its ops cost: the per-field path stacks the
-    columns once (in table order), checks them in one comparison, offsets them in one add
-    and splits them in one op, so only the gathers grow with the number of tables."""
-    rng = np.random.default_rng(0)
-    vocab = [1000] * 6
-    keep = np.zeros((6, 8), bool)
-    for f, w in enumerate([1, 2, 3, 1, 2, 3]):  # three widths of equal vocabularies: three tables of two fields
-        keep[f, :w] = True
-    layer, table = _layer(vocab, 8, 0, keep=keep)
-    lookup = compact_layer(layer).lookup
-    assert len(lookup.groups) == 3 and lookup.row_offsets.tolist() == [0, 0, 0, 1000, 1000, 1000]
-    spec = [tf.TensorSpec([None], tf.int64)] * 6
-    graph = tf.function(lambda *c: lookup.folded_fields(list(c))).get_concrete_function(*spec).graph
-    ops = [op.type for op in graph.get_operations()]
-    assert [ops.count(t) for t in ("Pack", "Less", "AddV2", "SplitV", "ResourceGather")] == [1, 1, 1, 1, 3]
-    ids = np.stack([rng.integers(0, 1000, 5) for _ in vocab], axis=-1)
-    want = reference.masked_lookup(table, layer.dimension_mask(), ids, multi_field=True)
-    got = lookup.folded_fields([tf.constant(ids[:, f]) for f in range(6)]).numpy()
-    codes = lookup.folded_codes(1)
-    np.testing.assert_array_equal(got[:, codes >= 0], want.reshape(5, -1)[:, codes[codes >= 0]])
 
 
 def test_local_columns_of_a_shared_id_space_by_hand():

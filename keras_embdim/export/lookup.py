@@ -18,8 +18,8 @@ Each has two outputs:
   example), so the exporter can select the matching rows of the `Dense` kernel
   that consumes them (`keras_embdim.export.fold`). Removed columns are not
   computed at all. `folded_fields(columns)` is the same from one id tensor per
-  field (the inputs of a `StackFields` call): `FieldLookup` then stacks them
-  once in table order, so that one split gives every table its rows.
+  field (the inputs of a `StackFields` call): `FieldLookup` then stacks only
+  the fields of each table, never all of them.
 - `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
   removed columns exact zeros, for consumers that need aligned columns (FM
   inner products, pooling, attention).
@@ -319,25 +319,26 @@ class FieldLookup:
 
     def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
         """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`),
-        in fewer ops: the fields are stacked once in group order (the groups' fields, then
-        those that keep nothing), so that one check (`IdGuard.check_parts`), one offset add
-        and one split give every group its table rows; the int64 ids of a request are
-        gathered as they are. At batch 1 a lookup's cost is its op count."""
+        without stacking all fields: each width group stacks its own fields straight into
+        its table rows, so no per-group selection from the stacked ids is computed. Ids are
+        checked by `IdGuard.check_parts` (fields that keep nothing too), the int64 ids of a
+        request gathered as they are."""
         _check_columns(self, columns)
         columns = [tf.convert_to_tensor(c) for c in columns]
         fields = [g.fields for g in self.groups] + ([self._unkept] if self._unkept.size else [])
-        order = np.concatenate(fields)
-        (ids,), valid, checks = self.guard.check_parts([stack_columns([columns[f] for f in order])], [order])
+        # a one-field group of `[N]` ids gathers `[N, w]` rows straight: no stack, no reshape
+        parts = [as_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
+                 else stack_columns([columns[f] for f in fs]) for fs in fields]
+        parts, valid, checks = self.guard.check_parts(parts, fields)
         if not self.kept_width:
             with tf.control_dependencies(checks):
-                return tf.zeros(tf.stack([tf.shape(ids)[0], 0]), tf.float32)
-        offsets = self.row_offsets[order]
-        rows = ids + tf.constant(offsets, ids.dtype) if offsets.any() else ids
-        sizes = [len(fs) for fs in fields]
-        split = (lambda x: tf.split(x, sizes, axis=-1)) if len(sizes) > 1 else (lambda x: [x])
+                return tf.zeros(tf.stack([tf.shape(parts[0])[0], 0]), tf.float32)
+        rows = []
+        for g, p in zip(self.groups, parts):
+            offsets = self.row_offsets[g.fields]
+            rows.append(p + tf.constant(offsets, p.dtype) if offsets.any() else p)
         with tf.control_dependencies(checks):  # the reads wait for the ids' check
-            return self._gather_fn(split(rows)[:len(self.groups)],
-                                   split(valid[0])[:len(self.groups)] if valid is not None else None)
+            return self._gather_fn(rows, valid[:len(self.groups)] if valid is not None else None)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
