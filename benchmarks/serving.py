@@ -394,7 +394,7 @@ def main(argv=None) -> list:
     p.add_argument("--budgets", nargs="+", type=float, default=[0.05, 0.1, 0.2])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 512, 4096])
     p.add_argument("--rows", type=int, default=200_000, help="criteo: generated rows")
-    p.add_argument("--rounds", type=int, default=21)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=RESULTS)
