@@ -17,9 +17,10 @@ with the best validation AUC is reported; so that neither a model that
 overfits in later epochs, as full dims do, nor a narrow one that learns
 slowly, is judged on a fixed epoch count):
 full dims; uniform dims floor(b x 16) and ceil(b x 16) for every field; the
-rank oracle; SSEDS, HAM, HAM + OrthogonalRegularizer, AMTL, PME (searches,
-budget b); the MDE frequency rule (fixed per-field dims from the
-cardinalities). Budgets: the oracle's own parameter share, and twice it.
+rank oracle; SSEDS (its default score; `sseds_rotate` on the principal axes;
+`sseds_fisher` and `sseds_fisher_rotate` with `score="fisher"`), HAM,
+HAM + OrthogonalRegularizer, AMTL, PME (searches, budget b); the MDE
+frequency rule (fixed per-field dims from the cardinalities). Budgets: the oracle's own parameter share, and twice it.
 
 Settings, varying one thing at a time from `unequal`:
 - `unequal`: ranks 8, 8, 4, 4, 2, 2, 1, 1 and 2 noise fields; 1M rows;
@@ -56,9 +57,11 @@ EPOCHS = 10  # at most; training stops at the first epoch (at budget) whose vali
 PROTOCOL = "early_stopping"
 CACHE = os.path.join(_common.ROOT, "benchmarks", "results", "planted.jsonl")
 OUT = os.path.join(_common.DOCS, "planted.md")
-METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle", "sseds", "sseds_rotate", "ham", "ham_ortho", "amtl",
+METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle", "sseds", "sseds_rotate", "sseds_fisher",
+           "sseds_fisher_rotate", "ham", "ham_ortho", "amtl",
            "pme", "mde")
-SEARCHES = ("sseds", "sseds_rotate", "ham", "ham_ortho", "amtl", "pme")
+SEARCHES = ("sseds", "sseds_rotate", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_ortho", "amtl", "pme")
+PER_FIELD = ("sseds", "sseds_rotate", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_ortho")  # issue 19's targets
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
 SETTINGS = {
     "unequal": {"ranks": UNEQUAL + [0, 0], "rows": 1_000_000},
@@ -99,6 +102,9 @@ def method_setup(method: str, budget: float, data):
     if method == "sseds_rotate":  # SSEDS scoring each field on its principal axes (keras_embdim.search.rotation)
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         return emb, dim, [ked.SingleShotPruner(budget, rotate=True, verbose=0)]
+    if method in ("sseds_fisher", "sseds_fisher_rotate"):  # scored by the gates' Fisher information
+        emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
+        return emb, dim, [ked.SingleShotPruner(budget, score="fisher", rotate=method.endswith("rotate"), verbose=0)]
     if method == "ham_ortho":
         emb, dim, cbs = embedding_and_callbacks("ham", budget, data)
         return emb, dim, cbs + [ked.OrthogonalRegularizer(1e-3)]
@@ -280,7 +286,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
     # targets of issue 19
     targets = []
     for setting, n, bname, method, mean, best, margin, vs_full in verdicts(s, records):
-        if bname != "oracle" or method not in ("sseds", "sseds_rotate", "ham", "ham_ortho"):
+        if bname != "oracle" or method not in PER_FIELD:
             continue
         if setting in ("unequal", "very_unequal"):
             targets.append((f"{setting} {n:,} rows, {method}: >= better uniform + 2 SE", margin >= 2,
@@ -291,7 +297,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
             targets.append((f"equal ranks {n:,} rows, {method}: within 2 SE of uniform", abs(margin) <= 2,
                             f"{margin:+.1f} SE"))
     for (setting, n, bname, method), v in sorted(s.items()):
-        if bname == "oracle" and method in ("sseds", "sseds_rotate", "ham"):
+        if bname == "oracle" and method in PER_FIELD and method != "ham_ortho":
             noise = [f for f, r in enumerate(v["ranks"]) if r == 0]
             if not noise:
                 continue
@@ -324,7 +330,8 @@ def plot(s: dict, folder: str) -> str | None:
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
         xs = np.arange(len(ranks))
         ax.bar(xs, ranks, color="0.85", label="planted rank")
-        for method, marker in (("sseds", "o"), ("sseds_rotate", "D"), ("ham", "s"), ("ham_ortho", "^"), ("pme", "x"), ("amtl", "+")):
+        for method, marker in (("sseds", "o"), ("sseds_rotate", "D"), ("sseds_fisher", "v"), ("ham", "s"),
+                               ("ham_ortho", "^"), ("pme", "x"), ("amtl", "+")):
             v = s.get((setting, n, "oracle", method))
             if v:
                 ax.plot(xs, v["kept_dims"], marker, label=method)
