@@ -76,7 +76,8 @@ def test_budget_hit_within_one_field_dimension_and_logged(small_data, tmp_path):
     assert int(df["params_after"].sum()) == r.params_after
 
 
-def test_informative_fields_get_more_dims_and_auc_holds_at_budget_02():
+@pytest.mark.parametrize("score", ["abs_mean", "fisher"])
+def test_informative_fields_get_more_dims_and_auc_holds_at_budget_02(score):
     d = ked.data.make_synthetic_ctr(num_rows=120_000, num_fields=8, max_vocab=3000, seed=7)
     train = d.dataset("train", batch_size=1024, seed=0)
     xt, yt = d.test
@@ -88,7 +89,7 @@ def test_informative_fields_get_more_dims_and_auc_holds_at_budget_02():
         return m, roc_auc(yt, m.predict(d.inputs(xt), batch_size=4096, verbose=0))
 
     _, auc_full = run([])
-    pruner = ked.SingleShotPruner(0.2, verbose=0)
+    pruner = ked.SingleShotPruner(0.2, score=score, verbose=0)
     model, auc_pruned = run([pruner])
     dims = ked.find_searchable_layers(model)[0].dimension_mask().kept_dims
     inf = [f for f in range(d.num_fields) if f in d.informative_fields]

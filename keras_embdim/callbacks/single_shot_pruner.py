@@ -61,7 +61,10 @@ class SingleShotPruner(DimensionSearchCallback):
             trained model, where the mean gradient is about zero). Measured in
             docs/results/sseds_options_synthetic.md: with "mean_abs" the large
             random-sign gradients of noise fields look important; "abs_mean"
-            lets them cancel and keeps AUC at the full model's.
+            lets them cancel and keeps AUC at the full model's. On planted
+            ranks (docs/results/planted.md) "fisher" has the same mean AUC as
+            "abs_mean" with a steadier gain over uniform dims on unequal
+            ranks, and sends noise fields to `min_dim` as reliably.
         ranking: "score" (rank by score alone, the paper) or "cost" (score per
             parameter).
         after: "finetune" (default) or "retrain".
