@@ -135,7 +135,10 @@ class GateProbe:
             # first-order Taylor: removing column j changes the loss by about -dL/dalpha
             s = -sum_over_workers(self.grad_sum, strategy) / n
         elif mode == "fisher":
-            s = 0.5 * sum_over_workers(self.sq_sum, strategy) / max(float(sum_over_workers(self.examples, strategy)), 1.0)
+            # each example's gradient is read as n x its share of the batch-mean loss; a strategy that scales
+            # each replica's loss (by 1 / replicas) scales every column's score alike: the same ranking
+            examples = max(float(sum_over_workers(self.examples, strategy)), 1.0)
+            s = 0.5 * sum_over_workers(self.sq_sum, strategy) / examples
         else:
             raise ValueError(f"`score` must be 'abs_mean', 'mean_abs', 'taylor' or 'fisher'; received {mode!r}.")
         return s
