@@ -31,6 +31,8 @@ def callback(method):
         method = "pme"
     return {
         "sseds": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, verbose=0),
+        # per-example gradients: each replica reads its own examples, the sums meet in one variable
+        "sseds_fisher": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, score="fisher", verbose=0),
         "ham": lambda: ked.HardMaskSearch(0.2, verbose=0),
         "pme": lambda: ked.PMEPruner(0.2, verbose=0),
         "amtl": lambda: ked.TwinsMaskSearch(0.2, verbose=0),
@@ -86,4 +88,4 @@ def main(methods):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sseds", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
+    main(sys.argv[1:] or ["sseds", "sseds_fisher", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
