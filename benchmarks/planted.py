@@ -228,7 +228,8 @@ def summarize(records: list[dict]) -> dict:
 
 def verdicts(s: dict, records: list[dict]) -> list[tuple]:
     """Per (setting, rows, budget, search): its margin over the better uniform model, in standard errors
-    of the paired per-seed differences (every method of a seed trains on the same data)."""
+    of the paired per-seed differences (every method of a seed trains on the same data), and the
+    smallest and largest of those differences."""
     by = {}
     for r in records:
         by[(r["setting"], r["rows"], r["budget_name"], r["method"], r["seed"])] = r["auc"]
@@ -247,7 +248,8 @@ def verdicts(s: dict, records: list[dict]) -> list[tuple]:
         margin = float(diffs.mean() / se) if se > 0 else float("nan")
         full = s.get((setting, n, "oracle", "full"))
         rows.append((setting, n, bname, method, v["mean"], s[(setting, n, bname, best)]["mean"], margin,
-                     v["mean"] - full["mean"] if full else float("nan")))
+                     v["mean"] - full["mean"] if full else float("nan"),
+                     (float(diffs.min()), float(diffs.max())) if diffs.size else (float("nan"),) * 2))
     return rows
 
 
@@ -260,7 +262,8 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
              "and 4,000 values, an informative field 2,000). MLP 64-32 over 16-dim embeddings, batch 1024, early stopping: up to 10 epochs, stopped at the first epoch at budget whose validation AUC does not improve; the test AUC of the best validation epoch (beside it, the test AUC after a fixed 3 epochs, the protocol this page used before). Budgets: the rank "
              "oracle's parameter share and twice it. AUC mean +- std over seeds (a seed draws the data and the model's "
              "initialisation); the margin against the better of the two uniform models (floor and ceil of b x 16 "
-             "dims) is in standard errors of the paired per-seed differences, `**` above 2.", ""]
+             "dims) is in standard errors of the paired per-seed differences, `**` above 2, beside the smallest "
+             "and largest of those differences.", ""]
     for (setting, n) in sorted({(k[0], k[1]) for k in s}):
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
         lines += [f"## {setting}, {n:,} rows (ranks {ranks})", "",
@@ -275,8 +278,9 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
                     continue
                 mark = ""
                 if (bname, method) in ver:
-                    margin = ver[(bname, method)][6]
-                    mark = f"{margin:+.1f} SE" + (" **" if margin > 2 else "")
+                    margin, (low, high) = ver[(bname, method)][6], ver[(bname, method)][8]
+                    mark = (f"{margin:+.1f} SE" + (" **" if margin > 2 else "")
+                            + f" (seeds {low:+.4f} to {high:+.4f})")
                 dims = " ".join(f"{d:.1f}" if d % 1 else f"{int(d)}" for d in v["kept_dims"])
                 e3 = v["auc_epoch3"]
                 at3 = f"{np.mean(e3):.4f} (n={len(e3)})" if e3 else ""
@@ -285,7 +289,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
         lines.append("")
     # targets of issue 19
     targets = []
-    for setting, n, bname, method, mean, best, margin, vs_full in verdicts(s, records):
+    for setting, n, bname, method, mean, best, margin, vs_full, _ in verdicts(s, records):
         if bname != "oracle" or method not in PER_FIELD:
             continue
         if setting in ("unequal", "very_unequal"):
