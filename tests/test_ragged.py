@@ -13,10 +13,8 @@ def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
 
     def fn(ids):
         return ragged.packed_lookup(
-            arrays, ids, layout=packed.layout, field_starts=packed.field_starts, output_dim=packed.output_dim,
-            multi_field=multi_field, bits=packed.bits, shift=packed.shift, size_offset=packed.size_offset,
-            size_scale=packed.size_scale, common=packed.common, head_rows=packed.head_rows,
-            head_width=packed.head_width, ranged=ranged, static=jit,
+            arrays, ids, field_starts=packed.field_starts, output_dim=packed.output_dim,
+            multi_field=multi_field, ranged=ranged, static=jit, **packed.meta,
         )
 
     if jit:
@@ -219,6 +217,30 @@ def test_head_layout_with_and_without_the_common_mark(kind, static):
     if not static:
         np.testing.assert_array_equal(_lookup(p, ids, ranged=True), want)
         np.testing.assert_array_equal(_lookup(p, np.zeros((0, 2), np.int64)), np.zeros((0, 2, D)))  # empty request
+
+
+@pytest.mark.parametrize("ranged", [False, True])
+def test_head_layout_reads_the_non_head_rows_at_their_widest_size(ranged):
+    """Non-head sizes 1..11 take 4-bit codes, whose largest code would read 16 columns; the non-head
+    rows are all narrower than `head_from` (12: the rows of 12 and more padded into the head fit the
+    byte limit), so they are read 11 wide and padded to D."""
+    rng = np.random.default_rng(7)
+    n, D = 4000, 16
+    sizes = rng.integers(1, 14, n)
+    sizes[rng.random(n) < 0.05] = D
+    sizes[:13] = np.arange(1, 14)  # every non-head size present, the 13 wide one too
+    table = rng.standard_normal((n, D)).astype(np.float32)
+    p = ragged.pack(table, sizes, layout="head")
+    assert (p.head_from, p.size_offset, p.size_scale, p.bits) == (12, 1, 1, 4)
+    ids = np.concatenate([np.arange(13), rng.integers(0, n, 300)])
+    want = reference.prefix_lookup(table, sizes, ids)
+    arrays = {k: tf.constant(v) for k, v in p.arrays.items()}
+    fn = tf.function(lambda g: ragged.read_rows(arrays, g, D, ranged=ranged, **p.meta))
+    np.testing.assert_array_equal(fn(tf.constant(ids, tf.int32)).numpy(), want)
+    graph = fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
+    # the padding of the non-head rows from their widest size to D
+    pads = [op for op in graph.get_operations() if op.type == "Pad"]
+    assert [op.inputs[0].shape[-1] for op in pads] == [11]
 
 
 def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():

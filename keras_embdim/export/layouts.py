@@ -120,7 +120,7 @@ class PackedTable:
         """The static arguments of `start_and_size` / `prefix_rows`."""
         return dict(layout=self.layout, bits=self.bits, shift=self.shift, size_offset=self.size_offset,
                     size_scale=self.size_scale, common=self.common, head_rows=self.head_rows,
-                    head_width=self.head_width)
+                    head_width=self.head_width, head_from=self.head_from)
 
 
 def _offsets_params(D: int) -> tuple[int, type]:
@@ -663,11 +663,11 @@ def unpack(packed: PackedTable) -> np.ndarray:
 
 def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, shift: int = 0,
                    size_offset: int = 0, size_scale: int = 1, common: int = 0, head_rows: int = 0,
-                   head_width: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+                   head_width: int = 0, head_from: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
     """`(start, size)` in `values` of the global rows `g` (`[N]` int32), from a layout's index.
 
     Both are int32, or int64 when the values need 64-bit offsets. Takes a
-    `PackedTable.meta`; the head layout (`head_rows`, `head_width`) keeps its
+    `PackedTable.meta`; the head layout (`head_rows`, `head_width`, `head_from`) keeps its
     widest rows out of `values` and is read with `read_rows` only.
     """
     index = arrays["run_start"] if layout == "runs" else arrays.get("base")
@@ -725,7 +725,7 @@ def _listed_start_and_size(arrays: dict, unlisted, listed, t, itype, bits: int, 
 
 def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bool = False, static: bool = False,
               bits: int = 0, shift: int = 0, size_offset: int = 0, size_scale: int = 1, common: int = 0,
-              head_rows: int = 0, head_width: int = 0) -> tf.Tensor:
+              head_rows: int = 0, head_width: int = 0, head_from: int = 0) -> tf.Tensor:
     """`[N, width]` rows of the global rows `g` (`[N]` int32), in the storage dtype: each row's
     kept prefix, then zeros.
 
@@ -733,14 +733,15 @@ def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bo
         arrays: a `PackedTable`'s arrays as tensors or variables.
         g: global rows.
         width: columns to return (wider rows are cut).
-        layout, bits, shift, size_offset, size_scale, common, head_rows, head_width:
+        layout, bits, shift, size_offset, size_scale, common, head_rows, head_width, head_from:
             the `PackedTable.meta`.
         ranged: read with `ranged_rows` instead of `prefix_rows` (not with `static`).
         static: keep every intermediate at the request's shape (XLA).
     """
     if layout == "head":
         return _head_layout_rows(arrays, g, width, ranged=ranged, static=static, bits=bits, size_offset=size_offset,
-                                 size_scale=size_scale, common=common, head_rows=head_rows, head_width=head_width)
+                                 size_scale=size_scale, common=common, head_rows=head_rows, head_width=head_width,
+                                 head_from=head_from)
     start, size = start_and_size(arrays, g, layout=layout, bits=bits, shift=shift, size_offset=size_offset,
                                  size_scale=size_scale, common=common)
     return (ranged_rows if ranged else prefix_rows)(arrays["values"], start, size, width)
@@ -755,7 +756,8 @@ def _to_width(rows: tf.Tensor, width: int) -> tf.Tensor:
 
 
 def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, static: bool, bits: int,
-                      size_offset: int, size_scale: int, common: int, head_rows: int, head_width: int) -> tf.Tensor:
+                      size_offset: int, size_scale: int, common: int, head_rows: int, head_width: int,
+                      head_from: int) -> tf.Tensor:
     """`read_rows` of the head layout: every row by one row gather from `head`, then the non-head
     rows, read as the sparse layout reads them, written over their places.
 
@@ -770,8 +772,10 @@ def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, s
     wide, h = _marked(arrays["hmark"], arrays["hrank"], r)
     if listed is not None:
         wide = wide * listed
-    # the non-head rows' widest size (the planes' largest code, or the common size)
-    tail_width = min(width, max(common, size_offset + size_scale * ((1 << bits) - 1) if bits else size_offset))
+    # the non-head rows' widest size: below `head_from`, and at most the planes' largest code or the common size
+    # (the largest code alone can overshoot: sizes 1..13 take 4 bits, whose largest code reads 16)
+    coded = size_offset + size_scale * ((1 << bits) - 1) if bits else size_offset
+    tail_width = min(width, max(common, min(coded, head_from - 1) if head_from > 0 else coded))
     values, head = arrays["values"], arrays["head"]
 
     t = r - h  # rows of the planes (listed, not in the head) before each row
@@ -872,6 +876,7 @@ def packed_lookup(
     common: int = 0,
     head_rows: int = 0,
     head_width: int = 0,
+    head_from: int = 0,
     ranged: bool = False,
     static: bool = False,
 ) -> tf.Tensor:
@@ -882,7 +887,7 @@ def packed_lookup(
             may be float16, or int8 with a float16 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
         layout, field_starts, output_dim, bits, shift, size_offset, size_scale, common, head_rows,
-            head_width: from the `PackedTable`.
+            head_width, head_from: from the `PackedTable`.
         multi_field: whether the last axis of `ids` indexes fields.
         ranged: read the rows with `ranged_rows` (not under XLA) instead of `prefix_rows`.
         static: request-shaped intermediates only (needed under XLA; `read_rows`).
@@ -893,7 +898,7 @@ def packed_lookup(
     g = tf.reshape(g, [-1])
     out = read_rows(arrays, g, output_dim, layout=layout, ranged=ranged, static=static, bits=bits, shift=shift,
                     size_offset=size_offset, size_scale=size_scale, common=common, head_rows=head_rows,
-                    head_width=head_width)
+                    head_width=head_width, head_from=head_from)
     if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.export.quantize)
         out = tf.cast(out, tf.float32)
     if "scales" in arrays:  # int8: one float16 scale per row
