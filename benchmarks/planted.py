@@ -239,15 +239,16 @@ def summarize(records: list[dict]) -> dict:
 
 
 def verdicts(s: dict, records: list[dict]) -> list[tuple]:
-    """Per (setting, rows, budget, search): its margin over the better uniform model, in standard errors
-    of the paired per-seed differences (every method of a seed trains on the same data), and the
-    smallest and largest of those differences."""
+    """Per (setting, rows, budget, search or the rank oracle): its margin over the better uniform model, in
+    standard errors of the paired per-seed differences (every method of a seed trains on the same data),
+    and the smallest and largest of those differences. The oracle's margin is what an allocation can gain
+    in that setting."""
     by = {}
     for r in records:
         by[(r["setting"], r["rows"], r["budget_name"], r["method"], r["seed"])] = r["auc"]
     rows = []
     for (setting, n, bname, method), v in sorted(s.items()):
-        if method not in SEARCHES:
+        if method not in SEARCHES and method != "oracle":
             continue
         uni = [u for u in ("uniform_floor", "uniform_ceil") if (setting, n, bname, u) in s]
         if not uni:
@@ -275,10 +276,13 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
              "oracle's parameter share and twice it. AUC mean +- std over seeds (a seed draws the data and the model's "
              "initialisation); the margin against the better of the two uniform models (floor and ceil of b x 16 "
              "dims) is in standard errors of the paired per-seed differences, `**` above 2, beside the smallest "
-             "and largest of those differences.", ""]
+             "and largest of those differences; the rank oracle's own margin is what an allocation can gain "
+             "in that setting.", ""]
     for (setting, n) in sorted({(k[0], k[1]) for k in s}):
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
-        lines += [f"## {setting}, {n:,} rows (ranks {ranks})", "",
+        groups = SETTINGS.get(setting, {}).get("groups")
+        grouped = f"; interacting groups {groups}" if groups else ""
+        lines += [f"## {setting}, {n:,} rows (ranks {ranks}{grouped})", "",
                   "| budget | method | AUC | best epoch | AUC after 3 epochs | kept params | dims per field (mean over seeds) "
                   "| vs better uniform |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -304,7 +308,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
     for setting, n, bname, method, mean, best, margin, vs_full, _ in verdicts(s, records):
         if bname != "oracle" or method not in PER_FIELD:
             continue
-        if setting in ("unequal", "very_unequal"):
+        if setting in ("unequal", "very_unequal", "very_unequal_pairs"):
             targets.append((f"{setting} {n:,} rows, {method}: >= better uniform + 2 SE", margin >= 2,
                             f"{mean:.4f} vs {best:.4f} ({margin:+.1f} SE)"))
             targets.append((f"{setting} {n:,} rows, {method}: >= full dims - 0.005", vs_full >= -0.005,
