@@ -242,14 +242,34 @@ def summarize(records: list[dict]) -> dict:
     return out
 
 
+# variant against the method it changes one thing of: (variant, base, what differs)
+VARIANTS = (("sseds_fisher", "sseds", "the Fisher score"), ("sseds_steps100", "sseds", "100 scoring batches"),
+            ("sseds_rotate", "sseds", "the rotation"), ("ham_ortho_search", "ham", "the search epoch's penalty"),
+            ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"))
+
+
+def _aucs(records: list[dict]) -> dict:
+    return {(r["setting"], r["rows"], r["budget_name"], r["method"], r["seed"]): r["auc"] for r in records}
+
+
+def paired(by: dict, key: tuple, a: str, b: str) -> tuple | None:
+    """Method `a` minus method `b` on the seeds both ran at `key` = (setting, rows, budget name):
+    (mean difference, margin in standard errors of the differences, smallest, largest, seeds), or None."""
+    seeds = sorted(k[4] for k in by if k[:4] == (*key, a) and (*key, b, k[4]) in by)
+    if not seeds:
+        return None
+    diffs = np.array([by[(*key, a, k)] - by[(*key, b, k)] for k in seeds])
+    se = float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0
+    margin = float(diffs.mean() / se) if se > 0 else float("nan")
+    return float(diffs.mean()), margin, float(diffs.min()), float(diffs.max()), len(seeds)
+
+
 def verdicts(s: dict, records: list[dict]) -> list[tuple]:
     """Per (setting, rows, budget, search or the rank oracle): its margin over the better uniform model, in
     standard errors of the paired per-seed differences (every method of a seed trains on the same data),
     and the smallest and largest of those differences. The oracle's margin is what an allocation can gain
     in that setting."""
-    by = {}
-    for r in records:
-        by[(r["setting"], r["rows"], r["budget_name"], r["method"], r["seed"])] = r["auc"]
+    by = _aucs(records)
     rows = []
     for (setting, n, bname, method), v in sorted(s.items()):
         if method not in SEARCHES and method != "oracle":
@@ -258,15 +278,11 @@ def verdicts(s: dict, records: list[dict]) -> list[tuple]:
         if not uni:
             continue
         best = max(uni, key=lambda u: s[(setting, n, bname, u)]["mean"])
-        seeds = sorted(k[4] for k in by if k[:4] == (setting, n, bname, method) and
-                       (setting, n, bname, best, k[4]) in by)
-        diffs = np.array([by[(setting, n, bname, method, k)] - by[(setting, n, bname, best, k)] for k in seeds])
-        se = float(diffs.std(ddof=1) / np.sqrt(diffs.size)) if diffs.size > 1 else 0.0
-        margin = float(diffs.mean() / se) if se > 0 else float("nan")
+        d = paired(by, (setting, n, bname), method, best)
+        margin, spread = (d[1], (d[2], d[3])) if d else (float("nan"), (float("nan"),) * 2)
         full = s.get((setting, n, "oracle", "full"))
         rows.append((setting, n, bname, method, v["mean"], s[(setting, n, bname, best)]["mean"], margin,
-                     v["mean"] - full["mean"] if full else float("nan"),
-                     (float(diffs.min()), float(diffs.max())) if diffs.size else (float("nan"),) * 2))
+                     v["mean"] - full["mean"] if full else float("nan"), spread))
     return rows
 
 
@@ -307,6 +323,20 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
                 lines.append(f"| {bname} | {method} | {v['mean']:.4f} +- {v['std']:.4f} (n={v['n']}) | "
                              f"{v['epoch']:.1f} | {at3} | {v['params_fraction']:.3f} | {dims} | {mark} |")
         lines.append("")
+    # each variant against the method it changes one thing of, on the same seeds
+    by = _aucs(records)
+    lines += ["## Variants against their base method", "",
+              "Paired per-seed differences of test AUC (the variant minus its base, same data and initialisation): "
+              "mean, margin in standard errors, smallest and largest.", "",
+              "| setting | budget | variant - base (what differs) | mean | margin | seeds |", "|---|---|---|---|---|---|"]
+    for (setting, n) in sorted({(k[0], k[1]) for k in s}):
+        for bname in ("oracle", "2x oracle"):
+            for a, b, what in VARIANTS:
+                d = paired(by, (setting, n, bname), a, b)
+                if d:
+                    lines.append(f"| {setting} | {bname} | {a} - {b} ({what}) | {d[0]:+.4f} | {d[1]:+.1f} SE | "
+                                 f"{d[2]:+.4f} to {d[3]:+.4f} (n={d[4]}) |")
+    lines.append("")
     # targets of issue 19
     targets = []
     for setting, n, bname, method, mean, best, margin, vs_full, _ in verdicts(s, records):
