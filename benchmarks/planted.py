@@ -328,7 +328,8 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
     lines += ["## Variants against their base method", "",
               "Paired per-seed differences of test AUC (the variant minus its base, same data and initialisation): "
               "mean, margin in standard errors, smallest and largest.", "",
-              "| setting | budget | variant - base (what differs) | mean | margin | seeds |", "|---|---|---|---|---|---|"]
+              "| setting | budget | variant - base (what differs) | mean | margin | seeds |",
+              "|---|---|---|---|---|---|"]
     for (setting, n) in sorted({(k[0], k[1]) for k in s}):
         for bname in ("oracle", "2x oracle"):
             for a, b, what in VARIANTS:
