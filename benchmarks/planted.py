@@ -297,7 +297,8 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
              "initialisation); the margin against the better of the two uniform models (floor and ceil of b x 16 "
              "dims) is in standard errors of the paired per-seed differences, `**` above 2, beside the smallest "
              "and largest of those differences; the rank oracle's own margin is what an allocation can gain "
-             "in that setting.", ""]
+             "in that setting (with equal ranks the oracle's allocation is uniform's; its small margin there "
+             "comes from building it as a masked 16-dim table, not from the allocation).", ""]
     for (setting, n) in sorted({(k[0], k[1]) for k in s}):
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
         groups = SETTINGS.get(setting, {}).get("groups")

@@ -221,14 +221,14 @@ def test_head_layout_with_and_without_the_common_mark(kind, static):
 
 @pytest.mark.parametrize("ranged", [False, True])
 def test_head_layout_reads_the_non_head_rows_at_their_widest_size(ranged):
-    """Non-head sizes 1..11 take 4-bit codes, whose largest code would read 16 columns; the non-head
-    rows are all narrower than `head_from` (12: the rows of 12 and more padded into the head fit the
-    byte limit), so they are read 11 wide and padded to D."""
+    """Sizes 1..13 and a few rows of 16: the rows of 12 and more go to the head (their padding to 16 fits
+    the byte limit: `head_from` 12), the others, 1..11, take 4-bit codes, whose largest code would read
+    16 columns; every non-head row is narrower than `head_from`, so they are read 11 wide and padded to D."""
     rng = np.random.default_rng(7)
     n, D = 4000, 16
     sizes = rng.integers(1, 14, n)
     sizes[rng.random(n) < 0.05] = D
-    sizes[:13] = np.arange(1, 14)  # every non-head size present, the 13 wide one too
+    sizes[:13] = np.arange(1, 14)  # every size 1..13 present (11, the widest non-head size, too)
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, layout="head")
     assert (p.head_from, p.size_offset, p.size_scale, p.bits) == (12, 1, 1, 4)
