@@ -120,7 +120,7 @@ def method_setup(method: str, budget: float, data):
         # over its planted rank when it is scored
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         steps = math.ceil(len(data.train[1]) / BATCH)
-        return emb, dim, [ked.SingleShotPruner(budget, warmup_steps=2 * steps - 20, verbose=0)]
+        return emb, dim, [ked.SingleShotPruner(budget, warmup_steps=max(2 * steps - 20, steps), verbose=0)]
     if method in ("sseds_fisher", "sseds_fisher_rotate"):  # scored by the gates' Fisher information
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         return emb, dim, [ked.SingleShotPruner(budget, score="fisher", rotate=method.endswith("rotate"), verbose=0)]

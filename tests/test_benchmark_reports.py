@@ -1,0 +1,59 @@
+"""benchmarks/planted.py and benchmarks/serving.py: the statistics their pages quote, the variants'
+callbacks, and the serving timer's rounds."""
+
+import math
+
+import numpy as np
+import pytest
+
+import _common
+import planted  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
+import serving
+import keras_embdim as ked
+from keras_embdim import keras
+
+
+def _record(method, seed, auc, setting="s", budget_name="oracle"):
+    return {"setting": setting, "rows": 100, "budget_name": budget_name, "method": method, "seed": seed, "auc": auc}
+
+
+def test_paired_difference_matches_a_hand_computation():
+    records = [_record("a", s, v) for s, v in enumerate([0.80, 0.82, 0.81])]
+    records += [_record("b", s, v) for s, v in enumerate([0.79, 0.80, 0.80, 0.70])]  # seed 3: no pair, left out
+    mean, margin, low, high, n = planted.paired(planted._aucs(records), ("s", 100, "oracle"), "a", "b")
+    # differences 0.01, 0.02, 0.01: mean 0.04 / 3, sample std sqrt(1 / 3) / 100, standard error that / sqrt(3)
+    assert n == 3 and mean == pytest.approx(0.04 / 3)
+    assert margin == pytest.approx((0.04 / 3) / (math.sqrt(1 / 3) / 100 / math.sqrt(3)))  # 4.0
+    assert (low, high) == (pytest.approx(0.01), pytest.approx(0.02))
+    assert planted.paired(planted._aucs(records), ("s", 100, "2x oracle"), "a", "b") is None
+
+
+def test_variants_train_with_the_callbacks_they_name():
+    data = ked.data.make_planted_ctr(30_000, [4, 4, 1, 0], vocab_sizes=[50, 50, 50, 100], seed=0)
+    steps = math.ceil(len(data.train[1]) / planted.BATCH)  # 24 000 rows: 24 steps of 1024
+    _, _, (pruner,) = planted.method_setup("sseds_warm2", 0.2, data)
+    assert isinstance(pruner, ked.SingleShotPruner) and pruner.warmup_steps == 2 * steps - 20
+    _, _, (search,) = planted.method_setup("ham_search2", 0.2, data)
+    assert isinstance(search, ked.HardMaskSearch) and search.search_epochs == 2
+    _, _, (default,) = planted.method_setup("ham", 0.2, data)
+    assert default.search_epochs == 1
+    assert {"sseds_warm2", "ham_search2"} <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
+
+
+def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
+    d = small_data
+    paths = {}
+    for name, dim in (("narrow", 2), ("wide", 8)):
+        keras.utils.set_random_seed(0)
+        model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=dim, embedding="plain", hidden=(8,))
+        paths[name] = str(tmp_path / name)
+        _common.keras_export(model, paths[name])
+    timing = serving.time_exports(paths, d, [1, 4], rounds=5, reps=2)
+    assert sorted(timing) == ["1", "4"]
+    for per_round in timing.values():
+        assert sorted(per_round) == ["narrow", "wide"]
+        assert all(len(v) == 5 and min(v) > 0 for v in per_round.values())
+    ratio = serving.ratios(timing["4"], "wide", "narrow")
+    assert ratio == pytest.approx(float(np.median(np.array(timing["4"]["wide"]) / np.array(timing["4"]["narrow"]))))
+    note = serving.timing_note([{"rounds": 41, "reps": 20}, {}])
+    assert "41 rounds in a random order, each the median of 20 calls" in note and "7 rounds in a fixed order" in note
