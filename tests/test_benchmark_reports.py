@@ -33,11 +33,13 @@ def test_variants_train_with_the_callbacks_they_name():
     steps = math.ceil(len(data.train[1]) / planted.BATCH)  # 24 000 rows: 24 steps of 1024
     _, _, (pruner,) = planted.method_setup("sseds_warm2", 0.2, data)
     assert isinstance(pruner, ked.SingleShotPruner) and pruner.warmup_steps == 2 * steps - 20
+    _, _, (retrain,) = planted.method_setup("sseds_retrain", 0.2, data)
+    assert retrain.after == "retrain" and retrain.warmup_steps is None
     _, _, (search,) = planted.method_setup("ham_search2", 0.2, data)
     assert isinstance(search, ked.HardMaskSearch) and search.search_epochs == 2
     _, _, (default,) = planted.method_setup("ham", 0.2, data)
     assert default.search_epochs == 1
-    assert {"sseds_warm2", "ham_search2"} <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
+    assert {"sseds_warm2", "sseds_retrain", "ham_search2"} <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
 
 
 def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
