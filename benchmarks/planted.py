@@ -115,9 +115,8 @@ def method_setup(method: str, budget: float, data):
     if method == "sseds_steps100":  # the default score accumulated over 100 batches instead of 20
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         return emb, dim, [ked.SingleShotPruner(budget, scoring_steps=100, verbose=0)]
-    if method == "sseds_warm2":  # scored after two epochs of training instead of one (the first epoch's last
-        # 20 batches at the default): the hypothesis that the one-epoch model has not yet spread a wide field
-        # over its planted rank when it is scored
+    if method == "sseds_warm2":  # scored on the second epoch's last 20 batches instead of the first's: tests
+        # whether the model scored after one epoch has not yet spread a wide field over its planted rank
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         steps = math.ceil(len(data.train[1]) / BATCH)
         return emb, dim, [ked.SingleShotPruner(budget, warmup_steps=max(2 * steps - 20, steps), verbose=0)]
