@@ -37,9 +37,12 @@ def test_variants_train_with_the_callbacks_they_name():
     assert retrain.after == "retrain" and retrain.warmup_steps is None
     _, _, (search,) = planted.method_setup("ham_search2", 0.2, data)
     assert isinstance(search, ked.HardMaskSearch) and search.search_epochs == 2
+    _, _, (ham_retrain,) = planted.method_setup("ham_retrain", 0.2, data)
+    assert ham_retrain.after == "retrain" and ham_retrain.search_epochs == 1
     _, _, (default,) = planted.method_setup("ham", 0.2, data)
     assert default.search_epochs == 1
-    assert {"sseds_warm2", "sseds_retrain", "ham_search2"} <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
+    variants = {"sseds_warm2", "sseds_retrain", "ham_search2", "ham_retrain"}
+    assert variants <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
 
 
 def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
