@@ -145,6 +145,18 @@ def reset_optimizer_state(optimizer: Any, model_variables: list) -> None:
             slot.assign(tf.zeros(slot.shape, slot.dtype))
 
 
+def optimizer_step(optimizer: Any) -> int | None:
+    """The optimizer's step count (`iterations`: Adam's bias correction and every learning-rate
+    schedule read it), or None without an optimizer."""
+    return None if optimizer is None else int(optimizer.iterations.numpy())
+
+
+def set_optimizer_step(optimizer: Any, step: int | None) -> None:
+    """Set the step count back (a rewind: the optimizer continues as it was at that step)."""
+    if optimizer is not None and step is not None:
+        optimizer.iterations.assign(step)
+
+
 def tensorboard_log_dir(value: Any) -> str | None:
     """Accept a path or a `keras.callbacks.TensorBoard` instance."""
     if value is None:

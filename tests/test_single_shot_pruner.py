@@ -122,6 +122,31 @@ def test_retrain_rewinds_to_initial_weights_with_searched_dims(small_data):
     np.testing.assert_array_equal(grab.w[table_index], init[table_index] * rows_keep)
 
 
+def test_retrain_sets_the_optimizer_back_to_its_step_at_fit_start(small_data):
+    """The rewind restores the optimizer as it was when `fit` started, step count included: a
+    model trained 3 steps before ends with 3 + the steps after the rewind (Adam's bias correction
+    and a learning-rate schedule restart with the weights)."""
+    d = small_data
+    model = _model(d)
+    x, y = d.train
+    model.fit(d.inputs(x[:1536]), y[:1536], batch_size=512, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 3
+    pruner = ked.SingleShotPruner(0.3, warmup_steps=4, scoring_steps=3, after="retrain", verbose=0)
+
+    class Count(keras.callbacks.Callback):
+        after = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            if pruner.phase == "done":
+                self.after += 1  # the batch that ended the search, then every later one
+
+    count = Count()
+    model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=1, verbose=0, callbacks=[pruner, count])
+    assert pruner.phase == "done" and 1 < count.after < 16
+    # the rewind came at the end of the search's batch: the batches after it are the only steps counted
+    assert int(model.optimizer.iterations.numpy()) == 3 + count.after - 1
+
+
 def test_explicit_scoring_data_and_cost_ranking(small_data):
     d = small_data
     model = _model(d)

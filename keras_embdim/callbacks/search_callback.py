@@ -193,6 +193,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._layers: list = []
         self._step = 0
         self._snapshot = None
+        self._snapshot_step: int | None = None  # the optimizer's step count at the snapshot
         self._good_masks: dict = {}
         self._good_when = "the start of the search"
         self._first_epoch: int | None = None  # first epoch of the current fit (> 0: resumed)
@@ -338,6 +339,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._remember_masks("the start of the search")
         if self.after == "retrain":
             self._snapshot = self.model.get_weights()
+            self._snapshot_step = _utils.optimizer_step(self._optimizer)
 
     def _no_layers_message(self, found: list) -> str:
         """Why a model has nothing for this callback, and what to use instead."""
@@ -430,11 +432,17 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         return getattr(self.model, "optimizer", None)
 
     def _rewind(self) -> None:
-        """`after="retrain"`: every weight back to its value at `fit` start, optimizer reset."""
+        """`after="retrain"`: every weight back to its value at `fit` start, the optimizer as it was
+        then: slots zeroed and its step count set back, so that a learning-rate schedule starts over
+        and Adam's bias correction restarts. (Left at the search's step count, Adam's first steps
+        after the rewind are too long: for a steady gradient its step after k steps from zeroed
+        slots is (1 - 0.9^k) / sqrt(1 - 0.999^k) times a fresh optimizer's, 3.2x at k = 1, 6.5x
+        at 10, 1.3x at 1,000.)"""
         if self.after == "retrain" and self._snapshot is not None:
             self.model.set_weights(self._snapshot)
             if self._optimizer is not None:
                 _utils.reset_optimizer_state(self._optimizer, self.model.trainable_weights)
+                _utils.set_optimizer_step(self._optimizer, self._snapshot_step)
             self._snapshot = None
 
     def _conclude(self, headline: str, **fields: Any) -> SearchResult:
