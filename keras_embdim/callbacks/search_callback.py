@@ -152,8 +152,9 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         budget: kept fraction of embedding parameters, in (0, 1], or a
             `keras_embdim.ByteBudget`.
         min_dim: columns every field (per-value: every value) keeps at least.
-        after: "finetune" or "retrain" (rewind every weight to its value at
-            `fit` start, reset the optimizer, apply the searched dims).
+        after: "finetune" or "retrain" (rewind every weight and the optimizer,
+            its slots and its step count, to their values at `fit` start, and
+            apply the searched dims).
         layers: names of the searchable layers to search (default all).
         log_dir: a path or a `keras.callbacks.TensorBoard`.
         verbose: print the plan at train begin and the summary when the search ends.

@@ -19,7 +19,9 @@ raises and says why.
 
 The optimizer's state of the rotated variables (table and kernels) is reset:
 moments of the old basis do not describe the new one (Adam's second moments do
-not rotate). Its cost: a few steps of larger updates, as after a rewind.
+not rotate). Its cost: a few steps of larger updates of those variables (their
+slots restart from zero while the step count, and so Adam's bias correction,
+goes on).
 """
 
 from __future__ import annotations
