@@ -62,3 +62,14 @@ def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
     assert ratio == pytest.approx(float(np.median(np.array(timing["4"]["wide"]) / np.array(timing["4"]["narrow"]))))
     note = serving.timing_note([{"rounds": 41, "reps": 20}, {}])
     assert "41 rounds in a random order, each the median of 20 calls" in note and "7 rounds in a fixed order" in note
+
+
+def test_stale_step_section_pairs_old_records_with_todays():
+    today = [_record("sseds", s, 0.80) for s in range(3)] + [_record("sseds_retrain", s, 0.81) for s in range(3)]
+    stale = [_record("sseds_retrain", s, v) for s, v in enumerate([0.82, 0.83, 0.82])]
+    lines = planted.stale_step_section(today, stale)
+    rows = {line.split(" | ")[2]: line for line in lines if line.startswith("| s |")}
+    # stale minus today's retrain: 0.01, 0.02, 0.01 (the hand computation of the paired test); minus sseds: +0.01 more
+    assert "| +0.0133 | +4.0 SE | +0.0100 to +0.0200 (n=3) |" in rows["sseds_retrain (stale step) - sseds_retrain"]
+    assert "| +0.0233 |" in rows["sseds_retrain (stale step) - sseds"]
+    assert planted.stale_step_section(today, []) == []
