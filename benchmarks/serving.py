@@ -410,7 +410,8 @@ def main(argv=None) -> list:
     p.add_argument("--batches", nargs="+", type=int, default=[1, 512, 4096])
     p.add_argument("--rows", type=int, default=200_000, help="criteo: generated rows")
     # many short rounds: the median of per-round ratios needs many rounds to settle (7 rounds of 30 calls
-    # gave 1.28x where the medians' own ratio was 1.08x, criteo b=0.05 batch 512 at dbdfc41)
+    # gave 1.28x where the medians' own ratio was 1.08x, criteo b=0.05 batch 512: the records measured at
+    # dbdfc41, committed in 9404eb1)
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
