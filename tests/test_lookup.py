@@ -192,28 +192,6 @@ def test_per_field_columns_serve_what_the_stacked_ids_serve(vocab, D, keep_p, se
     np.testing.assert_array_equal(lookup.folded_fields(columns).numpy(), want)
 
 
-@pytest.mark.parametrize("policy", ["error", "zero"])
-def test_per_field_columns_of_one_id_each_are_checked_and_shifted_once_whatever_the_groups(policy):
-    """`[N]` ids per field: one stack, one range check and one row shift for all width groups
-    (a small request pays per op), the groups then split off; the ops that do not depend on
-    the number of groups stay at one each for 2 and for 4 groups."""
-    def op_counts(widths):
-        layer, _ = _layer([10, 20, 30, 40, 50, 60], 4, 0, keep=np.arange(4)[None, :] < np.array(widths)[:, None])
-        lookup = compact_layer(layer, on_invalid_id=policy).lookup
-        spec = [tf.TensorSpec([None], tf.int64)] * 6
-        graph = tf.function(lambda *c: lookup.folded_fields(list(c))).get_concrete_function(*spec).graph
-        ops = [op.type for op in graph.get_operations()]
-        return len(lookup.groups), {t: ops.count(t) for t in ("Pack", "Max", "Less", "AddV2", "SplitV", "ResourceGather")}
-
-    two = op_counts([1, 1, 1, 2, 2, 2])
-    four = op_counts([1, 1, 2, 2, 3, 4])
-    assert (two[0], four[0]) == (2, 4)
-    once = {"Pack": 1, "Max": 1 if policy == "error" else 0, "Less": 1, "AddV2": 1, "SplitV": 1 + (policy == "zero")}
-    for groups, counts in (two, four):
-        assert {k: counts[k] for k in once} == once, counts
-        assert counts["ResourceGather"] == groups
-
-
 def test_per_field_columns_check_every_field_and_name_the_exact_id():
     keep = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]], bool)  # field "b" keeps nothing
     layer, table = _layer([10, 20, 30], 4, 0, keep=keep, names=["a", "b", "c"])

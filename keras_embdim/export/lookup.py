@@ -318,42 +318,27 @@ class FieldLookup:
         return self._gather_fn(*self._split(ids, valid))
 
     def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
-        """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`).
-
-        One id tensor per field, as a `StackFields` call receives them. `[N]`
-        ids (one per example, the common case) are stacked once in group order
-        (`[N, F]`), checked once by `IdGuard.check_parts`, shifted to their
-        table rows by one add and split into the groups (`tf.split`): a fixed
-        number of ops whatever the number of groups, which is what a small
-        request pays for. Ids of other shapes are stacked group by group.
-        Fields that keep nothing are checked too; int64 ids are gathered as
-        they are, never clipped to int32 first.
-        """
+        """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`),
+        without stacking all fields: each width group stacks its own fields straight into
+        its table rows, so no per-group selection from the stacked ids is computed. Ids are
+        checked by `IdGuard.check_parts` (fields that keep nothing too), the int64 ids of a
+        request gathered as they are."""
         _check_columns(self, columns)
         columns = [tf.convert_to_tensor(c) for c in columns]
         fields = [g.fields for g in self.groups] + ([self._unkept] if self._unkept.size else [])
-        if len(fields) > 1 and all(c.shape.rank == 1 for c in columns):
-            order = np.concatenate(fields)
-            (ids,), valid, checks = self.guard.check_parts([stack_columns([columns[f] for f in order])], [order])
-            offsets = self.row_offsets[order]
-            ids = ids + tf.constant(offsets, ids.dtype) if offsets.any() else ids
-            sizes = [len(fs) for fs in fields]
-            rows = tf.split(ids, sizes, axis=1)
-            valid = tf.split(valid[0], sizes, axis=1) if valid is not None else None
-        else:
-            # a one-field group of `[N]` ids gathers `[N, w]` rows straight: no stack, no reshape
-            parts = [as_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
-                     else stack_columns([columns[f] for f in fs]) for fs in fields]
-            parts, valid, checks = self.guard.check_parts(parts, fields)
-            rows = []
-            for fs, p in zip(fields, parts):
-                offsets = self.row_offsets[fs]
-                rows.append(p + tf.constant(offsets, p.dtype) if offsets.any() else p)
+        # a one-field group of `[N]` ids gathers `[N, w]` rows straight: no stack, no reshape
+        parts = [as_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
+                 else stack_columns([columns[f] for f in fs]) for fs in fields]
+        parts, valid, checks = self.guard.check_parts(parts, fields)
         if not self.kept_width:
             with tf.control_dependencies(checks):
-                return tf.zeros(tf.stack([tf.shape(rows[0])[0], 0]), tf.float32)
+                return tf.zeros(tf.stack([tf.shape(parts[0])[0], 0]), tf.float32)
+        rows = []
+        for g, p in zip(self.groups, parts):
+            offsets = self.row_offsets[g.fields]
+            rows.append(p + tf.constant(offsets, p.dtype) if offsets.any() else p)
         with tf.control_dependencies(checks):  # the reads wait for the ids' check
-            return self._gather_fn(rows[:len(self.groups)], valid[:len(self.groups)] if valid is not None else None)
+            return self._gather_fn(rows, valid[:len(self.groups)] if valid is not None else None)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
