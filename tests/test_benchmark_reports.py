@@ -54,6 +54,9 @@ def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
         paths[name] = str(tmp_path / name)
         _common.keras_export(model, paths[name])
     timing = serving.time_exports(paths, d, [1, 4], rounds=5, reps=2)
+    ops = timing.pop("ops")
+    # the same Keras graph at two widths: the same ops, one of them the table's gather
+    assert ops["narrow"] == ops["wide"] and ops["wide"]["gathers"] == 1 and ops["wide"]["ops"] > 10
     assert sorted(timing) == ["1", "4"]
     for per_round in timing.values():
         assert sorted(per_round) == ["narrow", "wide"]
