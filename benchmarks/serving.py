@@ -21,10 +21,11 @@ cost of our lookups.
 
 Timing: a fresh process that imports TensorFlow only loads every SavedModel of
 one (dataset, budget) and calls their `serving_default` signatures round-robin
-(every export in turn, in a new random order each round, `--rounds` times; each
-time the median of `--reps` calls, a fifth of them at batch 1000 and more) on
-the same requests (ids drawn from the test split, int64 for ours, the model's
-dtype for the baselines); a ratio is taken within each round, and
+(every export in turn, in a new random order each round; each time the median
+of `--reps` calls, a fifth of them at batch 1000 and more) on the same requests
+(ids drawn from the test split, int64 for ours, the model's dtype for the
+baselines). The `--rounds` rounds are split over `--processes` such processes,
+run one after another, and pooled; a ratio is taken within each round, and
 the median over rounds is reported.
 
 Datasets: "criteo" (26 fields with the Criteo Kaggle cardinalities capped at
@@ -199,7 +200,7 @@ for batch in spec["batches"]:
     reps = spec["reps"] if batch < 1000 else max(3, spec["reps"] // 5)
     per_round = {name: [] for name in calls}
     order = list(calls)
-    shuffle = random.Random(0).shuffle
+    shuffle = random.Random(spec["order_seed"]).shuffle
     for _ in range(spec["rounds"]):
         shuffle(order)  # no export always runs right after the same one (a cache or clock state it leaves)
         for name in order:
@@ -235,8 +236,22 @@ def run_tf_only(script: str, spec: dict, data, batches, seed: int = 0, timeout: 
     return json.loads(lines[-1])
 
 
-def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0) -> dict:
-    return run_tf_only(TIMER, {"paths": paths, "rounds": rounds, "reps": reps}, data, batches, seed)
+def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0, processes: int = 1) -> dict:
+    """Per batch, per export, one median call time per round: `rounds` rounds split over
+    `processes` fresh processes one after another (each its own random orders), pooled, so that
+    what differs from one process to the next (where its threads and tables land) is sampled
+    rather than fixed for the whole run; `"ops"` from the first process."""
+    pooled: dict = {}
+    for i in range(processes):
+        n = rounds // processes + (i < rounds % processes)
+        if not n:
+            continue
+        part = run_tf_only(TIMER, {"paths": paths, "rounds": n, "reps": reps, "order_seed": i}, data, batches, seed)
+        pooled.setdefault("ops", part.pop("ops"))
+        for batch, per_round in part.items():
+            for name, times in per_round.items():
+                pooled.setdefault(batch, {}).setdefault(name, []).extend(times)
+    return pooled
 
 
 def ratios(per_round: dict, name: str, base: str) -> float:
@@ -249,12 +264,13 @@ def run_one(dataset: str, budget: float, args) -> dict:
     try:
         t = time.time()
         exports = export_models(data, budget, out, args.seed)
-        timing = time_exports({k: v["path"] for k, v in exports.items()}, data, args.batches, args.rounds, args.reps)
+        timing = time_exports({k: v["path"] for k, v in exports.items()}, data, args.batches, args.rounds, args.reps,
+                              processes=args.processes)
         rec = {"dataset": dataset, "budget": budget, "cap": args.cap if dataset == "criteo" else None,
                "fields": data.num_fields, "rows": int(sum(data.vocab_sizes)), "largest_table": max(data.vocab_sizes),
                "exports": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in exports.items()},
                "seconds": {}, "ratios": {}, "commit": _common.git_commit(), "wall_seconds": time.time() - t,
-               "rounds": args.rounds, "reps": args.reps}
+               "rounds": args.rounds, "reps": args.reps, "processes": args.processes}
         rec["ops"] = timing.pop("ops")
         for batch, per_round in timing.items():
             rec["seconds"][batch] = {k: statistics.median(v) for k, v in per_round.items()}
@@ -271,11 +287,17 @@ def run_one(dataset: str, budget: float, args) -> dict:
 
 # ------------------------------------------------------------------- report
 def timing_note(records: list) -> str:
-    """How the records were timed: rounds x the median of calls per round (older records kept no count)."""
-    kinds = sorted({(r.get("rounds"), r.get("reps")) for r in records}, key=str)
-    return "; ".join(f"{n} rounds in a random order, each the median of {k} calls (a fifth of them at batch "
-                     "1000 and more)" if n else "7 rounds in a fixed order, each the median of 30 calls"
-                     for n, k in kinds)
+    """How the records were timed: rounds x the median of calls per round, in how many processes
+    (older records kept no count)."""
+    def note(rounds, reps, processes):
+        if not rounds:
+            return "7 rounds in a fixed order in one process, each the median of 30 calls"
+        where = f"split over {processes} fresh processes run one after another" if processes > 1 else "in one process"
+        return f"{rounds} rounds in a random order, {where}, each the median of {reps} calls (a fifth of them at " \
+               "batch 1000 and more)"
+
+    kinds = sorted({(r.get("rounds"), r.get("reps"), r.get("processes", 1)) for r in records}, key=str)
+    return "; ".join(note(*k) for k in kinds)
 
 
 def _label(r: dict) -> str:
@@ -358,7 +380,7 @@ def report(records: list, path: str, plot: str | None) -> str:
         "Generated by `python benchmarks/serving.py` from `benchmarks/results/serving.jsonl` (measured at commit "
         f"{', '.join(commits)}), never by hand. MLP 128-64 over 16-dim embeddings; ours exported by "
         "`export_compact` with its defaults (no XLA) unless the row names an option, the baselines by Keras' `model.export()`. Every "
-        "SavedModel of one (dataset, budget) is timed in one fresh TensorFlow-only process, round-robin "
+        "SavedModel of one (dataset, budget) is timed in fresh TensorFlow-only processes, round-robin "
         f"({timing_note(records)}); "
         "a ratio is taken within each round and the median over rounds is shown (ms: median call time).",
         "",
@@ -438,6 +460,10 @@ def main(argv=None) -> list:
     # dbdfc41, committed in 9404eb1)
     p.add_argument("--rounds", type=int, default=41)
     p.add_argument("--reps", type=int, default=20)
+    # whole runs of the same exports differed by up to 15 % in a ratio (per field / uniform, frappe b=0.1,
+    # batch 512: 1.10x at bd9cf4b, 1.25x at d39f3c4); a process has its own placement of threads and
+    # tables, so the rounds are split over several processes and pooled
+    p.add_argument("--processes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=RESULTS)
     p.add_argument("--out", default=os.path.join(_common.DOCS, "serving.md"))
@@ -448,6 +474,7 @@ def main(argv=None) -> list:
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.budgets, args.batches, args.rounds, args.reps = ["frappe"], [0.1], [1, 512], 3, 10
+        args.processes = 1
     records = _common.load_jsonl(args.cache)
     if not args.report_only:
         for dataset in args.datasets:

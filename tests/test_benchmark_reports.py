@@ -53,7 +53,7 @@ def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
         model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=dim, embedding="plain", hidden=(8,))
         paths[name] = str(tmp_path / name)
         _common.keras_export(model, paths[name])
-    timing = serving.time_exports(paths, d, [1, 4], rounds=5, reps=2)
+    timing = serving.time_exports(paths, d, [1, 4], rounds=5, reps=2, processes=2)  # 3 rounds, then 2
     ops = timing.pop("ops")
     # the same Keras graph at two widths: the same ops, one of them the table's gather
     assert ops["narrow"] == ops["wide"] and ops["wide"]["gathers"] == 1 and ops["wide"]["ops"] > 10
@@ -63,8 +63,9 @@ def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
         assert all(len(v) == 5 and min(v) > 0 for v in per_round.values())
     ratio = serving.ratios(timing["4"], "wide", "narrow")
     assert ratio == pytest.approx(float(np.median(np.array(timing["4"]["wide"]) / np.array(timing["4"]["narrow"]))))
-    note = serving.timing_note([{"rounds": 41, "reps": 20}, {}])
-    assert "41 rounds in a random order, each the median of 20 calls" in note and "7 rounds in a fixed order" in note
+    note = serving.timing_note([{"rounds": 41, "reps": 20}, {}, {"rounds": 42, "reps": 20, "processes": 3}])
+    assert "41 rounds in a random order, in one process, each the median of 20 calls" in note
+    assert "42 rounds in a random order, split over 3 fresh processes" in note and "7 rounds in a fixed order" in note
 
 
 def test_stale_step_section_pairs_old_records_with_todays():
