@@ -173,7 +173,19 @@ def _traffic(model, data) -> dict:
 
 
 # ------------------------------------------------------------------- timing
-TIMER = r'''
+COUNT_OPS = r'''
+def count_ops(fn):
+    """The ops a call of the concrete function `fn` runs: every function of its graph but the
+    failing branch of a `tf.cond` (the id check's, which runs only for a bad request); constants
+    and pass-throughs left out. Returns `{"ops": n, "gathers": n}`."""
+    skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
+    lib = fn.graph.as_graph_def().library.function
+    kinds = [n.op for f in lib if "cond_false" not in f.signature.name for n in f.node_def if n.op not in skip]
+    return {"ops": len(kinds), "gathers": sum("Gather" in k for k in kinds)}
+'''
+exec(COUNT_OPS)  # count_ops: here for tests, and in the TensorFlow-only timer below
+
+TIMER = COUNT_OPS + r'''
 import json, random, statistics, sys, time
 sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
 import numpy as np, tensorflow as tf
@@ -181,15 +193,7 @@ spec = json.loads(sys.argv[1])
 requests = dict(np.load(spec["requests"]))
 fns = {k: tf.saved_model.load(p).signatures["serving_default"] for k, p in spec["paths"].items()}
 out = {}
-# the ops a call runs: every function of the signature's graph but the failing branch of a check
-# (it runs only for a bad request); constants and pass-throughs left out
-SKIP = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
-ops = {}
-for name, fn in fns.items():
-    lib = fn.graph.as_graph_def().library.function
-    kinds = [n.op for f in lib if "cond_false" not in f.signature.name for n in f.node_def if n.op not in SKIP]
-    ops[name] = {"ops": len(kinds), "gathers": sum("Gather" in k for k in kinds)}
-out["ops"] = ops
+out["ops"] = {name: count_ops(fn) for name, fn in fns.items()}
 for batch in spec["batches"]:
     calls = {}
     for name, fn in fns.items():

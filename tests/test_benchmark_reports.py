@@ -1,10 +1,12 @@
 """benchmarks/planted.py and benchmarks/serving.py: the statistics their pages quote, the variants'
 callbacks, and the serving timer's rounds."""
 
+import collections
 import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import _common
 import planted  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
@@ -66,6 +68,30 @@ def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
     note = serving.timing_note([{"rounds": 41, "reps": 20}, {}, {"rounds": 42, "reps": 20, "processes": 3}])
     assert "41 rounds in a random order, in one process, each the median of 20 calls" in note
     assert "42 rounds in a random order, split over 3 fresh processes" in note and "7 rounds in a fixed order" in note
+
+
+def test_serving_op_count_leaves_out_the_failing_branch_of_the_id_check(small_data, tmp_path):
+    """Ours checks ids with a `tf.cond` whose failing branch builds the message: the timer counts
+    the cond (it runs every call) but not that branch (it runs only for a bad request)."""
+    d = small_data
+    keras.utils.set_random_seed(0)
+    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(8,))
+    keep = np.zeros((d.num_fields, 4), bool)
+    keep[:, :2] = True
+    keep[0, 2] = True  # two width groups: 3 columns for field 0, 2 for the others
+    ked.find_searchable_layers(model)[0].set_dimension_mask(keep)
+    path = ked.export_compact(model, str(tmp_path / "ours"), sample_inputs=d.inputs(d.test[0][:50]), verbose=0).path
+    fn = tf.saved_model.load(path).signatures["serving_default"]
+    ops = serving.count_ops(fn)
+    assert ops["gathers"] == 2  # one row gather per width table
+    every = collections.Counter(n.op for f in fn.graph.as_graph_def().library.function for n in f.node_def)
+    assert every["If"] == 1 and every["Assert"] == 1 and every["StringJoin"] == 1
+    branch = [f for f in fn.graph.as_graph_def().library.function if "cond_false" in f.signature.name]
+    assert len(branch) == 1 and any(n.op == "Assert" for n in branch[0].node_def)  # the message lives there
+    skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
+    in_branch = sum(n.op not in skip for n in branch[0].node_def)
+    assert ops["ops"] == sum(v for k, v in every.items() if k not in skip) - in_branch
+    assert serving.time_exports({"ours": path}, d, [1], rounds=1, reps=1)["ops"]["ours"] == ops  # the timer's
 
 
 def test_stale_step_section_pairs_old_records_with_todays():
