@@ -409,7 +409,10 @@ def report(records: list, path: str, plot: str | None) -> str:
     if counts:
         lines += ["## Ops per call", "",
                   "At batch 1 every op costs about the same whatever it reads, so the op count decides. Keras' "
-                  "full model reads all fields with one gather from one table and checks no id range; ours reads "
+                  "full model reads all fields with one gather from one table and makes no range check of its own "
+                  "(a negative id wraps around, an id past its field's vocabulary reads the next field's rows, "
+                  "only one past the whole table fails); "
+                  "ours reads "
                   "each width group's table with a gather of its own and checks every id against its field's "
                   "vocabulary (`on_invalid_id`), so at batch 1 it runs more ops than the full model although it "
                   "reads a fraction of its bytes; from batch 512 on the bytes decide. Ops per call of each "
