@@ -37,6 +37,7 @@ docs/results/serving.md and docs/results/serving_latency.png.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -173,19 +174,18 @@ def _traffic(model, data) -> dict:
 
 
 # ------------------------------------------------------------------- timing
-COUNT_OPS = r'''
-def count_ops(fn):
+def count_ops(fn) -> dict:
     """The ops a call of the concrete function `fn` runs: every function of its graph but the
     failing branch of a `tf.cond` (the id check's, which runs only for a bad request); constants
-    and pass-throughs left out. Returns `{"ops": n, "gathers": n}`."""
+    and pass-throughs left out. Returns `{"ops": n, "gathers": n}`. Self-contained: its source
+    is also the TensorFlow-only timer's (`TIMER`)."""
     skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
     lib = fn.graph.as_graph_def().library.function
     kinds = [n.op for f in lib if "cond_false" not in f.signature.name for n in f.node_def if n.op not in skip]
     return {"ops": len(kinds), "gathers": sum("Gather" in k for k in kinds)}
-'''
-exec(COUNT_OPS)  # count_ops: here for tests, and in the TensorFlow-only timer below
 
-TIMER = COUNT_OPS + r'''
+
+TIMER = inspect.getsource(count_ops) + r'''
 import json, random, statistics, sys, time
 sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
 import numpy as np, tensorflow as tf
