@@ -83,57 +83,36 @@ class IdGuard:
         checked = tf.cond(tf.reduce_all(in_range), lambda: ids, fail)
         return tf.cast(checked, tf.int32), None
 
-    def check_parts(self, parts: Sequence[tf.Tensor], part_fields: Sequence[np.ndarray]
-                    ) -> tuple[list[tf.Tensor], list[tf.Tensor] | None, list]:
-        """`__call__` for multi-field ids held in parts, without joining them.
+    def check_stacked(self, ids: tf.Tensor, fields: np.ndarray) -> tuple[tf.Tensor, tf.Tensor | None, list]:
+        """`__call__` for the ids of `fields` (multi-field) stacked on the first axis: `[n, ...]`.
 
-        `parts[i]` (`[..., n_i]`) holds the fields `part_fields[i]`, every field
-        in exactly one part; a part of one field may also be its `[N]` ids.
-        `"error"` checks each field's largest id (read as unsigned, so a
-        negative id is the largest) against its vocabulary: per part a bitcast
-        and a max over the batch, then one comparison and one `cond` for all
-        fields, whatever the batch size. A failing request
-        names the first field (in field order) with a bad id and its largest
-        bad id.
+        `"error"`: one unsigned comparison of all ids against their field's
+        vocabulary (a bitcast, so a negative id is a huge value) and one
+        `cond`; only a failing request computes the message, naming the
+        first field (in field order) with a bad id and its largest bad id.
 
-        Returns `(parts, valid, checks)`: the parts as integer ids (a gather
-        takes int64 indices as they are), `valid` masks for `"zero"` (invalid
-        ids replaced by 0) or None, and for `"error"` the check that whatever
-        reads the ids must run after (`tf.control_dependencies`).
+        Returns `(ids, valid, checks)`: for `"zero"` the ids with invalid ones
+        replaced by 0 and the `valid` mask (like `ids`), else the ids and the
+        check that whatever reads them must run after (`tf.control_dependencies`).
         """
-        # gather indices are int32 or int64: other integer ids (int16, uint32, ...) become int64, as do
-        # parts of different dtypes (one comparison for all)
-        parts = [as_int_ids(p) for p in parts]
-        parts = [p if p.dtype in (tf.int32, tf.int64) else tf.cast(p, tf.int64) for p in parts]
-        if len({p.dtype for p in parts}) > 1:
-            parts = [tf.cast(p, tf.int64) for p in parts]
-        fields = [np.asarray(fs, np.int64) for fs in part_fields]
+        fields = np.asarray(fields, np.int64)
+        vocab = self.vocab_sizes[fields].reshape([-1] + [1] * (ids.shape.rank - 1))
         if self.policy == "zero":
-            in_range = [_below(p, self.vocab_sizes[fs]) for p, fs in zip(parts, fields)]
-            return [tf.where(ok, p, tf.zeros_like(p)) for p, ok in zip(parts, in_range)], in_range, []
-        unsigned = tf.uint64 if parts[0].dtype.size > 4 else tf.uint32
-        largest = []
-        for p, fs in zip(parts, fields):
-            bits = p if p.dtype == unsigned else tf.bitcast(p, unsigned)
-            if bits.shape.rank == 1 and len(fs) == 1:  # one field's `[N]` ids (or `[1]`: the same max)
-                largest.append(tf.reduce_max(bits, keepdims=True))
-                continue
-            axes = list(range(bits.shape.rank - 1)) if bits.shape.rank is not None else None
-            largest.append(tf.reduce_max(bits if axes is not None else tf.reshape(bits, [-1, tf.shape(bits)[-1]]),
-                                         axis=axes if axes is not None else 0))
-        largest = largest[0] if len(largest) == 1 else tf.concat(largest, axis=0)  # [F], in part order
-        order = np.concatenate(fields)
-        vocab = self.vocab_sizes[order]
-        ok = tf.reduce_all(largest < tf.constant(vocab, unsigned))
+            in_range = _below(ids, vocab)
+            return tf.where(in_range, ids, tf.zeros_like(ids)), in_range, []
+        unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
+        bits = tf.bitcast(ids, unsigned)
+        ok = tf.reduce_all(bits < tf.constant(vocab, unsigned))
 
         def fail():  # field order: the first field with a bad id
-            bad = tf.gather(largest, np.argsort(order))
-            field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes, unsigned))[0][0], tf.int32)
-            value = tf.cast(tf.bitcast(tf.gather(bad, field), parts[0].dtype), tf.int64)
-            with tf.control_dependencies([self._assert(field, value)]):
+            largest = tf.reduce_max(tf.reshape(bits, [len(fields), -1]), axis=1)  # [n], in stack order
+            bad = tf.gather(largest, np.argsort(fields))
+            field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes[np.sort(fields)], unsigned))[0][0], tf.int32)
+            value = tf.cast(tf.bitcast(tf.gather(bad, field), ids.dtype), tf.int64)
+            with tf.control_dependencies([self._assert(tf.gather(np.sort(fields).astype(np.int32), field), value)]):
                 return tf.constant(False)
 
-        return parts, None, [tf.cond(ok, lambda: tf.constant(True), fail)]
+        return ids, None, [tf.cond(ok, lambda: tf.constant(True), fail)]
 
     def _fail(self, ids: tf.Tensor, in_range: tf.Tensor) -> tf.Operation:
         """The assertion that fails a request, naming its first bad field and id."""
@@ -318,27 +297,53 @@ class FieldLookup:
         return self._gather_fn(*self._split(ids, valid))
 
     def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
-        """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`),
-        without stacking all fields: each width group stacks its own fields straight into
-        its table rows, so no per-group selection from the stacked ids is computed. Ids are
-        checked by `IdGuard.check_parts` (fields that keep nothing too), the int64 ids of a
-        request gathered as they are."""
+        """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`).
+
+        One id tensor per field, as a `StackFields` call receives them. The
+        fields are stacked once on a new first axis, in group order (`[F, N,
+        *mid]`: each field's ids copied whole, where stacking on the last axis
+        interleaves them one id at a time), checked once by
+        `IdGuard.check_stacked`, shifted to their table rows by one add and
+        split into the groups along that axis; each group's `[n_g, N, *mid]`
+        rows are transposed to `[N, *mid, n_g]` (a one-field group's `[N]`
+        ids are its table rows as they are) and gathered: one stack, one check
+        and one add per request whatever the number of groups, and no
+        interleaving copy. Fields that keep nothing are checked too; int64 ids
+        are gathered as they are, never clipped to int32 first.
+        """
         _check_columns(self, columns)
-        columns = [tf.convert_to_tensor(c) for c in columns]
+        columns = [as_int_ids(c) for c in columns]
+        if any(c.shape.rank is None for c in columns):
+            return self.folded(stack_columns(columns))
         fields = [g.fields for g in self.groups] + ([self._unkept] if self._unkept.size else [])
-        # a one-field group of `[N]` ids gathers `[N, w]` rows straight: no stack, no reshape
-        parts = [as_int_ids(columns[fs[0]]) if len(fs) == 1 and columns[fs[0]].shape.rank == 1
-                 else stack_columns([columns[f] for f in fs]) for fs in fields]
-        parts, valid, checks = self.guard.check_parts(parts, fields)
+        order = np.concatenate(fields)
+        # gather indices are int32 or int64: other integer ids (int16, uint32, ...) become int64, as do
+        # columns of different dtypes
+        if len({c.dtype for c in columns}) > 1 or columns[0].dtype not in (tf.int32, tf.int64):
+            columns = [tf.cast(c, tf.int64) for c in columns]
+        ids = tf.stack([columns[f] for f in order], axis=0)
+        ids, valid, checks = self.guard.check_stacked(ids, order)
         if not self.kept_width:
             with tf.control_dependencies(checks):
-                return tf.zeros(tf.stack([tf.shape(parts[0])[0], 0]), tf.float32)
-        rows = []
-        for g, p in zip(self.groups, parts):
-            offsets = self.row_offsets[g.fields]
-            rows.append(p + tf.constant(offsets, p.dtype) if offsets.any() else p)
+                return tf.zeros(tf.stack([tf.shape(ids)[1], 0]), tf.float32)
+        offsets = self.row_offsets[order].reshape([-1] + [1] * (ids.shape.rank - 1))
+        if offsets.any():
+            ids = ids + tf.constant(offsets, ids.dtype)
+        sizes = [len(fs) for fs in fields]
+        perm = list(range(1, ids.shape.rank)) + [0]
+
+        def per_group(x, given=None):
+            """`[F, N, *mid]` -> each group's `[N, *mid, n_g]` rows (a one-field group's `[N]`
+            ids: its table rows, row 0 being its id 0; taken from `given` when given)."""
+            whole = [len(g.fields) > 1 or x.shape.rank > 2 for g in self.groups]
+            parts = (tf.split(x, sizes, axis=0) if len(sizes) > 1 else [x]) if any(whole) or given is None else None
+            return [tf.transpose(parts[i], perm) if whole[i]
+                    else given[int(g.fields[0])] if given is not None else parts[i][0]
+                    for i, g in enumerate(self.groups)]
+
+        rows = per_group(ids, columns if valid is None else None)  # "error": the checked ids are the columns
         with tf.control_dependencies(checks):  # the reads wait for the ids' check
-            return self._gather_fn(rows, valid[:len(self.groups)] if valid is not None else None)
+            return self._gather_fn(rows, per_group(valid) if valid is not None else None)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
