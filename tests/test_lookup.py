@@ -174,8 +174,8 @@ def test_stored_values_swap_in_and_back_exactly(per_value, table_dtype):
        st.integers(0, 10_000), st.booleans(), st.booleans(), st.sampled_from(["error", "zero"]),
        st.sampled_from([(7,), (4, 3)]))
 def test_per_field_columns_serve_what_the_stacked_ids_serve(vocab, D, keep_p, seed, jit, per_value, policy, shape):
-    """`folded_fields` (one id tensor per field, stacked on a new first axis and split into
-    the width groups; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
+    """`folded_fields` (one id tensor per field, each width group stacking only its own
+    fields; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
     value by value: int32 and int64 columns mixed, fields that keep nothing, one-field
     groups, sequences of ids per field, and invalid ids under the "zero" policy."""
     rng = np.random.default_rng(seed)

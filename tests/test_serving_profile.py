@@ -40,8 +40,7 @@ def test_profile_reads_the_ops_each_export_runs(small_data, tmp_path):
     else:
         assert plain_ops["ResourceGather"] > 0
     assert result["ours"]["64"]["by_type"]["ResourceGather"] > 0
-    # the per-field inputs are stacked on a new first axis and split into the width tables: no GatherV2
-    # selects them from a `[batch, F]` stack of all fields, and no clip to int32 (Minimum/Maximum) of the
-    # int64 request
-    assert not {"GatherV2", "Minimum", "Maximum"} & set(result["ours"]["64"]["by_type"])
+    # each width table stacks its own fields from the per-field inputs: no GatherV2 selects them from a
+    # stack of all fields, no transpose, and no clip to int32 (Minimum/Maximum) of the int64 request
+    assert not {"GatherV2", "Transpose", "Minimum", "Maximum"} & set(result["ours"]["64"]["by_type"])
     assert all(result[n][b]["ops"] > 0 for n in ("plain", "ours") for b in ("1", "64"))

@@ -83,23 +83,15 @@ class IdGuard:
         checked = tf.cond(tf.reduce_all(in_range), lambda: ids, fail)
         return tf.cast(checked, tf.int32), None
 
-    def check_stacked(self, ids: tf.Tensor, fields: np.ndarray) -> tuple[tf.Tensor, tf.Tensor | None, list]:
-        """`__call__` for the ids of `fields` (multi-field) stacked on the first axis: `[n, ...]`.
-
-        `"error"`: one unsigned comparison of all ids against their field's
-        vocabulary (a bitcast, so a negative id is a huge value) and one
-        `cond`; only a failing request computes the message, naming the
-        first field (in field order) with a bad id and its largest bad id.
-
-        Returns `(ids, valid, checks)`: for `"zero"` the ids with invalid ones
-        replaced by 0 and the `valid` mask (like `ids`), else the ids and the
-        check that whatever reads them must run after (`tf.control_dependencies`).
-        """
+    def check_stacked(self, ids: tf.Tensor, fields: np.ndarray) -> list:
+        """The `"error"` check of the ids of `fields` (multi-field) stacked on the first axis
+        (`[n, ...]`): one unsigned comparison of all ids against their field's vocabulary (a
+        bitcast, so a negative id is a huge value) and one `cond`; only a failing request
+        computes the message, naming the first field (in field order) with a bad id and its
+        largest bad id. Returns the check that whatever reads the ids must run after
+        (`tf.control_dependencies`)."""
         fields = np.asarray(fields, np.int64)
         vocab = self.vocab_sizes[fields].reshape([-1] + [1] * (ids.shape.rank - 1))
-        if self.policy == "zero":
-            in_range = _below(ids, vocab)
-            return tf.where(in_range, ids, tf.zeros_like(ids)), in_range, []
         unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
         bits = tf.bitcast(ids, unsigned)
         ok = tf.reduce_all(bits < tf.constant(vocab, unsigned))
@@ -112,7 +104,14 @@ class IdGuard:
             with tf.control_dependencies([self._assert(tf.gather(np.sort(fields).astype(np.int32), field), value)]):
                 return tf.constant(False)
 
-        return ids, None, [tf.cond(ok, lambda: tf.constant(True), fail)]
+        return [tf.cond(ok, lambda: tf.constant(True), fail)]
+
+    def replace_invalid(self, ids: tf.Tensor, fields: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        """`"zero"`: `(ids, valid)` for the ids of `fields` on the last axis (`[..., n]`; the
+        `[N]` ids of one field): invalid ids replaced by 0, `valid` marks the others."""
+        vocab = self.vocab_sizes[np.asarray(fields, np.int64)]
+        in_range = _below(ids, vocab if ids.shape.rank > 1 or len(vocab) > 1 else vocab[0])
+        return tf.where(in_range, ids, tf.zeros_like(ids)), in_range
 
     def _fail(self, ids: tf.Tensor, in_range: tf.Tensor) -> tf.Operation:
         """The assertion that fails a request, naming its first bad field and id."""
@@ -299,51 +298,42 @@ class FieldLookup:
     def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
         """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`).
 
-        One id tensor per field, as a `StackFields` call receives them. The
-        fields are stacked once on a new first axis, in group order (`[F, N,
-        *mid]`: each field's ids copied whole, where stacking on the last axis
-        interleaves them one id at a time), checked once by
-        `IdGuard.check_stacked`, shifted to their table rows by one add and
-        split into the groups along that axis; each group's `[n_g, N, *mid]`
-        rows are transposed to `[N, *mid, n_g]` (a one-field group's `[N]`
-        ids are its table rows as they are) and gathered: one stack, one check
-        and one add per request whatever the number of groups, and no
-        interleaving copy. Fields that keep nothing are checked too; int64 ids
-        are gathered as they are, never clipped to int32 first.
+        One id tensor per field, as a `StackFields` call receives them. Each
+        width group stacks its own fields' ids into its table rows (`[N, *mid,
+        n_g]`, shifted by the fields' row offsets; a one-field group's `[N]`
+        ids are its table rows as they came), so no selection from a stack of
+        all fields and no transpose is computed. Under `"error"` the ids of
+        all fields are checked at once (`IdGuard.check_stacked`, on their
+        stack along a new first axis: each field's ids copied whole), before
+        any table is read; fields that keep nothing are checked too. Under
+        `"zero"` each group replaces its own invalid ids. Int64 ids are
+        gathered as they are, never clipped to int32 first.
         """
         _check_columns(self, columns)
         columns = [as_int_ids(c) for c in columns]
         if any(c.shape.rank is None for c in columns):
             return self.folded(stack_columns(columns))
-        fields = [g.fields for g in self.groups] + ([self._unkept] if self._unkept.size else [])
-        order = np.concatenate(fields)
         # gather indices are int32 or int64: other integer ids (int16, uint32, ...) become int64, as do
         # columns of different dtypes
         if len({c.dtype for c in columns}) > 1 or columns[0].dtype not in (tf.int32, tf.int64):
             columns = [tf.cast(c, tf.int64) for c in columns]
-        ids = tf.stack([columns[f] for f in order], axis=0)
-        ids, valid, checks = self.guard.check_stacked(ids, order)
+        checks, valid = [], None
+        if self.guard.policy == "error":
+            order = np.concatenate([g.fields for g in self.groups] + [self._unkept])
+            checks = self.guard.check_stacked(tf.stack([columns[f] for f in order], axis=0), order)
         if not self.kept_width:
             with tf.control_dependencies(checks):
-                return tf.zeros(tf.stack([tf.shape(ids)[1], 0]), tf.float32)
-        offsets = self.row_offsets[order].reshape([-1] + [1] * (ids.shape.rank - 1))
-        if offsets.any():
-            ids = ids + tf.constant(offsets, ids.dtype)
-        sizes = [len(fs) for fs in fields]
-        perm = list(range(1, ids.shape.rank)) + [0]
-
-        def per_group(x, given=None):
-            """`[F, N, *mid]` -> each group's `[N, *mid, n_g]` rows (a one-field group's `[N]`
-            ids: its table rows, row 0 being its id 0; taken from `given` when given)."""
-            whole = [len(g.fields) > 1 or x.shape.rank > 2 for g in self.groups]
-            parts = (tf.split(x, sizes, axis=0) if len(sizes) > 1 else [x]) if any(whole) or given is None else None
-            return [tf.transpose(parts[i], perm) if whole[i]
-                    else given[int(g.fields[0])] if given is not None else parts[i][0]
-                    for i, g in enumerate(self.groups)]
-
-        rows = per_group(ids, columns if valid is None else None)  # "error": the checked ids are the columns
+                return tf.zeros(tf.stack([tf.shape(columns[0])[0], 0]), tf.float32)
+        rows = []
+        for g in self.groups:
+            part = [columns[f] for f in g.fields]
+            rows.append(part[0] if len(part) == 1 and part[0].shape.rank == 1 else tf.stack(part, axis=-1))
+        if self.guard.policy == "zero":
+            rows, valid = zip(*[self.guard.replace_invalid(r, g.fields) for r, g in zip(rows, self.groups)])
+        rows = [r + tf.constant(self.row_offsets[g.fields], r.dtype) if self.row_offsets[g.fields].any() else r
+                for r, g in zip(rows, self.groups)]  # a one-field group's offset is 0
         with tf.control_dependencies(checks):  # the reads wait for the ids' check
-            return self._gather_fn(rows, per_group(valid) if valid is not None else None)
+            return self._gather_fn(rows, list(valid) if valid is not None else None)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
