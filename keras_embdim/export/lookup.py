@@ -19,7 +19,8 @@ Each has two outputs:
   that consumes them (`keras_embdim.export.fold`). Removed columns are not
   computed at all. `folded_fields(columns)` is the same from one id tensor per
   field (the inputs of a `StackFields` call): `FieldLookup` then stacks only
-  the fields of each table, never all of them.
+  the fields of each table into its rows (the id check alone reads all
+  fields, stacked along a new first axis).
 - `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
   removed columns exact zeros, for consumers that need aligned columns (FM
   inner products, pooling, attention).
