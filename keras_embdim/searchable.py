@@ -21,6 +21,7 @@ abstract ones.
 | `add_penalty(fn)` / `remove_penalty(fn)` | `OrthogonalRegularizer` |
 | `sync_search_state()` | resuming from a checkpoint |
 | `serving_ids(inputs)` / `serving_field_ids(columns)` / `use_serving_lookup(lookup)` | exporter |
+| `serving_ids_unshifted` | exporter (an id check that could never fail is left out) |
 """
 
 from __future__ import annotations
@@ -133,6 +134,14 @@ class DimensionSearchable:
         what `keras_embdim.layers.StackFields` would stack), field by field: the
         exporter's per-field lookups stack only the fields each table holds."""
         raise NotImplementedError
+
+    @property
+    def serving_ids_unshifted(self) -> bool:
+        """Whether `serving_ids` / `serving_field_ids` return their inputs' values unchanged
+        (local ids taken as they come, no offset subtracted): then a range known for the
+        inputs (a `StringLookup`'s vocabulary, say) is the ids' range, and the exporter can
+        leave out an id check that could never fail. False unless a layer says so."""
+        return False
 
     def use_serving_lookup(self, lookup) -> None:  # pragma: no cover - interface
         """While `lookup` is set, `call` returns `lookup.padded(serving_ids(inputs))`

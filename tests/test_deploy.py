@@ -174,8 +174,48 @@ def test_string_inputs_with_a_lookup_inside_serve_in_a_fresh_process(tmp_path):
     r = ked.export_compact(model, str(tmp_path / "s"), sample_inputs={"city": cities}, verbose=0)
     assert r.folds["emb"]["folded_into"] == ["p"] and r.inputs["city"]["dtype"] == "string"
     assert r.signatures == ["serving_default"]  # no integer input: no int32 variant
+    # the lookup's 41 ids (OOV included) fit the layer's 41 rows: the id check could never fail, so it is not built
+    assert r.folds["emb"]["id_check"].startswith("left out: its ids come from lookup")
+    assert not {"If", "StatelessIf", "Assert"} & _serving_op_types(r.path)
     report = check_in_fresh_process(r.path, {"city": cities}, {"p": model.predict(tf.constant(cities), verbose=0)})
     assert report["tf1_max_abs_diff"] <= 1e-6 and report["tf2_max_abs_diff"] <= 1e-6
+
+
+def _serving_op_types(path) -> set:
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    graph = fn.graph.as_graph_def()
+    return {n.op for f in graph.library.function for n in f.node_def} | {n.op for n in graph.node}
+
+
+@pytest.mark.parametrize("wide_lookup", [False, True])
+def test_per_field_lookups_inside_leave_out_the_id_check_only_when_it_cannot_fail(tmp_path, wide_lookup):
+    """Per-field `StringLookup`s into `StackFields`: when each lookup's ids fit its field's
+    vocabulary the served graph has no id check and serves as trained; when one lookup can
+    give an id past its field (a vocabulary wider than the field), the check stays and such a
+    request fails naming the field."""
+    keras.utils.set_random_seed(0)
+    cities, shops = [f"city_{i}" for i in range(12)], [f"shop_{i}" for i in range(7)]
+    inputs = {n: keras.Input(shape=(), dtype="string", name=n) for n in ("city", "shop")}
+    city_ids = keras.layers.StringLookup(vocabulary=cities, name="city_lookup")(inputs["city"])
+    shop_ids = keras.layers.StringLookup(vocabulary=shops, name="shop_lookup")(inputs["shop"])
+    shop_rows = len(shops) + 1 - (3 if wide_lookup else 0)  # the layer's rows for "shop" (the lookup gives 8 ids)
+    emb = ked.PrunableEmbedding([len(cities) + 1, shop_rows], 4, name="emb", field_names=["city", "shop"])
+    x = keras.layers.Flatten()(emb(ked.layers.StackFields()([city_ids, shop_ids])))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="p")(x))
+    emb.set_dimension_mask(np.array([[1, 0, 1, 1], [0, 1, 0, 0]], bool))
+    req = {"city": np.array(["city_3", "nowhere", "city_11"]), "shop": np.array(["shop_0", "shop_2", "shop_3"])}
+    r = ked.export_compact(model, str(tmp_path / "s"), sample_inputs=req, verbose=0)
+    serve = tf.saved_model.load(r.path).signatures["serving_default"]
+    np.testing.assert_allclose(serve(**{k: tf.constant(v) for k, v in req.items()})["p"].numpy(),
+                               model.predict({k: tf.constant(v) for k, v in req.items()}, verbose=0), atol=1e-6)
+    if not wide_lookup:
+        assert r.folds["emb"]["id_check"].startswith("left out: its ids come from city_lookup, shop_lookup")
+        assert not {"If", "StatelessIf", "Assert"} & _serving_op_types(r.path)
+        return
+    assert r.folds["emb"]["id_check"] == "on_invalid_id"
+    bad = r'field \\?"shop\\?" received id 6, outside its vocabulary of 5'  # (quotes escaped in a graph's error)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=bad):
+        serve(city=tf.constant(["city_1"]), shop=tf.constant(["shop_5"]))  # id 6: past the field's 5 rows
 
 
 def test_bytes_by_part_add_up(searched, tmp_path):

@@ -54,7 +54,7 @@ def test_mlp_folds_and_ships_only_the_kept_kernel_rows(tmp_path):
     k = int(emb.dimension_mask().kept_dims.sum())
     x = _ids()
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
-    assert r.folds == {"emb": {"folded_into": ["hidden"], "padded": None}}
+    assert r.folds == {"emb": {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}}
     np.testing.assert_allclose(_served(r, {"ids": x})["ctr"], model.predict(x, verbose=0), atol=1e-6)
     # the 18 x 5 kernel is not shipped, only its k kept rows
     assert _kernel_rows_stored(r) == sorted([(k, 5), (5, 1)])
@@ -145,7 +145,8 @@ def test_deepfm_serves_padded_and_says_why(tmp_path):
     _mask(ked.find_searchable_layers(model)[0], 7)
     sample = d.inputs(d.test[0][:60])
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds == {"embedding": {"folded_into": [], "padded": "its output reaches 'fm' (FMInteraction)"}}
+    assert r.folds == {"embedding": {"folded_into": [], "padded": "its output reaches 'fm' (FMInteraction)",
+                                     "id_check": "on_invalid_id"}}
     np.testing.assert_allclose(_served(r, sample)["ctr"], model.predict(sample, verbose=0), atol=1e-5)
 
 

@@ -79,7 +79,8 @@ class ExportResult:
     # bytes by part: embedding_tables, other_variables (stored values), graph, assets,
     # variables_files (values + index on disk) and total on disk
     bytes: dict = field(default_factory=dict)
-    # per searched layer: the Dense layers it was folded into, or why it serves padded
+    # per searched layer: the Dense layers it was folded into, or why it serves padded, and whether its
+    # served ids are checked ("on_invalid_id") or the check was left out because it could never fail
     folds: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:

@@ -88,6 +88,7 @@ class NetPlan:
     nested: dict = field(default_factory=dict)  # id(raw node) -> NetPlan of a nested model
     lookups: dict = field(default_factory=dict)  # id(raw node) -> compacted layer's CompactLayer
     columns: dict = field(default_factory=dict)  # id(raw searched node) -> StackFields node of its per-field ids
+    prechecked: set = field(default_factory=set)  # id(raw searched node) whose ids are in range by construction
 
     @property
     def active(self) -> bool:
@@ -105,14 +106,20 @@ class NetPlan:
 class FoldReport:
     """Per searched layer: the Dense layers it was folded into, or why it serves padded."""
 
-    layers: dict = field(default_factory=dict)  # layer name -> {"folded_into": [...], "padded": reason | None}
+    # layer name -> {"folded_into": [...], "padded": reason | None, "id_check": "on_invalid_id" | why it was left out}
+    layers: dict = field(default_factory=dict)
 
     def add(self, layer_name: str, dense: str | None = None, reason: str | None = None) -> None:
-        rec = self.layers.setdefault(layer_name, {"folded_into": [], "padded": None})
+        rec = self.layers.setdefault(layer_name, {"folded_into": [], "padded": None, "id_check": "on_invalid_id"})
         if dense and dense not in rec["folded_into"]:
             rec["folded_into"].append(dense)
         if reason and not rec["padded"]:
             rec["padded"] = reason
+
+    def leave_out_id_check(self, layer_name: str, why: str) -> None:
+        """The layer's served ids are in range by construction (`_plan_prechecked`)."""
+        self.add(layer_name)
+        self.layers[layer_name]["id_check"] = f"left out: {why}"
 
     def to_json(self) -> dict:
         return {k: dict(v) for k, v in self.layers.items()}
@@ -267,6 +274,7 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
         if _feeds_only_folded(key, nodes, consumers, result, downstream):
             result.skip.add(key)
     _plan_field_columns(graph, result)
+    _plan_prechecked(graph, result, report)
     return result
 
 
@@ -285,6 +293,42 @@ def _plan_field_columns(graph: "_Graph", result: NetPlan) -> None:
         users = [c for t in stack.outputs for c in graph.consumers.get(id(t), [])]
         if all(id(c.raw) in result.columns for c in users) and not any(id(t) in graph.outputs for t in stack.outputs):
             result.skip.add(id(stack.raw))
+
+
+def _id_bound(node) -> tuple[int, str] | None:
+    """`(bound, name)` when the layer of `node` outputs integer ids in `[0, bound)` whatever its
+    input: a `StringLookup` / `IntegerLookup` with integer output (its vocabulary size, OOV and
+    mask tokens included) or a `Hashing` layer (its bins). None otherwise."""
+    layer = node.layer if node is not None else None
+    if isinstance(layer, (keras.layers.StringLookup, keras.layers.IntegerLookup)):
+        if layer.output_mode == "int" and not layer.invert:
+            return int(layer.vocabulary_size()), layer.name
+    elif isinstance(layer, keras.layers.Hashing) and layer.output_mode == "int":
+        return int(layer.num_bins), layer.name
+    return None
+
+
+def _plan_prechecked(graph: "_Graph", result: NetPlan, report: FoldReport) -> None:
+    """Folded lookups whose every field's ids come straight from a layer that bounds them
+    within the field's vocabulary (`_id_bound`), taken as they come (`serving_ids_unshifted`):
+    their id check could never fail, so it is left out of the serving graph."""
+    for n in graph.nodes:
+        key = id(n.raw)
+        if key not in result.lookups or key not in result.skip or not n.layer.serving_ids_unshifted:
+            continue
+        vocab = n.layer.field_vocab_sizes
+        stack = result.columns.get(key)
+        if stack is not None:
+            bounds = [_id_bound(graph.producer.get(id(t))) for t in stack.inputs]
+        elif n.inputs:
+            bounds = [_id_bound(graph.producer.get(id(n.inputs[0])))] * len(vocab)
+        else:
+            continue
+        if all(b is not None and b[0] <= v for b, v in zip(bounds, vocab)):
+            result.prechecked.add(key)
+            names = sorted({b[1] for b in bounds})
+            report.leave_out_id_check(n.layer.name, f"its ids come from {', '.join(names)}, whose outputs fit the "
+                                                    "fields' vocabularies")
 
 
 def _consumers_of(raw_id, nodes, consumers):
@@ -418,10 +462,11 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf
                 stack = plan.columns.get(key)
                 if stack is not None:  # per-field ids, as the StackFields call takes them
                     columns = field_columns([values[id(t)] for t in stack.inputs])
-                    folded[key] = lookup.folded_fields(src.layer.serving_field_ids(columns))
+                    folded[key] = lookup.folded_fields(src.layer.serving_field_ids(columns),
+                                                       checked=key in plan.prechecked)
                 else:
                     args, _ = _compat.node_arguments(src, values)
-                    folded[key] = lookup.folded(src.layer.serving_ids(args[0]))
+                    folded[key] = lookup.folded(src.layer.serving_ids(args[0]), checked=key in plan.prechecked)
             piece = folded[key]
         else:
             v = tf.convert_to_tensor(values[id(src)])

@@ -27,7 +27,10 @@ Each has two outputs:
 
 Ids are checked by an `IdGuard`: `on_invalid_id="error"` fails the request
 with a message naming the layer, the field, the bad id and the vocabulary
-size; `"zero"` serves a zero vector for it and answers the rest.
+size; `"zero"` serves a zero vector for it and answers the rest. `folded` and
+`folded_fields` take `checked=True` when the caller knows every id is in its
+field's range (the exporter, for ids straight from a `StringLookup` whose
+vocabulary fits the field: `keras_embdim.export.fold`); no check is built then.
 """
 
 from __future__ import annotations
@@ -282,21 +285,22 @@ class FieldLookup:
             pieces.append(out if out.shape.rank == 2 else _per_example(out, batch, len(g.fields) * g.width))
         return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
 
-    def _checked(self, ids):
-        ids, valid = self.guard(ids)
+    def _checked(self, ids, checked: bool = False):
+        ids, valid = (tf.cast(as_int_ids(ids), tf.int32), None) if checked else self.guard(ids)
         if not self.multi_field:
             ids = ids[..., None]
             valid = valid[..., None] if valid is not None else None
         return ids, valid
 
-    def folded(self, ids: tf.Tensor) -> tf.Tensor:
-        """`[batch, P]`: the kept values of every lookup of an example (see `folded_codes`)."""
-        ids, valid = self._checked(ids)
+    def folded(self, ids: tf.Tensor, checked: bool = False) -> tf.Tensor:
+        """`[batch, P]`: the kept values of every lookup of an example (see `folded_codes`);
+        `checked`: every id is known to be in its field's range (module docstring)."""
+        ids, valid = self._checked(ids, checked)
         if not self.kept_width:
             return tf.zeros(tf.stack([tf.shape(ids)[0], 0]), tf.float32)
         return self._gather_fn(*self._split(ids, valid))
 
-    def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
+    def folded_fields(self, columns: Sequence[tf.Tensor], checked: bool = False) -> tf.Tensor:
         """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`).
 
         One id tensor per field, as a `StackFields` call receives them. Each
@@ -307,19 +311,20 @@ class FieldLookup:
         all fields are checked at once (`IdGuard.check_stacked`, on their
         stack along a new first axis: each field's ids copied whole), before
         any table is read; fields that keep nothing are checked too. Under
-        `"zero"` each group replaces its own invalid ids. Int64 ids are
-        gathered as they are, never clipped to int32 first.
+        `"zero"` each group replaces its own invalid ids; with `checked`
+        (every id known to be in range) neither runs. Int64 ids are gathered
+        as they are, never clipped to int32 first.
         """
         _check_columns(self, columns)
         columns = [as_int_ids(c) for c in columns]
         if any(c.shape.rank is None for c in columns):
-            return self.folded(stack_columns(columns))
+            return self.folded(stack_columns(columns), checked)
         # gather indices are int32 or int64: other integer ids (int16, uint32, ...) become int64, as do
         # columns of different dtypes
         if len({c.dtype for c in columns}) > 1 or columns[0].dtype not in (tf.int32, tf.int64):
             columns = [tf.cast(c, tf.int64) for c in columns]
         checks, valid = [], None
-        if self.guard.policy == "error":
+        if self.guard.policy == "error" and not checked:
             order = np.concatenate([g.fields for g in self.groups] + [self._unkept])
             checks = self.guard.check_stacked(tf.stack([columns[f] for f in order], axis=0), order)
         if not self.kept_width:
@@ -329,7 +334,7 @@ class FieldLookup:
         for g in self.groups:
             part = [columns[f] for f in g.fields]
             rows.append(part[0] if len(part) == 1 and part[0].shape.rank == 1 else tf.stack(part, axis=-1))
-        if self.guard.policy == "zero":
+        if self.guard.policy == "zero" and not checked:
             rows, valid = zip(*[self.guard.replace_invalid(r, g.fields) for r, g in zip(rows, self.groups)])
         rows = [r + tf.constant(self.row_offsets[g.fields], r.dtype) if self.row_offsets[g.fields].any() else r
                 for r, g in zip(rows, self.groups)]  # a one-field group's offset is 0
@@ -426,9 +431,10 @@ class ValueLookup:
         rows = layouts.read_rows(arrays, g, width, ranged=ranged, static=self.jit_compile, **self.meta)
         return _decode(rows, arrays.get("scales"), g, tf.float32)
 
-    def _lookup_rows(self, ids: tf.Tensor, width: int) -> tuple[tf.Tensor, tf.Tensor | None]:
+    def _lookup_rows(self, ids: tf.Tensor, width: int,
+                     checked: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`[N, width]` rows of the flattened checked ids, and the flat valid mask."""
-        ids, valid = self.guard(ids)
+        ids, valid = (tf.cast(as_int_ids(ids), tf.int32), None) if checked else self.guard(ids)
         g = ids + tf.constant(self.field_starts) if self.multi_field else ids
         g = tf.reshape(g, [-1])
         if self.jit_compile:
@@ -439,18 +445,19 @@ class ValueLookup:
             rows = rows * tf.cast(tf.reshape(valid, [-1]), rows.dtype)[:, None]
         return rows, ids
 
-    def folded(self, ids: tf.Tensor) -> tf.Tensor:
-        """`[batch, P]`: every lookup's first `width` columns (the widest field's size)."""
-        rows, ids = self._lookup_rows(ids, self.width)
+    def folded(self, ids: tf.Tensor, checked: bool = False) -> tf.Tensor:
+        """`[batch, P]`: every lookup's first `width` columns (the widest field's size);
+        `checked`: every id is known to be in its field's range (module docstring)."""
+        rows, ids = self._lookup_rows(ids, self.width, checked)
         ids = ids if self.multi_field else ids[..., None]  # [batch, *mid, F]
         shaped = tf.reshape(rows, tf.concat([tf.shape(ids), [self.width]], 0))
         return _per_example(shaped, tf.shape(ids)[0], self.num_fields * self.width)
 
-    def folded_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
-        """`folded(stack_columns(columns))`: int64 ids stacked as they are, checked by the
-        guard, never clipped to int32 first (see `FieldLookup.folded_fields`)."""
+    def folded_fields(self, columns: Sequence[tf.Tensor], checked: bool = False) -> tf.Tensor:
+        """`folded(stack_columns(columns), checked)`: int64 ids stacked as they are, checked by
+        the guard, never clipped to int32 first (see `FieldLookup.folded_fields`)."""
         _check_columns(self, columns)
-        return self.folded(stack_columns(columns))
+        return self.folded(stack_columns(columns), checked)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """As `FieldLookup.folded_codes`; columns past a field's widest value are -1 (always zero)."""
