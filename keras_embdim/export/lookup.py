@@ -72,13 +72,16 @@ class IdGuard:
         self.multi_field = bool(multi_field)
         self.policy = check_invalid_id_policy(policy)
 
-    def __call__(self, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
-        """`(int32 ids, valid)`; `valid` is a boolean mask like `ids` for `"zero"`, else None."""
+    def __call__(self, ids: tf.Tensor, checked: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """`(int32 ids, valid)`; `valid` is a boolean mask like `ids` for `"zero"`, else None.
+        `checked`: every id is known to be in its field's range, so nothing is built."""
         ids = as_int_ids(ids)
+        if checked:
+            return tf.cast(ids, tf.int32), None
         high = self.vocab_sizes if self.multi_field else self.vocab_sizes[:1].reshape(())
         in_range = _below(ids, high)
         if self.policy == "zero":
-            return tf.cast(tf.where(in_range, ids, tf.zeros_like(ids)), tf.int32), in_range
+            return tf.cast(_zeroed(ids, in_range), tf.int32), in_range
 
         def fail():
             with tf.control_dependencies([self._fail(ids, in_range)]):
@@ -88,24 +91,27 @@ class IdGuard:
         return tf.cast(checked, tf.int32), None
 
     def check_stacked(self, ids: tf.Tensor, fields: np.ndarray) -> list:
-        """The `"error"` check of the ids of `fields` (multi-field) stacked on the first axis
-        (`[n, ...]`): one unsigned comparison of all ids against their field's vocabulary (a
-        bitcast, so a negative id is a huge value) and one `cond`; only a failing request
-        computes the message, naming the first field (in field order) with a bad id and its
-        largest bad id. Returns the check that whatever reads the ids must run after
-        (`tf.control_dependencies`)."""
+        """The `"error"` check of the ids of every field, stacked on the first axis in the
+        order `fields` (a permutation of the layer's fields; `[F, ...]`): one unsigned
+        comparison of all ids against their field's vocabulary (a bitcast, so a negative id is
+        a huge value) and one `cond`; only a failing request computes the message, naming the
+        first field (in field order) with a bad id and its largest bad id. Returns the check
+        that whatever reads the ids must run after (`tf.control_dependencies`)."""
         fields = np.asarray(fields, np.int64)
+        if sorted(fields.tolist()) != list(range(len(self.vocab_sizes))):
+            raise ValueError(f"`fields` must hold every field of layer '{self.layer_name}' once; "
+                             f"received {fields.tolist()}.")
         vocab = self.vocab_sizes[fields].reshape([-1] + [1] * (ids.shape.rank - 1))
         unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
         bits = tf.bitcast(ids, unsigned)
         ok = tf.reduce_all(bits < tf.constant(vocab, unsigned))
 
         def fail():  # field order: the first field with a bad id
-            largest = tf.reduce_max(tf.reshape(bits, [len(fields), -1]), axis=1)  # [n], in stack order
-            bad = tf.gather(largest, np.argsort(fields))
-            field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes[np.sort(fields)], unsigned))[0][0], tf.int32)
+            largest = tf.reduce_max(tf.reshape(bits, [len(fields), -1]), axis=1)  # [F], in stack order
+            bad = tf.gather(largest, np.argsort(fields))  # [F], in field order
+            field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes, unsigned))[0][0], tf.int32)
             value = tf.cast(tf.bitcast(tf.gather(bad, field), ids.dtype), tf.int64)
-            with tf.control_dependencies([self._assert(tf.gather(np.sort(fields).astype(np.int32), field), value)]):
+            with tf.control_dependencies([self._assert(field, value)]):
                 return tf.constant(False)
 
         return [tf.cond(ok, lambda: tf.constant(True), fail)]
@@ -115,7 +121,7 @@ class IdGuard:
         `[N]` ids of one field): invalid ids replaced by 0, `valid` marks the others."""
         vocab = self.vocab_sizes[np.asarray(fields, np.int64)]
         in_range = _below(ids, vocab if ids.shape.rank > 1 or len(vocab) > 1 else vocab[0])
-        return tf.where(in_range, ids, tf.zeros_like(ids)), in_range
+        return _zeroed(ids, in_range), in_range
 
     def _fail(self, ids: tf.Tensor, in_range: tf.Tensor) -> tf.Operation:
         """The assertion that fails a request, naming its first bad field and id."""
@@ -130,6 +136,11 @@ class IdGuard:
             tf.strings.as_string(value), ", outside its vocabulary of ", vocab, " ids [0, ", vocab, ").",
         ])
         return tf.debugging.Assert(tf.constant(False), [message])
+
+
+def _zeroed(ids: tf.Tensor, in_range: tf.Tensor) -> tf.Tensor:
+    """`"zero"`: the ids with the invalid ones replaced by 0 (a row every table has)."""
+    return tf.where(in_range, ids, tf.zeros_like(ids))
 
 
 def _below(ids: tf.Tensor, high) -> tf.Tensor:
@@ -286,7 +297,7 @@ class FieldLookup:
         return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
 
     def _checked(self, ids, checked: bool = False):
-        ids, valid = (tf.cast(as_int_ids(ids), tf.int32), None) if checked else self.guard(ids)
+        ids, valid = self.guard(ids, checked)
         if not self.multi_field:
             ids = ids[..., None]
             valid = valid[..., None] if valid is not None else None
@@ -434,7 +445,7 @@ class ValueLookup:
     def _lookup_rows(self, ids: tf.Tensor, width: int,
                      checked: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`[N, width]` rows of the flattened checked ids, and the flat valid mask."""
-        ids, valid = (tf.cast(as_int_ids(ids), tf.int32), None) if checked else self.guard(ids)
+        ids, valid = self.guard(ids, checked)
         g = ids + tf.constant(self.field_starts) if self.multi_field else ids
         g = tf.reshape(g, [-1])
         if self.jit_compile:
