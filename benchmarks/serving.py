@@ -175,13 +175,25 @@ def _traffic(model, data) -> dict:
 
 # ------------------------------------------------------------------- timing
 def count_ops(fn) -> dict:
-    """The ops a call of the concrete function `fn` runs: every function of its graph but the
-    failing branch of a `tf.cond` (the id check's, which runs only for a bad request); constants
-    and pass-throughs left out. Returns `{"ops": n, "gathers": n}`. Self-contained: its source
-    is also the TensorFlow-only timer's (`TIMER`)."""
+    """The ops a call of the concrete function `fn` runs: the functions it calls, transitively,
+    but not the failing branch of a `tf.cond` (the id check's, which runs only for a bad request)
+    nor what only that branch calls (the message's function); constants and pass-throughs left
+    out. Returns `{"ops": n, "gathers": n}`. Self-contained: its source is also the
+    TensorFlow-only timer's (`TIMER`)."""
     skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
-    lib = fn.graph.as_graph_def().library.function
-    kinds = [n.op for f in lib if "cond_false" not in f.signature.name for n in f.node_def if n.op not in skip]
+    graph = fn.graph.as_graph_def()
+    lib = {f.signature.name: f for f in graph.library.function}
+    kinds, seen, todo = [], set(), [list(graph.node)]
+    while todo:
+        for n in todo.pop():
+            if n.op not in skip:
+                kinds.append(n.op)
+            for key, attr in n.attr.items():  # called functions: `f` of a call, `then_branch` of a cond
+                name = attr.func.name if key in ("f", "then_branch", "body", "cond") else ""
+                if name in lib and name not in seen:
+                    seen.add(name)
+                    todo.append(list(lib[name].node_def))
+    kinds = [k for k in kinds if k not in ("StatefulPartitionedCall", "PartitionedCall")]
     return {"ops": len(kinds), "gathers": sum("Gather" in k for k in kinds)}
 
 

@@ -84,13 +84,22 @@ def test_serving_op_count_leaves_out_the_failing_branch_of_the_id_check(small_da
     fn = tf.saved_model.load(path).signatures["serving_default"]
     ops = serving.count_ops(fn)
     assert ops["gathers"] == 2  # one row gather per width table
-    every = collections.Counter(n.op for f in fn.graph.as_graph_def().library.function for n in f.node_def)
+    lib = fn.graph.as_graph_def().library.function
+    every = collections.Counter(n.op for f in lib for n in f.node_def)
     assert every["If"] == 1 and every["Assert"] == 1 and every["StringJoin"] == 1
-    branch = [f for f in fn.graph.as_graph_def().library.function if "cond_false" in f.signature.name]
-    assert len(branch) == 1 and any(n.op == "Assert" for n in branch[0].node_def)  # the message lives there
-    skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
-    in_branch = sum(n.op not in skip for n in branch[0].node_def)
-    assert ops["ops"] == sum(v for k, v in every.items() if k not in skip) - in_branch
+    # the failing branch is one call of a function of its own (not inlined), where the message lives
+    branch = [f for f in lib if "cond_false" in f.signature.name]
+    assert len(branch) == 1
+    calls = [n for n in branch[0].node_def if n.op in ("StatefulPartitionedCall", "PartitionedCall")]
+    assert len(calls) == 1
+    message = [f for f in lib if f.signature.name == calls[0].attr["f"].func.name]
+    assert len(message) == 1 and message[0].attr["_noinline"].b
+    assert any(n.op == "Assert" for n in message[0].node_def)
+    skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval", "StatefulPartitionedCall",
+            "PartitionedCall"}
+    in_branch = sum(n.op not in skip for f in (branch[0], message[0]) for n in f.node_def)
+    top = sum(n.op not in skip for n in fn.graph.as_graph_def().node)
+    assert ops["ops"] == sum(v for k, v in every.items() if k not in skip) + top - in_branch
     assert serving.time_exports({"ours": path}, d, [1], rounds=1, reps=1)["ops"]["ours"] == ops  # the timer's
 
 

@@ -83,11 +83,12 @@ class IdGuard:
         if self.policy == "zero":
             return tf.cast(_zeroed(ids, in_range), tf.int32), in_range
 
-        def fail():
+        def fail(ids, in_range):
             with tf.control_dependencies([self._fail(ids, in_range)]):
                 return tf.identity(ids)
 
-        checked = tf.cond(tf.reduce_all(in_range), lambda: ids, fail)
+        failing = _apart(fail)
+        checked = tf.cond(tf.reduce_all(in_range), lambda: ids, lambda: failing(ids, in_range))
         return tf.cast(checked, tf.int32), None
 
     def check_stacked(self, ids: tf.Tensor, fields: np.ndarray) -> list:
@@ -106,7 +107,7 @@ class IdGuard:
         bits = tf.bitcast(ids, unsigned)
         ok = tf.reduce_all(bits < tf.constant(vocab, unsigned))
 
-        def fail():  # field order: the first field with a bad id
+        def fail(bits):  # field order: the first field with a bad id
             largest = tf.reduce_max(tf.reshape(bits, [len(fields), -1]), axis=1)  # [F], in stack order
             bad = tf.gather(largest, np.argsort(fields))  # [F], in field order
             field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes, unsigned))[0][0], tf.int32)
@@ -114,7 +115,8 @@ class IdGuard:
             with tf.control_dependencies([self._assert(field, value)]):
                 return tf.constant(False)
 
-        return [tf.cond(ok, lambda: tf.constant(True), fail)]
+        failing = _apart(fail)
+        return [tf.cond(ok, lambda: tf.constant(True), lambda: failing(bits))]
 
     def replace_invalid(self, ids: tf.Tensor, fields: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
         """`"zero"`: `(ids, valid)` for the ids of `fields` on the last axis (`[..., n]`; the
@@ -136,6 +138,16 @@ class IdGuard:
             tf.strings.as_string(value), ", outside its vocabulary of ", vocab, " ids [0, ", vocab, ").",
         ])
         return tf.debugging.Assert(tf.constant(False), [message])
+
+
+def _apart(fn):
+    """`fn` as a function of its own that the graph optimizer does not inline (`_noinline`): the
+    failing branch of an id check is then one call op. Inlined, its ops (the message's where,
+    gathers, string joins) sit in the serving graph, and every request, which takes the other
+    branch, pays the executor's work of marking each of them dead. Eagerly, `fn` itself."""
+    if tf.executing_eagerly():
+        return fn
+    return tf.function(fn, autograph=False, experimental_attributes={"_noinline": True})
 
 
 def _zeroed(ids: tf.Tensor, in_range: tf.Tensor) -> tf.Tensor:
