@@ -19,7 +19,7 @@ def runs():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["sseds", "sseds_fisher", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
+@pytest.mark.parametrize("method", ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
 def test_mirrored_search_and_export_match_one_device(runs, method):
     one, two = runs[f"{method}/single"], runs[f"{method}/mirrored"]
     assert two["kept_dims"] == one["kept_dims"] and two["kept_params"] == one["kept_params"]
@@ -31,9 +31,17 @@ def test_mirrored_search_and_export_match_one_device(runs, method):
         assert two["counts_total"] == one["counts_total"]
     # every epoch's loss, the search epochs included (AMTL's size penalty once weighed 1.5x on two
     # replicas: it counted ids with a collective in the forward pass; it now counts in the backward pass)
-    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-3)
+    spread, compared = two["replica_spread"]
+    assert compared > 0 and spread == 0.0  # what the callbacks rewrite from the host reached both replicas
+    # The rotation takes each field's principal axes from the table as training left it: where two
+    # eigenvalues are close, the reduction order of two replicas can turn the axes (measured under
+    # tf_keras, before and after the optimizer's moments were rotated too: the same kept dims, epoch-2
+    # losses 0.2 % apart, predictions up to 0.02), so the rotated runs are held to the same dims, an
+    # exact export and a looser match.
+    rotated = method == "sseds_rotate"
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-2 if rotated else 1e-3)
     same_sizes = one["value_sizes"] == two["value_sizes"]
-    np.testing.assert_allclose(two["pred"], one["pred"], atol=1e-3 if same_sizes else 3e-2)
+    np.testing.assert_allclose(two["pred"], one["pred"], atol=1e-3 if same_sizes and not rotated else 3e-2)
     assert two["export_max_abs_diff"] <= 1e-5
     if same_sizes:
         assert two["export_bytes"] == one["export_bytes"]

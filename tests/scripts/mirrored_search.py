@@ -33,10 +33,28 @@ def callback(method):
         "sseds": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, verbose=0),
         # per-example gradients: each replica reads its own examples, the sums meet in one variable
         "sseds_fisher": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, score="fisher", verbose=0),
+        # the rotation rewrites the mirrored table, kernel and their optimizer slots from the host
+        "sseds_rotate": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, rotate=True, verbose=0),
         "ham": lambda: ked.HardMaskSearch(0.2, verbose=0),
         "pme": lambda: ked.PMEPruner(0.2, verbose=0),
         "amtl": lambda: ked.TwinsMaskSearch(0.2, verbose=0),
     }[method]()
+
+
+def replica_spread(model):
+    """`(largest difference, copies compared)` between the replicas' copies of every trainable variable
+    and optimizer slot (nothing to compare on one device): a host-side rewrite (pruning, the rotation)
+    must reach every copy."""
+    from keras_embdim import _compat
+
+    spread, compared = 0.0, 0
+    for v in model.trainable_weights:
+        for var in [v, *_compat.optimizer_slots(model.optimizer, v)]:
+            copies = getattr(_compat.tf_variable(var), "values", None) or ()
+            for c in copies[1:]:
+                spread = max(spread, float(np.abs(c.numpy() - copies[0].numpy()).max()))
+                compared += 1
+    return spread, compared
 
 
 def removed_nonzero(layer, mask):
@@ -82,10 +100,11 @@ def main(methods):
                 "export_bytes": r.embedding_bytes,
                 "export_layout": next(iter(r.layouts.values())),
                 "removed_nonzero": removed_nonzero(layer, mask),
+                "replica_spread": replica_spread(model),
                 "counts_total": float(np.sum(np.asarray(layer.counter.counts))) if isinstance(layer, ked.TwinsMaskLayer) else None,
             }
     print(json.dumps(out))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sseds", "sseds_fisher", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
+    main(sys.argv[1:] or ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
