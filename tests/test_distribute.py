@@ -19,7 +19,10 @@ def runs():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("method", ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
+METHODS = ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_mirrored_search_and_export_match_one_device(runs, method):
     one, two = runs[f"{method}/single"], runs[f"{method}/mirrored"]
     assert two["kept_dims"] == one["kept_dims"] and two["kept_params"] == one["kept_params"]

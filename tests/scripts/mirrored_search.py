@@ -107,4 +107,5 @@ def main(methods):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "amtl", "pme_lazy", "pme_catchup"])
+    main(sys.argv[1:] or ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "amtl", "pme_lazy",
+                          "pme_catchup"])
