@@ -126,28 +126,6 @@ def optimizer_slot(optimizer: Any, attr: str, variable: Any) -> Any:
     return slots[optimizer._index_dict[optimizer._var_key(variable)]]
 
 
-# optimizer slot lists by how their entries change when the variable's coordinates rotate
-# (`v' = v R` for an orthogonal `R`): first moments move with the gradient (`m R`); second moments
-# are per-coordinate means of squared gradients, whose rotation is not a function of the diagonal
-# alone: with uncorrelated coordinates it is `v (R * R)`. Both Keras versions' Adam, AdamW, Nadam,
-# RMSprop, Adagrad, SGD name their lists so.
-FIRST_MOMENT_SLOTS = ("_momentums", "momentums", "_average_gradients")
-SECOND_MOMENT_SLOTS = ("_velocities", "_velocity_hats", "_accumulators")
-
-
-def optimizer_moment_slots(optimizer: Any, variable: Any) -> tuple[list, list]:
-    """`(first-moment slots, second-moment slots)` of `variable` in `optimizer`'s known slot lists
-    (`FIRST_MOMENT_SLOTS`, `SECOND_MOMENT_SLOTS`); empty for an optimizer without them."""
-    found = ([], [])
-    if optimizer is None:
-        return found
-    for kind, attrs in enumerate((FIRST_MOMENT_SLOTS, SECOND_MOMENT_SLOTS)):
-        for attr in attrs:
-            if getattr(optimizer, attr, None):  # a list of slots (empty or absent: not this optimizer's)
-                found[kind].append(optimizer_slot(optimizer, attr, variable))
-    return found
-
-
 def optimizer_learning_rate(optimizer: Any, learning_rate: Any) -> Any:
     """The step's learning rate: Keras 3 passes it to `update_step`, tf_keras's optimizer holds it."""
     return learning_rate if KERAS_3 else optimizer.learning_rate

@@ -112,3 +112,21 @@ def test_stale_step_section_pairs_old_records_with_todays():
     assert "| +0.0133 | +4.0 SE | +0.0100 to +0.0200 (n=3) |" in rows["sseds_retrain (stale step) - sseds_retrain"]
     assert "| +0.0233 |" in rows["sseds_retrain (stale step) - sseds"]
     assert planted.stale_step_section(today, []) == []
+
+
+def test_rotated_moments_section_pairs_the_experiment_with_todays_records():
+    def rec(m, s, v):
+        return {**_record(m, s, v), "kept_dims": [1], "params_fraction": 0.1, "epoch": 2, "test_aucs": [], "ranks": [1]}
+
+    today = [rec("sseds_rotate", s, v) for s, v in enumerate([0.79, 0.80, 0.80])]
+    today += [rec("uniform_floor", s, 0.78) for s in range(3)] + [rec("uniform_ceil", s, 0.77) for s in range(3)]
+    rotated = [rec("sseds_rotate", s, v) for s, v in enumerate([0.80, 0.82, 0.81])]
+    lines = planted.rotated_moments_section(today, rotated)
+    row = [line for line in lines if line.startswith("| s | oracle | sseds_rotate |")]
+    # rotated minus zeroed: 0.01, 0.02, 0.01 (the paired test's hand computation); against the better
+    # uniform model (floor, 0.78): 0.02, 0.04, 0.03 -> +0.03 / (0.01 / sqrt(3)) = +5.2 SE; zeroed: 0.01, 0.02,
+    # 0.02 -> (0.05 / 3) / (sqrt(1 / 3) / 100 / sqrt(3)) = +5.0 SE
+    assert len(row) == 1 and "| +0.0133 | +4.0 SE | +0.0100 to +0.0200 (n=3) | +5.2 SE | +5.0 SE |" in row[0]
+    pooled = [line for line in lines if line.startswith("| all | both | sseds_rotate |")]
+    assert len(pooled) == 1 and "| +0.0133 | +4.0 SE | 3 of 3 seeds above |" in pooled[0]
+    assert planted.rotated_moments_section(today, []) == []

@@ -17,18 +17,15 @@ consumer (an FM inner product between fields rotated differently, pooling,
 attention) would change, so such a layer is not rotated: `rotate_layer`
 raises and says why.
 
-The optimizer's state of the rotated variables (table and kernels) is rotated
-with them (`rotate_optimizer_state`): first moments exactly as the variables
-(`m Q`, `Q^T m`), second moments as the mean squared gradient of the new
-coordinates would be if the old ones were uncorrelated (`v (Q * Q)`,
-`(Q * Q)^T v`, elementwise squares of `Q`): the diagonal is all the optimizer
-keeps of the gradient's covariance, so that is the estimate it allows. Zeroing
-the state instead (what this module did before) makes the next steps of Adam,
-its bias correction long done, move every entry of the rotated variables by
-about the learning rate whatever its gradient (`m / sqrt(v)` with both
-restarting from zero): a jolt to the columns of noise fields just when the
-gate gradients that rank the columns are being summed. Slots of an optimizer
-that keeps other state are zeroed.
+The optimizer's state of the rotated variables (table and kernels) is reset:
+moments of the old basis do not describe the new one (Adam's second moments do
+not rotate). Its cost: a few steps of larger updates of those variables (their
+slots restart from zero while the step count, and so Adam's bias correction,
+goes on). Rotating the moments with the variables instead (first moments as
+the variables, second moments by the squares of the rotation) was measured on
+the planted ranks and not kept: better where fields are alike, worse for
+`score="fisher"` where they differ, the setting the rotation is for
+(`docs/results/planted.md`, "Rotation with the optimizer's moments rotated").
 """
 
 from __future__ import annotations
@@ -36,9 +33,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from keras_embdim import _compat, _utils
+from keras_embdim import _utils
 from keras_embdim import rows as row_ops
 from keras_embdim.fields import field_offsets
 
@@ -76,8 +72,7 @@ def rotate_layer(model: Any, layer: Any, optimizer: Any = None) -> list[np.ndarr
     Args:
         model: the functional model `layer` is called in.
         layer: a searchable layer whose mask is still full.
-        optimizer: the model's optimizer; its state of the rotated variables is rotated with them
-            (`rotate_optimizer_state`).
+        optimizer: the model's optimizer; its state of the rotated variables is reset.
 
     Returns:
         The rotation `Q_f` of each field.
@@ -97,48 +92,21 @@ def rotate_layer(model: Any, layer: Any, optimizer: Any = None) -> list[np.ndarr
         )
     table = layer.embedding_variable
     starts = field_offsets(layer.field_vocab_sizes)
-    ranges = [(int(a), int(a + n)) for a, n in zip(starts, layer.field_vocab_sizes)]
-    rotations = [principal_axes(field_gram(table, a, b)) for a, b in ranges]
-    _rotate_table_rows(table, ranges, rotations)
-    kernels = [(k.dense.kernel, [idx for position in k.rows for idx in position],
-                [rotations[f] for position in k.rows for f in range(len(position))]) for k in found]
-    for kernel, rows, qs in kernels:
-        _rotate_kernel_rows(kernel, rows, qs)
-    if optimizer is not None:
-        rotate_optimizer_state(optimizer, table, ranges, rotations, kernels)
-    return rotations
-
-
-def rotate_optimizer_state(optimizer: Any, table: Any, ranges: list, rotations: list, kernels: list) -> None:
-    """Rotate the optimizer's state of `table` (field f's rows `ranges[f]` times `rotations[f]`) and
-    of each `(kernel, rows, rotations)` (the rows `rows[i]` of `kernel` times `rotations[i]^T`), as
-    `rotate_layer` rotates the variables themselves (module docstring): first moments alike,
-    second moments by the elementwise squares of the rotations; any other slot is zeroed."""
-    parts = [(table, lambda v, qs: _rotate_table_rows(v, ranges, qs), rotations)]
-    parts += [(kernel, lambda v, qs, rows=rows: _rotate_kernel_rows(v, rows, qs), qs) for kernel, rows, qs in kernels]
-    for variable, rotate, qs in parts:
-        first, second = _compat.optimizer_moment_slots(optimizer, variable)
-        for slot in first:
-            rotate(slot, qs)
-        for slot in second:
-            rotate(slot, [q * q for q in qs])
-        moved = {id(slot) for slot in first + second}
-        for slot in _compat.optimizer_slots(optimizer, variable):
-            if id(slot) not in moved:
-                slot.assign(tf.zeros(slot.shape, slot.dtype))
-
-
-def _rotate_table_rows(table: Any, ranges: list, rotations: list) -> None:
-    """Rows `[a, b)` of `table` (a variable or a slot of one) times `rotations[f]`, chunk by chunk."""
-    for (start, stop), q in zip(ranges, rotations):
-        for a, b in row_ops.chunks(start, stop):
+    rotations = []
+    for start, n in zip(starts, layer.field_vocab_sizes):
+        q = principal_axes(field_gram(table, int(start), int(start + n)))
+        for a, b in row_ops.chunks(int(start), int(start + n)):
             rows = row_ops.read_rows(table, a, b).astype(np.float64)
             row_ops.assign_rows(table, a, b, (rows @ q).astype(np.float32))
-
-
-def _rotate_kernel_rows(kernel: Any, rows: list, rotations: list) -> None:
-    """`kernel[rows[i]] = rotations[i]^T @ kernel[rows[i]]` (the kernel of a Dense, or a slot of one)."""
-    value = _utils.to_numpy(kernel).astype(np.float64)
-    for idx, q in zip(rows, rotations):
-        value[idx] = q.T @ value[idx]
-    kernel.assign(value.astype(np.float32))
+        rotations.append(q)
+    kernels = []
+    for k in found:
+        kernel = _utils.to_numpy(k.dense.kernel).astype(np.float64)
+        for position in k.rows:
+            for f, idx in enumerate(position):
+                kernel[idx] = rotations[f].T @ kernel[idx]
+        k.dense.kernel.assign(kernel.astype(np.float32))
+        kernels.append(k.dense.kernel)
+    if optimizer is not None:
+        _utils.reset_optimizer_state(optimizer, [table, *kernels])
+    return rotations
