@@ -4,6 +4,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -160,6 +161,40 @@ def test_invalid_ids_error_or_zero_chosen_at_export(searched, tmp_path):
     np.testing.assert_allclose(served[[0, 2]], model.predict(fixed, verbose=0)[[0, 2]], atol=1e-6)
     with pytest.raises(ValueError, match="`on_invalid_id` must be one of"):
         ked.DimensionExporter(str(tmp_path / "x"), on_invalid_id="clip")
+
+
+BAD_REQUEST_TF1 = r"""
+import sys
+sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
+import numpy as np, tensorflow as tf
+export_dir, field, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+graph = tf.Graph()
+with tf.compat.v1.Session(graph=graph) as sess:
+    sd = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir).signature_def["serving_default"]
+    request = {n: np.array([1, 2], np.int64) for n in names}
+    request[field] = np.array([1, 10**6], np.int64)
+    try:
+        sess.run(graph.get_tensor_by_name(sd.outputs["ctr"].name),
+                 {graph.get_tensor_by_name(sd.inputs[n].name): v for n, v in request.items()})
+        print("ANSWERED")
+    except tf.errors.InvalidArgumentError as e:
+        print("REFUSED", e.message.splitlines()[0] if "received id" not in e.message else
+              [line for line in e.message.splitlines() if "received id" in line][0])
+"""
+
+
+def test_a_bad_request_is_refused_by_the_tf1_session_loader_in_a_fresh_process(searched, tmp_path):
+    """As TF Serving runs it: the id check's failing branch (a function of its own, not inlined) runs
+    in a session graph too, and its message names the field, the id and the vocabulary."""
+    d, model, sample = searched
+    r = ked.export_compact(model, str(tmp_path / "err"), sample_inputs=sample, verbose=0)
+    field = d.field_names[2]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", BAD_REQUEST_TF1, r.path, field, ",".join(d.field_names)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    out = proc.stdout.strip().splitlines()
+    assert out and out[-1].startswith("REFUSED"), (proc.stdout, proc.stderr[-2000:])
+    assert f'field \\"{field}\\" received id 1000000, outside its vocabulary of {d.vocab_sizes[2]} ids' in out[-1]
 
 
 def test_string_inputs_with_a_lookup_inside_serve_in_a_fresh_process(tmp_path):
