@@ -183,15 +183,14 @@ def count_ops(fn) -> dict:
     skip = {"Const", "Placeholder", "NoOp", "Identity", "_Arg", "_Retval"}
     graph = fn.graph.as_graph_def()
     lib = {f.signature.name: f for f in graph.library.function}
-    kinds, seen, todo = [], set(), [list(graph.node)]
-    while todo:
+    kinds, todo = [], [list(graph.node)]
+    while todo:  # every call counted (a function's graph calls no function that calls it back)
         for n in todo.pop():
             if n.op not in skip:
                 kinds.append(n.op)
             for key, attr in n.attr.items():  # called functions: `f` of a call, `then_branch` of a cond
                 name = attr.func.name if key in ("f", "then_branch", "body", "cond") else ""
-                if name in lib and name not in seen:
-                    seen.add(name)
+                if name in lib:
                     todo.append(list(lib[name].node_def))
     kinds = [k for k in kinds if k not in ("StatefulPartitionedCall", "PartitionedCall")]
     return {"ops": len(kinds), "gathers": sum("Gather" in k for k in kinds)}
