@@ -170,16 +170,6 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
         self.layout.check_axis(ids, self.name)
         return ids
 
-    def serving_field_ids(self, columns) -> list[tf.Tensor]:
-        """`serving_ids` from one id tensor per field; see `DimensionSearchable.serving_field_ids`."""
-        return self.layout.local_columns(columns, self.name)
-
-    @property
-    def serving_ids_unshifted(self) -> bool:
-        """See `DimensionSearchable.serving_ids_unshifted`: true unless the ids are global ids of a
-        shared id space (made local by subtracting each field's offset)."""
-        return not self.layout.global_ids
-
     # -------------------------------------------------------- mask protocol
     def dimension_mask(self) -> DimensionMask:
         keep = _utils.to_numpy(self._mask_variable) > 0.5 if self.built else np.ones(

@@ -1,7 +1,9 @@
 """`LayerState`: what keras_embdim's embedding layers share around their field layout.
 
 - The field properties (`field_names`, `field_vocab_sizes`, `num_fields`,
-  `multi_field`) read the layer's `layout` (`keras_embdim.fields.FieldLayout`).
+  `multi_field`) read the layer's `layout` (`keras_embdim.fields.FieldLayout`),
+  as do the exporter's per-field ids (`serving_field_ids`) and whether served
+  ids are taken as they come (`serving_ids_unshifted`).
 
 - Their own variables are saved and loaded in one fixed order
   (`_state_variables`), so that `.keras` files, `save_weights` and
@@ -38,6 +40,16 @@ class LayerState:
     @property
     def multi_field(self) -> bool:
         return self.layout.multi_field
+
+    def serving_field_ids(self, columns) -> list:
+        """`serving_ids` from one id tensor per field; see `DimensionSearchable.serving_field_ids`."""
+        return self.layout.local_columns(columns, self.name)
+
+    @property
+    def serving_ids_unshifted(self) -> bool:
+        """See `DimensionSearchable.serving_ids_unshifted`: true unless the ids are global ids of a
+        shared id space (made local by subtracting each field's offset)."""
+        return not self.layout.global_ids
 
     def _state_variables(self) -> list:  # pragma: no cover - interface
         """The layer's own variables, in the order they are saved."""

@@ -322,16 +322,6 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         self.layout.check_axis(ids, self.name)
         return self.layout.local(ids)
 
-    def serving_field_ids(self, columns) -> list[tf.Tensor]:
-        """`serving_ids` from one id tensor per field; see `DimensionSearchable.serving_field_ids`."""
-        return self.layout.local_columns(columns, self.name)
-
-    @property
-    def serving_ids_unshifted(self) -> bool:
-        """See `DimensionSearchable.serving_ids_unshifted`: true unless the ids are global ids of a
-        shared id space (made local by subtracting each field's offset)."""
-        return not self.layout.global_ids
-
     def compute_mask(self, inputs, mask=None):
         return self.embedding.compute_mask(inputs, mask)
 
