@@ -76,7 +76,7 @@ OUT = os.path.join(_common.DOCS, "planted.md")
 # the per-field searches and their variants: issue 19's targets
 PER_FIELD = ("sseds", "sseds_steps100", "sseds_warm2", "sseds_retrain", "sseds_rotate", "sseds_fisher",
              "sseds_fisher_rotate", "ham", "ham_search2", "ham_retrain", "ham_ortho", "ham_ortho_search",
-             "ham_ortho_weak")
+             "ham_ortho_weak", "sseds_joint", "sseds_joint_rotate")
 SEARCHES = PER_FIELD + ("amtl", "pme")
 METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle") + PER_FIELD + ("amtl", "pme", "mde")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
@@ -135,6 +135,11 @@ def method_setup(method: str, budget: float, data):
     if method in ("sseds_fisher", "sseds_fisher_rotate"):  # scored by the gates' Fisher information
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         return emb, dim, [ked.SingleShotPruner(budget, score="fisher", rotate=method.endswith("rotate"), verbose=0)]
+    if method in ("sseds_joint", "sseds_joint_rotate"):  # the gates' joint Fisher: a field's columns scored
+        # together (keras_embdim.search.joint), so a field spread over several columns is not starved
+        emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
+        return emb, dim, [ked.SingleShotPruner(budget, score="fisher_joint", rotate=method.endswith("rotate"),
+                                               verbose=0)]
     if method == "ham_search2":  # two search epochs instead of one, the same hypothesis for HAM's scores
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         return emb, dim, [ked.HardMaskSearch(budget, search_epochs=2, verbose=0)]
@@ -275,7 +280,9 @@ VARIANTS = (("sseds_fisher", "sseds", "the Fisher score"), ("sseds_steps100", "s
             ("sseds_rotate", "sseds", "the rotation"), ("ham_search2", "ham", "2 search epochs"),
             ("ham_retrain", "ham", "retrained from init"), ("ham_ortho_search", "ham", "the search epoch's penalty"),
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),
-            ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"))
+            ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"),
+            ("sseds_joint", "sseds_fisher", "the joint Fisher score"),
+            ("sseds_joint_rotate", "sseds_fisher_rotate", "the joint Fisher score"))
 
 
 def _aucs(records: list[dict]) -> dict:

@@ -19,7 +19,7 @@ from keras_embdim.validation import check_choice, check_int
 
 logger = logging.getLogger("keras_embdim")
 
-_SCORES = ("abs_mean", "mean_abs", "taylor", "fisher")
+_SCORES = ("abs_mean", "mean_abs", "taylor", "fisher", "fisher_joint")
 
 
 class SingleShotPruner(DimensionSearchCallback):
@@ -219,6 +219,7 @@ class SingleShotPruner(DimensionSearchCallback):
         self._probes = {layer: layer.attach_gate_probe() for layer in self._layers}
         for probe in self._probes.values():
             probe.reset()
+            probe.record_pairs(self.score == "fisher_joint")
         if self.scoring_data is not None:
             self._score_explicit()
             self._finish()

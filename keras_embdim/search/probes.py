@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from keras_embdim.search import joint
+
 
 def sum_over_workers(value, strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
     """A worker-local accumulator summed over the workers of `strategy`.
@@ -64,12 +66,21 @@ class GateProbe:
         self.grad_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_grad_sum")
         self.abs_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_abs_sum")
         self.sq_sum = tf.Variable(tf.zeros(shape), trainable=False, name="gate_sq_sum")  # per example
+        # per example, the outer product of a field's gate gradients (score="fisher_joint"); accumulated only
+        # after record_pairs(True): B x F x D^2 per step
+        self.pair_sum = tf.Variable(tf.zeros((num_fields, output_dim, output_dim)), trainable=False,
+                                    name="gate_pair_sum")
+        self.pairs = False
         self.examples = tf.Variable(0.0, trainable=False, name="gate_examples")
         self.batches = tf.Variable(0.0, trainable=False, name="gate_batches")
 
+    def record_pairs(self, enabled: bool) -> None:
+        """Whether the backward pass also accumulates `pair_sum` (read at the next trace)."""
+        self.pairs = bool(enabled)
+
     def reset(self) -> None:
         self.examples.assign(0.0)
-        for v in (self.grad_sum, self.abs_sum, self.sq_sum):
+        for v in (self.grad_sum, self.abs_sum, self.sq_sum, self.pair_sum):
             v.assign(tf.zeros_like(v))
         self.batches.assign(0.0)
 
@@ -100,6 +111,8 @@ class GateProbe:
                 probe.abs_sum.assign_add(tf.abs(g))
                 # the loss is a batch mean: an example's own gradient is n x its share
                 probe.sq_sum.assign_add(tf.reduce_sum(tf.square(per * n), axis=0))
+                if probe.pairs:
+                    probe.pair_sum.assign_add(tf.einsum("bfi,bfj->fij", per * n, per * n))
                 probe.examples.assign_add(n)
                 probe.batches.assign_add(1.0)
                 return upstream * m, tf.zeros_like(m)
@@ -121,7 +134,11 @@ class GateProbe:
                 half the mean over examples of `(dl/dalpha)^2` (each example's
                 own loss `l`): the second-order estimate of that rise at a
                 trained model, where the mean gradient is about zero (the
-                empirical Fisher information of the gate).
+                empirical Fisher information of the gate); "fisher_joint" scores
+                from the same per-example gradients with the cross terms of a
+                field's columns (`keras_embdim.search.joint`: the estimated cost
+                of cutting the field to its most needed columns; needs
+                `record_pairs(True)` before the scored steps).
             strategy: the model's `tf.distribute` strategy (sums over workers).
         """
         n = float(self.total_batches(strategy))
@@ -139,8 +156,15 @@ class GateProbe:
             # each replica's loss (by 1 / replicas) scales every column's score alike: the same ranking
             examples = max(float(sum_over_workers(self.examples, strategy)), 1.0)
             s = 0.5 * sum_over_workers(self.sq_sum, strategy) / examples
+        elif mode == "fisher_joint":
+            if not self.pairs:
+                raise ValueError("score 'fisher_joint' needs the pairs recorded: call record_pairs(True) before "
+                                 "the scored steps.")
+            examples = max(float(sum_over_workers(self.examples, strategy)), 1.0)
+            s = joint.nested_removal_scores(sum_over_workers(self.pair_sum, strategy), examples)
         else:
-            raise ValueError(f"`score` must be 'abs_mean', 'mean_abs', 'taylor' or 'fisher'; received {mode!r}.")
+            raise ValueError("`score` must be 'abs_mean', 'mean_abs', 'taylor', 'fisher' or 'fisher_joint'; "
+                             f"received {mode!r}.")
         return s
 
     def total_batches(self, strategy: tf.distribute.Strategy | None = None) -> int:
