@@ -3,7 +3,7 @@
     python benchmarks/sseds_options.py [--dataset synthetic|frappe] [--budget 0.2] [--seeds 3]
 
 Trains the full-dimension model and SingleShotPruner variants (score abs_mean /
-mean_abs / taylor / fisher, ranking score / cost, finetune / retrain) for the same epochs and
+mean_abs / taylor / fisher / fisher_joint, ranking score / cost, finetune / retrain) for the same epochs and
 writes docs/results/sseds_options_<dataset>.md (median and spread of test AUC over seeds).
 """
 
@@ -43,7 +43,7 @@ def main():
     p.add_argument("--out", default=None, help="default: docs/results/sseds_options_<dataset>.md")
     args = p.parse_args()
     args.out = args.out or os.path.join(_common.DOCS, f"sseds_options_{args.dataset}.md")
-    combos = [(s, "score", "finetune") for s in ("abs_mean", "mean_abs", "taylor", "fisher")]
+    combos = [(s, "score", "finetune") for s in ("abs_mean", "mean_abs", "taylor", "fisher", "fisher_joint")]
     combos += [("abs_mean", "cost", "finetune"), ("abs_mean", "score", "retrain")]
     variants = [("full", None)] + [(f"{s}/{r}/{a}", dict(score=s, ranking=r, after=a)) for s, r, a in combos]
     variants.append(("abs_mean/score/finetune, 1-epoch warm-up", dict(score="abs_mean", warmup_epoch=True)))
