@@ -282,6 +282,7 @@ VARIANTS = (("sseds_fisher", "sseds", "the Fisher score"), ("sseds_steps100", "s
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),
             ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"),
             ("sseds_joint", "sseds_fisher", "the joint Fisher score"),
+            ("sseds_joint", "sseds", "the joint Fisher score instead of abs_mean"),
             ("sseds_joint_rotate", "sseds_fisher_rotate", "the joint Fisher score"))
 
 
