@@ -145,21 +145,3 @@ def test_pruner_with_fisher_joint_keeps_the_budget_and_prefixes_of_its_order():
         kept = mask.kept_dims[f]
         assert set(np.argsort(-scores[f], kind="stable")[:kept].tolist()) == set(
             np.flatnonzero(np.asarray(mask.keep)[f]).tolist())
-
-
-def test_in_order_costs_cut_the_trailing_columns_and_keep_index_prefixes():
-    """On principal axes (rotate=True) a field is cut from its last column: cost[k] is the form of columns k..D-1."""
-    rng = np.random.default_rng(4)
-    pair = np.stack([_psd(rng, 6, rank=r) for r in (2, 6)])
-    for f in range(2):
-        cost = joint.prefix_cost(pair[f])
-        for k in range(7):
-            s = np.zeros(6)
-            s[k:] = 1.0
-            assert cost[k] == pytest.approx(s @ pair[f] @ s)
-    s = joint.nested_removal_scores(pair, examples=3, in_order=True)
-    assert np.all(np.diff(s, axis=1) < 0)  # any budget keeps columns 0..k-1 of every field
-    # pair / 2N = diag(4, 1, 0): costs 5, 1, 0, 0 from keeping 0..3 columns, savings 4, 1, 0 (no pooling needed)
-    m = np.diag([8.0, 2.0, 0.0])[None]
-    np.testing.assert_allclose(joint.nested_removal_scores(m, examples=1, in_order=True)[0], [4.0, 1.0, 0.0],
-                               atol=1e-6)

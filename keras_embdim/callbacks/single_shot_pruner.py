@@ -249,7 +249,7 @@ class SingleShotPruner(DimensionSearchCallback):
 
     def _finish(self):
         strategy = self.model.distribute_strategy
-        scores = [self._probes[l].scores(self.score, strategy, in_order=self.rotate) for l in self._layers]
+        scores = [self._probes[l].scores(self.score, strategy) for l in self._layers]
         batches = next(iter(self._probes.values())).total_batches(strategy)
         self._detach()
         total = float(sum(np.abs(s).sum() for s in scores))

@@ -76,24 +76,12 @@ def _non_increasing(values: np.ndarray) -> np.ndarray:
     return np.concatenate([np.full(int(n), mean) for mean, n in blocks])
 
 
-def prefix_cost(m: np.ndarray) -> np.ndarray:
-    """`cost[k]` (`k = 0..D`): `1_S' m 1_S` for `S` the columns from `k` on (cutting to the first `k`)."""
-    m = np.asarray(m, np.float64)
-    d = m.shape[0]
-    cost = np.zeros(d + 1)
-    for k in range(d):
-        cost[k] = float(m[k:, k:].sum())
-    return cost
-
-
-def nested_removal_scores(pair_sum: np.ndarray, examples: float, in_order: bool = False) -> np.ndarray:
+def nested_removal_scores(pair_sum: np.ndarray, examples: float) -> np.ndarray:
     """`[F, D]` column scores from the accumulated `sum_x p_x p_x'` of each field (`[F, D, D]`).
 
     Within a field the scores strictly decrease along the elimination order
     (ties of the pooled slopes broken by that order), so any budget keeps a
-    prefix of it. With `in_order=True` the order is the columns' own (a field
-    rotated to its principal axes, largest first: `keras_embdim.search.rotation`)
-    and the cost is that of cutting its trailing columns.
+    prefix of it.
 
     Example:
 
@@ -109,10 +97,7 @@ def nested_removal_scores(pair_sum: np.ndarray, examples: float, in_order: bool 
     scores = np.zeros((F, D))
     for f in range(F):
         m = 0.5 * (pair_sum[f] + pair_sum[f].T) / (2.0 * max(float(examples), 1.0))
-        if in_order:
-            order, cost = np.arange(D), prefix_cost(m)
-        else:
-            order, cost = elimination_order(m)
+        order, cost = elimination_order(m)
         saved = _non_increasing(cost[:-1] - cost[1:])  # what the column at position p saves
         scale = max(float(np.max(np.abs(saved))), 1e-30)
         scores[f, order] = saved - 1e-9 * scale * np.arange(D)  # strict: a prefix at any budget

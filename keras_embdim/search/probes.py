@@ -121,8 +121,7 @@ class GateProbe:
 
         return gated(emb, tf.cast(mask, emb.dtype))
 
-    def scores(self, mode: str = "abs_mean", strategy: tf.distribute.Strategy | None = None,
-               in_order: bool = False) -> np.ndarray:
+    def scores(self, mode: str = "abs_mean", strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
         """Mean importance per gate `[F, D]` (unnormalised: the pruner
         normalises over all layers so that the global scores sum to 1).
 
@@ -141,8 +140,6 @@ class GateProbe:
                 of cutting the field to its most needed columns; needs
                 `record_pairs(True)` before the scored steps).
             strategy: the model's `tf.distribute` strategy (sums over workers).
-            in_order: "fisher_joint" only: keep each field's columns in their own
-                order (principal axes after a rotation) instead of searching it.
         """
         n = float(self.total_batches(strategy))
         if n == 0:
@@ -164,7 +161,7 @@ class GateProbe:
                 raise ValueError("score 'fisher_joint' needs the pairs recorded: call record_pairs(True) before "
                                  "the scored steps.")
             examples = max(float(sum_over_workers(self.examples, strategy)), 1.0)
-            s = joint.nested_removal_scores(sum_over_workers(self.pair_sum, strategy), examples, in_order=in_order)
+            s = joint.nested_removal_scores(sum_over_workers(self.pair_sum, strategy), examples)
         else:
             raise ValueError("`score` must be 'abs_mean', 'mean_abs', 'taylor', 'fisher' or 'fisher_joint'; "
                              f"received {mode!r}.")
