@@ -17,11 +17,15 @@ with the best validation AUC is reported; so that neither a model that
 overfits in later epochs, as full dims do, nor a narrow one that learns
 slowly, is judged on a fixed epoch count):
 full dims; uniform dims floor(b x 16) and ceil(b x 16) for every field; the
-rank oracle; SSEDS (its default score; `sseds_steps100` with `scoring_steps=100`
-instead of 20; `sseds_warm2` scored after two epochs instead of one; `sseds_retrain`
-trained again from the initial weights with the searched dims, the paper's protocol,
-in the 9 epochs left; `sseds_rotate` on the principal axes; `sseds_fisher` and
-`sseds_fisher_rotate` with `score="fisher"`), HAM (`ham_search2`: two search
+rank oracle; SSEDS (its default score, `score="fisher_joint"`; `sseds_rotate` on the
+principal axes; `sseds_abs_mean` and `sseds_abs_mean_rotate` with `score="abs_mean"`,
+the default until the joint score (their records were named `sseds` and `sseds_rotate`
+then, the joint score's `sseds_joint` and `sseds_joint_rotate`: each renamed record says
+so in `renamed_from`); with `score="abs_mean"` as well: `sseds_steps100` with
+`scoring_steps=100` instead of 20, `sseds_warm2` scored after two epochs instead of one,
+`sseds_retrain` trained again from the initial weights with the searched dims, the
+paper's protocol, in the 9 epochs left; `sseds_fisher` and `sseds_fisher_rotate` with
+`score="fisher"`), HAM (`ham_search2`: two search
 epochs; `ham_retrain` as `sseds_retrain`), HAM + OrthogonalRegularizer
 (`ham_ortho_search`: the penalty in the search epoch only; `ham_ortho_weak`: beta 1e-4
 instead of 1e-3), AMTL, PME (searches, budget b); the MDE
@@ -74,9 +78,9 @@ STALE_STEP = os.path.join(_common.ROOT, "benchmarks", "results", "planted_retrai
 ROTATED_MOMENTS = os.path.join(_common.ROOT, "benchmarks", "results", "planted_rotate_moments.jsonl")
 OUT = os.path.join(_common.DOCS, "planted.md")
 # the per-field searches and their variants: issue 19's targets
-PER_FIELD = ("sseds", "sseds_steps100", "sseds_warm2", "sseds_retrain", "sseds_rotate", "sseds_fisher",
-             "sseds_fisher_rotate", "ham", "ham_search2", "ham_retrain", "ham_ortho", "ham_ortho_search",
-             "ham_ortho_weak", "sseds_joint", "sseds_joint_rotate")
+PER_FIELD = ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
+             "sseds_retrain", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_search2", "ham_retrain", "ham_ortho",
+             "ham_ortho_search", "ham_ortho_weak")
 SEARCHES = PER_FIELD + ("amtl", "pme")
 METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle") + PER_FIELD + ("amtl", "pme", "mde")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
@@ -117,29 +121,30 @@ def method_setup(method: str, budget: float, data):
         return "plain", max(1, math.ceil(budget * D)), []
     if method == "oracle":
         return _masked(np.asarray(data.planted_ranks), False), D, []
-    if method == "sseds_rotate":  # SSEDS scoring each field on its principal axes (keras_embdim.search.rotation)
+    if method in ("sseds_rotate", "sseds_abs_mean_rotate"):  # scoring each field on its principal axes
+        # (keras_embdim.search.rotation)
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
-        return emb, dim, [ked.SingleShotPruner(budget, rotate=True, verbose=0)]
-    if method == "sseds_steps100":  # the default score accumulated over 100 batches instead of 20
+        score = "abs_mean" if "abs_mean" in method else "fisher_joint"
+        return emb, dim, [ked.SingleShotPruner(budget, score=score, rotate=True, verbose=0)]
+    if method == "sseds_abs_mean":  # the default score until the joint one
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
-        return emb, dim, [ked.SingleShotPruner(budget, scoring_steps=100, verbose=0)]
+        return emb, dim, [ked.SingleShotPruner(budget, score="abs_mean", verbose=0)]
+    if method == "sseds_steps100":  # the abs_mean score accumulated over 100 batches instead of 20
+        emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
+        return emb, dim, [ked.SingleShotPruner(budget, score="abs_mean", scoring_steps=100, verbose=0)]
     if method == "sseds_warm2":  # scored on the second epoch's last 20 batches instead of the first's: tests
         # whether the model scored after one epoch has not yet spread a wide field over its planted rank
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         steps = math.ceil(len(data.train[1]) / BATCH)
-        return emb, dim, [ked.SingleShotPruner(budget, warmup_steps=max(2 * steps - 20, steps), verbose=0)]
+        return emb, dim, [ked.SingleShotPruner(budget, score="abs_mean", warmup_steps=max(2 * steps - 20, steps),
+                                               verbose=0)]
     if method == "sseds_retrain":  # the paper's protocol: the searched dims trained again from the initial weights,
         # as the rank oracle is trained (is the gap to the oracle the dims, or the fine-tuning from a full model?)
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
-        return emb, dim, [ked.SingleShotPruner(budget, after="retrain", verbose=0)]
+        return emb, dim, [ked.SingleShotPruner(budget, score="abs_mean", after="retrain", verbose=0)]
     if method in ("sseds_fisher", "sseds_fisher_rotate"):  # scored by the gates' Fisher information
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         return emb, dim, [ked.SingleShotPruner(budget, score="fisher", rotate=method.endswith("rotate"), verbose=0)]
-    if method in ("sseds_joint", "sseds_joint_rotate"):  # the gates' joint Fisher: a field's columns scored
-        # together (keras_embdim.search.joint), so a field spread over several columns is not starved
-        emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
-        return emb, dim, [ked.SingleShotPruner(budget, score="fisher_joint", rotate=method.endswith("rotate"),
-                                               verbose=0)]
     if method == "ham_search2":  # two search epochs instead of one, the same hypothesis for HAM's scores
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         return emb, dim, [ked.HardMaskSearch(budget, search_epochs=2, verbose=0)]
@@ -275,15 +280,18 @@ def summarize(records: list[dict]) -> dict:
 
 
 # variant against the method it changes one thing of: (variant, base, what differs)
-VARIANTS = (("sseds_fisher", "sseds", "the Fisher score"), ("sseds_steps100", "sseds", "100 scoring batches"),
-            ("sseds_warm2", "sseds", "scored after 2 epochs"), ("sseds_retrain", "sseds", "retrained from init"),
-            ("sseds_rotate", "sseds", "the rotation"), ("ham_search2", "ham", "2 search epochs"),
+VARIANTS = (("sseds", "sseds_abs_mean", "the joint Fisher score instead of abs_mean"),
+            ("sseds", "sseds_fisher", "the joint Fisher score instead of the diagonal one"),
+            ("sseds_rotate", "sseds", "the rotation"),
+            ("sseds_rotate", "sseds_fisher_rotate", "the joint Fisher score instead of the diagonal one"),
+            ("sseds_fisher", "sseds_abs_mean", "the Fisher score"),
+            ("sseds_steps100", "sseds_abs_mean", "100 scoring batches"),
+            ("sseds_warm2", "sseds_abs_mean", "scored after 2 epochs"),
+            ("sseds_retrain", "sseds_abs_mean", "retrained from init"),
+            ("sseds_abs_mean_rotate", "sseds_abs_mean", "the rotation"), ("ham_search2", "ham", "2 search epochs"),
             ("ham_retrain", "ham", "retrained from init"), ("ham_ortho_search", "ham", "the search epoch's penalty"),
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),
-            ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"),
-            ("sseds_joint", "sseds_fisher", "the joint Fisher score"),
-            ("sseds_joint", "sseds", "the joint Fisher score instead of abs_mean"),
-            ("sseds_joint_rotate", "sseds_fisher_rotate", "the joint Fisher score"))
+            ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"))
 
 
 def _aucs(records: list[dict]) -> dict:
@@ -339,7 +347,8 @@ def stale_step_section(records: list[dict], stale: list[dict]) -> list[str]:
              "| setting | budget | stale-step variant - base | mean | margin | seeds |", "|---|---|---|---|---|---|"]
     for (setting, n, bname) in sorted({(r["setting"], r["rows"], r["budget_name"]) for r in stale}):
         for m in sorted({r["method"] for r in stale}):
-            for base in (m[: -len("_retrain")], m, "uniform_ceil"):
+            # the retrain runs scored with abs_mean, the default score then
+            for base in ({"sseds_retrain": "sseds_abs_mean"}.get(m, m[: -len("_retrain")]), m, "uniform_ceil"):
                 d = paired(by, (setting, n, bname), m + "_stale_step", base)
                 if d:
                     lines.append(f"| {setting} | {bname} | {m} (stale step) - {base} | {d[0]:+.4f} | {d[1]:+.1f} SE "
@@ -494,7 +503,7 @@ def plot(s: dict, folder: str) -> str | None:
         ranks = next(v["ranks"] for k, v in s.items() if k[:2] == (setting, n))
         xs = np.arange(len(ranks))
         ax.bar(xs, ranks, color="0.85", label="planted rank")
-        for method, marker in (("sseds", "o"), ("sseds_rotate", "D"), ("sseds_fisher", "v"), ("ham", "s"),
+        for method, marker in (("sseds", "o"), ("sseds_rotate", "D"), ("sseds_abs_mean", "v"), ("ham", "s"),
                                ("ham_ortho", "^"), ("pme", "x"), ("amtl", "+")):
             v = s.get((setting, n, "oracle", method))
             if v:

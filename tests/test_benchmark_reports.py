@@ -43,7 +43,16 @@ def test_variants_train_with_the_callbacks_they_name():
     assert ham_retrain.after == "retrain" and ham_retrain.search_epochs == 1
     _, _, (default,) = planted.method_setup("ham", 0.2, data)
     assert default.search_epochs == 1
-    variants = {"sseds_warm2", "sseds_retrain", "ham_search2", "ham_retrain"}
+    # the default score is the joint one; the abs_mean rows keep the score they were measured with
+    scores = {m: planted.method_setup(m, 0.2, data)[2][0] for m in
+              ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
+               "sseds_retrain")}
+    assert {m: (cb.score, cb.rotate) for m, cb in scores.items()} == {
+        "sseds": ("fisher_joint", False), "sseds_rotate": ("fisher_joint", True),
+        "sseds_abs_mean": ("abs_mean", False), "sseds_abs_mean_rotate": ("abs_mean", True),
+        "sseds_steps100": ("abs_mean", False), "sseds_warm2": ("abs_mean", False), "sseds_retrain": ("abs_mean", False)}
+    assert scores["sseds_steps100"].scoring_steps == 100
+    variants = {"sseds_warm2", "sseds_retrain", "ham_search2", "ham_retrain", "sseds_abs_mean", "sseds_rotate"}
     assert variants <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
 
 
@@ -104,13 +113,15 @@ def test_serving_op_count_leaves_out_the_failing_branch_of_the_id_check(small_da
 
 
 def test_stale_step_section_pairs_old_records_with_todays():
-    today = [_record("sseds", s, 0.80) for s in range(3)] + [_record("sseds_retrain", s, 0.81) for s in range(3)]
+    # the retrain runs scored with abs_mean: their base is sseds_abs_mean
+    today = [_record("sseds_abs_mean", s, 0.80) for s in range(3)] + [_record("sseds_retrain", s, 0.81)
+                                                                       for s in range(3)]
     stale = [_record("sseds_retrain", s, v) for s, v in enumerate([0.82, 0.83, 0.82])]
     lines = planted.stale_step_section(today, stale)
     rows = {line.split(" | ")[2]: line for line in lines if line.startswith("| s |")}
     # stale minus today's retrain: 0.01, 0.02, 0.01 (the hand computation of the paired test); minus sseds: +0.01 more
     assert "| +0.0133 | +4.0 SE | +0.0100 to +0.0200 (n=3) |" in rows["sseds_retrain (stale step) - sseds_retrain"]
-    assert "| +0.0233 |" in rows["sseds_retrain (stale step) - sseds"]
+    assert "| +0.0233 |" in rows["sseds_retrain (stale step) - sseds_abs_mean"]
     assert planted.stale_step_section(today, []) == []
 
 

@@ -104,7 +104,7 @@ def test_each_search_says_what_it_will_do_and_warns_when_nothing_is_left_to_fine
     text = caplog.text
     steps = int(np.ceil(len(x) / 1000))  # 16: warm-up to step 12, then 4 scoring batches
     assert "SingleShotPruner: budget 30.00% (" in text
-    assert f"{steps - 4} warm-up steps, then gate gradients (abs_mean) on 4 batches of the next training batches" in text
+    assert f"{steps - 4} warm-up steps, then gate gradients (fisher_joint) on 4 batches of the next training batches" in text
     assert (f"the search ends at step {steps} of fit's {steps} (1 epoch x {steps} steps), so only 0 steps of "
             "finetune follow it") in text
     assert re.search(r"kept [\d,]+ of [\d,]+ embedding parameters \(\d+\.\d+%, budget 30\.00%\) in \d+\.\d s", text)
