@@ -200,10 +200,95 @@ def test_retrain_after_search(small_data):
     assert search.phase == "done" and ked.find_searchable_layers(model)[0].frozen
 
 
+def test_paused_scores_get_a_zero_gradient_and_no_penalty():
+    """`search_paused`: the mask still applies, the scores' gradient is zero (not None), no penalty."""
+    layer = ked.HardMaskEmbedding([6, 4], 3, sparsity_weight=1.0)
+    ids = np.array([[1, 2], [5, 3]])
+    layer(ids)
+    _set_scores(layer, [[0.5, -0.5, 0.2], [0.1, 0.3, -0.2]])
+    layer.search_paused = True
+    with tf.GradientTape() as tape:
+        out = layer(ids, training=True)
+        loss = tf.reduce_sum(out ** 2)
+    grad = tape.gradient(loss, tf_variable(layer.mask_logits))
+    assert grad is not None and np.all(grad.numpy() == 0)
+    assert len(layer.losses) == 0 and float(layer.search_penalty()) == 0.0
+    assert np.all(np.asarray(out)[:, 0, 1] == 0) and np.all(np.asarray(out)[:, 1, 2] == 0)  # the mask applies
+    layer.search_paused = False
+    layer(ids, training=True)
+    assert len(layer.losses) == 1
+
+
+class _ScoresPerEpoch(keras.callbacks.Callback):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.scores, self.temperatures = layer, [], []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.scores.append(self.layer.mask_scores().copy())
+        self.temperatures.append(float(np.asarray(self.layer.temperature)))
+
+
+def test_warmup_epochs_train_the_super_net_before_the_search(small_data):
+    """`warmup_epochs=1`: in the first epoch every column is on and the scores do not move (Adam
+    with a zero gradient), the weights train; the search runs in the second epoch, anneals to the
+    end temperature and lands on the budget; the third epoch fine-tunes the frozen mask."""
+    d = small_data
+    x, y = d.train
+    keras.utils.set_random_seed(0)
+    model = _model(d)
+    layer = ked.find_searchable_layers(model)[0]
+    start = layer.mask_scores().copy()
+    table0 = np.asarray(layer.embedding_variable).copy()
+    search = ked.HardMaskSearch(0.3, warmup_epochs=1, verbose=0)
+    probe = _ScoresPerEpoch(layer)
+    model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=3, verbose=0, callbacks=[search, probe])
+    np.testing.assert_array_equal(probe.scores[0], start)  # the warm-up left the scores as they were
+    assert probe.temperatures[0] == pytest.approx(search.temperature[0])
+    assert not np.array_equal(np.asarray(layer.embedding_variable), table0)
+    assert search.result is not None and search.result.step == 2 * 16  # warm-up + search steps (16 per epoch)
+    assert probe.temperatures[1] == pytest.approx(search.temperature[1], rel=1e-5)
+    assert layer.frozen and not layer.search_paused and search.phase == "done"
+    full = sum(d.vocab_sizes) * 8
+    assert math.floor(0.3 * full) - max(d.vocab_sizes) < layer.dimension_mask().kept_params <= math.floor(0.3 * full)
+    assert "1 warm-up epoch with every column on" in search._plan()
+
+
+def test_fit_that_ends_in_the_warmup_leaves_the_model_unsearched(small_data, caplog):
+    d = small_data
+    x, y = d.train
+    model = _model(d)
+    layer = ked.find_searchable_layers(model)[0]
+    search = ked.HardMaskSearch(0.3, warmup_epochs=2, verbose=1)
+    with caplog.at_level("WARNING", logger="keras_embdim"):
+        model.fit(d.inputs(x[:2048]), y[:2048], batch_size=512, epochs=1, verbose=0, callbacks=[search])
+    assert "ended during the warm-up" in caplog.text
+    assert search.result is None and not layer.frozen and not layer.search_paused
+    assert layer.dimension_mask().is_full
+
+
+def test_warmup_resumed_past_its_end_searches_at_once(small_data):
+    """A fit resumed (initial_epoch) after the warm-up epochs starts the search at once, at the
+    temperature the uninterrupted run had there."""
+    d = small_data
+    x, y = d.train
+    model = _model(d)
+    layer = ked.find_searchable_layers(model)[0]
+    search = ked.HardMaskSearch(0.3, warmup_epochs=1, search_epochs=2, verbose=0)
+    probe = _ScoresPerEpoch(layer)
+    model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=3, initial_epoch=2, verbose=0,
+              callbacks=[search, probe])
+    # resumed at epoch 2 = the second search epoch: annealed from halfway, so it ends at the end temperature
+    assert search.phase == "done" and layer.frozen
+    assert probe.temperatures[0] == pytest.approx(search.temperature[1], rel=1e-5)
+    assert search.result.step == 3 * 8
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"temperature": (0, 1)}, "temperature"), ({"temperature": "x"}, "temperature"),
      ({"sparsity_weight": 0}, "sparsity_weight"), ({"search_epochs": 0}, "search_epochs"),
+     ({"warmup_epochs": -1}, "warmup_epochs"), ({"warmup_epochs": 1.5}, "warmup_epochs"),
      ({"min_dim": -1}, "min_dim"), ({"after": "later"}, "after")],
 )
 def test_bad_search_arguments(kwargs, match):

@@ -66,7 +66,7 @@ def test_searched_model_trains_and_exports_from_sharded_tables(cluster):
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
-SEARCHES = ["sseds", "pme", "ham_ortho", "amtl"]
+SEARCHES = ["sseds", "pme", "ham_ortho", "amtl", "ham_warmup"]
 
 
 @pytest.mark.parametrize("name", SEARCHES)
@@ -77,6 +77,12 @@ def test_every_search_runs_at_epoch_boundaries_and_lands_on_the_budget(cluster, 
     assert run["result_kept"] == run["kept_params"] <= 0.25 * run["full_params"]
     assert run["kept_params"] >= 0.25 * run["full_params"] - 2_000  # short by less than the dearest column
     assert all(np.isfinite(run["loss"]))
+
+
+def test_ham_warmup_pauses_the_search_for_its_epoch_then_searches(cluster):
+    run = cluster["search"]["ham_warmup"]
+    assert run["warmup_left_scores"]  # the workers' steps of the warm-up epoch did not move HAM's scores
+    assert run["searched_steps"] == 3 * 20  # it ended at the end of epoch 3 (1 warm-up + 2 search epochs)
 
 
 @pytest.mark.parametrize("name", SEARCHES)

@@ -16,8 +16,9 @@ from keras_embdim.validation import check_int, check_number
 class HardMaskSearch(EpochBoundedSearch):
     """Search per-field dimensions of `HardMaskEmbedding` layers (HAM) to a budget.
 
-    During the first `search_epochs` epochs every `HardMaskEmbedding` trains its
-    auxiliary scores with the straight-through hard mask, the surrogate
+    After `warmup_epochs` epochs of plain training (every column on, the
+    scores still) and during the `search_epochs` epochs that follow, every
+    `HardMaskEmbedding` trains its auxiliary scores with the straight-through hard mask, the surrogate
     temperature is annealed geometrically from `temperature[0]` to
     `temperature[1]`, and the layers penalise
     `sparsity_weight * relu(kept fraction - budget)`, the kept fraction being
@@ -31,6 +32,14 @@ class HardMaskSearch(EpochBoundedSearch):
 
     Args:
         budget: kept fraction of embedding parameters, in (0, 1].
+        warmup_epochs: epochs the super-net trains with every column on before
+            the search starts (default 0: the paper's protocol, masks and
+            weights from the first step). Searched from the first step, a
+            field that needs many columns has not learned to use them yet
+            when the penalty starts removing columns, and a removed column
+            gets no gradient to learn it later; after one warm-up epoch HAM
+            kept more columns for such fields and beat uniform dims by more
+            (docs/results/planted.md, `ham_warmup`).
         search_epochs: epochs of search before the mask freezes (default 1;
             at least 2 under ParameterServerStrategy, where the temperature is
             annealed at epoch boundaries: docs/guides/distribution.md).
@@ -59,6 +68,7 @@ class HardMaskSearch(EpochBoundedSearch):
         self,
         budget: float,
         *,
+        warmup_epochs: int = 0,
         search_epochs: int = 1,
         temperature: tuple[float, float] = (1.0, 0.1),
         sparsity_weight: float = 0.01,
@@ -70,7 +80,8 @@ class HardMaskSearch(EpochBoundedSearch):
         verbose: int = 1,
     ):
         super().__init__(
-            budget, search_epochs=search_epochs, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose
+            budget, search_epochs=search_epochs, warmup_epochs=warmup_epochs, min_dim=min_dim, after=after,
+            layers=layers, log_dir=log_dir, verbose=verbose
         )
         self.trace_every = check_int("trace_every", trace_every, 1)
         try:
@@ -80,6 +91,7 @@ class HardMaskSearch(EpochBoundedSearch):
         self.temperature = (t0, t1)
         self.sparsity_weight = check_number("sparsity_weight", sparsity_weight, low=0, strict=True)
         self._search_steps: int | None = None
+        self._warmup_steps = 0
         self.trace: list[dict] = []
 
     def _check_layers_fresh(self) -> None:
@@ -103,14 +115,33 @@ class HardMaskSearch(EpochBoundedSearch):
         steps = (self.params or {}).get("steps")
         # under ParameterServerStrategy: annealed per epoch (`_on_search_epoch_end`)
         self._search_steps = int(steps) * self.search_epochs if steps and not self._on_parameter_server else None
+        self._warmup_steps = int(steps) * self.warmup_epochs if steps else 0
         for layer in self._layers:
             layer.sparsity_weight.assign(self.sparsity_weight)
             layer.sparsity_target.assign(self.budget)
             layer.temperature.assign(self.temperature[0])
+        self._pause(self.phase == Phase.WARMUP)
+
+    def _pause(self, paused: bool) -> None:
+        """Pause or run the layers' search (`HardMaskEmbedding.search_paused`); retrace if that changed it."""
+        changed = [layer for layer in self._layers if layer.search_paused != paused]
+        for layer in changed:
+            layer.search_paused = paused
+        if changed:
+            _utils.force_retrace(self.model)
+
+    def _begin_search(self) -> None:
+        # the temperature is the start one (a resumed fit has set it where the search was: `_resume_search`)
+        self._pause(False)
+
+    def _end_warmup(self) -> None:
+        self._pause(False)
 
     def _plan(self) -> str:
         t0, t1 = self.temperature
-        return (f"{self.search_epochs} search epoch{'s' if self.search_epochs > 1 else ''} of hard masks "
+        warm = (f"{self.warmup_epochs} warm-up epoch{'s' if self.warmup_epochs > 1 else ''} with every column on, "
+                "then " if self.warmup_epochs else "")
+        return (f"{warm}{self.search_epochs} search epoch{'s' if self.search_epochs > 1 else ''} of hard masks "
                 f"(temperature {t0:g} -> {t1:g}, sparsity weight {self.sparsity_weight:g}), then one ranking")
 
     def _completed_in_layers(self) -> bool:
@@ -118,29 +149,31 @@ class HardMaskSearch(EpochBoundedSearch):
 
     def _resume_search(self, epoch: int) -> None:
         if self._search_steps:  # the temperature where the uninterrupted search had it
-            self._anneal(self._step / self._search_steps)
+            self._anneal((self._step - self._warmup_steps) / self._search_steps)
         else:
-            self._anneal(epoch / self.search_epochs)
+            self._anneal((epoch - self.warmup_epochs) / self.search_epochs)
 
     def _anneal(self, progress: float) -> None:
         t0, t1 = self.temperature
-        t = t0 * (t1 / t0) ** min(1.0, progress)
+        t = t0 * (t1 / t0) ** min(1.0, max(0.0, progress))
         for layer in self._layers:
             layer.temperature.assign(t)
 
     def _on_batch(self, batch, logs=None):
+        if self.phase == Phase.WARMUP:
+            self._step += 1
         if self.phase != Phase.SEARCH:
             return
         self._step += 1
         if self._search_steps:
-            self._anneal(self._step / self._search_steps)
+            self._anneal((self._step - self._warmup_steps) / self._search_steps)
         if self._step % self.trace_every == 0:
             kept, full = total_params(self._layers)
             self.trace.append({"step": self._step, "kept_fraction": kept / full})
 
     def _on_search_epoch_end(self, epoch: int) -> None:
         if not self._search_steps:  # epoch length unknown: anneal per epoch
-            self._anneal((epoch + 1) / self.search_epochs)
+            self._anneal((epoch + 1 - self.warmup_epochs) / self.search_epochs)
 
     def _finish(self):
         scores = [l.mask_scores().astype(np.float64) for l in self._layers]
@@ -150,6 +183,7 @@ class HardMaskSearch(EpochBoundedSearch):
             layer.freeze(masks[layer.name], optimizer=self._optimizer)
         _utils.force_retrace(self.model)
         self._conclude(
-            f"searched {self._step} steps (the hard mask kept {100 * hard_kept / full:.1f}% before the final ranking)",
+            f"searched {self._step - self._warmup_steps} steps (the hard mask kept {100 * hard_kept / full:.1f}% "
+            "before the final ranking)",
             masks=masks, params_before=int(hard_kept), scores={l.name: s for l, s in zip(self._layers, scores)},
         )

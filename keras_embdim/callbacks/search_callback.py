@@ -601,22 +601,35 @@ class DimensionSearchCallback(keras.callbacks.Callback):
 
 
 class EpochBoundedSearch(DimensionSearchCallback):
-    """A search that runs during the first `search_epochs` epochs, then `_finish()`es.
+    """A search that runs during `search_epochs` epochs, then `_finish()`es.
 
-    If `fit` ends first, the search ends there, so a model never leaves `fit`
-    half-searched. Subclasses implement `_finish` and may hook
-    `_on_search_epoch_end`.
+    The search starts at the first epoch, or after `warmup_epochs` epochs of
+    plain training (phase `WARMUP`: the subclass's `_begin_search` starts it;
+    a resumed `fit` past the warm-up starts it at once). If `fit` ends first,
+    the search ends there, so a model never leaves `fit` half-searched (a
+    `fit` that ends during the warm-up leaves the model unsearched, and says
+    so). Subclasses implement `_finish` and may hook `_on_search_epoch_end`,
+    `_begin_search` and `_end_warmup`.
     """
 
     #: the searched layers add a penalty to the loss (logged each search epoch)
     logs_penalty: bool = False
 
-    def __init__(self, budget: float, *, search_epochs: int = 1, **kwargs: Any):
+    def __init__(self, budget: float, *, search_epochs: int = 1, warmup_epochs: int = 0, **kwargs: Any):
         super().__init__(budget, **kwargs)
         self.search_epochs = check_int("search_epochs", search_epochs, 1)
+        self.warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
+        if self.warmup_epochs:
+            self.phase = Phase.WARMUP
 
     def _finish(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def _begin_search(self) -> None:
+        """Subclasses with a warm-up: start the search (the phase is `SEARCH` already)."""
+
+    def _end_warmup(self) -> None:
+        """Subclasses with a warm-up: `fit` ended during it; leave the layers as they were."""
 
     def parameter_server_blocker(self) -> str | None:
         """None: an epoch-bounded search runs under ParameterServerStrategy. Its probes and
@@ -630,11 +643,17 @@ class EpochBoundedSearch(DimensionSearchCallback):
 
     def _search_end_step(self) -> int | None:
         steps = (self.params or {}).get("steps")
-        return int(steps) * self.search_epochs if steps else None
+        return int(steps) * (self.warmup_epochs + self.search_epochs) if steps else None
 
     def _on_batch(self, batch, logs=None):
-        if self.phase == Phase.SEARCH:
+        if self.phase in (Phase.WARMUP, Phase.SEARCH):
             self._step += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self.phase == Phase.WARMUP and self._layers and epoch >= self.warmup_epochs:  # resumed past the warm-up
+            self.phase = Phase.SEARCH
+            self._begin_search()
 
     def on_epoch_end(self, epoch, logs=None):
         if not self._epoch_boundary(epoch, logs):
@@ -643,11 +662,21 @@ class EpochBoundedSearch(DimensionSearchCallback):
             self._on_search_epoch_end(epoch)
             if self.logs_penalty:
                 self._log_penalties(logs)
-            if epoch + 1 >= self.search_epochs:
+            if epoch + 1 >= self.warmup_epochs + self.search_epochs:
                 self._finish()
+        elif self.phase == Phase.WARMUP and self._layers and epoch + 1 >= self.warmup_epochs:
+            self.phase = Phase.SEARCH
+            self._begin_search()
         self._record_epoch(epoch, logs)
 
     def on_train_end(self, logs=None):
         if self.phase == Phase.SEARCH and self._layers:
             self._finish()
+        elif self.phase == Phase.WARMUP and self._layers:
+            self._end_warmup()
+            self.log.warning(
+                f"{self.name}: training ended during the warm-up ({self.warmup_epochs} epoch"
+                f"{'s' if self.warmup_epochs != 1 else ''} before the search); the model was not searched. "
+                "Train for more epochs or lower warmup_epochs."
+            )
         super().on_train_end(logs)

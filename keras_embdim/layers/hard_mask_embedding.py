@@ -32,7 +32,9 @@ class HardMaskEmbedding(SearchableEmbedding):
     adapts `sparsity_weight` to a parameter budget, ranks the scores at the end
     and freezes the mask); after freezing the layer behaves like
     `PrunableEmbedding`. Without that callback the layer searches on its own
-    with fixed temperature and penalty weight.
+    with fixed temperature and penalty weight. While `search_paused` is True
+    (`HardMaskSearch(warmup_epochs=...)`) the mask applies but its scores get
+    a zero gradient and no penalty is added: the super-net trains as it is.
 
     Args:
         input_dim: vocabulary size, or one per field (multi-field form).
@@ -77,6 +79,9 @@ class HardMaskEmbedding(SearchableEmbedding):
         self.initial_sparsity_weight = check_number("sparsity_weight", sparsity_weight, low=0)
         self.initial_target = check_fraction("target", target, allow_zero=True)
         self.frozen = bool(frozen)
+        # set by `HardMaskSearch` during its warm-up: the mask applies, its scores neither learn nor pay the
+        # penalty (the caller retraces the training step when it changes)
+        self.search_paused = False
         self._hard = None  # the hard mask of the call being traced
         self._costs = np.repeat(np.asarray(self.field_vocab_sizes, np.float32)[:, None], output_dim, axis=1)
         self._costs /= float(self._costs.sum())
@@ -119,7 +124,7 @@ class HardMaskEmbedding(SearchableEmbedding):
         base = tf.convert_to_tensor(self._mask_variable)
         if self.frozen:
             return base
-        self._hard = hard_mask(self._scores(), tf.convert_to_tensor(self.temperature))
+        self._hard = hard_mask(self._scores(), tf.convert_to_tensor(self.temperature), learn=not self.search_paused)
         return base * self._hard
 
     def _scores(self) -> tf.Tensor:
@@ -154,13 +159,13 @@ class HardMaskEmbedding(SearchableEmbedding):
         return tf.convert_to_tensor(self.sparsity_weight) * excess
 
     def search_penalty(self) -> tf.Tensor:
-        """The penalty the search adds to the loss now (0 once frozen): for logs."""
-        return tf.zeros([]) if self.frozen else self.sparsity_penalty()
+        """The penalty the search adds to the loss now (0 once frozen or while paused): for logs."""
+        return tf.zeros([]) if self.frozen or self.search_paused else self.sparsity_penalty()
 
     def call(self, inputs, training=None):
         self._hard = None
         out = super().call(inputs, training=training)
-        if training is True and not self.frozen and self._serving is None:
+        if training is True and not self.frozen and not self.search_paused and self._serving is None:
             # reuse the mask this call computed (same trace), not a second copy
             self.add_loss(self.sparsity_penalty(self._hard))
         self._hard = None

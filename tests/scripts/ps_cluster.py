@@ -9,8 +9,8 @@ parameter servers run in their own processes. Run by tests/test_parameter_server
 3. A model searched on one machine (SingleShotPruner), loaded in the strategy's scope (its table
    sharded), trains there, and `export_compact` on the coordinator reads the sharded table.
 4. Every search runs there at epoch boundaries (SSEDS on `scoring_data`, PME, HAM + the
-   OrthogonalRegularizer with 2 search epochs, AMTL), lands within its budget with the removed
-   entries exactly zero in the sharded table, and exports from it.
+   OrthogonalRegularizer with 2 search epochs, AMTL, HAM after a warm-up epoch), lands within its
+   budget with the removed entries exactly zero in the sharded table, and exports from it.
 5. Options that need batch-level callbacks (SSEDS without `scoring_data` or with `warmup_steps`,
    HAM with one search epoch) refuse the strategy with an error naming the option (recorded).
 """
@@ -128,19 +128,36 @@ def main(work):
         ham = lambda v, dim, n: ked.HardMaskEmbedding(v, dim, field_names=n, name="embedding")  # noqa: E731
         amtl = lambda v, dim, n: ked.TwinsMaskLayer(ked.PrunableEmbedding(v, dim, field_names=n),  # noqa: E731
                                                     name="embedding")
+
+        class ScoresAfterFirstEpoch(keras.callbacks.Callback):
+            """Whether the first epoch (the warm-up) left HAM's scores as they were."""
+
+            def on_train_begin(self, logs=None):
+                self.start = ked.find_searchable_layers(self.model)[0].mask_scores().copy()
+
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 0:
+                    now = ked.find_searchable_layers(self.model)[0].mask_scores()
+                    self.unchanged = bool(np.array_equal(now, self.start))
+
         searches = {
             "sseds": ("prunable", lambda: [ked.SingleShotPruner(0.25, scoring_data=scoring, verbose=0)]),
             "pme": ("prunable", lambda: [ked.PMEPruner(0.25, verbose=0)]),
             "ham_ortho": (ham, lambda: [ked.HardMaskSearch(0.25, search_epochs=2, verbose=0),
                                         ked.OrthogonalRegularizer(1e-3)]),
             "amtl": (amtl, lambda: [ked.TwinsMaskSearch(0.25, verbose=0)]),
+            # a warm-up epoch (the search paused: retraced at its end, on the coordinator), two search epochs
+            "ham_warmup": (ham, lambda: [ked.HardMaskSearch(0.25, warmup_epochs=1, search_epochs=2, verbose=0),
+                                         ScoresAfterFirstEpoch()]),
         }
+
         out["search"] = {}
         for name, (embedding, callbacks) in searches.items():
             keras.utils.set_random_seed(0)
             model = build(embedding)
             cbs = callbacks()
-            hist = model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=3, steps_per_epoch=20,
+            epochs = 5 if name == "ham_warmup" else 3  # its search ends after 3 epochs: 2 of fine-tuning follow
+            hist = model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=epochs, steps_per_epoch=20,
                              verbose=0, callbacks=cbs)
             layer = ked.find_searchable_layers(model)[0]
             mask = layer.dimension_mask()
@@ -161,6 +178,9 @@ def main(work):
                 "export": export.path, "export_max_abs_diff": export.max_abs_diff,
                 "pred": np.asarray(model(sample, training=False)).reshape(-1).tolist(),
             }
+            if name == "ham_warmup":
+                out["search"][name]["warmup_left_scores"] = cbs[1].unchanged
+                out["search"][name]["searched_steps"] = cbs[0].result.step
 
         # a loss that turns NaN mid-search: caught at the epoch boundary (no batch-level check runs there)
         class PoisonAtEpochEnd(keras.callbacks.Callback):
