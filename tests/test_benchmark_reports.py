@@ -42,7 +42,9 @@ def test_variants_train_with_the_callbacks_they_name():
     _, _, (ham_retrain,) = planted.method_setup("ham_retrain", 0.2, data)
     assert ham_retrain.after == "retrain" and ham_retrain.search_epochs == 1
     _, _, (default,) = planted.method_setup("ham", 0.2, data)
-    assert default.search_epochs == 1
+    assert default.search_epochs == 1 and default.warmup_epochs == 0
+    _, _, (warm,) = planted.method_setup("ham_warmup", 0.2, data)
+    assert isinstance(warm, ked.HardMaskSearch) and (warm.warmup_epochs, warm.search_epochs) == (1, 1)
     # the default score is the joint one; the abs_mean rows keep the score they were measured with
     scores = {m: planted.method_setup(m, 0.2, data)[2][0] for m in
               ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
@@ -52,7 +54,8 @@ def test_variants_train_with_the_callbacks_they_name():
         "sseds_abs_mean": ("abs_mean", False), "sseds_abs_mean_rotate": ("abs_mean", True),
         "sseds_steps100": ("abs_mean", False), "sseds_warm2": ("abs_mean", False), "sseds_retrain": ("abs_mean", False)}
     assert scores["sseds_steps100"].scoring_steps == 100
-    variants = {"sseds_warm2", "sseds_retrain", "ham_search2", "ham_retrain", "sseds_abs_mean", "sseds_rotate"}
+    variants = {"sseds_warm2", "sseds_retrain", "ham_warmup", "ham_search2", "ham_retrain", "sseds_abs_mean",
+                "sseds_rotate"}
     assert variants <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
 
 
