@@ -16,11 +16,12 @@ from keras_embdim.validation import check_int, check_number
 class HardMaskSearch(EpochBoundedSearch):
     """Search per-field dimensions of `HardMaskEmbedding` layers (HAM) to a budget.
 
-    After `warmup_epochs` epochs of plain training (every column on, the
-    scores still) and during the `search_epochs` epochs that follow, every
-    `HardMaskEmbedding` trains its auxiliary scores with the straight-through hard mask, the surrogate
-    temperature is annealed geometrically from `temperature[0]` to
-    `temperature[1]`, and the layers penalise
+    During `search_epochs` epochs (after `warmup_epochs` epochs in which the
+    super-net trains with its scores held and no penalty; none by default)
+    every `HardMaskEmbedding` trains its auxiliary scores with the
+    straight-through hard mask, the surrogate temperature is annealed
+    geometrically from `temperature[0]` to `temperature[1]`, and the layers
+    penalise
     `sparsity_weight * relu(kept fraction - budget)`, the kept fraction being
     that of the hard mask, cost-weighted (`HardMaskEmbedding.sparsity_penalty`):
     the discrete network trained during the search settles at the budget with
