@@ -161,11 +161,9 @@ class HardMaskSearch(EpochBoundedSearch):
             layer.temperature.assign(t)
 
     def _on_batch(self, batch, logs=None):
-        if self.phase == Phase.WARMUP:
-            self._step += 1
+        super()._on_batch(batch, logs)  # counts the step (warm-up steps too)
         if self.phase != Phase.SEARCH:
             return
-        self._step += 1
         if self._search_steps:
             self._anneal((self._step - self._warmup_steps) / self._search_steps)
         if self._step % self.trace_every == 0:

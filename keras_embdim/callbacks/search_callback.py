@@ -651,7 +651,11 @@ class EpochBoundedSearch(DimensionSearchCallback):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)
-        if self.phase == Phase.WARMUP and self._layers and epoch >= self.warmup_epochs:  # resumed past the warm-up
+        if epoch >= self.warmup_epochs:  # resumed past the warm-up
+            self._leave_warmup()
+
+    def _leave_warmup(self) -> None:
+        if self.phase == Phase.WARMUP and self._layers:
             self.phase = Phase.SEARCH
             self._begin_search()
 
@@ -664,9 +668,8 @@ class EpochBoundedSearch(DimensionSearchCallback):
                 self._log_penalties(logs)
             if epoch + 1 >= self.warmup_epochs + self.search_epochs:
                 self._finish()
-        elif self.phase == Phase.WARMUP and self._layers and epoch + 1 >= self.warmup_epochs:
-            self.phase = Phase.SEARCH
-            self._begin_search()
+        elif epoch + 1 >= self.warmup_epochs:
+            self._leave_warmup()
         self._record_epoch(epoch, logs)
 
     def on_train_end(self, logs=None):
