@@ -26,7 +26,10 @@ of `--reps` calls, a fifth of them at batch 1000 and more) on the same requests
 (ids drawn from the test split, int64 for ours, the model's dtype for the
 baselines). The `--rounds` rounds are split over `--processes` such processes,
 run one after another, and pooled; a ratio is taken within each round, and
-the median over rounds is reported.
+the median over rounds is reported. All of it twice: with `tf.saved_model.load`
+(the signature called as a TF2 function) and with the TF1 session loader
+(`Session.run`), the way TF Serving runs a SavedModel; the targets are checked
+on both.
 
 Datasets: "criteo" (26 fields with the Criteo Kaggle cardinalities capped at
 `--cap`, generated data) and "frappe" (the real data, 10 fields).
@@ -229,6 +232,49 @@ print(json.dumps(out))
 '''
 
 
+# The same round-robin timing through the TF1 session loader, the way TF Serving runs a SavedModel
+# (`SavedModelBundle`: the `serve` graph in a session, a request is one `Session::Run` of the signature's
+# tensors): no TF2 function-call machinery around the graph. Requests are fed as numpy arrays of the
+# signature's dtypes; ops are counted by the TF2 timer only.
+SESSION_TIMER = r'''
+import json, random, statistics, sys, time
+sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
+import numpy as np, tensorflow as tf
+tf.compat.v1.disable_eager_execution()
+spec = json.loads(sys.argv[1])
+requests = dict(np.load(spec["requests"]))
+sessions = {}
+for name, path in spec["paths"].items():
+    sess = tf.compat.v1.Session(graph=tf.Graph())
+    with sess.graph.as_default():
+        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path).signature_def["serving_default"]
+    sessions[name] = (sess, sig)
+out = {}
+for batch in spec["batches"]:
+    calls = {}
+    for name, (sess, sig) in sessions.items():
+        feed = {t.name: requests[k][:batch].astype(tf.as_dtype(t.dtype).as_numpy_dtype) for k, t in sig.inputs.items()}
+        fetch = [t.name for t in sig.outputs.values()]
+        calls[name] = (sess, fetch, feed)
+        sess.run(fetch, feed)  # warm up
+    reps = spec["reps"] if batch < 1000 else max(3, spec["reps"] // 5)
+    per_round = {name: [] for name in calls}
+    order = list(calls)
+    shuffle = random.Random(spec["order_seed"]).shuffle
+    for _ in range(spec["rounds"]):
+        shuffle(order)
+        for name in order:
+            sess, fetch, feed = calls[name]
+            times = []
+            for _ in range(reps):
+                t = time.perf_counter(); sess.run(fetch, feed); times.append(time.perf_counter() - t)
+            per_round[name].append(statistics.median(times))
+    out[str(batch)] = per_round
+print(json.dumps(out))
+'''
+LOADERS = {"tf2": TIMER, "session": SESSION_TIMER}
+
+
 def run_tf_only(script: str, spec: dict, data, batches, seed: int = 0, timeout: int = 7200) -> dict:
     """Run `script` (Python source) in a fresh process without keras_embdim on `sys.path`, with
     `spec` plus `"requests"`: an .npz of `max(batches)` test rows drawn with `seed`; return the JSON
@@ -251,18 +297,25 @@ def run_tf_only(script: str, spec: dict, data, batches, seed: int = 0, timeout: 
     return json.loads(lines[-1])
 
 
-def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0, processes: int = 1) -> dict:
+def time_exports(paths: dict, data, batches, rounds: int, reps: int, seed: int = 0, processes: int = 1,
+                 loader: str = "tf2") -> dict:
     """Per batch, per export, one median call time per round: `rounds` rounds split over
     `processes` fresh processes one after another (each its own random orders), pooled, so that
     what differs from one process to the next (where its threads and tables land) is sampled
-    rather than fixed for the whole run; `"ops"` from the first process."""
+    rather than fixed for the whole run; `"ops"` from the first process (`loader="tf2"` only).
+    `loader`: `"tf2"` (`tf.saved_model.load`, the signature called as a function) or
+    `"session"` (the TF1 session loader, as TF Serving runs a model: `SESSION_TIMER`)."""
+    if loader not in LOADERS:
+        raise ValueError(f"`loader` must be one of {sorted(LOADERS)}; received loader={loader!r}.")
     pooled: dict = {}
     for i in range(processes):
         n = rounds // processes + (i < rounds % processes)
         if not n:
             continue
-        part = run_tf_only(TIMER, {"paths": paths, "rounds": n, "reps": reps, "order_seed": i}, data, batches, seed)
-        pooled.setdefault("ops", part.pop("ops"))
+        spec = {"paths": paths, "rounds": n, "reps": reps, "order_seed": i}
+        part = run_tf_only(LOADERS[loader], spec, data, batches, seed)
+        if "ops" in part:
+            pooled.setdefault("ops", part.pop("ops"))
         for batch, per_round in part.items():
             for name, times in per_round.items():
                 pooled.setdefault(batch, {}).setdefault(name, []).extend(times)
@@ -273,28 +326,39 @@ def ratios(per_round: dict, name: str, base: str) -> float:
     return statistics.median(a / b for a, b in zip(per_round[name], per_round[base]))
 
 
+def _summary(timing: dict, exports: dict) -> tuple[dict, dict]:
+    """Per batch: the median call time of every export, and the median per-round ratios of ours
+    against each baseline."""
+    seconds, rats = {}, {}
+    for batch, per_round in timing.items():
+        seconds[batch] = {k: statistics.median(v) for k, v in per_round.items()}
+        rats[batch] = {
+            f"{k}/{base}": ratios(per_round, k, base)
+            for k in per_round if exports[k]["kind"] == "ours" for base in ("full", "uniform", "uniform_width")
+        }
+        if "pme_static" in per_round:  # the head layout against the layout auto took before it, side by side
+            rats[batch]["pme/pme_static"] = ratios(per_round, "pme", "pme_static")
+    return seconds, rats
+
+
 def run_one(dataset: str, budget: float, args) -> dict:
     data = load(dataset, args.cap, args.rows, args.seed)
     out = tempfile.mkdtemp(prefix="ked-serving-")
     try:
         t = time.time()
         exports = export_models(data, budget, out, args.seed)
-        timing = time_exports({k: v["path"] for k, v in exports.items()}, data, args.batches, args.rounds, args.reps,
-                              processes=args.processes)
+        paths = {k: v["path"] for k, v in exports.items()}
+        timing = time_exports(paths, data, args.batches, args.rounds, args.reps, processes=args.processes)
+        session = time_exports(paths, data, args.batches, args.rounds, args.reps, processes=args.processes,
+                               loader="session")
         rec = {"dataset": dataset, "budget": budget, "cap": args.cap if dataset == "criteo" else None,
                "fields": data.num_fields, "rows": int(sum(data.vocab_sizes)), "largest_table": max(data.vocab_sizes),
                "exports": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in exports.items()},
                "seconds": {}, "ratios": {}, "commit": _common.git_commit(), "wall_seconds": time.time() - t,
                "rounds": args.rounds, "reps": args.reps, "processes": args.processes}
         rec["ops"] = timing.pop("ops")
-        for batch, per_round in timing.items():
-            rec["seconds"][batch] = {k: statistics.median(v) for k, v in per_round.items()}
-            rec["ratios"][batch] = {
-                f"{k}/{base}": ratios(per_round, k, base)
-                for k in per_round if exports[k]["kind"] == "ours" for base in ("full", "uniform", "uniform_width")
-            }
-            if "pme_static" in per_round:  # the head layout against the layout auto took before it, side by side
-                rec["ratios"][batch]["pme/pme_static"] = ratios(per_round, "pme", "pme_static")
+        rec["seconds"], rec["ratios"] = _summary(timing, exports)
+        rec["session"] = dict(zip(("seconds", "ratios"), _summary(session, exports)))
         return rec
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -322,7 +386,7 @@ def _label(r: dict) -> str:
 
 def report(records: list, path: str, plot: str | None) -> str:
     header = ["dataset", "budget", "export", "layout", "embedding bytes / kept x 4 B", "batch",
-              "ms", "/ full", "/ uniform", "/ uniform as wide"]
+              "ms", "/ full", "/ uniform", "/ uniform as wide", "session: ms", "/ full", "/ uniform"]
     rows, checks, options, widths, counts = [], [], [], [], []
     for r in sorted(records, key=lambda r: (r["dataset"], r.get("cap") or 0, r["budget"])):
         name = _label(r)
@@ -338,6 +402,10 @@ def report(records: list, path: str, plot: str | None) -> str:
                          "uniform_width": f"uniform {wide.get('dims')} dims, as wide as per field (model.export)",
                          **LABELS}[k]
                 fmt = [r["ratios"][batch].get(f"{k}/{b}") for b in ("full", "uniform", "uniform_width")]
+                sess = r.get("session", {})  # records measured before the session loader was timed have none
+                s_secs = sess.get("seconds", {}).get(batch, {}).get(k)
+                fmt += [None if s_secs is None else 1000 * s_secs]
+                fmt += [sess.get("ratios", {}).get(batch, {}).get(f"{k}/{b}") for b in ("full", "uniform")]
                 fmt = " | ".join("" if v is None else f"{v:.2f}" for v in fmt)
                 rows.append(f"| {name} | {r['budget']} | {label} | {e.get('layout') or 'dense'} | {over:.3f} | {batch} | "
                             f"{1000 * secs[k]:.2f} | {fmt} |")
@@ -347,15 +415,19 @@ def report(records: list, path: str, plot: str | None) -> str:
                               f"uniform {du} dims ({r['fields']} x "
                               f"{du} MLP inputs), {rat['sseds/uniform_width']:.2f}x uniform {wide['dims']} dims "
                               f"(about the searched {wide['searched_width']} inputs)")
-            checks.append((f"{name} b={r['budget']} batch {batch}: per field <= {TARGETS['field_vs_full']}x full",
-                           rat["sseds/full"] <= TARGETS["field_vs_full"], rat["sseds/full"]))
-            if int(batch) >= 512:
-                checks.append((f"{name} b={r['budget']} batch {batch}: folded per field <= "
-                               f"{TARGETS['field_vs_uniform']}x uniform {du} dims",
-                               rat["sseds/uniform"] <= TARGETS["field_vs_uniform"], rat["sseds/uniform"]))
-            if int(batch) == 512:
-                checks.append((f"{name} b={r['budget']} batch 512: per value <= {TARGETS['value_vs_full']}x full",
-                               rat["pme/full"] <= TARGETS["value_vs_full"], rat["pme/full"]))
+            loaders = [("", rat)]
+            if "session" in r:
+                loaders.append((" (session)", r["session"]["ratios"][batch]))
+            for where, lr in loaders:
+                checks.append((f"{name} b={r['budget']} batch {batch}: per field <= {TARGETS['field_vs_full']}x "
+                               f"full{where}", lr["sseds/full"] <= TARGETS["field_vs_full"], lr["sseds/full"]))
+                if int(batch) >= 512:
+                    checks.append((f"{name} b={r['budget']} batch {batch}: folded per field <= "
+                                   f"{TARGETS['field_vs_uniform']}x uniform {du} dims{where}",
+                                   lr["sseds/uniform"] <= TARGETS["field_vs_uniform"], lr["sseds/uniform"]))
+                if int(batch) == 512:
+                    checks.append((f"{name} b={r['budget']} batch 512: per value <= {TARGETS['value_vs_full']}x "
+                                   f"full{where}", lr["pme/full"] <= TARGETS["value_vs_full"], lr["pme/full"]))
                 pme = r["exports"]["pme"]
                 if "lookups_at_widest" in pme:
                     options.append(f"{name} b={r['budget']}: per-value sizes: {100 * pme['rows_at_widest']:.0f} % of "
@@ -397,7 +469,11 @@ def report(records: list, path: str, plot: str | None) -> str:
         "`export_compact` with its defaults (no XLA) unless the row names an option, the baselines by Keras' `model.export()`. Every "
         "SavedModel of one (dataset, budget) is timed in fresh TensorFlow-only processes, round-robin "
         f"({timing_note(records)}); "
-        "a ratio is taken within each round and the median over rounds is shown (ms: median call time).",
+        "a ratio is taken within each round and the median over rounds is shown (ms: median call time). "
+        "Timed twice: loaded with `tf.saved_model.load` and the signature called as a TF2 function (first "
+        "columns), and loaded with the TF1 session loader and run by `Session.run` (the `session:` columns), "
+        "which is how TF Serving runs a SavedModel (a request is one `Session::Run`), without the TF2 "
+        "function-call machinery around the graph; every target is checked on both.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),

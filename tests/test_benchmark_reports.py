@@ -77,6 +77,16 @@ def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
         assert all(len(v) == 5 and min(v) > 0 for v in per_round.values())
     ratio = serving.ratios(timing["4"], "wide", "narrow")
     assert ratio == pytest.approx(float(np.median(np.array(timing["4"]["wide"]) / np.array(timing["4"]["narrow"]))))
+    # the same round-robin through the TF1 session loader (as TF Serving runs a SavedModel): no op count
+    session = serving.time_exports(paths, d, [1, 4], rounds=3, reps=2, loader="session")
+    assert "ops" not in session and sorted(session) == ["1", "4"]
+    for per_round in session.values():
+        assert sorted(per_round) == ["narrow", "wide"]
+        assert all(len(v) == 3 and min(v) > 0 for v in per_round.values())
+    with pytest.raises(RuntimeError, match="TensorFlow-only process failed"):  # an export it cannot load
+        serving.time_exports({"missing": str(tmp_path / "missing")}, d, [1], rounds=1, reps=1, loader="session")
+    with pytest.raises(ValueError, match="`loader` must be one of"):
+        serving.time_exports(paths, d, [1], rounds=1, reps=1, loader="serving")
     note = serving.timing_note([{"rounds": 41, "reps": 20}, {}, {"rounds": 42, "reps": 20, "processes": 3}])
     assert "41 rounds in a random order, in one process, each the median of 20 calls" in note
     assert "42 rounds in a random order, split over 3 fresh processes" in note and "7 rounds in a fixed order" in note
