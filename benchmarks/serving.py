@@ -428,6 +428,7 @@ def report(records: list, path: str, plot: str | None) -> str:
                 if int(batch) == 512:
                     checks.append((f"{name} b={r['budget']} batch 512: per value <= {TARGETS['value_vs_full']}x "
                                    f"full{where}", lr["pme/full"] <= TARGETS["value_vs_full"], lr["pme/full"]))
+            if int(batch) == 512:  # the per-value options, once per record (the TF2 loader's ratios)
                 pme = r["exports"]["pme"]
                 if "lookups_at_widest" in pme:
                     options.append(f"{name} b={r['budget']}: per-value sizes: {100 * pme['rows_at_widest']:.0f} % of "
@@ -444,7 +445,10 @@ def report(records: list, path: str, plot: str | None) -> str:
                                    + (f"; without the head layout ({r['exports']['pme_static']['layout']}): "
                                       f"{rat['pme_static/full']:.2f}x full; the head layout at "
                                       f"{rat['pme/pme_static']:.2f}x its latency"
-                                      if "pme_static/full" in rat else ""))
+                                      if "pme_static/full" in rat else "")
+                                   + (f" (session loader: jit_compile=True {sr['pme_xla/full']:.2f}x full)"
+                                      if (sr := r.get("session", {}).get("ratios", {}).get(batch, {}))
+                                      and "pme_xla/full" in sr else ""))
         if "ops" in r:
             o = r["ops"]
             counts.append(f"{name} b={r['budget']}: full {o['full']['ops']} ops ({o['full']['gathers']} gather); "

@@ -154,3 +154,26 @@ def test_rotated_moments_section_pairs_the_experiment_with_todays_records():
     pooled = [line for line in lines if line.startswith("| all | both | sseds_rotate |")]
     assert len(pooled) == 1 and "| +0.0133 | +4.0 SE | 3 of 3 seeds above |" in pooled[0]
     assert planted.rotated_moments_section(today, []) == []
+
+
+def test_serving_report_states_each_record_once_with_its_batch_512_ratios(tmp_path):
+    """The report of the committed serving records: two loaders' targets per batch, but the per-value
+    options once per record, with the batch-512 ratios they name (not those of batch 1 or 4096)."""
+    records = _common.load_jsonl(serving.RESULTS)
+    with_session = [r for r in records if "session" in r]
+    if not with_session:
+        pytest.skip("no serving record timed with both loaders")
+    text = serving.report(with_session, str(tmp_path / "serving.md"), None)
+    for r in with_session:
+        name = f"{serving._label(r)} b={r['budget']}"
+        lines = [line for line in text.splitlines() if line.startswith(f"- {name} batch 512: per value with")]
+        assert len(lines) == 1
+        rat, sess = r["ratios"]["512"], r["session"]["ratios"]["512"]
+        assert f"jit_compile=True: {rat['pme_xla/full']:.2f}x full;" in lines[0]
+        assert f"(session loader: jit_compile=True {sess['pme_xla/full']:.2f}x full)" in lines[0]
+        for batch in r["ratios"]:
+            for where, ratios in (("", r["ratios"][batch]), (" (session)", r["session"]["ratios"][batch])):
+                target = f"| {name} batch {batch}: per field <= 1.0x full{where} |"
+                assert sum(line.startswith(target) for line in text.splitlines()) == 1
+                assert f"{target} {'yes' if ratios['sseds/full'] <= 1.0 else '**no**'} | {ratios['sseds/full']:.3f} |" \
+                    in text
