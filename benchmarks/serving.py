@@ -232,12 +232,12 @@ print(json.dumps(out))
 '''
 
 
-# The same round-robin timing through the TF1 session loader, the way TF Serving runs a SavedModel
-# (`SavedModelBundle`: the `serve` graph in a session, a request is one `Session::Run` of the signature's
-# tensors): no TF2 function-call machinery around the graph. Requests are fed as numpy arrays of the
-# signature's dtypes; ops are counted by the TF2 timer only.
-SESSION_TIMER = r'''
-import json, random, statistics, sys, time
+# The start of a TensorFlow-only script that loads every SavedModel of `spec["paths"]` with the TF1
+# session loader, the way TF Serving runs a SavedModel (`SavedModelBundle`: the `serve` graph in a
+# session, a request is one `Session::Run` of the signature's tensors); `session_call` gives a request.
+# Shared by `SESSION_TIMER` and benchmarks/serving_profile.py.
+SESSION_LOADER = r'''
+import json, sys
 sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
 import numpy as np, tensorflow as tf
 tf.compat.v1.disable_eager_execution()
@@ -249,13 +249,24 @@ for name, path in spec["paths"].items():
     with sess.graph.as_default():
         sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path).signature_def["serving_default"]
     sessions[name] = (sess, sig)
+
+
+def session_call(name, batch):
+    """(session, fetches, feed) of a request of the first `batch` rows to export `name` (numpy arrays of
+    the signature's dtypes)."""
+    sess, sig = sessions[name]
+    feed = {t.name: requests[k][:batch].astype(tf.as_dtype(t.dtype).as_numpy_dtype) for k, t in sig.inputs.items()}
+    return sess, [t.name for t in sig.outputs.values()], feed
+'''
+
+# The round-robin timing of `TIMER` through the session loader (`SESSION_LOADER`): no TF2 function-call
+# machinery around the graph. Ops are counted by the TF2 timer only.
+SESSION_TIMER = SESSION_LOADER + r'''
+import random, statistics, time
 out = {}
 for batch in spec["batches"]:
-    calls = {}
-    for name, (sess, sig) in sessions.items():
-        feed = {t.name: requests[k][:batch].astype(tf.as_dtype(t.dtype).as_numpy_dtype) for k, t in sig.inputs.items()}
-        fetch = [t.name for t in sig.outputs.values()]
-        calls[name] = (sess, fetch, feed)
+    calls = {name: session_call(name, batch) for name in sessions}
+    for sess, fetch, feed in calls.values():
         sess.run(fetch, feed)  # warm up
     reps = spec["reps"] if batch < 1000 else max(3, spec["reps"] // 5)
     per_round = {name: [] for name in calls}

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 
 import _common
+from serving import SESSION_LOADER
 
 # op types reported in their own column; the rest is summed in "other"
 COLUMNS = ("MatMul", "ResourceGather", "GatherV2", "ResourceGatherNd", "ConcatV2", "Pack")
@@ -32,29 +33,15 @@ LABELS = {"full": "full (model.export)", "uniform": "uniform, same parameters (m
           "uniform_width": "uniform, as wide as searched (model.export)", "sseds": "per field, folded",
           "pme": "per value, folded"}
 
-PROFILER = r'''
-import collections, json, statistics, sys
-sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving
-import numpy as np, tensorflow as tf
-tf.compat.v1.disable_eager_execution()
-spec = json.loads(sys.argv[1])
-requests = dict(np.load(spec["requests"]))
-sessions = {}
-for name, path in spec["paths"].items():
-    sess = tf.compat.v1.Session(graph=tf.Graph())
-    with sess.graph.as_default():
-        sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path).signature_def["serving_default"]
-    sessions[name] = (sess, sig)
+PROFILER = SESSION_LOADER + r'''
+import collections, statistics
 trace = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
 out = {name: {} for name in sessions}
 for batch in spec["batches"]:
-    calls = {}
-    for name, (sess, sig) in sessions.items():
-        feed = {t.name: requests[k][:batch].astype(tf.as_dtype(t.dtype).as_numpy_dtype)
-                for k, t in sig.inputs.items()}
-        calls[name] = (sess, [t.name for t in sig.outputs.values()], feed)
+    calls = {name: session_call(name, batch) for name in sessions}
+    for sess, fetch, feed in calls.values():
         for _ in range(10):
-            sess.run(calls[name][1], feed)
+            sess.run(fetch, feed)
     per_call = {name: [] for name in calls}
     for _ in range(spec["reps"]):  # round-robin: every export sees the same machine state
         for name, (sess, fetch, feed) in calls.items():
