@@ -246,8 +246,7 @@ def test_per_field_columns_share_one_stack_between_the_check_and_the_tables():
     want = reference.masked_lookup(table, layer.dimension_mask(), ids, multi_field=True).reshape(2, -1)
     codes = lookup.folded_codes(1)
     np.testing.assert_array_equal(got[:, codes >= 0], want[:, codes[codes >= 0]])
-    bad = r'field .{0,2}field_3.{0,2} received id 15, outside its vocabulary of 10'  # quotes escaped in a function's error
-    with pytest.raises(tf.errors.InvalidArgumentError, match=bad):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r'field .{0,2}field_3.{0,2} received id 15, outside its vocabulary of 10'):
         fn(*[tf.constant(ids[:, f] + (f == 3) * 9, tf.int64) for f in range(5)])
 
 
