@@ -227,29 +227,6 @@ def test_per_field_columns_check_every_field_and_name_the_exact_id():
         lookup.folded_fields([tf.constant([-2, 9], tf.int16)] + odd[1:])
 
 
-def test_per_field_columns_share_one_stack_between_the_check_and_the_tables():
-    """Under "error" the per-field ids are stacked once: the check and every width table's
-    rows read that one stack (one offset addition, one split), not a stack and an addition
-    per table; a one-field table gathers its ids as they came."""
-    keep = np.zeros((5, 4), bool)
-    keep[:2, 0] = keep[2:4, :2] = keep[4, :3] = True  # widths 1, 1, 2, 2, 3: three tables, one of one field
-    layer, table = _layer([10] * 5, 4, 0, keep=keep)
-    lookup = compact_layer(layer).lookup
-    assert [len(g.fields) for g in lookup.groups] == [2, 2, 1]
-    spec = [tf.TensorSpec([None], tf.int64)] * 5
-    fn = tf.function(lambda *cols: lookup.folded_fields(list(cols))).get_concrete_function(*spec)
-    ops = [n.op for n in fn.graph.as_graph_def().node]  # the serving graph (the failing branch is a function apart)
-    assert ops.count("Pack") == 1 and ops.count("SplitV") == 1 and ops.count("AddV2") == 1
-    assert ops.count("ResourceGather") == 3
-    ids = np.array([[1, 2, 3, 4, 5], [9, 8, 7, 6, 0]])
-    got = fn(*[tf.constant(ids[:, f], tf.int64) for f in range(5)]).numpy()
-    want = reference.masked_lookup(table, layer.dimension_mask(), ids, multi_field=True).reshape(2, -1)
-    codes = lookup.folded_codes(1)
-    np.testing.assert_array_equal(got[:, codes >= 0], want[:, codes[codes >= 0]])
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r'field .{0,2}field_3.{0,2} received id 15, outside its vocabulary of 10'):
-        fn(*[tf.constant(ids[:, f] + (f == 3) * 9, tf.int64) for f in range(5)])
-
-
 def test_local_columns_of_a_shared_id_space_by_hand():
     layout = ked.fields.FieldLayout((3, 5), ("a", "b"), multi_field=True, global_ids=True)
     got = layout.local_columns([tf.constant([0, 2]), tf.constant([3, 7], tf.int64)], "emb")

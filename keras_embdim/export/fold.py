@@ -280,7 +280,7 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
 
 def _plan_field_columns(graph: "_Graph", result: NetPlan) -> None:
     """Folded multi-field lookups whose ids a `StackFields` call stacks take its per-field inputs
-    instead (`FieldLookup.folded_fields`: one stack of them shared by the id check and the width groups); the
+    instead (`FieldLookup.folded_fields`: each width group stacks only its own fields); the
     `StackFields` call is then not run if nothing else uses its output."""
     searched = {id(n.raw): n for n in graph.nodes if id(n.raw) in result.lookups and id(n.raw) in result.skip}
     for key, n in searched.items():

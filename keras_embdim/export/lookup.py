@@ -18,9 +18,9 @@ Each has two outputs:
   example), so the exporter can select the matching rows of the `Dense` kernel
   that consumes them (`keras_embdim.export.fold`). Removed columns are not
   computed at all. `folded_fields(columns)` is the same from one id tensor per
-  field (the inputs of a `StackFields` call): `FieldLookup` then stacks all
-  fields once, which the id check and every table's rows share (one split
-  gives each table its fields).
+  field (the inputs of a `StackFields` call): `FieldLookup` then stacks only
+  the fields of each table into its rows (the id check alone reads all
+  fields, stacked along a new first axis).
 - `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
   removed columns exact zeros, for consumers that need aligned columns (FM
   inner products, pooling, attention).
@@ -92,8 +92,8 @@ class IdGuard:
         return tf.cast(checked, tf.int32), None
 
     def check_stacked(self, ids: tf.Tensor, fields: np.ndarray) -> list:
-        """The `"error"` check of the ids of every field, stacked on the last axis in the
-        order `fields` (a permutation of the layer's fields; `[..., F]`): one unsigned
+        """The `"error"` check of the ids of every field, stacked on the first axis in the
+        order `fields` (a permutation of the layer's fields; `[F, ...]`): one unsigned
         comparison of all ids against their field's vocabulary (a bitcast, so a negative id is
         a huge value) and one `cond`; only a failing request computes the message, naming the
         first field (in field order) with a bad id and its largest bad id. Returns the check
@@ -102,12 +102,13 @@ class IdGuard:
         if sorted(fields.tolist()) != list(range(len(self.vocab_sizes))):
             raise ValueError(f"`fields` must hold every field of layer '{self.layer_name}' once; "
                              f"received {fields.tolist()}.")
+        vocab = self.vocab_sizes[fields].reshape([-1] + [1] * (ids.shape.rank - 1))
         unsigned = tf.uint64 if ids.dtype.size > 4 else tf.uint32
         bits = tf.bitcast(ids, unsigned)
-        ok = tf.reduce_all(bits < tf.constant(self.vocab_sizes[fields], unsigned))
+        ok = tf.reduce_all(bits < tf.constant(vocab, unsigned))
 
         def fail(bits):  # field order: the first field with a bad id
-            largest = tf.reduce_max(tf.reshape(bits, [-1, len(fields)]), axis=0)  # [F], in stack order
+            largest = tf.reduce_max(tf.reshape(bits, [len(fields), -1]), axis=1)  # [F], in stack order
             bad = tf.gather(largest, np.argsort(fields))  # [F], in field order
             field = tf.cast(tf.where(bad >= tf.constant(self.vocab_sizes, unsigned))[0][0], tf.int32)
             value = tf.cast(tf.bitcast(tf.gather(bad, field), ids.dtype), tf.int64)
@@ -325,19 +326,17 @@ class FieldLookup:
     def folded_fields(self, columns: Sequence[tf.Tensor], checked: bool = False) -> tf.Tensor:
         """`folded` of the ids `stack_columns(columns)` (`columns[f]`: field f's ids `[N, *mid]`).
 
-        One id tensor per field, as a `StackFields` call receives them. Under
-        `"error"` (and with `checked`) the ids of all fields are stacked once
-        on a new last axis, group by group (fields that keep nothing last):
-        the check reads that stack (`IdGuard.check_stacked`: every field,
-        those that keep nothing too, before any table is read), one addition
-        shifts it by the fields' row offsets and one split gives each width
-        group its table rows (`[N, *mid, n_g]`); a one-field group's `[N]` ids
-        are its table rows as they came. One stack, addition and split per
-        request instead of one per group: fewer ops, which is most of a call
-        at batch 1. Under `"zero"` each group stacks its own fields and
-        replaces its own invalid ids (`_folded_zero`); with `checked` (every
-        id known to be in range) no check runs. Int64 ids are gathered as
-        they are, never clipped to int32 first.
+        One id tensor per field, as a `StackFields` call receives them. Each
+        width group stacks its own fields' ids into its table rows (`[N, *mid,
+        n_g]`, shifted by the fields' row offsets; a one-field group's `[N]`
+        ids are its table rows as they came), so no selection from a stack of
+        all fields and no transpose is computed. Under `"error"` the ids of
+        all fields are checked at once (`IdGuard.check_stacked`, on their
+        stack along a new first axis: each field's ids copied whole), before
+        any table is read; fields that keep nothing are checked too. Under
+        `"zero"` each group replaces its own invalid ids; with `checked`
+        (every id known to be in range) neither runs. Int64 ids are gathered
+        as they are, never clipped to int32 first.
         """
         _check_columns(self, columns)
         columns = [as_int_ids(c) for c in columns]
@@ -347,43 +346,23 @@ class FieldLookup:
         # columns of different dtypes
         if len({c.dtype for c in columns}) > 1 or columns[0].dtype not in (tf.int32, tf.int64):
             columns = [tf.cast(c, tf.int64) for c in columns]
-        if self.guard.policy == "zero" and not checked:
-            return self._folded_zero(columns)
-        # "error" (or `checked`): every field's ids in one stack, group by group (the fields that
-        # keep nothing last), that the check and the groups' rows share: one stack, one offset
-        # addition and one split, rather than a stack and an addition per group
-        order = np.concatenate([g.fields for g in self.groups] + [self._unkept]).astype(np.int64)
-        alone = [len(g.fields) == 1 and columns[g.fields[0]].shape.rank == 1 for g in self.groups]
-        check = self.guard.policy == "error" and not checked
-        stacked = tf.stack([columns[f] for f in order], axis=-1) if check or not all(alone) else None
-        checks = self.guard.check_stacked(stacked, order) if check else []
+        checks, valid = [], None
+        if self.guard.policy == "error" and not checked:
+            order = np.concatenate([g.fields for g in self.groups] + [self._unkept])
+            checks = self.guard.check_stacked(tf.stack([columns[f] for f in order], axis=0), order)
         if not self.kept_width:
             with tf.control_dependencies(checks):
                 return tf.zeros(tf.stack([tf.shape(columns[0])[0], 0]), tf.float32)
-        pieces = [None] * len(self.groups)
-        if not all(alone):
-            offsets = self.row_offsets[order]
-            rows_all = stacked + tf.constant(offsets, stacked.dtype) if offsets.any() else stacked
-            sizes = [len(g.fields) for g in self.groups] + ([len(self._unkept)] if len(self._unkept) else [])
-            pieces = tf.split(rows_all, sizes, axis=-1) if len(sizes) > 1 else [rows_all]
-        # a one-field group's `[N]` ids are its table rows as they came (its offset is 0)
-        rows = [columns[g.fields[0]] if a else p for g, a, p in zip(self.groups, alone, pieces)]
-        with tf.control_dependencies(checks):  # the reads wait for the ids' check
-            return self._gather_fn(rows, None)
-
-    def _folded_zero(self, columns: list) -> tf.Tensor:
-        """`folded_fields` under `"zero"`: each group stacks its own fields and replaces its own
-        invalid ids."""
-        if not self.kept_width:
-            return tf.zeros(tf.stack([tf.shape(columns[0])[0], 0]), tf.float32)
         rows = []
         for g in self.groups:
             part = [columns[f] for f in g.fields]
             rows.append(part[0] if len(part) == 1 and part[0].shape.rank == 1 else tf.stack(part, axis=-1))
-        rows, valid = zip(*[self.guard.replace_invalid(r, g.fields) for r, g in zip(rows, self.groups)])
+        if self.guard.policy == "zero" and not checked:
+            rows, valid = zip(*[self.guard.replace_invalid(r, g.fields) for r, g in zip(rows, self.groups)])
         rows = [r + tf.constant(self.row_offsets[g.fields], r.dtype) if self.row_offsets[g.fields].any() else r
                 for r, g in zip(rows, self.groups)]  # a one-field group's offset is 0
-        return self._gather_fn(list(rows), list(valid))
+        with tf.control_dependencies(checks):  # the reads wait for the ids' check
+            return self._gather_fn(rows, list(valid) if valid is not None else None)
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
