@@ -227,6 +227,32 @@ def test_per_field_columns_check_every_field_and_name_the_exact_id():
         lookup.folded_fields([tf.constant([-2, 9], tf.int16)] + odd[1:])
 
 
+@pytest.mark.parametrize("stacked", [False, True])
+def test_id_check_compares_each_fields_largest_id_not_every_id(stacked):
+    """The "error" check reduces each field's ids to their largest (unsigned: a negative id is
+    the largest) and compares F values with the vocabularies: no comparison of every id, whose
+    cost grows with the batch. Per-field inputs (`check_stacked`) and stacked ids (`IdGuard`)."""
+    keep = np.array([[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 0, 1]], bool)
+    layer, _ = _layer([10, 20, 30], 4, 0, keep=keep, names=["a", "b", "c"])
+    lookup = compact_layer(layer).lookup
+    if stacked:
+        fn = tf.function(lookup.folded).get_concrete_function(tf.TensorSpec([None, 3], tf.int64))
+        call = lambda ids: fn(tf.constant(ids, tf.int64))  # noqa: E731
+    else:
+        fn = tf.function(lambda *c: lookup.folded_fields(list(c))).get_concrete_function(
+            *[tf.TensorSpec([None], tf.int64)] * 3)
+        call = lambda ids: fn(*[tf.constant(np.asarray(ids)[:, f], tf.int64) for f in range(3)])  # noqa: E731
+    less = [n for n in fn.graph.get_operations() if n.type == "Less"]
+    assert [op.outputs[0].shape.as_list() for op in less] == [[3]]
+    assert call([[1, 2, 3], [9, 19, 29]]).shape == (2, lookup.kept_width)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r'field .{0,2}b.{0,2} received id -4,'):
+        call([[1, 2, 3], [9, -4, 30]])
+    # ids narrower than 32 bits: the largest bad id is reported as sent
+    guard = lookup.guard
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "c" received id -7,'):
+        guard.check_stacked(tf.constant([[1, 2], [3, 4], [5, -7]], tf.int16), np.array([0, 1, 2]))
+
+
 def test_local_columns_of_a_shared_id_space_by_hand():
     layout = ked.fields.FieldLayout((3, 5), ("a", "b"), multi_field=True, global_ids=True)
     got = layout.local_columns([tf.constant([0, 2]), tf.constant([3, 7], tf.int64)], "emb")
