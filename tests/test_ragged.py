@@ -80,6 +80,30 @@ def test_xla_compiled_lookup_is_identical(layout):
     np.testing.assert_array_equal(_lookup(packed, ids, jit=True), _lookup(packed, ids))
 
 
+@pytest.mark.parametrize("layout", ["planes", "sparse", "head"])
+def test_planes_are_decoded_word_by_word_not_broadcast(layout):
+    """The bit planes' words are read plane by plane (`[N]` each): no elementwise op of the
+    lookup works on the `[N, bits]` words with the row's shift broadcast along the planes
+    (several times the op time of the same elements unbroadcast), and the lookup still
+    gives the prefix reference."""
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((640, 16)).astype(np.float32)
+    sizes = rng.integers(0, 17, 640)  # 5 bits of codes
+    packed = ragged.pack(table, sizes, field_sizes=[140, 500], layout=layout)
+    assert packed.bits >= 2
+    arrays = {k: tf.constant(v) for k, v in packed.arrays.items()}
+    fn = tf.function(lambda ids: ragged.packed_lookup(
+        arrays, ids, field_starts=packed.field_starts, output_dim=16, multi_field=True, **packed.meta,
+    )).get_concrete_function(tf.TensorSpec([None, 2], tf.int32))
+    elementwise = {"BitwiseAnd", "RightShift", "LeftShift", "PopulationCount", "Mul", "Cast"}
+    wide = [op.name for op in fn.graph.get_operations()
+            if op.type in elementwise and op.outputs[0].shape.rank == 2 and op.outputs[0].shape[-1] == packed.bits]
+    assert wide == []
+    ids = np.stack([rng.integers(0, 140, 50), rng.integers(0, 500, 50)], -1)
+    np.testing.assert_array_equal(fn(tf.constant(ids, tf.int32)).numpy(),
+                                  reference.prefix_lookup(table, sizes, ids + packed.field_starts))
+
+
 def test_layout_bytes_by_hand():
     n, D = 200, 16
     sizes = np.arange(n) % 4  # sizes 0..3, 300 kept values
