@@ -81,7 +81,7 @@ OUT = os.path.join(_common.DOCS, "planted.md")
 # the per-field searches and their variants: issue 19's targets
 PER_FIELD = ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
              "sseds_retrain", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_warmup", "ham_search2", "ham_retrain",
-             "ham_ortho", "ham_ortho_search", "ham_ortho_weak")
+             "ham_paced", "ham_ortho", "ham_ortho_search", "ham_ortho_weak")
 SEARCHES = PER_FIELD + ("amtl", "pme")
 METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle") + PER_FIELD + ("amtl", "pme", "mde")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
@@ -153,6 +153,10 @@ def method_setup(method: str, budget: float, data):
     if method == "ham_search2":  # two search epochs instead of one, the same hypothesis for HAM's scores
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         return emb, dim, [ked.HardMaskSearch(budget, search_epochs=2, verbose=0)]
+    if method == "ham_paced":  # the scores paced to the search's length (about a tenth of the paper's scale on
+        # 1M rows): the penalty switches columns off over an eighth of the search, not its first few dozen steps
+        emb, dim, _ = embedding_and_callbacks("ham", budget, data)
+        return emb, dim, [ked.HardMaskSearch(budget, score_pace=0.125, verbose=0)]
     if method == "ham_retrain":  # HAM's searched dims trained again from the initial weights, as sseds_retrain
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         return emb, dim, [ked.HardMaskSearch(budget, after="retrain", verbose=0)]
@@ -294,6 +298,7 @@ VARIANTS = (("sseds", "sseds_abs_mean", "the joint Fisher score instead of abs_m
             ("sseds_warm2", "sseds_abs_mean", "scored after 2 epochs"),
             ("sseds_retrain", "sseds_abs_mean", "retrained from init"),
             ("sseds_abs_mean_rotate", "sseds_abs_mean", "the rotation"), ("ham_warmup", "ham", "a warm-up epoch"),
+            ("ham_paced", "ham", "the scores paced to the search"),
             ("ham_search2", "ham", "2 search epochs"),
             ("ham_retrain", "ham", "retrained from init"), ("ham_ortho_search", "ham", "the search epoch's penalty"),
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),

@@ -284,12 +284,96 @@ def test_warmup_resumed_past_its_end_searches_at_once(small_data):
     assert search.result.step == 3 * 8
 
 
+class _FirstSteps(keras.callbacks.Callback):
+    """The layer's logit_scale and scores before the first step and after each of the first two."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.scales, self.scores = layer, [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.scales.append(self.layer.logit_scale)
+            self.scores.append(self.layer.mask_scores().copy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch < 2:
+            self.scores.append(self.layer.mask_scores().copy())
+
+
+def test_score_pace_sets_the_scale_from_the_search_length_by_hand(small_data):
+    """`score_pace=p`: logit_scale = initial_logit / (learning rate x p x search steps), set when
+    the search starts with the scores kept at their initial value; Adam's first step moves every
+    score by the learning rate times that scale (m / sqrt(v) = sign of the gradient), its second
+    by no more (Adam's epsilon makes a step on a tiny gradient shorter), so steady pressure
+    crosses from the initial value to 0 in p x steps."""
+    d = small_data
+    x, y = d.train
+    keras.utils.set_random_seed(0)
+    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(16,),
+                                 embedding=_ham_factory(initial_logit=0.3))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    layer = ked.find_searchable_layers(model)[0]
+    search = ked.HardMaskSearch(0.3, score_pace=0.5, search_epochs=2, verbose=0)
+    probe = _FirstSteps(layer)
+    model.fit(d.inputs(x[:5120]), y[:5120], batch_size=512, epochs=3, verbose=0, callbacks=[search, probe])
+    scale = 0.3 / (0.01 * 0.5 * 10 * 2)  # 10 steps per epoch, 2 search epochs: 3.0
+    assert probe.scales[0] == pytest.approx(scale) and layer.logit_scale == pytest.approx(scale)
+    np.testing.assert_allclose(probe.scores[0], 0.3, rtol=1e-6)  # the scores kept their value
+    step = np.abs(probe.scores[1] - probe.scores[0])
+    assert np.all(step <= 0.01 * scale * (1 + 1e-5)) and step.max() == pytest.approx(0.01 * scale, rel=0.01)
+    assert np.median(step) == pytest.approx(0.01 * scale, rel=0.05)
+    assert np.all(np.abs(probe.scores[2] - probe.scores[1]) <= 0.01 * scale * (1 + 1e-3))
+    assert "scores paced to cross 0 in 0.5 of the search" in search._plan()
+    assert search.phase == "done" and layer.frozen
+
+
+def test_score_pace_keeps_scores_learned_at_that_pace(small_data):
+    """Scores that moved already (a search restored from a checkpoint into a layer built with
+    the default scale) were learned at the pace: the stored values are kept, so the scores are
+    the stored values times the paced scale; a layer whose scale is the paced one already (a
+    model saved mid-search and loaded) is left as it is."""
+    d = small_data
+    x, y = d.train
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=4, hidden=(8,),
+                                                        embedding=_ham_factory()))
+    layer = ked.find_searchable_layers(model)[0]
+    stored = np.full(layer.mask_logits.shape, 0.002, np.float32)
+    stored[0, 1] = -0.001
+    layer.mask_logits.assign(stored)
+    search = ked.HardMaskSearch(0.3, score_pace=0.25, verbose=0)
+    probe = _FirstSteps(layer)
+    model.fit(d.inputs(x[:2048]), y[:2048], batch_size=512, epochs=1, verbose=0, callbacks=[search, probe])
+    scale = 0.3 / (1e-3 * 0.25 * 4)
+    assert probe.scales[0] == pytest.approx(scale)
+    np.testing.assert_allclose(probe.scores[0], stored * scale, rtol=1e-6)
+    # the layer's own API: keep the scores, or keep the stored values
+    layer2 = ked.HardMaskEmbedding([5, 7], 3, initial_logit=0.3)
+    layer2.build()
+    layer2.set_logit_scale(3.0)
+    np.testing.assert_allclose(layer2.mask_scores(), 0.3, rtol=1e-6)
+    layer2.set_logit_scale(6.0, keep_scores=False)
+    np.testing.assert_allclose(layer2.mask_scores(), 0.6, rtol=1e-6)
+    with pytest.raises(ValueError, match="scale"):
+        layer2.set_logit_scale(0.0)
+
+
+def test_score_pace_needs_a_positive_initial_logit(small_data):
+    d = small_data
+    x, y = d.train
+    model = _model(d, initial_logit=-0.1)
+    with pytest.raises(ValueError, match="score_pace.*initial_logit"):
+        model.fit(d.inputs(x[:1024]), y[:1024], batch_size=512, epochs=1, verbose=0,
+                  callbacks=[ked.HardMaskSearch(0.3, score_pace=0.1, verbose=0)])
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"temperature": (0, 1)}, "temperature"), ({"temperature": "x"}, "temperature"),
      ({"sparsity_weight": 0}, "sparsity_weight"), ({"search_epochs": 0}, "search_epochs"),
      ({"warmup_epochs": -1}, "warmup_epochs"), ({"warmup_epochs": 1.5}, "warmup_epochs"),
-     ({"min_dim": -1}, "min_dim"), ({"after": "later"}, "after")],
+     ({"min_dim": -1}, "min_dim"), ({"after": "later"}, "after"), ({"score_pace": 0}, "score_pace"),
+     ({"score_pace": "fast"}, "score_pace")],
 )
 def test_bad_search_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

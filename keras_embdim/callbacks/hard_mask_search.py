@@ -5,12 +5,21 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from keras_embdim import _utils
 from keras_embdim.callbacks.search_callback import EpochBoundedSearch, Phase
 from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
 from keras_embdim.searchable import total_params
 from keras_embdim.validation import check_int, check_number
+
+
+def _learning_rate(optimizer) -> float:
+    """The optimizer's learning rate now (a schedule evaluated at the optimizer's step)."""
+    lr = optimizer.learning_rate
+    if callable(lr) and not isinstance(lr, tf.Variable):
+        lr = lr(optimizer.iterations)
+    return float(np.asarray(lr))
 
 
 class HardMaskSearch(EpochBoundedSearch):
@@ -48,6 +57,18 @@ class HardMaskSearch(EpochBoundedSearch):
             every epoch when the epoch length is unknown or under
             ParameterServerStrategy).
         sparsity_weight: penalty weight (measured in docs/reference/methods.md).
+        score_pace: None (default: the layers' `logit_scale`, the paper's
+            fixed pace) or a share of the search's steps: each layer's
+            `logit_scale` is set when the search starts so that a score pushed
+            the same way at every step (Adam moves a weight by about the
+            learning rate per step) crosses from its initial value to 0 in
+            that share of the steps: `initial_logit / (learning rate x
+            score_pace x search steps)`. At the paper's fixed pace a column is
+            switched off within a few dozen steps, before the super-net has
+            learned which fields need many columns; on the planted ranks
+            `score_pace=0.125` (a tenth of the scale on 1M rows) beat uniform
+            dims by more on unequal ranks at no cost on equal ones
+            (docs/results/planted.md, `ham_paced`). Needs the epoch length.
         trace_every: steps between two records of the kept fraction (`trace`).
         min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
             (`min_dim=0`, off by default, lets a field be dropped whole).
@@ -73,6 +94,7 @@ class HardMaskSearch(EpochBoundedSearch):
         search_epochs: int = 1,
         temperature: tuple[float, float] = (1.0, 0.1),
         sparsity_weight: float = 0.01,
+        score_pace: float | None = None,
         trace_every: int = 10,
         min_dim: int = 1,
         after: str = "finetune",
@@ -91,6 +113,7 @@ class HardMaskSearch(EpochBoundedSearch):
             raise ValueError(f"`temperature` must be two positive numbers (start, end); received {temperature!r}.")
         self.temperature = (t0, t1)
         self.sparsity_weight = check_number("sparsity_weight", sparsity_weight, low=0, strict=True)
+        self.score_pace = None if score_pace is None else check_number("score_pace", score_pace, low=0, strict=True)
         self._search_steps: int | None = None
         self._warmup_steps = 0
         self.trace: list[dict] = []
@@ -121,7 +144,32 @@ class HardMaskSearch(EpochBoundedSearch):
             layer.sparsity_weight.assign(self.sparsity_weight)
             layer.sparsity_target.assign(self.budget)
             layer.temperature.assign(self.temperature[0])
+        self._pace_scores(steps)
         self._pause(self.phase == Phase.WARMUP)
+
+    def _pace_scores(self, steps) -> None:
+        """`score_pace`: set each layer's `logit_scale` from the search's length. Scores still
+        at their initial value keep it (a fresh search); scores that moved were learned at this
+        pace (a search resumed from a checkpoint), so they are kept as stored."""
+        if self.score_pace is None:
+            return
+        if not steps:
+            self.log.warning(f"{self.name}: score_pace needs the epoch length (fit's steps_per_epoch); the "
+                             "layers keep their logit_scale.")
+            return
+        lr = _learning_rate(self.model.optimizer)
+        changed = False
+        for layer in self._layers:
+            if layer.initial_logit <= 0:
+                raise ValueError(f"`score_pace` needs a positive `initial_logit` in layer '{layer.name}' (the "
+                                 f"distance the scores travel to switch a column off); received {layer.initial_logit}.")
+            scale = layer.initial_logit / (lr * self.score_pace * int(steps) * self.search_epochs)
+            fresh = bool(np.allclose(layer.mask_scores(), layer.initial_logit, rtol=1e-5, atol=0))
+            if scale != layer.logit_scale:
+                layer.set_logit_scale(scale, keep_scores=fresh)
+                changed = True
+        if changed:
+            _utils.force_retrace(self.model)
 
     def _pause(self, paused: bool) -> None:
         """Pause or run the layers' search (`HardMaskEmbedding.search_paused`); retrace if that changed it."""
@@ -143,7 +191,9 @@ class HardMaskSearch(EpochBoundedSearch):
         warm = (f"{self.warmup_epochs} warm-up epoch{'s' if self.warmup_epochs > 1 else ''} with every column on, "
                 "then " if self.warmup_epochs else "")
         return (f"{warm}{self.search_epochs} search epoch{'s' if self.search_epochs > 1 else ''} of hard masks "
-                f"(temperature {t0:g} -> {t1:g}, sparsity weight {self.sparsity_weight:g}), then one ranking")
+                f"(temperature {t0:g} -> {t1:g}, sparsity weight {self.sparsity_weight:g}"
+                + (f", scores paced to cross 0 in {self.score_pace:g} of the search" if self.score_pace else "")
+                + "), then one ranking")
 
     def _completed_in_layers(self) -> bool:
         return all(layer.frozen for layer in self._layers)

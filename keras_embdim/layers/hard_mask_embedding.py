@@ -133,6 +133,19 @@ class HardMaskEmbedding(SearchableEmbedding):
         # lets a logit cross 0 within an epoch without a separate learning rate.
         return tf.convert_to_tensor(self.mask_logits) * self.logit_scale
 
+    def set_logit_scale(self, scale: float, *, keep_scores: bool = True) -> None:
+        """Change `logit_scale`, the pace of the scores under Adam (see `_scores`).
+
+        With `keep_scores` the stored `mask_logits` are divided so that the
+        scores `a` stay what they are; without, the stored values are kept (they
+        were learned under `scale`: a search resumed from a checkpoint). The
+        caller retraces the training step (`HardMaskSearch(score_pace=...)` does).
+        """
+        scale = check_number("scale", scale, low=0, strict=True)
+        if keep_scores and self.built:
+            self.mask_logits.assign(_utils.to_numpy(self.mask_logits) * (self.logit_scale / scale))
+        self.logit_scale = scale
+
     def mask_scores(self) -> np.ndarray:
         """The auxiliary scores `a` `[F, D]` (a dimension is on where `a > 0`)."""
         return _utils.to_numpy(self.mask_logits) * self.logit_scale
