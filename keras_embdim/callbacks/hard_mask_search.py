@@ -72,6 +72,11 @@ class HardMaskSearch(EpochBoundedSearch):
             interact in pairs (HAM: +0.0102), within 2 standard errors of
             uniform on equal ranks
             (docs/results/planted.md, `ham_paced`). Needs the epoch length.
+            Scores still at their initial value are kept; scores that moved
+            are taken as learned at this pace (a search resumed from a
+            checkpoint) and kept as stored, so do not pass it for layers whose
+            scores moved under another scale (a layer that searched on its own
+            before).
         trace_every: steps between two records of the kept fraction (`trace`).
         min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
             (`min_dim=0`, off by default, lets a field be dropped whole).
