@@ -27,7 +27,8 @@ so in `renamed_from`); with `score="abs_mean"` as well: `sseds_steps100` with
 paper's protocol, in the 9 epochs left; `sseds_fisher` and `sseds_fisher_rotate` with
 `score="fisher"`), HAM (`ham_warmup`: one warm-up epoch with every column on
 before the search, `warmup_epochs=1`; `ham_search2`: two search
-epochs; `ham_retrain` as `sseds_retrain`), HAM + OrthogonalRegularizer
+epochs; `ham_retrain` as `sseds_retrain`; `ham_paced`: the scores paced to the
+search, `score_pace=0.25`), HAM + OrthogonalRegularizer
 (`ham_ortho_search`: the penalty in the search epoch only; `ham_ortho_weak`: beta 1e-4
 instead of 1e-3), AMTL, PME (searches, budget b); the MDE
 frequency rule (fixed per-field dims from the cardinalities). Budgets: the oracle's own parameter share, and twice it.
