@@ -312,7 +312,9 @@ def test_score_pace_sets_the_scale_from_the_search_length_by_hand(small_data):
     keras.utils.set_random_seed(0)
     model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(16,),
                                  embedding=_ham_factory(initial_logit=0.3))
-    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    # a schedule: the pace takes its rate at the search's start (0.01 at step 0)
+    rate = keras.optimizers.schedules.ExponentialDecay(0.01, decay_steps=1000, decay_rate=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss="binary_crossentropy")
     layer = ked.find_searchable_layers(model)[0]
     search = ked.HardMaskSearch(0.3, score_pace=0.5, search_epochs=2, verbose=0)
     probe = _FirstSteps(layer)

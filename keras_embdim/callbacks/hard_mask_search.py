@@ -5,21 +5,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from keras_embdim import _utils
 from keras_embdim.callbacks.search_callback import EpochBoundedSearch, Phase
 from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
 from keras_embdim.searchable import total_params
 from keras_embdim.validation import check_int, check_number
-
-
-def _learning_rate(optimizer) -> float:
-    """The optimizer's learning rate now (a schedule evaluated at the optimizer's step)."""
-    lr = optimizer.learning_rate
-    if callable(lr) and not isinstance(lr, tf.Variable):
-        lr = lr(optimizer.iterations)
-    return float(np.asarray(lr))
 
 
 class HardMaskSearch(EpochBoundedSearch):
@@ -164,7 +155,8 @@ class HardMaskSearch(EpochBoundedSearch):
             self.log.warning(f"{self.name}: score_pace needs the epoch length (fit's steps_per_epoch); the "
                              "layers keep their logit_scale.")
             return
-        lr = _learning_rate(self.model.optimizer)
+        # the rate now: both Kerases give a schedule's value at the optimizer's step
+        lr = float(np.asarray(self.model.optimizer.learning_rate))
         changed = False
         for layer in self._layers:
             if layer.initial_logit <= 0:
