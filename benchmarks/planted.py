@@ -25,12 +25,14 @@ so in `renamed_from`); with `score="abs_mean"` as well: `sseds_steps100` with
 `scoring_steps=100` instead of 20, `sseds_warm2` scored after two epochs instead of one,
 `sseds_retrain` trained again from the initial weights with the searched dims, the
 paper's protocol, in the 9 epochs left; `sseds_fisher` and `sseds_fisher_rotate` with
-`score="fisher"`), HAM (`ham_warmup`: one warm-up epoch with every column on
-before the search, `warmup_epochs=1`; `ham_search2`: two search
-epochs; `ham_retrain` as `sseds_retrain`; `ham_paced`: the scores paced to the
-search, `score_pace=0.25`), HAM + OrthogonalRegularizer
-(`ham_ortho_search`: the penalty in the search epoch only; `ham_ortho_weak`: beta 1e-4
-instead of 1e-3), AMTL, PME (searches, budget b); the MDE
+`score="fisher"`), HAM (its default, the scores paced to a quarter of the search,
+`score_pace=0.25`; `ham_fixed` at the paper's fixed pace, `score_pace=None`, the
+default until then: its records were named `ham` then, the paced ones `ham_paced`, and
+each renamed record says so in `renamed_from`; at the fixed pace as they were measured:
+`ham_warmup`, one warm-up epoch with every column on before the search,
+`warmup_epochs=1`; `ham_search2`, two search epochs; `ham_retrain` as `sseds_retrain`),
+HAM at the fixed pace + OrthogonalRegularizer (`ham_ortho_search`: the penalty in the
+search epoch only; `ham_ortho_weak`: beta 1e-4 instead of 1e-3), AMTL, PME (searches, budget b); the MDE
 frequency rule (fixed per-field dims from the cardinalities). Budgets: the oracle's own parameter share, and twice it.
 
 Settings, varying one thing at a time from `unequal`:
@@ -81,8 +83,8 @@ ROTATED_MOMENTS = os.path.join(_common.ROOT, "benchmarks", "results", "planted_r
 OUT = os.path.join(_common.DOCS, "planted.md")
 # the per-field searches and their variants: issue 19's targets
 PER_FIELD = ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
-             "sseds_retrain", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_warmup", "ham_search2", "ham_retrain",
-             "ham_paced", "ham_ortho", "ham_ortho_search", "ham_ortho_weak")
+             "sseds_retrain", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_fixed", "ham_warmup", "ham_search2",
+             "ham_retrain", "ham_ortho", "ham_ortho_search", "ham_ortho_weak")
 SEARCHES = PER_FIELD + ("amtl", "pme")
 METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle") + PER_FIELD + ("amtl", "pme", "mde")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
@@ -147,30 +149,31 @@ def method_setup(method: str, budget: float, data):
     if method in ("sseds_fisher", "sseds_fisher_rotate"):  # scored by the gates' Fisher information
         emb, dim, _ = embedding_and_callbacks("sseds", budget, data)
         return emb, dim, [ked.SingleShotPruner(budget, score="fisher", rotate=method.endswith("rotate"), verbose=0)]
+    # HAM's variants were measured at the paper's fixed pace (`score_pace=None`, the default until the paced
+    # scores): they keep it, so that their records stay what the code runs, and are paired with `ham_fixed`
+    fixed = {"score_pace": None, "verbose": 0}
+    if method == "ham_fixed":  # the paper's fixed pace (logit_scale 30): the default until the paced scores
+        emb, dim, _ = embedding_and_callbacks("ham", budget, data)
+        return emb, dim, [ked.HardMaskSearch(budget, **fixed)]
     if method == "ham_warmup":  # one epoch of the super-net with every column on before the search: a field that
         # needs many columns learns to use them before the penalty removes columns
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, [ked.HardMaskSearch(budget, warmup_epochs=1, verbose=0)]
+        return emb, dim, [ked.HardMaskSearch(budget, warmup_epochs=1, **fixed)]
     if method == "ham_search2":  # two search epochs instead of one, the same hypothesis for HAM's scores
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, [ked.HardMaskSearch(budget, search_epochs=2, verbose=0)]
-    if method == "ham_paced":  # the scores paced to the search's length (a twentieth of the paper's scale on 1M
-        # rows): a score pushed one way at every step crosses 0 after a quarter of the search, not in its first few
-        # dozen steps (0.125 before: benchmarks/results/planted_paced_0125.jsonl, not reported)
-        emb, dim, _ = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, [ked.HardMaskSearch(budget, score_pace=0.25, verbose=0)]
+        return emb, dim, [ked.HardMaskSearch(budget, search_epochs=2, **fixed)]
     if method == "ham_retrain":  # HAM's searched dims trained again from the initial weights, as sseds_retrain
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, [ked.HardMaskSearch(budget, after="retrain", verbose=0)]
-    if method == "ham_ortho":
-        emb, dim, cbs = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, cbs + [ked.OrthogonalRegularizer(1e-3)]
-    if method == "ham_ortho_weak":  # a tenth of the penalty: is its cost on equal ranks smaller than its gain?
-        emb, dim, cbs = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, cbs + [ked.OrthogonalRegularizer(1e-4)]
-    if method == "ham_ortho_search":  # the orthogonal penalty during the search epoch only, none in the fine-tuning
-        emb, dim, cbs = embedding_and_callbacks("ham", budget, data)
-        return emb, dim, cbs + [ked.OrthogonalRegularizer(1e-3, schedule=lambda epoch: 1e-3 if epoch < 1 else 0.0)]
+        return emb, dim, [ked.HardMaskSearch(budget, after="retrain", **fixed)]
+    if method in ("ham_ortho", "ham_ortho_weak", "ham_ortho_search"):
+        emb, dim, _ = embedding_and_callbacks("ham", budget, data)
+        ortho = {"ham_ortho": ked.OrthogonalRegularizer(1e-3),
+                 # a tenth of the penalty: is its cost on equal ranks smaller than its gain?
+                 "ham_ortho_weak": ked.OrthogonalRegularizer(1e-4),
+                 # the orthogonal penalty during the search epoch only, none in the fine-tuning
+                 "ham_ortho_search": ked.OrthogonalRegularizer(1e-3, schedule=lambda epoch: 1e-3 if epoch < 1 else 0.0),
+                 }[method]
+        return emb, dim, [ked.HardMaskSearch(budget, **fixed), ortho]
     return embedding_and_callbacks(method, budget, data)
 
 
@@ -299,10 +302,11 @@ VARIANTS = (("sseds", "sseds_abs_mean", "the joint Fisher score instead of abs_m
             ("sseds_steps100", "sseds_abs_mean", "100 scoring batches"),
             ("sseds_warm2", "sseds_abs_mean", "scored after 2 epochs"),
             ("sseds_retrain", "sseds_abs_mean", "retrained from init"),
-            ("sseds_abs_mean_rotate", "sseds_abs_mean", "the rotation"), ("ham_warmup", "ham", "a warm-up epoch"),
-            ("ham_paced", "ham", "the scores paced to the search"),
-            ("ham_search2", "ham", "2 search epochs"),
-            ("ham_retrain", "ham", "retrained from init"), ("ham_ortho_search", "ham", "the search epoch's penalty"),
+            ("sseds_abs_mean_rotate", "sseds_abs_mean", "the rotation"),
+            ("ham", "ham_fixed", "the scores paced to the search"),
+            ("ham_warmup", "ham_fixed", "a warm-up epoch"), ("ham_search2", "ham_fixed", "2 search epochs"),
+            ("ham_retrain", "ham_fixed", "retrained from init"),
+            ("ham_ortho_search", "ham_fixed", "the search epoch's penalty"),
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),
             ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"))
 

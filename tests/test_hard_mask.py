@@ -243,7 +243,9 @@ def test_warmup_epochs_train_the_super_net_before_the_search(small_data):
     search = ked.HardMaskSearch(0.3, warmup_epochs=1, verbose=0)
     probe = _ScoresPerEpoch(layer)
     model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=3, verbose=0, callbacks=[search, probe])
-    np.testing.assert_array_equal(probe.scores[0], start)  # the warm-up left the scores as they were
+    # the warm-up left the scores as they were (to float32 rounding: the pace rescaled the stored values; one
+    # Adam step would move them by the learning rate x the paced scale, 0.075)
+    np.testing.assert_allclose(probe.scores[0], start, rtol=1e-6)
     assert probe.temperatures[0] == pytest.approx(search.temperature[0])
     assert not np.array_equal(np.asarray(layer.embedding_variable), table0)
     assert search.result is not None and search.result.step == 2 * 16  # warm-up + search steps (16 per epoch)
@@ -358,6 +360,37 @@ def test_score_pace_keeps_scores_learned_at_that_pace(small_data):
     np.testing.assert_allclose(layer2.mask_scores(), 0.6, rtol=1e-6)
     with pytest.raises(ValueError, match="scale"):
         layer2.set_logit_scale(0.0)
+
+
+def test_score_pace_default_paces_and_none_keeps_the_layers_scale(small_data, caplog):
+    """By default the scores are paced to a quarter of the search; `score_pace=None` keeps the
+    layers' own `logit_scale` (the paper's fixed pace); with the epoch length unknown (a dataset
+    of unknown cardinality, no `steps_per_epoch`) the default keeps it too, without a warning."""
+    d = small_data
+    x, y = d.train
+    scales = {}
+    for pace in ("default", None, "unknown length"):
+        keras.utils.set_random_seed(0)
+        model = _model(d, dim=4, hidden=(8,))
+        layer = ked.find_searchable_layers(model)[0]
+        default_scale = layer.logit_scale
+        search = ked.HardMaskSearch(0.3, verbose=0, **({"score_pace": None} if pace is None else {}))
+        data = d.inputs(x[:2048]), y[:2048]
+        if pace == "unknown length":
+            data = (tf.data.Dataset.from_tensor_slices(data).batch(512).filter(lambda *_: True),)
+            assert data[0].cardinality().numpy() == tf.data.UNKNOWN_CARDINALITY
+        else:
+            data = (*data,)
+        with caplog.at_level("WARNING", logger="keras_embdim"):
+            caplog.clear()
+            model.fit(*data, **({} if pace == "unknown length" else {"batch_size": 512}), epochs=1, verbose=0,
+                      callbacks=[search])
+            assert not [r for r in caplog.records if r.levelname == "WARNING" and "score_pace" in r.getMessage()]
+        scales[pace] = (default_scale, layer.logit_scale)
+    lr = 1e-3  # compile_ctr's Adam
+    assert scales["default"][1] == pytest.approx(0.3 / (lr * 0.25 * 4))  # initial_logit 0.3, 4 steps
+    assert scales[None][1] == scales[None][0] == 30.0
+    assert scales["unknown length"][1] == scales["unknown length"][0]
 
 
 def test_score_pace_needs_a_positive_initial_logit(small_data):

@@ -12,6 +12,10 @@ from keras_embdim.layers.hard_mask_embedding import HardMaskEmbedding
 from keras_embdim.searchable import total_params
 from keras_embdim.validation import check_int, check_number
 
+# the share of the search in which a steadily pushed score crosses 0 (`HardMaskSearch(score_pace=...)`):
+# chosen on the planted ranks, docs/reference/methods.md
+DEFAULT_SCORE_PACE = 0.25
+
 
 class HardMaskSearch(EpochBoundedSearch):
     """Search per-field dimensions of `HardMaskEmbedding` layers (HAM) to a budget.
@@ -48,25 +52,26 @@ class HardMaskSearch(EpochBoundedSearch):
             every epoch when the epoch length is unknown or under
             ParameterServerStrategy).
         sparsity_weight: penalty weight (measured in docs/reference/methods.md).
-        score_pace: None (default: the layers' `logit_scale`, the paper's
-            fixed pace) or a share of the search's steps: each layer's
-            `logit_scale` is set when the search starts so that a score pushed
-            the same way at every step (Adam moves a weight by about the
-            learning rate per step) crosses from its initial value to 0 in
-            that share of the steps: `initial_logit / (learning rate x
-            score_pace x search steps)`. At the paper's fixed pace a column is
-            switched off within a few dozen steps, before the super-net has
-            learned which fields need many columns. On the planted ranks
-            (1M rows, 5 seeds, the oracle's budget) `score_pace=0.25` (about a
-            twentieth of the paper's scale there) beat uniform dims by +0.0091
-            on unequal ranks (+3.6 standard errors; HAM: +0.0032, +1.3) and
-            was within 2 standard errors of uniform on equal ranks
-            (docs/results/planted.md, `ham_paced`). Needs the epoch length.
-            Scores still at their initial value are kept; scores that moved
-            are taken as learned at this pace (a search resumed from a
-            checkpoint) and kept as stored, so do not pass it for layers whose
-            scores moved under another scale (a layer that searched on its own
-            before).
+        score_pace: share of the search's steps in which a score pushed the
+            same way at every step (Adam moves a weight by about the learning
+            rate per step) crosses from its initial value to 0 (default 0.25):
+            each layer's `logit_scale` is set when the search starts to
+            `initial_logit / (learning rate x score_pace x search steps)`.
+            None: the layers' own `logit_scale` (the paper's fixed pace, 30),
+            at which a column is switched off within a few dozen steps, before
+            the super-net has learned which fields need many columns. On the
+            planted ranks (1M rows, 5 seeds, the oracle's budget) the paced
+            scores (about a twentieth of the paper's scale there) beat uniform
+            dims by +0.0091 on unequal ranks (+3.6 standard errors; the fixed
+            pace: +0.0032, +1.3) and were within 2 standard errors of uniform
+            on equal ranks (docs/results/planted.md, `ham` against
+            `ham_fixed`). Needs the epoch length: without it (a dataset of
+            unknown length and no `steps_per_epoch`) the layers keep their
+            `logit_scale`. Scores still at their initial value are kept;
+            scores that moved are taken as learned at this pace (a search
+            resumed from a checkpoint) and kept as stored, so pass None for
+            layers whose scores moved under another scale (a layer that
+            searched on its own before) or whose `logit_scale` you set.
         trace_every: steps between two records of the kept fraction (`trace`).
         min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
             (`min_dim=0`, off by default, lets a field be dropped whole).
@@ -92,7 +97,7 @@ class HardMaskSearch(EpochBoundedSearch):
         search_epochs: int = 1,
         temperature: tuple[float, float] = (1.0, 0.1),
         sparsity_weight: float = 0.01,
-        score_pace: float | None = None,
+        score_pace: float | None = DEFAULT_SCORE_PACE,
         trace_every: int = 10,
         min_dim: int = 1,
         after: str = "finetune",
@@ -152,6 +157,9 @@ class HardMaskSearch(EpochBoundedSearch):
         if self.score_pace is None:
             return
         if not steps:
+            if self.score_pace == DEFAULT_SCORE_PACE:  # the default: the layers' scale, said at verbose > 0
+                self.log.info(f"{self.name}: the epoch length is unknown; the scores keep the layers' logit_scale.")
+                return
             self.log.warning(f"{self.name}: score_pace needs the epoch length (fit's steps_per_epoch); the "
                              "layers keep their logit_scale.")
             return
