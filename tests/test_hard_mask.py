@@ -347,8 +347,8 @@ def test_score_pace_keeps_scores_learned_at_that_pace(small_data):
     layer.mask_logits.assign(stored)
     search = ked.HardMaskSearch(0.3, score_pace=0.25, verbose=0)
     probe = _FirstSteps(layer)
-    model.fit(d.inputs(x[:2048]), y[:2048], batch_size=512, epochs=1, verbose=0, callbacks=[search, probe])
-    scale = 0.3 / (1e-3 * 0.25 * 4)
+    model.fit(d.inputs(x[:2048]), y[:2048], batch_size=32, epochs=1, verbose=0, callbacks=[search, probe])
+    scale = 0.3 / (1e-3 * 0.25 * 64)  # 18.75, below the layer's 30
     assert probe.scales[0] == pytest.approx(scale)
     np.testing.assert_allclose(probe.scores[0], stored * scale, rtol=1e-6)
     # the layer's own API: keep the scores, or keep the stored values
@@ -363,34 +363,34 @@ def test_score_pace_keeps_scores_learned_at_that_pace(small_data):
 
 
 def test_score_pace_default_paces_and_none_keeps_the_layers_scale(small_data, caplog):
-    """By default the scores are paced to a quarter of the search; `score_pace=None` keeps the
-    layers' own `logit_scale` (the paper's fixed pace); with the epoch length unknown (a dataset
-    of unknown cardinality, no `steps_per_epoch`) the default keeps it too, without a warning."""
+    """By default the scores are paced to a quarter of the search, never faster than the layer's
+    own `logit_scale` (a short search keeps it); `score_pace=None` keeps the layers' scale (the
+    paper's fixed pace); with the epoch length unknown (a dataset of unknown cardinality, no
+    `steps_per_epoch`) the default keeps it too, without a warning."""
     d = small_data
     x, y = d.train
     scales = {}
-    for pace in ("default", None, "unknown length"):
+    for case, batch in (("default", 32), ("short", 512), (None, 32), ("unknown length", 32)):
         keras.utils.set_random_seed(0)
         model = _model(d, dim=4, hidden=(8,))
         layer = ked.find_searchable_layers(model)[0]
-        default_scale = layer.logit_scale
-        search = ked.HardMaskSearch(0.3, verbose=0, **({"score_pace": None} if pace is None else {}))
+        assert layer.logit_scale == 30.0 and layer.initial_logit == pytest.approx(0.3)
+        search = ked.HardMaskSearch(0.3, verbose=0, **({"score_pace": None} if case is None else {}))
         data = d.inputs(x[:2048]), y[:2048]
-        if pace == "unknown length":
-            data = (tf.data.Dataset.from_tensor_slices(data).batch(512).filter(lambda *_: True),)
+        fit_kwargs = {"batch_size": batch}
+        if case == "unknown length":
+            data = (tf.data.Dataset.from_tensor_slices(data).batch(batch).filter(lambda *_: True),)
             assert data[0].cardinality().numpy() == tf.data.UNKNOWN_CARDINALITY
-        else:
-            data = (*data,)
+            fit_kwargs = {}
         with caplog.at_level("WARNING", logger="keras_embdim"):
             caplog.clear()
-            model.fit(*data, **({} if pace == "unknown length" else {"batch_size": 512}), epochs=1, verbose=0,
-                      callbacks=[search])
+            model.fit(*data, **fit_kwargs, epochs=1, verbose=0, callbacks=[search])
             assert not [r for r in caplog.records if r.levelname == "WARNING" and "score_pace" in r.getMessage()]
-        scales[pace] = (default_scale, layer.logit_scale)
-    lr = 1e-3  # compile_ctr's Adam
-    assert scales["default"][1] == pytest.approx(0.3 / (lr * 0.25 * 4))  # initial_logit 0.3, 4 steps
-    assert scales[None][1] == scales[None][0] == 30.0
-    assert scales["unknown length"][1] == scales["unknown length"][0]
+        scales[case] = layer.logit_scale
+    # compile_ctr's Adam at 1e-3; 2048 rows: 64 steps at batch 32, 4 at batch 512
+    assert scales["default"] == pytest.approx(0.3 / (1e-3 * 0.25 * 64))  # 18.75
+    assert scales["short"] == 30.0  # 0.3 / (1e-3 x 0.25 x 4) = 300 would be faster than the layer's 30
+    assert scales[None] == scales["unknown length"] == 30.0
 
 
 def test_score_pace_needs_a_positive_initial_logit(small_data):

@@ -56,7 +56,11 @@ class HardMaskSearch(EpochBoundedSearch):
             same way at every step (Adam moves a weight by about the learning
             rate per step) crosses from its initial value to 0 (default 0.25):
             each layer's `logit_scale` is set when the search starts to
-            `initial_logit / (learning rate x score_pace x search steps)`.
+            `initial_logit / (learning rate x score_pace x search steps)`, or
+            the layer's own `logit_scale` where that is smaller (a search of
+            fewer than `initial_logit / (learning rate x score_pace x
+            logit_scale)` steps, 40 with the defaults and Adam at 1e-3: the
+            pace only ever slows the scores down).
             None: the layers' own `logit_scale` (the paper's fixed pace, 30),
             at which a column is switched off within a few dozen steps, before
             the super-net has learned which fields need many columns. On the
@@ -170,7 +174,10 @@ class HardMaskSearch(EpochBoundedSearch):
             if layer.initial_logit <= 0:
                 raise ValueError(f"`score_pace` needs a positive `initial_logit` in layer '{layer.name}' (the "
                                  f"distance the scores travel to switch a column off); received {layer.initial_logit}.")
-            scale = layer.initial_logit / (lr * self.score_pace * int(steps) * self.search_epochs)
+            # never faster than the layer's own pace: a short search keeps it (the paced scale would have a
+            # score cross 0 within a few steps)
+            scale = min(layer.initial_logit / (lr * self.score_pace * int(steps) * self.search_epochs),
+                        layer.logit_scale)
             fresh = bool(np.allclose(layer.mask_scores(), layer.initial_logit, rtol=1e-5, atol=0))
             if scale != layer.logit_scale:
                 layer.set_logit_scale(scale, keep_scores=fresh)
