@@ -26,13 +26,14 @@ so in `renamed_from`); with `score="abs_mean"` as well: `sseds_steps100` with
 `sseds_retrain` trained again from the initial weights with the searched dims, the
 paper's protocol, in the 9 epochs left; `sseds_fisher` and `sseds_fisher_rotate` with
 `score="fisher"`), HAM (its default, the scores paced to a quarter of the search,
-`score_pace=0.25`; `ham_fixed` at the paper's fixed pace, `score_pace=None`, the
-default until then: its records were named `ham` then, the paced ones `ham_paced`, and
-each renamed record says so in `renamed_from`; at the fixed pace as they were measured:
+`score_pace=0.25`, whose records were named `ham_paced` before it was the default: each
+renamed record says so in `renamed_from`; `ham_fixed` at the paper's fixed pace,
+`score_pace=None`, the default until then; at the fixed pace as they were measured:
 `ham_warmup`, one warm-up epoch with every column on before the search,
 `warmup_epochs=1`; `ham_search2`, two search epochs; `ham_retrain` as `sseds_retrain`),
 HAM at the fixed pace + OrthogonalRegularizer (`ham_ortho_search`: the penalty in the
-search epoch only; `ham_ortho_weak`: beta 1e-4 instead of 1e-3), AMTL, PME (searches, budget b); the MDE
+search epoch only; `ham_ortho_weak`: beta 1e-4 instead of 1e-3; `ham_ortho_1e5`: 1e-5),
+AMTL, PME (searches, budget b); the MDE
 frequency rule (fixed per-field dims from the cardinalities). Budgets: the oracle's own parameter share, and twice it.
 
 Settings, varying one thing at a time from `unequal`:
@@ -84,7 +85,7 @@ OUT = os.path.join(_common.DOCS, "planted.md")
 # the per-field searches and their variants: issue 19's targets
 PER_FIELD = ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
              "sseds_retrain", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_fixed", "ham_warmup", "ham_search2",
-             "ham_retrain", "ham_ortho", "ham_ortho_search", "ham_ortho_weak")
+             "ham_retrain", "ham_ortho", "ham_ortho_search", "ham_ortho_weak", "ham_ortho_1e5")
 SEARCHES = PER_FIELD + ("amtl", "pme")
 METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle") + PER_FIELD + ("amtl", "pme", "mde")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
@@ -165,11 +166,13 @@ def method_setup(method: str, budget: float, data):
     if method == "ham_retrain":  # HAM's searched dims trained again from the initial weights, as sseds_retrain
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         return emb, dim, [ked.HardMaskSearch(budget, after="retrain", **fixed)]
-    if method in ("ham_ortho", "ham_ortho_weak", "ham_ortho_search"):
+    if method in ("ham_ortho", "ham_ortho_weak", "ham_ortho_search", "ham_ortho_1e5"):
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         ortho = {"ham_ortho": ked.OrthogonalRegularizer(1e-3),
                  # a tenth of the penalty: is its cost on equal ranks smaller than its gain?
                  "ham_ortho_weak": ked.OrthogonalRegularizer(1e-4),
+                 # a hundredth: where does the cost on equal ranks end, and does the gain on unequal ones go with it?
+                 "ham_ortho_1e5": ked.OrthogonalRegularizer(1e-5),
                  # the orthogonal penalty during the search epoch only, none in the fine-tuning
                  "ham_ortho_search": ked.OrthogonalRegularizer(1e-3, schedule=lambda epoch: 1e-3 if epoch < 1 else 0.0),
                  }[method]
@@ -308,7 +311,8 @@ VARIANTS = (("sseds", "sseds_abs_mean", "the joint Fisher score instead of abs_m
             ("ham_retrain", "ham_fixed", "retrained from init"),
             ("ham_ortho_search", "ham_fixed", "the search epoch's penalty"),
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),
-            ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"))
+            ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"),
+            ("ham_ortho_1e5", "ham_ortho", "beta 1e-5 instead of 1e-3"))
 
 
 def _aucs(records: list[dict]) -> dict:
