@@ -33,7 +33,7 @@ renamed record says so in `renamed_from`; `ham_fixed` at the paper's fixed pace,
 `warmup_epochs=1`; `ham_search2`, two search epochs; `ham_retrain` as `sseds_retrain`),
 HAM at the fixed pace + OrthogonalRegularizer (`ham_ortho_search`: the penalty in the
 search epoch only; `ham_ortho_weak`: beta 1e-4 instead of 1e-3; `ham_ortho_1e5`: 1e-5),
-AMTL, PME (searches, budget b); the MDE
+HAM + OrthogonalRegularizer(1e-3) as they ship (`ham_ortho_paced`: the paced scores), AMTL, PME (searches, budget b); the MDE
 frequency rule (fixed per-field dims from the cardinalities). Budgets: the oracle's own parameter share, and twice it.
 
 Settings, varying one thing at a time from `unequal`:
@@ -85,8 +85,10 @@ OUT = os.path.join(_common.DOCS, "planted.md")
 # the per-field searches and their variants: issue 19's targets
 PER_FIELD = ("sseds", "sseds_rotate", "sseds_abs_mean", "sseds_abs_mean_rotate", "sseds_steps100", "sseds_warm2",
              "sseds_retrain", "sseds_fisher", "sseds_fisher_rotate", "ham", "ham_fixed", "ham_warmup", "ham_search2",
-             "ham_retrain", "ham_ortho", "ham_ortho_search", "ham_ortho_weak", "ham_ortho_1e5")
+             "ham_retrain", "ham_ortho", "ham_ortho_search", "ham_ortho_weak", "ham_ortho_1e5", "ham_ortho_paced")
 SEARCHES = PER_FIELD + ("amtl", "pme")
+# the methods as they ship (the issue's list: SSEDS, HAM, HAM + orthogonal, AMTL, PME)
+SHIPPED = ("sseds", "ham", "ham_ortho_paced", "amtl", "pme")
 METHODS = ("full", "uniform_floor", "uniform_ceil", "oracle") + PER_FIELD + ("amtl", "pme", "mde")
 UNEQUAL = [8, 8, 4, 4, 2, 2, 1, 1]
 SETTINGS = {
@@ -166,6 +168,9 @@ def method_setup(method: str, budget: float, data):
     if method == "ham_retrain":  # HAM's searched dims trained again from the initial weights, as sseds_retrain
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         return emb, dim, [ked.HardMaskSearch(budget, after="retrain", **fixed)]
+    if method == "ham_ortho_paced":  # HAM + orthogonality as it ships: the paced scores and the penalty at 1e-3
+        emb, dim, _ = embedding_and_callbacks("ham", budget, data)
+        return emb, dim, [ked.HardMaskSearch(budget, verbose=0), ked.OrthogonalRegularizer(1e-3)]
     if method in ("ham_ortho", "ham_ortho_weak", "ham_ortho_search", "ham_ortho_1e5"):
         emb, dim, _ = embedding_and_callbacks("ham", budget, data)
         ortho = {"ham_ortho": ked.OrthogonalRegularizer(1e-3),
@@ -312,7 +317,9 @@ VARIANTS = (("sseds", "sseds_abs_mean", "the joint Fisher score instead of abs_m
             ("ham_ortho_search", "ham_fixed", "the search epoch's penalty"),
             ("ham_ortho", "ham_ortho_search", "the fine-tuning's penalty"),
             ("ham_ortho_weak", "ham_ortho", "beta 1e-4 instead of 1e-3"),
-            ("ham_ortho_1e5", "ham_ortho", "beta 1e-5 instead of 1e-3"))
+            ("ham_ortho_1e5", "ham_ortho", "beta 1e-5 instead of 1e-3"),
+            ("ham_ortho_paced", "ham", "the orthogonality penalty"),
+            ("ham_ortho_paced", "ham_ortho", "the scores paced to the search"))
 
 
 def _aucs(records: list[dict]) -> dict:
@@ -478,17 +485,43 @@ def report(cache: str = CACHE, out: str = OUT, stale_cache: str = STALE_STEP,
     lines += stale_step_section(records, stale)
     lines += rotated_moments_section(records, rotated)
     # targets of issue 19
+    targets = issue_targets(s, records)
+    shipped = [t for t in targets if t[0] in SHIPPED]
+    lines += ["## Targets (issue 19)", "",
+              f"The methods as they ship (their defaults; HAM + orthogonality: `OrthogonalRegularizer(1e-3)` beside "
+              f"`HardMaskSearch`, `ham_ortho_paced`): {sum(ok for _, _, ok, _ in shipped)} of "
+              f"{len(shipped)} met. The unequal-ranks targets are the issue's for `unequal` and this page's for the "
+              "two very unequal settings; the equal-ranks target applies to every search, the per-value ones "
+              "included.", "", "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for _, t, ok, m in shipped]
+    rest = [t for t in targets if t[0] not in SHIPPED]
+    lines += ["", f"The same checks on the variants: {sum(ok for _, _, ok, _ in rest)} of {len(rest)} met.", "",
+              "| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for _, t, ok, m in rest]
+    png = plot(s, os.path.dirname(out))
+    if png:
+        lines += ["", f"![kept dims vs planted ranks]({os.path.basename(png)})"]
+    text = "\n".join(lines) + "\n"
+    with open(out, "w") as fh:
+        fh.write(text)
+    return text
+
+
+def issue_targets(s: dict, records: list[dict]) -> list[tuple[str, str, bool, str]]:
+    """`(method, target, met, measured)` of issue 19's targets, at the oracle's budget: the per-field
+    searches against the better uniform model (+2 SE) and full dims (-0.005) where ranks differ; every
+    search within 2 SE of uniform on equal ranks; the noise fields at `min_dim` in 4 of 5 seeds."""
     targets = []
     for setting, n, bname, method, mean, best, margin, vs_full, _ in verdicts(s, records):
-        if bname != "oracle" or method not in PER_FIELD:
+        if bname != "oracle":
             continue
-        if setting in ("unequal", "very_unequal", "very_unequal_pairs"):
-            targets.append((f"{setting} {n:,} rows, {method}: >= better uniform + 2 SE", margin >= 2,
+        if setting in ("unequal", "very_unequal", "very_unequal_pairs") and method in PER_FIELD:
+            targets.append((method, f"{setting} {n:,} rows, {method}: >= better uniform + 2 SE", margin >= 2,
                             f"{mean:.4f} vs {best:.4f} ({margin:+.1f} SE)"))
-            targets.append((f"{setting} {n:,} rows, {method}: >= full dims - 0.005", vs_full >= -0.005,
+            targets.append((method, f"{setting} {n:,} rows, {method}: >= full dims - 0.005", vs_full >= -0.005,
                             f"{vs_full:+.4f}"))
-        if setting == "equal":
-            targets.append((f"equal ranks {n:,} rows, {method}: within 2 SE of uniform", abs(margin) <= 2,
+        if setting == "equal" and method in SEARCHES:
+            targets.append((method, f"equal ranks {n:,} rows, {method}: within 2 SE of uniform", abs(margin) <= 2,
                             f"{margin:+.1f} SE"))
     for (setting, n, bname, method), v in sorted(s.items()):
         if bname == "oracle" and method in PER_FIELD and not method.startswith("ham_ortho"):
@@ -498,18 +531,9 @@ def report(cache: str = CACHE, out: str = OUT, stale_cache: str = STALE_STEP,
             recs = [r for r in records if (r["setting"], r["rows"], r["budget_name"], r["method"]) ==
                     (setting, n, bname, method)]
             at_min = sum(all(r["kept_dims"][f] <= 1 for f in noise) for r in recs)
-            targets.append((f"{setting} {n:,} rows, {method}: noise fields at min_dim in >= 4 of 5 seeds "
+            targets.append((method, f"{setting} {n:,} rows, {method}: noise fields at min_dim in >= 4 of 5 seeds "
                             f"(scaled: >= 80 % of seeds)", at_min >= 0.8 * len(recs), f"{at_min} of {len(recs)}"))
-    lines += ["## Targets (issue 19)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",
-              "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for t, ok, m in targets]
-    png = plot(s, os.path.dirname(out))
-    if png:
-        lines += ["", f"![kept dims vs planted ranks]({os.path.basename(png)})"]
-    text = "\n".join(lines) + "\n"
-    with open(out, "w") as fh:
-        fh.write(text)
-    return text
+    return targets
 
 
 def plot(s: dict, folder: str) -> str | None:
