@@ -30,14 +30,19 @@ def search_ratio(rec: dict, full: dict | None) -> float | None:
 
 def summarize(records: list[dict]) -> dict:
     """(dataset, model, method, budget) -> aggregated metrics over seeds (latest record per key)."""
-    latest = {}
+    latest, group_full = {}, {}
     for r in records:
+        # a run's search cost is against the full model of its own group (the same process), the
+        # last full record before it in the cache: a group is appended whole, its full model first;
+        # a later group that trains one method again (and the full model with it) leaves the other
+        # methods paired with the full model they ran beside
+        g = (r["dataset"], r["model"], r["seed"], r["epochs"])
+        if r["method"] == "full":
+            group_full[g] = r
+        r = {**r, "search_ratio": search_ratio(r, group_full.get(g))}
         # a later run of the same key replaces an earlier one; measurements it did not
         # take (the low-budget groups skip serving latency) are kept from the earlier one
         latest[run_key(r)] = {**latest.get(run_key(r), {}), **r}
-    fulls = {(r["dataset"], r["model"], r["seed"], r["epochs"]): r for r in latest.values() if r["method"] == "full"}
-    for r in latest.values():
-        r["search_ratio"] = search_ratio(r, fulls.get((r["dataset"], r["model"], r["seed"], r["epochs"])))
     groups = {}
     for r in latest.values():
         groups.setdefault((r["dataset"], r["model"], r["method"], r["budget"]), []).append(r)

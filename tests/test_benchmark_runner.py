@@ -174,6 +174,21 @@ def test_drop_fields_baseline_keeps_the_best_fields_at_one_dim(small_data):
     np.testing.assert_array_equal(layer.dimension_mask().keep, keep)
 
 
+def test_search_cost_pairs_each_run_with_the_full_model_of_its_group():
+    """A later group that trains one method again (and its full model with it) must not change the
+    other methods' search cost: each run is paired with the full model it ran beside."""
+    def rec(method, seconds):
+        return {"dataset": "frappe", "model": "mlp", "method": method, "budget": 1.0 if method == "full" else 0.1,
+                "seed": 0, "epochs": 3, "auc": 0.9, "logloss": 0.3, "kept_fraction": 0.1, "epoch_seconds": seconds,
+                "bytes_ratio": 1.0, "layout": "field", "dims_per_field": [1.0]}
+    first = [rec("full", [2.0, 1.0, 1.0]), rec("ham", [3.0, 1.0, 1.0]), rec("pme", [4.0, 1.0, 1.0])]
+    again = [rec("full", [1.0, 0.5, 0.5]), rec("ham", [2.0, 0.5, 0.5])]  # a faster process: both halve
+    summary = grid_stats.summarize(first + again)
+    assert summary[("frappe", "mlp", "pme", 0.1)]["search_ratio"] == pytest.approx(4.0 / 2.0)  # its own group's
+    assert summary[("frappe", "mlp", "ham", 0.1)]["search_ratio"] == pytest.approx(2.0 / 1.0)  # the latest run's
+    assert summary[("frappe", "mlp", "full", 1.0)]["search_ratio"] is None
+
+
 def test_low_budget_section_and_target_from_records(tmp_path):
     recs = []
     for seed in range(5):
