@@ -394,12 +394,19 @@ def test_score_pace_default_paces_and_none_keeps_the_layers_scale(small_data, ca
 
 
 def test_score_pace_needs_a_positive_initial_logit(small_data):
+    """A pace passed by hand refuses a layer whose scores start at or below 0; the default pace
+    leaves such a layer at its own scale."""
     d = small_data
     x, y = d.train
     model = _model(d, initial_logit=-0.1)
     with pytest.raises(ValueError, match="score_pace.*initial_logit"):
         model.fit(d.inputs(x[:1024]), y[:1024], batch_size=512, epochs=1, verbose=0,
                   callbacks=[ked.HardMaskSearch(0.3, score_pace=0.1, verbose=0)])
+    model = _model(d, initial_logit=-0.1)
+    layer = ked.find_searchable_layers(model)[0]
+    model.fit(d.inputs(x[:2048]), y[:2048], batch_size=32, epochs=1, verbose=0,
+              callbacks=[ked.HardMaskSearch(0.3, verbose=0)])  # 64 steps: a positive start would be paced
+    assert layer.logit_scale == 30.0 and layer.frozen
 
 
 @pytest.mark.parametrize(

@@ -67,11 +67,13 @@ class HardMaskSearch(EpochBoundedSearch):
             planted ranks (1M rows, 5 seeds, the oracle's budget) the paced
             scores (about a twentieth of the paper's scale there) beat uniform
             dims by +0.0091 on unequal ranks (+3.6 standard errors; the fixed
-            pace: +0.0032, +1.3) and were within 2 standard errors of uniform
+            pace: +0.0035, +1.3) and were within 2 standard errors of uniform
             on equal ranks (docs/results/planted.md, `ham` against
             `ham_fixed`). Needs the epoch length: without it (a dataset of
             unknown length and no `steps_per_epoch`) the layers keep their
-            `logit_scale`. Scores still at their initial value are kept;
+            `logit_scale`, as do layers whose `initial_logit` is not positive
+            (with a `score_pace` other than the default that is an error).
+            Scores still at their initial value are kept;
             scores that moved are taken as learned at this pace (a search
             resumed from a checkpoint) and kept as stored, so pass None for
             layers whose scores moved under another scale (a layer that
@@ -160,8 +162,11 @@ class HardMaskSearch(EpochBoundedSearch):
         pace (a search resumed from a checkpoint), so they are kept as stored."""
         if self.score_pace is None:
             return
+        # with the default pace a layer it cannot pace keeps its scale (said at verbose > 0); a pace
+        # passed by hand warns (no epoch length) or refuses (no positive initial score)
+        default = self.score_pace == DEFAULT_SCORE_PACE
         if not steps:
-            if self.score_pace == DEFAULT_SCORE_PACE:  # the default: the layers' scale, said at verbose > 0
+            if default:
                 self.log.info(f"{self.name}: the epoch length is unknown; the scores keep the layers' logit_scale.")
                 return
             self.log.warning(f"{self.name}: score_pace needs the epoch length (fit's steps_per_epoch); the "
@@ -172,6 +177,10 @@ class HardMaskSearch(EpochBoundedSearch):
         changed = False
         for layer in self._layers:
             if layer.initial_logit <= 0:
+                if default:
+                    self.log.info(f"{self.name}: layer '{layer.name}' starts its scores at {layer.initial_logit} "
+                                  "(not positive): it keeps its logit_scale.")
+                    continue
                 raise ValueError(f"`score_pace` needs a positive `initial_logit` in layer '{layer.name}' (the "
                                  f"distance the scores travel to switch a column off); received {layer.initial_logit}.")
             # never faster than the layer's own pace: a short search keeps it (the paced scale would have a
