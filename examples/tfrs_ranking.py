@@ -43,13 +43,20 @@ def embedding_layer(method: str, vocab_sizes, field_names, dim: int, frequencies
         vocab_sizes, dim, field_names, name="features", **extra)
 
 
-def search_callback(method: str, budget: float, search_epochs: int):
-    """The method's search callback (None for full dims); epoch-bounded searches take `search_epochs`."""
+def search_callback(method: str, budget: float, search_epochs: int, score_pace: float | None = 0.25):
+    """The method's search callback (None for full dims); epoch-bounded searches take `search_epochs`,
+    HAM its `score_pace` (None: the paper's fixed pace)."""
     if method == "full":
         return None
     m = ked.get_method(method)
-    epochs = {"search_epochs": search_epochs} if issubclass(m.callback, ked.callbacks.EpochBoundedSearch) else {}
-    return m.search(budget, verbose=0, **epochs)
+    kwargs = {"search_epochs": search_epochs} if issubclass(m.callback, ked.callbacks.EpochBoundedSearch) else {}
+    if m.callback is ked.HardMaskSearch:
+        kwargs["score_pace"] = score_pace
+    return m.search(budget, verbose=0, **kwargs)
+
+
+def _pace(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
 
 
 class RankingModel(tfrs.Model):
@@ -88,6 +95,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--search-epochs", type=int, default=1)
+    p.add_argument("--ham-score-pace", type=_pace, default=0.25,
+                   help="HardMaskSearch's score_pace ('none': the paper's fixed pace)")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--export", default="export/tfrs_ranking")
     p.add_argument("--data", default=None, help="MovieLens folder (default: $KERAS_EMBDIM_DATA/movielens-100k)")
@@ -117,7 +126,7 @@ def main(argv=None) -> dict:
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
 
     sample = data.inputs(x_test[:512])
-    callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs)] if c is not None]
+    callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs, args.ham_score_pace)] if c is not None]
     exporter = ked.DimensionExporter(args.export, sample_inputs=sample, verbose=0)  # the next version below it
     model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks + [exporter])
 

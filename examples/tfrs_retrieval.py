@@ -62,13 +62,20 @@ class RetrievalModel(tfrs.Model):
         return self.task(query, candidate, compute_metrics=not training)
 
 
-def search_callback(method: str, budget: float, search_epochs: int):
-    """The method's search callback (None for full dims); epoch-bounded searches take `search_epochs`."""
+def search_callback(method: str, budget: float, search_epochs: int, score_pace: float | None = 0.25):
+    """The method's search callback (None for full dims); epoch-bounded searches take `search_epochs`,
+    HAM its `score_pace` (None: the paper's fixed pace)."""
     if method == "full":
         return None
     m = ked.get_method(method)
-    epochs = {"search_epochs": search_epochs} if issubclass(m.callback, ked.callbacks.EpochBoundedSearch) else {}
-    return m.search(budget, verbose=0, **epochs)
+    kwargs = {"search_epochs": search_epochs} if issubclass(m.callback, ked.callbacks.EpochBoundedSearch) else {}
+    if m.callback is ked.HardMaskSearch:
+        kwargs["score_pace"] = score_pace
+    return m.search(budget, verbose=0, **kwargs)
+
+
+def _pace(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
 
 
 def main(argv=None) -> dict:
@@ -79,6 +86,8 @@ def main(argv=None) -> dict:
     p.add_argument("--tower-dim", type=int, default=32)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--search-epochs", type=int, default=1)
+    p.add_argument("--ham-score-pace", type=_pace, default=0.25,
+                   help="HardMaskSearch's score_pace ('none': the paper's fixed pace)")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--export", default="export/tfrs_query_tower")
     p.add_argument("--data", default=None)
@@ -118,7 +127,7 @@ def main(argv=None) -> dict:
     n = len(train_pairs["user_id"])
     train = tf.data.Dataset.from_tensor_slices(train_pairs).shuffle(n, seed=args.seed).batch(args.batch_size)
     sample = {f: test_pairs[f][:256] for f in USER_FIELDS}
-    callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs)] if c is not None]
+    callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs, args.ham_score_pace)] if c is not None]
     exporter = ked.DimensionExporter(
         args.export, submodel="query_model", sample_inputs=sample, verbose=0
     )

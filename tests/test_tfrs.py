@@ -49,6 +49,17 @@ def retrieval():
     return _example("tfrs_retrieval")
 
 
+def test_examples_pass_hams_score_pace(ranking, retrieval):
+    """`--ham-score-pace`: HAM's pace (default 0.25, `none` the paper's fixed pace); other methods
+    take no pace."""
+    for module in (ranking, retrieval):
+        assert module.search_callback("ham", 0.2, 1).score_pace == 0.25
+        assert module.search_callback("ham", 0.2, 2, module._pace("none")).score_pace is None
+        assert module.search_callback("ham", 0.2, 2, module._pace("0.5")).score_pace == 0.5
+        assert isinstance(module.search_callback("sseds", 0.2, 1, None), ked.SingleShotPruner)
+        assert module.search_callback("full", 0.2, 1) is None
+
+
 @pytest.mark.parametrize("method", ["sseds", "ham", "amtl", "pme"])
 def test_ranking_model_searches_exports_and_serves(ranking, data_root, tmp_path, method):
     out = ranking.main(["--quick", "--method", method, "--budget", "0.2", "--export", str(tmp_path / "rank")])
