@@ -126,7 +126,8 @@ def main(argv=None) -> dict:
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
 
     sample = data.inputs(x_test[:512])
-    callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs, args.ham_score_pace)] if c is not None]
+    search = search_callback(args.method, args.budget, args.search_epochs, args.ham_score_pace)
+    callbacks = [search] if search is not None else []
     exporter = ked.DimensionExporter(args.export, sample_inputs=sample, verbose=0)  # the next version below it
     model.fit(train, epochs=args.epochs, verbose=0, callbacks=callbacks + [exporter])
 

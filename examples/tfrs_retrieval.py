@@ -127,7 +127,8 @@ def main(argv=None) -> dict:
     n = len(train_pairs["user_id"])
     train = tf.data.Dataset.from_tensor_slices(train_pairs).shuffle(n, seed=args.seed).batch(args.batch_size)
     sample = {f: test_pairs[f][:256] for f in USER_FIELDS}
-    callbacks = [c for c in [search_callback(args.method, args.budget, args.search_epochs, args.ham_score_pace)] if c is not None]
+    search = search_callback(args.method, args.budget, args.search_epochs, args.ham_score_pace)
+    callbacks = [search] if search is not None else []
     exporter = ked.DimensionExporter(
         args.export, submodel="query_model", sample_inputs=sample, verbose=0
     )
