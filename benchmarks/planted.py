@@ -33,8 +33,9 @@ renamed record says so in `renamed_from`; `ham_fixed` at the paper's fixed pace,
 `warmup_epochs=1`; `ham_search2`, two search epochs; `ham_retrain` as `sseds_retrain`),
 HAM at the fixed pace + OrthogonalRegularizer (`ham_ortho_search`: the penalty in the
 search epoch only; `ham_ortho_weak`: beta 1e-4 instead of 1e-3; `ham_ortho_1e5`: 1e-5),
-HAM + OrthogonalRegularizer(1e-3) as they ship (`ham_ortho_paced`: the paced scores), AMTL, PME (searches, budget b); the MDE
-frequency rule (fixed per-field dims from the cardinalities). Budgets: the oracle's own parameter share, and twice it.
+HAM + OrthogonalRegularizer(1e-3) as they ship (`ham_ortho_paced`: the paced scores),
+AMTL, PME (searches, budget b); the MDE frequency rule (fixed per-field dims from the
+cardinalities). Budgets: the oracle's own parameter share, and twice it.
 
 Settings, varying one thing at a time from `unequal`:
 - `unequal`: ranks 8, 8, 4, 4, 2, 2, 1, 1 and 2 noise fields; 1M rows;

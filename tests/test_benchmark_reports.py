@@ -74,6 +74,40 @@ def test_variants_train_with_the_callbacks_they_name():
     assert variants <= set(planted.PER_FIELD) <= set(planted.SEARCHES)
 
 
+def test_issue_targets_of_the_shipped_methods_by_hand():
+    """Issue 19's checks at the oracle's budget, from records whose margins are known: on unequal ranks a
+    per-field search against the better uniform model (+2 SE of the paired differences) and full dims;
+    on equal ranks every search, a per-value one included, within 2 SE of uniform; the noise fields at
+    min_dim. A per-value search gets no unequal-ranks target; the 2x budget gets none."""
+    def rec(setting, method, seed, auc, kept=(4.0, 1.0), budget_name="oracle"):
+        return {"setting": setting, "rows": 1000, "budget_name": budget_name, "method": method, "seed": seed,
+                "auc": auc, "kept_dims": list(kept), "params_fraction": 0.2, "epoch": 2, "test_aucs": [auc] * 3,
+                "ranks": [4, 0]}
+    records = []
+    for seed, noise in enumerate((0.001, -0.001, 0.002, -0.002, 0.0)):  # paired differences: mean 0, sd 0.0016
+        records += [rec("unequal", "uniform_floor", seed, 0.80), rec("unequal", "uniform_ceil", seed, 0.79),
+                    rec("unequal", "full", seed, 0.81),
+                    rec("unequal", "sseds", seed, 0.81 + noise),  # +0.01 over uniform_floor: far above 2 SE
+                    rec("unequal", "ham", seed, 0.80 + noise, kept=(4.0, 2.0)),  # +0.0000: missed; noise kept
+                    rec("unequal", "pme", seed, 0.81 + noise),
+                    rec("unequal", "sseds", seed, 0.70, budget_name="2x oracle"),
+                    rec("equal", "uniform_floor", seed, 0.80), rec("equal", "uniform_ceil", seed, 0.80),
+                    rec("equal", "pme", seed, 0.799),  # -0.001 on every seed: outside 2 SE
+                    rec("equal", "sseds", seed, 0.80 + noise)]  # within
+    s = planted.summarize(records)
+    got = {t: (m, ok) for m, t, ok, _ in planted.issue_targets(s, records)}
+    assert got["unequal 1,000 rows, sseds: >= better uniform + 2 SE"] == ("sseds", True)
+    assert got["unequal 1,000 rows, sseds: >= full dims - 0.005"] == ("sseds", True)
+    assert got["unequal 1,000 rows, ham: >= better uniform + 2 SE"] == ("ham", False)
+    assert got["equal ranks 1,000 rows, pme: within 2 SE of uniform"] == ("pme", False)
+    assert got["equal ranks 1,000 rows, sseds: within 2 SE of uniform"] == ("sseds", True)
+    assert got["unequal 1,000 rows, sseds: noise fields at min_dim in >= 4 of 5 seeds (scaled: >= 80 % of seeds)"] \
+        == ("sseds", True)
+    assert got["unequal 1,000 rows, ham: noise fields at min_dim in >= 4 of 5 seeds (scaled: >= 80 % of seeds)"] \
+        == ("ham", False)
+    assert not [t for t in got if "pme: >=" in t or "2x" in t]
+
+
 def test_serving_timer_runs_every_export_every_round(small_data, tmp_path):
     d = small_data
     paths = {}
