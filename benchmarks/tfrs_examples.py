@@ -55,7 +55,7 @@ def main(argv=None):
         ):
             for method in methods:
                 scores, kept, emb_bytes, diffs = [], [], [], []
-                # ham_fixed: HAM at the paper's fixed pace (`score_pace=None`), the default until a453098
+                # ham_fixed: HAM at the paper's fixed pace (`score_pace=None`), the default until 1f0f895
                 run = ["--method", "ham", "--ham-score-pace", "none"] if method == "ham_fixed" else ["--method", method]
                 for seed in range(args.seeds):
                     keras.backend.clear_session()
@@ -85,7 +85,7 @@ def main(argv=None):
         footer=(
             "The export of the retrieval model is its query tower: its bytes ratio counts that "
             "tower's kept parameters only. `ham_fixed`: HAM at the paper's fixed pace (`score_pace=None`, "
-            "the examples' `--ham-score-pace none`), the default until a453098.",
+            "the examples' `--ham-score-pace none`), the default until 1f0f895.",
         ),
     )
 
