@@ -175,7 +175,7 @@ class HardMaskSearch(EpochBoundedSearch):
                              "layers keep their logit_scale.")
             return
         # the rate now: both Kerases give a schedule's value at the optimizer's step
-        lr = float(np.asarray(self.model.optimizer.learning_rate))
+        lr = float(_utils.to_numpy(self.model.optimizer.learning_rate))
         changed = False
         for layer in self._layers:
             if layer.initial_logit <= 0:
