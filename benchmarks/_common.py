@@ -26,6 +26,12 @@ def write_table(path: str, title: str, generated_by: str, header: list, rows: li
     return text
 
 
+def targets_table(targets) -> list[str]:
+    """The markdown lines of a page's targets: `(target, met, measured)` rows under one header."""
+    return ["| target | met | measured |", "|---|---|---|",
+            *[f"| {t} | {'yes' if ok else '**no**'} | {m} |" for t, ok, m in targets]]
+
+
 def keras_export(model, path: str) -> None:
     """`model.export(path)` (the baselines' SavedModel), quietly in Keras 3 (tf_keras' has no `verbose`)."""
     import keras_embdim as ked

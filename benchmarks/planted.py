@@ -493,12 +493,11 @@ def report(cache: str = CACHE, out: str = OUT, stale_cache: str = STALE_STEP,
               f"`HardMaskSearch`, `ham_ortho_paced`): {sum(ok for _, _, ok, _ in shipped)} of "
               f"{len(shipped)} met. The unequal-ranks targets are the issue's for `unequal` and this page's for the "
               "two very unequal settings; the equal-ranks target applies to every search, the per-value ones "
-              "included.", "", "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for _, t, ok, m in shipped]
+              "included.", ""]
+    lines += _common.targets_table(t[1:] for t in shipped)
     rest = [t for t in targets if t[0] not in SHIPPED]
-    lines += ["", f"The same checks on the variants: {sum(ok for _, _, ok, _ in rest)} of {len(rest)} met.", "",
-              "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for _, t, ok, m in rest]
+    lines += ["", f"The same checks on the variants: {sum(ok for _, _, ok, _ in rest)} of {len(rest)} met.", ""]
+    lines += _common.targets_table(t[1:] for t in rest)
     png = plot(s, os.path.dirname(out))
     if png:
         lines += ["", f"![kept dims vs planted ranks]({os.path.basename(png)})"]

@@ -249,9 +249,8 @@ def report(out: str = OUT) -> str:
                              f"{z:+.2f} ({len(seeds)} seeds) |")
                 targets.append((f"{dataset} {config}: |AUC {OPTIMIZER_NAMES[opt]} - Adam| within 2 standard errors",
                                  abs(z) <= 2, f"{diff:+.4f} ({z:+.2f} SE)"))
-    lines += ["", "## Targets (issue 17)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",
-              "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for t, ok, m in targets]
+    lines += ["", "## Targets (issue 17)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", ""]
+    lines += _common.targets_table(targets)
     png = plot(steps, os.path.dirname(out))
     if png:
         lines += ["", f"![step time vs V]({os.path.basename(png)})"]
