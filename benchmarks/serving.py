@@ -9,7 +9,7 @@ For each dataset and budget, in one process: a full-dimension MLP (128-64 over
 with `PMEPruner(budget)` (per value) for one epoch (`min_dim=0` below 1/16,
 where one dim for every field or value is already over the budget), and exported with
 `export_compact` (default: folded lookups, no XLA; per field also with
-`fold=False`, the padded fallback; per value also with `value_read="ranged"`,
+`fold=False`, the padded fallback; per value also with `value_read="prefix"`,
 with `jit_compile=True`, and with the layout `"auto"` takes when the head layout
 is left out, timed beside it). The baselines are the same MLP with plain
 `keras.layers.Embedding`s exported by Keras' own `model.export()`: full dims,
@@ -67,11 +67,11 @@ TARGETS = {
 # export options timed per search: the default, and the alternatives a user can pick
 VARIANTS = {
     "sseds": [("", {}), ("_padded", {"fold": False})],
-    "pme": [("", {}), ("_ranged", {"value_read": "ranged"}), ("_xla", {"jit_compile": True}),
+    "pme": [("", {}), ("_prefix", {"value_read": "prefix"}), ("_xla", {"jit_compile": True}),
             ("_static", {"value_layout": "static"})],  # resolved in export_models: auto without the head layout
 }
 LABELS = {"sseds": "per field, folded", "sseds_padded": "per field, padded (fold=False)",
-          "pme": "per value, folded", "pme_ranged": "per value, folded, value_read='ranged'",
+          "pme": "per value, folded", "pme_prefix": "per value, folded, value_read='prefix'",
           "pme_xla": "per value, folded, jit_compile=True (XLA)",
           "pme_static": "per value, folded, the layout auto takes without the head one"}
 
@@ -451,8 +451,8 @@ def report(records: list, path: str, plot: str | None) -> str:
                                       if "rows_at_zero" in pme else ""))
                 if "pme_xla/full" in rat:  # not the target's default path: shown, not counted
                     options.append(f"{name} b={r['budget']} batch 512: per value with jit_compile=True: "
-                                   f"{rat['pme_xla/full']:.2f}x full; value_read='ranged': "
-                                   f"{rat['pme_ranged/full']:.2f}x full"
+                                   f"{rat['pme_xla/full']:.2f}x full; value_read='prefix': "
+                                   f"{rat['pme_prefix/full']:.2f}x full"
                                    + (f"; without the head layout ({r['exports']['pme_static']['layout']}): "
                                       f"{rat['pme_static/full']:.2f}x full; the head layout at "
                                       f"{rat['pme/pme_static']:.2f}x its latency"

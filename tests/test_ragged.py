@@ -8,13 +8,18 @@ from keras_embdim.export import layouts as ragged
 import reference
 
 
+def _index(packed, arrays):
+    return ragged.head_index(arrays["keys"]) if packed.layout == "head" else None
+
+
 def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
     arrays = {k: tf.constant(v) for k, v in packed.arrays.items()}
+    index = _index(packed, arrays)
 
     def fn(ids):
         return ragged.packed_lookup(
             arrays, ids, field_starts=packed.field_starts, output_dim=packed.output_dim,
-            multi_field=multi_field, ranged=ranged, static=jit, **packed.meta,
+            multi_field=multi_field, ranged=ranged, static=jit, index=index, **packed.meta,
         )
 
     if jit:
@@ -70,7 +75,7 @@ def test_packed_lookup_equals_prefix_reference(field_sizes, D, seed, kind, layou
     np.testing.assert_array_equal(_lookup(one, flat, multi_field=False), reference.prefix_lookup(table, sizes, flat))
 
 
-@pytest.mark.parametrize("layout", ragged.LAYOUTS)
+@pytest.mark.parametrize("layout", ragged.STATIC_ORDER)
 def test_xla_compiled_lookup_is_identical(layout):
     rng = np.random.default_rng(1)
     table = rng.standard_normal((500, 16)).astype(np.float32)
@@ -92,8 +97,9 @@ def test_planes_are_decoded_word_by_word_not_broadcast(layout):
     packed = ragged.pack(table, sizes, field_sizes=[140, 500], layout=layout)
     assert packed.bits >= 2
     arrays = {k: tf.constant(v) for k, v in packed.arrays.items()}
+    index = _index(packed, arrays)
     fn = tf.function(lambda ids: ragged.packed_lookup(
-        arrays, ids, field_starts=packed.field_starts, output_dim=16, multi_field=True, **packed.meta,
+        arrays, ids, field_starts=packed.field_starts, output_dim=16, multi_field=True, index=index, **packed.meta,
     )).get_concrete_function(tf.TensorSpec([None, 2], tf.int32))
     elementwise = {"BitwiseAnd", "RightShift", "LeftShift", "PopulationCount", "Mul", "Cast"}
     wide = [op.name for op in fn.graph.get_operations()
@@ -170,38 +176,46 @@ def test_sparse_start_is_common_times_unlisted_plus_listed_sizes():
 
 
 def test_head_words_by_hand():
-    # 6 rows of sizes 0, 4, 2, 0, 4, 1 (D = 4): rows 1 and 4 at the widest size 4 are the head, stored
-    # whole; no common size pays for its mark here, so every row is listed (common -1): the head mark
-    # covers the rows themselves, the planes the other four rows (sizes 0, 2, 0, 1: codes in 2 bits)
-    p = ragged.pack(np.arange(24, dtype=np.float32).reshape(6, 4), np.array([0, 4, 2, 0, 4, 1]), layout="head")
-    assert (p.common, p.head_rows, p.head_width, p.bits) == (-1, 2, 4, 2) and "mark" not in p.arrays
-    np.testing.assert_array_equal(p.arrays["hmark"], np.array([0b10010], np.uint64))
-    np.testing.assert_array_equal(p.arrays["hrank"], [0])
-    # plane 0: bit 0 of codes 0, 2, 0, 1 -> 0b1000; plane 1: bit 1 -> 0b0010
-    np.testing.assert_array_equal(p.arrays["planes"], np.array([[0b1000, 0b0010]], np.uint64))
+    # 6 rows of sizes 0, 4, 2, 0, 4, 1 (D = 4): kept 11 values, 44 B, the limit 1.10x is 48.4 B. A head
+    # of the rows >= 4 (rows 1 and 4) takes 3 x 4 x 4 = 48 B with its zero row, and 8 B of keys: no head
+    # fits, so the head keeps the widest rows only and the smallest tail index is taken. The tail: sizes
+    # 0, 0, 2, 0, 0, 1 (the head rows at 0), values 3 + the zero slot = 16 B; offsets 7 uint8 local
+    # offsets and one int32 block start = 11 B (runs: 4 runs x 9 B; planes: 2 bits, 4 + 16 B; sparse:
+    # a 12 B mark and 12 B of planes).
+    sizes = np.array([0, 4, 2, 0, 4, 1])
+    p = ragged.pack(np.arange(24, dtype=np.float32).reshape(6, 4), sizes, layout="head")
+    assert (p.head_from, p.head_rows, p.head_width, p.head_kept, p.tail_layout) == (4, 2, 4, 8, "offsets")
+    np.testing.assert_array_equal(p.arrays["keys"], [1, 4])
     np.testing.assert_array_equal(p.arrays["head"], [[4, 5, 6, 7], [16, 17, 18, 19], [0, 0, 0, 0]])
     np.testing.assert_array_equal(p.arrays["values"], [8, 9, 20, 0])  # rows 2 and 5, then the zero slot
-    # bytes: values 4 x 4, head 4 x 4 x 3, one mark block (12), one planes block (int32 + 2 words)
-    assert p.nbytes == ragged.layout_bytes(np.array([0, 4, 2, 0, 4, 1]), 4)["head"] == 16 + 48 + 12 + 20
+    np.testing.assert_array_equal(p.arrays["base"], [0])
+    np.testing.assert_array_equal(p.arrays["local"], [0, 0, 0, 2, 2, 2, 3])  # tail starts, and the end
+    assert p.nbytes == ragged.layout_bytes(sizes, 4)["head"] == 16 + 48 + 8 + 4 + 7
+    # served: the hash table gives the head rows their place in `head`, every other row the zero row
+    index = ragged.head_index(tf.constant(p.arrays["keys"]))
+    np.testing.assert_array_equal(index.lookup(tf.constant([0, 1, 2, 3, 4, 5], tf.int32)).numpy(), [2, 0, 2, 2, 1, 2])
+    np.testing.assert_array_equal(_lookup(p, np.arange(6), multi_field=False),
+                                  reference.prefix_lookup(np.arange(24, dtype=np.float32).reshape(6, 4), sizes,
+                                                          np.arange(6)))
 
 
-@pytest.mark.parametrize("static", [False, True])
-def test_head_takes_the_near_widest_rows_when_their_padding_fits(static):
-    # 256 rows (D = 8): 64 at 8, 64 at 7, 128 empty; kept 960 values, 3,840 B; the limit 1.10x is 4,224 B.
-    # Rows >= 7 in the head (padded to 8): head 129 x 8 x 4 = 4,128, values the zero slot 4, every row
-    # listed: a head mark over 257 rows (5 blocks x 12 B) and zero-bit planes over the 129 other rows
-    # (3 blocks x 4 B): 4,204 B, fits. At 1.09x (4,185.6 B) it does not, and the head keeps the rows at 8
-    # only: head 65 x 32 = 2,080, values (448 + 1) x 4 = 1,796, mark 60, 1-bit planes (0 or 7) over 193
-    # rows (4 blocks x (4 + 8) B) = 48: 3,984 B.
+def test_head_takes_the_near_widest_rows_when_their_padding_and_keys_fit():
+    # 256 rows (D = 8): 64 at 8, 64 at 7, 128 empty; kept 960 values, 3,840 B.
+    # Rows >= 7 in the head: the head 129 x 8 x 4 = 4,128 B and 128 keys (512 B); the tail is empty (every
+    # row 0 there): values the zero slot (4 B) and, fastest first, offsets 257 + 17 x 4 = 325 B or one run
+    # (9 B): 4,969 or 4,653 B. Rows of 8 only: head 65 x 32 = 2,080 + 256 B of keys, the tail 64 rows at 7
+    # ((448 + 1) x 4 = 1,796 B of values) with offsets (325 B): 4,457 B, or 1-bit planes (0 or 7; 4 blocks x
+    # 12 B): 4,180 B.
     rng = np.random.default_rng(0)
     sizes = rng.permutation(np.repeat([8, 7, 0], [64, 64, 128]))
     table = rng.standard_normal((256, 8)).astype(np.float32)
     ids = rng.integers(0, 256, (40, 1))
     want = reference.prefix_lookup(table, sizes, ids)
-    for max_overhead, head_from, nbytes in [(1.10, 7, 4204), (1.09, 8, 3984)]:
+    for max_overhead, head_from, tail, nbytes in [(1.25, 7, "runs", 4653), (1.20, 8, "offsets", 4457),
+                                                  (1.10, 8, "planes", 4180)]:
         p = ragged.pack(table, sizes, layout="head", max_overhead=max_overhead)
-        assert (p.head_from, p.head_width, p.head_rows, p.common, p.nbytes) == (
-            head_from, 8, (sizes >= head_from).sum(), -1, nbytes)
+        assert (p.head_from, p.head_width, p.head_rows, p.tail_layout, p.nbytes) == (
+            head_from, 8, (sizes >= head_from).sum(), tail, nbytes)
         assert p.nbytes == ragged.layout_bytes(sizes, 8, max_overhead)["head"]
         assert p.head_kept == sizes[sizes >= head_from].sum() and p.arrays["values"].size == 960 - p.head_kept + 1
         # a padded head row: its kept prefix, then zeros
@@ -209,16 +223,15 @@ def test_head_takes_the_near_widest_rows_when_their_padding_fits(static):
         if head_from == 7:
             stored = p.arrays["head"][np.count_nonzero(sizes[:at7] >= 7)]
             np.testing.assert_array_equal(stored, np.append(table[at7, :7], 0))
-        np.testing.assert_array_equal(_lookup(p, ids, multi_field=False, jit=static)[:, 0], want[:, 0])
+        np.testing.assert_array_equal(_lookup(p, ids, multi_field=False)[:, 0], want[:, 0])
         np.testing.assert_array_equal(ragged.unpack(p), reference.prefix_lookup(table, sizes, np.arange(256)))
 
 
-@pytest.mark.parametrize("static", [False, True])
 @pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide", "empty_or_wide"])
-def test_head_layout_with_and_without_the_common_mark(kind, static):
-    """PME-like sizes (most rows empty, a few whole): the empty rows are only marked (common 0); sizes
-    spread evenly: every row listed (common -1); every row at the widest size: no other row; rows
-    empty or whole: the non-head rows read nothing (a zero-width tail)."""
+def test_head_layout_over_each_kind_of_tail(kind):
+    """PME-like sizes (most rows empty, a few whole), sizes spread evenly, every row at the widest size
+    (no other row), rows empty or whole (the other rows read nothing: a zero-width tail): the head lists
+    exactly its rows, and lookups (both readers, an empty request) equal the prefix reference."""
     rng = np.random.default_rng(4)
     n, D = 3000, 16
     if kind == "empty_rows":
@@ -232,39 +245,50 @@ def test_head_layout_with_and_without_the_common_mark(kind, static):
         sizes = np.where(rng.random(n) < 0.3, D, 0)
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, field_sizes=[1000, 2000], layout="head")
-    assert p.common == {"empty_rows": 0, "spread": -1, "all_wide": -1, "empty_or_wide": -1}[kind]
-    assert p.head_rows == (sizes >= p.head_from).sum() and p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
+    assert p.tail_layout in ragged.STATIC_ORDER and p.nbytes == ragged.layout_bytes(sizes, D)["head"]
+    np.testing.assert_array_equal(p.arrays["keys"], np.flatnonzero(sizes >= p.head_from))
+    assert p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
     np.testing.assert_array_equal(ragged.unpack_sizes(p), _stored(p, sizes))
     ids = np.stack([rng.integers(0, 1000, (64, 3)), rng.integers(0, 2000, (64, 3))], -1)
     want = reference.prefix_lookup(table, sizes, ids + [0, 1000])
-    np.testing.assert_array_equal(_lookup(p, ids, jit=static), want)
-    if not static:
-        np.testing.assert_array_equal(_lookup(p, ids, ranged=True), want)
-        np.testing.assert_array_equal(_lookup(p, np.zeros((0, 2), np.int64)), np.zeros((0, 2, D)))  # empty request
+    np.testing.assert_array_equal(_lookup(p, ids), want)
+    np.testing.assert_array_equal(_lookup(p, ids, ranged=True), want)
+    np.testing.assert_array_equal(_lookup(p, np.zeros((0, 2), np.int64)), np.zeros((0, 2, D)))  # empty request
+    with pytest.raises(ValueError, match="the head layout needs `index`"):  # no XLA: a hash table, a split
+        _lookup(p, ids, jit=True)
 
 
 @pytest.mark.parametrize("ranged", [False, True])
-def test_head_layout_reads_the_non_head_rows_at_their_widest_size(ranged):
-    """Sizes 1..13 and a few rows of 16: the rows of 12 and more go to the head (their padding to 16 fits
-    the byte limit: `head_from` 12), the others, 1..11, take 4-bit codes, whose largest code would read
-    16 columns; every non-head row is narrower than `head_from`, so they are read 11 wide and padded to D."""
+def test_head_layout_reads_the_non_head_rows_below_head_from(ranged):
+    """Sizes 1..13 and a few rows of 16: the non-head rows are all narrower than `head_from`, so
+    `prefix_rows` reads them `head_from - 1` wide (whatever their index could code) and pads them to D;
+    one hash lookup."""
     rng = np.random.default_rng(7)
     n, D = 4000, 16
     sizes = rng.integers(1, 14, n)
     sizes[rng.random(n) < 0.05] = D
-    sizes[:13] = np.arange(1, 14)  # every size 1..13 present (11, the widest non-head size, too)
+    sizes[:13] = np.arange(1, 14)
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, layout="head")
-    assert (p.head_from, p.size_offset, p.size_scale, p.bits) == (12, 1, 1, 4)
+    assert 1 < p.head_from < D
     ids = np.concatenate([np.arange(13), rng.integers(0, n, 300)])
     want = reference.prefix_lookup(table, sizes, ids)
     arrays = {k: tf.constant(v) for k, v in p.arrays.items()}
-    fn = tf.function(lambda g: ragged.read_rows(arrays, g, D, ranged=ranged, **p.meta))
+    index = ragged.head_index(arrays["keys"])
+    fn = tf.function(lambda g: ragged.read_rows(arrays, g, D, ranged=ranged, index=index, **p.meta))
     np.testing.assert_array_equal(fn(tf.constant(ids, tf.int32)).numpy(), want)
-    graph = fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph
-    # the padding of the non-head rows from their widest size to D
-    pads = [op for op in graph.get_operations() if op.type == "Pad"]
-    assert [op.inputs[0].shape[-1] for op in pads] == [11]
+    ops = fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph.get_operations()
+    # prefix: read `head_from - 1` wide, then padded; ranged: only the kept values, straight to D
+    assert [op.inputs[0].shape[-1] for op in ops if op.type == "Pad"] == ([] if ranged else [p.head_from - 1])
+    assert [op.type for op in ops].count("LookupTableFindV2") == 1
+
+
+def test_head_index_of_no_head_row():
+    """A head layout with no head row (every size 0): the hash table still initializes (an import of
+    no key fails), every row reads the zero row."""
+    p = ragged.pack(np.ones((5, 3), np.float32), np.zeros(5, np.int64), layout="head")
+    assert p.head_rows == 0 and p.arrays["keys"].size == 0
+    np.testing.assert_array_equal(_lookup(p, np.arange(5), multi_field=False), np.zeros((5, 3)))
 
 
 def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():

@@ -323,7 +323,7 @@ def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, t
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_layout="head", jit_compile=True)
     with pytest.raises(ValueError, match="value_layout='head' splits each request at run time"):
         ked.DimensionExporter(str(tmp_path / "e"), value_layout="head", jit_compile=True)
-    with pytest.raises(ValueError, match=r"`value_read` must be one of \('prefix', 'ranged'\); received value_read='rows'"):
+    with pytest.raises(ValueError, match=r"`value_read` must be one of \('auto', 'prefix', 'ranged'\); received value_read='rows'"):
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_read="rows")
     with pytest.raises(ValueError, match="`value_read` must be one of"):
         ked.DimensionExporter(str(tmp_path / "e"), value_read="rows")

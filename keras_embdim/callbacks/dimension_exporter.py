@@ -29,7 +29,7 @@ class DimensionExporter(keras.callbacks.Callback):
         verify: compare the export with the model before moving it into place.
         verbose: print where the export went.
         value_layout: per-value layers: the packed layout (`export_compact`).
-        value_read: per-value layers: `"prefix"` or `"ranged"` row reads (`export_compact`).
+        value_read: per-value layers: `"auto"`, `"prefix"` or `"ranged"` row reads (`export_compact`).
         jit_compile: XLA-compile the lookups (`export_compact`).
         table_dtype: `"float32"`, `"float16"` or `"int8"` storage (`export_compact`).
         on_invalid_id: `"error"` or `"zero"` for served ids outside a field's
@@ -61,7 +61,7 @@ class DimensionExporter(keras.callbacks.Callback):
         verify: bool = True,
         verbose: int = 1,
         value_layout: str = "auto",
-        value_read: str = "prefix",
+        value_read: str = "auto",
         jit_compile: bool = False,
         table_dtype: str = "float32",
         on_invalid_id: str = "error",

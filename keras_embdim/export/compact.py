@@ -55,6 +55,11 @@ class CompactLayer:
     def variables(self) -> list:
         return self.lookup.variables
 
+    @property
+    def resources(self) -> list:
+        """Non-variable resources the lookup reads (the head layout's hash table)."""
+        return self.lookup.resources
+
     @contextlib.contextmanager
     def stored_values(self):
         """While inside, the layer's table holds the values the export serves (float16 or int8
@@ -77,7 +82,7 @@ def compact_layer(
     layer: Any,
     *,
     value_layout: str = "auto",
-    value_read: str = "prefix",
+    value_read: str = "auto",
     jit_compile: bool = False,
     table_dtype: str = "float32",
     on_invalid_id: str = "error",
@@ -89,7 +94,7 @@ def compact_layer(
         value_layout: per-value sizes only: the `layouts` layout, `"auto"` (the
             fastest within 1.10 x the kept bytes), `"head"` (not with `jit_compile`),
             `"offsets"`, `"runs"`, `"planes"` or `"sparse"`.
-        value_read: per-value sizes only: `"prefix"` or `"ranged"` (`ValueLookup`).
+        value_read: per-value sizes only: `"auto"`, `"prefix"` or `"ranged"` (`ValueLookup`).
         jit_compile: XLA-compile the lookup (see `FieldLookup`, `ValueLookup`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
             `"int8"` with a float16 scale per row (`keras_embdim.export.quantize`).

@@ -134,7 +134,7 @@ def export_compact(
     atol: float = 1e-5,
     verbose: int = 1,
     value_layout: str = "auto",
-    value_read: str = "prefix",
+    value_read: str = "auto",
     jit_compile: bool = False,
     table_dtype: str = "float32",
     on_invalid_id: str = "error",
@@ -163,16 +163,19 @@ def export_compact(
         verbose: print where the export went.
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
-            `"head"` (the widest rows whole in a table of their own, read by
-            one row gather; not with `jit_compile`), `"offsets"`, `"runs"`,
+            `"head"` (the widest rows whole in a table of their own, found by
+            a hash table and read by one row gather; not with `jit_compile`),
+            `"offsets"`, `"runs"`,
             `"planes"` or `"sparse"` (`keras_embdim.export.layouts`).
         value_read: for per-value layers without XLA: how a lookup reads its
-            rows. `"prefix"` (default) reads each looked-up row at the layer's
-            widest size, a cost that does not depend on the traffic;
-            `"ranged"` reads only the kept values, faster when requests mostly
-            hit rare (narrow) values. After a per-value search the frequent
-            values keep the most columns, so served traffic mostly hits wide
-            rows and `"prefix"` is the faster (docs/results/serving.md).
+            rows. `"prefix"` reads each looked-up row at the layer's widest
+            size, a cost that does not depend on the traffic; `"ranged"` reads
+            only the kept values, faster when requests mostly hit rare (narrow)
+            values. After a per-value search the frequent values keep the most
+            columns, so served traffic mostly hits wide rows: `"auto"` (default)
+            takes `"prefix"` for the single-index layouts and `"ranged"` for
+            the head layout, whose other rows are the narrow, rare ones
+            (docs/results/serving.md).
         jit_compile: XLA-compile the embedding lookups in the serving graph
             (TF Serving then needs `--xla_cpu_compilation_enabled=true`).
         table_dtype: storage of the kept values: `"float32"` (default, exact),
@@ -263,8 +266,8 @@ def export_compact(
     setattr(module, TABLES_ATTRIBUTE, list(compact_vars))
     module.folded_kernels = list(folded_vars)
     module.model_variables = captured
-    # lookup tables (StringLookup, IntegerLookup, hashing tables) the graph reads
-    module.resources = _layer_resources(model)
+    # lookup tables (StringLookup, IntegerLookup, hashing tables, a head layout's row index) the graph reads
+    module.resources = _layer_resources(model) + [r for c in compacted.values() for r in c.resources]
 
     summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
     searched = any(not layer.dimension_mask().is_full for layer in layers)

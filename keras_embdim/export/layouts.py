@@ -37,28 +37,32 @@ plus an index that gives each row's start in `values` and its size:
 - `"head"` (the default when it fits; not under XLA): the rows of size
   `head_from` or more (the head) are stored in a `[H + 1, W]` table `head`
   (`W` the widest size, narrower head rows zero-padded, a zero row last) and
-  read by one row gather; `values` holds the other rows only. `head_from` is
-  the smallest size whose padding keeps the layout within `max_overhead`
-  (else `W`: no padding). A mark per listed row (`hmark`, `hrank`: as
-  sparse's) says which rows are in the head and how many come before,
-  planes give the other rows' sizes. When it pays, rows of one `common`
-  size are first left unlisted (`mark`, `rank`, as sparse). A lookup
-  decodes the marks for every row of the request, reads every row from the
-  head, then decodes the planes and reads element by element for the
-  non-head rows only (`tf.where`) and writes them over their places
-  (`tf.tensor_scatter_nd_update`). After a per-value search the widest rows
-  are few but take most lookups (the frequent values keep the most
-  columns), so most of a request costs a row gather.
+  read by one row gather; `values` holds the other rows only, indexed by one
+  of the layouts above (`tail_layout`), built over the sizes with every head
+  row at 0. `keys` lists the head rows' global rows (int32, ascending, 4 bytes
+  per head row); served, a hash table (`head_index`, filled from `keys` when
+  the SavedModel loads) gives each row its place in `head`, or `H` (the zero
+  row) for the others. `head_from` is the smallest size whose padding and
+  keys keep the layout within `max_overhead` (else `W`: no padding). A lookup
+  is one hash lookup and one row gather for the head rows; the other rows
+  (`tf.where`) decode the tail index and read their values, and the two parts
+  are merged (`tf.dynamic_stitch`). After a per-value search the widest rows
+  are few but take most lookups (the frequent values keep the most columns),
+  so most of a request costs a hash lookup and a row gather, and the index
+  decode runs for the rest only. (Marks that say which rows are in the head
+  take fewer bytes but cost a decode of every looked-up row: measured slower,
+  docs/reference/methods.md.)
 
 `layout="auto"` takes the fastest layout whose bytes stay within
 `max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md);
 the head layout only when its rows hold at least `HEAD_MIN_SHARE` of the
-kept values, and not for an XLA-compiled lookup (`choose_layout`).
+kept values, and not for an XLA-compiled lookup (the hash table and the
+split are not XLA ops; `choose_layout`).
 
 The index and the values are built apart (`pack_index`, then the values row
 chunk by row chunk, `keras_embdim.export.tables`), so a table is never copied
 whole. Lookups (`read_rows`: `start_and_size`, then `ranged_rows` or
-`prefix_rows`) use standard TensorFlow ops only, so a SavedModel built on them serves without
+`prefix_rows`; the head layout's hash table from `head_index`) use standard TensorFlow ops only, so a SavedModel built on them serves without
 keras_embdim.
 """
 
@@ -72,7 +76,7 @@ import tensorflow as tf
 
 LAYOUTS = ("head", "offsets", "runs", "planes", "sparse")
 # how a lookup reads the rows once it has their starts and sizes (`prefix_rows`, `ranged_rows`)
-READS = ("prefix", "ranged")
+READS = ("auto", "prefix", "ranged")  # auto: ranged for the head layout's other rows, else prefix
 # preference when several fit the byte limit (measured: benchmarks/serving.py)
 SPEED_ORDER = ("head", "offsets", "runs", "planes", "sparse")
 # static shapes (XLA): layouts whose lookup keeps the shape of the request at every step
@@ -100,11 +104,12 @@ class PackedTable:
     shift: int = 0  # offsets layout: log2 rows per block
     size_offset: int = 0  # planes layout: size = size_offset + size_scale * code
     size_scale: int = 1
-    common: int = 0  # sparse / head layouts: the size of the unlisted rows (head: -1, every row listed)
+    common: int = 0  # sparse layout (or a head layout's sparse tail): the size of the unlisted rows
     head_rows: int = 0  # head layout: rows of size `head_from` or more, stored in `arrays["head"]`
     head_width: int = 0  # head layout: the widest size, the head table's width (narrower head rows padded)
     head_from: int = 0  # head layout: the smallest size in the head
     head_kept: int = 0  # head layout: the head rows' own sizes, summed (`kept - head_kept` values in `values`)
+    tail_layout: str = ""  # head layout: the layout of the other rows' index (bits ... common above are its own)
 
     @property
     def nbytes(self) -> int:
@@ -120,7 +125,7 @@ class PackedTable:
         """The static arguments of `start_and_size` / `prefix_rows`."""
         return dict(layout=self.layout, bits=self.bits, shift=self.shift, size_offset=self.size_offset,
                     size_scale=self.size_scale, common=self.common, head_rows=self.head_rows,
-                    head_width=self.head_width, head_from=self.head_from)
+                    head_width=self.head_width, head_from=self.head_from, tail_layout=self.tail_layout)
 
 
 def _offsets_params(D: int) -> tuple[int, type]:
@@ -199,60 +204,8 @@ def _sparse_plan(histogram: np.ndarray, isz: int) -> tuple[int, int]:
     return best
 
 
-def _mark_bytes(rows: int) -> int:
-    """A mark index over `rows` rows: per 64 rows a uint64 word and an int32 count."""
-    return (-(-max(rows, 1) >> PLANE_SHIFT)) * (8 + 4)
-
-
-def _head_plan(histogram: np.ndarray, isz: int, max_overhead: float = 1.10) -> tuple[int, int, int]:
-    """`(head_from, common size or -1, bytes)` of the head layout (values, head table and index).
-
-    The head holds the rows of size `head_from` or more, padded to the
-    widest size `W`: the smallest `head_from` whose bytes stay within
-    `max_overhead` x the kept bytes, else `W` alone (no padding). A lower
-    `head_from` moves the near-widest rows (frequent values too) from the
-    element-by-element reads to the row gather and narrows those reads, for
-    the bytes of their padding.
-
-    Without a common size (-1) every row is listed: a mark per row says which
-    rows are in the head, planes give the other rows' sizes. With one, a first
-    mark leaves the rows of the common size unlisted (as `sparse`), the head
-    mark and the planes cover the listed rows only. For each `head_from` the
-    first is taken when it fits `max_overhead` (one mark fewer to decode),
-    else the smallest.
-    """
-    n = int(histogram.sum())
-    width = int(np.flatnonzero(histogram).max(initial=0))
-    limit = max_overhead * 4 * int(histogram @ np.arange(histogram.size))
-    best = None
-    for head_from in [int(s) for s in np.flatnonzero(histogram) if s > 0] or [0]:  # (all at 0: a zero-wide head)
-        rest = histogram.copy()
-        rest[head_from:] = 0
-        head = n - int(rest.sum())
-        values = 4 * (int(rest @ np.arange(rest.size)) + 1) + 4 * width * (head + 1)
-        plan = (-1, _mark_bytes(n + 1) + _planes_bytes(n - head + 1, _affine(rest)[2], isz))
-        if values + plan[1] > limit:
-            for size in np.flatnonzero(rest):
-                listed = rest.copy()
-                listed[size] = 0
-                m = n - int(histogram[size])
-                cost = _mark_bytes(n) + _mark_bytes(m + 1) + _planes_bytes(m - head + 1, _affine(listed)[2], isz)
-                if cost < plan[1]:
-                    plan = (int(size), cost)
-        total = values + plan[1]
-        if total <= limit:
-            return head_from, plan[0], total
-        if head_from == width:
-            best = (head_from, plan[0], total)
-    return best
-
-
-def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> dict[str, int]:
-    """Bytes each layout would take for these per-row sizes (float32 values, without packing).
-
-    `max_overhead` matters to the head layout only (`_head_plan`: which rows it takes, one mark or two).
-    """
-    sizes = np.asarray(sizes)
+def _static_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
+    """Bytes of each single-index layout (`STATIC_ORDER`): values and index."""
     n, D = sizes.shape[0], output_dim
     histogram = _histogram(sizes, D)
     total = int(histogram @ np.arange(D + 1))
@@ -268,8 +221,53 @@ def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10)
         "runs": values + _num_runs(sizes) * (4 + size_b + isz),
         "planes": values + blocks * (isz + 8 * bits),
         "sparse": values + _sparse_plan(histogram, isz)[1],
-        "head": _head_plan(histogram, isz, max_overhead)[2],
     }
+
+
+def _tail_sizes(sizes: np.ndarray, head_from: int, output_dim: int) -> np.ndarray:
+    """The sizes with the head rows (`head_from` or more) at 0, one byte per row (two past D = 255)."""
+    out = np.empty(sizes.shape[0], np.uint8 if output_dim <= 255 else np.uint16)
+    for a, b in _chunks(sizes.shape[0]):
+        chunk = sizes[a:b]
+        out[a:b] = np.where(chunk >= head_from, 0, chunk)
+    return out
+
+
+def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> tuple[int, str, int]:
+    """`(head_from, tail layout, bytes)` of the head layout (head table, keys, values and tail index).
+
+    The head holds the rows of size `head_from` or more, padded to the
+    widest size `W`, and lists them in `keys` (4 bytes each); the other rows
+    are indexed by the fastest layout of `STATIC_ORDER` that keeps the whole
+    within `max_overhead` x the kept bytes. `head_from` is the smallest size
+    for which one does (most rows in the head: the fewest lookups decode an
+    index), else `W` alone (no padding) with the smallest tail layout.
+    """
+    histogram = _histogram(sizes, output_dim)
+    width = int(np.flatnonzero(histogram).max(initial=0))
+    limit = max_overhead * 4 * int(histogram @ np.arange(histogram.size))
+    for head_from in [int(s) for s in np.flatnonzero(histogram) if s > 0] or [0]:  # (all at 0: a zero-wide head)
+        if head_from == 0:
+            head_from = 1  # no row in the head
+        head = int(histogram[head_from:].sum())
+        own = 4 * width * (head + 1) + 4 * head  # the padded head table with its zero row, and the keys
+        tail = _static_bytes(_tail_sizes(sizes, head_from, output_dim), output_dim)
+        for name in STATIC_ORDER:
+            if own + tail[name] <= limit:
+                return head_from, name, own + tail[name]
+        if head_from >= width:
+            name = min(STATIC_ORDER, key=lambda k: (tail[k], STATIC_ORDER.index(k)))
+            return head_from, name, own + tail[name]
+    raise AssertionError("unreachable: the widest size ends the loop")
+
+
+def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> dict[str, int]:
+    """Bytes each layout would take for these per-row sizes (float32 values, without packing).
+
+    `max_overhead` matters to the head layout only (`_head_plan`: which rows it takes, which tail index).
+    """
+    sizes = np.asarray(sizes)
+    return {**_static_bytes(sizes, output_dim), "head": _head_plan(sizes, output_dim, max_overhead)[2]}
 
 
 def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10, static: bool = False) -> str:
@@ -288,7 +286,7 @@ def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10
     kept = int(histogram @ np.arange(output_dim + 1))
     limit = max_overhead * 4 * kept
     width = int(np.flatnonzero(histogram).max(initial=0))
-    few_wide = width * int(histogram[width]) < HEAD_MIN_SHARE * kept  # no head worth splitting off
+    few_wide = width == 0 or width * int(histogram[width]) < HEAD_MIN_SHARE * kept  # no head worth splitting off
     order = STATIC_ORDER if static or few_wide else SPEED_ORDER
     for name in order:
         if nbytes[name] <= limit:
@@ -302,7 +300,8 @@ def check_layout(value: str, jit_compile: bool = False) -> str:
     if value != "auto" and value not in LAYOUTS:
         raise ValueError(f"value_layout must be 'auto' or one of {LAYOUTS}, got {value!r}.")
     if value == "head" and jit_compile:
-        raise ValueError("value_layout='head' splits each request at run time, which XLA cannot compile: use "
+        raise ValueError("value_layout='head' splits each request at run time and looks rows up in a hash table, "
+                         "which XLA cannot compile: use "
                          f"jit_compile=False, or one of {STATIC_ORDER}.")
     return value
 
@@ -312,6 +311,14 @@ def check_read(value: str) -> str:
     if value not in READS:
         raise ValueError(f"`value_read` must be one of {READS}; received value_read={value!r}.")
     return value
+
+
+def reads_ranged(read: str, layout: str) -> bool:
+    """Whether a lookup of `layout` reads its rows with `ranged_rows` under the reader `read`: `"auto"`
+    takes it for the head layout (its other rows are the narrow, rarely looked-up ones: only their
+    kept values are read; measured faster than `prefix_rows` there, benchmarks/serving.py) and
+    `prefix_rows` for the single-index layouts (traffic hits their widest rows)."""
+    return check_read(read) == "ranged" or (read == "auto" and layout == "head")
 
 
 def check_sizes(sizes, num_rows: int, output_dim: int) -> np.ndarray:
@@ -437,7 +444,8 @@ def pack_index(
     """The index of a per-value layout, without its values (`arrays` lacks `"values"`).
 
     Built a million rows at a time: besides the index itself (at most about 1.3
-    bytes per row), no temporary spans the whole vocabulary.
+    bytes per row; the head layout also a one-byte-per-row copy of the sizes
+    for its tail), no temporary spans the whole vocabulary.
 
     Args:
         sizes: `[n]` integers in `[0, output_dim]`, all fields' rows one after another.
@@ -466,6 +474,7 @@ def pack_index(
     arrays: dict = {}
     bits = shift = offset = common = head_rows = head_width = head_from = head_kept = 0
     scale = 1
+    tail_layout = ""
 
     def starts_of(a, b, running):
         """Start of rows a..b (b excluded) and of row b, given the start of row a."""
@@ -527,36 +536,23 @@ def pack_index(
             writer.add(sizes[a:b][listed])
         arrays["mark"], arrays["rank"] = marks.close()
         arrays.update(writer.close())
-    else:  # head: the widest rows (padded) in their own table; a mark per listed row says which
+    else:  # head: the widest rows (padded) in their own table, listed in `keys`; the others indexed by a tail layout
         head_width = int(np.flatnonzero(histogram).max(initial=0))
-        head_from, common, _ = _head_plan(histogram, np.dtype(itype).itemsize, max_overhead)
+        head_from, tail_layout, _ = _head_plan(sizes, D, max_overhead)
         head_rows = int(histogram[head_from:].sum())
         head_kept = int(histogram[head_from:] @ np.arange(head_from, D + 1))
-        rest = histogram.copy()
-        rest[head_from:] = 0
-        if common >= 0:
-            rest[common] = 0
-        offset, scale, bits = _affine(rest)
-        m = n - int(histogram[common]) if common >= 0 else n  # listed rows
-        marks = _MarkWriter(n) if common >= 0 else None
-        heads = _MarkWriter(m + 1)  # + 1: an unlisted row after the last listed one
-        writer = _PlaneWriter(m - head_rows + 1, offset, scale, bits, itype)
+        keys = np.empty(head_rows, np.int32)
+        at = 0
         for a, b in _chunks(n):
-            chunk = sizes[a:b]
-            if marks is not None:
-                listed = chunk != common
-                marks.add(listed)
-                chunk = chunk[listed]
-            wide = chunk >= head_from
-            heads.add(wide)
-            writer.add(chunk[~wide])
-        if marks is not None:
-            arrays["mark"], arrays["rank"] = marks.close()
-        arrays["hmark"], arrays["hrank"] = heads.close()
-        arrays.update(writer.close())
+            rows = a + np.flatnonzero(sizes[a:b] >= head_from)
+            keys[at : at + rows.size] = rows
+            at += rows.size
+        tail = pack_index(_tail_sizes(sizes, head_from, D), D, layout=tail_layout)
+        arrays = {"keys": keys, **tail.arrays}
+        bits, shift, offset, scale, common = tail.bits, tail.shift, tail.size_offset, tail.size_scale, tail.common
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
     return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common,
-                       head_rows, head_width, head_from, head_kept)
+                       head_rows, head_width, head_from, head_kept, tail_layout if layout == "head" else "")
 
 
 def pack(
@@ -624,13 +620,18 @@ def unpack_sizes(packed: PackedTable) -> np.ndarray:
         sizes = np.full(n, packed.common, np.int64)
         sizes[listed] = _plane_sizes(a, np.arange(int(listed.sum())), packed)
         return sizes
-    listed = _marked_np(a["mark"], g) if packed.common >= 0 else np.ones(n, bool)
-    sizes = np.full(n, packed.common, np.int64)
-    wide = _marked_np(a["hmark"], np.arange(int(listed.sum())))
-    listed_sizes = np.full(wide.size, packed.head_width, np.int64)
-    listed_sizes[~wide] = _plane_sizes(a, np.arange(int((~wide).sum())), packed)
-    sizes[listed] = listed_sizes
+    if packed.layout != "head":
+        raise ValueError(f"unknown layout {packed.layout!r}.")
+    sizes = unpack_sizes(_tail_view(packed))
+    sizes[a["keys"]] = packed.head_width
     return sizes
+
+
+def _tail_view(packed: PackedTable) -> PackedTable:
+    """A head layout's tail index as a table of its own (its rows: every row, the head rows at size 0)."""
+    return PackedTable(packed.tail_layout, packed.arrays, packed.field_starts, packed.num_rows, packed.output_dim,
+                       packed.kept - packed.head_kept, packed.bits, packed.shift, packed.size_offset,
+                       packed.size_scale, packed.common)
 
 
 def _marked_np(mark: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -654,21 +655,22 @@ def unpack(packed: PackedTable) -> np.ndarray:
     out = np.zeros((packed.num_rows, packed.output_dim), np.float32)
     keep = np.arange(packed.output_dim)[None, :] < sizes[:, None]
     if packed.layout == "head":
-        wide = sizes == packed.head_width
-        out[wide, : packed.head_width] = packed.arrays["head"][:-1]
-        keep &= ~wide[:, None]
+        keys = packed.arrays["keys"]
+        out[keys, : packed.head_width] = packed.arrays["head"][:-1]
+        keep[keys] = False
     out[keep] = packed.arrays["values"][:-1]
     return out
 
 
 def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, shift: int = 0,
                    size_offset: int = 0, size_scale: int = 1, common: int = 0, head_rows: int = 0,
-                   head_width: int = 0, head_from: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+                   head_width: int = 0, head_from: int = 0, tail_layout: str = "") -> tuple[tf.Tensor, tf.Tensor]:
     """`(start, size)` in `values` of the global rows `g` (`[N]` int32), from a layout's index.
 
     Both are int32, or int64 when the values need 64-bit offsets. Takes a
-    `PackedTable.meta`; the head layout (`head_rows`, `head_width`, `head_from`) keeps its
-    widest rows out of `values` and is read with `read_rows` only.
+    `PackedTable.meta`; the head layout (`head_rows`, `head_width`, `head_from`, `tail_layout`)
+    keeps its widest rows out of `values` and is read with `read_rows` only (its other rows:
+    `start_and_size(..., layout=tail_layout)`).
     """
     index = arrays["run_start"] if layout == "runs" else arrays.get("base")
     itype = tf.int64 if index is not None and index.dtype == tf.int64 else tf.int32
@@ -723,9 +725,36 @@ def _listed_start_and_size(arrays: dict, unlisted, listed, t, itype, bits: int, 
     return start, common + listed * (size - common) if common > 0 else listed * size
 
 
+def head_index(keys) -> tf.lookup.StaticHashTable:
+    """The head layout's served index: a hash table from each head row's global row (`keys`,
+    int32) to its place in `head`, and to `len(keys)` (the zero row) for every other row.
+
+    Filled from the `keys` variable when the table is initialized (in a SavedModel: when
+    it loads, after the variables are restored), so the keys are stored once, in the
+    variables, and the positions not at all.
+    """
+    return tf.lookup.StaticHashTable(_RowOfKey(keys), int(keys.shape[0]))
+
+
+class _RowOfKey(tf.lookup.KeyValueTensorInitializer):
+    """Initializes a table with `keys[i] -> i`, reading `keys` when it runs (not when built)."""
+
+    def __init__(self, keys):
+        self._keys_source = keys
+        super().__init__(tf.zeros([0], tf.int32), tf.zeros([0], tf.int32))
+
+    def initialize(self, table):
+        keys = tf.convert_to_tensor(self._keys_source)
+        if keys.shape[0] == 0:  # no head row (the table refuses an empty import): a key no row has
+            keys = tf.constant([-1], tf.int32)
+        rows = tf.range(tf.size(keys, out_type=tf.int32), dtype=tf.int32)
+        return tf.raw_ops.LookupTableImportV2(table_handle=table.resource_handle, keys=keys, values=rows)
+
+
 def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bool = False, static: bool = False,
-              bits: int = 0, shift: int = 0, size_offset: int = 0, size_scale: int = 1, common: int = 0,
-              head_rows: int = 0, head_width: int = 0, head_from: int = 0) -> tf.Tensor:
+              index: tf.lookup.StaticHashTable | None = None, bits: int = 0, shift: int = 0, size_offset: int = 0,
+              size_scale: int = 1, common: int = 0, head_rows: int = 0, head_width: int = 0, head_from: int = 0,
+              tail_layout: str = "") -> tf.Tensor:
     """`[N, width]` rows of the global rows `g` (`[N]` int32), in the storage dtype: each row's
     kept prefix, then zeros.
 
@@ -733,15 +762,21 @@ def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bo
         arrays: a `PackedTable`'s arrays as tensors or variables.
         g: global rows.
         width: columns to return (wider rows are cut).
-        layout, bits, shift, size_offset, size_scale, common, head_rows, head_width, head_from:
-            the `PackedTable.meta`.
-        ranged: read with `ranged_rows` instead of `prefix_rows` (not with `static`).
-        static: keep every intermediate at the request's shape (XLA).
+        layout, bits, shift, size_offset, size_scale, common, head_rows, head_width, head_from,
+            tail_layout: the `PackedTable.meta`.
+        ranged: read with `ranged_rows` instead of `prefix_rows` (not with `static`); the head
+            layout: its non-head rows.
+        static: keep every intermediate at the request's shape (XLA; not the head layout).
+        index: the head layout only: `head_index(arrays["keys"])`, built once (a table is a
+            resource: the SavedModel must track it).
     """
     if layout == "head":
-        return _head_layout_rows(arrays, g, width, ranged=ranged, static=static, bits=bits, size_offset=size_offset,
-                                 size_scale=size_scale, common=common, head_rows=head_rows, head_width=head_width,
-                                 head_from=head_from)
+        if index is None or static:
+            raise ValueError("read_rows: the head layout needs `index` (head_index(arrays['keys'])) and "
+                             f"static=False; got index={index!r}, static={static}.")
+        return _head_layout_rows(arrays, g, width, index, ranged=ranged, head_rows=head_rows, head_from=head_from,
+                                 meta=dict(layout=tail_layout, bits=bits, shift=shift, size_offset=size_offset,
+                                           size_scale=size_scale, common=common))
     start, size = start_and_size(arrays, g, layout=layout, bits=bits, shift=shift, size_offset=size_offset,
                                  size_scale=size_scale, common=common)
     return (ranged_rows if ranged else prefix_rows)(arrays["values"], start, size, width)
@@ -755,45 +790,44 @@ def _to_width(rows: tf.Tensor, width: int) -> tf.Tensor:
     return rows[:, :width] if w > width else tf.pad(rows, [[0, 0], [0, width - w]])
 
 
-def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, *, ranged: bool, static: bool, bits: int,
-                      size_offset: int, size_scale: int, common: int, head_rows: int, head_width: int,
-                      head_from: int) -> tf.Tensor:
-    """`read_rows` of the head layout: every row by one row gather from `head`, then the non-head
-    rows, read as the sparse layout reads them, written over their places.
+def _tail_width(meta: dict, width: int, head_from: int) -> int:
+    """The widest size of a head layout's other rows: below `head_from`, and at most what the tail
+    index (`meta`) can give (the largest code alone can overshoot: sizes 1..13 take 4 bits,
+    whose largest code reads 16)."""
+    widest = head_from - 1
+    if meta["layout"] in ("planes", "sparse") and meta["bits"] < 16:
+        coded = meta["size_offset"] + meta["size_scale"] * ((1 << meta["bits"]) - 1)
+        widest = min(widest, max(coded, meta["common"]) if meta["layout"] == "sparse" else coded)
+    return max(0, min(width, widest))
 
-    The non-head rows are picked out (`tf.where`) so that their index is
-    decoded and their values read only for them: after a per-value search
-    the head rows are few but take most lookups (`docs/results/serving.md`).
-    With `static=True` (XLA) both parts are read for every lookup and added
-    instead (the non-head rows read the head's zero row).
+
+def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, index, *, ranged: bool, head_rows: int,
+                      head_from: int, meta: dict) -> tf.Tensor:
+    """`read_rows` of the head layout: every row by one hash lookup and one row gather from `head`
+    (the others read its zero row), then the others, picked out by `tf.where`, through the tail
+    index (`meta`), written over their places (`tf.tensor_scatter_nd_update`).
+
+    The tail index is decoded and its values read for the non-head rows only: after a
+    per-value search the head rows are few but take most lookups (`docs/results/serving.md`).
+    Measured (benchmarks/serving.py's models, session loader): gathering every row and
+    overwriting the others is faster than gathering the head rows alone and stitching the
+    two parts (`tf.dynamic_stitch`), and the vectorized `[N, 2, bits]` decode of the tail
+    slower than the plane-by-plane one (`_plane_start_and_size`).
     """
-    itype = tf.int64 if arrays["base"].dtype == tf.int64 else tf.int32
-    listed, r = _marked(arrays["mark"], arrays["rank"], g) if common >= 0 else (None, g)
-    wide, h = _marked(arrays["hmark"], arrays["hrank"], r)
-    if listed is not None:
-        wide = wide * listed
-    # the non-head rows' widest size: below `head_from`, and at most the planes' largest code or the common size
-    # (the largest code alone can overshoot: sizes 1..13 take 4 bits, whose largest code reads 16)
-    coded = size_offset + size_scale * ((1 << bits) - 1) if bits else size_offset
-    tail_width = min(width, max(common, min(coded, head_from - 1) if head_from > 0 else coded))
-    values, head = arrays["values"], arrays["head"]
-
-    t = r - h  # rows of the planes (listed, not in the head) before each row
-    unlisted = g - r if common > 0 else None  # rows of the common size before each row
-
-    def tail(t, unlisted, listed, keep=None):
-        start, size = _listed_start_and_size(arrays, unlisted, listed, t, itype, bits, size_offset, size_scale,
-                                             max(common, 0))
-        if keep is not None:
-            size = size * tf.cast(keep, itype)
-        return _to_width((ranged_rows if ranged else prefix_rows)(values, start, size, tail_width), width)
-
-    if static:
-        return _to_width(tf.gather(head, tf.where(wide > 0, h, head_rows)), width) + tail(t, unlisted, listed, 1 - wide)
-    at_tail = tf.where(wide == 0)
-    rows = _to_width(tf.gather(head, h), width)  # every row from the head: the non-head rows overwritten next
-    tail_part = tail(*(None if x is None else tf.gather_nd(x, at_tail) for x in (t, unlisted, listed)))
-    return tf.tensor_scatter_nd_update(rows, at_tail, tail_part)
+    h = index.lookup(g)  # place in `head`, `head_rows` (the zero row) for the others
+    rows = _to_width(tf.gather(arrays["head"], h), width)
+    tail_width = _tail_width(meta, width, head_from)
+    if not tail_width:  # every other row is empty: the zero row is the answer
+        return rows
+    at_tail = tf.where(tf.equal(h, head_rows))
+    gt = tf.gather_nd(g, at_tail)
+    values = arrays["values"]
+    start, size = start_and_size(arrays, gt, **meta)
+    if ranged:  # straight to `width` columns: no pad
+        tail = ranged_rows(values, start, size, width)
+    else:
+        tail = _to_width(prefix_rows(values, start, size, tail_width), width)
+    return tf.tensor_scatter_nd_update(rows, at_tail, tail)
 
 
 def _plane_start_and_size(arrays: dict, g: tf.Tensor, itype, bits: int, size_offset: int, size_scale: int):
@@ -887,8 +921,10 @@ def packed_lookup(
     head_rows: int = 0,
     head_width: int = 0,
     head_from: int = 0,
+    tail_layout: str = "",
     ranged: bool = False,
     static: bool = False,
+    index: tf.lookup.StaticHashTable | None = None,
 ) -> tf.Tensor:
     """Rebuild `[..., D]` (single field) or `[..., F, D]` embeddings from a packed table.
 
@@ -897,18 +933,19 @@ def packed_lookup(
             may be float16, or int8 with a float16 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
         layout, field_starts, output_dim, bits, shift, size_offset, size_scale, common, head_rows,
-            head_width, head_from: from the `PackedTable`.
+            head_width, head_from, tail_layout: from the `PackedTable`.
         multi_field: whether the last axis of `ids` indexes fields.
         ranged: read the rows with `ranged_rows` (not under XLA) instead of `prefix_rows`.
         static: request-shaped intermediates only (needed under XLA; `read_rows`).
+        index: the head layout's `head_index(arrays["keys"])`.
     """
     ids = tf.cast(ids, tf.int32)
     shape = tf.shape(ids)
     g = ids + tf.constant(field_starts, tf.int32) if multi_field else ids
     g = tf.reshape(g, [-1])
-    out = read_rows(arrays, g, output_dim, layout=layout, ranged=ranged, static=static, bits=bits, shift=shift,
-                    size_offset=size_offset, size_scale=size_scale, common=common, head_rows=head_rows,
-                    head_width=head_width, head_from=head_from)
+    out = read_rows(arrays, g, output_dim, layout=layout, ranged=ranged, static=static, index=index, bits=bits,
+                    shift=shift, size_offset=size_offset, size_scale=size_scale, common=common, head_rows=head_rows,
+                    head_width=head_width, head_from=head_from, tail_layout=tail_layout)
     if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.export.quantize)
         out = tf.cast(out, tf.float32)
     if "scales" in arrays:  # int8: one float16 scale per row

@@ -279,6 +279,11 @@ class FieldLookup:
         return list(self.variables)
 
     @property
+    def resources(self) -> list:
+        """Non-variable resources the lookup reads (none: every table is a variable)."""
+        return []
+
+    @property
     def padding_params(self) -> int:
         """Zero entries stored to pad narrower fields into a wider table (`FieldGroup`)."""
         rows = {int(f): n for g in self.groups for f, n in zip(g.fields, self._field_rows(g))}
@@ -430,15 +435,16 @@ class ValueLookup:
         jit_compile: XLA-compile the lookup (the static-shape `layouts.prefix_rows`
             path): TF Serving then needs `--xla_cpu_compilation_enabled=true`.
         read: without XLA, how rows are read once their starts and sizes are
-            known: `"prefix"` (`layouts.prefix_rows`, `N x width` element reads)
-            or `"ranged"` (`layouts.ranged_rows`, only the kept values plus the
+            known: `"auto"` (`layouts.reads_ranged`: ranged for the head layout's
+            other rows, else prefix), `"prefix"` (`layouts.prefix_rows`, `N x width`
+            element reads) or `"ranged"` (`layouts.ranged_rows`, only the kept values plus the
             ragged ops' fixed cost).
     """
 
     granularity = "value"
 
     def __init__(self, packed: layouts.PackedTable, arrays: dict, field_widths: np.ndarray, *, multi_field: bool,
-                 guard: IdGuard, jit_compile: bool = False, read: str = "prefix"):
+                 guard: IdGuard, jit_compile: bool = False, read: str = "auto"):
         self.layout = packed.layout
         self.meta = packed.meta
         self.field_starts = packed.field_starts
@@ -452,6 +458,9 @@ class ValueLookup:
         self.width = int(self.field_widths.max(initial=0))  # folded rows are padded to the widest field only
         self.jit_compile = bool(jit_compile)
         self.read = layouts.check_read(read)
+        self._ranged = layouts.reads_ranged(read, self.layout)
+        # the head layout's rows -> places in its head table, filled from `keys` when the SavedModel loads
+        self.index = layouts.head_index(arrays["keys"]) if self.layout == "head" else None
         if self.jit_compile:  # XLA: static shapes, full-width rows (`layouts.prefix_rows`)
             names = list(arrays)
             self._compiled = _jit(lambda g, values: self._rows_from(g, dict(zip(names, values)), self.output_dim, False),
@@ -460,6 +469,11 @@ class ValueLookup:
     @property
     def variables(self) -> list:
         return list(self.arrays.values())
+
+    @property
+    def resources(self) -> list:
+        """Non-variable resources the lookup reads: the head layout's hash table (`layouts.head_index`)."""
+        return [self.index] if self.index is not None else []
 
     @property
     def padding_params(self) -> int:
@@ -471,7 +485,8 @@ class ValueLookup:
         return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
     def _rows_from(self, g: tf.Tensor, arrays: dict, width: int, ranged: bool) -> tf.Tensor:
-        rows = layouts.read_rows(arrays, g, width, ranged=ranged, static=self.jit_compile, **self.meta)
+        rows = layouts.read_rows(arrays, g, width, ranged=ranged, static=self.jit_compile, index=self.index,
+                                 **self.meta)
         return _decode(rows, arrays.get("scales"), g, tf.float32)
 
     def _lookup_rows(self, ids: tf.Tensor, width: int,
@@ -483,7 +498,7 @@ class ValueLookup:
         if self.jit_compile:
             rows = self._compiled(g)[:, :width]
         else:
-            rows = self._rows_from(g, self.arrays, width, self.read == "ranged")
+            rows = self._rows_from(g, self.arrays, width, self._ranged)
         if valid is not None:
             rows = rows * tf.cast(tf.reshape(valid, [-1]), rows.dtype)[:, None]
         return rows, ids
