@@ -148,9 +148,10 @@ def test_export_equal_and_bytes_within_ten_percent(pme_trained):
 
 def test_low_budget_export_marks_the_empty_rows_and_stays_within_ten_percent(tmp_path):
     """At budget 0.05 with min_dim=0 most values keep nothing: 5-bit planes would be about 1.2x the
-    kept bytes; the sparse layout (rows of size 0 only marked) stays within 1.10x and serves the
-    same. On this small table (2,176 kept values) the head layout's keys and zero row take it just
-    over 1.10x, so auto takes the sparse one, as an XLA-compiled export does."""
+    kept bytes; the sparse layout (rows of size 0 only marked) stays within 1.10x, and so does the
+    head layout built on it (the widest rows whole, their keys as uint16 steps, the others in a sparse
+    tail with the empty rows only marked): the export takes the head one and serves the same; an
+    XLA-compiled export takes the sparse one."""
     keras.utils.set_random_seed(0)
     d = ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=5, max_vocab=2000, seed=5)
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=16, hidden=(16,)))
@@ -164,11 +165,13 @@ def test_low_budget_export_marks_the_empty_rows_and_stays_within_ten_percent(tmp
     kept = int(sizes.sum())
     nbytes = ragged.layout_bytes(sizes, 16)
     assert nbytes["planes"] > 1.10 * 4 * kept  # what marking the empty rows saves
-    assert nbytes["sparse"] <= 1.10 * 4 * kept < nbytes["head"]
-    assert exporter.result.layouts["embedding"] == "sparse" == ragged.choose_layout(sizes, 16, static=True)
-    assert ragged.pack_index(sizes, 16, layout="sparse").common == 0  # the empty rows are only marked
+    assert nbytes["sparse"] <= 1.10 * 4 * kept
+    assert exporter.result.layouts["embedding"] == "head"
+    packed = ragged.pack_index(sizes, 16, layout="head")
+    assert (packed.tail_layout, packed.common) == ("sparse", 0)  # the empty rows are only marked
+    assert ragged.choose_layout(sizes, 16, static=True) == "sparse"
     emb = sum(b for k, b in saved_variable_bytes(exporter.result.path).items() if k.startswith(TABLES_ATTRIBUTE + "/"))
-    assert emb == nbytes["sparse"] <= 1.10 * 4 * kept
+    assert emb == nbytes["head"] <= 1.10 * 4 * kept
     want = {"ctr": model.predict(sample, batch_size=500, verbose=0)}
     report = check_in_fresh_process(exporter.result.path, sample, want)
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
@@ -261,12 +264,25 @@ def test_select_entries_matches_a_sorting_reference(seed, min_size, frac, chunk_
         np.testing.assert_array_equal(g, w)
 
 
+def _largest_graph_constant(path: str) -> int:
+    """Elements of the largest constant in a SavedModel's graph (its functions included)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    graph = sm.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [n for fn in graph.library.function for n in fn.node_def]
+    sizes = [math.prod(d.size for d in n.attr["value"].tensor.tensor_shape.dim) for n in nodes if n.op == "Const"]
+    return max(sizes, default=0)
+
+
 @pytest.mark.parametrize("table_dtype", ["float32", "int8"])
 def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, tmp_path):
     """Sizes 8 / 7 / 1 (5 %, 2 %, the rest; D = 8): padding the rows at 7 into the head costs one zero
-    per row, their keys 4 bytes each, and fits 1.10x, so the export stores them in the head table (the
-    rows at 1 in a 1-bit planes tail: 0 for the head rows; 13,848 B of the 13,895 B allowed for the
-    2,151 rows); served as the layer computes, in a process without keras_embdim."""
+    per row, their keys a byte each (uint8 steps), and fits 1.10x, so the export stores them in the head
+    table (the rows at 1 in a 1-bit planes tail: 0 for the head rows; 13,398 B of the 13,895 B allowed
+    for the 2,151 rows); served as the layer computes, in a process without keras_embdim."""
     keras.utils.set_random_seed(0)
     d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=2000, seed=2)
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
@@ -288,6 +304,9 @@ def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, t
     else:  # one byte per stored value (the padding zeros and the zero row included), a float16 scale per row
         stored = (packed.kept - packed.head_kept + 1) + (packed.head_rows + 1) * 8
         assert emb == ragged.layout_bytes(sizes, 8)["head"] - 3 * stored + 2 * n
+    # the head rows' keys are stored once, in the variables: the graph's hash table is filled from them
+    # at load, no constant of the graph holds them (or the places they map to)
+    assert _largest_graph_constant(r.path) < packed.head_rows
     atol = (r.precision_max_abs_diff or 0) + 1e-5
     report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, batch_size=300, verbose=0)},
                                     atol=atol)

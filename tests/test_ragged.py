@@ -9,7 +9,7 @@ import reference
 
 
 def _index(packed, arrays):
-    return ragged.head_index(arrays["keys"]) if packed.layout == "head" else None
+    return ragged.head_index(arrays["key_steps"]) if packed.layout == "head" else None
 
 
 def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
@@ -85,7 +85,7 @@ def test_xla_compiled_lookup_is_identical(layout):
     np.testing.assert_array_equal(_lookup(packed, ids, jit=True), _lookup(packed, ids))
 
 
-@pytest.mark.parametrize("layout", ["planes", "sparse", "head"])
+@pytest.mark.parametrize("layout", ["planes", "sparse"])  # (and a head layout's tail of either: the same decode)
 def test_planes_are_decoded_word_by_word_not_broadcast(layout):
     """The bit planes' words are read plane by plane (`[N]` each): no elementwise op of the
     lookup works on the `[N, bits]` words with the row's shift broadcast along the planes
@@ -177,22 +177,24 @@ def test_sparse_start_is_common_times_unlisted_plus_listed_sizes():
 
 def test_head_words_by_hand():
     # 6 rows of sizes 0, 4, 2, 0, 4, 1 (D = 4): kept 11 values, 44 B, the limit 1.10x is 48.4 B. A head
-    # of the rows >= 4 (rows 1 and 4) takes 3 x 4 x 4 = 48 B with its zero row, and 8 B of keys: no head
-    # fits, so the head keeps the widest rows only and the smallest tail index is taken. The tail: sizes
+    # of the rows >= 4 (rows 1 and 4) takes 3 x 4 x 4 = 48 B with its zero row, and 2 B of keys (their
+    # steps 2 and 3, uint8): no head fits, so the head keeps the widest rows only and the smallest tail
+    # index is taken. The tail: sizes
     # 0, 0, 2, 0, 0, 1 (the head rows at 0), values 3 + the zero slot = 16 B; offsets 7 uint8 local
     # offsets and one int32 block start = 11 B (runs: 4 runs x 9 B; planes: 2 bits, 4 + 16 B; sparse:
     # a 12 B mark and 12 B of planes).
     sizes = np.array([0, 4, 2, 0, 4, 1])
     p = ragged.pack(np.arange(24, dtype=np.float32).reshape(6, 4), sizes, layout="head")
     assert (p.head_from, p.head_rows, p.head_width, p.head_kept, p.tail_layout) == (4, 2, 4, 8, "offsets")
-    np.testing.assert_array_equal(p.arrays["keys"], [1, 4])
+    np.testing.assert_array_equal(p.arrays["key_steps"], np.array([2, 3], np.uint8))
+    np.testing.assert_array_equal(ragged.head_keys(p.arrays["key_steps"]), [1, 4])
     np.testing.assert_array_equal(p.arrays["head"], [[4, 5, 6, 7], [16, 17, 18, 19], [0, 0, 0, 0]])
     np.testing.assert_array_equal(p.arrays["values"], [8, 9, 20, 0])  # rows 2 and 5, then the zero slot
     np.testing.assert_array_equal(p.arrays["base"], [0])
     np.testing.assert_array_equal(p.arrays["local"], [0, 0, 0, 2, 2, 2, 3])  # tail starts, and the end
-    assert p.nbytes == ragged.layout_bytes(sizes, 4)["head"] == 16 + 48 + 8 + 4 + 7
+    assert p.nbytes == ragged.layout_bytes(sizes, 4)["head"] == 16 + 48 + 2 + 4 + 7
     # served: the hash table gives the head rows their place in `head`, every other row the zero row
-    index = ragged.head_index(tf.constant(p.arrays["keys"]))
+    index = ragged.head_index(tf.constant(p.arrays["key_steps"]))
     np.testing.assert_array_equal(index.lookup(tf.constant([0, 1, 2, 3, 4, 5], tf.int32)).numpy(), [2, 0, 2, 2, 1, 2])
     np.testing.assert_array_equal(_lookup(p, np.arange(6), multi_field=False),
                                   reference.prefix_lookup(np.arange(24, dtype=np.float32).reshape(6, 4), sizes,
@@ -201,18 +203,18 @@ def test_head_words_by_hand():
 
 def test_head_takes_the_near_widest_rows_when_their_padding_and_keys_fit():
     # 256 rows (D = 8): 64 at 8, 64 at 7, 128 empty; kept 960 values, 3,840 B.
-    # Rows >= 7 in the head: the head 129 x 8 x 4 = 4,128 B and 128 keys (512 B); the tail is empty (every
-    # row 0 there): values the zero slot (4 B) and, fastest first, offsets 257 + 17 x 4 = 325 B or one run
-    # (9 B): 4,969 or 4,653 B. Rows of 8 only: head 65 x 32 = 2,080 + 256 B of keys, the tail 64 rows at 7
-    # ((448 + 1) x 4 = 1,796 B of values) with offsets (325 B): 4,457 B, or 1-bit planes (0 or 7; 4 blocks x
-    # 12 B): 4,180 B.
+    # Rows >= 7 in the head: the head 129 x 8 x 4 = 4,128 B and 128 keys as uint8 steps (128 B); the tail is
+    # empty (every row 0 there): values the zero slot (4 B) and, fastest first, offsets 257 + 17 x 4 = 325 B
+    # or one run (9 B): 4,585 or 4,269 B. Rows of 8 only: head 65 x 32 = 2,080 + 64 B of keys, the tail 64
+    # rows at 7 ((448 + 1) x 4 = 1,796 B of values) with offsets (325 B): 4,265 B, or 1-bit planes (0 or 7;
+    # 4 blocks x 12 B): 3,988 B.
     rng = np.random.default_rng(0)
     sizes = rng.permutation(np.repeat([8, 7, 0], [64, 64, 128]))
     table = rng.standard_normal((256, 8)).astype(np.float32)
     ids = rng.integers(0, 256, (40, 1))
     want = reference.prefix_lookup(table, sizes, ids)
-    for max_overhead, head_from, tail, nbytes in [(1.25, 7, "runs", 4653), (1.20, 8, "offsets", 4457),
-                                                  (1.10, 8, "planes", 4180)]:
+    for max_overhead, head_from, tail, nbytes in [(1.20, 7, "offsets", 4585), (1.15, 7, "runs", 4269),
+                                                  (1.10, 8, "planes", 3988)]:
         p = ragged.pack(table, sizes, layout="head", max_overhead=max_overhead)
         assert (p.head_from, p.head_width, p.head_rows, p.tail_layout, p.nbytes) == (
             head_from, 8, (sizes >= head_from).sum(), tail, nbytes)
@@ -246,7 +248,7 @@ def test_head_layout_over_each_kind_of_tail(kind):
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, field_sizes=[1000, 2000], layout="head")
     assert p.tail_layout in ragged.STATIC_ORDER and p.nbytes == ragged.layout_bytes(sizes, D)["head"]
-    np.testing.assert_array_equal(p.arrays["keys"], np.flatnonzero(sizes >= p.head_from))
+    np.testing.assert_array_equal(ragged.head_keys(p.arrays["key_steps"]), np.flatnonzero(sizes >= p.head_from))
     assert p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
     np.testing.assert_array_equal(ragged.unpack_sizes(p), _stored(p, sizes))
     ids = np.stack([rng.integers(0, 1000, (64, 3)), rng.integers(0, 2000, (64, 3))], -1)
@@ -274,7 +276,7 @@ def test_head_layout_reads_the_non_head_rows_below_head_from(ranged):
     ids = np.concatenate([np.arange(13), rng.integers(0, n, 300)])
     want = reference.prefix_lookup(table, sizes, ids)
     arrays = {k: tf.constant(v) for k, v in p.arrays.items()}
-    index = ragged.head_index(arrays["keys"])
+    index = ragged.head_index(arrays["key_steps"])
     fn = tf.function(lambda g: ragged.read_rows(arrays, g, D, ranged=ranged, index=index, **p.meta))
     np.testing.assert_array_equal(fn(tf.constant(ids, tf.int32)).numpy(), want)
     ops = fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph.get_operations()
@@ -283,11 +285,25 @@ def test_head_layout_reads_the_non_head_rows_below_head_from(ranged):
     assert [op.type for op in ops].count("LookupTableFindV2") == 1
 
 
+def test_head_key_steps_take_the_narrowest_dtype():
+    """The head rows 0 and n - 1 (size 2, every other row 0): steps 1 and n - 1, stored as uint8 up to
+    255, uint16 up to 65,535, int32 past it; the served table sums them back to the rows."""
+    for n, dtype in [(200, np.uint8), (300, np.uint16), (70_000, np.int32)]:
+        sizes = np.zeros(n, np.int64)
+        sizes[[0, n - 1]] = 2
+        table = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
+        p = ragged.pack(table, sizes, layout="head")
+        np.testing.assert_array_equal(p.arrays["key_steps"], np.array([1, n - 1], dtype))
+        assert p.arrays["key_steps"].dtype == dtype
+        ids = np.array([0, 1, n - 2, n - 1])
+        np.testing.assert_array_equal(_lookup(p, ids, multi_field=False), reference.prefix_lookup(table, sizes, ids))
+
+
 def test_head_index_of_no_head_row():
     """A head layout with no head row (every size 0): the hash table still initializes (an import of
     no key fails), every row reads the zero row."""
     p = ragged.pack(np.ones((5, 3), np.float32), np.zeros(5, np.int64), layout="head")
-    assert p.head_rows == 0 and p.arrays["keys"].size == 0
+    assert p.head_rows == 0 and p.arrays["key_steps"].size == 0
     np.testing.assert_array_equal(_lookup(p, np.arange(5), multi_field=False), np.zeros((5, 3)))
 
 

@@ -39,14 +39,17 @@ plus an index that gives each row's start in `values` and its size:
   (`W` the widest size, narrower head rows zero-padded, a zero row last) and
   read by one row gather; `values` holds the other rows only, indexed by one
   of the layouts above (`tail_layout`), built over the sizes with every head
-  row at 0. `keys` lists the head rows' global rows (int32, ascending, 4 bytes
-  per head row); served, a hash table (`head_index`, filled from `keys` when
-  the SavedModel loads) gives each row its place in `head`, or `H` (the zero
-  row) for the others. `head_from` is the smallest size whose padding and
-  keys keep the layout within `max_overhead` (else `W`: no padding). A lookup
-  is one hash lookup and one row gather for the head rows; the other rows
-  (`tf.where`) decode the tail index and read their values, and the two parts
-  are merged (`tf.dynamic_stitch`). After a per-value search the widest rows
+  row at 0. `key_steps` lists the head rows' global rows as the steps from
+  one to the next (the first from -1; uint8, uint16 or int32, the narrowest
+  that holds the largest step: 1, 2 or 4 bytes per head row); served, a hash
+  table (`head_index`, filled from them when the SavedModel loads) gives each
+  row its place in `head`, or `H` (the zero row) for the others. `head_from`
+  is the smallest size whose padding and keys keep the layout within
+  `max_overhead` (else `W`: no padding). A lookup
+  is one hash lookup and one row gather for every row (the others read the
+  zero row); the other rows (`tf.where`) decode the tail index, read their
+  values and are written over their places (`tf.tensor_scatter_nd_update`).
+  After a per-value search the widest rows
   are few but take most lookups (the frequent values keep the most columns),
   so most of a request costs a hash lookup and a row gather, and the index
   decode runs for the rest only. (Marks that say which rows are in the head
@@ -233,11 +236,32 @@ def _tail_sizes(sizes: np.ndarray, head_from: int, output_dim: int) -> np.ndarra
     return out
 
 
+def _largest_step(sizes: np.ndarray, head_from: int) -> int:
+    """The largest step from one row of size `head_from` or more to the next (the first from row -1)."""
+    largest, last = 0, -1
+    for a, b in _chunks(sizes.shape[0]):
+        rows = a + np.flatnonzero(sizes[a:b] >= head_from)
+        if rows.size:
+            largest = max(largest, int(rows[0] - last), int(np.diff(rows).max(initial=0)))
+            last = int(rows[-1])
+    return largest
+
+
+def _step_dtype(largest: int):
+    """The narrowest unsigned dtype that holds `largest` (int32 past uint16: the served table's keys are int32)."""
+    return np.uint8 if largest < 2**8 else np.uint16 if largest < 2**16 else np.int32
+
+
+def head_keys(key_steps: np.ndarray) -> np.ndarray:
+    """The head rows' global rows from a head layout's `key_steps` (numpy; `head_index` does it at load)."""
+    return np.cumsum(key_steps, dtype=np.int64) - 1
+
+
 def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> tuple[int, str, int]:
     """`(head_from, tail layout, bytes)` of the head layout (head table, keys, values and tail index).
 
     The head holds the rows of size `head_from` or more, padded to the
-    widest size `W`, and lists them in `keys` (4 bytes each); the other rows
+    widest size `W`, and lists them in `key_steps` (`_step_dtype`); the other rows
     are indexed by the fastest layout of `STATIC_ORDER` that keeps the whole
     within `max_overhead` x the kept bytes. `head_from` is the smallest size
     for which one does (most rows in the head: the fewest lookups decode an
@@ -250,7 +274,8 @@ def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -
         if head_from == 0:
             head_from = 1  # no row in the head
         head = int(histogram[head_from:].sum())
-        own = 4 * width * (head + 1) + 4 * head  # the padded head table with its zero row, and the keys
+        steps = np.dtype(_step_dtype(_largest_step(sizes, head_from))).itemsize
+        own = 4 * width * (head + 1) + steps * head  # the padded head table with its zero row, and the keys
         tail = _static_bytes(_tail_sizes(sizes, head_from, output_dim), output_dim)
         for name in STATIC_ORDER:
             if own + tail[name] <= limit:
@@ -536,19 +561,20 @@ def pack_index(
             writer.add(sizes[a:b][listed])
         arrays["mark"], arrays["rank"] = marks.close()
         arrays.update(writer.close())
-    else:  # head: the widest rows (padded) in their own table, listed in `keys`; the others indexed by a tail layout
+    else:  # head: the widest rows (padded) in their own table, listed in `key_steps`; the others by a tail layout
         head_width = int(np.flatnonzero(histogram).max(initial=0))
         head_from, tail_layout, _ = _head_plan(sizes, D, max_overhead)
         head_rows = int(histogram[head_from:].sum())
         head_kept = int(histogram[head_from:] @ np.arange(head_from, D + 1))
-        keys = np.empty(head_rows, np.int32)
-        at = 0
+        steps = np.empty(head_rows, _step_dtype(_largest_step(sizes, head_from)))
+        at, last = 0, -1
         for a, b in _chunks(n):
             rows = a + np.flatnonzero(sizes[a:b] >= head_from)
-            keys[at : at + rows.size] = rows
-            at += rows.size
+            if rows.size:
+                steps[at : at + rows.size] = np.diff(rows, prepend=last)
+                at, last = at + rows.size, int(rows[-1])
         tail = pack_index(_tail_sizes(sizes, head_from, D), D, layout=tail_layout)
-        arrays = {"keys": keys, **tail.arrays}
+        arrays = {"key_steps": steps, **tail.arrays}
         bits, shift, offset, scale, common = tail.bits, tail.shift, tail.size_offset, tail.size_scale, tail.common
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
     return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common,
@@ -623,7 +649,7 @@ def unpack_sizes(packed: PackedTable) -> np.ndarray:
     if packed.layout != "head":
         raise ValueError(f"unknown layout {packed.layout!r}.")
     sizes = unpack_sizes(_tail_view(packed))
-    sizes[a["keys"]] = packed.head_width
+    sizes[head_keys(a["key_steps"])] = packed.head_width
     return sizes
 
 
@@ -655,7 +681,7 @@ def unpack(packed: PackedTable) -> np.ndarray:
     out = np.zeros((packed.num_rows, packed.output_dim), np.float32)
     keep = np.arange(packed.output_dim)[None, :] < sizes[:, None]
     if packed.layout == "head":
-        keys = packed.arrays["keys"]
+        keys = head_keys(packed.arrays["key_steps"])
         out[keys, : packed.head_width] = packed.arrays["head"][:-1]
         keep[keys] = False
     out[keep] = packed.arrays["values"][:-1]
@@ -725,27 +751,30 @@ def _listed_start_and_size(arrays: dict, unlisted, listed, t, itype, bits: int, 
     return start, common + listed * (size - common) if common > 0 else listed * size
 
 
-def head_index(keys) -> tf.lookup.StaticHashTable:
-    """The head layout's served index: a hash table from each head row's global row (`keys`,
-    int32) to its place in `head`, and to `len(keys)` (the zero row) for every other row.
+def head_index(key_steps) -> tf.lookup.StaticHashTable:
+    """The head layout's served index: a hash table from each head row's global row (int32; the
+    running sum of `key_steps`, minus 1) to its place in `head`, and to `len(key_steps)` (the
+    zero row) for every other row.
 
-    Filled from the `keys` variable when the table is initialized (in a SavedModel: when
-    it loads, after the variables are restored), so the keys are stored once, in the
-    variables, and the positions not at all.
+    Filled from the `key_steps` variable when the table is initialized (in a SavedModel:
+    when it loads, after the variables are restored), so the keys are stored once, as
+    steps in the variables, and the places not at all.
     """
-    return tf.lookup.StaticHashTable(_RowOfKey(keys), int(keys.shape[0]))
+    return tf.lookup.StaticHashTable(_RowOfKey(key_steps), int(key_steps.shape[0]))
 
 
 class _RowOfKey(tf.lookup.KeyValueTensorInitializer):
-    """Initializes a table with `keys[i] -> i`, reading `keys` when it runs (not when built)."""
+    """Initializes a table with `keys[i] -> i`, the keys summed from their steps when it runs
+    (not when built: the saved graph holds no copy of them)."""
 
-    def __init__(self, keys):
-        self._keys_source = keys
+    def __init__(self, key_steps):
+        self._steps = key_steps
         super().__init__(tf.zeros([0], tf.int32), tf.zeros([0], tf.int32))
 
     def initialize(self, table):
-        keys = tf.convert_to_tensor(self._keys_source)
-        if keys.shape[0] == 0:  # no head row (the table refuses an empty import): a key no row has
+        steps = tf.convert_to_tensor(self._steps)
+        keys = tf.cumsum(tf.cast(steps, tf.int32)) - 1
+        if steps.shape[0] == 0:  # no head row (the table refuses an empty import): a key no row has
             keys = tf.constant([-1], tf.int32)
         rows = tf.range(tf.size(keys, out_type=tf.int32), dtype=tf.int32)
         return tf.raw_ops.LookupTableImportV2(table_handle=table.resource_handle, keys=keys, values=rows)
@@ -767,12 +796,12 @@ def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bo
         ranged: read with `ranged_rows` instead of `prefix_rows` (not with `static`); the head
             layout: its non-head rows.
         static: keep every intermediate at the request's shape (XLA; not the head layout).
-        index: the head layout only: `head_index(arrays["keys"])`, built once (a table is a
+        index: the head layout only: `head_index(arrays["key_steps"])`, built once (a table is a
             resource: the SavedModel must track it).
     """
     if layout == "head":
         if index is None or static:
-            raise ValueError("read_rows: the head layout needs `index` (head_index(arrays['keys'])) and "
+            raise ValueError("read_rows: the head layout needs `index` (head_index(arrays['key_steps'])) and "
                              f"static=False; got index={index!r}, static={static}.")
         return _head_layout_rows(arrays, g, width, index, ranged=ranged, head_rows=head_rows, head_from=head_from,
                                  meta=dict(layout=tail_layout, bits=bits, shift=shift, size_offset=size_offset,
@@ -937,7 +966,7 @@ def packed_lookup(
         multi_field: whether the last axis of `ids` indexes fields.
         ranged: read the rows with `ranged_rows` (not under XLA) instead of `prefix_rows`.
         static: request-shaped intermediates only (needed under XLA; `read_rows`).
-        index: the head layout's `head_index(arrays["keys"])`.
+        index: the head layout's `head_index(arrays["key_steps"])`.
     """
     ids = tf.cast(ids, tf.int32)
     shape = tf.shape(ids)

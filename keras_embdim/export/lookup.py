@@ -460,7 +460,7 @@ class ValueLookup:
         self.read = layouts.check_read(read)
         self._ranged = layouts.reads_ranged(read, self.layout)
         # the head layout's rows -> places in its head table, filled from `keys` when the SavedModel loads
-        self.index = layouts.head_index(arrays["keys"]) if self.layout == "head" else None
+        self.index = layouts.head_index(arrays["key_steps"]) if self.layout == "head" else None
         if self.jit_compile:  # XLA: static shapes, full-width rows (`layouts.prefix_rows`)
             names = list(arrays)
             self._compiled = _jit(lambda g, values: self._rows_from(g, dict(zip(names, values)), self.output_dim, False),
