@@ -274,6 +274,8 @@ def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -
         if head_from == 0:
             head_from = 1  # no row in the head
         head = int(histogram[head_from:].sum())
+        if 4 * width * (head + 1) + head > limit and head_from < width:  # the head alone is over: no pass over the rows
+            continue
         steps = np.dtype(_step_dtype(_largest_step(sizes, head_from))).itemsize
         own = 4 * width * (head + 1) + steps * head  # the padded head table with its zero row, and the keys
         tail = _static_bytes(_tail_sizes(sizes, head_from, output_dim), output_dim)

@@ -459,7 +459,7 @@ class ValueLookup:
         self.jit_compile = bool(jit_compile)
         self.read = layouts.check_read(read)
         self._ranged = layouts.reads_ranged(read, self.layout)
-        # the head layout's rows -> places in its head table, filled from `keys` when the SavedModel loads
+        # the head layout's rows -> places in its head table, filled from `key_steps` when the SavedModel loads
         self.index = layouts.head_index(arrays["key_steps"]) if self.layout == "head" else None
         if self.jit_compile:  # XLA: static shapes, full-width rows (`layouts.prefix_rows`)
             names = list(arrays)
