@@ -840,10 +840,11 @@ def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, index, *, ranged: 
 
     The tail index is decoded and its values read for the non-head rows only: after a
     per-value search the head rows are few but take most lookups (`docs/results/serving.md`).
-    Measured (benchmarks/serving.py's models, session loader): gathering every row and
-    overwriting the others is faster than gathering the head rows alone and stitching the
-    two parts (`tf.dynamic_stitch`), and the vectorized `[N, 2, bits]` decode of the tail
-    slower than the plane-by-plane one (`_plane_start_and_size`).
+    Measured side by side (ad hoc, on benchmarks/serving.py's Criteo-shaped model; the
+    numbers are in the message of commit 0f81117): gathering every row and overwriting the
+    others was faster than gathering the head rows alone and stitching the two parts
+    (`tf.dynamic_stitch`), and a vectorized `[N, 2, bits]` decode of the tail slower than
+    the plane-by-plane one (`_plane_start_and_size`).
     """
     h = index.lookup(g)  # place in `head`, `head_rows` (the zero row) for the others
     rows = _to_width(tf.gather(arrays["head"], h), width)
