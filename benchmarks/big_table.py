@@ -193,8 +193,7 @@ def report(cache: str = CACHE, out: str = OUT) -> str:
                 targets.append((f"V={top:,} {config}: export added peak RSS <= one table", per_table <= 1.0,
                                 f"{per_table:.2f}"))
     lines += ["", "## Targets (issue 17)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",
-              "| target | met | measured |", "|---|---|---|",
-              *[f"| {t} | {'yes' if ok else '**no**'} | {m} |" for t, ok, m in targets]]
+              *_common.targets_table(targets)]
     text = "\n".join(lines) + "\n"
     with open(out, "w") as fh:
         fh.write(text)

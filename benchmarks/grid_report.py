@@ -53,9 +53,8 @@ def write_low_section(summary: dict, folder: str) -> list[str]:
         png = plot_low(summary, d, m, folder)
         lines += ["", f"![AUC at low budgets]({os.path.basename(png)})", ""]
     targets = check_low_targets(summary)
-    lines += ["### Target (issue 10)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",
-              "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {v} |" for t, ok, v in targets]
+    lines += ["### Target (issue 10)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", ""]
+    lines += _common.targets_table(targets)
     if targets and not all(ok for _, ok, _ in targets):
         lines += [
             "",
@@ -288,9 +287,8 @@ def write_report(records: list[dict], out: str, command: str) -> str:
     lines += recommendation(summary)
     targets = check_targets(summary)
     met = sum(ok for _, ok, _ in targets)
-    lines += ["## Targets (issue 6)", "", f"{met} of {len(targets)} met.", "",
-              "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {v} |" for t, ok, v in targets]
+    lines += ["## Targets (issue 6)", "", f"{met} of {len(targets)} met.", ""]
+    lines += _common.targets_table(targets)
     lines += ["", "### Where targets are missed, and why", ""]
     for key, label, why in MISSES:
         rows_k = [(t, ok, v) for t, ok, v in targets if key in t]

@@ -302,9 +302,8 @@ def report(cache: str, out: str) -> str:
                            f"; the export itself added {r['export_added_mb']:.0f} MB (one table: {r['table_mb']:.0f} MB)")))
         lim_b = 1.10 if c in ("amtl", "pme") else 1.02
         targets.append((f"V={v:,} {c}: bytes <= {lim_b} x kept x 4 B", r["bytes"] <= lim_b, f"{r['bytes']:.3f}"))
-    lines += ["", "## Targets (issue 10)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", "",
-              "| target | met | measured |", "|---|---|---|"]
-    lines += [f"| {t} | {'yes' if ok else '**no**'} | {m} |" for t, ok, m in targets]
+    lines += ["", "## Targets (issue 10)", "", f"{sum(ok for _, ok, _ in targets)} of {len(targets)} met.", ""]
+    lines += _common.targets_table(targets)
     missed = [t for t in targets if not t[1]]
     if missed:
         lines += ["", "### Where targets are missed, and why", ""]

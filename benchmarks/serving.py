@@ -496,9 +496,7 @@ def report(records: list, path: str, plot: str | None) -> str:
         "",
         f"## Targets (issue 16): {met} of {len(checks)} met",
         "",
-        "| target | met | measured |",
-        "|---|---|---|",
-        *[f"| {t} | {'yes' if ok else '**no**'} | {v:.3f} |" for t, ok, v in checks],
+        *_common.targets_table((t, ok, f"{v:.3f}") for t, ok, v in checks),
         "",
     ]
     if widths:
