@@ -168,7 +168,8 @@ def test_low_budget_export_marks_the_empty_rows_and_stays_within_ten_percent(tmp
     assert nbytes["sparse"] <= 1.10 * 4 * kept
     assert exporter.result.layouts["embedding"] == "head"
     packed = ragged.pack_index(sizes, 16, layout="head")
-    assert (packed.tail_layout, packed.common) == ("sparse", 0)  # the empty rows are only marked
+    assert packed.base_width == 0  # the empty rows are not keyed: neither stored nor indexed
+    np.testing.assert_array_equal(ragged.keyed_rows(packed)[0], np.flatnonzero(sizes))
     assert ragged.choose_layout(sizes, 16, static=True) == "sparse"
     emb = sum(b for k, b in saved_variable_bytes(exporter.result.path).items() if k.startswith(TABLES_ATTRIBUTE + "/"))
     assert emb == nbytes["head"] <= 1.10 * 4 * kept
@@ -279,10 +280,10 @@ def _largest_graph_constant(path: str) -> int:
 
 @pytest.mark.parametrize("table_dtype", ["float32", "int8"])
 def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, tmp_path):
-    """Sizes 8 / 7 / 1 (5 %, 2 %, the rest; D = 8): padding the rows at 7 into the head costs one zero
-    per row, their keys a byte each (uint8 steps), and fits 1.10x, so the export stores them in the head
-    table (the rows at 1 in a 1-bit planes tail: 0 for the head rows; 13,398 B of the 13,895 B allowed
-    for the 2,151 rows); served as the layer computes, in a process without keras_embdim."""
+    """Sizes 8 / 7 / 1 (5 %, 2 %, the rest; D = 8): every row keeps its first column in the base
+    (4 B per row), the rows at 8 and 7 are keyed (a uint8 step and half a byte of code each) and whole
+    in the head (a zero for each row at 7, the base's column again): within 1.10x, no tail row; served
+    as the layer computes, in a process without keras_embdim."""
     keras.utils.set_random_seed(0)
     d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=2000, seed=2)
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
@@ -294,15 +295,20 @@ def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, t
     sizes = np.random.default_rng(0).permutation(np.repeat([8, 7, 1], [n // 20, n // 50, n - n // 20 - n // 50]))
     layer.set_value_sizes(sizes)
     packed = ragged.pack_index(sizes, 8, field_sizes=d.vocab_sizes, layout="head")
-    assert (packed.head_from, packed.head_width, packed.head_rows, packed.tail_layout) == (
-        7, 8, n // 20 + n // 50, "planes")
+    H = n // 20 + n // 50
+    assert (packed.base_width, packed.head_from, packed.head_width, packed.head_rows) == (1, 7, 8, H)
+    assert packed.tail_kept == 0
+    assert np.diff(np.flatnonzero(sizes > 1), prepend=-1).max() < 256  # uint8 steps, no filler
+    # base, head with its zero row, the zero slot, the keys' steps and codes (two per byte)
+    nbytes = 4 * n + 32 * (H + 1) + 4 + H + (H + 1) // 2
+    assert ragged.layout_bytes(sizes, 8)["head"] == nbytes <= 1.10 * 4 * sizes.sum()
     r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, table_dtype=table_dtype, verbose=0)
     assert r.layouts["embedding"] == "head" and r.max_abs_diff <= 1e-5
     emb = sum(b for k, b in saved_variable_bytes(r.path).items() if k.startswith(TABLES_ATTRIBUTE + "/"))
     if table_dtype == "float32":
         assert emb == ragged.layout_bytes(sizes, 8)["head"] <= 1.10 * 4 * sizes.sum()
-    else:  # one byte per stored value (the padding zeros and the zero row included), a float16 scale per row
-        stored = (packed.kept - packed.head_kept + 1) + (packed.head_rows + 1) * 8
+    else:  # one byte per stored value (the base, the head with its padding and zero row, the zero slot),
+        stored = n + (H + 1) * 8 + 1  # and a float16 scale per row
         assert emb == ragged.layout_bytes(sizes, 8)["head"] - 3 * stored + 2 * n
     # the head rows' keys are stored once, in the variables: the graph's hash table is filled from them
     # at load, no constant of the graph holds them (or the places they map to)

@@ -73,11 +73,14 @@ def test_quantized_export_serves_the_stored_values_and_reports_their_cost(search
     else:  # the packed values (and the zero slot) shrink; int8 adds a float16 scale per row
         rows = sum(d.vocab_sizes)
         assert r.layouts == full.layouts
-        slots = kept + 1  # the kept values and the zero slot; the head layout: and a zero row of the widest size,
-        if r.layouts["embedding"] == "head":  # and the zeros its narrower rows are padded with
+        slots = kept + 1  # the kept values and the zero slot; the head layout: its base, head and zero
+        if r.layouts["embedding"] == "head":  # slot, padding zeros and zero row included
             mask = ked.find_searchable_layers(model)[0].dimension_mask()
-            p = layouts.pack_index(np.concatenate(mask.value_sizes), mask.output_dim, layout="head")
-            slots += p.head_width + p.head_rows * p.head_width - p.head_kept
+            sizes = np.concatenate(mask.value_sizes)
+            p = layouts.pack_index(sizes, mask.output_dim, layout="head")
+            m, H, W = p.base_width, p.head_rows, p.head_width
+            tail = sizes[(sizes > m) & (sizes < p.head_from)] - m
+            slots = len(sizes) * m + (H + 1) * W + int(tail.sum()) + 1
         if table_dtype == "float16":
             assert r.embedding_bytes == full.embedding_bytes - 2 * slots
         else:

@@ -9,7 +9,7 @@ import reference
 
 
 def _index(packed, arrays):
-    return ragged.head_index(arrays["key_steps"]) if packed.layout == "head" else None
+    return ragged.lookup_index(arrays, packed.meta)
 
 
 def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
@@ -28,10 +28,11 @@ def _lookup(packed, ids, multi_field=True, jit=False, ranged=False):
 
 
 def _stored(packed, sizes):
-    """The sizes `unpack_sizes` gives back: a head layout's head rows at the head's width."""
+    """The sizes `unpack_sizes` gives back: a head layout's head rows at the head's width, the rows
+    narrower than its base at the base's width (both stored zero-padded)."""
     if packed.layout != "head":
         return sizes
-    return np.where(sizes >= packed.head_from, packed.head_width, sizes)
+    return np.where(sizes >= packed.head_from, packed.head_width, np.maximum(sizes, packed.base_width))
 
 
 def _sizes(rng, n, D, kind):
@@ -85,7 +86,7 @@ def test_xla_compiled_lookup_is_identical(layout):
     np.testing.assert_array_equal(_lookup(packed, ids, jit=True), _lookup(packed, ids))
 
 
-@pytest.mark.parametrize("layout", ["planes", "sparse"])  # (and a head layout's tail of either: the same decode)
+@pytest.mark.parametrize("layout", ["planes", "sparse"])
 def test_planes_are_decoded_word_by_word_not_broadcast(layout):
     """The bit planes' words are read plane by plane (`[N]` each): no elementwise op of the
     lookup works on the `[N, bits]` words with the row's shift broadcast along the planes
@@ -176,48 +177,75 @@ def test_sparse_start_is_common_times_unlisted_plus_listed_sizes():
 
 
 def test_head_words_by_hand():
-    # 6 rows of sizes 0, 4, 2, 0, 4, 1 (D = 4): kept 11 values, 44 B, the limit 1.10x is 48.4 B. A head
-    # of the rows >= 4 (rows 1 and 4) takes 3 x 4 x 4 = 48 B with its zero row, and 2 B of keys (their
-    # steps 2 and 3, uint8): no head fits, so the head keeps the widest rows only and the smallest tail
-    # index is taken. The tail: sizes
-    # 0, 0, 2, 0, 0, 1 (the head rows at 0), values 3 + the zero slot = 16 B; offsets 7 uint8 local
-    # offsets and one int32 block start = 11 B (runs: 4 runs x 9 B; planes: 2 bits, 4 + 16 B; sparse:
-    # a 12 B mark and 12 B of planes).
+    # 6 rows of sizes 0, 4, 2, 0, 4, 1 (D = 4): kept 11 values, 44 B, the limit 1.10x is 48.4 B. Nothing fits
+    # (the smallest: no base, rows 1 and 4 in the head (3 x 4 x 4 = 48 B with its zero row), rows 2 and 5 in
+    # `values` (3 + the zero slot = 16 B), a key per row wider than 0: steps 2, 1, 2, 1 (uint8, 4 B) and codes
+    # 4, 2, 4, 1 (4: a head row; two per byte, 2 B): 70 B; a base of 1 column alone takes 24 B), so the
+    # smallest is taken.
     sizes = np.array([0, 4, 2, 0, 4, 1])
-    p = ragged.pack(np.arange(24, dtype=np.float32).reshape(6, 4), sizes, layout="head")
-    assert (p.head_from, p.head_rows, p.head_width, p.head_kept, p.tail_layout) == (4, 2, 4, 8, "offsets")
-    np.testing.assert_array_equal(p.arrays["key_steps"], np.array([2, 3], np.uint8))
-    np.testing.assert_array_equal(ragged.head_keys(p.arrays["key_steps"]), [1, 4])
+    table = np.arange(24, dtype=np.float32).reshape(6, 4)
+    p = ragged.pack(table, sizes, layout="head")
+    assert (p.base_width, p.head_from, p.head_rows, p.head_width, p.head_kept, p.tail_kept) == (0, 4, 2, 4, 8, 3)
+    np.testing.assert_array_equal(p.arrays["key_steps"], np.array([2, 1, 2, 1], np.uint8))
+    np.testing.assert_array_equal(p.arrays["key_codes"], np.array([4 | 2 << 4, 4 | 1 << 4], np.uint8))
+    np.testing.assert_array_equal(ragged.head_keys(p.arrays["key_steps"]), [1, 2, 4, 5])
     np.testing.assert_array_equal(p.arrays["head"], [[4, 5, 6, 7], [16, 17, 18, 19], [0, 0, 0, 0]])
     np.testing.assert_array_equal(p.arrays["values"], [8, 9, 20, 0])  # rows 2 and 5, then the zero slot
-    np.testing.assert_array_equal(p.arrays["base"], [0])
-    np.testing.assert_array_equal(p.arrays["local"], [0, 0, 0, 2, 2, 2, 3])  # tail starts, and the end
-    assert p.nbytes == ragged.layout_bytes(sizes, 4)["head"] == 16 + 48 + 2 + 4 + 7
-    # served: the hash table gives the head rows their place in `head`, every other row the zero row
-    index = ragged.head_index(tf.constant(p.arrays["key_steps"]))
-    np.testing.assert_array_equal(index.lookup(tf.constant([0, 1, 2, 3, 4, 5], tf.int32)).numpy(), [2, 0, 2, 2, 1, 2])
+    assert "base" not in p.arrays
+    assert p.nbytes == ragged.layout_bytes(sizes, 4)["head"] == 48 + 16 + 4 + 2
+    # served: the hash table gives the head rows their place in `head` (0, 1), the tail rows
+    # H + 1 + (start << 2 | size) (2 bits: sizes below head_from = 4): row 2 3 + (0 | 2), row 5
+    # 3 + (2 << 2 | 1); every other row H = 2 (`head`'s zero row)
+    index = ragged.lookup_index({k: tf.constant(v) for k, v in p.arrays.items()}, p.meta)
+    np.testing.assert_array_equal(index.lookup(tf.constant([0, 1, 2, 3, 4, 5], tf.int32)).numpy(), [2, 0, 5, 2, 1, 12])
     np.testing.assert_array_equal(_lookup(p, np.arange(6), multi_field=False),
-                                  reference.prefix_lookup(np.arange(24, dtype=np.float32).reshape(6, 4), sizes,
-                                                          np.arange(6)))
+                                  reference.prefix_lookup(table, sizes, np.arange(6)))
+    np.testing.assert_array_equal(ragged.unpack(p), reference.prefix_lookup(table, sizes, np.arange(6)))
+
+
+def test_head_base_by_hand():
+    # 8 rows of sizes 1, 1, 3, 1, 1, 1, 1, 2 (D = 3): kept 11 values, 44 B, 48.4 B allowed at 1.10x. Nothing
+    # fits; the smallest: a base of 1 column (every row, 32 B), row 2 in the head (2 rows x 3 x 4 B with the
+    # zero row: 24 B), row 7's second column in `values` (with the zero slot: 8 B), keys for rows 2 and 7
+    # (steps 3, 5: 2 B; codes 2 (head_from - base) and 1 in one byte): 67 B. Without a base every row is
+    # keyed (12 B of keys) and the six rows at 1 go to `values` (with row 7 and the zero slot: 36 B): 72 B.
+    # At 2.0x (88 B) the plan with no tail row fits: the base, rows 2 and 7 whole in the head (36 B), the
+    # zero slot, the same keys (both head rows: code 1): 75 B.
+    sizes = np.array([1, 1, 3, 1, 1, 1, 1, 2])
+    table = np.arange(24, dtype=np.float32).reshape(8, 3)
+    want = reference.prefix_lookup(table, sizes, np.arange(8))
+    for max_overhead, plan, head, codes, values in [
+        (1.10, (1, 3, 1, 1, 67), [[6, 7, 8], [0, 0, 0]], 2 | 1 << 4, [22, 0]),
+        (2.00, (1, 2, 2, 0, 75), [[6, 7, 8], [21, 22, 0], [0, 0, 0]], 1 | 1 << 4, [0]),
+    ]:
+        p = ragged.pack(table, sizes, layout="head", max_overhead=max_overhead)
+        assert (p.base_width, p.head_from, p.head_rows, p.tail_kept, p.nbytes) == plan
+        np.testing.assert_array_equal(p.arrays["base"], table[:, :1])
+        np.testing.assert_array_equal(p.arrays["head"], head)  # whole rows (the base's column too), padded
+        np.testing.assert_array_equal(p.arrays["key_steps"], np.array([3, 5], np.uint8))
+        np.testing.assert_array_equal(p.arrays["key_codes"], np.array([codes], np.uint8))
+        np.testing.assert_array_equal(p.arrays["values"], values)
+        np.testing.assert_array_equal(_lookup(p, np.arange(8), multi_field=False), want)
+        np.testing.assert_array_equal(_lookup(p, np.arange(8), multi_field=False, ranged=True), want)
+        np.testing.assert_array_equal(ragged.unpack(p), want)
+    np.testing.assert_array_equal(ragged.unpack_sizes(p), [1, 1, 3, 1, 1, 1, 1, 3])
 
 
 def test_head_takes_the_near_widest_rows_when_their_padding_and_keys_fit():
-    # 256 rows (D = 8): 64 at 8, 64 at 7, 128 empty; kept 960 values, 3,840 B.
-    # Rows >= 7 in the head: the head 129 x 8 x 4 = 4,128 B and 128 keys as uint8 steps (128 B); the tail is
-    # empty (every row 0 there): values the zero slot (4 B) and, fastest first, offsets 257 + 17 x 4 = 325 B
-    # or one run (9 B): 4,585 or 4,269 B. Rows of 8 only: head 65 x 32 = 2,080 + 64 B of keys, the tail 64
-    # rows at 7 ((448 + 1) x 4 = 1,796 B of values) with offsets (325 B): 4,265 B, or 1-bit planes (0 or 7;
-    # 4 blocks x 12 B): 3,988 B.
+    # 256 rows (D = 8): 64 at 8, 64 at 7, 128 empty; kept 960 values, 3,840 B. Every row wider than 0 is
+    # keyed: 128 uint8 steps and 64 B of codes (two per byte). Rows >= 7 in the head: 129 x 8 x 4 = 4,128 B,
+    # values the zero slot (4 B): 4,324 B (1.126x); rows of 8 only: 65 x 32 = 2,080 B, the 64 rows at 7 in
+    # `values` ((448 + 1) x 4 = 1,796 B): 4,068 B (1.059x).
     rng = np.random.default_rng(0)
     sizes = rng.permutation(np.repeat([8, 7, 0], [64, 64, 128]))
+    assert np.diff(np.flatnonzero(sizes), prepend=-1).max() < 256  # no filler key
     table = rng.standard_normal((256, 8)).astype(np.float32)
     ids = rng.integers(0, 256, (40, 1))
     want = reference.prefix_lookup(table, sizes, ids)
-    for max_overhead, head_from, tail, nbytes in [(1.20, 7, "offsets", 4585), (1.15, 7, "runs", 4269),
-                                                  (1.10, 8, "planes", 3988)]:
+    for max_overhead, head_from, nbytes in [(1.20, 7, 4324), (1.15, 7, 4324), (1.10, 8, 4068)]:
         p = ragged.pack(table, sizes, layout="head", max_overhead=max_overhead)
-        assert (p.head_from, p.head_width, p.head_rows, p.tail_layout, p.nbytes) == (
-            head_from, 8, (sizes >= head_from).sum(), tail, nbytes)
+        assert (p.base_width, p.head_from, p.head_width, p.head_rows, p.nbytes) == (
+            0, head_from, 8, (sizes >= head_from).sum(), nbytes)
         assert p.nbytes == ragged.layout_bytes(sizes, 8, max_overhead)["head"]
         assert p.head_kept == sizes[sizes >= head_from].sum() and p.arrays["values"].size == 960 - p.head_kept + 1
         # a padded head row: its kept prefix, then zeros
@@ -229,11 +257,12 @@ def test_head_takes_the_near_widest_rows_when_their_padding_and_keys_fit():
         np.testing.assert_array_equal(ragged.unpack(p), reference.prefix_lookup(table, sizes, np.arange(256)))
 
 
-@pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide", "empty_or_wide"])
+@pytest.mark.parametrize("kind", ["empty_rows", "spread", "all_wide", "empty_or_wide", "ones_and_wide"])
 def test_head_layout_over_each_kind_of_tail(kind):
-    """PME-like sizes (most rows empty, a few whole), sizes spread evenly, every row at the widest size
-    (no other row), rows empty or whole (the other rows read nothing: a zero-width tail): the head lists
-    exactly its rows, and lookups (both readers, an empty request) equal the prefix reference."""
+    """PME-like sizes (most rows empty, a few whole), sizes spread evenly, every row at one size (all in
+    the base, no hash table), rows empty or whole (no tail), most rows at 1 (a base of 1): the keys are
+    exactly the rows wider than the base, and lookups (both readers, an empty request) equal the prefix
+    reference."""
     rng = np.random.default_rng(4)
     n, D = 3000, 16
     if kind == "empty_rows":
@@ -243,12 +272,15 @@ def test_head_layout_over_each_kind_of_tail(kind):
         sizes = np.where(rng.random(n) < 0.2, D, rng.integers(0, 4, n))
     elif kind == "all_wide":
         sizes = np.full(n, 7)
-    else:
+    elif kind == "empty_or_wide":
         sizes = np.where(rng.random(n) < 0.3, D, 0)
+    else:
+        sizes = np.where(rng.random(n) < 0.1, rng.integers(2, D + 1, n), 1)
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, field_sizes=[1000, 2000], layout="head")
-    assert p.tail_layout in ragged.STATIC_ORDER and p.nbytes == ragged.layout_bytes(sizes, D)["head"]
-    np.testing.assert_array_equal(ragged.head_keys(p.arrays["key_steps"]), np.flatnonzero(sizes >= p.head_from))
+    assert p.nbytes == ragged.layout_bytes(sizes, D)["head"]
+    assert p.base_width == {"all_wide": 7, "ones_and_wide": 1}.get(kind, 0)
+    np.testing.assert_array_equal(ragged.keyed_rows(p)[0], np.flatnonzero(sizes > p.base_width))
     assert p.arrays["head"].shape == (p.head_rows + 1, sizes.max())
     np.testing.assert_array_equal(ragged.unpack_sizes(p), _stored(p, sizes))
     ids = np.stack([rng.integers(0, 1000, (64, 3)), rng.integers(0, 2000, (64, 3))], -1)
@@ -256,15 +288,16 @@ def test_head_layout_over_each_kind_of_tail(kind):
     np.testing.assert_array_equal(_lookup(p, ids), want)
     np.testing.assert_array_equal(_lookup(p, ids, ranged=True), want)
     np.testing.assert_array_equal(_lookup(p, np.zeros((0, 2), np.int64)), np.zeros((0, 2, D)))  # empty request
-    with pytest.raises(ValueError, match="the head layout needs `index`"):  # no XLA: a hash table, a split
-        _lookup(p, ids, jit=True)
+    if kind != "all_wide":
+        with pytest.raises(ValueError, match="the head layout needs `index`"):  # no XLA: a hash table, a split
+            _lookup(p, ids, jit=True)
 
 
 @pytest.mark.parametrize("ranged", [False, True])
-def test_head_layout_reads_the_non_head_rows_below_head_from(ranged):
-    """Sizes 1..13 and a few rows of 16: the non-head rows are all narrower than `head_from`, so
-    `prefix_rows` reads them `head_from - 1` wide (whatever their index could code) and pads them to D;
-    one hash lookup."""
+def test_head_layout_reads_the_tail_rows_below_head_from(ranged):
+    """Sizes 1..13 and a few rows of 16: the tail rows are all narrower than `head_from`, so
+    `prefix_rows` reads them `head_from - 1 - base_width` wide and pads them; one hash lookup and no
+    index decoded (no popcount, no search)."""
     rng = np.random.default_rng(7)
     n, D = 4000, 16
     sizes = rng.integers(1, 14, n)
@@ -272,39 +305,56 @@ def test_head_layout_reads_the_non_head_rows_below_head_from(ranged):
     sizes[:13] = np.arange(1, 14)
     table = rng.standard_normal((n, D)).astype(np.float32)
     p = ragged.pack(table, sizes, layout="head")
-    assert 1 < p.head_from < D
+    assert p.tail_kept and p.head_rows
     ids = np.concatenate([np.arange(13), rng.integers(0, n, 300)])
     want = reference.prefix_lookup(table, sizes, ids)
     arrays = {k: tf.constant(v) for k, v in p.arrays.items()}
-    index = ragged.head_index(arrays["key_steps"])
+    index = ragged.lookup_index(arrays, p.meta)
     fn = tf.function(lambda g: ragged.read_rows(arrays, g, D, ranged=ranged, index=index, **p.meta))
     np.testing.assert_array_equal(fn(tf.constant(ids, tf.int32)).numpy(), want)
-    ops = fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph.get_operations()
-    # prefix: read `head_from - 1` wide, then padded; ranged: only the kept values, straight to D
-    assert [op.inputs[0].shape[-1] for op in ops if op.type == "Pad"] == ([] if ranged else [p.head_from - 1])
-    assert [op.type for op in ops].count("LookupTableFindV2") == 1
+    ops = [op.type for op in fn.get_concrete_function(tf.TensorSpec([None], tf.int32)).graph.get_operations()]
+    pads = [op.inputs[0].shape[-1] for op in fn.get_concrete_function(
+        tf.TensorSpec([None], tf.int32)).graph.get_operations() if op.type == "Pad"]
+    assert pads == ([] if ranged else [p.head_from - 1 - p.base_width])
+    assert ops.count("LookupTableFindV2") == 1 and "PopulationCount" not in ops and "LowerBound" not in ops
 
 
-def test_head_key_steps_take_the_narrowest_dtype():
-    """The head rows 0 and n - 1 (size 2, every other row 0): steps 1 and n - 1, stored as uint8 up to
-    255, uint16 up to 65,535, int32 past it; the served table sums them back to the rows."""
-    for n, dtype in [(200, np.uint8), (300, np.uint16), (70_000, np.int32)]:
+def test_head_key_steps_take_the_fewest_bytes():
+    """Rows 0 and n - 1 keyed (size 2, every other row 0): steps 1 and n - 1 as uint8 up to 255; past
+    it a filler key (code 0, not in the served table) every 255 (or 65,535) rows while that is
+    smaller than wider steps: uint8 with one filler at n = 300, uint16 with one at 70,000, int32 at
+    200,000 (uint16 would need three fillers: 5 x 2 B against 2 x 4 B)."""
+    for n, steps, dtype in [(200, [1, 199], np.uint8), (300, [1, 255, 44], np.uint8),
+                            (70_000, [1, 65535, 4464], np.uint16), (200_000, [1, 199_999], np.int32)]:
         sizes = np.zeros(n, np.int64)
         sizes[[0, n - 1]] = 2
         table = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
         p = ragged.pack(table, sizes, layout="head")
-        np.testing.assert_array_equal(p.arrays["key_steps"], np.array([1, n - 1], dtype))
+        np.testing.assert_array_equal(p.arrays["key_steps"], np.array(steps, dtype))
         assert p.arrays["key_steps"].dtype == dtype
-        ids = np.array([0, 1, n - 2, n - 1])
+        np.testing.assert_array_equal(ragged.keyed_rows(p)[0], [0, n - 1])
+        ids = np.array([0, 1, 100, n - 2, n - 1])
         np.testing.assert_array_equal(_lookup(p, ids, multi_field=False), reference.prefix_lookup(table, sizes, ids))
+        index = ragged.lookup_index({k: tf.constant(v) for k, v in p.arrays.items()}, p.meta)
+        assert int(index.size()) == 2  # the fillers are left out
 
 
-def test_head_index_of_no_head_row():
-    """A head layout with no head row (every size 0): the hash table still initializes (an import of
-    no key fails), every row reads the zero row."""
+def test_head_index_of_no_keyed_row():
+    """A head layout with no row wider than its base: every size 0 (no base, no table, zeros), or
+    every size 2 (a base of 2, no table; the empty head's zero row and the zero slot stored)."""
     p = ragged.pack(np.ones((5, 3), np.float32), np.zeros(5, np.int64), layout="head")
-    assert p.head_rows == 0 and p.arrays["key_steps"].size == 0
+    assert p.head_rows == 0 and p.arrays["key_steps"].size == 0 and ragged.lookup_index(p.arrays, p.meta) is None
     np.testing.assert_array_equal(_lookup(p, np.arange(5), multi_field=False), np.zeros((5, 3)))
+    table = np.arange(15, dtype=np.float32).reshape(5, 3)
+    p = ragged.pack(table, np.full(5, 2), layout="head")
+    assert (p.base_width, p.head_rows, p.nbytes) == (2, 0, 5 * 2 * 4 + 2 * 4 + 4)
+    np.testing.assert_array_equal(_lookup(p, np.arange(5), multi_field=False),
+                                  reference.prefix_lookup(table, np.full(5, 2), np.arange(5)))
+    # keyed rows, but none wide enough for the head: a table still initializes (an import of no key fails)
+    p = ragged.pack_index(np.zeros(4, np.int64), 3, layout="head")
+    index = ragged.head_index(tf.constant(np.zeros(0, np.uint8)), tf.constant(np.zeros(0, np.uint8)), head_rows=0,
+                              head_from=1, base_width=0, tail_kept=0)
+    np.testing.assert_array_equal(index.lookup(tf.constant([0, 3], tf.int32)).numpy(), [0, 0])
 
 
 def test_wide_rows_use_smaller_blocks_and_wider_local_offsets():
@@ -322,11 +372,21 @@ def test_int64_offsets_when_the_values_need_them(monkeypatch):
     rng = np.random.default_rng(0)
     table = rng.standard_normal((300, 16)).astype(np.float32)
     sizes = rng.integers(0, 17, 300)
-    for layout in ragged.LAYOUTS:
+    ids = np.stack([rng.integers(0, 100, 30), rng.integers(0, 200, 30)], -1)
+    for layout in ragged.STATIC_ORDER:
         p = ragged.pack(table, sizes, field_sizes=[100, 200], layout=layout)
         assert p.arrays["run_start" if layout == "runs" else "base"].dtype == np.int64
-        ids = np.stack([rng.integers(0, 100, 30), rng.integers(0, 200, 30)], -1)
         np.testing.assert_array_equal(_lookup(p, ids), reference.prefix_lookup(table, sizes, ids + [0, 100]))
+    # the head layout: int64 hash values when a tail row's start, shifted past its size bits, needs them
+    p = ragged.pack(table, sizes, field_sizes=[100, 200], layout="head")
+    assert p.tail_kept and ragged.lookup_index(p.arrays, p.meta).value_dtype == tf.int32
+    wide = dict(p.meta, tail_kept=2**30)
+    arrays = {k: tf.constant(v) for k, v in p.arrays.items()}
+    index = ragged.lookup_index(arrays, wide)
+    assert index.value_dtype == tf.int64
+    out = ragged.packed_lookup(arrays, ids, field_starts=p.field_starts, output_dim=16, multi_field=True, index=index,
+                               **wide)
+    np.testing.assert_array_equal(out.numpy(), reference.prefix_lookup(table, sizes, ids + [0, 100]))
 
 
 def test_auto_takes_the_fastest_layout_within_the_byte_limit():
@@ -335,19 +395,25 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
     scattered = np.clip(rng.poisson(3.2, n), 0, D)  # 12.8 B/row kept: offsets' 1.25 B/row fits 1.10
     assert ragged.choose_layout(scattered, D) == "offsets"
     low = np.clip(rng.poisson(1.6, n), 1, D)  # 1.25 B/row would be 1.19x: the planes (4 bits) fit
-    assert ragged.choose_layout(low, D) == "planes"
-    assert ragged.choose_layout(np.sort(low)[::-1], D) == "runs"  # frequency-sorted ids: a few runs
-    assert ragged.choose_layout(low, D, max_overhead=2.0) == "offsets"
+    assert ragged.choose_layout(low, D, static=True) == "planes"
+    assert ragged.choose_layout(np.sort(low)[::-1], D, static=True) == "runs"  # frequency-sorted ids: a few runs
+    # without XLA the head layout fits: a base of 1 (every row keeps one), the rows wider keyed
+    plan = ragged._head_plan(low, D)
+    assert plan.base_width == 1 and plan.nbytes <= 1.10 * 4 * low.sum() and ragged.choose_layout(low, D) == "head"
+    assert ragged.choose_layout(low, D, max_overhead=2.0, static=True) == "offsets"
     # PME at budget 0.05 with min_dim=0: 90 % of the rows at 0, the rest 1..16 (5-bit planes: 1.21x);
-    # the rows at 16 hold 16 / 136 of the kept values (>= HEAD_MIN_SHARE): the head layout, unless
-    # the lookup is XLA-compiled (static shapes), where the sparse one is the only one within 1.10x
+    # the head's rows hold >= HEAD_MIN_SHARE of the kept values: the head layout, unless the lookup is
+    # XLA-compiled (static shapes), where the sparse one is the only one within 1.10x
     mixed = np.where(rng.random(n) < 0.1, rng.integers(1, D + 1, n), 0)
     assert ragged.choose_layout(mixed, D) == "head"
     assert ragged.choose_layout(mixed, D, static=True) == "sparse"
-    # the same sizes capped at 15 with a few rows at 16: the widest rows hold < 5 %, no head
-    few = np.minimum(mixed, 15)
+    # 10 % of the rows at 1..3 and 50 at 16: padding any of the narrow rows to 16 is over 1.10x, so the
+    # head would hold the rows at 16 only, < 5 % of the kept values: no head (most lookups would split)
+    few = np.where(rng.random(n) < 0.1, rng.integers(1, 4, n), 0)
     few[:50] = 16
-    assert 16 * 50 < ragged.HEAD_MIN_SHARE * few.sum() and ragged.choose_layout(few, D) == "sparse"
+    plan = ragged._head_plan(few, D)
+    assert plan.head_from == 16 and plan.head_kept < ragged.HEAD_MIN_SHARE * few.sum()
+    assert ragged.choose_layout(few, D) == "sparse"
     tiny = np.zeros(1000, np.int64)  # nothing kept: no layout fits, the smallest is taken
     assert ragged.choose_layout(tiny, D) == "runs"
     for sizes in (scattered, low):

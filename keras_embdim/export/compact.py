@@ -189,9 +189,10 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
         value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
     packed = layouts.pack_index(sizes, D, field_sizes=mask.vocab_sizes, layout=value_layout)
     store = _STORE[table_dtype]
-    W, H = packed.head_width, packed.head_rows  # head layout: the widest rows (padded), in a table of their own
-    values = _utils.plain_variable(tf.zeros([packed.kept - packed.head_kept + 1], store), name="values")  # + zero slot
+    W, H, m = packed.head_width, packed.head_rows, packed.base_width  # head layout: `base`, `head`, then `values`
+    values = _utils.plain_variable(tf.zeros([packed.values_size], store), name="values")  # + zero slot
     head = _utils.plain_variable(tf.zeros([H + 1, W], store), name="head") if packed.layout == "head" else None
+    base = _utils.plain_variable(tf.zeros([packed.num_rows, m], store), name="base") if head is not None and m else None
     scales = _utils.plain_variable(tf.zeros([packed.num_rows], tf.float16), name="scales") if table_dtype == "int8" else None
     swaps, pos, head_pos = [], 0, 0
     columns = np.arange(D)[None, :]
@@ -208,20 +209,24 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
             back = stored.astype(np.float32)
         if table_dtype != "float32":
             swaps.append((a, b, keep, rows[keep], back))
-        if head is not None:  # the head rows' values (zero-padded to W) to `head`, the others' to `values`
-            wide = sizes[a:b] >= packed.head_from
-            k = int(wide.sum())
+        if head is not None:  # `base` (every row), the head rows (padded) to `head`, the tail rows' rest to `values`
+            dense = np.zeros((b - a, D), stored.dtype)
+            dense[keep] = stored
+            parts = layouts.split_rows(dense, sizes[a:b], packed)
+            if base is not None:
+                row_ops.assign_rows(base, a, b, parts["base"])
+            k = parts["head"].shape[0]
             if k and W:
-                dense = np.zeros((b - a, D), stored.dtype)
-                dense[keep] = stored
-                row_ops.assign_rows(head, head_pos, head_pos + k, dense[wide, :W])
-                stored = dense[~wide][keep[~wide]]
+                row_ops.assign_rows(head, head_pos, head_pos + k, parts["head"])
             head_pos += k
+            stored = parts["values"]
         n = stored.shape[0]
         if n:
             row_ops.assign_rows(values, pos, pos + n, stored)
         pos += n
     arrays = {"values": values, **({"head": head} if head is not None else {})}
+    if base is not None:
+        arrays["base"] = base
     for name, array in packed.arrays.items():
         arrays[name] = _utils.plain_variable(array, name=name)
     if scales is not None:

@@ -163,8 +163,9 @@ def export_compact(
         verbose: print where the export went.
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
-            `"head"` (the widest rows whole in a table of their own, found by
-            a hash table and read by one row gather; not with `jit_compile`),
+            `"head"` (the widest rows whole in a table of their own, read by
+            one row gather, the others' start and size in the same hash
+            table; not with `jit_compile`),
             `"offsets"`, `"runs"`,
             `"planes"` or `"sparse"` (`keras_embdim.export.layouts`).
         value_read: for per-value layers without XLA: how a lookup reads its

@@ -34,27 +34,28 @@ plus an index that gives each row's start in `values` and its size:
   `start(g) = common * (g - r) + (sizes of the first r listed rows)`:
   `3 / 16 + m / n * (b / 8 + 1 / 16)` bytes per row for `m` listed of `n`.
 
-- `"head"` (the default when it fits; not under XLA): the rows of size
-  `head_from` or more (the head) are stored in a `[H + 1, W]` table `head`
-  (`W` the widest size, narrower head rows zero-padded, a zero row last) and
-  read by one row gather; `values` holds the other rows only, indexed by one
-  of the layouts above (`tail_layout`), built over the sizes with every head
-  row at 0. `key_steps` lists the head rows' global rows as the steps from
-  one to the next (the first from -1; uint8, uint16 or int32, the narrowest
-  that holds the largest step: 1, 2 or 4 bytes per head row); served, a hash
-  table (`head_index`, filled from them when the SavedModel loads) gives each
-  row its place in `head`, or `H` (the zero row) for the others. `head_from`
-  is the smallest size whose padding and keys keep the layout within
-  `max_overhead` (else `W`: no padding). A lookup
-  is one hash lookup and one row gather for every row (the others read the
-  zero row); the other rows (`tf.where`) decode the tail index, read their
-  values and are written over their places (`tf.tensor_scatter_nd_update`).
-  After a per-value search the widest rows
-  are few but take most lookups (the frequent values keep the most columns),
-  so most of a request costs a hash lookup and a row gather, and the index
-  decode runs for the rest only. (Marks that say which rows are in the head
-  take fewer bytes but cost a decode of every looked-up row: measured slower,
-  docs/reference/methods.md.)
+- `"head"` (the default when it fits; not under XLA): every row's first `m`
+  columns (`base_width`) in a dense `[n, m]` table `base` (rows narrower
+  zero-padded); the rows wider than `m` are keyed in a hash table. Those of
+  size `head_from` or more (the head) are stored whole (`W` the widest size,
+  narrower head rows zero-padded) in a `[H + 1, W]` table `head` (a zero row
+  last), read by one row gather; the others (the tail) keep their columns
+  past `m` in `values`. Stored per keyed row: its step from the previous key
+  (`key_steps`, uint8, uint16 or int32, whichever takes the fewest bytes with
+  a filler key over each longer gap) and its size code (`key_codes`: size -
+  m, `head_from - m` for a head row, two per byte while below 16). Served, a
+  hash table (`head_index`, filled from them when the SavedModel loads) gives
+  a head row its place in `head` and a tail row its start and size in
+  `values`, every other row `head`'s zero row. A lookup is one hash lookup
+  and one row gather from `head` for every row; the rows outside the head
+  that hold anything (`tf.where`: the tail rows, and with a base every one)
+  read `base` and `values` and are written over their places
+  (`tf.tensor_scatter_nd_update`): no index is decoded at serving time. `m`
+  and `head_from` leave the fewest rows in the tail within `max_overhead`
+  (`_head_plan`). After a per-value search the widest rows are few but take
+  most lookups (the frequent values keep the most columns), so most of a
+  request costs a hash lookup and a row gather. The hash table lives in
+  memory only (docs/reference/methods.md: its size).
 
 `layout="auto"` takes the fastest layout whose bytes stay within
 `max_overhead` x the kept values' bytes, else the smallest (why: docs/reference/methods.md);
@@ -65,7 +66,8 @@ split are not XLA ops; `choose_layout`).
 The index and the values are built apart (`pack_index`, then the values row
 chunk by row chunk, `keras_embdim.export.tables`), so a table is never copied
 whole. Lookups (`read_rows`: `start_and_size`, then `ranged_rows` or
-`prefix_rows`; the head layout's hash table from `head_index`) use standard TensorFlow ops only, so a SavedModel built on them serves without
+`prefix_rows`; the head layout's hash table from `lookup_index`) use
+standard TensorFlow ops only, so a SavedModel built on them serves without
 keras_embdim.
 """
 
@@ -107,16 +109,29 @@ class PackedTable:
     shift: int = 0  # offsets layout: log2 rows per block
     size_offset: int = 0  # planes layout: size = size_offset + size_scale * code
     size_scale: int = 1
-    common: int = 0  # sparse layout (or a head layout's sparse tail): the size of the unlisted rows
+    common: int = 0  # sparse layout: the size of the unlisted rows
     head_rows: int = 0  # head layout: rows of size `head_from` or more, stored in `arrays["head"]`
-    head_width: int = 0  # head layout: the widest size, the head table's width (narrower head rows padded)
+    head_width: int = 0  # head layout: the widest size W (the head holds columns base_width..W of its rows)
     head_from: int = 0  # head layout: the smallest size in the head
-    head_kept: int = 0  # head layout: the head rows' own sizes, summed (`kept - head_kept` values in `values`)
-    tail_layout: str = ""  # head layout: the layout of the other rows' index (bits ... common above are its own)
+    head_kept: int = 0  # head layout: the head rows' own sizes, summed
+    base_width: int = 0  # head layout: m, every row's first m columns in `arrays["base"]`
+    tail_kept: int = 0  # head layout: the values in `values` (the tail rows' columns past m), without the zero slot
 
     @property
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays.values()))
+
+    @property
+    def values_size(self) -> int:
+        """Length of `arrays["values"]`: the values it holds and the trailing zero slot."""
+        return (self.tail_kept if self.layout == "head" else self.kept) + 1
+
+    @property
+    def value_slots(self) -> int:
+        """Values stored, padding and zero slots included (a quantized table stores each in its dtype)."""
+        if self.layout != "head":
+            return self.kept + 1
+        return self.num_rows * self.base_width + (self.head_rows + 1) * self.head_width + self.values_size
 
     @property
     def overhead(self) -> float:
@@ -128,7 +143,8 @@ class PackedTable:
         """The static arguments of `start_and_size` / `prefix_rows`."""
         return dict(layout=self.layout, bits=self.bits, shift=self.shift, size_offset=self.size_offset,
                     size_scale=self.size_scale, common=self.common, head_rows=self.head_rows,
-                    head_width=self.head_width, head_from=self.head_from, tail_layout=self.tail_layout)
+                    head_width=self.head_width, head_from=self.head_from, base_width=self.base_width,
+                    tail_kept=self.tail_kept)
 
 
 def _offsets_params(D: int) -> tuple[int, type]:
@@ -227,94 +243,142 @@ def _static_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
     }
 
 
-def _tail_sizes(sizes: np.ndarray, head_from: int, output_dim: int) -> np.ndarray:
-    """The sizes with the head rows (`head_from` or more) at 0, one byte per row (two past D = 255)."""
-    out = np.empty(sizes.shape[0], np.uint8 if output_dim <= 255 else np.uint16)
-    for a, b in _chunks(sizes.shape[0]):
-        chunk = sizes[a:b]
-        out[a:b] = np.where(chunk >= head_from, 0, chunk)
-    return out
+@dataclass(frozen=True)
+class HeadPlan:
+    """The shape of a head layout (`_head_plan`); `nbytes` its bytes (values, tables and keys)."""
+
+    base_width: int  # m: every row's first m columns in `base` ([n, m], rows narrower zero-padded)
+    head_from: int  # rows of this size or more: the head, `[H + 1, W]` (whole rows), found by the hash table
+    step_dtype: type  # the keys' steps (`_KEY_STEP_DTYPES`), with filler keys over longer gaps
+    keys: int  # keys stored (the rows wider than m, and the fillers)
+    head_rows: int
+    tail_rows: int  # rows wider than m and narrower than head_from: their values in `values`
+    nbytes: int
+    head_kept: int  # the head rows' own kept values (their sizes, summed)
+
+    @property
+    def nibbles(self) -> bool:
+        """Whether the keys' size codes are stored two per byte (`in_nibbles`)."""
+        return in_nibbles(self.head_from - self.base_width)
 
 
-def _largest_step(sizes: np.ndarray, head_from: int) -> int:
-    """The largest step from one row of size `head_from` or more to the next (the first from row -1)."""
-    largest, last = 0, -1
+_KEY_STEP_DTYPES = (np.uint8, np.uint16, np.int32)
+
+
+def in_nibbles(head_code: int) -> bool:
+    """Whether a head layout stores its keys' size codes two per byte (the first in the low half):
+    when every code, up to `head_code` (= head_from - base_width, a head row's), is below 16."""
+    return head_code < 16
+
+
+def _key_gaps(sizes: np.ndarray, base_width: int) -> tuple[int, dict]:
+    """`(rows wider than base_width, {step dtype: filler keys})`: the steps from one such row to the
+    next (the first from row -1) above a dtype's largest take a filler key every that many rows."""
+    count, last = 0, -1
+    fillers = {np.uint8: 0, np.uint16: 0, np.int32: 0}
     for a, b in _chunks(sizes.shape[0]):
-        rows = a + np.flatnonzero(sizes[a:b] >= head_from)
+        rows = a + np.flatnonzero(sizes[a:b] > base_width)
         if rows.size:
-            largest = max(largest, int(rows[0] - last), int(np.diff(rows).max(initial=0)))
-            last = int(rows[-1])
-    return largest
+            steps = np.diff(rows, prepend=last).astype(np.int64) - 1
+            for dtype in (np.uint8, np.uint16):
+                fillers[dtype] += int((steps // np.iinfo(dtype).max).sum())
+            count, last = count + rows.size, int(rows[-1])
+    return count, fillers
 
 
-def _step_dtype(largest: int):
-    """The narrowest unsigned dtype that holds `largest` (int32 past uint16: the served table's keys are int32)."""
-    return np.uint8 if largest < 2**8 else np.uint16 if largest < 2**16 else np.int32
+def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> HeadPlan:
+    """The head layout of the fewest rows outside `base` and `head` that keeps within `max_overhead`
+    x the kept bytes (else the smallest).
+
+    For each base width m (every row's first m columns, dense) and each `head_from` (rows of that
+    size or more whole, padded to the widest size W), the bytes are `base`, `head` with its zero
+    row, the other rows' values and one key per row wider than m (its step from the previous key,
+    in the narrowest dtype with filler keys over longer gaps, and its size code, half a byte while
+    the codes stay below 16). The rows between m and `head_from` (the tail) are the ones whose
+    lookups take the split (`_head_layout_rows`): the plan keeps them fewest.
+    """
+    n = int(sizes.shape[0])
+    histogram = _histogram(sizes, output_dim)
+    width = int(np.flatnonzero(histogram).max(initial=0))
+    kept = int(histogram @ np.arange(histogram.size))
+    limit = max_overhead * 4 * kept
+    at = np.arange(histogram.size)
+    present = [int(x) for x in np.flatnonzero(histogram)]
+    fitting, smallest = None, None
+    for m in range(width + 1):
+        base = 4 * n * m
+        if base > limit and smallest is not None:
+            break  # wider bases only grow
+        count, fillers = _key_gaps(sizes, m) if m < width else (0, {d: 0 for d in _KEY_STEP_DTYPES})
+        # head_from: a size that rows have (any between two such sizes is the same split)
+        for head_from in [x for x in present if x > m] if m < width else [width]:
+            head = int(histogram[head_from:].sum()) if m < width else 0
+            tail = histogram[m + 1 : head_from]
+            tail_kept = int(tail @ (at[m + 1 : head_from] - m))
+            nibbles = in_nibbles(head_from - m)
+            best_keys = None
+            for dtype in _KEY_STEP_DTYPES:
+                keys = count + fillers[dtype]
+                kb = keys * np.dtype(dtype).itemsize + ((keys + 1) // 2 if nibbles else keys)
+                if best_keys is None or kb < best_keys[0]:
+                    best_keys = (kb, dtype, keys)
+            nbytes = base + 4 * width * (head + 1) + 4 * (tail_kept + 1) + best_keys[0]
+            plan = HeadPlan(m, head_from, best_keys[1], best_keys[2], head, int(tail.sum()), nbytes,
+                            int(histogram[head_from:] @ at[head_from:]) if m < width else 0)
+            if smallest is None or nbytes < smallest.nbytes:
+                smallest = plan
+            if nbytes <= limit:
+                if fitting is None or (plan.tail_rows, plan.nbytes) < (fitting.tail_rows, fitting.nbytes):
+                    fitting = plan
+                break  # a larger head_from only moves rows to the tail
+    return fitting or smallest
 
 
 def head_keys(key_steps: np.ndarray) -> np.ndarray:
-    """The head rows' global rows from a head layout's `key_steps` (numpy; `head_index` does it at load)."""
+    """The global rows of a head layout's keys from its `key_steps` (numpy; `head_index` does it at load)."""
     return np.cumsum(key_steps, dtype=np.int64) - 1
 
 
-def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> tuple[int, str, int]:
-    """`(head_from, tail layout, bytes)` of the head layout (head table, keys, values and tail index).
-
-    The head holds the rows of size `head_from` or more, padded to the
-    widest size `W`, and lists them in `key_steps` (`_step_dtype`); the other rows
-    are indexed by the fastest layout of `STATIC_ORDER` that keeps the whole
-    within `max_overhead` x the kept bytes. `head_from` is the smallest size
-    for which one does (most rows in the head: the fewest lookups decode an
-    index), else `W` alone (no padding) with the smallest tail layout.
-    """
-    histogram = _histogram(sizes, output_dim)
-    width = int(np.flatnonzero(histogram).max(initial=0))
-    limit = max_overhead * 4 * int(histogram @ np.arange(histogram.size))
-    for head_from in [int(s) for s in np.flatnonzero(histogram) if s > 0] or [0]:  # (all at 0: a zero-wide head)
-        if head_from == 0:
-            head_from = 1  # no row in the head
-        head = int(histogram[head_from:].sum())
-        if 4 * width * (head + 1) + head > limit and head_from < width:  # the head alone is over: no pass over the rows
-            continue
-        steps = np.dtype(_step_dtype(_largest_step(sizes, head_from))).itemsize
-        own = 4 * width * (head + 1) + steps * head  # the padded head table with its zero row, and the keys
-        tail = _static_bytes(_tail_sizes(sizes, head_from, output_dim), output_dim)
-        for name in STATIC_ORDER:
-            if own + tail[name] <= limit:
-                return head_from, name, own + tail[name]
-        if head_from >= width:
-            name = min(STATIC_ORDER, key=lambda k: (tail[k], STATIC_ORDER.index(k)))
-            return head_from, name, own + tail[name]
-    raise AssertionError("unreachable: the widest size ends the loop")
+def head_codes(key_codes: np.ndarray, keys: int, nibbles: bool) -> np.ndarray:
+    """The keys' size codes (int64) from a head layout's `key_codes` (numpy; `head_index` does it at load)."""
+    if not nibbles:
+        return key_codes[:keys].astype(np.int64)
+    pairs = np.stack([key_codes & 15, key_codes >> 4], 1).reshape(-1)
+    return pairs[:keys].astype(np.int64)
 
 
 def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> dict[str, int]:
     """Bytes each layout would take for these per-row sizes (float32 values, without packing).
 
-    `max_overhead` matters to the head layout only (`_head_plan`: which rows it takes, which tail index).
+    `max_overhead` matters to the head layout only (`_head_plan`: which rows it takes).
     """
     sizes = np.asarray(sizes)
-    return {**_static_bytes(sizes, output_dim), "head": _head_plan(sizes, output_dim, max_overhead)[2]}
+    return {**_static_bytes(sizes, output_dim), "head": _head_plan(sizes, output_dim, max_overhead).nbytes}
 
 
 def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10, static: bool = False) -> str:
     """The fastest layout within `max_overhead` x the kept bytes, else the smallest.
 
-    The head layout is a candidate when its rows (those at the widest size)
-    hold at least `HEAD_MIN_SHARE` of the kept values: a per-value search gives
-    the widest size to the values it found most important, the frequent ones,
-    and then those few rows take most lookups. `static=True` (an XLA-compiled
-    lookup) leaves it out: its lookup splits the request by row kind (shapes
-    known only at run time).
+    The head layout is a candidate when its head rows (`_head_plan`) hold at least
+    `HEAD_MIN_SHARE` of the kept values: a per-value search gives the widest
+    sizes to the values it found most important, the frequent ones, and then
+    those few rows take most lookups; without such a head most lookups would take
+    its split. `static=True` (an XLA-compiled lookup) leaves it out: its lookup
+    splits the request by row kind (shapes known only at run time) and reads a
+    hash table.
     """
     sizes = np.asarray(sizes)
-    nbytes = layout_bytes(sizes, output_dim, max_overhead)
+    nbytes = _static_bytes(sizes, output_dim)
     histogram = _histogram(sizes, output_dim)
     kept = int(histogram @ np.arange(output_dim + 1))
     limit = max_overhead * 4 * kept
-    width = int(np.flatnonzero(histogram).max(initial=0))
-    few_wide = width == 0 or width * int(histogram[width]) < HEAD_MIN_SHARE * kept  # no head worth splitting off
-    order = STATIC_ORDER if static or few_wide else SPEED_ORDER
+    order = STATIC_ORDER
+    if not static:
+        plan = _head_plan(sizes, output_dim, max_overhead)
+        nbytes["head"] = plan.nbytes
+        stored_whole = plan.head_kept + plan.base_width * sizes.shape[0]  # read by row gathers
+        if kept and stored_whole >= HEAD_MIN_SHARE * kept:
+            order = SPEED_ORDER
     for name in order:
         if nbytes[name] <= limit:
             return name
@@ -499,9 +563,8 @@ def pack_index(
     itype = _index_dtype(total + 1)
     size_t = np.uint8 if D <= 255 else np.uint16
     arrays: dict = {}
-    bits = shift = offset = common = head_rows = head_width = head_from = head_kept = 0
+    bits = shift = offset = common = head_rows = head_width = head_from = head_kept = base_width = tail_kept = 0
     scale = 1
-    tail_layout = ""
 
     def starts_of(a, b, running):
         """Start of rows a..b (b excluded) and of row b, given the start of row a."""
@@ -563,24 +626,54 @@ def pack_index(
             writer.add(sizes[a:b][listed])
         arrays["mark"], arrays["rank"] = marks.close()
         arrays.update(writer.close())
-    else:  # head: the widest rows (padded) in their own table, listed in `key_steps`; the others by a tail layout
+    else:  # head: `base` (m columns of every row), the head rows whole, the others in `values`; keys for all
+        plan = _head_plan(sizes, D, max_overhead)
+        m, head_from = plan.base_width, plan.head_from
         head_width = int(np.flatnonzero(histogram).max(initial=0))
-        head_from, tail_layout, _ = _head_plan(sizes, D, max_overhead)
-        head_rows = int(histogram[head_from:].sum())
-        head_kept = int(histogram[head_from:] @ np.arange(head_from, D + 1))
-        steps = np.empty(head_rows, _step_dtype(_largest_step(sizes, head_from)))
+        head_rows, head_kept, base_width = plan.head_rows, plan.head_kept, m
+        tail_kept = int(sum(int(histogram[s]) * (s - m) for s in range(m + 1, head_from)))
+        top = np.iinfo(plan.step_dtype).max
+        steps = np.empty(plan.keys, plan.step_dtype)
+        codes = np.zeros(plan.keys, np.uint8 if D < 256 else np.uint16)
         at, last = 0, -1
-        for a, b in _chunks(n):
-            rows = a + np.flatnonzero(sizes[a:b] >= head_from)
-            if rows.size:
-                steps[at : at + rows.size] = np.diff(rows, prepend=last)
-                at, last = at + rows.size, int(rows[-1])
-        tail = pack_index(_tail_sizes(sizes, head_from, D), D, layout=tail_layout)
-        arrays = {"key_steps": steps, **tail.arrays}
-        bits, shift, offset, scale, common = tail.bits, tail.shift, tail.size_offset, tail.size_scale, tail.common
+        for a, b in _chunks(n if m < head_width else 0):
+            rows = a + np.flatnonzero(sizes[a:b] > m)
+            if not rows.size:
+                continue
+            gaps = np.diff(rows, prepend=last).astype(np.int64)
+            fill = (gaps - 1) // top  # filler keys before each row, every `top` rows
+            real = at + np.cumsum(fill + 1) - 1  # where each row's own key goes
+            steps[at : real[-1] + 1] = top
+            steps[real] = gaps - fill * top
+            codes[real] = np.minimum(sizes[rows], head_from) - m  # the head rows all at `head_code`
+            at, last = int(real[-1]) + 1, int(rows[-1])
+        assert at == plan.keys, (at, plan.keys)
+        if plan.nibbles:
+            codes = np.append(codes, np.zeros(codes.size % 2, codes.dtype)).astype(np.uint8)
+            codes = codes[0::2] | (codes[1::2] << 4)
+        arrays = {"key_steps": steps, "key_codes": codes}
     field_starts = np.concatenate([[0], np.cumsum(field_sizes)[:-1]]).astype(np.int32)
     return PackedTable(layout, arrays, field_starts, n, D, total, bits, shift, offset, scale, common,
-                       head_rows, head_width, head_from, head_kept, tail_layout if layout == "head" else "")
+                       head_rows, head_width, head_from, head_kept, base_width, tail_kept)
+
+
+def split_rows(dense: np.ndarray, sizes: np.ndarray, packed: PackedTable) -> dict:
+    """The parts of a chunk of rows in a head layout: `{"base": [k, m], "head": [h, W], "values": [t]}`.
+
+    Args:
+        dense: `[k, D]` rows, their kept prefixes then zeros (any dtype).
+        sizes: their sizes.
+        packed: the head layout's `PackedTable` (`base_width`, `head_from`, `head_width`).
+    """
+    m, W, head_from = packed.base_width, packed.head_width, packed.head_from
+    out = {"base": dense[:, :m]}
+    if m >= W:  # every row whole in `base`
+        return {**out, "head": dense[:0, :W], "values": dense[:0, 0]}
+    wide = sizes >= head_from
+    tail = (sizes > m) & ~wide
+    rest = dense[tail, m:W]
+    keep = np.arange(m, W)[None, :] < sizes[tail, None]
+    return {**out, "head": dense[wide, :W], "values": rest[keep]}
 
 
 def pack(
@@ -616,13 +709,13 @@ def pack(
     sizes = check_sizes(sizes, n, D)
     packed = pack_index(sizes, D, field_sizes=field_sizes, layout=layout, max_overhead=max_overhead)
     keep = np.arange(D)[None, :] < sizes[:, None]
-    head = {}
-    if packed.layout == "head":  # the widest rows (padded) in a table of their own, and a zero row
-        wide = sizes >= packed.head_from
-        W = packed.head_width
-        head = {"head": np.concatenate([np.where(keep[wide, :W], table[wide, :W], 0), np.zeros((1, W), np.float32)])}
-        keep &= ~wide[:, None]
-    packed.arrays = {"values": np.concatenate([table[keep], np.zeros(1, np.float32)]), **head, **packed.arrays}
+    if packed.layout == "head":  # `base`, the head rows (padded) in a table of their own with a zero row, the rest
+        parts = split_rows(np.where(keep, table, 0), sizes, packed)
+        head = np.concatenate([parts["head"], np.zeros((1, parts["head"].shape[1]), np.float32)])
+        base = {"base": parts["base"]} if packed.base_width else {}
+        packed.arrays = {"values": np.append(parts["values"], np.float32(0)), "head": head, **base, **packed.arrays}
+        return packed
+    packed.arrays = {"values": np.concatenate([table[keep], np.zeros(1, np.float32)]), **packed.arrays}
     return packed
 
 
@@ -650,16 +743,19 @@ def unpack_sizes(packed: PackedTable) -> np.ndarray:
         return sizes
     if packed.layout != "head":
         raise ValueError(f"unknown layout {packed.layout!r}.")
-    sizes = unpack_sizes(_tail_view(packed))
-    sizes[head_keys(a["key_steps"])] = packed.head_width
+    sizes = np.full(n, packed.base_width, np.int64)
+    keys, codes = keyed_rows(packed)
+    sizes[keys] = np.where(codes == packed.head_from - packed.base_width, packed.head_width, codes + packed.base_width)
     return sizes
 
 
-def _tail_view(packed: PackedTable) -> PackedTable:
-    """A head layout's tail index as a table of its own (its rows: every row, the head rows at size 0)."""
-    return PackedTable(packed.tail_layout, packed.arrays, packed.field_starts, packed.num_rows, packed.output_dim,
-                       packed.kept - packed.head_kept, packed.bits, packed.shift, packed.size_offset,
-                       packed.size_scale, packed.common)
+def keyed_rows(packed: PackedTable) -> tuple[np.ndarray, np.ndarray]:
+    """A head layout's keyed rows (those wider than `base_width`) and their size codes (numpy;
+    the hash table's keys, `head_index`), filler keys left out."""
+    steps = packed.arrays["key_steps"]
+    keys = head_keys(steps)
+    codes = head_codes(packed.arrays["key_codes"], steps.size, in_nibbles(packed.head_from - packed.base_width))
+    return keys[codes > 0], codes[codes > 0]
 
 
 def _marked_np(mark: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -678,27 +774,37 @@ def _plane_sizes(a: dict, g: np.ndarray, packed: PackedTable) -> np.ndarray:
 
 
 def unpack(packed: PackedTable) -> np.ndarray:
-    """The masked `[n, D]` table back (numpy; tests)."""
-    sizes = unpack_sizes(packed)
+    """The masked `[n, D]` table back (numpy; tests). A head layout's stored rows: `base`'s
+    padding and the head rows' padding are zeros, so it is the same table."""
     out = np.zeros((packed.num_rows, packed.output_dim), np.float32)
-    keep = np.arange(packed.output_dim)[None, :] < sizes[:, None]
     if packed.layout == "head":
-        keys = head_keys(packed.arrays["key_steps"])
-        out[keys, : packed.head_width] = packed.arrays["head"][:-1]
-        keep[keys] = False
+        m, W = packed.base_width, packed.head_width
+        if m:
+            out[:, :m] = packed.arrays["base"]
+        keys, codes = keyed_rows(packed)
+        wide = codes == packed.head_from - m
+        out[keys[wide], :W] = packed.arrays["head"][:-1]
+        tail = keys[~wide]
+        keep = np.arange(m, W)[None, :] < (codes[~wide] + m)[:, None]
+        rest = np.zeros((tail.size, W - m), np.float32)
+        rest[keep] = packed.arrays["values"][:-1]
+        out[tail, m:W] = rest
+        return out
+    sizes = unpack_sizes(packed)
+    keep = np.arange(packed.output_dim)[None, :] < sizes[:, None]
     out[keep] = packed.arrays["values"][:-1]
     return out
 
 
 def start_and_size(arrays: dict, g: tf.Tensor, *, layout: str, bits: int = 0, shift: int = 0,
                    size_offset: int = 0, size_scale: int = 1, common: int = 0, head_rows: int = 0,
-                   head_width: int = 0, head_from: int = 0, tail_layout: str = "") -> tuple[tf.Tensor, tf.Tensor]:
+                   head_width: int = 0, head_from: int = 0, base_width: int = 0,
+                   tail_kept: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
     """`(start, size)` in `values` of the global rows `g` (`[N]` int32), from a layout's index.
 
     Both are int32, or int64 when the values need 64-bit offsets. Takes a
-    `PackedTable.meta`; the head layout (`head_rows`, `head_width`, `head_from`, `tail_layout`)
-    keeps its widest rows out of `values` and is read with `read_rows` only (its other rows:
-    `start_and_size(..., layout=tail_layout)`).
+    `PackedTable.meta` of a single-index layout (`STATIC_ORDER`); the head layout
+    (`head_rows` ... `tail_kept`) finds its rows in a hash table and is read with `read_rows`.
     """
     index = arrays["run_start"] if layout == "runs" else arrays.get("base")
     itype = tf.int64 if index is not None and index.dtype == tf.int64 else tf.int32
@@ -753,39 +859,82 @@ def _listed_start_and_size(arrays: dict, unlisted, listed, t, itype, bits: int, 
     return start, common + listed * (size - common) if common > 0 else listed * size
 
 
-def head_index(key_steps) -> tf.lookup.StaticHashTable:
-    """The head layout's served index: a hash table from each head row's global row (int32; the
-    running sum of `key_steps`, minus 1) to its place in `head`, and to `len(key_steps)` (the
-    zero row) for every other row.
+def head_index(key_steps, key_codes, *, head_rows: int, head_from: int, base_width: int,
+               tail_kept: int) -> tf.lookup.StaticHashTable:
+    """The head layout's served index: a hash table from each keyed row (a row wider than
+    `base_width`; int32 global row, the running sum of `key_steps` minus 1) to its `head_value`,
+    and to `head_rows` (`head`'s zero row, nothing past `base`) for every other row.
 
-    Filled from the `key_steps` variable when the table is initialized (in a SavedModel:
-    when it loads, after the variables are restored), so the keys are stored once, as
-    steps in the variables, and the places not at all.
+    Filled from the `key_steps` and `key_codes` variables when the table is initialized
+    (in a SavedModel: when it loads, after the variables are restored), so the keys are
+    stored once, as steps and size codes in the variables, and the values not at all.
     """
-    return tf.lookup.StaticHashTable(_RowOfKey(key_steps), int(key_steps.shape[0]))
+    code_bits = _code_bits(head_from - base_width)
+    # int64 values (and keys: the CPU table has no int32 -> int64 kernel) when a tail start needs them
+    dtype = tf.int64 if head_rows + 1 + ((tail_kept + 1) << code_bits) >= 2**31 else tf.int32
+    init = _HeadIndexInit(key_steps, key_codes, head_rows=head_rows, head_code=head_from - base_width,
+                          code_bits=code_bits, dtype=dtype)
+    return tf.lookup.StaticHashTable(init, tf.constant(head_rows, dtype))
 
 
-class _RowOfKey(tf.lookup.KeyValueTensorInitializer):
-    """Initializes a table with `keys[i] -> i`, the keys summed from their steps when it runs
-    (not when built: the saved graph holds no copy of them)."""
+def lookup_index(arrays: dict, meta: dict) -> tf.lookup.StaticHashTable | None:
+    """The hash table a lookup of this layout reads (`head_index`; built from `arrays`, tensors or
+    variables), or None: only a head layout with keyed rows (`base_width < head_width`) has one."""
+    if meta["layout"] != "head" or meta["base_width"] >= meta["head_width"]:
+        return None
+    return head_index(arrays["key_steps"], arrays["key_codes"], head_rows=meta["head_rows"],
+                      head_from=meta["head_from"], base_width=meta["base_width"], tail_kept=meta["tail_kept"])
 
-    def __init__(self, key_steps):
-        self._steps = key_steps
-        super().__init__(tf.zeros([0], tf.int32), tf.zeros([0], tf.int32))
+
+def _code_bits(head_code: int) -> int:
+    """Bits of a tail row's size code (1 .. head_code - 1) in its hash value."""
+    return max(1, (head_code - 1).bit_length())
+
+
+class _HeadIndexInit(tf.lookup.KeyValueTensorInitializer):
+    """Initializes a head layout's table from its keys' steps and size codes when it runs
+    (not when built: the saved graph holds no copy of them).
+
+    A key of code `head_code` is a head row: its value is its place in `head` (the head rows
+    in row order). A key of code `0 < c < head_code` is a tail row: `head_rows + 1 + (start <<
+    code_bits | c)`, `start` its first value in `values` (the tail rows' codes summed before
+    it, in row order). Filler keys (code 0) are left out.
+    """
+
+    def __init__(self, key_steps, key_codes, *, head_rows: int, head_code: int, code_bits: int, dtype):
+        self._steps, self._codes = key_steps, key_codes
+        self._head_rows, self._head_code, self._code_bits = head_rows, head_code, code_bits
+        super().__init__(tf.zeros([0], dtype), tf.zeros([0], dtype))
 
     def initialize(self, table):
         steps = tf.convert_to_tensor(self._steps)
+        count = int(steps.shape[0])
         keys = tf.cumsum(tf.cast(steps, tf.int32)) - 1
-        if steps.shape[0] == 0:  # no head row (the table refuses an empty import): a key no row has
-            keys = tf.constant([-1], tf.int32)
-        rows = tf.range(tf.size(keys, out_type=tf.int32), dtype=tf.int32)
-        return tf.raw_ops.LookupTableImportV2(table_handle=table.resource_handle, keys=keys, values=rows)
+        packed = tf.cast(tf.convert_to_tensor(self._codes), tf.int32)
+        if in_nibbles(self._head_code):  # two codes per byte, the first in the low half
+            packed = tf.reshape(tf.stack([tf.bitwise.bitwise_and(packed, 15), tf.bitwise.right_shift(packed, 4)], 1),
+                                [-1])
+        codes = packed[:count]
+        real = codes > 0
+        dtype = self.value_dtype
+        keys, codes = tf.cast(tf.boolean_mask(keys, real), dtype), tf.boolean_mask(codes, real)
+        codes = tf.cast(codes, dtype)
+        head = tf.equal(codes, self._head_code)
+        place = tf.cumsum(tf.cast(head, dtype)) - 1
+        size = tf.where(head, tf.zeros_like(codes), codes)
+        start = tf.cumsum(size, exclusive=True)
+        shifted = tf.bitwise.left_shift(start, tf.cast(self._code_bits, dtype))
+        tail = self._head_rows + 1 + tf.bitwise.bitwise_or(shifted, size)
+        values = tf.where(head, place, tail)
+        if count == 0:  # no key (the table refuses an empty import): a key no row has
+            keys, values = tf.constant([-1], dtype), tf.constant([self._head_rows], dtype)
+        return tf.raw_ops.LookupTableImportV2(table_handle=table.resource_handle, keys=keys, values=values)
 
 
 def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bool = False, static: bool = False,
               index: tf.lookup.StaticHashTable | None = None, bits: int = 0, shift: int = 0, size_offset: int = 0,
               size_scale: int = 1, common: int = 0, head_rows: int = 0, head_width: int = 0, head_from: int = 0,
-              tail_layout: str = "") -> tf.Tensor:
+              base_width: int = 0, tail_kept: int = 0) -> tf.Tensor:
     """`[N, width]` rows of the global rows `g` (`[N]` int32), in the storage dtype: each row's
     kept prefix, then zeros.
 
@@ -794,20 +943,19 @@ def read_rows(arrays: dict, g: tf.Tensor, width: int, *, layout: str, ranged: bo
         g: global rows.
         width: columns to return (wider rows are cut).
         layout, bits, shift, size_offset, size_scale, common, head_rows, head_width, head_from,
-            tail_layout: the `PackedTable.meta`.
+            base_width, tail_kept: the `PackedTable.meta`.
         ranged: read with `ranged_rows` instead of `prefix_rows` (not with `static`); the head
-            layout: its non-head rows.
+            layout: its tail rows.
         static: keep every intermediate at the request's shape (XLA; not the head layout).
-        index: the head layout only: `head_index(arrays["key_steps"])`, built once (a table is a
+        index: the head layout only: `head_index(...)` of its arrays, built once (a table is a
             resource: the SavedModel must track it).
     """
     if layout == "head":
-        if index is None or static:
-            raise ValueError("read_rows: the head layout needs `index` (head_index(arrays['key_steps'])) and "
+        if (index is None and base_width < head_width) or static:
+            raise ValueError("read_rows: the head layout needs `index` (`lookup_index` of its arrays) and "
                              f"static=False; got index={index!r}, static={static}.")
-        return _head_layout_rows(arrays, g, width, index, ranged=ranged, head_rows=head_rows, head_from=head_from,
-                                 meta=dict(layout=tail_layout, bits=bits, shift=shift, size_offset=size_offset,
-                                           size_scale=size_scale, common=common))
+        return _head_layout_rows(arrays, g, width, index, ranged=ranged, head_rows=head_rows, head_width=head_width,
+                                 head_from=head_from, base_width=base_width, tail_kept=tail_kept)
     start, size = start_and_size(arrays, g, layout=layout, bits=bits, shift=shift, size_offset=size_offset,
                                  size_scale=size_scale, common=common)
     return (ranged_rows if ranged else prefix_rows)(arrays["values"], start, size, width)
@@ -821,45 +969,41 @@ def _to_width(rows: tf.Tensor, width: int) -> tf.Tensor:
     return rows[:, :width] if w > width else tf.pad(rows, [[0, 0], [0, width - w]])
 
 
-def _tail_width(meta: dict, width: int, head_from: int) -> int:
-    """The widest size of a head layout's other rows: below `head_from`, and at most what the tail
-    index (`meta`) can give (the largest code alone can overshoot: sizes 1..13 take 4 bits,
-    whose largest code reads 16)."""
-    widest = head_from - 1
-    if meta["layout"] in ("planes", "sparse") and meta["bits"] < 16:
-        coded = meta["size_offset"] + meta["size_scale"] * ((1 << meta["bits"]) - 1)
-        widest = min(widest, max(coded, meta["common"]) if meta["layout"] == "sparse" else coded)
-    return max(0, min(width, widest))
-
-
 def _head_layout_rows(arrays: dict, g: tf.Tensor, width: int, index, *, ranged: bool, head_rows: int,
-                      head_from: int, meta: dict) -> tf.Tensor:
+                      head_width: int, head_from: int, base_width: int, tail_kept: int) -> tf.Tensor:
     """`read_rows` of the head layout: every row by one hash lookup and one row gather from `head`
-    (the others read its zero row), then the others, picked out by `tf.where`, through the tail
-    index (`meta`), written over their places (`tf.tensor_scatter_nd_update`).
+    (a row not in the head reads its zero row); then the rows outside the head that hold anything
+    (the tail rows, and with `base` every one), picked out by `tf.where`: their first `m` columns
+    from `base`, the rest from `values` (start and size from their hash values), written over
+    their places (`tf.tensor_scatter_nd_update`).
 
-    The tail index is decoded and its values read for the non-head rows only: after a
-    per-value search the head rows are few but take most lookups (`docs/results/serving.md`).
-    Measured side by side (ad hoc, on benchmarks/serving.py's Criteo-shaped model; the
-    numbers are in the message of commit 0f81117): gathering every row and overwriting the
-    others was faster than gathering the head rows alone and stitching the two parts
-    (`tf.dynamic_stitch`), and a vectorized `[N, 2, bits]` decode of the tail slower than
-    the plane-by-plane one (`_plane_start_and_size`).
+    No index is decoded at serving time: the hash table holds every keyed row's place or
+    start and size. After a per-value search the head rows are few but take most lookups
+    (`docs/results/serving.md`), so the split and the reads of `base` and `values` run for
+    the others only.
     """
-    h = index.lookup(g)  # place in `head`, `head_rows` (the zero row) for the others
-    rows = _to_width(tf.gather(arrays["head"], h), width)
-    tail_width = _tail_width(meta, width, head_from)
-    if not tail_width:  # every other row is empty: the zero row is the answer
-        return rows
-    at_tail = tf.where(tf.equal(h, head_rows))
-    gt = tf.gather_nd(g, at_tail)
-    values = arrays["values"]
-    start, size = start_and_size(arrays, gt, **meta)
-    if ranged:  # straight to `width` columns: no pad
-        tail = ranged_rows(values, start, size, width)
-    else:
-        tail = _to_width(prefix_rows(values, start, size, tail_width), width)
-    return tf.tensor_scatter_nd_update(rows, at_tail, tail)
+    m, W, H = base_width, head_width, head_rows
+    if m >= W:  # every row whole in `base` (or every row empty)
+        return _to_width(tf.gather(arrays["base"], g) if W else tf.zeros(tf.stack([tf.shape(g)[0], 0]),
+                                                                          arrays["values"].dtype), width)
+    v = index.lookup(tf.cast(g, index.key_dtype))  # place in `head`; `H` (its zero row) for rows not keyed; tail: above
+    rows = tf.gather(arrays["head"], tf.minimum(v, H))
+    if m or tail_kept:
+        at = tf.where(v >= H if m else v > H)  # with `base`, every row outside the head reads it
+        parts = [tf.gather(arrays["base"], tf.gather_nd(g, at))] if m else []
+        if tail_kept:
+            code = tf.gather_nd(v, at) - (H + 1)
+            code = tf.maximum(code, 0) if m else code  # rows not keyed: start 0, size 0
+            code_bits = _code_bits(head_from - m)
+            start = tf.bitwise.right_shift(code, tf.cast(code_bits, code.dtype))
+            size = tf.bitwise.bitwise_and(code, (1 << code_bits) - 1)
+            if ranged:
+                parts.append(ranged_rows(arrays["values"], start, size, W - m))
+            else:
+                parts.append(_to_width(prefix_rows(arrays["values"], start, size, min(head_from - 1, W) - m), W - m))
+        other = parts[0] if len(parts) == 1 else tf.concat(parts, 1)
+        rows = tf.tensor_scatter_nd_update(rows, at, _to_width(other, W))
+    return _to_width(rows, width)
 
 
 def _plane_start_and_size(arrays: dict, g: tf.Tensor, itype, bits: int, size_offset: int, size_scale: int):
@@ -953,7 +1097,8 @@ def packed_lookup(
     head_rows: int = 0,
     head_width: int = 0,
     head_from: int = 0,
-    tail_layout: str = "",
+    base_width: int = 0,
+    tail_kept: int = 0,
     ranged: bool = False,
     static: bool = False,
     index: tf.lookup.StaticHashTable | None = None,
@@ -965,11 +1110,11 @@ def packed_lookup(
             may be float16, or int8 with a float16 `scales` per row).
         ids: local ids, `[...]` for a single field or `[..., F]` for several.
         layout, field_starts, output_dim, bits, shift, size_offset, size_scale, common, head_rows,
-            head_width, head_from, tail_layout: from the `PackedTable`.
+            head_width, head_from, base_width, tail_kept: from the `PackedTable`.
         multi_field: whether the last axis of `ids` indexes fields.
         ranged: read the rows with `ranged_rows` (not under XLA) instead of `prefix_rows`.
         static: request-shaped intermediates only (needed under XLA; `read_rows`).
-        index: the head layout's `head_index(arrays["key_steps"])`.
+        index: the head layout's `head_index(...)` of its arrays (`ValueLookup` builds it).
     """
     ids = tf.cast(ids, tf.int32)
     shape = tf.shape(ids)
@@ -977,7 +1122,7 @@ def packed_lookup(
     g = tf.reshape(g, [-1])
     out = read_rows(arrays, g, output_dim, layout=layout, ranged=ranged, static=static, index=index, bits=bits,
                     shift=shift, size_offset=size_offset, size_scale=size_scale, common=common, head_rows=head_rows,
-                    head_width=head_width, head_from=head_from, tail_layout=tail_layout)
+                    head_width=head_width, head_from=head_from, base_width=base_width, tail_kept=tail_kept)
     if out.dtype != tf.float32:  # float16 or int8 storage (keras_embdim.export.quantize)
         out = tf.cast(out, tf.float32)
     if "scales" in arrays:  # int8: one float16 scale per row

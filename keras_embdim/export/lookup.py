@@ -459,8 +459,8 @@ class ValueLookup:
         self.jit_compile = bool(jit_compile)
         self.read = layouts.check_read(read)
         self._ranged = layouts.reads_ranged(read, self.layout)
-        # the head layout's rows -> places in its head table, filled from `key_steps` when the SavedModel loads
-        self.index = layouts.head_index(arrays["key_steps"]) if self.layout == "head" else None
+        # the head layout's keyed rows -> places / starts, filled from its keys when the SavedModel loads
+        self.index = layouts.lookup_index(arrays, self.meta)
         if self.jit_compile:  # XLA: static shapes, full-width rows (`layouts.prefix_rows`)
             names = list(arrays)
             self._compiled = _jit(lambda g, values: self._rows_from(g, dict(zip(names, values)), self.output_dim, False),
@@ -472,7 +472,7 @@ class ValueLookup:
 
     @property
     def resources(self) -> list:
-        """Non-variable resources the lookup reads: the head layout's hash table (`layouts.head_index`)."""
+        """Non-variable resources the lookup reads: the head layout's hash table (`layouts.lookup_index`)."""
         return [self.index] if self.index is not None else []
 
     @property
