@@ -51,6 +51,8 @@ def main():
             sizes = np.concatenate(ked.find_searchable_layers(m)[0].dimension_mask().value_sizes).astype(np.int64)
             kept4 = 4 * int(sizes.sum())
             each = layouts.layout_bytes(sizes, D)
+            plan = layouts.head_plan(sizes, D)
+            keyed = float(np.mean(sizes > plan.base_width))
             share = np.bincount(sizes) / sizes.size
             share = share[share > 0]
             entropy = float(-(share * np.log2(share)).sum())
@@ -58,6 +60,7 @@ def main():
                 f"| {name} | {b} | {min_dim} | {r.layouts['embedding']} | {r.kept_params:,} | {4 * r.kept_params:,} | "
                 f"{r.embedding_bytes:,} | {r.embedding_overhead:.4f} | "
                 + " | ".join(f"{each[k] / kept4:.3f}" for k in layouts.LAYOUTS)
+                + f" | {plan.base_width}, {plan.head_from}, {100 * keyed:.1f} %"
                 + f" | {100 * np.mean(sizes == 0):.0f} % | {entropy:.2f} "
                 f"({1 + entropy / 8 / (kept4 / sizes.size):.3f}) | {r.max_abs_diff:.1e} |"
             )
@@ -71,9 +74,11 @@ def main():
         "1.10 x kept x 4 B. Each layout's column: its bytes for the same sizes over kept x 4 B "
         "(`layouts.layout_bytes`). Entropy: of the values' sizes, in bits per value, and in brackets the ratio an "
         "index of exactly that many bits would give (the floor for any index). Max diff: largest |served - model| "
-        "on 1,000 test rows.",
+        "on 1,000 test rows. Head plan: its base width, `head_from` and the share of rows keyed in its served hash "
+        "table (`layouts.head_plan`; memory per entry: docs/results/hash_memory.md).",
         ["dataset", "budget", "min_dim", "layout (auto)", "kept params", "kept x 4 B", "embedding bytes", "ratio",
-         *(f"{k} / kept" for k in layouts.LAYOUTS), "values at 0", "size entropy (floor)", "max diff"],
+         *(f"{k} / kept" for k in layouts.LAYOUTS), "head plan: base, head_from, keyed rows", "values at 0",
+         "size entropy (floor)", "max diff"],
         rows,
     )
     print(text)

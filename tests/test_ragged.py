@@ -395,12 +395,18 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
     scattered = np.clip(rng.poisson(3.2, n), 0, D)  # 12.8 B/row kept: offsets' 1.25 B/row fits 1.10
     assert ragged.choose_layout(scattered, D) == "offsets"
     low = np.clip(rng.poisson(1.6, n), 1, D)  # 1.25 B/row would be 1.19x: the planes (4 bits) fit
-    assert ragged.choose_layout(low, D, static=True) == "planes"
-    assert ragged.choose_layout(np.sort(low)[::-1], D, static=True) == "runs"  # frequency-sorted ids: a few runs
-    # without XLA the head layout fits: a base of 1 (every row keeps one), the rows wider keyed
-    plan = ragged._head_plan(low, D)
-    assert plan.base_width == 1 and plan.nbytes <= 1.10 * 4 * low.sum() and ragged.choose_layout(low, D) == "head"
+    assert ragged.choose_layout(low, D) == ragged.choose_layout(low, D, static=True) == "planes"
+    assert ragged.choose_layout(np.sort(low)[::-1], D) == "runs"  # frequency-sorted ids: a few runs
+    # the head layout would fit (a base of 1: every row keeps one; the wider rows keyed), but only 33 rows
+    # could be padded into its head (275 of 180,661 kept values, < HEAD_MIN_SHARE): nearly every keyed
+    # lookup would take its split, so auto leaves it out
+    plan = ragged.head_plan(low, D)
+    assert (plan.base_width, plan.head_rows, plan.head_kept, low.sum()) == (1, 33, 275, 180_661)
+    assert plan.nbytes <= 1.10 * 4 * low.sum()
+    # with twice the kept bytes allowed, offsets fit, and the head can pad enough rows to be taken
     assert ragged.choose_layout(low, D, max_overhead=2.0, static=True) == "offsets"
+    assert ragged.head_plan(low, D, 2.0).head_kept >= ragged.HEAD_MIN_SHARE * low.sum()
+    assert ragged.choose_layout(low, D, max_overhead=2.0) == "head"
     # PME at budget 0.05 with min_dim=0: 90 % of the rows at 0, the rest 1..16 (5-bit planes: 1.21x);
     # the head's rows hold >= HEAD_MIN_SHARE of the kept values: the head layout, unless the lookup is
     # XLA-compiled (static shapes), where the sparse one is the only one within 1.10x
@@ -411,7 +417,7 @@ def test_auto_takes_the_fastest_layout_within_the_byte_limit():
     # head would hold the rows at 16 only, < 5 % of the kept values: no head (most lookups would split)
     few = np.where(rng.random(n) < 0.1, rng.integers(1, 4, n), 0)
     few[:50] = 16
-    plan = ragged._head_plan(few, D)
+    plan = ragged.head_plan(few, D)
     assert plan.head_from == 16 and plan.head_kept < ragged.HEAD_MIN_SHARE * few.sum()
     assert ragged.choose_layout(few, D) == "sparse"
     tiny = np.zeros(1000, np.int64)  # nothing kept: no layout fits, the smallest is taken

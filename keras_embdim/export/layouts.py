@@ -52,7 +52,7 @@ plus an index that gives each row's start in `values` and its size:
   read `base` and `values` and are written over their places
   (`tf.tensor_scatter_nd_update`): no index is decoded at serving time. `m`
   and `head_from` leave the fewest rows in the tail within `max_overhead`
-  (`_head_plan`). After a per-value search the widest rows are few but take
+  (`head_plan`). After a per-value search the widest rows are few but take
   most lookups (the frequent values keep the most columns), so most of a
   request costs a hash lookup and a row gather. The hash table lives in
   memory only (docs/reference/methods.md: its size).
@@ -245,7 +245,7 @@ def _static_bytes(sizes: np.ndarray, output_dim: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class HeadPlan:
-    """The shape of a head layout (`_head_plan`); `nbytes` its bytes (values, tables and keys)."""
+    """The shape of a head layout (`head_plan`); `nbytes` its bytes (values, tables and keys)."""
 
     base_width: int  # m: every row's first m columns in `base` ([n, m], rows narrower zero-padded)
     head_from: int  # rows of this size or more: the head, `[H + 1, W]` (whole rows), found by the hash table
@@ -286,7 +286,7 @@ def _key_gaps(sizes: np.ndarray, base_width: int) -> tuple[int, dict]:
     return count, fillers
 
 
-def _head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> HeadPlan:
+def head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> HeadPlan:
     """The head layout of the fewest rows outside `base` and `head` that keeps within `max_overhead`
     x the kept bytes (else the smallest).
 
@@ -350,16 +350,16 @@ def head_codes(key_codes: np.ndarray, keys: int, nibbles: bool) -> np.ndarray:
 def layout_bytes(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) -> dict[str, int]:
     """Bytes each layout would take for these per-row sizes (float32 values, without packing).
 
-    `max_overhead` matters to the head layout only (`_head_plan`: which rows it takes).
+    `max_overhead` matters to the head layout only (`head_plan`: which rows it takes).
     """
     sizes = np.asarray(sizes)
-    return {**_static_bytes(sizes, output_dim), "head": _head_plan(sizes, output_dim, max_overhead).nbytes}
+    return {**_static_bytes(sizes, output_dim), "head": head_plan(sizes, output_dim, max_overhead).nbytes}
 
 
 def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10, static: bool = False) -> str:
     """The fastest layout within `max_overhead` x the kept bytes, else the smallest.
 
-    The head layout is a candidate when its head rows (`_head_plan`) hold at least
+    The head layout is a candidate when its head rows (`head_plan`) hold at least
     `HEAD_MIN_SHARE` of the kept values: a per-value search gives the widest
     sizes to the values it found most important, the frequent ones, and then
     those few rows take most lookups; without such a head most lookups would take
@@ -374,10 +374,11 @@ def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10
     limit = max_overhead * 4 * kept
     order = STATIC_ORDER
     if not static:
-        plan = _head_plan(sizes, output_dim, max_overhead)
+        plan = head_plan(sizes, output_dim, max_overhead)
         nbytes["head"] = plan.nbytes
-        stored_whole = plan.head_kept + plan.base_width * sizes.shape[0]  # read by row gathers
-        if kept and stored_whole >= HEAD_MIN_SHARE * kept:
+        # the values read by the head's row gather (every one when all rows are in the base: one gather)
+        whole = kept if plan.base_width >= int(np.flatnonzero(histogram).max(initial=0)) else plan.head_kept
+        if kept and whole >= HEAD_MIN_SHARE * kept:
             order = SPEED_ORDER
     for name in order:
         if nbytes[name] <= limit:
@@ -627,7 +628,7 @@ def pack_index(
         arrays["mark"], arrays["rank"] = marks.close()
         arrays.update(writer.close())
     else:  # head: `base` (m columns of every row), the head rows whole, the others in `values`; keys for all
-        plan = _head_plan(sizes, D, max_overhead)
+        plan = head_plan(sizes, D, max_overhead)
         m, head_from = plan.base_width, plan.head_from
         head_width = int(np.flatnonzero(histogram).max(initial=0))
         head_rows, head_kept, base_width = plan.head_rows, plan.head_kept, m
