@@ -111,7 +111,7 @@ class PackedTable:
     size_scale: int = 1
     common: int = 0  # sparse layout: the size of the unlisted rows
     head_rows: int = 0  # head layout: rows of size `head_from` or more, stored in `arrays["head"]`
-    head_width: int = 0  # head layout: the widest size W (the head holds columns base_width..W of its rows)
+    head_width: int = 0  # head layout: the widest size W, the head table's width (whole rows, narrower ones padded)
     head_from: int = 0  # head layout: the smallest size in the head
     head_kept: int = 0  # head layout: the head rows' own sizes, summed
     base_width: int = 0  # head layout: m, every row's first m columns in `arrays["base"]`
@@ -125,13 +125,6 @@ class PackedTable:
     def values_size(self) -> int:
         """Length of `arrays["values"]`: the values it holds and the trailing zero slot."""
         return (self.tail_kept if self.layout == "head" else self.kept) + 1
-
-    @property
-    def value_slots(self) -> int:
-        """Values stored, padding and zero slots included (a quantized table stores each in its dtype)."""
-        if self.layout != "head":
-            return self.kept + 1
-        return self.num_rows * self.base_width + (self.head_rows + 1) * self.head_width + self.values_size
 
     @property
     def overhead(self) -> float:
@@ -293,8 +286,8 @@ def head_plan(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10) ->
     For each base width m (every row's first m columns, dense) and each `head_from` (rows of that
     size or more whole, padded to the widest size W), the bytes are `base`, `head` with its zero
     row, the other rows' values and one key per row wider than m (its step from the previous key,
-    in the narrowest dtype with filler keys over longer gaps, and its size code, half a byte while
-    the codes stay below 16). The rows between m and `head_from` (the tail) are the ones whose
+    in the dtype of fewest bytes with a filler key over each longer gap, and its size code, half a
+    byte while the codes stay below 16). The rows between m and `head_from` (the tail) are the ones whose
     lookups take the split (`_head_layout_rows`): the plan keeps them fewest.
     """
     n = int(sizes.shape[0])
