@@ -52,7 +52,7 @@ def main():
             kept4 = 4 * int(sizes.sum())
             each = layouts.layout_bytes(sizes, D)
             plan = layouts.head_plan(sizes, D)
-            keyed = float(np.mean(sizes > plan.base_width))
+            keyed = int(np.count_nonzero(sizes > plan.base_width))
             share = np.bincount(sizes) / sizes.size
             share = share[share > 0]
             entropy = float(-(share * np.log2(share)).sum())
@@ -60,7 +60,7 @@ def main():
                 f"| {name} | {b} | {min_dim} | {r.layouts['embedding']} | {r.kept_params:,} | {4 * r.kept_params:,} | "
                 f"{r.embedding_bytes:,} | {r.embedding_overhead:.4f} | "
                 + " | ".join(f"{each[k] / kept4:.3f}" for k in layouts.LAYOUTS)
-                + f" | {plan.base_width}, {plan.head_from}, {100 * keyed:.1f} %"
+                + f" | {plan.base_width}, {plan.head_from}, {keyed:,} of {sizes.size:,} ({100 * keyed / sizes.size:.1f} %)"
                 + f" | {100 * np.mean(sizes == 0):.0f} % | {entropy:.2f} "
                 f"({1 + entropy / 8 / (kept4 / sizes.size):.3f}) | {r.max_abs_diff:.1e} |"
             )
