@@ -10,8 +10,9 @@ with `PMEPruner(budget)` (per value) for one epoch (`min_dim=0` below 1/16,
 where one dim for every field or value is already over the budget), and exported with
 `export_compact` (default: folded lookups, no XLA; per field also with
 `fold=False`, the padded fallback; per value also with `value_read="prefix"`,
-with `jit_compile=True`, and with the layout `"auto"` takes when the head layout
-is left out, timed beside it). The baselines are the same MLP with plain
+with `jit_compile=True`, with the layout `"auto"` takes when the head layout
+is left out, and with every field packed (`value_dense_fields=False`: no field
+stored whole in a per-field table), timed beside it). The baselines are the same MLP with plain
 `keras.layers.Embedding`s exported by Keras' own `model.export()`: full dims,
 and uniform dims `round(budget x 16)` (at least 1) for every field, the naive
 model of about the same parameter count; and uniform dims as wide as the
@@ -68,12 +69,14 @@ TARGETS = {
 VARIANTS = {
     "sseds": [("", {}), ("_padded", {"fold": False})],
     "pme": [("", {}), ("_prefix", {"value_read": "prefix"}), ("_xla", {"jit_compile": True}),
-            ("_static", {"value_layout": "static"})],  # resolved in export_models: auto without the head layout
+            ("_static", {"value_layout": "static"}),  # resolved in export_models: auto without the head layout
+            ("_packed", {"value_dense_fields": False})],  # no field stored whole: every field packed
 }
 LABELS = {"sseds": "per field, folded", "sseds_padded": "per field, padded (fold=False)",
           "pme": "per value, folded", "pme_prefix": "per value, folded, value_read='prefix'",
           "pme_xla": "per value, folded, jit_compile=True (XLA)",
-          "pme_static": "per value, folded, the layout auto takes without the head one"}
+          "pme_static": "per value, folded, the layout auto takes without the head one",
+          "pme_packed": "per value, folded, every field packed (value_dense_fields=False)"}
 
 
 # ----------------------------------------------------------------- training
@@ -159,21 +162,41 @@ def _row_sizes(model):
     return mask, np.concatenate([np.asarray(s) for s in mask.value_sizes])
 
 
+def _whole_fields(pme: dict) -> str:
+    """The report's words for the fields the per-value export stored whole (records before: none)."""
+    if "whole_fields" not in pme:
+        return ""
+    if not pme["whole_fields"]:
+        return "; no field stored whole"
+    packed = (f", the packed fields' {pme['packed_mean_size']:.1f}" if pme["packed_mean_size"] is not None
+              else "; every field")
+    return (f"; {pme['whole_fields']} of {pme['fields']} fields stored whole (their values keep "
+            f"{pme['whole_mean_size']:.1f} dims on average{packed})")
+
+
 def _traffic(model, data) -> dict:
     """Shares of the per-value table's rows and of the test lookups at the widest size; rows at 0; entropy."""
     import numpy as np
 
     import keras_embdim as ked
+    from keras_embdim.export.compact import dense_field_plan
 
     mask, sizes = _row_sizes(model)
     widest = sizes.max()
+    whole = dense_field_plan([np.asarray(s) for s in mask.value_sizes], mask.output_dim)
+    mean = [float(np.mean(np.concatenate([mask.value_sizes[f] for f in np.flatnonzero(w == whole)])))
+            if (w == whole).any() else None for w in (True, False)]
     looked = sizes[data.test[0] + ked.fields.field_offsets(mask.vocab_sizes)[None, :]]
     share = np.bincount(sizes) / sizes.size
     share = share[share > 0]
     return {"rows_at_widest": float(np.mean(sizes == widest)), "lookups_at_widest": float(np.mean(looked == widest)),
             "widest": int(widest), "rows_at_zero": float(np.mean(sizes == 0)),
             # the sizes' entropy: no index that tells every row its size can take fewer bits per row
-            "size_entropy_bits": float(-(share * np.log2(share)).sum())}
+            "size_entropy_bits": float(-(share * np.log2(share)).sum()),
+            # the fields the default export stores whole (`dense_field_plan`) and the mean size of their
+            # values and of the packed fields' values
+            "whole_fields": int(whole.sum()), "fields": int(whole.size), "whole_mean_size": mean[0],
+            "packed_mean_size": mean[1]}
 
 
 # ------------------------------------------------------------------- timing
@@ -448,7 +471,8 @@ def report(records: list, path: str, plot: str | None) -> str:
                                    + (f"; {100 * pme['rows_at_zero']:.0f} % of the rows at size 0, the sizes' entropy "
                                       f"{pme['size_entropy_bits']:.2f} bits per row (layout {pme['layout']}, "
                                       f"{pme['embedding_bytes'] / (4 * pme['embedding_params']):.3f}x the kept bytes)"
-                                      if "rows_at_zero" in pme else ""))
+                                      if "rows_at_zero" in pme else "")
+                                   + _whole_fields(pme))
                 if "pme_xla/full" in rat:  # not the target's default path: shown, not counted
                     options.append(f"{name} b={r['budget']} batch 512: per value with jit_compile=True: "
                                    f"{rat['pme_xla/full']:.2f}x full; value_read='prefix': "
@@ -457,6 +481,8 @@ def report(records: list, path: str, plot: str | None) -> str:
                                       f"{rat['pme_static/full']:.2f}x full; the head layout at "
                                       f"{rat['pme/pme_static']:.2f}x its latency"
                                       if "pme_static/full" in rat else "")
+                                   + (f"; every field packed ({r['exports']['pme_packed']['layout']}): "
+                                      f"{rat['pme_packed/full']:.2f}x full" if "pme_packed/full" in rat else "")
                                    + (f" (session loader: jit_compile=True {sr['pme_xla/full']:.2f}x full)"
                                       if (sr := r.get("session", {}).get("ratios", {}).get(batch, {}))
                                       and "pme_xla/full" in sr else ""))

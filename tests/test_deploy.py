@@ -267,14 +267,17 @@ def test_bytes_by_part_add_up(searched, tmp_path):
         assert json.load(fh)["export"]["bytes"] == b
 
 
-@pytest.mark.parametrize("per_value", [False, True])
+@pytest.mark.parametrize("per_value", [False, True, "split"])
 def test_compaction_reads_the_table_a_chunk_at_a_time(searched, monkeypatch, per_value):
-    """No whole-table copy: every read of the table is at most one chunk of rows."""
+    """No whole-table copy: every read of the table is at most one chunk of rows (per-value:
+    every field packed, or the second stored whole, `dense_field_plan`)."""
     layer = ked.PrunableEmbedding([300, 50], 8, name="big")
     layer.build()
     rng = np.random.default_rng(0)
     layer.embedding_variable.assign(rng.standard_normal((350, 8)).astype(np.float32))
-    if per_value:
+    if per_value == "split":
+        layer.set_value_sizes(np.r_[rng.integers(0, 9, 300), np.full(50, 5)])
+    elif per_value:
         layer.set_value_sizes(rng.integers(0, 9, 350))
     else:
         layer.set_dimension_mask(rng.random((2, 8)) < 0.5)
@@ -284,5 +287,6 @@ def test_compaction_reads_the_table_a_chunk_at_a_time(searched, monkeypatch, per
     monkeypatch.setattr(compact.row_ops, "read_rows", lambda v, a, b, c=None: reads.append(b - a) or real(v, a, b, c))
     chunked = compact.compact_layer(layer).lookup
     assert reads and max(reads) <= 64
+    assert chunked.dense_fields == (["field_1"] if per_value == "split" else [])
     ids = np.stack([rng.integers(0, 300, 40), rng.integers(0, 50, 40)], -1)
     np.testing.assert_array_equal(chunked.padded(tf.constant(ids)).numpy(), whole.padded(tf.constant(ids)).numpy())

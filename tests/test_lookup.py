@@ -6,7 +6,8 @@ import tensorflow as tf
 from hypothesis import assume, given, settings, strategies as st
 
 import keras_embdim as ked
-from keras_embdim.export.compact import compact_layer, group_widths
+from keras_embdim.export import layouts
+from keras_embdim.export.compact import DENSE_FIELD_SLACK, compact_layer, dense_field_plan, group_widths
 from keras_embdim.mask import DimensionMask
 
 import reference
@@ -109,7 +110,8 @@ def test_value_lookup_equals_prefix_reference(vocab, D, seed, layout, read):
     sizes = rng.integers(0, D + 1, sum(vocab))
     layer, table = _layer(vocab, D, seed, sizes=sizes)
     jit = read == "xla"
-    lookup = compact_layer(layer, value_layout=layout, jit_compile=jit, value_read="prefix" if jit else read).lookup
+    lookup = compact_layer(layer, value_layout=layout, jit_compile=jit, value_read="prefix" if jit else read,
+                           value_dense_fields=False).lookup  # the packed layouts alone: every field packed
     assert lookup.read == ("prefix" if jit else read)
     ids = np.stack([rng.integers(0, n, size=(5,)) for n in vocab], axis=-1)
     rows = ids + ked.fields.field_offsets(vocab)
@@ -273,3 +275,100 @@ def test_stack_fields_stacks_as_the_per_field_path_reads_ids():
     assert got.dtype == tf.int32 and got.numpy().tolist() == [[1, 3, 4], [2, 2**31 - 1, 7]]
     assert ked.fields.stack_columns([tf.constant([1], tf.int32), tf.constant([2**40], tf.int64)]).numpy().tolist() \
         == [[1, 2**40]]
+
+
+def test_dense_field_plan_by_hand():
+    """A field is stored whole when padding its values to its widest size costs at most 10 % of its
+    own kept values, and while the layer's bytes stay within `max_overhead` x the kept bytes."""
+    assert DENSE_FIELD_SLACK == 0.10
+    uniform = np.full(50, 16)  # 800 values, no padding
+    spread = np.r_[np.ones(990), np.full(10, 16)]  # 1,150 values; whole: 16,000 entries
+    empty = np.zeros(30, int)  # keeps nothing: an empty table
+    assert dense_field_plan([uniform, spread, empty], 16).tolist() == [True, False, True]
+    # 90 rows at 10 and 10 at 1: 910 values, 90 zeros whole (9.9 %); 91 % would be 100 zeros (11 %)
+    near = np.r_[np.full(90, 10), np.ones(10, int)]
+    assert dense_field_plan([near], 16).tolist() == [True]
+    assert dense_field_plan([np.r_[np.full(89, 10), np.ones(11, int)]], 16).tolist() == [False]
+    # within 1.10x both fields whole: 4 x (800 + 1,000) = 7,200 B <= 1.10 x 4 x 1,710 = 7,524 B;
+    # within 1.03x (7,045 B) the padded field is packed again, if its packed bytes fit beside
+    packed_near = layouts.layout_bytes(near, 16)[layouts.choose_layout(near, 16, 1.03)]
+    assert 4 * 800 + packed_near <= 1.03 * 4 * 1710 < 4 * 1800
+    assert dense_field_plan([uniform, near], 16).tolist() == [True, True]
+    assert dense_field_plan([uniform, near], 16, max_overhead=1.03).tolist() == [True, False]
+    # nothing fits: every field packed
+    assert dense_field_plan([uniform, near], 16, max_overhead=0.5).tolist() == [False, False]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.sampled_from(["uniform", "near", "random", "empty"])),
+                min_size=2, max_size=5),
+       st.integers(2, 10), st.integers(0, 10_000), st.sampled_from(["auto", "offsets", "sparse"]), st.booleans(),
+       st.sampled_from(["error", "zero"]))
+def test_split_lookup_equals_prefix_reference(fields, D, seed, layout, jit, policy):
+    """A per-value layer with some fields stored whole (`SplitLookup`) serves what the layer
+    computes: padded, folded (codes mapped to the layer's fields) and per-field columns, value
+    by value; invalid ids get zeros under "zero"; bytes are the kept values plus the padding
+    its `padding_params` counts (the whole-stored fields' rows padded to their widest size, and
+    `group_widths`' padding)."""
+    assume(not (jit and layout == "head"))
+    rng = np.random.default_rng(seed)
+    vocab = [n for n, _ in fields]
+    sizes = []
+    for n, kind in fields:
+        w = int(rng.integers(1, D + 1))
+        sizes.append({"uniform": np.full(n, w), "empty": np.zeros(n, int), "random": rng.integers(0, D + 1, n),
+                      "near": np.where(rng.random(n) < 0.05, rng.integers(0, w + 1, n), w)}[kind])
+    layer, table = _layer(vocab, D, seed, sizes=np.concatenate(sizes))
+    lookup = compact_layer(layer, value_layout=layout, jit_compile=jit, on_invalid_id=policy).lookup
+    dense = dense_field_plan(sizes, D, layout=layout, static=jit)
+    if not dense.any():
+        assert lookup.layout == layouts.choose_layout(np.concatenate(sizes), D, static=jit) or layout != "auto"
+        return
+    assert lookup.dense_fields == [layer.field_names[f] for f in np.flatnonzero(dense)]
+    widths = np.array([s.max() for s in sizes])
+    whole_padding = sum(len(sizes[f]) * widths[f] - sizes[f].sum() for f in np.flatnonzero(dense))
+    stored = group_widths(widths[dense], np.asarray(vocab)[dense])
+    group_padding = int((stored - widths[dense]) @ np.asarray(vocab)[dense])
+    assert lookup.padding_params == whole_padding + group_padding
+    assert lookup.layout.startswith("field")
+    ids = np.stack([rng.integers(0, n, size=(4, 3)) for n in vocab], axis=-1)
+    if policy == "zero":
+        bad = rng.random(ids.shape) < 0.2
+        ids = np.where(bad, rng.choice([-3, 41, 2**33], ids.shape), ids)
+    valid = (ids >= 0) & (ids < np.asarray(vocab))
+    rows = np.where(valid, ids, 0) + ked.fields.field_offsets(vocab)
+    want = reference.prefix_lookup(table, np.concatenate(sizes), rows) * valid[..., None]  # [4, 3, F, D]
+    np.testing.assert_array_equal(lookup.padded(tf.constant(ids, tf.int64)).numpy(), want)
+    folded, codes = lookup.folded(tf.constant(ids, tf.int64)).numpy(), lookup.folded_codes(3)
+    assert folded.shape == (4, codes.size)
+    np.testing.assert_array_equal(folded[:, codes >= 0], want.reshape(4, -1)[:, codes[codes >= 0]])
+    assert not folded[:, codes < 0].any()
+    assert np.unique(codes[codes >= 0]).size == (codes >= 0).sum()  # each entry once
+    columns = [tf.constant(ids[..., f], tf.int64 if f % 2 or abs(ids[..., f]).max() >= 2**31 else tf.int32)
+               for f in range(len(vocab))]
+    np.testing.assert_array_equal(lookup.folded_fields(columns).numpy(), folded)
+
+
+def test_split_lookup_checks_every_field_once_and_names_the_bad_id():
+    """Under "error" the ids of all fields are checked once (one comparison of F largest ids),
+    whether the bad id is in a whole-stored field or a packed one."""
+    sizes = [np.full(6, 3), np.r_[np.zeros(900, int), np.full(100, 4)], np.full(4, 2)]
+    layer, _ = _layer([6, 1000, 4], 4, 0, sizes=np.concatenate(sizes), names=["a", "b", "c"])
+    lookup = compact_layer(layer).lookup
+    assert lookup.dense_fields == ["a", "c"] and lookup.layout.startswith("field+")
+    fn = tf.function(lambda *c: lookup.folded_fields(list(c))).get_concrete_function(
+        *[tf.TensorSpec([None], tf.int64)] * 3)
+    less = [n for n in fn.graph.get_operations() if n.type == "Less"]
+    assert [op.outputs[0].shape.as_list() for op in less] == [[3]]
+
+    def call(a, b, c):
+        return fn(*[tf.constant(x, tf.int64) for x in (a, b, c)])
+
+    assert call([1, 5], [0, 999], [3, 0]).shape[0] == 2
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r'field .{0,2}c.{0,2} received id 4, outside its vocabulary of 4'):
+        call([1, 5], [0, 999], [3, 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r'field .{0,2}b.{0,2} received id 1000,'):
+        call([1, 5], [1000, 99], [3, 4])
+    with pytest.raises(tf.errors.InvalidArgumentError, match='field "a" received id -1,'):
+        lookup.padded(tf.constant([[-1, 2, 3]]))

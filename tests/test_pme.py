@@ -142,8 +142,8 @@ def test_export_equal_and_bytes_within_ten_percent(pme_trained):
     assert emb <= 1.10 * kept * 4
     layer = ked.find_searchable_layers(model)[0]
     mask = layer.dimension_mask()
-    want = ragged.pack(np.asarray(layer.embedding_variable), list(mask.value_sizes), field_sizes=d.vocab_sizes).nbytes
-    assert emb == want
+    assert emb == reference.split_export_bytes(np.asarray(layer.embedding_variable), list(mask.value_sizes),
+                                              mask.output_dim)[0]
 
 
 def test_low_budget_export_marks_the_empty_rows_and_stays_within_ten_percent(tmp_path):
@@ -157,7 +157,9 @@ def test_low_budget_export_marks_the_empty_rows_and_stays_within_ten_percent(tmp
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=16, hidden=(16,)))
     pruner = ked.PMEPruner(0.05, min_dim=0, verbose=0)
     sample = d.inputs(d.test[0][:500])
-    exporter = ked.DimensionExporter(str(tmp_path / "export"), sample_inputs=sample, verbose=0)
+    # every field packed (no field stored whole): the packed layouts' bytes are what this test checks
+    exporter = ked.DimensionExporter(str(tmp_path / "export"), sample_inputs=sample, verbose=0,
+                                     value_dense_fields=False)
     x, y = d.train
     model.fit(d.inputs(x), y, batch_size=512, epochs=2, verbose=0, callbacks=[pruner, exporter])
     sizes = np.concatenate(ked.find_searchable_layers(model)[0].dimension_mask().value_sizes)
@@ -317,3 +319,42 @@ def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, t
     report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, batch_size=300, verbose=0)},
                                     atol=atol)
     assert report["tf2_max_abs_diff"] <= atol and report["tf1_max_abs_diff"] <= atol
+
+
+@pytest.mark.parametrize("fold,table_dtype", [(True, "float32"), (False, "int8")])
+def test_export_stores_the_fields_of_one_size_whole(fold, table_dtype, tmp_path):
+    """A field whose values all keep 6 of 8 columns is stored whole (a `[V, 6]` table, one row
+    gather), a field that keeps nothing takes no bytes, and the field of spread sizes is packed in
+    the head layout; served as the layer computes, folded and padded, in a process without
+    keras_embdim; `value_dense_fields=False` packs every field as before."""
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=2000, seed=1)
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
+                                                        embedding="prunable"))
+    sample = d.inputs(d.test[0][:300])
+    model.predict(sample, verbose=0)
+    layer = ked.find_searchable_layers(model)[0]
+    v0, v1, v2 = d.vocab_sizes
+    assert (v0, v1, v2) == (10, 141, 2000)
+    spread = np.random.default_rng(0).permutation(np.repeat([8, 7, 1], [v2 // 20, v2 // 50, v2 - v2 // 20 - v2 // 50]))
+    sizes = [np.full(v0, 6), np.zeros(v1, int), spread]
+    layer.set_value_sizes(np.concatenate(sizes))
+    r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, fold=fold, table_dtype=table_dtype,
+                           verbose=0)
+    assert r.layouts["embedding"] == "field+head" and r.dense_fields == {"embedding": d.field_names[:2]}
+    assert r.max_abs_diff <= 1e-5 and bool(r.folds["embedding"]["folded_into"]) == fold
+    kept = int(sum(s.sum() for s in sizes))
+    if table_dtype == "float32":
+        assert r.embedding_bytes == 4 * v0 * 6 + ragged.layout_bytes(spread, 8)["head"] <= 1.10 * 4 * kept
+        assert r.embedding_padding_bytes == 0  # every row of the whole field keeps its 6 columns
+    else:  # one byte per value and a float16 scale per row, in the whole field's table too
+        assert r.embedding_bytes < kept + 2 * sum(d.vocab_sizes) + 1.10 * 4 * (spread > 1).sum()
+    atol = (r.precision_max_abs_diff or 0) + 1e-5
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, batch_size=300, verbose=0)},
+                                    atol=atol)
+    assert report["tf2_max_abs_diff"] <= atol and report["tf1_max_abs_diff"] <= atol
+    packed = ked.export_compact(model, str(tmp_path / "p"), sample_inputs=sample, fold=fold, table_dtype=table_dtype,
+                                verbose=0, value_dense_fields=False)
+    assert packed.dense_fields == {} and "field" not in packed.layouts["embedding"]
+    if table_dtype == "float32":
+        assert packed.embedding_bytes == ragged.layout_bytes(np.concatenate(sizes), 8)[packed.layouts["embedding"]]

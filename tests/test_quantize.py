@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_embdim as ked
-from keras_embdim.export import layouts
+from keras_embdim.export import compact, layouts
 from keras_embdim.export import quantize
 from keras_embdim import keras
 from keras_embdim.serving import check_in_fresh_process
@@ -70,17 +70,24 @@ def test_quantized_export_serves_the_stored_values_and_reports_their_cost(search
             mask = ked.find_searchable_layers(model)[0].dimension_mask()
             rows = sum(n for n, k in zip(mask.vocab_sizes, mask.kept_dims) if k)
             assert r.embedding_bytes == kept + 2 * rows + r.embedding_padding_bytes
-    else:  # the packed values (and the zero slot) shrink; int8 adds a float16 scale per row
+    else:  # the stored values shrink; int8 adds a float16 scale per row
         rows = sum(d.vocab_sizes)
-        assert r.layouts == full.layouts
-        slots = kept + 1  # the kept values and the zero slot; the head layout: its base, head and zero
-        if r.layouts["embedding"] == "head":  # slot, padding zeros and zero row included
-            mask = ked.find_searchable_layers(model)[0].dimension_mask()
-            sizes = np.concatenate(mask.value_sizes)
-            p = layouts.pack_index(sizes, mask.output_dim, layout="head")
-            m, H, W = p.base_width, p.head_rows, p.head_width
-            tail = sizes[(sizes > m) & (sizes < p.head_from)] - m
-            slots = len(sizes) * m + (H + 1) * W + int(tail.sum()) + 1
+        assert r.layouts == full.layouts and r.dense_fields == full.dense_fields
+        mask = ked.find_searchable_layers(model)[0].dimension_mask()
+        per_field = [np.asarray(s) for s in mask.value_sizes]
+        # fields stored whole: every row at its group's width (padding included)
+        dense = compact.dense_field_plan(per_field, mask.output_dim)
+        vocab, widths = np.asarray(mask.vocab_sizes), np.array([s.max() for s in per_field])
+        slots = int(compact.group_widths(widths[dense], vocab[dense]) @ vocab[dense]) if dense.any() else 0
+        assert r.dense_fields.get("embedding", []) == [mask.field_names[f] for f in np.flatnonzero(dense)]
+        if not dense.all():  # the packed fields: their kept values and the zero slot; the head layout: its
+            sizes = np.concatenate([per_field[f] for f in np.flatnonzero(~dense)])  # base, head and zero
+            slots += int(sizes.sum()) + 1  # slot, padding zeros and zero row included
+            if r.layouts["embedding"].endswith("head"):
+                p = layouts.pack_index(sizes, mask.output_dim, layout="head")
+                m, H, W = p.base_width, p.head_rows, p.head_width
+                tail = sizes[(sizes > m) & (sizes < p.head_from)] - m
+                slots += len(sizes) * m + (H + 1) * W + int(tail.sum()) - int(sizes.sum())
         if table_dtype == "float16":
             assert r.embedding_bytes == full.embedding_bytes - 2 * slots
         else:

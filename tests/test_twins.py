@@ -15,6 +15,8 @@ from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.metrics import roc_auc
 from keras_embdim.serving import check_in_fresh_process
 
+import reference
+
 
 # ------------------------------------------------------------------ the math
 def test_frequency_features_by_hand():
@@ -274,10 +276,9 @@ def test_export_serves_the_trained_predictions_in_ragged_bytes(twins_trained):
     emb = sum(b for k, b in stored.items() if k.startswith(TABLES_ATTRIBUTE + "/"))
     assert emb <= 1.10 * search.result.params_after * 4
     layer = ked.find_searchable_layers(model)[0]
-    packed = ragged.pack(
-        np.asarray(layer.embedding_variable), list(layer.dimension_mask().value_sizes), field_sizes=d.vocab_sizes
-    )
-    assert emb == packed.nbytes
+    mask = layer.dimension_mask()
+    assert emb == reference.split_export_bytes(np.asarray(layer.embedding_variable), list(mask.value_sizes),
+                                               mask.output_dim)[0]
     # the twins are not shipped: every stored variable is a compact table or a dense layer's
     assert not any("w1" in k or "counts" in k for k in stored)
 
@@ -289,7 +290,7 @@ def test_every_layout_and_the_xla_lookup_serve_the_trained_predictions(twins_tra
     d, model, search, _, sample, _ = twins_trained
     path = str(tmp_path / "export")
     r = ked.export_compact(model, path, sample_inputs=sample, verbose=0, value_layout=layout, jit_compile=jit,
-                           value_read=read)
+                           value_read=read, value_dense_fields=False)  # every field in the layout
     assert r.layouts == {"embedding": layout} and r.max_abs_diff <= 1e-5  # verified in process
     layer = ked.find_searchable_layers(model)[0]
     packed = ragged.pack(
@@ -308,7 +309,9 @@ def test_auto_layout_leaves_the_head_out_under_xla(twins_trained, tmp_path):
     sizes = np.concatenate(mask.value_sizes)
     assert ragged.choose_layout(sizes, mask.output_dim) == "head"  # the frequent values keep the most
     r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, verbose=0, jit_compile=True)
-    assert r.layouts["embedding"] == ragged.choose_layout(sizes, mask.output_dim, static=True) != "head"
+    table = np.asarray(ked.find_searchable_layers(model)[0].embedding_variable)
+    nbytes, rest = reference.split_export_bytes(table, list(mask.value_sizes), mask.output_dim, static=True)
+    assert r.layouts["embedding"].split("+")[-1] == rest != "head" and r.embedding_bytes == nbytes
     assert r.max_abs_diff <= 1e-5
 
 

@@ -36,6 +36,8 @@ class DimensionExporter(keras.callbacks.Callback):
             vocabulary (`export_compact`).
         fold: compute Dense layers fed by searched embeddings from the kept
             values only (`export_compact`).
+        value_dense_fields: per-value layers: store fields whose values nearly
+            all keep the field's widest size in per-field tables (`export_compact`).
         submodel: export a part of the trained model instead of all of it: the
             name of an attribute of the model (`"query_model"`, the query tower
             of a TFRS retrieval model) or a callable `model -> keras.Model`.
@@ -66,6 +68,7 @@ class DimensionExporter(keras.callbacks.Callback):
         table_dtype: str = "float32",
         on_invalid_id: str = "error",
         fold: bool = True,
+        value_dense_fields: bool = True,
         submodel: str | Callable[[Any], Any] | None = None,
     ):
         super().__init__()
@@ -90,6 +93,7 @@ class DimensionExporter(keras.callbacks.Callback):
         self.table_dtype = quantize.check_dtype(table_dtype)
         self.on_invalid_id = check_invalid_id_policy(on_invalid_id)
         self.fold = bool(fold)
+        self.value_dense_fields = bool(value_dense_fields)
         self.result: ExportResult | None = None
 
     def _target(self) -> Any:
@@ -136,4 +140,5 @@ class DimensionExporter(keras.callbacks.Callback):
             table_dtype=self.table_dtype,
             on_invalid_id=self.on_invalid_id,
             fold=self.fold,
+            value_dense_fields=self.value_dense_fields,
         )

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from keras_embdim import _utils, rows as row_ops
 from keras_embdim.export import layouts, quantize
-from keras_embdim.export.lookup import FieldGroup, FieldLookup, IdGuard, ValueLookup
+from keras_embdim.export.lookup import FieldGroup, FieldLookup, IdGuard, SplitLookup, ValueLookup
 from keras_embdim.fields import field_offsets
 
 _STORE = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
@@ -42,7 +42,7 @@ class CompactLayer:
     """A layer's serving lookup and what verification needs to run it at stored precision."""
 
     layer: Any
-    lookup: FieldLookup | ValueLookup
+    lookup: FieldLookup | ValueLookup | SplitLookup
     table_dtype: str
     # quantized exports: per (row range, kept-entry selector) the float32 originals and the stored values
     _swaps: list = field(default_factory=list, repr=False)
@@ -86,6 +86,7 @@ def compact_layer(
     jit_compile: bool = False,
     table_dtype: str = "float32",
     on_invalid_id: str = "error",
+    value_dense_fields: bool = True,
 ) -> CompactLayer:
     """The serving lookup of a searchable layer: per-field or per-value compaction.
 
@@ -99,13 +100,17 @@ def compact_layer(
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
             `"int8"` with a float16 scale per row (`keras_embdim.export.quantize`).
         on_invalid_id: `"error"` or `"zero"` (`keras_embdim.export.lookup.IdGuard`).
+        value_dense_fields: per-value sizes only: store the fields whose rows nearly all have
+            the field's widest size whole, in per-field tables (`dense_field_plan`); False
+            packs every field.
     """
     quantize.check_dtype(table_dtype)
     layouts.check_read(value_read)
     mask = layer.dimension_mask()
     guard = IdGuard(layer.name, mask.field_names, mask.vocab_sizes, layer.multi_field, on_invalid_id)
     if mask.granularity == "value":
-        return _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype)
+        return _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,
+                               bool(value_dense_fields))
     return _compact_fields(layer, mask, guard, jit_compile, table_dtype)
 
 
@@ -148,46 +153,152 @@ def group_widths(widths: np.ndarray, rows: np.ndarray, slack: float = PADDING_SL
         to[to == groups[i]] = groups[i + 1]
 
 
+DENSE_FIELD_SLACK = 0.10  # per-value layers: a field is stored whole when that pads it by at most this share
+
+
+def dense_field_plan(value_sizes: list, output_dim: int, *, layout: str = "auto", static: bool = False,
+                     max_overhead: float = 1.10) -> np.ndarray:
+    """Which fields of a per-value layer are stored whole (`[F]` booleans): every row of such a
+    field padded with zeros to the field's widest size, the fields in per-field tables
+    (`FieldLookup`: a plain row gather per table, no index); the other fields' rows are packed
+    (`keras_embdim.export.layouts`).
+
+    A per-value search often gives nearly every value of a small field the same size (a field of
+    a few hundred frequent values, all at the widest size): packing those rows only adds index
+    work to a large share of the lookups (one per example and field). A field is a candidate when
+    storing it whole pads it by at most `DENSE_FIELD_SLACK` x its own kept values (a field that
+    keeps nothing is one: its table is empty); the candidates are stored whole while the layer's
+    bytes (their tables, `group_widths` padding included, plus the packed layout of the other
+    fields) stay within `max_overhead` x the kept bytes, else the candidate that pads most is
+    packed again, and so on.
+
+    Args:
+        value_sizes: per field, `[V_f]` kept size of each of its values.
+        output_dim: D.
+        layout: the packed fields' layout (`"auto"`: `layouts.choose_layout`).
+        static: an XLA-compiled lookup (`choose_layout(static=True)`).
+        max_overhead: bytes allowed, as a multiple of the kept values x 4 B.
+
+    Example:
+
+    >>> dense_field_plan([np.full(50, 16), np.r_[np.ones(990), np.full(10, 16)]], 16).tolist()
+    [True, False]
+    """
+    sizes = [np.asarray(s, np.int64) for s in value_sizes]
+    vocab = np.array([s.shape[0] for s in sizes], np.int64)
+    widths = np.array([int(s.max(initial=0)) for s in sizes], np.int64)
+    kept = np.array([int(s.sum()) for s in sizes], np.int64)
+    pad = vocab * widths - kept
+    dense = pad <= DENSE_FIELD_SLACK * kept
+    limit = max_overhead * 4 * int(kept.sum())
+    while dense.any():
+        whole = group_widths(widths[dense], vocab[dense]) @ vocab[dense]
+        rest = ~dense
+        packed = 0
+        if rest.any():
+            rest_sizes = np.concatenate([sizes[f] for f in np.flatnonzero(rest)])
+            name = layouts.choose_layout(rest_sizes, output_dim, max_overhead, static) if layout == "auto" else layout
+            packed = layouts.layout_bytes(rest_sizes, output_dim, max_overhead)[name]
+        if 4 * int(whole) + packed <= limit:
+            return dense
+        ratio = np.where(dense, pad / np.maximum(kept, 1), -1.0)
+        dense[int(np.argmax(ratio))] = False
+    return dense
+
+
 def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLayer:
-    table = layer.embedding_variable
-    offsets = field_offsets(mask.vocab_sizes)
-    widths = mask.kept_dims
-    stored_widths = group_widths(widths, mask.vocab_sizes)
-    store = _STORE[table_dtype]
-    row_offsets = np.zeros(mask.num_fields, np.int32)
-    groups, swaps = [], []
-    for width in sorted(set(int(w) for w in stored_widths if w > 0)):
-        fields = np.flatnonzero(stored_widths == width)
-        rows = int(sum(mask.vocab_sizes[f] for f in fields))
-        values = _utils.plain_variable(tf.zeros([rows, width], store), name=f"width_{width}")
-        scales = _utils.plain_variable(tf.zeros([rows], tf.float16), name=f"width_{width}_scales") if table_dtype == "int8" else None
-        r = 0
-        for f in fields:
-            cols = mask.kept_columns(f)
-            row_offsets[f] = r
-            for a, b in row_ops.chunks(0, mask.vocab_sizes[f]):
-                kept = row_ops.read_rows(table, offsets[f] + a, offsets[f] + b, cols)
-                stored, sc = quantize.quantize(kept, table_dtype)
-                row_ops.assign_rows(values, r + a, r + b, np.pad(stored, ((0, 0), (0, width - len(cols)))))
-                if sc is not None:
-                    row_ops.assign_rows(scales, r + a, r + b, sc)
-                if table_dtype != "float32":
-                    select = (slice(None), cols)
-                    swaps.append((offsets[f] + a, offsets[f] + b, select, kept, quantize.dequantize(stored, sc)))
-            r += mask.vocab_sizes[f]
-        groups.append(FieldGroup(width, fields, [mask.kept_columns(f) for f in fields], values, scales))
+    fields = np.arange(mask.num_fields)
+    groups, row_offsets, swaps = _field_groups(layer.embedding_variable, mask, fields,
+                                               [mask.kept_columns(f) for f in fields], table_dtype)
     lookup = FieldLookup(mask.num_fields, mask.output_dim, groups, row_offsets, multi_field=layer.multi_field,
                          guard=guard, jit_compile=jit_compile)
     return CompactLayer(layer, lookup, table_dtype, swaps)
 
 
-def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype) -> CompactLayer:
+def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: str, sizes: list | None = None):
+    """`(groups, row_offsets, swaps)`: the `FieldGroup`s of `fields` (of the layer's table, in this
+    order: field i of the lookup is `fields[i]`), each field keeping `columns[i]`, filled from the
+    table a chunk of rows at a time. `sizes` (per-value layers, `dense_field_plan`): each row of
+    `fields[i]` keeps only its first `sizes[i][row]` of `columns[i]` (zeros after them)."""
+    offsets = field_offsets(mask.vocab_sizes)
+    vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]
+    widths = np.array([len(c) for c in columns], np.int64)
+    stored_widths = group_widths(widths, vocab)
+    store = _STORE[table_dtype]
+    row_offsets = np.zeros(len(fields), np.int32)
+    groups, swaps = [], []
+    for width in sorted(set(int(w) for w in stored_widths if w > 0)):
+        members = np.flatnonzero(stored_widths == width)
+        rows = int(vocab[members].sum())
+        values = _utils.plain_variable(tf.zeros([rows, width], store), name=f"width_{width}")
+        scales = _utils.plain_variable(tf.zeros([rows], tf.float16), name=f"width_{width}_scales") if table_dtype == "int8" else None
+        r = 0
+        for i in members:
+            f, cols = int(fields[i]), np.asarray(columns[i])
+            row_offsets[i] = r
+            for a, b in row_ops.chunks(0, int(vocab[i])):
+                kept = row_ops.read_rows(table, offsets[f] + a, offsets[f] + b, cols)
+                select = (slice(None), cols)
+                if sizes is not None:  # per-value sizes: each row's prefix of `cols`, zeros after it
+                    keep = np.arange(len(cols))[None, :] < np.asarray(sizes[i][a:b])[:, None]
+                    kept = kept * keep
+                    select = np.zeros((b - a, mask.output_dim), bool)
+                    select[:, cols] = keep
+                stored, sc = quantize.quantize(kept, table_dtype)
+                row_ops.assign_rows(values, r + a, r + b, np.pad(stored, ((0, 0), (0, width - len(cols)))))
+                if sc is not None:
+                    row_ops.assign_rows(scales, r + a, r + b, sc)
+                if table_dtype != "float32":
+                    back = quantize.dequantize(stored, sc)
+                    if sizes is not None:
+                        kept, back = kept[keep], back[keep]
+                    swaps.append((offsets[f] + a, offsets[f] + b, select, kept, back))
+            r += int(vocab[i])
+        groups.append(FieldGroup(width, members, [np.asarray(columns[i]) for i in members], values, scales))
+    return groups, row_offsets, swaps
+
+
+def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,
+                    dense_fields: bool) -> CompactLayer:
+    D = mask.output_dim
+    value_sizes = [np.asarray(v, np.int64) for v in mask.value_sizes]
+    layouts.check_layout(value_layout, jit_compile)
+    dense = (dense_field_plan(value_sizes, D, layout=value_layout, static=jit_compile) if dense_fields
+             else np.zeros(mask.num_fields, bool))
+    if not layer.multi_field and not dense.all():
+        dense[:] = False  # a single-field layer is one part or the other
+    parts, swaps, value_padding = [], [], 0
+    if dense.any():
+        fields = np.flatnonzero(dense)
+        widths = [int(value_sizes[f].max(initial=0)) for f in fields]
+        groups, row_offsets, swaps = _field_groups(layer.embedding_variable, mask, fields,
+                                                   [np.arange(w) for w in widths], table_dtype,
+                                                   sizes=[value_sizes[f] for f in fields])
+        sub = guard.part(fields)
+        value_padding = int(sum(len(value_sizes[f]) * w - value_sizes[f].sum() for f, w in zip(fields, widths)))
+        parts.append((FieldLookup(len(fields), D, groups, row_offsets, multi_field=sub.multi_field, guard=sub,
+                                  jit_compile=jit_compile), fields))
+    if not dense.all():
+        fields = np.flatnonzero(~dense)
+        lookup, more = _packed_lookup(layer, mask, fields, value_sizes, guard.part(fields), value_layout, value_read,
+                                      jit_compile, table_dtype)
+        parts.append((lookup, fields))
+        swaps += more
+    if len(parts) == 1 and len(parts[0][1]) == mask.num_fields and isinstance(parts[0][0], ValueLookup):
+        return CompactLayer(layer, parts[0][0], table_dtype, swaps)
+    lookup = SplitLookup(parts, mask.num_fields, D, guard=guard, value_padding=value_padding)
+    return CompactLayer(layer, lookup, table_dtype, swaps)
+
+
+def _packed_lookup(layer, mask, fields, value_sizes, guard, value_layout, value_read, jit_compile, table_dtype):
+    """`(ValueLookup, swaps)` of the rows of `fields` in a packed layout (`keras_embdim.export.layouts`)."""
     table = layer.embedding_variable
     D = mask.output_dim
-    sizes = np.concatenate([np.asarray(v, np.int64) for v in mask.value_sizes])
-    if layouts.check_layout(value_layout, jit_compile) == "auto":  # XLA: no head layout (`choose_layout`)
+    sizes = np.concatenate([value_sizes[f] for f in fields])
+    if value_layout == "auto":  # XLA: no head layout (`choose_layout`)
         value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
-    packed = layouts.pack_index(sizes, D, field_sizes=mask.vocab_sizes, layout=value_layout)
+    vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]
+    packed = layouts.pack_index(sizes, D, field_sizes=vocab, layout=value_layout)
     store = _STORE[table_dtype]
     W, H, m = packed.head_width, packed.head_rows, packed.base_width  # head layout: `base`, `head`, then `values`
     values = _utils.plain_variable(tf.zeros([packed.values_size], store), name="values")  # + zero slot
@@ -196,34 +307,37 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
     scales = _utils.plain_variable(tf.zeros([packed.num_rows], tf.float16), name="scales") if table_dtype == "int8" else None
     swaps, pos, head_pos = [], 0, 0
     columns = np.arange(D)[None, :]
-    for a, b in row_ops.chunks(0, packed.num_rows):
-        rows = row_ops.read_rows(table, a, b)
-        keep = columns < sizes[a:b, None]
-        if table_dtype == "int8":  # one scale per row, from its kept prefix
-            sc = quantize.row_scales(rows * keep)
-            q = quantize.quantize(rows, "int8", sc)[0]
-            stored, back = q[keep], quantize.dequantize(q, sc)[keep]
-            row_ops.assign_rows(scales, a, b, sc)
-        else:
-            stored = quantize.quantize(rows[keep], table_dtype)[0]
-            back = stored.astype(np.float32)
-        if table_dtype != "float32":
-            swaps.append((a, b, keep, rows[keep], back))
-        if head is not None:  # `base` (every row), the head rows (padded) to `head`, the tail rows' rest to `values`
-            dense = np.zeros((b - a, D), stored.dtype)
-            dense[keep] = stored
-            parts = layouts.split_rows(dense, sizes[a:b], packed)
-            if base is not None:
-                row_ops.assign_rows(base, a, b, parts["base"])
-            k = parts["head"].shape[0]
-            if k and W:
-                row_ops.assign_rows(head, head_pos, head_pos + k, parts["head"])
-            head_pos += k
-            stored = parts["values"]
-        n = stored.shape[0]
-        if n:
-            row_ops.assign_rows(values, pos, pos + n, stored)
-        pos += n
+    offsets = field_offsets(mask.vocab_sizes)
+    for f, start in zip(fields, packed.field_starts):  # field f's rows: `start...` in the packed table
+        for a0, b0 in row_ops.chunks(0, int(mask.vocab_sizes[f])):
+            a, b = int(start) + a0, int(start) + b0  # rows of the packed table
+            rows = row_ops.read_rows(table, offsets[f] + a0, offsets[f] + b0)
+            keep = columns < sizes[a:b, None]
+            if table_dtype == "int8":  # one scale per row, from its kept prefix
+                sc = quantize.row_scales(rows * keep)
+                q = quantize.quantize(rows, "int8", sc)[0]
+                stored, back = q[keep], quantize.dequantize(q, sc)[keep]
+                row_ops.assign_rows(scales, a, b, sc)
+            else:
+                stored = quantize.quantize(rows[keep], table_dtype)[0]
+                back = stored.astype(np.float32)
+            if table_dtype != "float32":
+                swaps.append((offsets[f] + a0, offsets[f] + b0, keep, rows[keep], back))
+            if head is not None:  # `base` (every row), the head rows (padded) to `head`, the tail's rest to `values`
+                dense = np.zeros((b - a, D), stored.dtype)
+                dense[keep] = stored
+                parts = layouts.split_rows(dense, sizes[a:b], packed)
+                if base is not None:
+                    row_ops.assign_rows(base, a, b, parts["base"])
+                k = parts["head"].shape[0]
+                if k and W:
+                    row_ops.assign_rows(head, head_pos, head_pos + k, parts["head"])
+                head_pos += k
+                stored = parts["values"]
+            n = stored.shape[0]
+            if n:
+                row_ops.assign_rows(values, pos, pos + n, stored)
+            pos += n
     arrays = {"values": values, **({"head": head} if head is not None else {})}
     if base is not None:
         arrays["base"] = base
@@ -231,7 +345,7 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
         arrays[name] = _utils.plain_variable(array, name=name)
     if scales is not None:
         arrays["scales"] = scales
-    widths = np.array([int(np.max(s, initial=0)) for s in mask.value_sizes], np.int64)
-    lookup = ValueLookup(packed, arrays, widths, multi_field=layer.multi_field, guard=guard, jit_compile=jit_compile,
+    widths = np.array([int(value_sizes[f].max(initial=0)) for f in fields], np.int64)
+    lookup = ValueLookup(packed, arrays, widths, multi_field=guard.multi_field, guard=guard, jit_compile=jit_compile,
                          read=value_read)
-    return CompactLayer(layer, lookup, table_dtype, swaps)
+    return lookup, swaps

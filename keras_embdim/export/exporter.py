@@ -61,14 +61,17 @@ class ExportResult:
     embedding_bytes: int
     embedding_overhead: float  # embedding bytes / (kept params x 4 B)
     # of the embedding bytes: zero columns that pad narrow fields into a wider per-field table
-    # (at most 1 % of the kept bytes; `keras_embdim.export.compact.group_widths`)
+    # (at most 1 % of the kept bytes; `keras_embdim.export.compact.group_widths`), and the zeros
+    # past its values' sizes that a per-value layer's whole-stored field holds (`dense_fields`)
     embedding_padding_bytes: int
     variable_bytes: int
     variables_file_bytes: int
     max_abs_diff: float | None
     inputs: dict = field(default_factory=dict)
     outputs: list = field(default_factory=list)
-    layouts: dict = field(default_factory=dict)  # layer -> "field" or the per-value layout
+    # layer -> "field", the per-value layout, or "field+<layout>" for a per-value layer with fields
+    # stored whole in per-field tables (`dense_fields`; "field" alone when every field is)
+    layouts: dict = field(default_factory=dict)
     table_dtype: str = "float32"
     # max |model with the stored precision - model in float32| on the verification inputs
     precision_max_abs_diff: float | None = None
@@ -82,6 +85,8 @@ class ExportResult:
     # per searched layer: the Dense layers it was folded into, or why it serves padded, and whether its
     # served ids are checked ("on_invalid_id") or the check was left out because it could never fail
     folds: dict = field(default_factory=dict)
+    # per-value layers: the fields stored whole, in per-field tables (`value_dense_fields`)
+    dense_fields: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -139,6 +144,7 @@ def export_compact(
     table_dtype: str = "float32",
     on_invalid_id: str = "error",
     fold: bool = True,
+    value_dense_fields: bool = True,
 ) -> ExportResult:
     """Export `model` for TF Serving with its searched tables compacted.
 
@@ -191,6 +197,13 @@ def export_compact(
         fold: compute the `Dense` layers fed by searched embeddings from the
             kept values only (`keras_embdim.export.fold`); False serves every
             searched layer's padded output.
+        value_dense_fields: for per-value layers: a field whose values nearly
+            all keep the field's widest size (a small field of frequent
+            values, after a per-value search) is stored whole in a per-field
+            table, its lookups plain row gathers, while the bytes stay within
+            1.10 x the kept bytes; the other fields are packed by
+            `value_layout` (`keras_embdim.export.compact.dense_field_plan`).
+            False packs every field.
 
     Returns:
         an `ExportResult` (also written, with the dimension report, to the
@@ -218,7 +231,8 @@ def export_compact(
     # 1. compact tables, field by field from the variables
     compacted = {
         layer: compact_layer(layer, value_layout=value_layout, value_read=value_read, jit_compile=jit_compile,
-                             table_dtype=table_dtype, on_invalid_id=on_invalid_id)
+                             table_dtype=table_dtype, on_invalid_id=on_invalid_id,
+                             value_dense_fields=value_dense_fields)
         for layer in layers
     }
     # 2. folds, and the serving function traced per signature
@@ -361,6 +375,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         on_invalid_id=on_invalid_id,
         bytes={"embedding_tables": int(emb_bytes), "other_variables": int(sum(var_bytes.values()) - emb_bytes), **disk},
         folds=report.to_json(),
+        dense_fields={layer.name: c.lookup.dense_fields for layer, c in compacted.items() if c.lookup.dense_fields},
     )
     with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
         json.dump({"export": result.to_json(), **summary}, fh, indent=2)

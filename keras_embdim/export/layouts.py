@@ -64,7 +64,7 @@ kept values, and not for an XLA-compiled lookup (the hash table and the
 split are not XLA ops; `choose_layout`).
 
 The index and the values are built apart (`pack_index`, then the values row
-chunk by row chunk, `keras_embdim.export.tables`), so a table is never copied
+chunk by row chunk, `keras_embdim.export.compact`), so a table is never copied
 whole. Lookups (`read_rows`: `start_and_size`, then `ranged_rows` or
 `prefix_rows`; the head layout's hash table from `lookup_index`) use
 standard TensorFlow ops only, so a SavedModel built on them serves without
@@ -681,7 +681,7 @@ def pack(
     """Pack a whole in-memory `[n, D]` table whose row `g` keeps its first `sizes[g]` columns.
 
     The exporter packs from the layer's variable in row chunks instead
-    (`keras_embdim.export.tables`); this is the reference for tests and tools.
+    (`keras_embdim.export.compact`); this is the reference for tests and tools.
 
     Args:
         table: the full table, all fields' rows one after another.

@@ -1,7 +1,7 @@
 """Serving lookups of compacted layers, in standard TensorFlow ops only.
 
-A compacted layer serves through one of two lookups (built by
-`keras_embdim.export.tables.compact_layer`):
+A compacted layer serves through one of these lookups (built by
+`keras_embdim.export.compact.compact_layer`):
 
 - `FieldLookup` (per-field masks): field f keeps `k_f` columns. Fields of the
   same kept width share one `[rows, k]` table variable, so a lookup is one row
@@ -9,6 +9,10 @@ A compacted layer serves through one of two lookups (built by
 - `ValueLookup` (per-value sizes): the packed layouts of
   `keras_embdim.export.layouts`; a lookup decodes each row's start and size
   and reads the rows (`layouts.prefix_rows`, or `layouts.ranged_rows`).
+- `SplitLookup` (per-value sizes, some fields stored whole): a `FieldLookup`
+  over the fields whose values nearly all keep the field's widest size (their
+  rows padded to it: `keras_embdim.export.compact.dense_field_plan`) and a
+  `ValueLookup` over the others.
 
 Each has two outputs:
 
@@ -139,6 +143,15 @@ class IdGuard:
         vocab = self.vocab_sizes[np.asarray(fields, np.int64)]
         in_range = _below(ids, vocab if ids.shape.rank > 1 or len(vocab) > 1 else vocab[0])
         return _zeroed(ids, in_range), in_range
+
+    def part(self, fields: np.ndarray) -> "IdGuard":
+        """The guard of `fields` only (a `SplitLookup` part: the last axis of its ids holds
+        those fields, in this order); a single-field layer's part is the layer's guard."""
+        if not self.multi_field:
+            return self
+        fields = np.asarray(fields, np.int64)
+        return IdGuard(self.layer_name, [self.field_names[f] for f in fields], self.vocab_sizes[fields], True,
+                       self.policy)
 
     def _fail(self, ids: tf.Tensor, in_range: tf.Tensor) -> tf.Operation:
         """The assertion that fails a request, naming its first bad field and id."""
@@ -284,6 +297,11 @@ class FieldLookup:
         return []
 
     @property
+    def dense_fields(self) -> list:
+        """Per-value layers' fields stored whole (`SplitLookup`): none here."""
+        return []
+
+    @property
     def padding_params(self) -> int:
         """Zero entries stored to pad narrower fields into a wider table (`FieldGroup`)."""
         rows = {int(f): n for g in self.groups for f, n in zip(g.fields, self._field_rows(g))}
@@ -401,12 +419,12 @@ class FieldLookup:
             out.append(np.where(codes >= 0, at, -1).reshape(-1))
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
-    def padded(self, ids: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
-        """`[..., F, D]` (multi-field) or `[..., D]`: removed columns exact zeros."""
+    def padded(self, ids: tf.Tensor, dtype=tf.float32, checked: bool = False) -> tf.Tensor:
+        """`[..., F, D]` (multi-field) or `[..., D]`: removed columns exact zeros; `checked` as in `folded`."""
         ids = tf.convert_to_tensor(ids)
         shape = tf.shape(ids)
         flat = tf.reshape(ids, [-1, self.num_fields] if self.multi_field else [-1])
-        checked, valid = self._checked(flat)
+        checked, valid = self._checked(flat, checked)
         F, D = self.num_fields, self.output_dim
         if not self.kept_width:
             out = tf.zeros(tf.stack([tf.shape(checked)[0], F * D]), dtype)
@@ -476,6 +494,11 @@ class ValueLookup:
         return [self.index] if self.index is not None else []
 
     @property
+    def dense_fields(self) -> list:
+        """Fields stored whole (`SplitLookup`): none, every field is packed."""
+        return []
+
+    @property
     def padding_params(self) -> int:
         """No padding: a per-value layout's overhead is its index (`layouts.PackedTable.overhead`)."""
         return 0
@@ -526,8 +549,127 @@ class ValueLookup:
         pos = np.arange(positions)[:, None, None] * F * D
         return np.where(codes[None] >= 0, pos + codes[None], -1).reshape(-1)
 
-    def padded(self, ids: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
+    def padded(self, ids: tf.Tensor, dtype=tf.float32, checked: bool = False) -> tf.Tensor:
+        """`[..., F, D]` (multi-field) or `[..., D]`: each value's prefix, then zeros; `checked` as in `folded`."""
+        ids = tf.convert_to_tensor(ids)
+        rows, _ = self._lookup_rows(ids, self.output_dim, checked)
+        return tf.reshape(tf.cast(rows, dtype), tf.concat([tf.shape(ids), [self.output_dim]], 0))
+
+
+class SplitLookup:
+    """Serving lookup of a per-value layer whose fields are served by parts: the fields stored
+    whole in per-field tables (a `FieldLookup`, `keras_embdim.export.compact.dense_field_plan`)
+    and the packed rest (a `ValueLookup`).
+
+    Each part sees its own fields (the last axis of its ids holds them in its order); under
+    `"error"` the ids of all fields are checked once, here, and the parts read unchecked
+    ids; under `"zero"` each part replaces its own invalid ids. The folded output is the
+    parts' side by side (their `folded_codes` mapped to the layer's fields); the padded one
+    puts each part's fields back in the layer's field order.
+
+    Args:
+        parts: `(lookup, fields)` pairs; together the fields are the layer's, each once.
+        num_fields, output_dim: F and D of the layer.
+        guard: the `IdGuard` of the layer.
+        value_padding: zero entries the `FieldLookup` parts store past their rows' sizes
+            (a whole-stored field's rows padded to its widest size).
+    """
+
+    granularity = "value"
+
+    def __init__(self, parts: list, num_fields: int, output_dim: int, *, guard: IdGuard, value_padding: int = 0):
+        self.value_padding = int(value_padding)
+        self.parts = [(lookup, np.asarray(fields, np.int64)) for lookup, fields in parts]
+        self.num_fields = int(num_fields)
+        self.output_dim = int(output_dim)
+        self.guard = guard
+        self.multi_field = guard.multi_field
+        order = np.concatenate([f for _, f in self.parts])
+        if sorted(order.tolist()) != list(range(self.num_fields)):
+            raise ValueError(f"`parts` must hold every field of the layer once; received {order.tolist()}.")
+        self._back = np.argsort(order)  # place of each layer field among the parts' fields
+        self.layout = "+".join(lookup.layout for lookup, _ in self.parts)
+
+    @property
+    def variables(self) -> list:
+        return [v for lookup, _ in self.parts for v in lookup.variables]
+
+    @property
+    def resources(self) -> list:
+        return [r for lookup, _ in self.parts for r in lookup.resources]
+
+    @property
+    def padding_params(self) -> int:
+        """Zero entries the whole-stored fields hold: past their rows' sizes, and to share a table."""
+        return self.value_padding + int(sum(lookup.padding_params for lookup, _ in self.parts))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(lookup.nbytes for lookup, _ in self.parts))
+
+    @property
+    def dense_fields(self) -> list:
+        """Names of the fields stored whole (in per-field tables)."""
+        return [self.guard.field_names[f] for lookup, fields in self.parts if lookup.layout == "field"
+                for f in fields]
+
+    def _columns(self, ids: tf.Tensor, fields: np.ndarray) -> tf.Tensor:
+        if not self.multi_field:
+            return ids
+        if len(fields) == self.num_fields and (fields == np.arange(self.num_fields)).all():
+            return ids
+        return tf.gather(ids, fields, axis=-1)
+
+    def _checked(self, ids: tf.Tensor, checked: bool) -> tuple[tf.Tensor, bool]:
+        """`(ids, checked)` for the parts: `"error"` checks all fields here once."""
+        if checked or self.guard.policy != "error":
+            return ids, checked
+        return self.guard(ids)[0], True
+
+    def folded(self, ids: tf.Tensor, checked: bool = False) -> tf.Tensor:
+        """`[batch, P]`: the parts' folded outputs side by side (see `folded_codes`)."""
+        ids, checked = self._checked(tf.convert_to_tensor(ids), checked)
+        return _side_by_side([lookup.folded(self._columns(ids, f), checked) for lookup, f in self.parts])
+
+    def folded_fields(self, columns: Sequence[tf.Tensor], checked: bool = False) -> tf.Tensor:
+        """`folded(stack_columns(columns), checked)`, each part stacking its own fields' columns."""
+        _check_columns(self, columns)
+        columns = [as_int_ids(c) for c in columns]
+        if any(c.shape.rank is None for c in columns):
+            return self.folded(stack_columns(columns), checked)
+        checks = []
+        if self.guard.policy == "error" and not checked:
+            if len({c.dtype for c in columns}) > 1:
+                columns = [tf.cast(c, tf.int64) for c in columns]
+            checks = self.guard.check_stacked(tf.stack(columns, axis=0), np.arange(self.num_fields))
+            checked = True
+        with tf.control_dependencies(checks):  # the reads wait for the ids' check
+            return _side_by_side([lookup.folded_fields([columns[i] for i in f], checked)
+                                  for lookup, f in self.parts])
+
+    def folded_codes(self, positions: int) -> np.ndarray:
+        """As `FieldLookup.folded_codes`, part by part, each part's fields mapped to the layer's."""
+        F, D = self.num_fields, self.output_dim
+        out = []
+        for lookup, fields in self.parts:
+            codes = lookup.folded_codes(positions)
+            n = len(fields)
+            pos, rest = np.divmod(np.maximum(codes, 0), n * D)
+            f, j = np.divmod(rest, D)
+            out.append(np.where(codes >= 0, (pos * F + fields[f]) * D + j, -1))
+        return np.concatenate(out)
+
+    def padded(self, ids: tf.Tensor, dtype=tf.float32, checked: bool = False) -> tf.Tensor:
         """`[..., F, D]` (multi-field) or `[..., D]`: each value's prefix, then zeros."""
         ids = tf.convert_to_tensor(ids)
-        rows, _ = self._lookup_rows(ids, self.output_dim)
-        return tf.reshape(tf.cast(rows, dtype), tf.concat([tf.shape(ids), [self.output_dim]], 0))
+        if not self.multi_field:
+            return self.parts[0][0].padded(ids, dtype, checked)
+        ids, checked = self._checked(ids, checked)
+        pieces = [lookup.padded(self._columns(ids, f), dtype, checked) for lookup, f in self.parts]
+        out = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-2)  # [..., F, D], fields in `order`
+        return tf.gather(out, self._back, axis=-2)
+
+
+
+def _side_by_side(pieces: list) -> tf.Tensor:
+    return pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
