@@ -184,10 +184,11 @@ def dense_field_plan(value_sizes: list, output_dim: int, *, layout: str = "auto"
     >>> dense_field_plan([np.full(50, 16), np.r_[np.ones(990), np.full(10, 16)]], 16).tolist()
     [True, False]
     """
-    sizes = [np.asarray(s, np.int64) for s in value_sizes]
+    # integers as they are (a mask's int32: no int64 copy of every row's size)
+    sizes = [s if np.issubdtype(s.dtype, np.integer) else s.astype(np.int64) for s in map(np.asarray, value_sizes)]
     vocab = np.array([s.shape[0] for s in sizes], np.int64)
     widths = np.array([int(s.max(initial=0)) for s in sizes], np.int64)
-    kept = np.array([int(s.sum()) for s in sizes], np.int64)
+    kept = np.array([int(s.sum(dtype=np.int64)) for s in sizes], np.int64)
     pad = vocab * widths - kept
     dense = pad <= DENSE_FIELD_SLACK * kept
     limit = max_overhead * 4 * int(kept.sum())
@@ -261,7 +262,7 @@ def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: s
 def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,
                     dense_fields: bool) -> CompactLayer:
     D = mask.output_dim
-    value_sizes = [np.asarray(v, np.int64) for v in mask.value_sizes]
+    value_sizes = list(mask.value_sizes)  # as the mask holds them (int32): no copy of every row's size
     layouts.check_layout(value_layout, jit_compile)
     dense = (dense_field_plan(value_sizes, D, layout=value_layout, static=jit_compile) if dense_fields
              else np.zeros(mask.num_fields, bool))
@@ -275,7 +276,8 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
                                                    [np.arange(w) for w in widths], table_dtype,
                                                    sizes=[value_sizes[f] for f in fields])
         sub = guard.part(fields)
-        value_padding = int(sum(len(value_sizes[f]) * w - value_sizes[f].sum() for f, w in zip(fields, widths)))
+        value_padding = int(sum(len(value_sizes[f]) * w - int(value_sizes[f].sum(dtype=np.int64))
+                                for f, w in zip(fields, widths)))
         parts.append((FieldLookup(len(fields), D, groups, row_offsets, multi_field=sub.multi_field, guard=sub,
                                   jit_compile=jit_compile), fields))
     if not dense.all():
@@ -294,7 +296,7 @@ def _packed_lookup(layer, mask, fields, value_sizes, guard, value_layout, value_
     """`(ValueLookup, swaps)` of the rows of `fields` in a packed layout (`keras_embdim.export.layouts`)."""
     table = layer.embedding_variable
     D = mask.output_dim
-    sizes = np.concatenate([value_sizes[f] for f in fields])
+    sizes = np.concatenate([value_sizes[f] for f in fields], dtype=np.int64)
     if value_layout == "auto":  # XLA: no head layout (`choose_layout`)
         value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
     vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]
