@@ -372,3 +372,16 @@ def test_split_lookup_checks_every_field_once_and_names_the_bad_id():
         call([1, 5], [1000, 99], [3, 4])
     with pytest.raises(tf.errors.InvalidArgumentError, match='field "a" received id -1,'):
         lookup.padded(tf.constant([[-1, 2, 3]]))
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_per_value_layer_that_keeps_nothing_folds_to_no_columns(dense):
+    """Every value at size 0: the folded output has no columns but keeps the batch (a reshape to
+    `[-1, 0]` cannot infer it), packed or stored whole; ids are still checked."""
+    layer, _ = _layer([1, 1], 1, 168, sizes=np.zeros(2, int))
+    lookup = compact_layer(layer, value_dense_fields=dense).lookup
+    ids = tf.constant(np.zeros((5, 2), np.int64))
+    assert lookup.folded(ids).shape == (5, 0) and lookup.folded_codes(1).size == 0
+    assert lookup.padded(ids).numpy().tolist() == np.zeros((5, 2, 1)).tolist()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="received id 1, outside its vocabulary of 1"):
+        lookup.folded(tf.constant([[0, 1]], tf.int64))

@@ -330,6 +330,10 @@ def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, t
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_read="rows")
     with pytest.raises(ValueError, match="`value_read` must be one of"):
         ked.DimensionExporter(str(tmp_path / "e"), value_read="rows")
+    with pytest.raises(ValueError, match="`value_dense_fields` must be True or False; received value_dense_fields='no'"):
+        ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_dense_fields="no")
+    with pytest.raises(ValueError, match="`value_dense_fields` must be True or False"):
+        ked.DimensionExporter(str(tmp_path / "e"), value_dense_fields=None)
     assert not (tmp_path / "e").exists()
 
 

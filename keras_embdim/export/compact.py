@@ -10,8 +10,11 @@ rows at a time (`keras_embdim.rows`) and builds its serving lookup
   stays within 1 % of the kept bytes, `group_widths`: fewer tables, fewer ops
   per request); the bytes are the kept parameters x the storage size, plus
   that padding;
-- per-value sizes: each row's kept prefix goes into the packed `values` of
-  `keras_embdim.export.layouts` (the layout's index is built from the sizes).
+- per-value sizes: the fields whose values nearly all keep the field's widest
+  size are stored whole, like per-field tables (each row's prefix, zeros after
+  it: `dense_field_plan`); every other row's kept prefix goes into the packed
+  `values` of `keras_embdim.export.layouts` (the layout's index is built from
+  the sizes of those rows only).
 
 No whole-table numpy copy is made and, for float32 exports, no reference copy
 either: the export's own memory is the compact tables plus one chunk. For
@@ -106,11 +109,12 @@ def compact_layer(
     """
     quantize.check_dtype(table_dtype)
     layouts.check_read(value_read)
+    check_dense_fields(value_dense_fields)
     mask = layer.dimension_mask()
     guard = IdGuard(layer.name, mask.field_names, mask.vocab_sizes, layer.multi_field, on_invalid_id)
     if mask.granularity == "value":
         return _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,
-                               bool(value_dense_fields))
+                               value_dense_fields)
     return _compact_fields(layer, mask, guard, jit_compile, table_dtype)
 
 
@@ -154,6 +158,13 @@ def group_widths(widths: np.ndarray, rows: np.ndarray, slack: float = PADDING_SL
 
 
 DENSE_FIELD_SLACK = 0.10  # per-value layers: a field is stored whole when that pads it by at most this share
+
+
+def check_dense_fields(value) -> bool:
+    """`value_dense_fields` if it is True or False, else a ValueError naming the argument."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`value_dense_fields` must be True or False; received value_dense_fields={value!r}.")
+    return bool(value)
 
 
 def dense_field_plan(value_sizes: list, output_dim: int, *, layout: str = "auto", static: bool = False,

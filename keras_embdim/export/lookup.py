@@ -530,6 +530,8 @@ class ValueLookup:
         """`[batch, P]`: every lookup's first `width` columns (the widest field's size);
         `checked`: every id is known to be in its field's range (module docstring)."""
         rows, ids = self._lookup_rows(ids, self.width, checked)
+        if not self.width:  # every value keeps nothing: no columns (a reshape could not infer the batch)
+            return tf.zeros(tf.stack([tf.shape(ids)[0], 0]), tf.float32)
         ids = ids if self.multi_field else ids[..., None]  # [batch, *mid, F]
         shaped = tf.reshape(rows, tf.concat([tf.shape(ids), [self.width]], 0))
         return _per_example(shaped, tf.shape(ids)[0], self.num_fields * self.width)
@@ -666,9 +668,9 @@ class SplitLookup:
             return self.parts[0][0].padded(ids, dtype, checked)
         ids, checked = self._checked(ids, checked)
         pieces = [lookup.padded(self._columns(ids, f), dtype, checked) for lookup, f in self.parts]
-        out = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-2)  # [..., F, D], fields in `order`
-        return tf.gather(out, self._back, axis=-2)
-
+        if len(pieces) == 1:  # one part holds every field, in the layer's order
+            return pieces[0]
+        return tf.gather(tf.concat(pieces, axis=-2), self._back, axis=-2)  # part by part, back to field order
 
 
 def _side_by_side(pieces: list) -> tf.Tensor:
