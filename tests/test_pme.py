@@ -280,19 +280,24 @@ def _largest_graph_constant(path: str) -> int:
     return max(sizes, default=0)
 
 
+def _small_prunable_mlp(data_seed: int):
+    """A 3-field MLP over one `PrunableEmbedding` (D = 8), built: `(data, model, sample, layer)`."""
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=2000, seed=data_seed)
+    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
+                                                        embedding="prunable"))
+    sample = d.inputs(d.test[0][:300])
+    model.predict(sample, verbose=0)
+    return d, model, sample, ked.find_searchable_layers(model)[0]
+
+
 @pytest.mark.parametrize("table_dtype", ["float32", "int8"])
 def test_head_export_pads_the_rows_below_the_widest_into_the_head(table_dtype, tmp_path):
     """Sizes 8 / 7 / 1 (5 %, 2 %, the rest; D = 8): every row keeps its first column in the base
     (4 B per row), the rows at 8 and 7 are keyed (a uint8 step and half a byte of code each) and whole
     in the head (a zero for each row at 7, the base's column again): within 1.10x, no tail row; served
     as the layer computes, in a process without keras_embdim."""
-    keras.utils.set_random_seed(0)
-    d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=2000, seed=2)
-    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
-                                                        embedding="prunable"))
-    sample = d.inputs(d.test[0][:300])
-    model.predict(sample, verbose=0)
-    layer = ked.find_searchable_layers(model)[0]
+    d, model, sample, layer = _small_prunable_mlp(data_seed=2)
     n = sum(d.vocab_sizes)
     sizes = np.random.default_rng(0).permutation(np.repeat([8, 7, 1], [n // 20, n // 50, n - n // 20 - n // 50]))
     layer.set_value_sizes(sizes)
@@ -327,13 +332,7 @@ def test_export_stores_the_fields_of_one_size_whole(fold, table_dtype, tmp_path)
     gather), a field that keeps nothing takes no bytes, and the field of spread sizes is packed in
     the head layout; served as the layer computes, folded and padded, in a process without
     keras_embdim; `value_dense_fields=False` packs every field as before."""
-    keras.utils.set_random_seed(0)
-    d = ked.data.make_synthetic_ctr(num_rows=2_000, num_fields=3, max_vocab=2000, seed=1)
-    model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,),
-                                                        embedding="prunable"))
-    sample = d.inputs(d.test[0][:300])
-    model.predict(sample, verbose=0)
-    layer = ked.find_searchable_layers(model)[0]
+    d, model, sample, layer = _small_prunable_mlp(data_seed=1)
     v0, v1, v2 = d.vocab_sizes
     assert (v0, v1, v2) == (10, 141, 2000)
     spread = np.random.default_rng(0).permutation(np.repeat([8, 7, 1], [v2 // 20, v2 // 50, v2 - v2 // 20 - v2 // 50]))
