@@ -322,7 +322,8 @@ def test_split_lookup_equals_prefix_reference(fields, D, seed, layout, jit, poli
     lookup = compact_layer(layer, value_layout=layout, jit_compile=jit, on_invalid_id=policy).lookup
     dense = dense_field_plan(sizes, D, layout=layout, static=jit)
     if not dense.any():
-        assert lookup.layout == layouts.choose_layout(np.concatenate(sizes), D, static=jit) or layout != "auto"
+        expected = layouts.choose_layout(np.concatenate(sizes), D, static=jit) if layout == "auto" else layout
+        assert lookup.layout == expected and lookup.dense_fields == []
         return
     assert lookup.dense_fields == [layer.field_names[f] for f in np.flatnonzero(dense)]
     widths = np.array([s.max() for s in sizes])
@@ -331,6 +332,10 @@ def test_split_lookup_equals_prefix_reference(fields, D, seed, layout, jit, poli
     group_padding = int((stored - widths[dense]) @ np.asarray(vocab)[dense])
     assert lookup.padding_params == whole_padding + group_padding
     assert lookup.layout.startswith("field")
+    if not dense.all():  # the packed part's layout is chosen on the packed fields' rows only
+        rest = np.concatenate([sizes[f] for f in np.flatnonzero(~dense)])
+        expected = layouts.choose_layout(rest, D, static=jit) if layout == "auto" else layout
+        assert lookup.layout == f"field+{expected}"
     ids = np.stack([rng.integers(0, n, size=(4, 3)) for n in vocab], axis=-1)
     if policy == "zero":
         bad = rng.random(ids.shape) < 0.2

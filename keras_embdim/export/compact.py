@@ -195,6 +195,12 @@ def dense_field_plan(value_sizes: list, output_dim: int, *, layout: str = "auto"
     >>> dense_field_plan([np.full(50, 16), np.r_[np.ones(990), np.full(10, 16)]], 16).tolist()
     [True, False]
     """
+    return _dense_plan(value_sizes, output_dim, layout, static, max_overhead)[0]
+
+
+def _dense_plan(value_sizes, output_dim, layout, static, max_overhead=1.10) -> tuple[np.ndarray, str | None]:
+    """`(dense_field_plan(...), the packed fields' layout as weighed there)`; the layout is None
+    when no candidate was weighed (`layout` stays to be chosen on the packed rows)."""
     # integers as they are (a mask's int32: no int64 copy of every row's size)
     sizes = [s if np.issubdtype(s.dtype, np.integer) else s.astype(np.int64) for s in map(np.asarray, value_sizes)]
     vocab = np.array([s.shape[0] for s in sizes], np.int64)
@@ -203,19 +209,23 @@ def dense_field_plan(value_sizes: list, output_dim: int, *, layout: str = "auto"
     pad = vocab * widths - kept
     dense = pad <= DENSE_FIELD_SLACK * kept
     limit = max_overhead * 4 * int(kept.sum())
+    name = None
     while dense.any():
         whole = group_widths(widths[dense], vocab[dense]) @ vocab[dense]
         rest = ~dense
-        packed = 0
+        packed, name = 0, None
         if rest.any():
             rest_sizes = np.concatenate([sizes[f] for f in np.flatnonzero(rest)])
-            name = layouts.choose_layout(rest_sizes, output_dim, max_overhead, static) if layout == "auto" else layout
-            packed = layouts.layout_bytes(rest_sizes, output_dim, max_overhead)[name]
+            if layout == "auto":  # one pass over the rows: the choice and its bytes
+                name, nbytes = layouts.layout_choice(rest_sizes, output_dim, max_overhead, static)
+            else:
+                name, nbytes = layout, layouts.layout_bytes(rest_sizes, output_dim, max_overhead)
+            packed = nbytes[name]
         if 4 * int(whole) + packed <= limit:
-            return dense
+            return dense, name
         ratio = np.where(dense, pad / np.maximum(kept, 1), -1.0)
         dense[int(np.argmax(ratio))] = False
-    return dense
+    return dense, None
 
 
 def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLayer:
@@ -275,10 +285,10 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
     D = mask.output_dim
     value_sizes = list(mask.value_sizes)  # as the mask holds them (int32): no copy of every row's size
     layouts.check_layout(value_layout, jit_compile)
-    dense = (dense_field_plan(value_sizes, D, layout=value_layout, static=jit_compile) if dense_fields
-             else np.zeros(mask.num_fields, bool))
+    dense, rest_layout = (_dense_plan(value_sizes, D, value_layout, jit_compile) if dense_fields
+                          else (np.zeros(mask.num_fields, bool), None))
     if not layer.multi_field and not dense.all():
-        dense[:] = False  # a single-field layer is one part or the other
+        dense[:], rest_layout = False, None  # a single-field layer is one part or the other
     parts, swaps, value_padding = [], [], 0
     if dense.any():
         fields = np.flatnonzero(dense)
@@ -293,11 +303,11 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
                                   jit_compile=jit_compile), fields))
     if not dense.all():
         fields = np.flatnonzero(~dense)
-        lookup, more = _packed_lookup(layer, mask, fields, value_sizes, guard.part(fields), value_layout, value_read,
-                                      jit_compile, table_dtype)
+        lookup, more = _packed_lookup(layer, mask, fields, value_sizes, guard.part(fields), rest_layout or value_layout,
+                                      value_read, jit_compile, table_dtype)
         parts.append((lookup, fields))
         swaps += more
-    if len(parts) == 1 and len(parts[0][1]) == mask.num_fields and isinstance(parts[0][0], ValueLookup):
+    if not dense.any():  # every field packed: the packed lookup is the layer's
         return CompactLayer(layer, parts[0][0], table_dtype, swaps)
     lookup = SplitLookup(parts, mask.num_fields, D, guard=guard, value_padding=value_padding)
     return CompactLayer(layer, lookup, table_dtype, swaps)

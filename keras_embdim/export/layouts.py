@@ -360,6 +360,13 @@ def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10
     splits the request by row kind (shapes known only at run time) and reads a
     hash table.
     """
+    return layout_choice(sizes, output_dim, max_overhead, static)[0]
+
+
+def layout_choice(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10,
+                  static: bool = False) -> tuple[str, dict[str, int]]:
+    """`(choose_layout(...), bytes of each layout it weighed)` from one pass over the sizes
+    (`"head"` is among the bytes unless `static`)."""
     sizes = np.asarray(sizes)
     nbytes = _static_bytes(sizes, output_dim)
     histogram = _histogram(sizes, output_dim)
@@ -375,8 +382,8 @@ def choose_layout(sizes: np.ndarray, output_dim: int, max_overhead: float = 1.10
             order = SPEED_ORDER
     for name in order:
         if nbytes[name] <= limit:
-            return name
-    return min(order, key=lambda k: (nbytes[k], order.index(k)))
+            return name, nbytes
+    return min(order, key=lambda k: (nbytes[k], order.index(k))), nbytes
 
 
 def check_layout(value: str, jit_compile: bool = False) -> str:
