@@ -14,6 +14,7 @@ import tensorflow as tf
 import keras_embdim as ked
 from keras_embdim import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
+from keras_embdim.serving import check_in_fresh_process
 
 VOCAB = [7, 30, 120]
 D = 6
@@ -86,6 +87,42 @@ def test_two_searched_layers_and_a_dense_feature_into_one_dense(tmp_path):
     k = int(a.dimension_mask().kept_dims.sum()) + int(b.dimension_mask().kept_dims.sum())
     assert _kernel_rows_stored(r) == [(k + 2, 3)]  # kept columns of both layers and the 2 dense features
     np.testing.assert_allclose(_served(r, sample)["head"], model.predict(sample, verbose=0), atol=1e-5)
+
+
+def test_a_lookup_served_by_parts_multiplies_each_part_by_its_own_kernel_rows(tmp_path):
+    """A per-value layer with a field stored whole beside a packed one (`SplitLookup`) feeds the
+    Dense part by part: each part's folded values times its own kernel rows, the other sources
+    (a dense feature, another searched layer) concatenated as one, and the sum equals the Keras
+    model's Dense, ReLU included (TF2 and TF1 loaders)."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    item = keras.Input((), dtype="int32", name="item")
+    price = keras.Input((2,), name="price")
+    a = ked.PrunableEmbedding(VOCAB, D, name="fields")
+    b = ked.HardMaskEmbedding(40, 4, name="item_emb")
+    x = keras.layers.Concatenate(name="cat")([keras.layers.Flatten()(a(ids)), price, b(item)])
+    model = keras.Model({"ids": ids, "item": item, "price": price},
+                        keras.layers.Dense(3, activation="relu", name="head")(x))
+    rng = np.random.default_rng(7)
+    a.embedding_variable.assign(rng.standard_normal((sum(VOCAB), D)).astype(np.float32))
+    # field 0: every value keeps 4 columns (stored whole); fields 1 and 2: spread sizes (packed)
+    a.set_value_sizes(np.concatenate([np.full(VOCAB[0], 4), rng.integers(0, D + 1, VOCAB[1] + VOCAB[2])]))
+    _mask(b, 3)
+    sample = {"ids": _ids(), "item": rng.integers(0, 40, 50).astype("int32"),
+              "price": rng.standard_normal((50, 2)).astype("float32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.dense_fields == {"fields": [a.field_names[0]]} and r.layouts["fields"].startswith("field+")
+    assert r.folds["fields"]["folded_into"] == ["head"] == r.folds["item_emb"]["folded_into"]
+    k_item = int(b.dimension_mask().kept_dims.sum())
+    # the price and the item's kept columns share a kernel; the whole field's 4 and the packed fields'
+    # 2 x D (padded to their widest size, D) have one each
+    assert _kernel_rows_stored(r) == sorted([(2 + k_item, 3), (4, 3), (2 * D, 3)])
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample)["head"], want, atol=1e-5)
+    report = check_in_fresh_process(r.path, sample, {"head": want}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+    # one matmul per kernel, none of the whole [batch, 2 + k_item + 4 + 2 D] input
+    library = tf.saved_model.load(r.path).signatures["serving_default"].graph.as_graph_def().library
+    assert sum(n.op == "MatMul" for f in library.function for n in f.node_def) == 3
 
 
 def test_permute_and_reshape_fold_through_probing(tmp_path):

@@ -11,7 +11,9 @@ where `x_kept` holds only the kept values (`lookup.folded`: one row gather
 per kept width, no placement into `[..., F, D]`) and `W[kept rows]` the
 matching rows of the kernel. The padded tensor and the removed columns' part
 of the matmul are never computed, and the original kernel is not shipped (its
-selected rows are).
+selected rows are). A lookup served by parts (`SplitLookup`: fields stored
+whole beside packed ones) is not concatenated: each part is multiplied by its
+own kernel rows and the products summed (`kernel_groups`).
 
 Which row of the kernel matches which kept value is found by probing: every
 input of the data-moving layers is fed a tensor whose entries are distinct
@@ -71,11 +73,18 @@ def _foldable_dense(node: _compat.GraphNode) -> str | None:
 
 @dataclass
 class DenseFold:
-    """A Dense call computed from the kept values of its sources."""
+    """A Dense call computed from the kept values of its sources.
+
+    The sources give pieces in x's order (a lookup its `folded_parts`, a tensor itself);
+    `groups[i]` lists the pieces concatenated and multiplied by `kernels[i]` (their rows of
+    the selected kernel), and the products are summed: the parts of a `SplitLookup` each
+    have their own kernel, every other piece is concatenated into one group.
+    """
 
     node: _compat.GraphNode
     sources: list  # ("lookup", search node) or ("tensor", symbolic tensor), in x's order
-    kernel: tf.Variable  # the selected (and, for repeated entries, summed) kernel rows
+    kernels: list  # per group: the selected (and, for repeated entries, summed) kernel rows
+    groups: list  # per group: indices of its pieces (in x's order)
 
 
 @dataclass
@@ -96,7 +105,7 @@ class NetPlan:
 
     @property
     def variables(self) -> list:
-        out = [f.kernel for f in self.dense.values()]
+        out = [k for f in self.dense.values() for k in f.kernels]
         for p in self.nested.values():
             out += p.variables
         return out
@@ -251,14 +260,18 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
         sources.sort(key=lambda s: order[id(s[1].raw)] if s[0] == "lookup" else -1)
         region.sort(key=lambda r: order[id(r.raw)])
         try:
-            kernel = _fold_kernel(dn, region, sources, compacted)
+            selected, widths = _fold_kernel(dn, region, sources, compacted)
         except _NotFoldable as e:
             for kind, src in sources:
                 if kind == "lookup":
                     report.add(src.layer.name, reason=str(e))
                     searched.pop(id(src.raw), None)
             continue
-        result.dense[key] = DenseFold(dn, sources, kernel)
+        groups, kernels = kernel_groups(selected, widths)
+        name = f"{dn.layer.name}_folded_kernel"
+        result.dense[key] = DenseFold(dn, sources, [
+            _utils.plain_variable(k, name=name if len(kernels) == 1 else f"{name}_{i}") for i, k in enumerate(kernels)],
+            groups)
         for kind, src in sources:
             if kind == "lookup":
                 result.lookups[id(src.raw)] = compacted[src.layer]
@@ -358,9 +371,44 @@ def _static_size(t) -> int:
     return int(np.prod(shape, dtype=np.int64))
 
 
-def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict) -> tf.Variable:
-    """The Dense kernel rows matching the folded sources, found by probing the data-moving layers."""
-    values, x_codes, lookup_codes, base = {}, [], [], 1
+def kernel_groups(selected: np.ndarray, widths: list) -> tuple[list, list]:
+    """`(groups, kernels)`: which pieces of a folded Dense input are concatenated and multiplied
+    together, and their rows of the selected kernel `[sum of widths, units]`.
+
+    `widths[s]` holds the columns of each piece of source `s` (in x's order). A source of
+    several pieces (a `SplitLookup`'s parts) gives each non-empty piece a group of its own:
+    its kernel rows are multiplied by it where it is computed, and the request pays no copy
+    of every kept value into one tensor (`docs/results/serving.md`); every other piece joins
+    one group, concatenated as before. Groups are in the order of their first piece.
+
+    Example:
+
+    >>> groups, kernels = kernel_groups(np.arange(12.0).reshape(6, 2), [[2], [1, 3]])
+    >>> groups, [k[:, 0].tolist() for k in kernels]
+    ([[0], [1], [2]], [[0.0, 2.0], [4.0], [6.0, 8.0, 10.0]])
+    >>> kernel_groups(np.zeros((3, 1)), [[2], [1]])[0]
+    [[0, 1]]
+    """
+    starts = np.cumsum([0] + [w for ws in widths for w in ws])
+    groups, shared, piece = [], None, 0
+    for ws in widths:
+        for w in ws:
+            if len(ws) > 1 and w:
+                groups.append([piece])
+            elif shared is None:
+                shared = [piece]
+                groups.append(shared)
+            else:
+                shared.append(piece)
+            piece += 1
+    kernels = [selected[np.concatenate([np.arange(starts[p], starts[p + 1]) for p in g])] for g in groups]
+    return groups, kernels
+
+
+def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict) -> tuple[np.ndarray, list]:
+    """`(kernel rows, widths)`: the Dense kernel rows matching the folded sources (found by
+    probing the data-moving layers), and the columns of each source's pieces (`kernel_groups`)."""
+    values, x_codes, lookup_codes, base, widths = {}, [], [], 1, []
     for kind, src in sources:
         t = src.outputs[0] if kind == "lookup" else src
         size = _static_size(t)
@@ -374,8 +422,10 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
             folded = lookup.folded_codes(size // per_position)
             x_codes.append(np.where(folded >= 0, base + folded, 0))
             lookup_codes.append((base, base + size))
+            widths.append(lookup.folded_part_widths(size // per_position))
         else:
             x_codes.append(codes)
+            widths.append([size])
         base += size
     if base > _MAX_CODES:
         raise _NotFoldable("the folded Dense has too many inputs to probe")
@@ -400,7 +450,7 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
-    return _utils.plain_variable(selected, name=f"{dn.layer.name}_folded_kernel")
+    return selected, widths
 
 
 def _takes_int64_ids(layer) -> bool:
@@ -462,20 +512,28 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf
                 stack = plan.columns.get(key)
                 if stack is not None:  # per-field ids, as the StackFields call takes them
                     columns = field_columns([values[id(t)] for t in stack.inputs])
-                    folded[key] = lookup.folded_fields(src.layer.serving_field_ids(columns),
-                                                       checked=key in plan.prechecked)
+                    folded[key] = lookup.folded_fields_parts(src.layer.serving_field_ids(columns),
+                                                             checked=key in plan.prechecked)
                 else:
                     args, _ = _compat.node_arguments(src, values)
-                    folded[key] = lookup.folded(src.layer.serving_ids(args[0]), checked=key in plan.prechecked)
-            piece = folded[key]
+                    folded[key] = lookup.folded_parts(src.layer.serving_ids(args[0]), checked=key in plan.prechecked)
+            pieces += [tf.cast(p, dtype) for p in folded[key]]
         else:
             v = tf.convert_to_tensor(values[id(src)])
-            piece = tf.reshape(v, tf.stack([tf.shape(v)[0], -1]))
-        pieces.append(tf.cast(piece, dtype))
-    x = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
-    y = tf.matmul(x, tf.cast(fold.kernel, dtype))
-    if layer.bias is not None:  # bias_add: Grappler fuses MatMul + BiasAdd + activation, as for Keras' Dense
+            pieces.append(tf.cast(tf.reshape(v, tf.stack([tf.shape(v)[0], -1])), dtype))
+    products = []
+    for group, kernel in zip(fold.groups, fold.kernels):
+        x = pieces[group[0]] if len(group) == 1 else tf.concat([pieces[i] for i in group], axis=-1)
+        products.append(tf.matmul(x, tf.cast(kernel, dtype)))
+    # the widest group's product takes the bias and the others' sum: Grappler fuses MatMul + BiasAdd
+    # (+ Add) + activation into one op, as for Keras' Dense
+    last = max(range(len(products)), key=lambda i: int(fold.kernels[i].shape[0]))
+    y = products[last]
+    if layer.bias is not None:
         y = tf.nn.bias_add(y, tf.cast(layer.bias, dtype))
+    others = products[:last] + products[last + 1:]
+    if others:
+        y = y + (others[0] if len(others) == 1 else tf.add_n(others))
     return layer.activation(y) if layer.activation is not None else y
 
 

@@ -24,7 +24,10 @@ Each has two outputs:
   computed at all. `folded_fields(columns)` is the same from one id tensor per
   field (the inputs of a `StackFields` call): `FieldLookup` then stacks only
   the fields of each table into its rows (the id check alone reads all
-  fields, stacked along a new first axis).
+  fields, stacked along a new first axis). `folded_parts` / `folded_fields_parts`
+  give the same columns as pieces (`folded_part_widths` columns each) that are
+  not concatenated: one for `FieldLookup` and `ValueLookup`, one per part for
+  `SplitLookup`, whose parts the exporter multiplies by their own kernel rows.
 - `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
   removed columns exact zeros, for consumers that need aligned columns (FM
   inner products, pooling, attention).
@@ -228,6 +231,23 @@ def _jit(fn, variables):
     return lambda ids: compiled(ids, *[tf.convert_to_tensor(v) for v in variables])
 
 
+class _OnePart:
+    """The folded output as one piece (`SplitLookup` gives one per part): the members
+    `keras_embdim.export.fold` calls to multiply each piece by its own kernel rows."""
+
+    def folded_parts(self, ids: tf.Tensor, checked: bool = False) -> list:
+        """`[folded(ids, checked)]`: the pieces whose side-by-side concatenation is `folded`."""
+        return [self.folded(ids, checked)]
+
+    def folded_fields_parts(self, columns: Sequence[tf.Tensor], checked: bool = False) -> list:
+        """`[folded_fields(columns, checked)]` (see `folded_parts`)."""
+        return [self.folded_fields(columns, checked)]
+
+    def folded_part_widths(self, positions: int) -> list:
+        """Columns of each piece of `folded_parts` (they add up to `folded_codes(positions)`'s)."""
+        return [int(self.folded_codes(positions).shape[0])]
+
+
 @dataclass
 class FieldGroup:
     """Fields stored in one `[rows, width]` table: each field's kept columns first, then zeros
@@ -246,7 +266,7 @@ class FieldGroup:
                          for i, j in enumerate(list(cols) + [0] * (self.width - len(cols)))], np.int64)
 
 
-class FieldLookup:
+class FieldLookup(_OnePart):
     """Serving lookup of a layer with per-field masks: one row gather per kept width.
 
     Args:
@@ -441,7 +461,7 @@ class FieldLookup:
         return tf.reshape(out, tf.concat([lead, tail], 0))
 
 
-class ValueLookup:
+class ValueLookup(_OnePart):
     """Serving lookup of a layer with per-value sizes (`keras_embdim.export.layouts`).
 
     Args:
@@ -630,15 +650,29 @@ class SplitLookup:
 
     def folded(self, ids: tf.Tensor, checked: bool = False) -> tf.Tensor:
         """`[batch, P]`: the parts' folded outputs side by side (see `folded_codes`)."""
+        return _side_by_side(self.folded_parts(ids, checked))
+
+    def folded_parts(self, ids: tf.Tensor, checked: bool = False) -> list:
+        """The parts' folded outputs, one `[batch, P_i]` tensor per part, not concatenated: the
+        exporter multiplies each by its own rows of the Dense kernel (`keras_embdim.export.fold`),
+        so the request pays no copy of every kept value into one tensor."""
         ids, checked = self._checked(tf.convert_to_tensor(ids), checked)
-        return _side_by_side([lookup.folded(self._columns(ids, f), checked) for lookup, f in self.parts])
+        return [lookup.folded(self._columns(ids, f), checked) for lookup, f in self.parts]
+
+    def folded_part_widths(self, positions: int) -> list:
+        """Columns of each piece of `folded_parts` (part by part, as `folded_codes` orders them)."""
+        return [int(lookup.folded_codes(positions).shape[0]) for lookup, _ in self.parts]
 
     def folded_fields(self, columns: Sequence[tf.Tensor], checked: bool = False) -> tf.Tensor:
         """`folded(stack_columns(columns), checked)`, each part stacking its own fields' columns."""
+        return _side_by_side(self.folded_fields_parts(columns, checked))
+
+    def folded_fields_parts(self, columns: Sequence[tf.Tensor], checked: bool = False) -> list:
+        """`folded_parts(stack_columns(columns), checked)`, each part stacking its own fields' columns."""
         _check_columns(self, columns)
         columns = [as_int_ids(c) for c in columns]
         if any(c.shape.rank is None for c in columns):
-            return self.folded(stack_columns(columns), checked)
+            return self.folded_parts(stack_columns(columns), checked)
         checks = []
         if self.guard.policy == "error" and not checked:
             if len({c.dtype for c in columns}) > 1:
@@ -646,8 +680,7 @@ class SplitLookup:
             checks = self.guard.check_stacked(tf.stack(columns, axis=0), np.arange(self.num_fields))
             checked = True
         with tf.control_dependencies(checks):  # the reads wait for the ids' check
-            return _side_by_side([lookup.folded_fields([columns[i] for i in f], checked)
-                                  for lookup, f in self.parts])
+            return [lookup.folded_fields([columns[i] for i in f], checked) for lookup, f in self.parts]
 
     def folded_codes(self, positions: int) -> np.ndarray:
         """As `FieldLookup.folded_codes`, part by part, each part's fields mapped to the layer's."""
