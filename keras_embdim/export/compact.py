@@ -317,7 +317,10 @@ def _packed_lookup(layer, mask, fields, value_sizes, guard, value_layout, value_
     """`(ValueLookup, swaps)` of the rows of `fields` in a packed layout (`keras_embdim.export.layouts`)."""
     table = layer.embedding_variable
     D = mask.output_dim
-    sizes = np.concatenate([value_sizes[f] for f in fields], dtype=np.int64)
+    # the mask's int32 (sizes are at most D): 4 B per packed row, not 8 (`docs/results/serving.md`, export RSS)
+    sizes = np.concatenate([np.asarray(value_sizes[f]) for f in fields])
+    if not np.issubdtype(sizes.dtype, np.integer):
+        sizes = sizes.astype(np.int32)
     if value_layout == "auto":  # XLA: no head layout (`choose_layout`)
         value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
     vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]
