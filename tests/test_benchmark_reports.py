@@ -41,6 +41,8 @@ def test_variants_train_with_the_callbacks_they_name():
     assert isinstance(search, ked.HardMaskSearch) and search.search_epochs == 2
     _, _, (ham_retrain,) = planted.method_setup("ham_retrain", 0.2, data)
     assert ham_retrain.after == "retrain" and ham_retrain.search_epochs == 1
+    _, _, (pme_retrain,) = planted.method_setup("pme_retrain", 0.2, data)
+    assert isinstance(pme_retrain, ked.PMEPruner) and pme_retrain.after == "retrain"
     _, _, (default,) = planted.method_setup("ham", 0.2, data)
     assert default.search_epochs == 1 and default.warmup_epochs == 0
     _, _, (warm,) = planted.method_setup("ham_warmup", 0.2, data)
@@ -57,16 +59,16 @@ def test_variants_train_with_the_callbacks_they_name():
     # HAM's default paces its scores; ham_fixed and the variants measured at the fixed pace keep it
     paces = {m: next(cb for cb in planted.method_setup(m, 0.2, data)[2] if isinstance(cb, ked.HardMaskSearch))
              for m in ("ham", "ham_fixed", "ham_warmup", "ham_search2", "ham_retrain", "ham_ortho", "ham_ortho_search",
-                       "ham_ortho_weak", "ham_ortho_1e5", "ham_ortho_paced")}
-    paced = ("ham", "ham_ortho_paced")
+                       "ham_ortho_weak", "ham_ortho_1e5", "ham_ortho_paced", "ham_ortho_paced_1e5")}
+    paced = ("ham", "ham_ortho_paced", "ham_ortho_paced_1e5")
     assert {m: cb.score_pace for m, cb in paces.items()} == {**{m: None for m in paces if m not in paced},
                                                              **{m: 0.25 for m in paced}}
     orthos = {m: [cb for cb in planted.method_setup(m, 0.2, data)[2] if isinstance(cb, ked.OrthogonalRegularizer)]
               for m in ("ham", "ham_fixed", "ham_ortho", "ham_ortho_search", "ham_ortho_weak", "ham_ortho_1e5",
-                        "ham_ortho_paced")}
+                        "ham_ortho_paced", "ham_ortho_paced_1e5")}
     assert {m: [cb.strength for cb in cbs] for m, cbs in orthos.items()} == {
         "ham": [], "ham_fixed": [], "ham_ortho": [1e-3], "ham_ortho_search": [1e-3], "ham_ortho_weak": [1e-4],
-        "ham_ortho_1e5": [1e-5], "ham_ortho_paced": [1e-3]}
+        "ham_ortho_1e5": [1e-5], "ham_ortho_paced": [1e-3], "ham_ortho_paced_1e5": [1e-5]}
     assert set(planted.SHIPPED) <= set(planted.SEARCHES)
     assert orthos["ham_ortho_search"][0].schedule(1) == 0.0 and orthos["ham_ortho"][0].schedule is None
     variants = {"sseds_warm2", "sseds_retrain", "ham_warmup", "ham_search2", "ham_retrain", "sseds_abs_mean",

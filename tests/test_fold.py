@@ -67,21 +67,30 @@ def test_mlp_folds_and_ships_only_the_kept_kernel_rows(tmp_path):
     np.testing.assert_allclose(_served(p, {"ids": x})["ctr"], _served(r, {"ids": x})["ctr"], atol=1e-6)
 
 
-def test_two_searched_layers_and_a_dense_feature_into_one_dense(tmp_path):
+def _fields_price_item_model(dropout: bool = False, activation=None):
+    """`(model, fields layer, item layer)`: a multi-field and a one-field searched layer and a
+    2-wide dense feature, concatenated into one Dense "head" of 3 units."""
     ids = keras.Input((3,), dtype="int32", name="ids")
     item = keras.Input((), dtype="int32", name="item")
     price = keras.Input((2,), name="price")
     a = ked.PrunableEmbedding(VOCAB, D, name="fields")
     b = ked.HardMaskEmbedding(40, 4, name="item_emb")
     x = keras.layers.Concatenate(name="cat")([keras.layers.Flatten()(a(ids)), price, b(item)])
-    x = keras.layers.Dropout(0.3)(x)
-    out = keras.layers.Dense(3, name="head")(x)
-    model = keras.Model({"ids": ids, "item": item, "price": price}, out)
+    x = keras.layers.Dropout(0.3)(x) if dropout else x
+    out = keras.layers.Dense(3, activation=activation, name="head")(x)
+    return keras.Model({"ids": ids, "item": item, "price": price}, out), a, b
+
+
+def _fields_price_item_sample(rng) -> dict:
+    return {"ids": _ids(), "item": rng.integers(0, 40, 50).astype("int32"),
+            "price": rng.standard_normal((50, 2)).astype("float32")}
+
+
+def test_two_searched_layers_and_a_dense_feature_into_one_dense(tmp_path):
+    model, a, b = _fields_price_item_model(dropout=True)
     _mask(a, 2)
     _mask(b, 3)
-    rng = np.random.default_rng(0)
-    sample = {"ids": _ids(), "item": rng.integers(0, 40, 50).astype("int32"),
-              "price": rng.standard_normal((50, 2)).astype("float32")}
+    sample = _fields_price_item_sample(np.random.default_rng(0))
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
     assert r.folds["fields"]["folded_into"] == ["head"] and r.folds["item_emb"]["folded_into"] == ["head"]
     k = int(a.dimension_mask().kept_dims.sum()) + int(b.dimension_mask().kept_dims.sum())
@@ -94,21 +103,13 @@ def test_a_lookup_served_by_parts_multiplies_each_part_by_its_own_kernel_rows(tm
     Dense part by part: each part's folded values times its own kernel rows, the other sources
     (a dense feature, another searched layer) concatenated as one, and the sum equals the Keras
     model's Dense, ReLU included (TF2 and TF1 loaders)."""
-    ids = keras.Input((3,), dtype="int32", name="ids")
-    item = keras.Input((), dtype="int32", name="item")
-    price = keras.Input((2,), name="price")
-    a = ked.PrunableEmbedding(VOCAB, D, name="fields")
-    b = ked.HardMaskEmbedding(40, 4, name="item_emb")
-    x = keras.layers.Concatenate(name="cat")([keras.layers.Flatten()(a(ids)), price, b(item)])
-    model = keras.Model({"ids": ids, "item": item, "price": price},
-                        keras.layers.Dense(3, activation="relu", name="head")(x))
+    model, a, b = _fields_price_item_model(activation="relu")
     rng = np.random.default_rng(7)
     a.embedding_variable.assign(rng.standard_normal((sum(VOCAB), D)).astype(np.float32))
     # field 0: every value keeps 4 columns (stored whole); fields 1 and 2: spread sizes (packed)
     a.set_value_sizes(np.concatenate([np.full(VOCAB[0], 4), rng.integers(0, D + 1, VOCAB[1] + VOCAB[2])]))
     _mask(b, 3)
-    sample = {"ids": _ids(), "item": rng.integers(0, 40, 50).astype("int32"),
-              "price": rng.standard_normal((50, 2)).astype("float32")}
+    sample = _fields_price_item_sample(rng)
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
     assert r.dense_fields == {"fields": [a.field_names[0]]} and r.layouts["fields"].startswith("field+")
     assert r.folds["fields"]["folded_into"] == ["head"] == r.folds["item_emb"]["folded_into"]
