@@ -30,6 +30,12 @@ def test_paired_difference_matches_a_hand_computation():
     assert planted.paired(planted._aucs(records), ("s", 100, "2x oracle"), "a", "b") is None
 
 
+def orthos_of(planted_module, method: str, data) -> list:
+    """Strengths of the OrthogonalRegularizers a planted method trains with."""
+    return [cb.strength for cb in planted_module.method_setup(method, 0.2, data)[2]
+            if isinstance(cb, ked.OrthogonalRegularizer)]
+
+
 def test_variants_train_with_the_callbacks_they_name():
     data = ked.data.make_planted_ctr(30_000, [4, 4, 1, 0], vocab_sizes=[50, 50, 50, 100], seed=0)
     steps = math.ceil(len(data.train[1]) / planted.BATCH)  # 24 000 rows: 24 steps of 1024
@@ -70,6 +76,10 @@ def test_variants_train_with_the_callbacks_they_name():
         "ham": [], "ham_fixed": [], "ham_ortho": [1e-3], "ham_ortho_search": [1e-3], "ham_ortho_weak": [1e-4],
         "ham_ortho_1e5": [1e-5], "ham_ortho_paced": [1e-3], "ham_ortho_paced_1e5": [1e-5]}
     assert set(planted.SHIPPED) <= set(planted.SEARCHES)
+    # the shipped HAM + orthogonality is the callback at its default strength
+    shipped_ortho = [m for m in planted.SHIPPED if m.startswith("ham_ortho")]
+    assert shipped_ortho == ["ham_ortho_paced_1e5"]
+    assert orthos_of(planted, shipped_ortho[0], data) == [ked.OrthogonalRegularizer().strength] == [1e-5]
     assert orthos["ham_ortho_search"][0].schedule(1) == 0.0 and orthos["ham_ortho"][0].schedule is None
     variants = {"sseds_warm2", "sseds_retrain", "ham_warmup", "ham_search2", "ham_retrain", "sseds_abs_mean",
                 "sseds_rotate", "ham_fixed"}
