@@ -30,7 +30,7 @@ def test_paired_difference_matches_a_hand_computation():
     assert planted.paired(planted._aucs(records), ("s", 100, "2x oracle"), "a", "b") is None
 
 
-def orthos_of(planted_module, method: str, data) -> list:
+def _orthos_of(planted_module, method: str, data) -> list:
     """Strengths of the OrthogonalRegularizers a planted method trains with."""
     return [cb.strength for cb in planted_module.method_setup(method, 0.2, data)[2]
             if isinstance(cb, ked.OrthogonalRegularizer)]
@@ -79,7 +79,7 @@ def test_variants_train_with_the_callbacks_they_name():
     # the shipped HAM + orthogonality is the callback at its default strength
     shipped_ortho = [m for m in planted.SHIPPED if m.startswith("ham_ortho")]
     assert shipped_ortho == ["ham_ortho_paced_1e5"]
-    assert orthos_of(planted, shipped_ortho[0], data) == [ked.OrthogonalRegularizer().strength] == [1e-5]
+    assert _orthos_of(planted, shipped_ortho[0], data) == [ked.OrthogonalRegularizer().strength] == [1e-5]
     assert orthos["ham_ortho_search"][0].schedule(1) == 0.0 and orthos["ham_ortho"][0].schedule is None
     variants = {"sseds_warm2", "sseds_retrain", "ham_warmup", "ham_search2", "ham_retrain", "sseds_abs_mean",
                 "sseds_rotate", "ham_fixed"}
