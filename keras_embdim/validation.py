@@ -33,6 +33,13 @@ def check_int(name: str, value: Any, low: int = 0) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """True or False (numpy's too); anything else, 0 and 1 included, is refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False; received {name}={value!r}.")
+    return bool(value)
+
+
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     """One of `allowed`."""
     if value not in allowed:

@@ -101,8 +101,9 @@ def test_fm_consumer_cannot_be_rotated_and_the_model_is_unchanged(small_data):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"rotate": "yes"}, "rotate"), ({"rotate": True, "after": "retrain"},
-                                                                          "after='finetune'")])
+@pytest.mark.parametrize("kwargs,match", [({"rotate": "yes"}, "`rotate` must be True or False; received rotate='yes'"),
+                                          ({"rotate": 1}, "`rotate` must be True or False; received rotate=1"),
+                                          ({"rotate": True, "after": "retrain"}, "after='finetune'")])
 def test_bad_rotate_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ked.SingleShotPruner(0.2, **kwargs)

@@ -8,8 +8,8 @@ from typing import Any, Callable
 from keras_embdim._compat import keras
 from keras_embdim.export import ExportResult, export_compact
 from keras_embdim.export import layouts, quantize, writer
-from keras_embdim.export.compact import check_dense_fields
 from keras_embdim.export.lookup import check_invalid_id_policy
+from keras_embdim.validation import check_bool
 
 
 class DimensionExporter(keras.callbacks.Callback):
@@ -94,7 +94,7 @@ class DimensionExporter(keras.callbacks.Callback):
         self.table_dtype = quantize.check_dtype(table_dtype)
         self.on_invalid_id = check_invalid_id_policy(on_invalid_id)
         self.fold = bool(fold)
-        self.value_dense_fields = check_dense_fields(value_dense_fields)
+        self.value_dense_fields = check_bool("value_dense_fields", value_dense_fields)
         self.result: ExportResult | None = None
 
     def _target(self) -> Any:

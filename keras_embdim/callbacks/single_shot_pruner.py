@@ -15,7 +15,7 @@ from keras_embdim.callbacks.search_callback import _RANKINGS, DimensionSearchCal
 from keras_embdim.export.fold import kernel_rows
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.search import rotation
-from keras_embdim.validation import check_choice, check_int
+from keras_embdim.validation import check_bool, check_choice, check_int
 
 logger = logging.getLogger("keras_embdim")
 
@@ -119,8 +119,7 @@ class SingleShotPruner(DimensionSearchCallback):
         verbose: int = 1,
     ):
         super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
-        if not isinstance(rotate, (bool, np.bool_)):
-            raise ValueError(f"`rotate` must be True or False; received rotate={rotate!r}.")
+        check_bool("rotate", rotate)
         if rotate and self.after != "finetune":
             raise ValueError("`rotate=True` needs after='finetune': a rewind to the initial weights would undo the "
                              f"rotation the masks were chosen in; received after={after!r}.")

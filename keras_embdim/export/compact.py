@@ -36,6 +36,7 @@ from keras_embdim import _utils, rows as row_ops
 from keras_embdim.export import layouts, quantize
 from keras_embdim.export.lookup import FieldGroup, FieldLookup, IdGuard, SplitLookup, ValueLookup
 from keras_embdim.fields import field_offsets
+from keras_embdim.validation import check_bool
 
 _STORE = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
 
@@ -109,7 +110,7 @@ def compact_layer(
     """
     quantize.check_dtype(table_dtype)
     layouts.check_read(value_read)
-    check_dense_fields(value_dense_fields)
+    check_bool("value_dense_fields", value_dense_fields)
     mask = layer.dimension_mask()
     guard = IdGuard(layer.name, mask.field_names, mask.vocab_sizes, layer.multi_field, on_invalid_id)
     if mask.granularity == "value":
@@ -158,13 +159,6 @@ def group_widths(widths: np.ndarray, rows: np.ndarray, slack: float = PADDING_SL
 
 
 DENSE_FIELD_SLACK = 0.10  # per-value layers: a field is stored whole when that pads it by at most this share
-
-
-def check_dense_fields(value) -> bool:
-    """`value_dense_fields` if it is True or False, else a ValueError naming the argument."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`value_dense_fields` must be True or False; received value_dense_fields={value!r}.")
-    return bool(value)
 
 
 def dense_field_plan(value_sizes: list, output_dim: int, *, layout: str = "auto", static: bool = False,

@@ -35,10 +35,11 @@ import tensorflow as tf
 from keras_embdim import _compat, _utils
 from keras_embdim.export import fold as fold_lib
 from keras_embdim.export import layouts, quantize, signature, writer
-from keras_embdim.export.compact import check_dense_fields, compact_layer
+from keras_embdim.export.compact import compact_layer
 from keras_embdim.export.lookup import check_invalid_id_policy
 from keras_embdim.searchable import find_searchable_layers
 from keras_embdim.report import dimension_summary
+from keras_embdim.validation import check_bool
 
 logger = logging.getLogger("keras_embdim")
 
@@ -223,7 +224,7 @@ def export_compact(
     quantize.check_dtype(table_dtype)
     layouts.check_read(value_read)
     check_invalid_id_policy(on_invalid_id)
-    check_dense_fields(value_dense_fields)
+    check_bool("value_dense_fields", value_dense_fields)
     auto = version == "auto"
     target = writer.resolve(export_dir, version, overwrite)
     layers = find_searchable_layers(model)
