@@ -126,8 +126,9 @@ def worker(config: str, path: str) -> dict:
     return rec
 
 
-def run(configs, top: int = TOP, cache: str = CACHE) -> None:
-    done = {(r["top"], r["config"]) for r in _common.load_jsonl(cache)}
+def run(configs, top: int = TOP, cache: str = CACHE, redo: bool = False) -> None:
+    """Run each configuration not in `cache` (all of them with `redo`; the report takes the latest record)."""
+    done = set() if redo else {(r["top"], r["config"]) for r in _common.load_jsonl(cache)}
     todo = [c for c in configs if (top, c) not in done]
     if not todo:
         return

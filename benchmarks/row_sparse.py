@@ -120,8 +120,8 @@ def step_worker(config: str, top: int, opt: str, steps: int) -> dict:
             "table_bytes": int(sum(vocab)) * D * 4}
 
 
-def run_steps(sizes, configs, optimizers, steps: int, cache: str = STEPS_CACHE) -> None:
-    done = {(r["vocab"], r["config"], r["optimizer"]) for r in _common.load_jsonl(cache)}
+def run_steps(sizes, configs, optimizers, steps: int, cache: str = STEPS_CACHE, redo: bool = False) -> None:
+    done = set() if redo else {(r["vocab"], r["config"], r["optimizer"]) for r in _common.load_jsonl(cache)}
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     for top in sizes:
         for config in configs:
@@ -170,8 +170,11 @@ def auc_worker(dataset: str, config: str, opt: str, seed: int) -> dict:
     return {"auc": float(auc), "train_seconds": seconds, "rows": int(len(y))}
 
 
-def run_auc(datasets, configs, seeds, optimizers=OPTIMIZERS, cache: str = AUC_CACHE) -> None:
-    done = {(r["dataset"], r["config"], r["optimizer"], r["seed"]) for r in _common.load_jsonl(cache)}
+def run_auc(datasets, configs, seeds, optimizers=OPTIMIZERS, cache: str = AUC_CACHE, redo: bool = False) -> None:
+    """Train each (dataset, configuration, seed, optimizer) not in `cache` (all of them with `redo`;
+    the report takes the latest record of each)."""
+    done = set() if redo else {(r["dataset"], r["config"], r["optimizer"], r["seed"])
+                               for r in _common.load_jsonl(cache)}
     for dataset in datasets:
         for config in configs:
             for seed in seeds:

@@ -408,7 +408,7 @@ def main(argv=None):
         import big_table
 
         if not a.report_only:
-            big_table.run([c for c in a.configs if c in big_table.CONFIGS])
+            big_table.run([c for c in a.configs if c in big_table.CONFIGS], redo=a.redo)
         print(big_table.report())
         return 0
     if a.part != "epochs":
@@ -416,10 +416,10 @@ def main(argv=None):
 
         if not a.report_only and a.part == "steps":
             sizes = a.vocab if a.vocab != list(SIZES) else list(row_sparse.SIZES)
-            row_sparse.run_steps(sizes, a.configs, a.optimizers, a.steps)
+            row_sparse.run_steps(sizes, a.configs, a.optimizers, a.steps, redo=a.redo)
         elif not a.report_only:
             row_sparse.run_auc(a.datasets, a.configs, a.seeds,
-                               ["dense", *[o for o in a.optimizers if o != "dense"]])
+                               ["dense", *[o for o in a.optimizers if o != "dense"]], redo=a.redo)
         print(row_sparse.report())
         return 0
     if not a.report_only:
