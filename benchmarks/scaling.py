@@ -331,11 +331,14 @@ def report(cache: str, out: str) -> str:
             if added:
                 line += (f" The export's own addition (its high-water mark over the process' RSS right before it) "
                          f"at V={top:,}: {own} tables' worth")
-                line += ("; above one table: " + ", ".join(f"V={v:,} {c} {x:.2f}" for v, c, x in over) + "."
-                         if over else
-                         ", below one table in every run: it compacts field by field from the variables and "
-                         "keeps no float32 reference copy, so what is over the limit is the training run's own "
-                         "memory, not the export's.")
+                line += (", below one table: it compacts field by field from the variables and keeps no "
+                         "float32 reference copy, so what is over the limit there is the training run's own memory.")
+                if over:
+                    mb = {(v, c): (r["export_added_mb"], r["table_mb"]) for v, c, r in exp}
+                    line += (" Above one table: " + ", ".join(
+                        f"V={v:,} {c} {x:.2f} ({mb[v, c][0]:.0f} MB against a {mb[v, c][1]:.0f} MB table)"
+                        for v, c, x in over) + ": where a table is that small, the export's own working memory "
+                        "(tracing the serving function, writing and verifying the SavedModel) is more than it.")
             lines.append(line)
         rss = [(v, c, r["rss"]) for (v, c), r in sorted(rs.items()) if r["rss"] > 1.5]
         if rss:
