@@ -6,6 +6,7 @@
     python benchmarks/scaling.py --part steps          # dense vs row-sparse step time, V = 1e4 ... 1e7
     python benchmarks/scaling.py --part auc            # Adam vs LazyAdam AUC, 3 seeds (docs/results/row_sparse.md)
     python benchmarks/scaling.py --part big            # every search over one 1e7-row table (docs/results/big_table.md)
+    python benchmarks/scaling.py --part big --configs ham --redo   # run again what is recorded (the latest counts)
 
 Data: the package's generator (`keras_embdim.data.make_synthetic_ctr`, planted
 informative and noise fields, Zipf value frequencies) with 26 fields: the 3

@@ -267,6 +267,27 @@ def test_select_entries_matches_a_sorting_reference(seed, min_size, frac, chunk_
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 5, 1 << 18])
+def test_select_entries_reads_an_accumulator_variable_chunk_by_chunk(chunk_rows):
+    """PME's accumulator goes to the selection as the variable (a dense read of the scatter-updated
+    variable copied it whole, and its numpy copy was one more table): read chunk by chunk, it keeps
+    exactly the entries its numpy value keeps."""
+    from keras_embdim.search.probes import EntryProbe
+
+    rng = np.random.default_rng(3)
+    probe = EntryProbe(11, 4)
+    probe.importance.scatter_add(tf.IndexedSlices(tf.constant(rng.random((9, 4)), tf.float32),
+                                                  tf.constant([0, 2, 2, 5, 7, 8, 10, 10, 3])))
+    total = probe.total_importance()
+    assert total is probe.importance  # one worker: no copy of the accumulator is made
+    values = probe.importance.numpy()
+    for target, min_size in ((13, 0), (20, 1), (44, 2)):
+        got = select_entries([total], target, min_size, chunk_rows=chunk_rows)
+        want = select_entries([values], target, min_size)
+        np.testing.assert_array_equal(got[0], want[0])
+        assert int(got[0].sum()) == target
+
+
 def _largest_graph_constant(path: str) -> int:
     """Elements of the largest constant in a SavedModel's graph (its functions included)."""
     from tensorflow.core.protobuf import saved_model_pb2

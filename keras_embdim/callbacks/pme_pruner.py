@@ -100,6 +100,7 @@ class PMEPruner(EpochBoundedSearch):
         self._probes = {}
         kept_before, full = total_params(self._layers)
         sizes = select_entries(importances, budget_lib.budget_params(self.budget, full), self.min_dim)
+        del importances  # the accumulators (one table each) go before the tables are pruned
         self._rewind()
         for layer, s in zip(self._layers, sizes):
             layer.set_value_sizes(s, optimizer=self._optimizer)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_embdim import rows as row_ops
+
 CHUNK_ROWS = 1 << 18  # rows per step: temporaries of a few MB, never of a whole table
+
+
+def _rows(imp, start: int, stop: int) -> np.ndarray:
+    """Rows `[start, stop)` of an importance array or variable (a resource gather of those rows)."""
+    if isinstance(imp, np.ndarray):
+        return imp[start:stop]
+    return row_ops.read_rows(imp, start, min(stop, int(imp.shape[0])))
 
 
 def _floor_mask(imp: np.ndarray, k: int) -> np.ndarray:
@@ -29,7 +38,8 @@ def select_entries(importances: list[np.ndarray], target: int, min_size: int = 0
     """Keep the `target` most important entries over all tables; rows keep >= `min_size`.
 
     Args:
-        importances: per table, `[rows, D]` importance of every entry (NaN ranks last).
+        importances: per table, `[rows, D]` importance of every entry (NaN ranks last): a numpy
+            array or a variable, read `chunk_rows` rows at a time either way.
         target: entries to keep over all tables.
         min_size: every row first keeps its `min_size` most important entries.
         chunk_rows: rows read at a time.
@@ -54,7 +64,7 @@ def select_entries(importances: list[np.ndarray], target: int, min_size: int = 0
     def chunked():
         for imp in importances:
             for a in range(0, imp.shape[0], chunk_rows):
-                part = imp[a : a + chunk_rows]
+                part = _rows(imp, a, a + chunk_rows)
                 floor = _floor_mask(part, min(k, imp.shape[1]))
                 yield part, floor, _keys(part, floor)
 

@@ -25,6 +25,12 @@ import tensorflow as tf
 from keras_embdim.search import joint
 
 
+def several_workers(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy`'s replicas span several workers (so a local accumulator is one worker's share)."""
+    n = strategy.num_replicas_in_sync
+    return n > 1 and n > len(strategy.extended.worker_devices)
+
+
 def sum_over_workers(value, strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
     """A worker-local accumulator summed over the workers of `strategy`.
 
@@ -41,12 +47,9 @@ def sum_over_workers(value, strategy: tf.distribute.Strategy | None = None) -> n
     """
     strategy = strategy or tf.distribute.get_strategy()
     local = np.asarray(value.numpy() if hasattr(value, "numpy") else value, np.float32)
-    if strategy.num_replicas_in_sync <= 1:
+    if not several_workers(strategy):
         return local
-    local_replicas = len(strategy.extended.worker_devices)
-    if strategy.num_replicas_in_sync <= local_replicas:
-        return local
-    share = tf.constant(local / local_replicas)
+    share = tf.constant(local / len(strategy.extended.worker_devices))
     with strategy.scope():
         total = strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, tf.identity(share)))
@@ -212,8 +215,14 @@ class EntryProbe:
 
         return gated(emb, tf.cast(mask, emb.dtype))
 
-    def total_importance(self, strategy: tf.distribute.Strategy | None = None) -> np.ndarray:
-        """`[rows, D]` accumulated importance, summed over workers."""
+    def total_importance(self, strategy: tf.distribute.Strategy | None = None) -> np.ndarray | tf.Variable:
+        """`[rows, D]` accumulated importance, summed over workers: under one worker the accumulator
+        itself, which `keras_embdim.search.entries.select_entries` reads a chunk of rows at a time
+        (a whole read of the scatter-updated variable copied it, and its numpy copy was one more:
+        two tables' worth above PME's training peak at 1e7 rows, docs/results/big_table.md); across
+        workers the all-reduced array."""
+        if not several_workers(strategy or tf.distribute.get_strategy()):
+            return self.importance
         return sum_over_workers(self.importance, strategy)
 
     def total_batches(self, strategy: tf.distribute.Strategy | None = None) -> int:
