@@ -6,7 +6,9 @@ import numpy as np
 
 from keras_embdim import rows as row_ops
 
-CHUNK_ROWS = 1 << 18  # rows per step: temporaries of a few MB, never of a whole table
+# rows per step: each of the step's ~10 temporaries (keys, masks, ranks) holds 2^15 x D entries, a few MB
+# at D = 16 (at 2^18 rows they were ~200 MB together, a third of a 1e7-row table)
+CHUNK_ROWS = 1 << 15
 
 
 def _rows(imp, start: int, stop: int) -> np.ndarray:
