@@ -35,7 +35,7 @@ def _keys(imp: np.ndarray, floor: np.ndarray) -> np.ndarray:
     return keys
 
 
-def select_entries(importances: list[np.ndarray], target: int, min_size: int = 0, *,
+def select_entries(importances: list, target: int, min_size: int = 0, *,
                    chunk_rows: int = CHUNK_ROWS) -> list[np.ndarray]:
     """Keep the `target` most important entries over all tables; rows keep >= `min_size`.
 

@@ -219,8 +219,8 @@ class EntryProbe:
         """`[rows, D]` accumulated importance, summed over workers: under one worker the accumulator
         itself, which `keras_embdim.search.entries.select_entries` reads a chunk of rows at a time
         (a whole read of the scatter-updated variable copied it, and its numpy copy was one more:
-        two tables' worth above PME's training peak at 1e7 rows, docs/results/big_table.md); across
-        workers the all-reduced array."""
+        two tables' worth above PME's training peak, commit 1aa9c65); across workers the
+        all-reduced array."""
         if not several_workers(strategy or tf.distribute.get_strategy()):
             return self.importance
         return sum_over_workers(self.importance, strategy)
