@@ -334,6 +334,11 @@ def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, t
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_dense_fields="no")
     with pytest.raises(ValueError, match="`value_dense_fields` must be True or False"):
         ked.DimensionExporter(str(tmp_path / "e"), value_dense_fields=None)
+    # `fold="no"` was truthy: it folded where the user asked for padded outputs
+    with pytest.raises(ValueError, match="`fold` must be True or False; received fold='no'"):
+        ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, fold="no")
+    with pytest.raises(ValueError, match="`fold` must be True or False; received fold=0"):
+        ked.DimensionExporter(str(tmp_path / "e"), fold=0)
     assert not (tmp_path / "e").exists()
 
 

@@ -93,7 +93,7 @@ class DimensionExporter(keras.callbacks.Callback):
         self.jit_compile = bool(jit_compile)
         self.table_dtype = quantize.check_dtype(table_dtype)
         self.on_invalid_id = check_invalid_id_policy(on_invalid_id)
-        self.fold = bool(fold)
+        self.fold = check_bool("fold", fold)
         self.value_dense_fields = check_bool("value_dense_fields", value_dense_fields)
         self.result: ExportResult | None = None
 

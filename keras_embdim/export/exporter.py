@@ -225,6 +225,7 @@ def export_compact(
     layouts.check_read(value_read)
     check_invalid_id_policy(on_invalid_id)
     check_bool("value_dense_fields", value_dense_fields)
+    check_bool("fold", fold)
     auto = version == "auto"
     target = writer.resolve(export_dir, version, overwrite)
     layers = find_searchable_layers(model)
