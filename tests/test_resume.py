@@ -52,6 +52,11 @@ CASES = {
     "ham_after": ("ham", dict(search_epochs=1), 2),
     "amtl_after": ("amtl", dict(search_epochs=1), 2),
     "pme_after": ("pme", dict(search_epochs=1), 2),
+    # rotate=True: the backup at the end of the warm-up epoch; resumed, the fields are rotated and
+    # the whole search epoch is scored, as in the uninterrupted run; killed in epoch 3, the backup of
+    # epoch 2 holds the finished search (epoch 1 ends it: its backup may be written before it ends)
+    "pme_rotate_mid_search": ("pme", dict(rotate=True), 1),
+    "pme_rotate_after": ("pme", dict(rotate=True), 3),
 }
 
 
@@ -125,7 +130,7 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_result(case, order, uni
     if sizes is not None:
         np.testing.assert_array_equal(got_sizes, sizes)
     assert cb.phase == "done" and cb.result.params_after == kept
-    if die_epoch > (kwargs.get("search_epochs", 1) + kwargs.get("twins_epochs", 0)) or (
+    if die_epoch > (kwargs.get("search_epochs", 1) + kwargs.get("twins_epochs", 0) + int(kwargs.get("rotate", 0))) or (
         method == "sseds" and "warmup_steps" not in kwargs
     ):
         assert cb.result.resumed  # the search was over at the checkpoint: it was not redone

@@ -123,3 +123,76 @@ def test_search_with_rotation_lands_on_the_budget_and_exports_what_it_predicts(s
     # the kept entries, plus the zero columns that let a small field share a wider table (within 1 %)
     assert r.max_abs_diff <= 1e-5 and r.embedding_bytes == 4 * mask.kept_params + r.embedding_padding_bytes
     assert r.embedding_padding_bytes <= 0.01 * 4 * mask.kept_params
+
+
+# ---------------------------------------------------------------- PME, rotate=True
+class _Snapshot(keras.callbacks.Callback):
+    """Predictions and the table at the start of an epoch (placed before or after the search callback)."""
+
+    def __init__(self, epoch, x):
+        super().__init__()
+        self.epoch, self.x, self.pred, self.table = epoch, x, None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.pred = np.asarray(self.model(self.x, training=False))
+            self.table = np.asarray(ked.find_searchable_layers(self.model)[0].embedding_variable).copy()
+
+
+def test_pme_rotation_after_the_warmup_keeps_the_function_and_scores_the_search_epoch_only(small_data, tmp_path):
+    """The warm-up epoch trains the full table; the next epoch starts on each field's principal axes
+    (the table rotated, the model's predictions unchanged), the importance is accumulated over that
+    epoch only, and the searched model lands on the budget and exports what it predicts."""
+    d = small_data
+    model = _mlp(d)
+    x, y = d.train
+    x, y = x[:4096], y[:4096]
+    sample = d.inputs(d.test[0][:300])
+    before, after = _Snapshot(1, sample), _Snapshot(1, sample)
+    cb = ked.PMEPruner(0.2, rotate=True, verbose=0)
+    model.fit(d.inputs(x), y, batch_size=256, epochs=3, verbose=0, callbacks=[before, cb, after])
+    np.testing.assert_allclose(after.pred, before.pred, atol=1e-5)
+    assert np.abs(after.table - before.table).max() > 1e-3  # rotated, not left as it was
+    for f, n in enumerate(d.vocab_sizes):  # every field: decorrelated columns, by decreasing second moment
+        start = int(ked.fields.field_offsets(d.vocab_sizes)[f])
+        rows = after.table[start:start + n].astype(np.float64)
+        gram = rows.T @ rows
+        np.testing.assert_allclose(gram, np.diag(np.diag(gram)), atol=1e-4 * np.abs(gram).max())
+        assert np.all(np.diff(np.diag(gram)) <= 1e-6 * np.abs(gram).max())
+        q = principal_axes(before.table[start:start + n].astype(np.float64).T @ before.table[start:start + n])
+        np.testing.assert_allclose(rows, before.table[start:start + n] @ q, atol=1e-5)
+    assert cb.phase == "done" and cb.result.batches == 4096 // 256  # the search epoch's steps only
+    layer = ked.find_searchable_layers(model)[0]
+    assert layer.dimension_mask().kept_params <= 0.2 * layer.dimension_mask().full_params
+    r = ked.export_compact(model, str(tmp_path / "export"), sample_inputs=sample, verbose=0)
+    assert r.max_abs_diff <= 1e-5
+
+
+def test_pme_rotate_with_one_epoch_ends_in_the_warmup_unsearched(small_data, caplog):
+    import logging
+
+    d = small_data
+    model = _mlp(d)
+    x, y = d.train
+    cb = ked.PMEPruner(0.2, rotate=True, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="keras_embdim"):
+        model.fit(d.inputs(x[:1024]), y[:1024], batch_size=256, epochs=1, verbose=0, callbacks=[cb])
+    assert ked.find_searchable_layers(model)[0].dimension_mask().is_full and cb.result is None
+    assert any("not searched" in r.getMessage() for r in caplog.records)
+
+
+def test_pme_rotate_refuses_an_fm_consumer_before_training(small_data):
+    d = small_data
+    model = _mlp(d, build=ked.models.build_deepfm)
+    before = [w.copy() for w in model.get_weights()]
+    x, y = d.train
+    cb = ked.PMEPruner(0.2, rotate=True, verbose=0)
+    with pytest.raises(ValueError, match=r"PMEPruner\(rotate=True\): layer 'embedding' cannot be rotated .* Search without"):
+        model.fit(d.inputs(x[:512]), y[:512], epochs=2, verbose=0, callbacks=[cb])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pme_bad_rotate_option():
+    with pytest.raises(ValueError, match="`rotate` must be True or False; received rotate='yes'"):
+        ked.PMEPruner(0.2, rotate="yes")

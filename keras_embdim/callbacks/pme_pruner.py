@@ -6,11 +6,14 @@ import logging
 from typing import Any, Sequence
 
 from keras_embdim import _utils
-from keras_embdim.callbacks.search_callback import EpochBoundedSearch
+from keras_embdim.callbacks.search_callback import EpochBoundedSearch, Phase
+from keras_embdim.export.fold import kernel_rows
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.search import budget as budget_lib
+from keras_embdim.search import rotation
 from keras_embdim.search.entries import select_entries
 from keras_embdim.searchable import total_params
+from keras_embdim.validation import check_bool
 
 logger = logging.getLogger("keras_embdim")
 
@@ -30,9 +33,30 @@ class PMEPruner(EpochBoundedSearch):
     (`after="retrain"`). The kept parameters equal the surviving entries by
     construction.
 
+    With `rotate=True` the search is preceded by one epoch of plain training
+    (a warm-up: no importance is accumulated), then each field's columns are
+    rotated to the principal axes of its rows, and the consuming `Dense`
+    kernel rows back, so that the model computes what it computed
+    (`keras_embdim.search.rotation`), before the importance is accumulated.
+    A trained table spreads what a field carries over all its columns, so
+    every entry of a frequent value looks about as important as the next,
+    and "its first c_i columns" are any c_i of them; on the principal axes
+    the first columns carry the most, and a value that keeps c_i columns
+    keeps the c_i that carry the most of its field.
+
     Args:
         budget: kept fraction of embedding parameters, in (0, 1].
         search_epochs: epochs over which importance is accumulated (default 1).
+        rotate: rotate each field to its principal axes after a warm-up
+            epoch, before the search (default False). It needs one more
+            epoch (a `fit` of one epoch ends in the warm-up, unsearched), a
+            layer whose output reaches only `Dense` layers (through
+            `Concatenate`, `Flatten`, `Reshape` and the like: not an FM
+            inner product), and it resets the optimizer's state of the
+            rotated table and kernels. On planted per-field ranks it removed
+            PME's loss against uniform dims where every field needs the same
+            rank and raised its AUC where they differ
+            (docs/results/planted.md, rows `pme_rotate`).
         min_dim: entries every value keeps at least (default 1). With 0 a
             value may keep nothing and embed to zeros, which reaches budgets
             below 1/D but costs accuracy: on MovieLens-100K at budget 0.1,
@@ -54,16 +78,28 @@ class PMEPruner(EpochBoundedSearch):
         budget: float,
         *,
         search_epochs: int = 1,
+        rotate: bool = False,
         min_dim: int = 1,
         after: str = "finetune",
         layers: Sequence[str] | None = None,
         log_dir: Any = None,
         verbose: int = 1,
     ):
+        check_bool("rotate", rotate)
         super().__init__(
-            budget, search_epochs=search_epochs, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose
+            budget, search_epochs=search_epochs, warmup_epochs=1 if rotate else 0, min_dim=min_dim, after=after,
+            layers=layers, log_dir=log_dir, verbose=verbose
         )
+        self.rotate = bool(rotate)
+        self._rotation_pending = False  # the warm-up ended; the next epoch starts with the rotation
         self._probes: dict = {}  # layer -> the EntryProbe this callback attached
+
+    def parameter_server_blocker(self) -> str | None:
+        """Under ParameterServerStrategy PME accumulates at epoch boundaries (as every epoch-bounded
+        search); `rotate=True` is refused there, as `SingleShotPruner`'s."""
+        if self.rotate:
+            return "rotate=True rewrites whole tables from the coordinator; search without it there"
+        return super().parameter_server_blocker()
 
     def _check_layers_fresh(self) -> None:
         with_mask = [l.name for l in self._layers if not l.dimension_mask().is_full]
@@ -71,27 +107,63 @@ class PMEPruner(EpochBoundedSearch):
             raise ValueError(f"PMEPruner: layers {with_mask} are searched already (a mask is set).")
 
     def _start(self) -> None:
+        if self.rotate:  # fail before training, with the model unchanged
+            for layer in self._layers:
+                _, why = kernel_rows(self.model, layer)
+                if why is not None:
+                    raise ValueError(f"PMEPruner(rotate=True): layer '{layer.name}' cannot be rotated to its "
+                                     f"principal axes: {why}. Search without rotate=True.")
+        if self.phase == Phase.SEARCH:  # else the warm-up runs first (`_begin_search`)
+            self._attach_probes()
+
+    def _begin_search(self) -> None:
+        """The warm-up (`rotate=True`) is over: the rotation and the probes wait for the next epoch's
+        start, so that a backup written at the end of the warm-up epoch (`BackupAndRestore`, in
+        whichever order the callbacks run) holds the weights the rotation starts from, and a run
+        resumed from it rotates the same table the uninterrupted run did."""
+        self._rotation_pending = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)  # a resumed search past the warm-up begins here
+        if self._rotation_pending and self.phase == Phase.SEARCH:
+            self._rotation_pending = False
+            for layer in self._layers:
+                rotation.rotate_layer(self.model, layer, self._optimizer)
+            self._attach_probes()
+
+    def _attach_probes(self) -> None:
         self._probes = {layer: layer.attach_entry_probe() for layer in self._layers}
         for probe in self._probes.values():
             probe.reset()
         _utils.force_retrace(self.model)
 
     def _plan(self) -> str:
-        return (f"{self.search_epochs} epoch{'s' if self.search_epochs > 1 else ''} of entry importance |w * dL/dw|, "
+        turn = "a warm-up epoch, then each field rotated to its principal axes, then " if self.rotate else ""
+        epochs = f"{self.search_epochs} epoch{'s' if self.search_epochs > 1 else ''}"
+        return (f"{turn}{epochs} of entry importance |w * dL/dw|, "
                 f"then one global entry ranking (each value keeps >= {self.min_dim}) and capacity transfer")
 
     def _completed_in_layers(self) -> bool:
         return any(layer.per_value and not layer.dimension_mask().is_full for layer in self._layers)
 
     def _resume_search(self, epoch: int) -> None:
+        done = epoch - self.warmup_epochs  # search epochs scored before the checkpoint
+        if done <= 0:  # resumed in the warm-up or where the search starts: nothing scored was lost
+            return
         logger.warning(
-            "PMEPruner: resumed at epoch %d of a %d-epoch search: the entry importance of the epochs "
-            "before it is not in the checkpoint, so only epochs %d..%d are scored (with search_epochs=1 "
+            "PMEPruner: resumed at search epoch %d of a %d-epoch search: the entry importance of the epochs "
+            "before it is not in the checkpoint, so only search epochs %d..%d are scored (with search_epochs=1 "
             "or a checkpoint taken after the search, the result is the uninterrupted one).",
-            epoch, self.search_epochs, epoch, self.search_epochs - 1,
+            done, self.search_epochs, done, self.search_epochs - 1,
         )
 
     def _finish(self):
+        if not self._probes:  # `fit` ended with the warm-up epoch (rotate=True): nothing was scored
+            self._rotation_pending = False
+            self.phase = Phase.WARMUP
+            self.log.warning(f"{self.name}: training ended with the warm-up epoch of rotate=True, before the "
+                             "search; the model was not searched. Train for more epochs.")
+            return
         strategy = self.model.distribute_strategy
         importances = [self._probes[l].total_importance(strategy) for l in self._layers]
         batches = next(iter(self._probes.values())).total_batches(strategy)
