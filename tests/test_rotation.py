@@ -187,7 +187,8 @@ def test_pme_rotate_refuses_an_fm_consumer_before_training(small_data):
     before = [w.copy() for w in model.get_weights()]
     x, y = d.train
     cb = ked.PMEPruner(0.2, rotate=True, verbose=0)
-    with pytest.raises(ValueError, match=r"PMEPruner\(rotate=True\): layer 'embedding' cannot be rotated .* Search without"):
+    msg = r"PMEPruner\(rotate=True\): layer 'embedding' cannot be rotated .* Search without"
+    with pytest.raises(ValueError, match=msg):
         model.fit(d.inputs(x[:512]), y[:512], epochs=2, verbose=0, callbacks=[cb])
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
