@@ -1,10 +1,13 @@
-"""SSEDS' rotation of each field to its principal axes (`keras_embdim.search.rotation`).
+"""The rotation of each field to its principal axes (`keras_embdim.search.rotation`), for SSEDS and PME.
 
 Checked: the axes against numpy by hand, a planted rank-2 field ending in its first two
 columns, the model's function unchanged (predictions before == after), where the rotation
 cannot keep the function (FM) a clear error with the model unchanged, and the search with
 `rotate=True` landing on the budget with an export that serves what the model predicts,
-and the optimizer's state of the rotated variables reset (the other variables' kept).
+and the optimizer's state of the rotated variables reset (the other variables' kept). PME with
+`rotate=True`: the rotation at the start of the epoch after the warm-up keeps the predictions and
+puts every field on the principal axes of its warm-up table, only the search epoch is scored, a
+one-epoch fit ends unsearched, an FM consumer is refused before training.
 """
 
 import numpy as np

@@ -7,7 +7,6 @@ from typing import Any, Sequence
 
 from keras_embdim import _utils
 from keras_embdim.callbacks.search_callback import EpochBoundedSearch, Phase
-from keras_embdim.export.fold import kernel_rows
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.search import budget as budget_lib
 from keras_embdim.search import rotation
@@ -57,7 +56,10 @@ class PMEPruner(EpochBoundedSearch):
             removed PME's loss against uniform dims where every field needs
             the same rank (+0.0011 AUC over PME) and raised PME's AUC where
             ranks differ (+0.0040 on unequal ranks), within 0.0004 of it with
-            many noise fields (docs/results/planted.md, rows `pme_rotate`).
+            many noise fields (docs/results/planted.md, rows `pme_rotate`);
+            on the shared data it was higher on every MovieLens-100K seed
+            but lower on every Frappe seed at budget 0.2 (-0.0019 median:
+            docs/guides/choosing.md).
         min_dim: entries every value keeps at least (default 1). With 0 a
             value may keep nothing and embed to zeros, which reaches budgets
             below 1/D but costs accuracy: on MovieLens-100K at budget 0.1,
@@ -109,11 +111,7 @@ class PMEPruner(EpochBoundedSearch):
 
     def _start(self) -> None:
         if self.rotate:  # fail before training, with the model unchanged
-            for layer in self._layers:
-                _, why = kernel_rows(self.model, layer)
-                if why is not None:
-                    raise ValueError(f"PMEPruner(rotate=True): layer '{layer.name}' cannot be rotated to its "
-                                     f"principal axes: {why}. Search without rotate=True.")
+            rotation.require_rotatable(self.model, self._layers, self.name)
         if self.phase == Phase.SEARCH:  # else the warm-up runs first (`_begin_search`)
             self._attach_probes()
 

@@ -12,7 +12,6 @@ import tensorflow as tf
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
 from keras_embdim.callbacks.search_callback import _RANKINGS, DimensionSearchCallback, Phase
-from keras_embdim.export.fold import kernel_rows
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.search import rotation
 from keras_embdim.validation import check_bool, check_choice, check_int
@@ -150,11 +149,7 @@ class SingleShotPruner(DimensionSearchCallback):
 
     def _start(self) -> None:
         if self.rotate:  # fail before training, with the model unchanged
-            for layer in self._layers:
-                _, why = kernel_rows(self.model, layer)
-                if why is not None:
-                    raise ValueError(f"SingleShotPruner(rotate=True): layer '{layer.name}' cannot be rotated to its "
-                                     f"principal axes: {why}. Search without rotate=True.")
+            rotation.require_rotatable(self.model, self._layers, self.name)
         self._warmup_resolved = self.warmup_steps
         steps = (self.params or {}).get("steps")
         if self._on_parameter_server:
