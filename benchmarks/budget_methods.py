@@ -12,7 +12,9 @@ Methods, all with the same MLP (128-64), D = 16, Adam 1e-3, batch 1024:
 - sseds: SingleShotPruner(budget);
 - pme: PMEPruner(budget) (per-value sizes);
 - pme_rotate: PMEPruner(budget, rotate=True): a warm-up epoch, then each field on its principal
-  axes before the importance is accumulated (so one epoch less of fine-tuning).
+  axes before the importance is accumulated (so one epoch less of fine-tuning);
+- pme_mid_epoch: PMEPruner(budget, rotate="mid_epoch"): the same rotation halfway through the
+  search epoch (its second half scored; no epoch less of fine-tuning).
 Writes docs/results/methods_<dataset>.md: test AUC median, min and max over seeds, and kept params.
 """
 
@@ -27,7 +29,7 @@ from keras_embdim import keras  # noqa: E402
 from keras_embdim.metrics import roc_auc  # noqa: E402
 
 D = 16
-METHODS = ("uniform", "ham", "ham_warmup", "ham+ortho", "sseds", "pme", "pme_rotate")
+METHODS = ("uniform", "ham", "ham_warmup", "ham+ortho", "sseds", "pme", "pme_rotate", "pme_mid_epoch")
 
 
 def ham(v, dim, names):
@@ -51,6 +53,8 @@ def run(data, seed, epochs, method, budget):
         cbs = [ked.PMEPruner(budget, verbose=0)]
     elif method == "pme_rotate":
         cbs = [ked.PMEPruner(budget, rotate=True, verbose=0)]
+    elif method == "pme_mid_epoch":
+        cbs = [ked.PMEPruner(budget, rotate="mid_epoch", verbose=0)]
     model = ked.models.compile_ctr(ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=emb))
     model.fit(data.dataset("train", batch_size=1024, seed=seed), epochs=epochs, verbose=0, callbacks=cbs)
     xt, yt = data.test
@@ -93,7 +97,8 @@ def main():
         f"(MLP 128-64, D = {D}, Adam 1e-3, batch 1024; HAM: one search epoch, then fine-tune; ham_warmup: "
         "one warm-up epoch before it, so one epoch less of fine-tuning; "
         "ortho: OrthogonalRegularizer(1e-3); SSEDS and PME with their defaults; pme_rotate: "
-        "PMEPruner(rotate=True), a warm-up epoch before its search epoch; measured at commit "
+        "PMEPruner(rotate=True), a warm-up epoch before its search epoch; pme_mid_epoch: "
+        "PMEPruner(rotate='mid_epoch'), the rotation halfway through its search epoch; measured at commit "
         f"{_common.git_commit()}). Median over seeds, [min, max].",
         "",
         "| method | budget | kept fraction | test AUC median | [min, max] | median - full |",

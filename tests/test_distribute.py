@@ -21,17 +21,21 @@ def runs():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-METHODS = ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "pme_rotate", "amtl", "pme_lazy", "pme_catchup"]
+METHODS = ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "pme_rotate", "pme_mid_epoch", "amtl", "pme_lazy",
+           "pme_catchup"]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_mirrored_search_and_export_match_one_device(runs, method):
     one, two = runs[f"{method}/single"], runs[f"{method}/mirrored"]
+    rotated = method in ("sseds_rotate", "pme_rotate", "pme_mid_epoch")  # see below
     assert two["kept_dims"] == one["kept_dims"] and two["kept_params"] == one["kept_params"]
     if one["value_sizes"] is not None:  # per value: the sizes, up to ranks that summation order can swap
         a, b = np.concatenate(one["value_sizes"]), np.concatenate(two["value_sizes"])
-        # measured: identical under Keras 3; 97.5% identical, none off by more than 2, under tf_keras (PME)
-        assert np.mean(a == b) >= 0.95 and np.abs(a - b).max() <= 2, (np.mean(a == b), np.abs(a - b).max())
+        # measured: identical under Keras 3; 97.5% identical, none off by more than 2, under tf_keras (PME);
+        # 95.0% after the rotation halfway through the search epoch (pme_mid_epoch, tf_keras)
+        same = 0.9 if rotated else 0.95
+        assert np.mean(a == b) >= same and np.abs(a - b).max() <= 2, (np.mean(a == b), np.abs(a - b).max())
     if one["counts_total"] is not None:  # AMTL counts every replica's ids, not only the first replica's
         assert two["counts_total"] == one["counts_total"]
     # every epoch's loss, the search epochs included (AMTL's size penalty once weighed 1.5x on two
@@ -43,7 +47,6 @@ def test_mirrored_search_and_export_match_one_device(runs, method):
     # tf_keras: the same kept dims, epoch-2 losses 0.16 % apart; 0.25 % and predictions up to 0.02
     # apart when the optimizer's moments were rotated too, at 69b63ac), so the rotated runs are held
     # to the same dims, an exact export and a looser match.
-    rotated = method in ("sseds_rotate", "pme_rotate")
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-2 if rotated else 1e-3)
     same_sizes = one["value_sizes"] == two["value_sizes"]
     np.testing.assert_allclose(two["pred"], one["pred"], atol=1e-3 if same_sizes and not rotated else 3e-2)

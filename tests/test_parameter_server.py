@@ -116,6 +116,7 @@ def test_a_nan_loss_stops_the_search_at_the_epoch_boundary(cluster):
     ("sseds_warmup_steps", "SingleShotPruner (SSEDS)", "warmup_steps"),
     ("ham_one_epoch", "HardMaskSearch (HAM)", "search_epochs >= 2"),
     ("pme_rotate", "PMEPruner (PME)", "rotate=True"),
+    ("pme_mid_epoch", "PMEPruner (PME)", "rotate='mid_epoch'"),
 ])
 def test_options_that_need_batch_callbacks_refuse_naming_the_option(cluster, name, head, option):
     msg = cluster["errors"][name]

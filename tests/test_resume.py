@@ -57,6 +57,9 @@ CASES = {
     # epoch 2 holds the finished search (epoch 1 ends it: its backup may be written before it ends)
     "pme_rotate_mid_search": ("pme", dict(rotate=True), 1),
     "pme_rotate_after": ("pme", dict(rotate=True), 3),
+    # rotate="mid_epoch": the rotation halfway through epoch 0; killed in epoch 2, the backup of
+    # epoch 1 holds the finished search
+    "pme_mid_epoch_after": ("pme", dict(rotate="mid_epoch"), 2),
 }
 
 
@@ -130,7 +133,8 @@ def test_backup_and_restore_resumes_to_the_uninterrupted_result(case, order, uni
     if sizes is not None:
         np.testing.assert_array_equal(got_sizes, sizes)
     assert cb.phase == "done" and cb.result.params_after == kept
-    if die_epoch > (kwargs.get("search_epochs", 1) + kwargs.get("twins_epochs", 0) + int(kwargs.get("rotate", 0))) or (
+    warmup = int(kwargs.get("rotate") is True)  # rotate=True trains a warm-up epoch first; "mid_epoch" does not
+    if die_epoch > (kwargs.get("search_epochs", 1) + kwargs.get("twins_epochs", 0) + warmup) or (
         method == "sseds" and "warmup_steps" not in kwargs
     ):
         assert cb.result.resumed  # the search was over at the checkpoint: it was not redone

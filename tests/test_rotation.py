@@ -7,7 +7,10 @@ cannot keep the function (FM) a clear error with the model unchanged, and the se
 and the optimizer's state of the rotated variables reset (the other variables' kept). PME with
 `rotate=True`: the rotation at the start of the epoch after the warm-up keeps the predictions and
 puts every field on the principal axes of its warm-up table, only the search epoch is scored, a
-one-epoch fit ends unsearched, an FM consumer is refused before training.
+one-epoch fit ends unsearched, an FM consumer is refused before training. With
+`rotate="mid_epoch"` the same halfway through the first search epoch (no warm-up epoch): the
+predictions kept across the rotation, the second half of the epoch scored, refused without a known
+number of steps, and a run resumed past the first search epoch not rotated again.
 """
 
 import numpy as np
@@ -184,19 +187,98 @@ def test_pme_rotate_with_one_epoch_ends_in_the_warmup_unsearched(small_data, cap
     assert any("not searched" in r.getMessage() for r in caplog.records)
 
 
-def test_pme_rotate_refuses_an_fm_consumer_before_training(small_data):
+@pytest.mark.parametrize("rotate", [True, "mid_epoch"])
+def test_pme_rotate_refuses_an_fm_consumer_before_training(small_data, rotate):
     d = small_data
     model = _mlp(d, build=ked.models.build_deepfm)
     before = [w.copy() for w in model.get_weights()]
     x, y = d.train
-    cb = ked.PMEPruner(0.2, rotate=True, verbose=0)
-    msg = r"PMEPruner\(rotate=True\): layer 'embedding' cannot be rotated .* Search without"
+    cb = ked.PMEPruner(0.2, rotate=rotate, verbose=0)
+    msg = rf"PMEPruner\(rotate={rotate!r}\): layer 'embedding' cannot be rotated .* Search without rotate={rotate!r}"
     with pytest.raises(ValueError, match=msg):
         model.fit(d.inputs(x[:512]), y[:512], epochs=2, verbose=0, callbacks=[cb])
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
-def test_pme_bad_rotate_option():
-    with pytest.raises(ValueError, match="`rotate` must be True or False; received rotate='yes'"):
-        ked.PMEPruner(0.2, rotate="yes")
+@pytest.mark.parametrize("value", ["yes", 1, "mid"])
+def test_pme_bad_rotate_option(value):
+    with pytest.raises(ValueError, match=(r"`rotate` must be False, True, 'warmup_epoch' or 'mid_epoch'; "
+                                          rf"received rotate={value!r}")):
+        ked.PMEPruner(0.2, rotate=value)
+
+
+class _BatchSnapshot(keras.callbacks.Callback):
+    """Predictions and the table at the end of batch `batch` of epoch 0 (before or after the search callback)."""
+
+    def __init__(self, batch, x):
+        super().__init__()
+        self.batch, self.x, self.pred, self.table, self._epoch = batch, x, None, None, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._epoch == 0 and batch == self.batch:
+            self.pred = np.asarray(self.model(self.x, training=False))
+            self.table = np.asarray(ked.find_searchable_layers(self.model)[0].embedding_variable).copy()
+
+
+def test_pme_mid_epoch_rotation_keeps_the_function_and_scores_the_second_half(small_data, tmp_path):
+    """rotate="mid_epoch": after half of the first epoch's steps each field is on the principal axes of
+    its table as the first half left it (predictions unchanged), the other half is scored, and the
+    searched model lands on the budget and exports what it predicts; no warm-up epoch."""
+    d = small_data
+    model = _mlp(d)
+    x, y = d.train
+    x, y = x[:4096], y[:4096]  # 16 steps of 256: the rotation after step 8
+    sample = d.inputs(d.test[0][:300])
+    before, after = _BatchSnapshot(7, sample), _BatchSnapshot(7, sample)
+    cb = ked.PMEPruner(0.2, rotate="mid_epoch", verbose=0)
+    assert cb.warmup_epochs == 0
+    model.fit(d.inputs(x), y, batch_size=256, epochs=2, verbose=0, callbacks=[before, cb, after])
+    np.testing.assert_allclose(after.pred, before.pred, atol=1e-5)
+    offsets = ked.fields.field_offsets(d.vocab_sizes)
+    for f, n in enumerate(d.vocab_sizes):
+        start = int(offsets[f])
+        old = before.table[start:start + n].astype(np.float64)
+        q = principal_axes(old.T @ old)
+        np.testing.assert_allclose(after.table[start:start + n], old @ q, atol=1e-5)
+        assert np.abs(q - np.eye(q.shape[0])).max() > 1e-2  # a real turn, not the identity
+    assert cb.phase == "done" and cb.result.batches == 16 - 8  # the second half of the epoch only
+    layer = ked.find_searchable_layers(model)[0]
+    assert layer.dimension_mask().kept_params <= 0.2 * layer.dimension_mask().full_params
+    r = ked.export_compact(model, str(tmp_path / "export"), sample_inputs=sample, verbose=0)
+    assert r.max_abs_diff <= 1e-5
+
+
+def test_pme_mid_epoch_needs_the_steps_per_epoch_and_leaves_the_model_unchanged(small_data):
+    import tensorflow as tf
+
+    d = small_data
+    model = _mlp(d)
+    before = [w.copy() for w in model.get_weights()]
+    x, y = d.train
+    ds = tf.data.Dataset.from_tensor_slices((d.inputs(x[:1024]), y[:1024])).filter(lambda *_: True).batch(256)
+    assert int(ds.cardinality()) < 0  # unknown
+    with pytest.raises(ValueError, match=r"rotate='mid_epoch'\) rotates halfway .* steps_per_epoch"):
+        model.fit(ds, epochs=2, verbose=0, callbacks=[ked.PMEPruner(0.2, rotate="mid_epoch", verbose=0)])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_pme_mid_epoch_resumed_after_the_first_search_epoch_is_not_rotated_again(small_data):
+    """Resumed at epoch 1 of a two-epoch search (`initial_epoch=1`, as `BackupAndRestore` does): the
+    restored table was rotated in epoch 0, so epoch 1 starts scoring at once, with the table as it was."""
+    d = small_data
+    model = _mlp(d)
+    x, y = d.train
+    x, y = x[:2048], y[:2048]
+    sample = d.inputs(d.test[0][:300])
+    snap = _Snapshot(1, sample)
+    table = np.asarray(ked.find_searchable_layers(model)[0].embedding_variable).copy()
+    cb = ked.PMEPruner(0.2, rotate="mid_epoch", search_epochs=2, verbose=0)
+    model.fit(d.inputs(x), y, batch_size=256, epochs=3, initial_epoch=1, verbose=0, callbacks=[cb, snap])
+    np.testing.assert_array_equal(snap.table, table)  # not rotated at the start of the resumed epoch
+    # scored from its first step (a rotation halfway would have restarted the count at step 4)
+    assert cb.phase == "done" and cb.result.batches == 2048 // 256

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+import numpy as np
+
 from keras_embdim import _utils
 from keras_embdim.callbacks.search_callback import EpochBoundedSearch, Phase
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
@@ -12,9 +14,19 @@ from keras_embdim.search import budget as budget_lib
 from keras_embdim.search import rotation
 from keras_embdim.search.entries import select_entries
 from keras_embdim.searchable import total_params
-from keras_embdim.validation import check_bool
 
 logger = logging.getLogger("keras_embdim")
+
+#: when `rotate` turns each field to its principal axes (True is "warmup_epoch")
+ROTATE = ("warmup_epoch", "mid_epoch")
+
+
+def _rotate_option(value: Any) -> str | None:
+    if isinstance(value, (bool, np.bool_)):
+        return ROTATE[0] if value else None
+    if isinstance(value, str) and value in ROTATE:
+        return value
+    raise ValueError(f"`rotate` must be False, True, {ROTATE[0]!r} or {ROTATE[1]!r}; received rotate={value!r}.")
 
 
 class PMEPruner(EpochBoundedSearch):
@@ -32,34 +44,39 @@ class PMEPruner(EpochBoundedSearch):
     (`after="retrain"`). The kept parameters equal the surviving entries by
     construction.
 
-    With `rotate=True` the search is preceded by one epoch of plain training
-    (a warm-up: no importance is accumulated), then each field's columns are
-    rotated to the principal axes of its rows, and the consuming `Dense`
-    kernel rows back, so that the model computes what it computed
-    (`keras_embdim.search.rotation`), before the importance is accumulated.
-    A trained table spreads what a field carries over all its columns, so
-    every entry of a frequent value looks about as important as the next,
-    and "its first c_i columns" are any c_i of them; on the principal axes
-    the first columns carry the most, and a value that keeps c_i columns
-    keeps the c_i that carry the most of its field.
+    With `rotate` each field's columns are turned to the principal axes of
+    its rows, and the consuming `Dense` kernel rows back, so that the model
+    computes what it computed (`keras_embdim.search.rotation`), before the
+    importance is accumulated: after one epoch of plain training
+    (`rotate=True`, or "warmup_epoch"), or halfway through the first search
+    epoch (`rotate="mid_epoch"`: its first half trains the full table, its
+    second half is scored; no extra epoch). A trained table spreads what a
+    field carries over all its columns, so every entry of a frequent value
+    looks about as important as the next, and "its first c_i columns" are
+    any c_i of them; on the principal axes the first columns carry the
+    most, and a value that keeps c_i columns keeps the c_i that carry the
+    most of its field.
 
     Args:
         budget: kept fraction of embedding parameters, in (0, 1].
         search_epochs: epochs over which importance is accumulated (default 1).
-        rotate: rotate each field to its principal axes after a warm-up
-            epoch, before the search (default False). It needs one more
-            epoch (a `fit` of one epoch ends in the warm-up, unsearched), a
-            layer whose output reaches only `Dense` layers (through
-            `Concatenate`, `Flatten`, `Reshape` and the like: not an FM
-            inner product), and it resets the optimizer's state of the
-            rotated table and kernels. On planted per-field ranks (5 seeds) it
-            removed PME's loss against uniform dims where every field needs
-            the same rank (+0.0011 AUC over PME) and raised PME's AUC where
-            ranks differ (+0.0040 on unequal ranks), within 0.0004 of it with
-            many noise fields (docs/results/planted.md, rows `pme_rotate`);
-            on the shared data it was higher on every MovieLens-100K seed
-            but lower on every Frappe seed at budget 0.2 (-0.0019 median:
-            docs/guides/choosing.md).
+        rotate: False (default), True / "warmup_epoch" or "mid_epoch":
+            rotate each field to its principal axes before the importance
+            is accumulated (above). It needs a layer whose output reaches
+            only `Dense` layers (through `Concatenate`, `Flatten`,
+            `Reshape` and the like: not an FM inner product), and it resets
+            the optimizer's state of the rotated table and kernels.
+            "warmup_epoch" needs one more epoch (a `fit` of one epoch ends
+            in the warm-up, unsearched); "mid_epoch" needs the number of
+            steps per epoch (`steps_per_epoch`, or data of known size). On
+            planted per-field ranks (5 seeds) the warm-up rotation removed
+            PME's loss against uniform dims where every field needs the
+            same rank (+0.0011 AUC over PME) and raised PME's AUC where
+            ranks differ (+0.0040 on unequal ranks), within 0.0004 of it
+            with many noise fields (docs/results/planted.md, rows
+            `pme_rotate`); on the shared data it was higher on every
+            MovieLens-100K seed but lower on every Frappe seed at budget 0.2
+            (-0.0019 median: docs/guides/choosing.md).
         min_dim: entries every value keeps at least (default 1). With 0 a
             value may keep nothing and embed to zeros, which reaches budgets
             below 1/D but costs accuracy: on MovieLens-100K at budget 0.1,
@@ -81,27 +98,30 @@ class PMEPruner(EpochBoundedSearch):
         budget: float,
         *,
         search_epochs: int = 1,
-        rotate: bool = False,
+        rotate: bool | str = False,
         min_dim: int = 1,
         after: str = "finetune",
         layers: Sequence[str] | None = None,
         log_dir: Any = None,
         verbose: int = 1,
     ):
-        check_bool("rotate", rotate)
+        self._rotate_arg = f"rotate={rotate!r}"  # as given, for messages
+        rotate = _rotate_option(rotate)
         super().__init__(
-            budget, search_epochs=search_epochs, warmup_epochs=1 if rotate else 0, min_dim=min_dim, after=after,
-            layers=layers, log_dir=log_dir, verbose=verbose
+            budget, search_epochs=search_epochs, warmup_epochs=1 if rotate == "warmup_epoch" else 0,
+            min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose
         )
-        self.rotate = bool(rotate)
-        self._rotation_pending = False  # the warm-up ended; the next epoch starts with the rotation
+        #: None (no rotation), "warmup_epoch" or "mid_epoch"
+        self.rotate = rotate
+        self._rotation_pending = False  # the fields are still to be rotated (and then the probes attached)
+        self._rotate_after = 0  # "mid_epoch": the batches of the first search epoch before the rotation
         self._probes: dict = {}  # layer -> the EntryProbe this callback attached
 
     def parameter_server_blocker(self) -> str | None:
         """Under ParameterServerStrategy PME accumulates at epoch boundaries (as every epoch-bounded
-        search); `rotate=True` is refused there, as `SingleShotPruner`'s."""
+        search); `rotate` is refused there, as `SingleShotPruner`'s."""
         if self.rotate:
-            return "rotate=True rewrites whole tables from the coordinator; search without it there"
+            return f"{self._rotate_arg} rewrites whole tables from the coordinator; search without it there"
         return super().parameter_server_blocker()
 
     def _check_layers_fresh(self) -> None:
@@ -111,8 +131,17 @@ class PMEPruner(EpochBoundedSearch):
 
     def _start(self) -> None:
         if self.rotate:  # fail before training, with the model unchanged
-            rotation.require_rotatable(self.model, self._layers, self.name)
-        if self.phase == Phase.SEARCH:  # else the warm-up runs first (`_begin_search`)
+            rotation.require_rotatable(self.model, self._layers, self.name, self._rotate_arg)
+        if self.rotate == "mid_epoch":
+            steps = (self.params or {}).get("steps")
+            if not steps:
+                raise ValueError(
+                    f"{self.name}(rotate='mid_epoch') rotates halfway through the first search epoch, so it needs "
+                    "the number of steps per epoch: pass steps_per_epoch to fit, or data of known size, or use "
+                    "rotate='warmup_epoch'.")
+            self._rotate_after = max(1, int(steps) // 2)
+            self._rotation_pending = True  # the first half of the search epoch trains the full table
+        elif self.phase == Phase.SEARCH:  # else the warm-up runs first (`_begin_search`)
             self._attach_probes()
 
     def _begin_search(self) -> None:
@@ -124,11 +153,20 @@ class PMEPruner(EpochBoundedSearch):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)  # a resumed search past the warm-up begins here
-        if self._rotation_pending and self.phase == Phase.SEARCH:
-            self._rotation_pending = False
-            for layer in self._layers:
-                rotation.rotate_layer(self.model, layer, self._optimizer)
-            self._attach_probes()
+        if self._rotation_pending and self.rotate == "warmup_epoch" and self.phase == Phase.SEARCH:
+            self._rotate_and_attach()
+
+    def _on_batch(self, batch, logs=None):
+        super()._on_batch(batch, logs)
+        if (self._rotation_pending and self.rotate == "mid_epoch" and self.phase == Phase.SEARCH
+                and int(batch) + 1 >= self._rotate_after):
+            self._rotate_and_attach()
+
+    def _rotate_and_attach(self) -> None:
+        self._rotation_pending = False
+        for layer in self._layers:
+            rotation.rotate_layer(self.model, layer, self._optimizer)
+        self._attach_probes()
 
     def _attach_probes(self) -> None:
         self._probes = {layer: layer.attach_entry_probe() for layer in self._layers}
@@ -137,7 +175,9 @@ class PMEPruner(EpochBoundedSearch):
         _utils.force_retrace(self.model)
 
     def _plan(self) -> str:
-        turn = "a warm-up epoch, then each field rotated to its principal axes, then " if self.rotate else ""
+        turn = {None: "", "warmup_epoch": "a warm-up epoch, then each field rotated to its principal axes, then ",
+                "mid_epoch": f"{self._rotate_after} steps of plain training, then each field rotated to its "
+                             "principal axes, then the rest of "}[self.rotate]
         epochs = f"{self.search_epochs} epoch{'s' if self.search_epochs > 1 else ''}"
         return (f"{turn}{epochs} of entry importance |w * dL/dw|, "
                 f"then one global entry ranking (each value keeps >= {self.min_dim}) and capacity transfer")
@@ -149,6 +189,9 @@ class PMEPruner(EpochBoundedSearch):
         done = epoch - self.warmup_epochs  # search epochs scored before the checkpoint
         if done <= 0:  # resumed in the warm-up or where the search starts: nothing scored was lost
             return
+        if self.rotate == "mid_epoch":  # the restored tables were rotated in the first search epoch
+            self._rotation_pending = False
+            self._attach_probes()
         logger.warning(
             "PMEPruner: resumed at search epoch %d of a %d-epoch search: the entry importance of the epochs "
             "before it is not in the checkpoint, so only search epochs %d..%d are scored (with search_epochs=1 "
@@ -157,11 +200,11 @@ class PMEPruner(EpochBoundedSearch):
         )
 
     def _finish(self):
-        if not self._probes:  # `fit` ended with the warm-up epoch (rotate=True): nothing was scored
+        if not self._probes:  # `fit` ended before the rotation (rotate=...): nothing was scored
             self._rotation_pending = False
             self.phase = Phase.WARMUP
-            self.log.warning(f"{self.name}: training ended with the warm-up epoch of rotate=True, before the "
-                             "search; the model was not searched. Train for more epochs.")
+            self.log.warning(f"{self.name}: training ended before the rotation of {self._rotate_arg}, "
+                             "before anything was scored; the model was not searched. Train for more epochs.")
             return
         strategy = self.model.distribute_strategy
         importances = [self._probes[l].total_importance(strategy) for l in self._layers]

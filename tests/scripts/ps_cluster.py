@@ -203,7 +203,8 @@ def main(work):
         for name, cb in (("sseds_without_scoring_data", ked.SingleShotPruner(0.2)),
                          ("sseds_warmup_steps", ked.SingleShotPruner(0.2, scoring_data=scoring, warmup_steps=5)),
                          ("ham_one_epoch", ked.HardMaskSearch(0.2)),
-                         ("pme_rotate", ked.PMEPruner(0.2, rotate=True))):
+                         ("pme_rotate", ked.PMEPruner(0.2, rotate=True)),
+                         ("pme_mid_epoch", ked.PMEPruner(0.2, rotate="mid_epoch"))):
             model = build(ham if name.startswith("ham") else "prunable")
             try:
                 model.fit(keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1, steps_per_epoch=5,
