@@ -76,7 +76,11 @@ class PMEPruner(EpochBoundedSearch):
             with many noise fields (docs/results/planted.md, rows
             `pme_rotate`); on the shared data it was higher on every
             MovieLens-100K seed but lower on every Frappe seed at budget 0.2
-            (-0.0019 median: docs/guides/choosing.md).
+            (-0.0019 median: docs/guides/choosing.md). "mid_epoch" (rows
+            `pme_mid_epoch`): +0.0009 over PME on equal ranks (within two
+            standard errors of uniform dims), +0.0031 on unequal ranks; on
+            Frappe at budget 0.2 it too was below PME (0.9341 vs 0.9353
+            median), so the rotation is off by default.
         min_dim: entries every value keeps at least (default 1). With 0 a
             value may keep nothing and embed to zeros, which reaches budgets
             below 1/D but costs accuracy: on MovieLens-100K at budget 0.1,
@@ -219,6 +223,9 @@ class PMEPruner(EpochBoundedSearch):
         for layer, s in zip(self._layers, sizes):
             layer.set_value_sizes(s, optimizer=self._optimizer)
         _utils.force_retrace(self.model)
-        self._conclude(f"accumulated entry importance over {batches} steps; per-value sizes set",
+        turned = {None: "", "warmup_epoch": " on the fields' principal axes (after a warm-up epoch)",
+                  "mid_epoch": " on the fields' principal axes (from halfway through the first search epoch)"}
+        self._conclude(f"accumulated entry importance over {batches} steps{turned[self.rotate]}; per-value "
+                       "sizes set",
                        sizes={l.name: s for l, s in zip(self._layers, sizes)}, params_before=int(kept_before),
                        batches=batches)
