@@ -10,7 +10,7 @@ Methods, all with the same MLP (128-64), D = 16, Adam 1e-3, batch 1024:
 - ham_warmup: the same after one warm-up epoch (HardMaskSearch(budget, warmup_epochs=1));
 - ham+ortho: the same plus OrthogonalRegularizer(1e-3) during the whole fit;
 - sseds: SingleShotPruner(budget);
-- pme: PMEPruner(budget) (per-value sizes);
+- pme: PMEPruner(budget, rotate=False) (per-value sizes, on the tables' own axes);
 - pme_rotate: PMEPruner(budget, rotate=True): a warm-up epoch, then each field on its principal
   axes before the importance is accumulated (so one epoch less of fine-tuning);
 - pme_mid_epoch: PMEPruner(budget, rotate="mid_epoch"): the same rotation halfway through the
@@ -50,7 +50,7 @@ def run(data, seed, epochs, method, budget):
     elif method == "sseds":
         cbs = [ked.SingleShotPruner(budget, verbose=0)]
     elif method == "pme":
-        cbs = [ked.PMEPruner(budget, verbose=0)]
+        cbs = [ked.PMEPruner(budget, rotate=False, verbose=0)]  # the paper's PME, on the table's own axes
     elif method == "pme_rotate":
         cbs = [ked.PMEPruner(budget, rotate=True, verbose=0)]
     elif method == "pme_mid_epoch":

@@ -122,6 +122,8 @@ def embedding_and_callbacks(method: str, budget: float, data):
         zero = base != method
         layer_kwargs = {"min_dim": 0} if zero and m.callback is ked.TwinsMaskSearch else {}
         search_kwargs = {"min_dim": 0} if zero and m.callback is not ked.TwinsMaskSearch else {}
+        if m.callback is ked.PMEPruner:  # the grid's PME rows were measured on the tables' own axes, before
+            search_kwargs["rotate"] = False  # rotate="auto" (planted.py's pme_mid_epoch and pme_rotation.py: with it)
         return (lambda v, dim, names: m.embedding(v, dim, names, **layer_kwargs), D,
                 [m.search(budget, verbose=0, **search_kwargs)])
     if method == "full":

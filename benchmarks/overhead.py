@@ -53,7 +53,7 @@ def configs():
         "ham_search": (ham, [ked.HardMaskSearch(0.1, search_epochs=never, verbose=0)]),
         "ham_search+ortho": (ham, [ked.HardMaskSearch(0.1, search_epochs=never, verbose=0), ked.OrthogonalRegularizer(1e-3)]),
         "sseds": ("prunable", [ked.SingleShotPruner(0.1, warmup_steps=5, scoring_steps=20, verbose=0)]),
-        "pme_search": ("prunable", [ked.PMEPruner(0.1, search_epochs=never, verbose=0)]),
+        "pme_search": ("prunable", [ked.PMEPruner(0.1, search_epochs=never, rotate=False, verbose=0)]),
         "amtl_search": (twins, [ked.TwinsMaskSearch(0.1, search_epochs=never, verbose=0)]),
     }
 

@@ -3,8 +3,8 @@
     python benchmarks/pme_rotation.py [--datasets frappe movielens] [--budgets 0.1 0.2] [--seeds 3]
 
 `budget_methods.py` compares after a fixed 3 epochs; narrow models are still learning then
-(docs/guides/choosing.md, "Train the narrow models to convergence before comparing"), and a rotation
-zeroes the optimizer's state of the rotated variables, which slows the next steps. This script uses
+(docs/guides/choosing.md, "Train the narrow models to convergence before comparing"), and on Frappe
+the rotated PME was below the unrotated one there but not at their best epochs. This script uses
 planted.py's protocol instead: up to `--max-epochs` epochs, validation and test AUC after each
 (`factories.EpochAUC`), stopped at the first epoch at the budget that does not improve the best
 validation AUC; the test AUC of the best such epoch counts.

@@ -86,7 +86,7 @@ def search_setup(config: str, budget: float, counts=None):
                                                      frequencies=counts, name="embedding"),
                 [ked.TwinsMaskSearch(budget, verbose=0)])
     if config == "pme":
-        return "prunable", [ked.PMEPruner(budget, verbose=0)]
+        return "prunable", [ked.PMEPruner(budget, rotate=False, verbose=0)]
     if config == "ortho":
         return "prunable", [ked.OrthogonalRegularizer(1e-3)]
     raise ValueError(config)

@@ -139,7 +139,7 @@ def worker(config: str, path: str, out_dir: str) -> dict:
             ked.PrunableEmbedding(v, dim, field_names=n), frequencies=counts, name="embedding")
         callbacks = [ked.TwinsMaskSearch(BUDGET, verbose=0)]
     elif config == "pme":
-        emb, callbacks = "prunable", [ked.PMEPruner(BUDGET, verbose=0)]
+        emb, callbacks = "prunable", [ked.PMEPruner(BUDGET, rotate=False, verbose=0)]
     elif config == "ortho":  # the OrthogonalRegularizer callback on a PrunableEmbedding (no search)
         emb, callbacks = "prunable", [ked.OrthogonalRegularizer()]
     else:

@@ -116,7 +116,7 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
     exports["uniform"]["dims"] = du
     min_dim = 1 if budget >= 1 / D else 0  # below 1/D one dim everywhere is over the budget: fields may drop
     searches = (("sseds", ked.SingleShotPruner(budget, min_dim=min_dim, verbose=0)),
-                ("pme", ked.PMEPruner(budget, min_dim=min_dim, verbose=0)))
+                ("pme", ked.PMEPruner(budget, min_dim=min_dim, rotate=False, verbose=0)))
     for method, cb in searches:
         keras.utils.set_random_seed(seed)
         model = ked.models.compile_ctr(ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=D))

@@ -79,6 +79,11 @@ def test_every_search_runs_at_epoch_boundaries_and_lands_on_the_budget(cluster, 
     assert all(np.isfinite(run["loss"]))
 
 
+def test_pme_default_searches_without_the_rotation_and_says_why(cluster):
+    rotation, why = cluster["search"]["pme"]["rotation"]
+    assert rotation is None and why.startswith("ParameterServerStrategy")
+
+
 def test_ham_warmup_pauses_the_search_for_its_epoch_then_searches(cluster):
     run = cluster["search"]["ham_warmup"]
     assert run["warmup_left_scores"]  # the workers' steps of the warm-up epoch did not move HAM's scores

@@ -10,7 +10,9 @@ puts every field on the principal axes of its warm-up table, only the search epo
 one-epoch fit ends unsearched, an FM consumer is refused before training. With
 `rotate="mid_epoch"` the same halfway through the first search epoch (no warm-up epoch): the
 predictions kept across the rotation, the second half of the epoch scored, refused without a known
-number of steps, and a run resumed past the first search epoch not rotated again.
+number of steps, and a run resumed past the first search epoch not rotated again. The default
+`rotate="auto"`: "mid_epoch" on an MLP, no rotation (and why) on an FM model or without a known
+number of steps, there the same sizes as `rotate=False`.
 """
 
 import numpy as np
@@ -203,8 +205,8 @@ def test_pme_rotate_refuses_an_fm_consumer_before_training(small_data, rotate):
 
 @pytest.mark.parametrize("value", ["yes", 1, "mid"])
 def test_pme_bad_rotate_option(value):
-    with pytest.raises(ValueError, match=(r"`rotate` must be False, True, 'warmup_epoch' or 'mid_epoch'; "
-                                          rf"received rotate={value!r}")):
+    with pytest.raises(ValueError, match=(r"`rotate` must be one of \('auto', 'warmup_epoch', 'mid_epoch'\), True or "
+                                          rf"False; received rotate={value!r}")):
         ked.PMEPruner(0.2, rotate=value)
 
 
@@ -282,3 +284,53 @@ def test_pme_mid_epoch_resumed_after_the_first_search_epoch_is_not_rotated_again
     np.testing.assert_array_equal(snap.table, table)  # not rotated at the start of the resumed epoch
     # scored from its first step (a rotation halfway would have restarted the count at step 4)
     assert cb.phase == "done" and cb.result.batches == 2048 // 256
+
+
+def test_pme_auto_rotates_an_mlp_halfway_through_the_search_epoch(small_data):
+    d = small_data
+    x, y = d.train
+    runs = {}
+    for rotate in ("auto", "mid_epoch"):
+        model = _mlp(d)
+        cb = ked.PMEPruner(0.2, rotate=rotate, verbose=0)
+        model.fit(d.inputs(x[:2048]), y[:2048], batch_size=256, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+        runs[rotate] = cb, np.concatenate(ked.find_searchable_layers(model)[0].dimension_mask().value_sizes)
+    cb, sizes = runs["auto"]
+    assert cb.rotate == "auto" and cb.rotation == "mid_epoch" and cb.no_rotation_reason is None
+    assert cb.result.batches == 4  # the second half of 8 steps
+    np.testing.assert_array_equal(sizes, runs["mid_epoch"][1])
+
+
+def _pme_sizes(model, fit_data, rotate, **fit_kwargs):
+    cb = ked.PMEPruner(0.2, rotate=rotate, verbose=0)
+    model.fit(fit_data[0], fit_data[1], verbose=0, callbacks=[cb], **fit_kwargs)
+    return cb, np.concatenate(ked.find_searchable_layers(model)[0].dimension_mask().value_sizes)
+
+
+def test_pme_auto_searches_an_fm_model_on_its_own_axes_and_says_why(small_data, caplog):
+    import logging
+
+    d = small_data
+    x, y = d.train
+    data = (d.inputs(x[:2048]), y[:2048])
+    with caplog.at_level(logging.INFO, logger="keras_embdim"):
+        cb, sizes = _pme_sizes(_mlp(d, build=ked.models.build_deepfm), data, "auto", batch_size=256, epochs=2,
+                               shuffle=False)
+    assert cb.rotation is None and "layer 'embedding' cannot be rotated" in cb.no_rotation_reason
+    assert any("rotate='auto'" in r.getMessage() and "not rotated" in r.getMessage() for r in caplog.records)
+    assert cb.result.batches == 8  # the whole search epoch, as without rotation
+    _, plain = _pme_sizes(_mlp(d, build=ked.models.build_deepfm), data, False, batch_size=256, epochs=2,
+                          shuffle=False)
+    np.testing.assert_array_equal(sizes, plain)
+
+
+def test_pme_auto_without_a_known_number_of_steps_does_not_rotate(small_data):
+    import tensorflow as tf
+
+    d = small_data
+    x, y = d.train
+    ds = tf.data.Dataset.from_tensor_slices((d.inputs(x[:1024]), y[:1024])).filter(lambda *_: True).batch(256)
+    cb = ked.PMEPruner(0.2, verbose=0)
+    _mlp(d).fit(ds, epochs=2, verbose=0, callbacks=[cb])
+    assert cb.rotation is None and "number of steps per epoch is unknown" in cb.no_rotation_reason
+    assert cb.phase == "done" and cb.result.step == 4  # searched over its one epoch, on the table's own axes

@@ -17,16 +17,17 @@ from keras_embdim.searchable import total_params
 
 logger = logging.getLogger("keras_embdim")
 
-#: when `rotate` turns each field to its principal axes (True is "warmup_epoch")
-ROTATE = ("warmup_epoch", "mid_epoch")
+#: when `rotate` turns each field to its principal axes (True is "warmup_epoch"; "auto" is "mid_epoch"
+#: where the model allows it, else no rotation)
+ROTATE = ("auto", "warmup_epoch", "mid_epoch")
 
 
 def _rotate_option(value: Any) -> str | None:
     if isinstance(value, (bool, np.bool_)):
-        return ROTATE[0] if value else None
+        return "warmup_epoch" if value else None
     if isinstance(value, str) and value in ROTATE:
         return value
-    raise ValueError(f"`rotate` must be False, True, {ROTATE[0]!r} or {ROTATE[1]!r}; received rotate={value!r}.")
+    raise ValueError(f"`rotate` must be one of {ROTATE}, True or False; received rotate={value!r}.")
 
 
 class PMEPruner(EpochBoundedSearch):
@@ -44,43 +45,43 @@ class PMEPruner(EpochBoundedSearch):
     (`after="retrain"`). The kept parameters equal the surviving entries by
     construction.
 
-    With `rotate` each field's columns are turned to the principal axes of
-    its rows, and the consuming `Dense` kernel rows back, so that the model
-    computes what it computed (`keras_embdim.search.rotation`), before the
-    importance is accumulated: after one epoch of plain training
-    (`rotate=True`, or "warmup_epoch"), or halfway through the first search
-    epoch (`rotate="mid_epoch"`: its first half trains the full table, its
-    second half is scored; no extra epoch). A trained table spreads what a
-    field carries over all its columns, so every entry of a frequent value
-    looks about as important as the next, and "its first c_i columns" are
-    any c_i of them; on the principal axes the first columns carry the
-    most, and a value that keeps c_i columns keeps the c_i that carry the
-    most of its field.
+    By default (`rotate="auto"`) each field's columns are first turned to the
+    principal axes of its rows, and the consuming `Dense` kernel rows back,
+    so that the model computes what it computed
+    (`keras_embdim.search.rotation`): halfway through the first search
+    epoch, whose first half trains the full table and whose second half is
+    scored. A trained table spreads what a field carries over all its
+    columns, so every entry of a frequent value looks about as important as
+    the next, and "its first c_i columns" are any c_i of them; on the
+    principal axes the first columns carry the most, and a value that keeps
+    c_i columns keeps the c_i that carry the most of its field.
 
     Args:
         budget: kept fraction of embedding parameters, in (0, 1].
         search_epochs: epochs over which importance is accumulated (default 1).
-        rotate: False (default), True / "warmup_epoch" or "mid_epoch":
-            rotate each field to its principal axes before the importance
-            is accumulated (above). It needs a layer whose output reaches
-            only `Dense` layers (through `Concatenate`, `Flatten`,
-            `Reshape` and the like: not an FM inner product), and it resets
-            the optimizer's state of the rotated table and kernels.
-            "warmup_epoch" needs one more epoch (a `fit` of one epoch ends
-            in the warm-up, unsearched); "mid_epoch" needs the number of
-            steps per epoch (`steps_per_epoch`, or data of known size). On
-            planted per-field ranks (5 seeds) the warm-up rotation removed
-            PME's loss against uniform dims where every field needs the
-            same rank (+0.0011 AUC over PME) and raised PME's AUC where
-            ranks differ (+0.0040 on unequal ranks), within 0.0004 of it
-            with many noise fields (docs/results/planted.md, rows
-            `pme_rotate`); on the shared data it was higher on every
-            MovieLens-100K seed but lower on every Frappe seed at budget 0.2
-            (-0.0019 median: docs/guides/choosing.md). "mid_epoch" (rows
-            `pme_mid_epoch`): +0.0009 over PME on equal ranks (within two
-            standard errors of uniform dims), +0.0031 on unequal ranks; on
-            Frappe at budget 0.2 it too was below PME (0.9341 vs 0.9353
-            median), so the rotation is off by default.
+        rotate: "auto" (default): "mid_epoch" where the model allows it,
+            else no rotation (the reason is logged and kept in
+            `no_rotation_reason`; the rotation done is `rotation`).
+            "mid_epoch": the rotation halfway through the first search
+            epoch; it needs a layer whose output reaches only `Dense` layers
+            (through `Concatenate`, `Flatten`, `Reshape` and the like: not
+            an FM inner product) and a known number of steps per epoch
+            (`steps_per_epoch`, or data of known size), and it resets the
+            optimizer's state of the rotated table and kernels; not under
+            ParameterServerStrategy. True / "warmup_epoch": the same after
+            one more epoch of plain training (a `fit` of one epoch ends in
+            the warm-up, unsearched). False: the paper's PME, on the table's
+            own axes, the default before "auto". On planted per-field ranks
+            (5 seeds) "mid_epoch" removed PME's loss against uniform dims
+            where every field needs the same rank (+0.0009 AUC over
+            `rotate=False`, within two standard errors of uniform) and
+            raised PME's AUC where ranks differ (+0.0031 on unequal ranks;
+            docs/results/planted.md, rows `pme_mid_epoch`); trained to
+            convergence on MovieLens-100K +0.0011 and +0.0022 at budgets 0.1
+            and 0.2 (every seed higher), on Frappe within 0.0004 of it
+            (docs/results/pme_rotation.md). After a fixed 3 epochs it was
+            below `rotate=False` on Frappe at 0.2 (0.9341 vs 0.9353): there
+            it gets to the same AUC later; train to convergence.
         min_dim: entries every value keeps at least (default 1). With 0 a
             value may keep nothing and embed to zeros, which reaches budgets
             below 1/D but costs accuracy: on MovieLens-100K at budget 0.1,
@@ -102,7 +103,7 @@ class PMEPruner(EpochBoundedSearch):
         budget: float,
         *,
         search_epochs: int = 1,
-        rotate: bool | str = False,
+        rotate: bool | str = "auto",
         min_dim: int = 1,
         after: str = "finetune",
         layers: Sequence[str] | None = None,
@@ -115,8 +116,12 @@ class PMEPruner(EpochBoundedSearch):
             budget, search_epochs=search_epochs, warmup_epochs=1 if rotate == "warmup_epoch" else 0,
             min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose
         )
-        #: None (no rotation), "warmup_epoch" or "mid_epoch"
+        #: as asked: None (no rotation), "auto", "warmup_epoch" or "mid_epoch"
         self.rotate = rotate
+        #: what this fit does: None, "warmup_epoch" or "mid_epoch" ("auto" resolved at train begin)
+        self.rotation: str | None = None if rotate == "auto" else rotate
+        #: why rotate="auto" did not rotate (None if it did, or was not asked)
+        self.no_rotation_reason: str | None = None
         self._rotation_pending = False  # the fields are still to be rotated (and then the probes attached)
         self._rotate_after = 0  # "mid_epoch": the batches of the first search epoch before the rotation
         self._probes: dict = {}  # layer -> the EntryProbe this callback attached
@@ -124,7 +129,7 @@ class PMEPruner(EpochBoundedSearch):
     def parameter_server_blocker(self) -> str | None:
         """Under ParameterServerStrategy PME accumulates at epoch boundaries (as every epoch-bounded
         search); `rotate` is refused there, as `SingleShotPruner`'s."""
-        if self.rotate:
+        if self.rotate in ("warmup_epoch", "mid_epoch"):  # "auto" searches there without the rotation
             return f"{self._rotate_arg} rewrites whole tables from the coordinator; search without it there"
         return super().parameter_server_blocker()
 
@@ -134,19 +139,35 @@ class PMEPruner(EpochBoundedSearch):
             raise ValueError(f"PMEPruner: layers {with_mask} are searched already (a mask is set).")
 
     def _start(self) -> None:
-        if self.rotate:  # fail before training, with the model unchanged
-            rotation.require_rotatable(self.model, self._layers, self.name, self._rotate_arg)
-        if self.rotate == "mid_epoch":
-            steps = (self.params or {}).get("steps")
-            if not steps:
-                raise ValueError(
-                    f"{self.name}(rotate='mid_epoch') rotates halfway through the first search epoch, so it needs "
-                    "the number of steps per epoch: pass steps_per_epoch to fit, or data of known size, or use "
-                    "rotate='warmup_epoch'.")
-            self._rotate_after = max(1, int(steps) // 2)
+        self.rotation = self._resolve_rotation()  # fails before training, with the model unchanged
+        if self.rotation == "mid_epoch":
+            self._rotate_after = int(self.params["steps"]) // 2
             self._rotation_pending = True  # the first half of the search epoch trains the full table
         elif self.phase == Phase.SEARCH:  # else the warm-up runs first (`_begin_search`)
             self._attach_probes()
+
+    def _resolve_rotation(self) -> str | None:
+        """The rotation this fit does. Asked for explicitly, it must be possible (else a ValueError);
+        "auto" is "mid_epoch" where it is, else no rotation (`no_rotation_reason` says why)."""
+        if self.rotate is None:
+            return None
+        steps = int((self.params or {}).get("steps") or 0)
+        no_steps = ("the number of steps per epoch is unknown (pass steps_per_epoch to fit, or data of known "
+                    "size)" if not steps else "an epoch has one step" if steps < 2 else None)
+        if self.rotate != "auto":
+            rotation.require_rotatable(self.model, self._layers, self.name, self._rotate_arg)
+            if self.rotate == "mid_epoch" and no_steps:
+                raise ValueError(f"{self.name}(rotate='mid_epoch') rotates halfway through the first search epoch, "
+                                 f"but {no_steps}; use rotate='warmup_epoch'.")
+            return self.rotate
+        why = ("ParameterServerStrategy (the rotation rewrites whole tables from the coordinator)"
+               if self._on_parameter_server else rotation.why_not_rotatable(self.model, self._layers) or no_steps)
+        if why is not None:
+            self.no_rotation_reason = why
+            self.log.info(f"{self.name}: rotate='auto': the fields are searched on their own axes, not rotated: "
+                          f"{why}.")
+            return None
+        return "mid_epoch"
 
     def _begin_search(self) -> None:
         """The warm-up (`rotate=True`) is over: the rotation and the probes wait for the next epoch's
@@ -157,12 +178,12 @@ class PMEPruner(EpochBoundedSearch):
 
     def on_epoch_begin(self, epoch, logs=None):
         super().on_epoch_begin(epoch, logs)  # a resumed search past the warm-up begins here
-        if self._rotation_pending and self.rotate == "warmup_epoch" and self.phase == Phase.SEARCH:
+        if self._rotation_pending and self.rotation == "warmup_epoch" and self.phase == Phase.SEARCH:
             self._rotate_and_attach()
 
     def _on_batch(self, batch, logs=None):
         super()._on_batch(batch, logs)
-        if (self._rotation_pending and self.rotate == "mid_epoch" and self.phase == Phase.SEARCH
+        if (self._rotation_pending and self.rotation == "mid_epoch" and self.phase == Phase.SEARCH
                 and int(batch) + 1 >= self._rotate_after):
             self._rotate_and_attach()
 
@@ -181,7 +202,7 @@ class PMEPruner(EpochBoundedSearch):
     def _plan(self) -> str:
         turn = {None: "", "warmup_epoch": "a warm-up epoch, then each field rotated to its principal axes, then ",
                 "mid_epoch": f"{self._rotate_after} steps of plain training, then each field rotated to its "
-                             "principal axes, then the rest of "}[self.rotate]
+                             "principal axes, then the rest of "}[self.rotation]
         epochs = f"{self.search_epochs} epoch{'s' if self.search_epochs > 1 else ''}"
         return (f"{turn}{epochs} of entry importance |w * dL/dw|, "
                 f"then one global entry ranking (each value keeps >= {self.min_dim}) and capacity transfer")
@@ -193,7 +214,7 @@ class PMEPruner(EpochBoundedSearch):
         done = epoch - self.warmup_epochs  # search epochs scored before the checkpoint
         if done <= 0:  # resumed in the warm-up or where the search starts: nothing scored was lost
             return
-        if self.rotate == "mid_epoch":  # the restored tables were rotated in the first search epoch
+        if self.rotation == "mid_epoch":  # the restored tables were rotated in the first search epoch
             self._rotation_pending = False
             self._attach_probes()
         logger.warning(
@@ -225,7 +246,7 @@ class PMEPruner(EpochBoundedSearch):
         _utils.force_retrace(self.model)
         turned = {None: "", "warmup_epoch": " on the fields' principal axes (after a warm-up epoch)",
                   "mid_epoch": " on the fields' principal axes (from halfway through the first search epoch)"}
-        self._conclude(f"accumulated entry importance over {batches} steps{turned[self.rotate]}; per-value "
+        self._conclude(f"accumulated entry importance over {batches} steps{turned[self.rotation]}; per-value "
                        "sizes set",
                        sizes={l.name: s for l, s in zip(self._layers, sizes)}, params_before=int(kept_before),
                        batches=batches)

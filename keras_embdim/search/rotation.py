@@ -65,18 +65,25 @@ def field_gram(table: Any, start: int, stop: int) -> np.ndarray:
     return gram
 
 
-def require_rotatable(model: Any, layers: list, component: str, option: str = "rotate=True") -> None:
-    """Raise before training, with the model unchanged, if a layer of `layers` cannot be rotated
-    in `model` (its output reaches something other than Dense layers through data-moving layers).
-    `component` names the search in the message (`"PMEPruner"`, `"SingleShotPruner"`), `option`
-    the argument that asked for the rotation."""
+def why_not_rotatable(model: Any, layers: list) -> str | None:
+    """Why a layer of `layers` cannot be rotated in `model` (its output reaches something other
+    than Dense layers through data-moving layers), naming it; None if every one can."""
     from keras_embdim.export.fold import kernel_rows
 
     for layer in layers:
         _, why = kernel_rows(model, layer)
         if why is not None:
-            raise ValueError(f"{component}({option}): layer '{layer.name}' cannot be rotated to its principal "
-                             f"axes: {why}. Search without {option}.")
+            return f"layer '{layer.name}' cannot be rotated to its principal axes: {why}"
+    return None
+
+
+def require_rotatable(model: Any, layers: list, component: str, option: str = "rotate=True") -> None:
+    """Raise before training, with the model unchanged, if a layer of `layers` cannot be rotated
+    in `model` (`why_not_rotatable`). `component` names the search in the message (`"PMEPruner"`,
+    `"SingleShotPruner"`), `option` the argument that asked for the rotation."""
+    why = why_not_rotatable(model, layers)
+    if why is not None:
+        raise ValueError(f"{component}({option}): {why}. Search without {option}.")
 
 
 def rotate_layer(model: Any, layer: Any, optimizer: Any = None) -> list[np.ndarray]:

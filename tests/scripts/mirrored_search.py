@@ -36,10 +36,11 @@ def callback(method):
         # the rotation rewrites the mirrored table, kernel and their optimizer slots from the host
         "sseds_rotate": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, rotate=True, verbose=0),
         "pme_rotate": lambda: ked.PMEPruner(0.2, rotate=True, verbose=0),
-        # the rotation from a batch-level hook, halfway through the search epoch
+        # the rotation from a batch-level hook, halfway through the search epoch (what the default does here)
         "pme_mid_epoch": lambda: ked.PMEPruner(0.2, rotate="mid_epoch", verbose=0),
         "ham": lambda: ked.HardMaskSearch(0.2, verbose=0),
-        "pme": lambda: ked.PMEPruner(0.2, verbose=0),
+        # on the table's own axes; the default (rotate="auto") rotates an MLP's fields: pme_mid_epoch
+        "pme": lambda: ked.PMEPruner(0.2, rotate=False, verbose=0),
         "amtl": lambda: ked.TwinsMaskSearch(0.2, verbose=0),
     }[method]()
 

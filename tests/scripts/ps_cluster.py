@@ -178,6 +178,8 @@ def main(work):
                 "export": export.path, "export_max_abs_diff": export.max_abs_diff,
                 "pred": np.asarray(model(sample, training=False)).reshape(-1).tolist(),
             }
+            if name == "pme":  # rotate="auto", the default: no rotation there, and why
+                out["search"][name]["rotation"] = [cbs[0].rotation, cbs[0].no_rotation_reason]
             if name == "ham_warmup":
                 out["search"][name]["warmup_left_scores"] = cbs[1].unchanged
                 out["search"][name]["searched_steps"] = cbs[0].result.step
