@@ -51,15 +51,13 @@ CASES = {
     "sseds_after": ("sseds", dict(scoring_steps=8), 2),
     "ham_after": ("ham", dict(search_epochs=1), 2),
     "amtl_after": ("amtl", dict(search_epochs=1), 2),
+    # the default rotate="auto": this MLP's fields rotated halfway through epoch 0
     "pme_after": ("pme", dict(search_epochs=1), 2),
     # rotate=True: the backup at the end of the warm-up epoch; resumed, the fields are rotated and
     # the whole search epoch is scored, as in the uninterrupted run; killed in epoch 3, the backup of
     # epoch 2 holds the finished search (epoch 1 ends it: its backup may be written before it ends)
     "pme_rotate_mid_search": ("pme", dict(rotate=True), 1),
     "pme_rotate_after": ("pme", dict(rotate=True), 3),
-    # rotate="mid_epoch": the rotation halfway through epoch 0; killed in epoch 2, the backup of
-    # epoch 1 holds the finished search
-    "pme_mid_epoch_after": ("pme", dict(rotate="mid_epoch"), 2),
 }
 
 
