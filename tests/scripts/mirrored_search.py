@@ -35,7 +35,6 @@ def callback(method):
         "sseds_fisher": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, score="fisher", verbose=0),
         # the rotation rewrites the mirrored table, kernel and their optimizer slots from the host
         "sseds_rotate": lambda: ked.SingleShotPruner(0.2, warmup_steps=10, scoring_steps=5, rotate=True, verbose=0),
-        "pme_rotate": lambda: ked.PMEPruner(0.2, rotate=True, verbose=0),
         # the rotation from a batch-level hook, halfway through the search epoch (what the default does here)
         "pme_mid_epoch": lambda: ked.PMEPruner(0.2, rotate="mid_epoch", verbose=0),
         "ham": lambda: ked.HardMaskSearch(0.2, verbose=0),
@@ -111,5 +110,5 @@ def main(methods):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "pme_rotate", "pme_mid_epoch", "amtl",
-                          "pme_lazy", "pme_catchup"])
+    main(sys.argv[1:] or ["sseds", "sseds_fisher", "sseds_rotate", "ham", "pme", "pme_mid_epoch", "amtl", "pme_lazy",
+                          "pme_catchup"])
