@@ -163,6 +163,37 @@ def test_invalid_ids_error_or_zero_chosen_at_export(searched, tmp_path):
         ked.DimensionExporter(str(tmp_path / "x"), on_invalid_id="clip")
 
 
+def _op_types(concrete) -> set:
+    """Op types of a concrete function's graph and of every function it calls."""
+    graph = concrete.graph.as_graph_def()
+    return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+
+
+def test_unchecked_builds_no_id_check_and_serves_valid_ids_the_same(searched, tmp_path):
+    """`on_invalid_id="unchecked"`: the served graph has no check (no cond, no assertion), as
+    Keras' own model; valid ids serve what the model predicts, in a fresh TensorFlow-only process."""
+    d, model, sample = searched
+    err = ked.export_compact(model, str(tmp_path / "err"), sample_inputs=sample, verbose=0)
+    raw = ked.export_compact(model, str(tmp_path / "raw"), sample_inputs=sample, verbose=0, on_invalid_id="unchecked")
+    assert raw.on_invalid_id == "unchecked" and raw.max_abs_diff <= 1e-5
+    name = ked.find_searchable_layers(model)[0].name
+    assert raw.folds[name]["id_check"] == "left out: on_invalid_id='unchecked'"
+    assert err.folds[name]["id_check"] == "on_invalid_id"
+    with open(os.path.join(raw.path, "dimensions.json")) as f:
+        assert json.load(f)["export"]["folds"][name]["id_check"] == "left out: on_invalid_id='unchecked'"
+    checks = {"If", "StatelessIf", "Assert"}
+    assert checks & _op_types(tf.saved_model.load(err.path).signatures["serving_default"])
+    assert not checks & _op_types(tf.saved_model.load(raw.path).signatures["serving_default"])
+    # the padded output (fold=False) reads its ids through the layer's guard, not the folded path's stack
+    padded = ked.export_compact(model, str(tmp_path / "padded"), sample_inputs=sample, verbose=0, fold=False,
+                                on_invalid_id="unchecked")
+    assert padded.max_abs_diff <= 1e-5 and padded.folds[name]["padded"]
+    assert not checks & _op_types(tf.saved_model.load(padded.path).signatures["serving_default"])
+    report = check_in_fresh_process(raw.path, sample, {"ctr": model.predict(sample, verbose=0)}, atol=1e-5)
+    assert report["keras_embdim_importable"] is False
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
 BAD_REQUEST_TF1 = r"""
 import sys
 sys.modules["keras_embdim"] = None  # TensorFlow only, as TF Serving

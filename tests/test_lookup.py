@@ -175,13 +175,14 @@ def test_stored_values_swap_in_and_back_exactly(per_value, table_dtype):
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.integers(1, 30), min_size=2, max_size=6), st.integers(1, 6), st.floats(0.0, 1.0),
-       st.integers(0, 10_000), st.booleans(), st.booleans(), st.sampled_from(["error", "zero"]),
+       st.integers(0, 10_000), st.booleans(), st.booleans(), st.sampled_from(["error", "zero", "unchecked"]),
        st.sampled_from([(7,), (4, 3)]))
 def test_per_field_columns_serve_what_the_stacked_ids_serve(vocab, D, keep_p, seed, jit, per_value, policy, shape):
     """`folded_fields` (one id tensor per field, each width group stacking only its own
     fields; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
     value by value: int32 and int64 columns mixed, fields that keep nothing, one-field
-    groups, sequences of ids per field, and invalid ids under the "zero" policy."""
+    groups, sequences of ids per field, and invalid ids under the "zero" policy ("unchecked":
+    valid ids served as under the other policies, with no check built)."""
     rng = np.random.default_rng(seed)
     kw = {"sizes": rng.integers(0, D + 1, sum(vocab))} if per_value else {"keep": rng.random((len(vocab), D)) < keep_p}
     layer, _ = _layer(vocab, D, seed, **kw)
@@ -303,7 +304,7 @@ def test_dense_field_plan_by_hand():
 @given(st.lists(st.tuples(st.integers(1, 40), st.sampled_from(["uniform", "near", "random", "empty"])),
                 min_size=2, max_size=5),
        st.integers(2, 10), st.integers(0, 10_000), st.sampled_from(["auto", "offsets", "sparse"]), st.booleans(),
-       st.sampled_from(["error", "zero"]))
+       st.sampled_from(["error", "zero", "unchecked"]))
 def test_split_lookup_equals_prefix_reference(fields, D, seed, layout, jit, policy):
     """A per-value layer with some fields stored whole (`SplitLookup`) serves what the layer
     computes: padded, folded (codes mapped to the layer's fields) and per-field columns, value

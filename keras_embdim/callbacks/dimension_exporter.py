@@ -33,8 +33,8 @@ class DimensionExporter(keras.callbacks.Callback):
         value_read: per-value layers: `"auto"`, `"prefix"` or `"ranged"` row reads (`export_compact`).
         jit_compile: XLA-compile the lookups (`export_compact`).
         table_dtype: `"float32"`, `"float16"` or `"int8"` storage (`export_compact`).
-        on_invalid_id: `"error"` or `"zero"` for served ids outside a field's
-            vocabulary (`export_compact`).
+        on_invalid_id: `"error"`, `"zero"` or `"unchecked"` for served ids outside
+            a field's vocabulary (`export_compact`).
         fold: compute Dense layers fed by searched embeddings from the kept
             values only (`export_compact`).
         value_dense_fields: per-value layers: store fields whose values nearly

@@ -103,7 +103,7 @@ def compact_layer(
         jit_compile: XLA-compile the lookup (see `FieldLookup`, `ValueLookup`).
         table_dtype: storage of the kept values: `"float32"`, `"float16"`, or
             `"int8"` with a float16 scale per row (`keras_embdim.export.quantize`).
-        on_invalid_id: `"error"` or `"zero"` (`keras_embdim.export.lookup.IdGuard`).
+        on_invalid_id: `"error"`, `"zero"` or `"unchecked"` (`keras_embdim.export.lookup.IdGuard`).
         value_dense_fields: per-value sizes only: store the fields whose rows nearly all have
             the field's widest size whole, in per-field tables (`dense_field_plan`); False
             packs every field.

@@ -84,7 +84,8 @@ class ExportResult:
     # variables_files (values + index on disk) and total on disk
     bytes: dict = field(default_factory=dict)
     # per searched layer: the Dense layers it was folded into, or why it serves padded, and whether its
-    # served ids are checked ("on_invalid_id") or the check was left out because it could never fail
+    # served ids are checked ("on_invalid_id") or the check was left out (it could never fail, or
+    # on_invalid_id="unchecked")
     folds: dict = field(default_factory=dict)
     # per-value layers: the fields stored whole, in per-field tables (`value_dense_fields`)
     dense_fields: dict = field(default_factory=dict)
@@ -194,7 +195,10 @@ def export_compact(
         on_invalid_id: what a served request with an id outside its field's
             vocabulary gets: `"error"` (default: the request fails with a
             message naming the layer, the field, the id and the vocabulary
-            size) or `"zero"` (a zero embedding for that id; the request answers).
+            size), `"zero"` (a zero embedding for that id; the request answers)
+            or `"unchecked"` (no check in the served graph, as Keras' own
+            `Embedding`: an invalid id is not detected, it reads another row
+            or fails in the gather; for ids that are in range by construction).
         fold: compute the `Dense` layers fed by searched embeddings from the
             kept values only (`keras_embdim.export.fold`); False serves every
             searched layer's padded output.
@@ -245,6 +249,8 @@ def export_compact(
     for layer in compacted:
         if layer.name not in report.layers:
             report.add(layer.name, reason="folding is off (fold=False)" if not fold else "not reached by a foldable Dense")
+        if on_invalid_id == "unchecked" and report.layers[layer.name]["id_check"] == "on_invalid_id":
+            report.leave_out_id_check(layer.name, "on_invalid_id='unchecked'")
 
     def serve(named):
         if plan is not None:

@@ -126,7 +126,8 @@ class FoldReport:
             rec["padded"] = reason
 
     def leave_out_id_check(self, layer_name: str, why: str) -> None:
-        """The layer's served ids are in range by construction (`_plan_prechecked`)."""
+        """No id check for the layer: its served ids are in range by construction (`_plan_prechecked`),
+        or the export was asked for none (`on_invalid_id="unchecked"`)."""
         self.add(layer_name)
         self.layers[layer_name]["id_check"] = f"left out: {why}"
 

@@ -34,7 +34,10 @@ Each has two outputs:
 
 Ids are checked by an `IdGuard`: `on_invalid_id="error"` fails the request
 with a message naming the layer, the field, the bad id and the vocabulary
-size; `"zero"` serves a zero vector for it and answers the rest. `folded` and
+size; `"zero"` serves a zero vector for it and answers the rest;
+`"unchecked"` builds no check, as Keras' own `Embedding` (an invalid id is
+not detected: it reads another row, or fails in the gather when no row has
+that index). `folded` and
 `folded_fields` take `checked=True` when the caller knows every id is in its
 field's range (the exporter, for ids straight from a `StringLookup` whose
 vocabulary fits the field: `keras_embdim.export.fold`); no check is built then.
@@ -51,7 +54,7 @@ import tensorflow as tf
 from keras_embdim.export import layouts
 from keras_embdim.fields import as_int_ids, stack_columns
 
-INVALID_ID_POLICIES = ("error", "zero")
+INVALID_ID_POLICIES = ("error", "zero", "unchecked")
 
 
 def check_invalid_id_policy(value: str) -> str:
@@ -68,7 +71,7 @@ class IdGuard:
         field_names: names of the fields (last axis of multi-field ids).
         vocab_sizes: vocabulary size of each field.
         multi_field: whether the last axis of the ids indexes fields.
-        policy: `"error"` or `"zero"` (see the module docstring).
+        policy: `"error"`, `"zero"` or `"unchecked"` (see the module docstring).
     """
 
     def __init__(self, layer_name: str, field_names: Sequence[str], vocab_sizes: Sequence[int], multi_field: bool,
@@ -81,13 +84,14 @@ class IdGuard:
 
     def __call__(self, ids: tf.Tensor, checked: bool = False) -> tuple[tf.Tensor, tf.Tensor | None]:
         """`(int32 ids, valid)`; `valid` is a boolean mask like `ids` for `"zero"`, else None.
-        `checked`: every id is known to be in its field's range, so nothing is built.
+        `checked`: every id is known to be in its field's range, so nothing is built (nor
+        under `"unchecked"`).
 
         `"error"` compares each field's largest id (its bits read as unsigned, so a negative
         id is the largest) with the field's vocabulary, as `check_stacked` does; only a
         failing request looks for the first bad id to name it."""
         ids = as_int_ids(ids)
-        if checked:
+        if checked or self.policy == "unchecked":
             return tf.cast(ids, tf.int32), None
         high = self.vocab_sizes if self.multi_field else self.vocab_sizes[:1].reshape(())
         if self.policy == "zero":
