@@ -9,7 +9,8 @@ For each dataset and budget, in one process: a full-dimension MLP (128-64 over
 with `PMEPruner(budget)` (per value) for one epoch (`min_dim=0` below 1/16,
 where one dim for every field or value is already over the budget), and exported with
 `export_compact` (default: folded lookups, no XLA; per field also with
-`fold=False`, the padded fallback; per value also with `value_read="prefix"`,
+`fold=False`, the padded fallback, and with `on_invalid_id="unchecked"`, no id
+check, as Keras' own model; per value also with `value_read="prefix"`,
 with `jit_compile=True`, with the layout `"auto"` takes when the head layout
 is left out, and with every field packed (`value_dense_fields=False`: no field
 stored whole in a per-field table), timed beside it). The baselines are the same MLP with plain
@@ -67,12 +68,14 @@ TARGETS = {
 
 # export options timed per search: the default, and the alternatives a user can pick
 VARIANTS = {
-    "sseds": [("", {}), ("_padded", {"fold": False})],
+    "sseds": [("", {}), ("_padded", {"fold": False}),
+              ("_unchecked", {"on_invalid_id": "unchecked"})],  # no id check, as Keras' own model
     "pme": [("", {}), ("_prefix", {"value_read": "prefix"}), ("_xla", {"jit_compile": True}),
             ("_static", {"value_layout": "static"}),  # resolved in export_models: auto without the head layout
             ("_packed", {"value_dense_fields": False})],  # no field stored whole: every field packed
 }
 LABELS = {"sseds": "per field, folded", "sseds_padded": "per field, padded (fold=False)",
+          "sseds_unchecked": "per field, folded, on_invalid_id='unchecked' (no id check)",
           "pme": "per value, folded", "pme_prefix": "per value, folded, value_read='prefix'",
           "pme_xla": "per value, folded, jit_compile=True (XLA)",
           "pme_static": "per value, folded, the layout auto takes without the head one",
