@@ -163,12 +163,6 @@ def test_invalid_ids_error_or_zero_chosen_at_export(searched, tmp_path):
         ked.DimensionExporter(str(tmp_path / "x"), on_invalid_id="clip")
 
 
-def _op_types(concrete) -> set:
-    """Op types of a concrete function's graph and of every function it calls."""
-    graph = concrete.graph.as_graph_def()
-    return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
-
-
 def test_unchecked_builds_no_id_check_and_serves_valid_ids_the_same(searched, tmp_path):
     """`on_invalid_id="unchecked"`: the served graph has no check (no cond, no assertion), as
     Keras' own model; valid ids serve what the model predicts, in a fresh TensorFlow-only process."""
@@ -182,13 +176,13 @@ def test_unchecked_builds_no_id_check_and_serves_valid_ids_the_same(searched, tm
     with open(os.path.join(raw.path, "dimensions.json")) as f:
         assert json.load(f)["export"]["folds"][name]["id_check"] == "left out: on_invalid_id='unchecked'"
     checks = {"If", "StatelessIf", "Assert"}
-    assert checks & _op_types(tf.saved_model.load(err.path).signatures["serving_default"])
-    assert not checks & _op_types(tf.saved_model.load(raw.path).signatures["serving_default"])
+    assert checks & _serving_op_types(err.path)
+    assert not checks & _serving_op_types(raw.path)
     # the padded output (fold=False) reads its ids through the layer's guard, not the folded path's stack
     padded = ked.export_compact(model, str(tmp_path / "padded"), sample_inputs=sample, verbose=0, fold=False,
                                 on_invalid_id="unchecked")
     assert padded.max_abs_diff <= 1e-5 and padded.folds[name]["padded"]
-    assert not checks & _op_types(tf.saved_model.load(padded.path).signatures["serving_default"])
+    assert not checks & _serving_op_types(padded.path)
     report = check_in_fresh_process(raw.path, sample, {"ctr": model.predict(sample, verbose=0)}, atol=1e-5)
     assert report["keras_embdim_importable"] is False
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5

@@ -182,7 +182,7 @@ def test_per_field_columns_serve_what_the_stacked_ids_serve(vocab, D, keep_p, se
     fields; the exporter's path behind `StackFields`) against `folded` of the stacked ids,
     value by value: int32 and int64 columns mixed, fields that keep nothing, one-field
     groups, sequences of ids per field, and invalid ids under the "zero" policy ("unchecked":
-    valid ids served as under the other policies, with no check built)."""
+    valid ids only, both paths with no check built)."""
     rng = np.random.default_rng(seed)
     kw = {"sizes": rng.integers(0, D + 1, sum(vocab))} if per_value else {"keep": rng.random((len(vocab), D)) < keep_p}
     layer, _ = _layer(vocab, D, seed, **kw)
