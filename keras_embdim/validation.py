@@ -12,8 +12,8 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
-def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
-    """A fraction such as `budget`: `0 < value <= 1` (or `0 <= value` with `allow_zero`)."""
+def check_fraction(name: str, value: Any, *, allow_zero: bool = False, of: str = "the embedding parameters") -> float:
+    """A fraction such as `budget`: `0 < value <= 1` (or `0 <= value` with `allow_zero`) `of` something."""
     interval = "[0, 1]" if allow_zero else "(0, 1]"
     if not _is_number(value):
         raise TypeError(f"`{name}` must be a number in {interval}; received {value!r}.")
@@ -21,7 +21,7 @@ def check_fraction(name: str, value: Any, *, allow_zero: bool = False) -> float:
     low_ok = value >= 0 if allow_zero else value > 0
     if math.isnan(value) or not low_ok or value > 1:
         raise ValueError(
-            f"`{name}` must be a fraction of the embedding parameters in {interval}; received {name}={value!r}."
+            f"`{name}` must be a fraction of {of} in {interval}; received {name}={value!r}."
         )
     return value
 

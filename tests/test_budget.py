@@ -70,6 +70,54 @@ def test_budget_is_met_within_one_field_dimension(G, D, frac, min_dim, ranking, 
         assert target - kept < cheapest_left
 
 
+def test_column_cap_by_hand():
+    # two fields: costs 10 (a small field) and 1000; D = 3
+    scores = np.array([[0.9, 0.8, 0.75], [0.7, 0.6, 0.5]])
+    costs = np.array([10, 1000])
+    # floor (0,0) + (1,0) = 1010 params, 2 columns; then by score: (0,1) 1020, (0,2) 1030, (1,1) 2030
+    assert select_under_budget(scores, costs, 2030, min_dim=1).astype(int).tolist() == [[1, 1, 1], [1, 1, 0]]
+    # at most 3 columns: the floor's two, then (0,1) only; 1020 of the 2030 parameters are used
+    keep = select_under_budget(scores, costs, 2030, min_dim=1, max_columns=3)
+    assert keep.astype(int).tolist() == [[1, 1, 0], [1, 0, 0]]
+    # a cap the ranking never reaches changes nothing
+    np.testing.assert_array_equal(select_under_budget(scores, costs, 2030, min_dim=1, max_columns=6),
+                                  select_under_budget(scores, costs, 2030, min_dim=1))
+
+
+def test_column_cap_below_the_min_dim_floor_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"cap of 3 columns .* min_dim=1 alone keeps \(4 columns\).*width_budget"):
+        select_under_budget(np.ones((4, 2)), np.array([1, 1, 1, 1]), 8, min_dim=1, max_columns=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 8), st.floats(0.05, 1.0), st.integers(0, 2), st.integers(0, 48),
+       st.integers(0, 10_000))
+def test_column_cap_keeps_the_first_columns_the_uncapped_ranking_keeps(G, D, frac, min_dim, cap, seed):
+    rng = np.random.default_rng(seed)
+    costs = rng.integers(1, 1000, size=G)
+    scores = rng.random((G, D))
+    target = budget_params(frac, int(costs.sum()) * D)
+    floor_params, floor_columns = int(costs.sum()) * min(min_dim, D), G * min(min_dim, D)
+    if floor_params > target or floor_columns > cap:
+        with pytest.raises(ValueError):
+            select_under_budget(scores, costs, target, min_dim=min_dim, max_columns=cap)
+        return
+    free = select_under_budget(scores, costs, target, min_dim=min_dim)
+    capped = select_under_budget(scores, costs, target, min_dim=min_dim, max_columns=cap)
+    # the cap stops the same greedy ranking early: a subset of the uncapped choice, as many as fit
+    assert not (capped & ~free).any()
+    assert capped.sum() == min(cap, free.sum())
+    assert (capped.sum(1) >= min(min_dim, D)).all()
+    if capped.sum() < free.sum():  # the columns left out score no higher than any chosen beyond the floor
+        floor = np.zeros_like(free)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        for g in range(G):
+            floor[g, order[g, :min(min_dim, D)]] = True
+        chosen, left = scores[capped & ~floor], scores[free & ~capped]
+        if chosen.size:
+            assert left.max() <= chosen.min()
+
+
 def test_frequency_value_dims_by_hand_and_budget():
     from baselines import frequency_value_dims  # a benchmark baseline, not a search
 

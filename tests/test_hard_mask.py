@@ -134,6 +134,17 @@ def test_frozen_mask_holds_and_pruned_columns_stay_zero(small_data):
     assert [h["epoch"] for h in hist] == [0, 1, 2]
 
 
+def test_width_budget_caps_the_final_ranking(small_data):
+    d = small_data  # 6 fields x 8 columns
+    model = _model(d)
+    x, y = d.train
+    search = ked.HardMaskSearch(0.3, width_budget=0.25, verbose=0)
+    model.fit(d.inputs(x[:4096]), y[:4096], batch_size=512, epochs=1, verbose=0, callbacks=[search])
+    mask = ked.find_searchable_layers(model)[0].dimension_mask()
+    assert mask.keep.sum() <= 12 and (mask.kept_dims >= 1).all()
+    assert mask.kept_params <= math.floor(0.3 * sum(d.vocab_sizes) * 8)
+
+
 @pytest.mark.parametrize("when", ["mid_search", "frozen"])
 def test_keras_round_trip(tmp_path, small_data, when):
     d = small_data
@@ -415,7 +426,7 @@ def test_score_pace_needs_a_positive_initial_logit(small_data):
      ({"sparsity_weight": 0}, "sparsity_weight"), ({"search_epochs": 0}, "search_epochs"),
      ({"warmup_epochs": -1}, "warmup_epochs"), ({"warmup_epochs": 1.5}, "warmup_epochs"),
      ({"min_dim": -1}, "min_dim"), ({"after": "later"}, "after"), ({"score_pace": 0}, "score_pace"),
-     ({"score_pace": "fast"}, "score_pace")],
+     ({"score_pace": "fast"}, "score_pace"), ({"width_budget": 2}, "width_budget")],
 )
 def test_bad_search_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

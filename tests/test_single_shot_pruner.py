@@ -22,7 +22,9 @@ def test_bad_budget_is_rejected(budget):
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"min_dim": -1}, "min_dim"), ({"score": "x"}, "score"), ({"ranking": "x"}, "ranking"),
-     ({"after": "x"}, "after"), ({"scoring_steps": 0}, "scoring_steps"), ({"warmup_steps": -2}, "warmup_steps")],
+     ({"after": "x"}, "after"), ({"scoring_steps": 0}, "scoring_steps"), ({"warmup_steps": -2}, "warmup_steps"),
+     ({"width_budget": 0}, r"width_budget.*fraction of the embedding columns in \(0, 1\]"),
+     ({"width_budget": 1.5}, "width_budget")],
 )
 def test_bad_options_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -74,6 +76,38 @@ def test_budget_hit_within_one_field_dimension_and_logged(small_data, tmp_path):
     # the report and its DataFrame form agree with the mask
     df = ked.dimension_report(model)
     assert int(df["params_after"].sum()) == r.params_after
+
+
+def test_width_budget_caps_the_kept_columns():
+    # three fields of a few ids beside three large ones, 8 columns each: 48 columns
+    d = ked.data.make_synthetic_ctr(num_rows=10_000, vocab_sizes=[4, 6, 10, 400, 500, 300], seed=3)
+    x, y = d.train
+    kept = {}
+    for width in (None, 0.2):
+        keras.utils.set_random_seed(0)
+        model = _model(d)
+        pruner = ked.SingleShotPruner(0.25, width_budget=width, warmup_steps=5, scoring_steps=5, verbose=0)
+        model.fit(d.inputs(x[:8192]), y[:8192], batch_size=512, epochs=1, verbose=0, callbacks=[pruner])
+        mask = ked.find_searchable_layers(model)[0].dimension_mask()
+        assert mask.kept_params == pruner.result.params_after <= math.floor(0.25 * sum(d.vocab_sizes) * 8)
+        assert (mask.kept_dims >= 1).all()
+        kept[width] = mask.keep
+    assert kept[None].sum() > 9  # uncapped, the search keeps more columns than the cap
+    assert kept[0.2].sum() == 9  # floor(0.2 x 48)
+    assert not (kept[0.2] & ~kept[None]).any()  # the same ranking, stopped at the cap
+
+
+def test_width_budget_below_the_min_dim_floor_fails_before_training(small_data):
+    d = small_data
+    model = _model(d)
+    before = [w.copy() for w in model.get_weights()]
+    x, y = d.train
+    with pytest.raises(ValueError, match=r"width_budget=0.1 keeps 4 of 48 embedding columns, but min_dim=1 alone "
+                                         r"keeps 6; raise width_budget to at least 0.1250"):
+        model.fit(d.inputs(x[:512]), y[:512], epochs=1, verbose=0,
+                  callbacks=[ked.SingleShotPruner(0.5, width_budget=0.1)])
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("score", ["abs_mean", "fisher"])

@@ -81,8 +81,9 @@ class HardMaskSearch(EpochBoundedSearch):
             layers whose scores moved under another scale (a layer that
             searched on its own before) or whose `logit_scale` you set.
         trace_every: steps between two records of the kept fraction (`trace`).
-        min_dim, after, layers, log_dir, verbose: as for `SingleShotPruner`
-            (`min_dim=0`, off by default, lets a field be dropped whole).
+        min_dim, width_budget, after, layers, log_dir, verbose: as for `SingleShotPruner`
+            (`min_dim=0`, off by default, lets a field be dropped whole;
+            `width_budget` caps the columns the final ranking keeps).
 
     Example:
 
@@ -108,14 +109,15 @@ class HardMaskSearch(EpochBoundedSearch):
         score_pace: float | None = DEFAULT_SCORE_PACE,
         trace_every: int = 10,
         min_dim: int = 1,
+        width_budget: float | None = None,
         after: str = "finetune",
         layers: Sequence[str] | None = None,
         log_dir: Any = None,
         verbose: int = 1,
     ):
         super().__init__(
-            budget, search_epochs=search_epochs, warmup_epochs=warmup_epochs, min_dim=min_dim, after=after,
-            layers=layers, log_dir=log_dir, verbose=verbose
+            budget, search_epochs=search_epochs, warmup_epochs=warmup_epochs, min_dim=min_dim,
+            width_budget=width_budget, after=after, layers=layers, log_dir=log_dir, verbose=verbose
         )
         self.trace_every = check_int("trace_every", trace_every, 1)
         try:

@@ -152,6 +152,9 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         budget: kept fraction of embedding parameters, in (0, 1], or a
             `keras_embdim.ByteBudget`.
         min_dim: columns every field (per-value: every value) keeps at least.
+        width_budget: per-field searches: kept fraction of the columns
+            (field-dimensions) of all searched layers, in (0, 1], or None (no
+            cap); see `select_dimensions`.
         after: "finetune" or "retrain" (rewind every weight and the optimizer,
             its slots and its step count, to their values at `fit` start, and
             apply the searched dims).
@@ -172,6 +175,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         budget: float,
         *,
         min_dim: int = 1,
+        width_budget: float | None = None,
         after: str = "finetune",
         layers: Sequence[str] | None = None,
         log_dir: Any = None,
@@ -182,6 +186,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self.budget_spec = budget
         self.budget = 1.0 if isinstance(budget, budget_lib.ByteBudget) else check_fraction("budget", budget)
         self.min_dim = check_int("min_dim", min_dim, 0)
+        self.width_budget = (None if width_budget is None
+                             else check_fraction("width_budget", width_budget, of="the embedding columns"))
         self.after = check_choice("after", after, _AFTER)
         self.layer_names = list(layers) if layers is not None else None
         self.log_dir = _utils.tensorboard_log_dir(log_dir)
@@ -333,6 +339,16 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 f"parameters, but min_dim={self.min_dim} alone keeps {floor:,}; raise budget to at "
                 f"least {need} or lower min_dim. The model was not changed."
             )
+        if self.width_budget is not None:
+            columns = sum(l.num_fields * l.output_dim for l in layers)
+            cap = int(np.floor(self.width_budget * columns + 1e-9))
+            floor_columns = sum(l.num_fields * min(self.min_dim, l.output_dim) for l in layers)
+            if floor_columns > cap:
+                raise ValueError(
+                    f"{self.name}: width_budget={self.width_budget} keeps {cap:,} of {columns:,} embedding columns, "
+                    f"but min_dim={self.min_dim} alone keeps {floor_columns:,}; raise width_budget to at least "
+                    f"{floor_columns / columns:.4f} or lower min_dim. The model was not changed."
+                )
         for layer in layers:
             _OWNERS[layer] = self
         self._layers = layers
@@ -399,9 +415,20 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         fields of all layers, padded to the widest; `valid` marks real cells), `[G]`
         column costs and the `target` in parameters. The default is one global
         ranking (`keras_embdim.search.budget.select_under_budget`); a subclass may
-        apply another rule (e.g. a baseline that drops whole fields)."""
+        apply another rule (e.g. a baseline that drops whole fields).
+
+        With `width_budget`, at most `floor(width_budget x columns)` columns are kept
+        (all layers together): the parameter budget lets a field of a few ids keep
+        every column for almost nothing, so a search keeps several times the
+        columns of the uniform model of the same parameter count, and the first
+        Dense layer over the concatenated fields multiplies all of them for every
+        request (docs/results/serving.md). `width_budget=budget` keeps at most the
+        uniform model's width; the best columns are kept while both fit."""
+        max_columns = None
+        if self.width_budget is not None:
+            max_columns = int(np.floor(self.width_budget * int(np.asarray(valid).sum()) + 1e-9))
         return budget_lib.select_under_budget(scores, costs, target, min_dim=self.min_dim, ranking=ranking,
-                                              valid=valid)
+                                              valid=valid, max_columns=max_columns)
 
     def _select_and_apply(self, scores: list[np.ndarray], ranking: str = "score") -> tuple[dict, int, int]:
         """One selection of `scores` (one `[F, D]` array per layer) under the budget, applied.

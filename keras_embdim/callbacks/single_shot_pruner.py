@@ -48,6 +48,15 @@ class SingleShotPruner(DimensionSearchCallback):
             budgets below 1/D (where `min_dim=1` alone is over the budget) but
             drops a key id field as readily as a noise field (docs/results/benchmarks.md,
             low budgets: Frappe at 3 % loses its item field and falls to AUC 0.49).
+        width_budget: kept fraction of the columns (field-dimensions) of all
+            searched layers, in (0, 1], or None (default: no cap). The
+            parameter budget lets fields of a few ids keep every column for
+            almost nothing, so the searched model's first Dense multiplies
+            several times the columns of the uniform model of the same
+            parameter count, for every request; `width_budget=budget` keeps
+            at most as many columns as that uniform model
+            (docs/results/serving.md for the latency, docs/results/sseds_options_frappe.md
+            for the AUC).
         warmup_steps: training steps before scoring. Default: all of the first
             epoch but its last `scoring_steps` batches (at least half an epoch),
             so that scoring reads batches the model has not seen yet; one epoch
@@ -106,6 +115,7 @@ class SingleShotPruner(DimensionSearchCallback):
         budget: float,
         *,
         min_dim: int = 1,
+        width_budget: float | None = None,
         warmup_steps: int | None = None,
         scoring_steps: int = 20,
         score: str = "fisher_joint",
@@ -117,7 +127,8 @@ class SingleShotPruner(DimensionSearchCallback):
         log_dir: Any = None,
         verbose: int = 1,
     ):
-        super().__init__(budget, min_dim=min_dim, after=after, layers=layers, log_dir=log_dir, verbose=verbose)
+        super().__init__(budget, min_dim=min_dim, width_budget=width_budget, after=after, layers=layers,
+                         log_dir=log_dir, verbose=verbose)
         check_bool("rotate", rotate)
         if rotate and self.after != "finetune":
             raise ValueError("`rotate=True` needs after='finetune': a rewind to the initial weights would undo the "

@@ -26,6 +26,7 @@ def select_under_budget(
     min_dim: int = 1,
     ranking: str = "score",
     valid: np.ndarray | None = None,
+    max_columns: int | None = None,
 ) -> np.ndarray:
     """Keep the best field-dimensions until the kept parameters reach a target.
 
@@ -40,12 +41,27 @@ def select_under_budget(
             score per parameter (favours cheap columns).
         valid: optional boolean `[G, D]`: cells that exist (layers of different
             widths are padded to the widest); invalid cells are never kept.
+        max_columns: optional cap on the kept field-dimensions (columns) of all
+            groups together, the `min_dim` floor included: the width of the
+            concatenated embeddings a model's first Dense layer multiplies.
+            The best columns are kept while both the parameters and the
+            columns fit.
 
     Returns:
         boolean keep array `[G, D]`. The kept parameters never exceed
         `target_params` (unless the `min_dim` floor alone does, which is an
-        error) and fall short of it by less than the cost of one column that
-        was not kept: within one field-dimension of the budget.
+        error) and, when the column cap is not what stopped the ranking,
+        fall short of it by less than the cost of one column that was not
+        kept: within one field-dimension of the budget. The kept columns
+        never exceed `max_columns`.
+
+    Example:
+
+    >>> scores = np.array([[0.9, 0.8, 0.1], [0.7, 0.6, 0.5]])
+    >>> select_under_budget(scores, np.array([10, 1000]), 2020, min_dim=1).astype(int).tolist()
+    [[1, 1, 0], [1, 1, 0]]
+    >>> select_under_budget(scores, np.array([10, 1000]), 2020, min_dim=1, max_columns=3).astype(int).tolist()
+    [[1, 1, 0], [1, 0, 0]]
     """
     scores = np.asarray(scores, dtype=np.float64)
     costs = np.asarray(costs, dtype=np.int64)
@@ -64,6 +80,13 @@ def select_under_budget(
         floor = min(int(min_dim), int(widths[g]))
         keep[g, order[g, :floor]] = True
     used = int((keep.sum(1) * costs).sum())
+    columns = int(keep.sum())
+    if max_columns is not None and columns > max_columns:
+        raise ValueError(
+            f"the cap of {max_columns} columns is smaller than what min_dim={min_dim} alone keeps "
+            f"({columns} columns); raise the column cap (`width_budget`) to at least "
+            f"{columns / max(1, int(valid.sum())):.4f} or lower `min_dim`."
+        )
     if used > target_params:
         raise ValueError(
             f"the budget of {target_params} parameters is smaller than what min_dim={min_dim} "
@@ -73,6 +96,8 @@ def select_under_budget(
     key = scores / np.maximum(costs, 1)[:, None] if ranking == "cost" else scores
     flat = np.argsort(np.where(valid, -key, np.inf), axis=None, kind="stable")
     for idx in flat:
+        if max_columns is not None and columns >= max_columns:
+            break
         g, j = divmod(int(idx), D)
         if keep[g, j] or not valid[g, j]:
             continue
@@ -80,6 +105,7 @@ def select_under_budget(
         if used + c <= target_params:
             keep[g, j] = True
             used += c
+            columns += 1
             if used == target_params:
                 break
     return keep
