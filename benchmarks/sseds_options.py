@@ -2,8 +2,10 @@
 
     python benchmarks/sseds_options.py [--dataset synthetic|frappe] [--budget 0.2] [--seeds 3]
 
-Trains the full-dimension model and SingleShotPruner variants (score abs_mean /
-mean_abs / taylor / fisher / fisher_joint, ranking score / cost, finetune / retrain) for the same epochs and
+Trains the full-dimension model, the uniform-dims model of about the budget's parameter count
+(round(budget x 16) dims, no search), and SingleShotPruner variants (score abs_mean /
+mean_abs / taylor / fisher / fisher_joint, ranking score / cost, finetune / retrain, and the
+default capped at the uniform model's width with `width_budget`) for the same epochs and
 writes docs/results/sseds_options_<dataset>.md (median and spread of test AUC over seeds).
 """
 
@@ -47,6 +49,11 @@ def main():
     combos += [("abs_mean", "cost", "finetune"), ("abs_mean", "score", "retrain")]
     variants = [("full", None)] + [(f"{s}/{r}/{a}", dict(score=s, ranking=r, after=a)) for s, r, a in combos]
     variants.append(("abs_mean/score/finetune, 1-epoch warm-up", dict(score="abs_mean", warmup_epoch=True)))
+    # the uniform model of the same parameter count, and the default search capped at its width (its MLP's inputs)
+    uniform = max(1, round(args.budget * 16))
+    variants.append((f"uniform {uniform} dims (no search)", dict(uniform_dims=uniform)))
+    variants.append((f"fisher_joint/score/finetune, width_budget={uniform}/16 (the uniform model's width)",
+                     dict(score="fisher_joint", width_budget=uniform / 16)))
     results = {name: [] for name, _ in variants}
     for seed in range(args.seeds):
         data = load(args.dataset, seed)
@@ -55,8 +62,11 @@ def main():
             if opts is not None and opts.pop("warmup_epoch", False):
                 steps = -(-len(data.train[1]) // 1024)
                 opts["warmup_steps"] = steps  # the previous default: score on batches already seen
-            cbs = [] if opts is None else [ked.SingleShotPruner(args.budget, verbose=0, **opts)]
-            auc, secs = run(data, seed, args.epochs, cbs)
+            if opts is not None and "uniform_dims" in opts:  # a baseline: no search
+                dim, cbs = opts.pop("uniform_dims"), []
+            else:
+                dim, cbs = 16, ([] if opts is None else [ked.SingleShotPruner(args.budget, verbose=0, **opts)])
+            auc, secs = run(data, seed, args.epochs, cbs, dim=dim)
             results[name].append(auc)
             print(f"seed {seed} {name:<28} AUC {auc:.4f} ({secs:.0f}s)", flush=True)
     full = statistics.median(results["full"])
