@@ -78,7 +78,8 @@ def test_budget_hit_within_one_field_dimension_and_logged(small_data, tmp_path):
     assert int(df["params_after"].sum()) == r.params_after
 
 
-def test_width_budget_caps_the_kept_columns():
+def test_width_budget_caps_the_kept_columns(caplog):
+    caplog.set_level("INFO", logger="keras_embdim")
     # three fields of a few ids beside three large ones, 8 columns each: 48 columns
     d = ked.data.make_synthetic_ctr(num_rows=10_000, vocab_sizes=[4, 6, 10, 400, 500, 300], seed=3)
     x, y = d.train
@@ -94,6 +95,7 @@ def test_width_budget_caps_the_kept_columns():
         kept[width] = mask.keep
     assert kept[None].sum() > 9  # uncapped, the search keeps more columns than the cap
     assert kept[0.2].sum() == 9  # floor(0.2 x 48)
+    assert "9 of 48 columns (width_budget 0.2)" in caplog.text
     assert not (kept[0.2] & ~kept[None]).any()  # the same ranking, stopped at the cap
 
 

@@ -422,8 +422,9 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         every column for almost nothing, so a search keeps several times the
         columns of the uniform model of the same parameter count, and the first
         Dense layer over the concatenated fields multiplies all of them for every
-        request (docs/results/serving.md). `width_budget=budget` keeps at most the
-        uniform model's width; the best columns are kept while both fit."""
+        request (docs/results/serving.md). `width_budget=u / D`, u the uniform
+        model's dims, keeps at most its width; the best columns are kept while
+        both fit."""
         max_columns = None
         if self.width_budget is not None:
             max_columns = int(np.floor(self.width_budget * int(np.asarray(valid).sum()) + 1e-9))
@@ -473,6 +474,14 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 _utils.set_optimizer_step(self._optimizer, self._snapshot_step)
             self._snapshot = None
 
+    def _width_note(self) -> str:
+        """`, N of M columns (width_budget w)` when the kept columns were capped."""
+        if self.width_budget is None:
+            return ""
+        kept = sum(int(l.dimension_mask().keep.sum()) for l in self._layers)
+        total = sum(l.num_fields * l.output_dim for l in self._layers)
+        return f", {kept:,} of {total:,} columns (width_budget {self.width_budget:g})"
+
     def _conclude(self, headline: str, **fields: Any) -> SearchResult:
         """The search is over: record the result, say what was kept and how long it took."""
         kept, full = total_params(self._layers)
@@ -484,7 +493,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         r = self.result
         self.log.info(
             f"{self.name}: {headline}; kept {r.params_after:,} of {r.params_full:,} embedding "
-            f"parameters ({100 * r.kept_fraction:.2f}%, budget {100 * self.budget:.2f}%) in {r.seconds:.1f} s, "
+            f"parameters ({100 * r.kept_fraction:.2f}%, budget {100 * self.budget:.2f}%){self._width_note()} "
+            f"in {r.seconds:.1f} s, "
             f"then {self.after}.\n" + format_report(self._layers)
         )
         self.log.histograms(self._step, {f"scores/{name}": s for name, s in r.scores.items()})

@@ -53,10 +53,11 @@ class SingleShotPruner(DimensionSearchCallback):
             parameter budget lets fields of a few ids keep every column for
             almost nothing, so the searched model's first Dense multiplies
             several times the columns of the uniform model of the same
-            parameter count, for every request; `width_budget=budget` keeps
-            at most as many columns as that uniform model
-            (docs/results/serving.md for the latency, docs/results/sseds_options_frappe.md
-            for the AUC).
+            parameter count, for every request; `width_budget=u / D`, with u
+            that model's dims (about `budget x D`), keeps at most its columns
+            (docs/results/serving.md for the latency, the sseds_options pages
+            for the AUC: next to nothing lost on Frappe, most of the search's
+            gain over uniform dims on planted data).
         warmup_steps: training steps before scoring. Default: all of the first
             epoch but its last `scoring_steps` batches (at least half an epoch),
             so that scoring reads batches the model has not seen yet; one epoch
