@@ -145,6 +145,11 @@ class SearchLog:
             self._writer.flush()
 
 
+def _columns(layers: Sequence[Any]) -> int:
+    """Field-dimensions (columns) of the searched layers: what `width_budget` is a fraction of."""
+    return int(sum(layer.num_fields * layer.output_dim for layer in layers))
+
+
 class DimensionSearchCallback(keras.callbacks.Callback):
     """Base of the callbacks that search embedding dimensions under a budget.
 
@@ -340,8 +345,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 f"least {need} or lower min_dim. The model was not changed."
             )
         if self.width_budget is not None:
-            columns = sum(l.num_fields * l.output_dim for l in layers)
-            cap = int(np.floor(self.width_budget * columns + 1e-9))
+            columns = _columns(layers)
+            cap = budget_lib.budget_params(self.width_budget, columns)  # the same floor as a parameter budget
             floor_columns = sum(l.num_fields * min(self.min_dim, l.output_dim) for l in layers)
             if floor_columns > cap:
                 raise ValueError(
@@ -427,7 +432,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         both fit."""
         max_columns = None
         if self.width_budget is not None:
-            max_columns = int(np.floor(self.width_budget * int(np.asarray(valid).sum()) + 1e-9))
+            max_columns = budget_lib.budget_params(self.width_budget, int(np.asarray(valid).sum()))
         return budget_lib.select_under_budget(scores, costs, target, min_dim=self.min_dim, ranking=ranking,
                                               valid=valid, max_columns=max_columns)
 
@@ -479,7 +484,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         if self.width_budget is None:
             return ""
         kept = sum(int(l.dimension_mask().keep.sum()) for l in self._layers)
-        total = sum(l.num_fields * l.output_dim for l in self._layers)
+        total = _columns(self._layers)
         return f", {kept:,} of {total:,} columns (width_budget {self.width_budget:g})"
 
     def _conclude(self, headline: str, **fields: Any) -> SearchResult:
