@@ -300,6 +300,17 @@ def test_dense_field_plan_by_hand():
     assert dense_field_plan([uniform, near], 16, max_overhead=0.5).tolist() == [False, False]
 
 
+def test_dense_field_plan_narrows_the_sizes_without_wrapping_them():
+    """The packed fields' sizes are planned from a copy in the narrowest integers that hold D
+    (int8 up to 127, 1 B per row): at D = 200 a size of 200 stays 200 (an int8 copy would make
+    it -56, which the layout refuses), and a size outside [0, D] is refused before any cast."""
+    whole = np.full(100, 200)
+    spread = np.r_[np.ones(990, int), np.full(10, 200)]
+    assert dense_field_plan([whole, spread], 200).tolist() == [True, False]
+    with pytest.raises(ValueError, match=r"value sizes must lie in \[0, 16\]; field 1 has sizes in \[0, 300\]"):
+        dense_field_plan([np.full(10, 4), np.array([0, 300])], 16)
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 40), st.sampled_from(["uniform", "near", "random", "empty"])),
                 min_size=2, max_size=5),

@@ -209,7 +209,7 @@ def _dense_plan(value_sizes, output_dim, layout, static, max_overhead=1.10) -> t
         rest = ~dense
         packed, name = 0, None
         if rest.any():
-            rest_sizes = np.concatenate([sizes[f] for f in np.flatnonzero(rest)])
+            rest_sizes = _joined(sizes, np.flatnonzero(rest), output_dim)
             if layout == "auto":  # one pass over the rows: the choice and its bytes
                 name, nbytes = layouts.layout_choice(rest_sizes, output_dim, max_overhead, static)
             else:
@@ -307,14 +307,28 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
     return CompactLayer(layer, lookup, table_dtype, swaps)
 
 
+def _joined(sizes: list, fields: np.ndarray, output_dim: int) -> np.ndarray:
+    """The sizes of `fields` (`sizes[f]`: field f's) one after another, in the narrowest signed
+    integers that hold `output_dim` (int8 up to D = 127): the copy a packed layout is planned and
+    built from costs 1 B per row, not the mask's 4 (`docs/results/serving.md`, the export's added
+    RSS). Signed, so a difference of two sizes cannot wrap."""
+    dtype = np.int8 if output_dim <= np.iinfo(np.int8).max else (
+        np.int16 if output_dim <= np.iinfo(np.int16).max else np.int32)
+    sizes = [np.asarray(sizes[f]) for f in fields]
+    for f, s in zip(fields, sizes):  # before the narrowing cast, which would wrap an out-of-range size
+        if s.size and (s.min() < 0 or s.max() > output_dim):
+            raise ValueError(f"value sizes must lie in [0, {output_dim}]; field {f} has sizes in "
+                             f"[{s.min()}, {s.max()}].")
+    if not sizes:
+        return np.zeros(0, dtype)
+    return np.concatenate(sizes, dtype=dtype, casting="unsafe")
+
+
 def _packed_lookup(layer, mask, fields, value_sizes, guard, value_layout, value_read, jit_compile, table_dtype):
     """`(ValueLookup, swaps)` of the rows of `fields` in a packed layout (`keras_embdim.export.layouts`)."""
     table = layer.embedding_variable
     D = mask.output_dim
-    # the mask's int32 (sizes are at most D): 4 B per packed row, not 8 (`docs/results/serving.md`, export RSS)
-    sizes = np.concatenate([np.asarray(value_sizes[f]) for f in fields])
-    if not np.issubdtype(sizes.dtype, np.integer):
-        sizes = sizes.astype(np.int32)
+    sizes = _joined(value_sizes, fields, D)
     if value_layout == "auto":  # XLA: no head layout (`choose_layout`)
         value_layout = layouts.choose_layout(sizes, D, static=jit_compile)
     vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]

@@ -158,7 +158,8 @@ def _index_dtype(total: int):
     return np.int32 if total < 2**30 else np.int64  # start + zero slot must not overflow
 
 
-_CHUNK = 1 << 20  # rows per step of the index construction (a multiple of every block size)
+_CHUNK = 1 << 18  # rows per step of the index construction (a multiple of every block size); its
+# int64 temporaries (2 MB each) stay small beside the tables of a 1e6-row field
 
 
 def _chunks(n: int):
