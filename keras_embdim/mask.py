@@ -18,6 +18,19 @@ import numpy as np
 
 
 
+def size_dtype(output_dim: int) -> type:
+    """The narrowest signed integer type that holds every per-value size (0..`output_dim`): int8 up
+    to 127, 1 B per row where int32 took 4. Signed, so the difference of two sizes cannot wrap.
+
+    >>> size_dtype(16).__name__, size_dtype(200).__name__
+    ('int8', 'int16')
+    """
+    for dtype in (np.int8, np.int16):
+        if output_dim <= np.iinfo(dtype).max:
+            return dtype
+    return np.int32
+
+
 @dataclass
 class DimensionMask:
     """Which embedding columns each field keeps.
@@ -29,7 +42,9 @@ class DimensionMask:
         field_names: optional names of the fields, for reports.
         value_sizes: optional per-value granularity: for each field an int array
             of length `n_f` giving how many leading columns each value keeps.
-            When set, `keep` must be the union (columns any value keeps).
+            When set, `keep` must be the union (columns any value keeps). Signed
+            integer arrays are held as they come (a layer's read: `size_dtype`,
+            1 B per row up to D = 127), any other as int32.
     """
 
     vocab_sizes: tuple[int, ...]
@@ -55,7 +70,9 @@ class DimensionMask:
         else:
             self.field_names = tuple(self.field_names)
         if self.value_sizes is not None:
-            sizes = [np.asarray(s, dtype=np.int32) for s in self.value_sizes]
+            # signed integers as they come (a layer's int8 read: 1 B per row), anything else as int32
+            sizes = [np.asarray(s) for s in self.value_sizes]
+            sizes = [s if np.issubdtype(s.dtype, np.signedinteger) else s.astype(np.int32) for s in sizes]
             for f, (s, n) in enumerate(zip(sizes, self.vocab_sizes)):
                 if s.shape != (n,):
                     raise ValueError(

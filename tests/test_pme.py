@@ -65,6 +65,22 @@ def test_entry_probe_equals_hand_computation():
     np.testing.assert_allclose(probe.importance.numpy(), want, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dim, dtype", [(5, np.int8), (200, np.int16)])
+def test_value_sizes_are_read_in_the_narrowest_signed_integers(dim, dtype):
+    """A per-value mask holds its sizes in 1 B per row up to D = 127 (2 B above), value for value
+    as set, and its counts are those of the sizes (an export reads every row's size: 1e6-row
+    fields)."""
+    layer = ked.PrunableEmbedding([6, 4], dim)
+    layer(np.array([[1, 2]]))
+    sizes = np.array([0, 2, dim, 1, 3, 4, dim, 0, 2, dim - 1])
+    layer.set_value_sizes(sizes)
+    mask = layer.dimension_mask()
+    assert [s.dtype for s in mask.value_sizes] == [np.dtype(dtype)] * 2
+    np.testing.assert_array_equal(np.concatenate(mask.value_sizes), sizes)
+    assert mask.kept_params == int(sizes.sum())
+    assert mask.to_records()[0]["size_histogram"] == np.bincount(sizes[:6], minlength=dim + 1).tolist()
+
+
 def test_per_value_forward_gradient_and_errors():
     layer = ked.PrunableEmbedding([6, 4], 5)
     ids = np.array([[1, 2], [5, 3], [1, 0]])

@@ -36,6 +36,7 @@ from keras_embdim import _utils, rows as row_ops
 from keras_embdim.export import layouts, quantize
 from keras_embdim.export.lookup import FieldGroup, FieldLookup, IdGuard, SplitLookup, ValueLookup
 from keras_embdim.fields import field_offsets
+from keras_embdim.mask import size_dtype
 from keras_embdim.validation import check_bool
 
 _STORE = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
@@ -277,7 +278,7 @@ def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: s
 def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,
                     dense_fields: bool) -> CompactLayer:
     D = mask.output_dim
-    value_sizes = list(mask.value_sizes)  # as the mask holds them (int32): no copy of every row's size
+    value_sizes = list(mask.value_sizes)  # as the mask holds them (`size_dtype`): no copy of every row's size
     layouts.check_layout(value_layout, jit_compile)
     dense, rest_layout = (_dense_plan(value_sizes, D, value_layout, jit_compile) if dense_fields
                           else (np.zeros(mask.num_fields, bool), None))
@@ -308,12 +309,10 @@ def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, t
 
 
 def _joined(sizes: list, fields: np.ndarray, output_dim: int) -> np.ndarray:
-    """The sizes of `fields` (`sizes[f]`: field f's) one after another, in the narrowest signed
-    integers that hold `output_dim` (int8 up to D = 127): the copy a packed layout is planned and
-    built from costs 1 B per row, not the mask's 4 (`docs/results/serving.md`, the export's added
-    RSS). Signed, so a difference of two sizes cannot wrap."""
-    dtype = np.int8 if output_dim <= np.iinfo(np.int8).max else (
-        np.int16 if output_dim <= np.iinfo(np.int16).max else np.int32)
+    """The sizes of `fields` (`sizes[f]`: field f's) one after another, in `size_dtype(output_dim)`
+    (int8 up to D = 127): the copy a packed layout is planned and built from costs 1 B per row
+    (`docs/results/serving.md`, the export's added RSS)."""
+    dtype = size_dtype(output_dim)
     sizes = [np.asarray(sizes[f]) for f in fields]
     for f, s in zip(fields, sizes):  # before the narrowing cast, which would wrap an out-of-range size
         if s.size and (s.min() < 0 or s.max() > output_dim):

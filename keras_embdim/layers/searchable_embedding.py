@@ -12,7 +12,7 @@ from keras_embdim import rows as row_ops
 from keras_embdim._compat import keras
 from keras_embdim.fields import FieldLayout, as_int_ids, parse_vocab
 from keras_embdim.layers.state import LayerState
-from keras_embdim.mask import DimensionMask
+from keras_embdim.mask import DimensionMask, size_dtype
 from keras_embdim.search.probes import EntryProbe, GateProbe
 from keras_embdim.searchable import DimensionSearchable
 
@@ -177,7 +177,8 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
         )
         if not (self.per_value and self.built):
             return DimensionMask(self.field_vocab_sizes, keep, self.field_names)
-        flat = _utils.to_numpy(self._value_sizes).astype(np.int32, copy=False)  # 4 B per row: sizes are <= D
+        # sizes are <= D: read in the narrowest signed integers that hold D (1 B per row up to D = 127)
+        flat = _utils.to_numpy(tf.cast(self._value_sizes, size_dtype(self.output_dim)))
         sizes = self.layout.split(flat)
         keep = keep & (np.arange(self.output_dim)[None, :] < np.array([s.max(initial=0) for s in sizes])[:, None])
         return DimensionMask(self.field_vocab_sizes, keep, self.field_names, value_sizes=sizes)
