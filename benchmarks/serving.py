@@ -556,8 +556,8 @@ def report(records: list, path: str, plot: str | None) -> str:
         "function-call machinery around the graph; every target is checked on both. "
         "An export's added peak RSS (Criteo-shaped at 1e6) is its process' high-water mark over the "
         "resident memory right before it, the heap settled first (garbage collected, free memory given "
-        "back by `malloc_trim`: without it the same export measured 0.76-2.40 of a table, after what "
-        "earlier steps left free for it to reuse); it includes the compact tables the export writes, "
+        "back by `malloc_trim`: without it the measure depends on how much memory earlier steps left "
+        "free for the export to reuse); it includes the compact tables the export writes, "
         "which must be in memory to be written, and the target is on what it adds beyond them.",
         "",
         "| " + " | ".join(header) + " |",
