@@ -79,7 +79,10 @@ def main(argv=None) -> dict:
     b = e.bytes
     print(
         f"export: {e.path}" + (f" (version {e.version}; TF Serving: --model_base_path={e.base_path})" if e.version else "")
-        + f"\n  embedding tables {b['embedding_tables']:,} B (= {e.kept_params:,} params x 4 B), other variables "
+        + f"\n  embedding tables {b['embedding_tables']:,} B (= {e.kept_params:,} params x 4 B"
+        + (f" + {e.embedding_padding_bytes:,} B of zero padding that lets small fields share a wider table"
+           if e.embedding_padding_bytes else "")
+        + f"), other variables "
         f"{b['other_variables']:,} B, graph {b['graph']:,} B, on disk {b['total']:,} B in all"
     )
     for layer, fold in e.folds.items():
