@@ -10,7 +10,7 @@ def test_quickstart_runs_the_whole_job(tmp_path, capsys):
     assert out["export"].embedding_bytes == out["pruner"].params_after * 4 + padding
     assert padding <= 0.01 * out["pruner"].params_after * 4
     # the printed bytes add up: kept params x 4 B, plus the padding when there is some
-    line = next(l for l in printed.splitlines() if "embedding tables" in l)
+    line = next(text for text in printed.splitlines() if "embedding tables" in text)
     assert f"{out['export'].embedding_bytes:,} B (= {out['pruner'].params_after:,} params x 4 B" in line
     assert (f" + {padding:,} B of zero padding" in line) == (padding > 0)
     assert out["serve"]["tf1_max_abs_diff"] <= 1e-5
