@@ -69,6 +69,81 @@ def test_exporter_callback_writes_the_next_version_and_fails_fast_on_a_taken_one
         np.testing.assert_array_equal(a, b)
 
 
+BAD_OPTIONS = [
+    ("overwrite", "no", "`overwrite` must be True or False"),  # truthy, but must not replace an export
+    ("verify", 1, "`verify` must be True or False"),
+    ("jit_compile", "yes", "`jit_compile` must be True or False"),
+    ("atol", -1.0, "`atol` must be a finite number >= 0"),
+    ("atol", float("nan"), "`atol` must be a finite number"),
+    ("verbose", "x", "`verbose` must be an integer >= 0"),
+    ("version", 0, "`version` must be 'auto'"),
+    ("table_dtype", "fp16", "table_dtype"),
+    ("on_invalid_id", "ERROR", "on_invalid_id"),
+]
+
+
+@pytest.mark.parametrize("name,value,message", BAD_OPTIONS)
+def test_a_bad_export_option_is_refused_before_anything_is_written(searched, tmp_path, name, value, message):
+    d, model, sample = searched
+    base = tmp_path / "ctr"
+    first = ked.export_compact(model, str(base), sample_inputs=sample, verbose=0)
+    before = sorted(os.listdir(base)), os.path.getmtime(first.path)
+    options = {"version": 1, "verbose": 0, name: value}
+    with pytest.raises(ValueError, match=message):
+        ked.export_compact(model, str(base), sample_inputs=sample, **options)
+    with pytest.raises(ValueError, match=message):  # the callback checks the same options when it is built
+        ked.DimensionExporter(str(base), **options)
+    assert (sorted(os.listdir(base)), os.path.getmtime(first.path)) == before
+
+
+def test_bad_export_arguments_name_themselves(searched, tmp_path):
+    d, model, sample = searched
+    with pytest.raises(ValueError, match="`export_dir` must be a non-empty path"):
+        ked.export_compact(model, None)
+    with pytest.raises(ValueError, match="`export_dir` must be a non-empty path"):
+        ked.DimensionExporter("")
+    with pytest.raises(TypeError, match="`model` must be a Keras model or layer"):
+        ked.export_compact("model.keras", str(tmp_path / "a"))
+    uneven = {k: (v[:3] if i else v[:2]) for i, (k, v) in enumerate(sample.items())}
+    with pytest.raises(ValueError, match=r"same number of rows .* received rows"):
+        ked.export_compact(model, str(tmp_path / "b"), sample_inputs=uneven, verbose=0)
+    with pytest.raises(ValueError, match="at least one"):
+        ked.export_compact(model, str(tmp_path / "c"), sample_inputs={k: v[:0] for k, v in sample.items()}, verbose=0)
+    with pytest.raises(ValueError, match=r"lacks inputs .* it holds \['zz'\]"):
+        ked.export_compact(model, str(tmp_path / "d"), sample_inputs={"zz": np.zeros(3, np.int64)}, verbose=0)
+    assert not any((tmp_path / n).exists() for n in "abcd")  # refused before the base folder was made
+    # the callback refuses a sample of uneven rows when training begins, before any step
+    x, y = d.train
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    weights = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError, match="same number of rows"):
+        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0,
+                  callbacks=[ked.DimensionExporter(str(tmp_path / "e"), sample_inputs=uneven, verbose=0)])
+    for a, b in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_exporter_callback_passes_its_options_on(searched, tmp_path, monkeypatch):
+    from keras_embdim.callbacks import dimension_exporter
+
+    d, model, sample = searched
+    x, y = d.train
+    seen = {}
+
+    def export(*args, **kwargs):
+        seen.update(kwargs)
+        return ked.export_compact(*args, **kwargs)
+
+    monkeypatch.setattr(dimension_exporter, "export_compact", export)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    cb = ked.DimensionExporter(str(tmp_path / "ctr"), sample_inputs=sample, verbose=0, atol=2e-5, version=np.int64(3),
+                               on_invalid_id="zero")
+    model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0, callbacks=[cb])
+    assert seen["atol"] == 2e-5 and seen["version"] == 3 and type(seen["version"]) is int
+    assert seen["on_invalid_id"] == "zero" and seen["sample_inputs"] is sample
+    assert cb.result.path == str(tmp_path / "ctr" / "3") and cb.result.on_invalid_id == "zero"
+
+
 def test_permissions_are_those_of_model_export(searched, tmp_path):
     d, model, sample = searched
     old = os.umask(0o022)

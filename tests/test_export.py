@@ -121,23 +121,47 @@ def test_exporter_callback_fails_fast_when_dir_exists(trained):
         np.testing.assert_array_equal(a, b)
 
 
-def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_path):
+def _changed_after_save(monkeypatch, model):
+    """The model's output bias moved by 1 right after each SavedModel is written (and back when the
+    test ends): the export's verification then compares the model with what it no longer computes."""
+    from keras_embdim.export import exporter
+
+    bias = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1].bias
+    original = np.array(bias.numpy())
+    real = exporter.writer.saved_variable_bytes
+
+    def written(path):
+        bias.assign(original + 1.0)
+        return real(path)
+
+    monkeypatch.setattr(exporter.writer, "saved_variable_bytes", written)
+    return lambda: bias.assign(original)
+
+
+def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_path, monkeypatch):
     d, model, _, _, _ = trained
     target = str(tmp_path / "exp")
     ked.export_compact(model, target, version=None, verbose=0)
     stamp = os.path.getmtime(os.path.join(target, "saved_model.pb"))
-    with pytest.raises(ked.ExportError, match="predicts differently"):
-        ked.export_compact(model, target, version=None, overwrite=True, atol=-1.0, verbose=0)  # can never verify
-    assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == stamp
-    assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary folder left behind
-    ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
-    assert sorted(os.listdir(tmp_path)) == ["exp"]
-    # versioned: a failed export leaves no version folder and no temporary folder either
-    base = str(tmp_path / "base")
-    ked.export_compact(model, base, verbose=0)
-    with pytest.raises(ked.ExportError, match="predicts differently"):
-        ked.export_compact(model, base, atol=-1.0, verbose=0)
-    assert sorted(os.listdir(base)) == ["1"]
+    restore = _changed_after_save(monkeypatch, model)
+    try:
+        with pytest.raises(ked.ExportError, match="predicts differently"):
+            ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
+        assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == stamp
+        assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary folder left behind
+        base = str(tmp_path / "base")
+        restore()
+        monkeypatch.undo()
+        ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
+        assert sorted(os.listdir(tmp_path)) == ["exp"]
+        # versioned: a failed export leaves no version folder and no temporary folder either
+        ked.export_compact(model, base, verbose=0)
+        _changed_after_save(monkeypatch, model)
+        with pytest.raises(ked.ExportError, match="predicts differently"):
+            ked.export_compact(model, base, verbose=0)
+        assert sorted(os.listdir(base)) == ["1"]
+    finally:
+        restore()
 
 
 def test_disk_full_mid_write_leaves_previous_export_and_no_partial(trained, tmp_path, monkeypatch):

@@ -7,9 +7,8 @@ from typing import Any, Callable
 
 from keras_embdim._compat import keras
 from keras_embdim.export import ExportResult, export_compact
-from keras_embdim.export import layouts, quantize, writer
-from keras_embdim.export.lookup import check_invalid_id_policy
-from keras_embdim.validation import check_bool
+from keras_embdim.export import signature, writer
+from keras_embdim.export.exporter import check_options
 
 
 class DimensionExporter(keras.callbacks.Callback):
@@ -28,6 +27,7 @@ class DimensionExporter(keras.callbacks.Callback):
         sample_inputs: inputs to verify the export on (default: generated).
         input_signature: for models without symbolic inputs.
         verify: compare the export with the model before moving it into place.
+        atol: largest allowed absolute difference in that comparison.
         verbose: print where the export went.
         value_layout: per-value layers: the packed layout (`export_compact`).
         value_read: per-value layers: `"auto"`, `"prefix"` or `"ranged"` row reads (`export_compact`).
@@ -62,6 +62,7 @@ class DimensionExporter(keras.callbacks.Callback):
         sample_inputs: Any = None,
         input_signature: dict | None = None,
         verify: bool = True,
+        atol: float = 1e-5,
         verbose: int = 1,
         value_layout: str = "auto",
         value_read: str = "auto",
@@ -79,22 +80,15 @@ class DimensionExporter(keras.callbacks.Callback):
                 f"model -> keras.Model; received submodel={submodel!r}."
             )
         self.submodel = submodel
-        if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
-            raise ValueError(f"`export_dir` must be a non-empty path; received {export_dir!r}.")
-        self.export_dir = os.fspath(export_dir)
-        self.version = writer.check_version(version)
-        self.overwrite = bool(overwrite)
+        # the same checks as `export_compact`'s, now: a bad option fails before any training
+        options = check_options(export_dir=export_dir, version=version, overwrite=overwrite, verify=verify,
+                                atol=atol, verbose=verbose, value_layout=value_layout, value_read=value_read,
+                                jit_compile=jit_compile, table_dtype=table_dtype, on_invalid_id=on_invalid_id,
+                                fold=fold, value_dense_fields=value_dense_fields)
+        self.export_dir = options.pop("export_dir")
+        self.options = options  # every other option, as `export_compact` takes it
         self.sample_inputs = sample_inputs
         self.input_signature = input_signature
-        self.verify = verify
-        self.verbose = verbose
-        self.value_layout = layouts.check_layout(value_layout, jit_compile)
-        self.value_read = layouts.check_read(value_read)
-        self.jit_compile = bool(jit_compile)
-        self.table_dtype = quantize.check_dtype(table_dtype)
-        self.on_invalid_id = check_invalid_id_policy(on_invalid_id)
-        self.fold = check_bool("fold", fold)
-        self.value_dense_fields = check_bool("value_dense_fields", value_dense_fields)
         self.result: ExportResult | None = None
 
     def _target(self) -> Any:
@@ -120,26 +114,13 @@ class DimensionExporter(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # Fail fast, before hours of training, if the export could not be written.
         try:
-            writer.resolve(self.export_dir, self.version, self.overwrite, create=False)
+            writer.resolve(self.export_dir, self.options["version"], self.options["overwrite"], create=False)
         except (FileExistsError, PermissionError) as e:
             raise type(e)(f"DimensionExporter: {e} Nothing was trained.") from None
         self._target()  # a wrong `submodel` fails now, not after training
+        if self.sample_inputs is not None:  # so do inputs of unequal rows (their names: at the export)
+            signature.check_sample_rows(self.sample_inputs)
 
     def on_train_end(self, logs=None):
-        self.result = export_compact(
-            self._target(),
-            self.export_dir,
-            version=self.version,
-            overwrite=self.overwrite,
-            sample_inputs=self.sample_inputs,
-            input_signature=self.input_signature,
-            verify=self.verify,
-            verbose=self.verbose,
-            value_layout=self.value_layout,
-            value_read=self.value_read,
-            jit_compile=self.jit_compile,
-            table_dtype=self.table_dtype,
-            on_invalid_id=self.on_invalid_id,
-            fold=self.fold,
-            value_dense_fields=self.value_dense_fields,
-        )
+        self.result = export_compact(self._target(), self.export_dir, sample_inputs=self.sample_inputs,
+                                     input_signature=self.input_signature, **self.options)

@@ -39,7 +39,7 @@ from keras_embdim.export.compact import compact_layer
 from keras_embdim.export.lookup import check_invalid_id_policy
 from keras_embdim.searchable import find_searchable_layers
 from keras_embdim.report import dimension_summary
-from keras_embdim.validation import check_bool
+from keras_embdim.validation import check_bool, check_int, check_number
 
 logger = logging.getLogger("keras_embdim")
 
@@ -129,6 +129,48 @@ def _serving(compacted: dict):
             layer.use_serving_lookup(None)
 
 
+def check_options(
+    *,
+    export_dir: Any,
+    version: Any,
+    overwrite: Any,
+    verify: Any,
+    atol: Any,
+    verbose: Any,
+    value_layout: Any,
+    value_read: Any,
+    jit_compile: Any,
+    table_dtype: Any,
+    on_invalid_id: Any,
+    fold: Any,
+    value_dense_fields: Any,
+) -> dict:
+    """`export_compact`'s options (see there), each checked before anything is read or
+    written: a bad one is refused with an error naming it and what it takes (a truthy
+    string is not a bool: `overwrite="no"` must not replace an export). Returns them as
+    the export uses them (the path as a str, a numpy integer as an int).
+    `DimensionExporter` checks its options with this when it is built."""
+    if not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir):
+        raise ValueError(f"`export_dir` must be a non-empty path (str or os.PathLike); received "
+                         f"export_dir={export_dir!r}.")
+    jit_compile = check_bool("jit_compile", jit_compile)
+    return {
+        "export_dir": os.fspath(export_dir),
+        "version": writer.check_version(version),
+        "overwrite": check_bool("overwrite", overwrite),
+        "verify": check_bool("verify", verify),
+        "atol": check_number("atol", atol, low=0),
+        "verbose": int(verbose) if isinstance(verbose, bool) else check_int("verbose", verbose),
+        "value_layout": layouts.check_layout(value_layout, jit_compile),
+        "value_read": layouts.check_read(value_read),
+        "jit_compile": jit_compile,
+        "table_dtype": quantize.check_dtype(table_dtype),
+        "on_invalid_id": check_invalid_id_policy(on_invalid_id),
+        "fold": check_bool("fold", fold),
+        "value_dense_fields": check_bool("value_dense_fields", value_dense_fields),
+    }
+
+
 def export_compact(
     model: Any,
     export_dir: str | os.PathLike,
@@ -159,7 +201,8 @@ def export_compact(
             folder), a positive integer, or None (no version folder).
         overwrite: replace an existing export at the target (only after the
             new one verified); `"auto"` versions never overwrite.
-        sample_inputs: inputs (dict by input name, list, or array) used to check
+        sample_inputs: inputs (dict by input name, list, or array; the same
+            number of rows, at least one, in every input) used to check
             that the export predicts what the model predicts; default: 64
             generated rows with ids valid for every field.
         input_signature: for models without symbolic inputs (subclassed): a
@@ -210,6 +253,9 @@ def export_compact(
             `value_layout` (`keras_embdim.export.compact.dense_field_plan`).
             False packs every field.
 
+    Every option is checked before anything is read or written (`check_options`;
+    the sample's input names and rows too): a bad one is an error naming it.
+
     Returns:
         an `ExportResult` (also written, with the dimension report, to the
         export's `dimensions.json`).
@@ -224,16 +270,17 @@ def export_compact(
     """
     if tf.distribute.has_strategy():  # plain variables and a plain verification load, no collective
         return _utils.outside_strategy(export_compact, **locals())
-    layouts.check_layout(value_layout, jit_compile)
-    quantize.check_dtype(table_dtype)
-    layouts.check_read(value_read)
-    check_invalid_id_policy(on_invalid_id)
-    check_bool("value_dense_fields", value_dense_fields)
-    check_bool("fold", fold)
+    checked = check_options(export_dir=export_dir, version=version, overwrite=overwrite, verify=verify, atol=atol,
+                            verbose=verbose, value_layout=value_layout, value_read=value_read,
+                            jit_compile=jit_compile, table_dtype=table_dtype, on_invalid_id=on_invalid_id, fold=fold,
+                            value_dense_fields=value_dense_fields)
+    export_dir, version, atol = checked["export_dir"], checked["version"], checked["atol"]
+    layers = find_searchable_layers(model)  # `model` must be a Keras model or layer
+    layout = signature.input_layout(model, input_signature, sample_inputs)
+    if sample_inputs is not None:  # wrong names or row counts fail now, not after the compaction
+        signature.named_sample(layout, sample_inputs)
     auto = version == "auto"
     target = writer.resolve(export_dir, version, overwrite)
-    layers = find_searchable_layers(model)
-    layout = signature.input_layout(model, input_signature, sample_inputs)
 
     # 1. compact tables, field by field from the variables
     compacted = {

@@ -194,5 +194,22 @@ def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
         named = {next(iter(layout.specs)): np.asarray(sample_inputs)}
     missing = set(layout.specs) - set(named)
     if missing:
-        raise ValueError(f"sample_inputs lacks inputs {sorted(missing)}; the export takes {sorted(layout.specs)}.")
+        raise ValueError(f"`sample_inputs` lacks inputs {sorted(missing)}: it holds {sorted(named)}, the export takes "
+                         f"{sorted(layout.specs)}.")
+    check_sample_rows(sample_inputs)
     return named
+
+
+def check_sample_rows(sample_inputs: Any) -> None:
+    """`sample_inputs` (a dict by input name, a list, or one array) holds the same number of
+    rows, at least one, in every input (the first axis): a sample an export can be verified on."""
+    if isinstance(sample_inputs, dict):
+        arrays = {str(k): np.asarray(v) for k, v in sample_inputs.items()}
+    elif isinstance(sample_inputs, (list, tuple)):
+        arrays = {f"[{i}]": np.asarray(v) for i, v in enumerate(sample_inputs)}
+    else:
+        arrays = {"sample_inputs": np.asarray(sample_inputs)}
+    rows = {n: (int(a.shape[0]) if a.ndim else None) for n, a in arrays.items()}
+    if len(set(rows.values())) != 1 or None in rows.values() or 0 in rows.values():
+        raise ValueError(f"`sample_inputs` must hold the same number of rows (at least one, on the first axis) in "
+                         f"every input, to verify the export on; received rows {rows}.")
