@@ -163,6 +163,9 @@ def tensorboard_log_dir(value: Any) -> str | None:
         return None
     if isinstance(value, keras.callbacks.TensorBoard):
         return os.path.join(value.log_dir, "embdim")
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(f"`log_dir` must be a non-empty path or a keras.callbacks.TensorBoard; received "
+                         f"log_dir={value!r}.")
     return os.fspath(value)
 
 

@@ -40,6 +40,23 @@ def check_bool(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_verbose(value: Any) -> int:
+    """`verbose`: True, False or an integer >= 0 (0: silent)."""
+    return int(value) if isinstance(value, (bool, np.bool_)) else check_int("verbose", value, 0)
+
+
+def check_names(name: str, value: Any) -> list[str] | None:
+    """None, or a list (tuple) of non-empty strings such as layer names; one bare string is refused
+    (`list("emb")` would be three one-letter names)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and v for v in value):
+        raise ValueError(f"`{name}` must be a list of names (e.g. {name}=['embedding']) or None; received "
+                         f"{name}={value!r}.")
+    return list(value)
+
+
 def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
     """One of `allowed`."""
     if value not in allowed:

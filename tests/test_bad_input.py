@@ -35,6 +35,27 @@ def test_bad_budget_names_the_argument(method, budget):
         CALLBACKS[method](budget)
 
 
+@pytest.mark.parametrize("method", sorted(CALLBACKS))
+@pytest.mark.parametrize("option,value,message", [
+    ("verbose", "x", "`verbose` must be an integer >= 0"),
+    ("verbose", -1, "`verbose` must be an integer >= 0"),
+    ("layers", "embedding", r"`layers` must be a list of names \(e.g. layers=\['embedding'\]\)"),  # not 9 names
+    ("layers", ["embedding", ""], "`layers` must be a list of names"),
+    ("log_dir", 5, "`log_dir` must be a non-empty path or a keras.callbacks.TensorBoard"),
+])
+def test_bad_search_options_name_themselves(method, option, value, message):
+    cls = type(CALLBACKS[method](0.1))
+    with pytest.raises(ValueError, match=message):
+        cls(0.1, **{"verbose": 0, option: value})
+
+
+def test_search_options_that_are_fine():
+    cb = ked.SingleShotPruner(0.1, verbose=True, layers=("a", "b"))
+    assert cb.verbose == 1 and cb.layer_names == ["a", "b"]
+    with pytest.raises(ValueError, match="`layers` must be a list of names"):
+        ked.OrthogonalRegularizer(layers="embedding")
+
+
 def _model(d, embedding="prunable"):
     def emb(v, dim, names):
         if embedding == "ham":

@@ -11,7 +11,7 @@ from keras_embdim import _utils
 from keras_embdim._compat import keras
 from keras_embdim.search.orthogonality import orthogonality_penalty
 from keras_embdim.searchable import find_searchable_layers
-from keras_embdim.validation import check_number, is_parameter_server
+from keras_embdim.validation import check_names, check_number, is_parameter_server
 
 
 class OrthogonalRegularizer(keras.callbacks.Callback):
@@ -52,7 +52,7 @@ class OrthogonalRegularizer(keras.callbacks.Callback):
         if schedule is not None and not callable(schedule):
             raise ValueError(f"`schedule` must be a callable epoch -> strength; received {schedule!r}.")
         self.schedule = schedule
-        self.layer_names = list(layers) if layers is not None else None
+        self.layer_names = check_names("layers", layers)
         self._strength_var: tf.Variable | None = None
         self._layers: list = []
         self._on_parameter_server = False  # set by set_model

@@ -30,8 +30,8 @@ from keras_embdim._compat import keras
 from keras_embdim.report import format_report
 from keras_embdim.search import budget as budget_lib
 from keras_embdim.searchable import find_searchable_layers, total_params
-from keras_embdim.validation import (check_choice, check_fraction, check_int, check_not_parameter_server,
-                                     is_parameter_server)
+from keras_embdim.validation import (check_choice, check_fraction, check_int, check_names, check_not_parameter_server,
+                                     check_verbose, is_parameter_server)
 
 logger = logging.getLogger("keras_embdim")
 
@@ -194,9 +194,9 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self.width_budget = (None if width_budget is None
                              else check_fraction("width_budget", width_budget, of="the embedding columns"))
         self.after = check_choice("after", after, _AFTER)
-        self.layer_names = list(layers) if layers is not None else None
+        self.layer_names = check_names("layers", layers)
         self.log_dir = _utils.tensorboard_log_dir(log_dir)
-        self.verbose = verbose
+        self.verbose = check_verbose(verbose)
         self.log = SearchLog(self.name, verbose, self.log_dir)
         self.phase = self.initial_phase
         self.result: SearchResult | None = None

@@ -39,7 +39,7 @@ from keras_embdim.export.compact import compact_layer
 from keras_embdim.export.lookup import check_invalid_id_policy
 from keras_embdim.searchable import find_searchable_layers
 from keras_embdim.report import dimension_summary
-from keras_embdim.validation import check_bool, check_int, check_number
+from keras_embdim.validation import check_bool, check_number, check_verbose
 
 logger = logging.getLogger("keras_embdim")
 
@@ -160,7 +160,7 @@ def check_options(
         "overwrite": check_bool("overwrite", overwrite),
         "verify": check_bool("verify", verify),
         "atol": check_number("atol", atol, low=0),
-        "verbose": int(verbose) if isinstance(verbose, bool) else check_int("verbose", verbose),
+        "verbose": check_verbose(verbose),
         "value_layout": layouts.check_layout(value_layout, jit_compile),
         "value_read": layouts.check_read(value_read),
         "jit_compile": jit_compile,
