@@ -149,12 +149,12 @@ def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_
             ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
         assert os.path.getmtime(os.path.join(target, "saved_model.pb")) == stamp
         assert sorted(os.listdir(tmp_path)) == ["exp"]  # no temporary folder left behind
-        base = str(tmp_path / "base")
         restore()
         monkeypatch.undo()
         ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
         assert sorted(os.listdir(tmp_path)) == ["exp"]
         # versioned: a failed export leaves no version folder and no temporary folder either
+        base = str(tmp_path / "base")
         ked.export_compact(model, base, verbose=0)
         _changed_after_save(monkeypatch, model)
         with pytest.raises(ked.ExportError, match="predicts differently"):
