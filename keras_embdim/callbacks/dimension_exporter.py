@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from keras_embdim import _compat
 from keras_embdim._compat import keras
 from keras_embdim.export import ExportResult, export_compact
 from keras_embdim.export import signature, writer
@@ -117,9 +118,13 @@ class DimensionExporter(keras.callbacks.Callback):
             writer.resolve(self.export_dir, self.options["version"], self.options["overwrite"], create=False)
         except (FileExistsError, PermissionError) as e:
             raise type(e)(f"DimensionExporter: {e} Nothing was trained.") from None
-        self._target()  # a wrong `submodel` fails now, not after training
-        if self.sample_inputs is not None:  # so do inputs of unequal rows (their names: at the export)
+        target = self._target()  # a wrong `submodel` fails now, not after training
+        if self.sample_inputs is not None:  # so do sample inputs of unequal rows, or wrong names
             signature.check_sample_rows(self.sample_inputs)
+            if self.input_signature is not None or _compat.input_structure(target) is not None:
+                # the names the export will take are known (a subclassed model's only once it ran)
+                signature.named_sample(signature.input_layout(target, self.input_signature, self.sample_inputs),
+                                       self.sample_inputs)
 
     def on_train_end(self, logs=None):
         self.result = export_compact(self._target(), self.export_dir, sample_inputs=self.sample_inputs,
