@@ -120,8 +120,8 @@ def test_bad_export_arguments_name_themselves(searched, tmp_path):
         model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0,
                   callbacks=[ked.DimensionExporter(str(tmp_path / "e"), sample_inputs=uneven, verbose=0)])
     with pytest.raises(ValueError, match="lacks inputs"):  # a functional model's input names are known
-        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0,
-                  callbacks=[ked.DimensionExporter(str(tmp_path / "f"), sample_inputs={"zz": np.zeros(2)}, verbose=0)])
+        wrong = ked.DimensionExporter(str(tmp_path / "f"), sample_inputs={"zz": np.zeros(2)}, verbose=0)
+        model.fit(d.inputs(x[:64]), y[:64], epochs=1, verbose=0, callbacks=[wrong])
     for a, b in zip(weights, model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
