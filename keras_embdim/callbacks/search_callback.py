@@ -197,7 +197,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self.layer_names = check_names("layers", layers)
         self.log_dir = _utils.tensorboard_log_dir(log_dir)
         self.verbose = check_verbose(verbose)
-        self.log = SearchLog(self.name, verbose, self.log_dir)
+        self.log = SearchLog(self.name, self.verbose, self.log_dir)
         self.phase = self.initial_phase
         self.result: SearchResult | None = None
         self.penalties: list[dict] = []  # per search epoch: the layers' search penalties
