@@ -109,9 +109,12 @@ def test_bad_export_arguments_name_themselves(searched, tmp_path):
         ked.export_compact(model, str(tmp_path / "b"), sample_inputs=uneven, verbose=0)
     with pytest.raises(ValueError, match="at least one"):
         ked.export_compact(model, str(tmp_path / "c"), sample_inputs={k: v[:0] for k, v in sample.items()}, verbose=0)
+    two_d = {k: np.stack([v[:3], v[:3]], axis=1) for k, v in sample.items()}
+    with pytest.raises(ValueError, match=r"must match the shapes .* of shape \(3, 2\), the export takes \(None,\)"):
+        ked.export_compact(model, str(tmp_path / "g"), sample_inputs=two_d, verbose=0)
     with pytest.raises(ValueError, match=r"lacks inputs .* it holds \['zz'\]"):
         ked.export_compact(model, str(tmp_path / "d"), sample_inputs={"zz": np.zeros(3, np.int64)}, verbose=0)
-    assert not any((tmp_path / n).exists() for n in "abcd")  # refused before the base folder was made
+    assert not any((tmp_path / n).exists() for n in "abcdg")  # refused before the base folder was made
     # the callback refuses a sample of uneven rows when training begins, before any step
     x, y = d.train
     model.compile(optimizer="adam", loss="binary_crossentropy")

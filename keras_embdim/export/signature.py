@@ -197,6 +197,12 @@ def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
         raise ValueError(f"`sample_inputs` lacks inputs {sorted(missing)}: it holds {sorted(named)}, the export takes "
                          f"{sorted(layout.specs)}.")
     check_sample_rows(sample_inputs)
+    wrong = {n: (named[n].shape, tuple(layout.specs[n].shape.as_list())) for n in layout.specs
+             if not layout.specs[n].shape.is_compatible_with(named[n].shape)}
+    if wrong:
+        said = [f"{n!r} of shape {got}, the export takes {want}" for n, (got, want) in wrong.items()]
+        raise ValueError(f"`sample_inputs` must match the shapes the export takes (None: any size); received "
+                         f"{', '.join(said)}.")
     return named
 
 
