@@ -109,12 +109,17 @@ def test_bad_export_arguments_name_themselves(searched, tmp_path):
         ked.export_compact(model, str(tmp_path / "b"), sample_inputs=uneven, verbose=0)
     with pytest.raises(ValueError, match="at least one"):
         ked.export_compact(model, str(tmp_path / "c"), sample_inputs={k: v[:0] for k, v in sample.items()}, verbose=0)
+    words = {k: np.array(["a", "b"]) for k in sample}
+    with pytest.raises(ValueError, match=r"must match the dtypes .* of dtype <U1, the export takes int"):
+        ked.export_compact(model, str(tmp_path / "h"), sample_inputs=words, verbose=0)
+    with pytest.raises(ValueError, match="`input_signature` must be a tf.TensorSpec"):
+        ked.export_compact(model, str(tmp_path / "i"), input_signature={k: 5 for k in sample}, verbose=0)
     two_d = {k: np.stack([v[:3], v[:3]], axis=1) for k, v in sample.items()}
     with pytest.raises(ValueError, match=r"must match the shapes .* of shape \(3, 2\), the export takes \(None,\)"):
         ked.export_compact(model, str(tmp_path / "g"), sample_inputs=two_d, verbose=0)
     with pytest.raises(ValueError, match=r"lacks inputs .* it holds \['zz'\]"):
         ked.export_compact(model, str(tmp_path / "d"), sample_inputs={"zz": np.zeros(3, np.int64)}, verbose=0)
-    assert not any((tmp_path / n).exists() for n in "abcdg")  # refused before the base folder was made
+    assert not any((tmp_path / n).exists() for n in "abcdghi")  # refused before the base folder was made
     # the callback refuses a sample of uneven rows when training begins, before any step
     x, y = d.train
     model.compile(optimizer="adam", loss="binary_crossentropy")

@@ -85,7 +85,8 @@ def input_layout(model: Any, input_signature: Any, sample_inputs: Any) -> InputL
         if isinstance(input_signature, (list, tuple)) and all(isinstance(s, tf.TensorSpec) for s in input_signature):
             names = [clean_name(s.name or f"input_{i}") for i, s in enumerate(input_signature)]
             return InputLayout("list", names, {n: tf.TensorSpec(s.shape, s.dtype, name=n) for n, s in zip(names, input_signature)})
-        if not isinstance(input_signature, dict):
+        if not isinstance(input_signature, dict) or not all(
+                isinstance(s, tf.TensorSpec) for s in input_signature.values()):
             raise ValueError(
                 "`input_signature` must be a tf.TensorSpec (model takes one tensor), a list of them, "
                 f"or a dict of name -> tf.TensorSpec (model takes a dict); received {input_signature!r}."
@@ -197,6 +198,12 @@ def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
         raise ValueError(f"`sample_inputs` lacks inputs {sorted(missing)}: it holds {sorted(named)}, the export takes "
                          f"{sorted(layout.specs)}.")
     check_sample_rows(sample_inputs)
+    kinds = {n: named[n].dtype.kind for n in layout.specs}
+    wrong = {n: (named[n].dtype, layout.specs[n].dtype.name) for n in layout.specs
+             if kinds[n] not in ("USO" if layout.specs[n].dtype == tf.string else "biuf")}
+    if wrong:  # numbers for a string input, strings for a number input
+        said = [f"{n!r} of dtype {got}, the export takes {want}" for n, (got, want) in wrong.items()]
+        raise ValueError(f"`sample_inputs` must match the dtypes the export takes; received {', '.join(said)}.")
     wrong = {n: (named[n].shape, tuple(layout.specs[n].shape.as_list())) for n in layout.specs
              if not layout.specs[n].shape.is_compatible_with(named[n].shape)}
     if wrong:
