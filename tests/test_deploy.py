@@ -134,6 +134,24 @@ def test_bad_export_arguments_name_themselves(searched, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_dataset_verifies_the_export_on_its_first_batch(searched, tmp_path):
+    d, model, sample = searched
+    x, y = d.train
+    ds = tf.data.Dataset.from_tensor_slices((d.inputs(x[:100]), y[:100])).batch(32)
+    r = ked.export_compact(model, str(tmp_path / "ds"), sample_inputs=ds, verbose=0)
+    assert r.max_abs_diff <= 1e-5
+    # the same first batch as arrays gives the same verification
+    first = {k: v[:32] for k, v in d.inputs(x).items()}
+    same = ked.export_compact(model, str(tmp_path / "arrays"), sample_inputs=first, verbose=0)
+    assert r.max_abs_diff == same.max_abs_diff
+    with pytest.raises(ValueError, match="empty tf.data.Dataset"):
+        ked.export_compact(model, str(tmp_path / "empty"), sample_inputs=ds.take(0), verbose=0)
+    model.compile(optimizer="adam", loss="binary_crossentropy")  # the callback takes one too
+    cb = ked.DimensionExporter(str(tmp_path / "cb"), sample_inputs=ds, verbose=0)
+    model.fit(ds, epochs=1, verbose=0, callbacks=[cb])
+    assert cb.result.max_abs_diff <= 1e-5
+
+
 def test_exporter_callback_passes_its_options_on(searched, tmp_path, monkeypatch):
     from keras_embdim.callbacks import dimension_exporter
 

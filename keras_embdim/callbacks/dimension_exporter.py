@@ -25,7 +25,8 @@ class DimensionExporter(keras.callbacks.Callback):
             integer, or None.
         overwrite: replace an existing export at the target once the new one
             verified (`"auto"` versions never overwrite).
-        sample_inputs: inputs to verify the export on (default: generated).
+        sample_inputs: inputs to verify the export on (default: generated), or a
+            batched `tf.data.Dataset` (its first batch's inputs).
         input_signature: for models without symbolic inputs.
         verify: compare the export with the model before moving it into place.
         atol: largest allowed absolute difference in that comparison.
@@ -120,11 +121,11 @@ class DimensionExporter(keras.callbacks.Callback):
             raise type(e)(f"DimensionExporter: {e} Nothing was trained.") from None
         target = self._target()  # a wrong `submodel` fails now, not after training
         if self.sample_inputs is not None:  # so do sample inputs of unequal rows, or wrong names
-            signature.check_sample_rows(self.sample_inputs)
+            sample = signature.sample_from(self.sample_inputs)
+            signature.check_sample_rows(sample)
             if self.input_signature is not None or _compat.input_structure(target) is not None:
                 # the names the export will take are known (a subclassed model's only once it ran)
-                signature.named_sample(signature.input_layout(target, self.input_signature, self.sample_inputs),
-                                       self.sample_inputs)
+                signature.named_sample(signature.input_layout(target, self.input_signature, sample), sample)
 
     def on_train_end(self, logs=None):
         self.result = export_compact(self._target(), self.export_dir, sample_inputs=self.sample_inputs,

@@ -202,9 +202,10 @@ def export_compact(
         overwrite: replace an existing export at the target (only after the
             new one verified); `"auto"` versions never overwrite.
         sample_inputs: inputs (dict by input name, list, or array; the same
-            number of rows, at least one, in every input) used to check
-            that the export predicts what the model predicts; default: 64
-            generated rows with ids valid for every field.
+            number of rows, at least one, in every input; or a batched
+            `tf.data.Dataset`, whose first batch's inputs are taken) used to
+            check that the export predicts what the model predicts; default:
+            64 generated rows with ids valid for every field.
         input_signature: for models without symbolic inputs (subclassed): a
             named `tf.TensorSpec` if the model takes one tensor, a list of them,
             or a dict of name -> `tf.TensorSpec` if it takes a dict; default: the
@@ -276,6 +277,7 @@ def export_compact(
                             value_dense_fields=value_dense_fields)
     export_dir, version, atol = checked["export_dir"], checked["version"], checked["atol"]
     layers = find_searchable_layers(model)  # `model` must be a Keras model or layer
+    sample_inputs = signature.sample_from(sample_inputs)  # a dataset: its first batch
     layout = signature.input_layout(model, input_signature, sample_inputs)
     if sample_inputs is not None:  # wrong names or row counts fail now, not after the compaction
         signature.named_sample(layout, sample_inputs)

@@ -213,6 +213,18 @@ def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
     return named
 
 
+def sample_from(sample_inputs: Any) -> Any:
+    """`sample_inputs` as arrays: a `tf.data.Dataset` gives the inputs of its first element
+    (the `x` of an `(x, y)` or `(x, y, sample_weight)` element, as `fit` reads it; a batched
+    dataset, so that is a batch); anything else is returned as it is."""
+    if not isinstance(sample_inputs, tf.data.Dataset):
+        return sample_inputs
+    for element in sample_inputs.take(1):
+        x = element[0] if isinstance(element, tuple) else element
+        return tf.nest.map_structure(lambda t: t.numpy(), x)
+    raise ValueError("`sample_inputs` is an empty tf.data.Dataset; give it at least one batch to verify the export on.")
+
+
 def check_sample_rows(sample_inputs: Any) -> None:
     """`sample_inputs` (a dict by input name, a list, or one array) holds the same number of
     rows, at least one, in every input (the first axis): a sample an export can be verified on."""
