@@ -146,6 +146,8 @@ def test_a_dataset_verifies_the_export_on_its_first_batch(searched, tmp_path):
     assert r.max_abs_diff == same.max_abs_diff
     with pytest.raises(ValueError, match="empty tf.data.Dataset"):
         ked.export_compact(model, str(tmp_path / "empty"), sample_inputs=ds.take(0), verbose=0)
+    with pytest.raises(ValueError, match=r"single examples .* batch it"):
+        ked.export_compact(model, str(tmp_path / "unbatched"), sample_inputs=ds.unbatch(), verbose=0)
     model.compile(optimizer="adam", loss="binary_crossentropy")  # the callback takes one too
     cb = ked.DimensionExporter(str(tmp_path / "cb"), sample_inputs=ds, verbose=0)
     model.fit(ds, epochs=1, verbose=0, callbacks=[cb])

@@ -220,8 +220,11 @@ def sample_from(sample_inputs: Any) -> Any:
     if not isinstance(sample_inputs, tf.data.Dataset):
         return sample_inputs
     for element in sample_inputs.take(1):
-        x = element[0] if isinstance(element, tuple) else element
-        return tf.nest.map_structure(lambda t: t.numpy(), x)
+        x = tf.nest.map_structure(lambda t: t.numpy(), element[0] if isinstance(element, tuple) else element)
+        if any(np.ndim(leaf) == 0 for leaf in tf.nest.flatten(x)):
+            raise ValueError("`sample_inputs` is a tf.data.Dataset of single examples (scalar inputs); batch it "
+                             "(`dataset.batch(256)`) to verify the export on a batch.")
+        return x
     raise ValueError("`sample_inputs` is an empty tf.data.Dataset; give it at least one batch to verify the export on.")
 
 
