@@ -39,6 +39,13 @@ KERAS_VERSION: str = keras.__version__ if hasattr(keras, "__version__") else ""
 register_serializable = keras.saving.register_keras_serializable
 
 
+# `add_weight` keywords for a float variable that a layer's call reads at its own dtype (float32)
+# even under a mixed-precision policy, where Keras casts a layer's float variables to its compute
+# dtype (float16 / bfloat16) when its call reads them: the search state (masks, logits,
+# temperatures, the twins and their counts), whose precision decides which dimensions stay.
+NO_AUTOCAST: dict = {"autocast": False} if KERAS_3 else {"experimental_autocast": False}
+
+
 def layer_classes(*names: str) -> tuple:
     """The `keras.layers` classes of these names that this Keras version has."""
     return tuple(getattr(keras.layers, n) for n in names if n in dir(keras.layers))

@@ -87,26 +87,23 @@ class HardMaskEmbedding(SearchableEmbedding):
         self._costs /= float(self._costs.sum())
 
     def _build_search_state(self) -> None:
+        # read at float32 under a mixed policy too (`_compat.NO_AUTOCAST`): they decide the dims
+        const = keras.initializers.Constant
         self.mask_logits = self.add_weight(
             name="mask_logits",
             shape=(self.num_fields, self.output_dim),
-            initializer=keras.initializers.Constant(self.initial_logit / self.logit_scale),
+            initializer=const(self.initial_logit / self.logit_scale),
             trainable=not self.frozen,
+            **_compat.NO_AUTOCAST,
         )
-        self.temperature = self.add_weight(
-            name="temperature", shape=(), initializer=keras.initializers.Constant(self.initial_temperature), trainable=False
-        )
-        self.sparsity_weight = self.add_weight(
-            name="sparsity_weight", shape=(), initializer=keras.initializers.Constant(self.initial_sparsity_weight), trainable=False
-        )
-        self.sparsity_target = self.add_weight(
-            name="sparsity_target", shape=(), initializer=keras.initializers.Constant(self.initial_target), trainable=False
-        )
+        scalar = dict(shape=(), trainable=False, **_compat.NO_AUTOCAST)
+        self.temperature = self.add_weight(name="temperature", initializer=const(self.initial_temperature), **scalar)
+        self.sparsity_weight = self.add_weight(name="sparsity_weight", initializer=const(self.initial_sparsity_weight),
+                                               **scalar)
+        self.sparsity_target = self.add_weight(name="sparsity_target", initializer=const(self.initial_target), **scalar)
         # 1 once the search ended: saved with the weights, so that a model
         # restored from a checkpoint taken after the search knows it
-        self.search_frozen = self.add_weight(
-            name="search_frozen", shape=(), initializer=keras.initializers.Constant(float(self.frozen)), trainable=False
-        )
+        self.search_frozen = self.add_weight(name="search_frozen", initializer=const(float(self.frozen)), **scalar)
 
     def _search_state_variables(self) -> list:
         return [self.mask_logits, self.temperature, self.sparsity_weight, self.sparsity_target, self.search_frozen]

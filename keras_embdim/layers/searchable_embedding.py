@@ -116,6 +116,7 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
             shape=(self.num_fields, self.output_dim),
             initializer="ones",
             trainable=False,
+            **_compat.NO_AUTOCAST,
         )
         self._value_sizes = self.add_weight(
             name="value_sizes",

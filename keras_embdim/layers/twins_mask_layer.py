@@ -163,9 +163,11 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         self.frozen = bool(frozen)
         self._table_frozen = False  # twins-first warm start: no update of the table
         self.supports_masking = True
-        self.counter = FrequencyCounter(self.layout, freq, name="frequency_counter")
+        # the twins and their counts compute in float32 whatever the policy: a count past 256 is not
+        # a bfloat16 number, and the logits decide every value's size (docs/guides/deployment.md)
+        self.counter = FrequencyCounter(self.layout, freq, name="frequency_counter", dtype="float32")
         self.twins = Twins(self.counter.num_features, self.hidden_units, self.num_candidates, self.logit_scale,
-                           name="twins")
+                           name="twins", dtype="float32")
         self.twins.trainable = not self.frozen  # a frozen layer (loaded after its search) no longer trains them
 
     def _parse_frequencies(self, frequencies) -> np.ndarray | None:
@@ -210,17 +212,19 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         self.counter.build()
         self.twins.build()
         const = keras.initializers.Constant
-        self.temperature = self.add_weight(name="temperature", shape=(), initializer=const(self._init_temperature), trainable=False)
-        self.size_weight = self.add_weight(name="size_weight", shape=(), initializer=const(self._init_size_weight), trainable=False)
-        self.size_target = self.add_weight(name="size_target", shape=(), initializer=const(self._init_size_target), trainable=False)
-        self.size_bias = self.add_weight(name="size_bias", shape=(), initializer="zeros", trainable=False)
+        # read at float32 under a mixed policy too (`_compat.NO_AUTOCAST`): they decide the sizes
+        scalar = dict(shape=(), trainable=False, **_compat.NO_AUTOCAST)
+        self.temperature = self.add_weight(name="temperature", initializer=const(self._init_temperature), **scalar)
+        self.size_weight = self.add_weight(name="size_weight", initializer=const(self._init_size_weight), **scalar)
+        self.size_target = self.add_weight(name="size_target", initializer=const(self._init_size_target), **scalar)
+        self.size_bias = self.add_weight(name="size_bias", initializer="zeros", **scalar)
         self.value_sizes = self.add_weight(
             name="value_sizes", shape=(self.layout.num_rows,), initializer=const(self.output_dim), dtype="int32",
             trainable=False,
         )
         # 1 once the sizes are fixed: saved with the weights (checkpoints, BackupAndRestore)
         self.search_frozen = self.add_weight(
-            name="search_frozen", shape=(), initializer=const(float(self.frozen)), trainable=False
+            name="search_frozen", initializer=const(float(self.frozen)), **scalar
         )
         self.built = True
 

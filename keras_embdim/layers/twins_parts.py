@@ -43,12 +43,16 @@ class FrequencyCounter(keras.layers.Layer):
         freq = self._initial if self._initial is not None else np.zeros(rows, np.float32)
         per_field = self.layout.split(freq)
         const = keras.initializers.Constant
+        # read at float32 under a mixed policy too: a bfloat16 count stops at 256 exactly
         self.counts = self.add_weight(name="counts", shape=(rows,), trainable=False,
-                                      initializer=const(freq) if freq.any() else "zeros")
-        self.field_max = self.add_weight(name="field_max", shape=(F,), trainable=False,
-                                         initializer=const(np.array([f.max(initial=0.0) for f in per_field], np.float32)))
+                                      initializer=const(freq) if freq.any() else "zeros",
+                                      **_compat.NO_AUTOCAST)
+        largest = np.array([f.max(initial=0.0) for f in per_field], np.float32)
+        self.field_max = self.add_weight(name="field_max", shape=(F,), trainable=False, initializer=const(largest),
+                                         **_compat.NO_AUTOCAST)
         self.field_total = self.add_weight(name="field_total", shape=(F,), trainable=False,
-                                           initializer=const(np.array([f.sum() for f in per_field], np.float32)))
+                                           initializer=const(np.array([f.sum() for f in per_field], np.float32)),
+                                           **_compat.NO_AUTOCAST)
         self.built = True
 
     def features(self, counts: tf.Tensor, fields: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -21,10 +21,13 @@ def orthogonality_penalty(rows: tf.Tensor, keep: tf.Tensor | None = None) -> tf.
 
     Args:
         rows: `[..., D]` (one field) or `[..., F, D]` with `keep` given as
-            `[F, D]`; all leading axes are rows.
+            `[F, D]`; all leading axes are rows (float16 / bfloat16 rows are
+            computed in float32; the penalty is float32).
         keep: optional 0/1 mask `[D]` or `[F, D]`; columns with 0 are left out.
     """
     rows = tf.convert_to_tensor(rows)
+    if rows.dtype in (tf.float16, tf.bfloat16):  # a mixed-precision lookup: the penalty in float32
+        rows = tf.cast(rows, tf.float32)
     D = rows.shape[-1]
     if keep is not None:
         keep = tf.cast(tf.convert_to_tensor(keep), rows.dtype)
