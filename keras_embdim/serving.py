@@ -28,7 +28,8 @@ def check_in_fresh_process(export_dir: str, inputs: dict, expected: dict, atol: 
     with tempfile.TemporaryDirectory() as d:
         fin, fexp = os.path.join(d, "inputs.npz"), os.path.join(d, "expected.npz")
         np.savez(fin, **{k: np.asarray(v) for k, v in inputs.items()})
-        np.savez(fexp, **{k: np.asarray(v) for k, v in expected.items()})
+        # float outputs as float64: a bfloat16 array (a mixed-precision model's) has no .npz form
+        np.savez(fexp, **{k: _as_saveable(v) for k, v in expected.items()})
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["TF_CPP_MIN_LOG_LEVEL"] = "2"
         proc = subprocess.run(
@@ -46,3 +47,8 @@ def check_in_fresh_process(export_dir: str, inputs: dict, expected: dict, atol: 
     if proc.returncode != 0:
         raise AssertionError(f"served predictions differ: {report}")
     return report
+
+
+def _as_saveable(value) -> np.ndarray:
+    value = np.asarray(value)
+    return value if value.dtype.kind in "iub" else value.astype(np.float64)

@@ -29,7 +29,11 @@ class DimensionExporter(keras.callbacks.Callback):
             batched `tf.data.Dataset` (its first batch's inputs).
         input_signature: for models without symbolic inputs.
         verify: compare the export with the model before moving it into place.
-        atol: largest allowed absolute difference in that comparison.
+        atol: largest allowed absolute difference in that comparison for a model computing in
+            float32; a model with a layer computing in float16 or bfloat16 (a
+            mixed-precision policy) is allowed at least 4 x that dtype's epsilon x
+            max(1, largest |prediction|), the rounding by which two faithful runs
+            of it differ (`ExportResult.verified_tolerance` says what was applied).
         verbose: print where the export went.
         value_layout: per-value layers: the packed layout (`export_compact`).
         value_read: per-value layers: `"auto"`, `"prefix"` or `"ranged"` row reads (`export_compact`).

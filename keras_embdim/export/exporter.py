@@ -76,6 +76,9 @@ class ExportResult:
     table_dtype: str = "float32"
     # max |model with the stored precision - model in float32| on the verification inputs
     precision_max_abs_diff: float | None = None
+    # the largest |served - model| the verification allowed: `atol`, or for a model computing in
+    # float16 / bfloat16 the rounding of that dtype (`verification_tolerance`); None: not verified
+    verified_tolerance: float | None = None
     base_path: str | None = None  # TF Serving's --model_base_path (None: not versioned)
     version: int | None = None
     signatures: list = field(default_factory=list)
@@ -211,7 +214,11 @@ def export_compact(
             or a dict of name -> `tf.TensorSpec` if it takes a dict; default: the
             model's own inputs.
         verify: load the export back and compare (default True).
-        atol: largest allowed absolute difference in verification.
+        atol: largest allowed absolute difference in verification for a model computing in
+            float32; a model with a layer computing in float16 or bfloat16 (a
+            mixed-precision policy) is allowed at least 4 x that dtype's epsilon x
+            max(1, largest |prediction|), the rounding by which two faithful runs
+            of it differ (`ExportResult.verified_tolerance` says what was applied).
         verbose: print where the export went.
         value_layout: for per-value layers (PME, TwinsMaskLayer): the packed
             layout, `"auto"` (the fastest within 1.10 x the kept bytes),
@@ -401,10 +408,10 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         raise ExportError("a per-field compact table holds more than its kept parameters and padding.")
     if emb_bytes != expected_bytes:
         raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
-    max_diff = precision_diff = None
+    max_diff = precision_diff = tolerance = None
     if verify:
-        max_diff, precision_diff = _verify(model, tmp, layout, sample_inputs, atol, compacted, table_dtype, layers,
-                                           list(concrete))
+        max_diff, precision_diff, tolerance = _verify(model, tmp, layout, sample_inputs, atol, compacted,
+                                                      table_dtype, layers, list(concrete))
     disk = writer.disk_bytes(tmp)
     result = ExportResult(
         path=target.path,
@@ -427,6 +434,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         layouts={layer.name: c.lookup.layout for layer, c in compacted.items()},
         table_dtype=table_dtype,
         precision_max_abs_diff=precision_diff,
+        verified_tolerance=tolerance,
         base_path=target.base if target.version is not None else None,
         version=target.version,
         signatures=list(concrete),
@@ -441,8 +449,47 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
     return result
 
 
+# Machine epsilon of the 16-bit float compute dtypes (`np.finfo(...).eps`), and how many of them,
+# at the predictions' scale, two faithful runs of one mixed-precision model may differ by: about
+# one (Keras' own `model.export()` as much as ours; numbers in the commit that added this), the
+# factor 4 is the margin. Grappler fuses MatMul + BiasAdd + activation into one op that rounds
+# once where the eager call rounds after each op (docs/guides/deployment.md, "Mixed precision").
+LOW_PRECISION_EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
+LOW_PRECISION_EPS_FACTOR = 4.0
+
+
+def low_precision_dtype(model: Any) -> str | None:
+    """The narrowest float dtype any layer of `model` computes in, if float16 or bfloat16."""
+    found = {str(layer.compute_dtype) for layer in _utils.flatten_layers(model)}
+    for name in ("bfloat16", "float16"):  # the coarser first
+        if name in found:
+            return name
+    return None
+
+
+def verification_tolerance(atol: float, compute_dtype: str | None, expected: dict) -> float:
+    """The largest |served - model| the verification allows.
+
+    `atol` for a model computing in float32; for one with a layer computing in
+    float16 or bfloat16 (a mixed-precision policy), at least
+    `LOW_PRECISION_EPS_FACTOR` x that dtype's machine epsilon x max(1, the
+    largest |prediction|): the served graph and the model's own call round
+    differently (as Keras' own export does), by about one epsilon.
+
+    >>> verification_tolerance(1e-5, None, {"y": np.array([0.9])})
+    1e-05
+    >>> verification_tolerance(1e-5, "bfloat16", {"y": np.array([-3.0, 0.5])})
+    0.09375
+    """
+    if compute_dtype is None:
+        return float(atol)
+    scale = max([1.0] + [float(np.max(np.abs(np.asarray(v, np.float64)), initial=0.0)) for v in expected.values()])
+    return max(float(atol), LOW_PRECISION_EPS_FACTOR * LOW_PRECISION_EPS[compute_dtype] * scale)
+
+
 def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtype, layers, names) -> tuple:
-    """`(max |served - model|, max |model at stored precision - model|)` over every signature.
+    """`(max |served - model|, max |model at stored precision - model|, the tolerance applied)`
+    over every signature.
 
     For float16 / int8 exports the model is run on exactly the stored values
     (`CompactLayer.stored_values`), so that the served predictions are compared
@@ -466,7 +513,9 @@ def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtyp
             for c in compacted.values():
                 stack.enter_context(c.stored_values())
             at_precision = run_model()
-        precision_diff = max(float(np.max(np.abs(at_precision[k] - expected[k]), initial=0.0)) for k in expected)
+        precision_diff = max(float(np.max(np.abs(np.asarray(at_precision[k], np.float64)
+                                                 - np.asarray(expected[k], np.float64)), initial=0.0))
+                             for k in expected)
         expected = at_precision
     loaded = tf.saved_model.load(saved_dir)
     worst = 0.0
@@ -479,7 +528,13 @@ def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtyp
         for key, value in expected.items():
             if key not in got:
                 raise ExportError(f"the export lacks output {key!r}; it has {sorted(got)}.")
-            worst = max(worst, float(np.max(np.abs(value - got[key].numpy()), initial=0.0)))
-    if not worst <= atol:
-        raise ExportError(f"the export predicts differently from the model: max |diff| = {worst} > atol={atol}.")
-    return worst, precision_diff
+            diff = np.asarray(value, np.float64) - np.asarray(got[key].numpy(), np.float64)
+            worst = max(worst, float(np.max(np.abs(diff), initial=0.0)))
+    compute_dtype = low_precision_dtype(model)
+    tolerance = verification_tolerance(atol, compute_dtype, expected)
+    if not worst <= tolerance:
+        allowed = f"atol={atol}" if compute_dtype is None else (
+            f"{tolerance:.3g} (the model computes in {compute_dtype}: the larger of atol={atol} and "
+            f"{LOW_PRECISION_EPS_FACTOR:g} x its epsilon x max(1, largest |prediction|))")
+        raise ExportError(f"the export predicts differently from the model: max |diff| = {worst} > {allowed}.")
+    return worst, precision_diff, tolerance
