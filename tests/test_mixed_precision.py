@@ -60,8 +60,10 @@ def _model(kind, vocab, names):
         return (ked.models.build_deepfm(vocab, names, embedding_dim=8, hidden=(16,),
                                         embedding=lambda v, d, n: ked.HardMaskEmbedding(v, d, field_names=n)),
                 ked.HardMaskSearch(0.3, verbose=0))
-    return (ked.models.build_mlp(vocab, names, embedding_dim=8, hidden=(16,),
-                                 embedding=lambda v, d, n: ked.TwinsMaskLayer(ked.PrunableEmbedding(v, d, field_names=n))),
+    def twins(v, d, n):
+        return ked.TwinsMaskLayer(ked.PrunableEmbedding(v, d, field_names=n))
+
+    return (ked.models.build_mlp(vocab, names, embedding_dim=8, hidden=(16,), embedding=twins),
             ked.TwinsMaskSearch(0.3, verbose=0))
 
 
