@@ -34,3 +34,32 @@ def data_root():
 @pytest.fixture(scope="session")
 def small_data():
     return ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=6, max_vocab=500, seed=3)
+
+
+@pytest.fixture
+def move_output_bias_after_save(monkeypatch):
+    """`move(model, by=1.0)`: the model's last Dense bias moves by `by` right after each SavedModel
+    is written; the export's verification then compares the model with what it no longer
+    computes. Returns a function that puts the bias back (also done when the test ends)."""
+    import numpy as np
+
+    from keras_embdim.export import exporter
+
+    restores = []
+
+    def move(model, by: float = 1.0):
+        bias = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1].bias
+        original = np.array(bias.numpy())
+        real = exporter.writer.saved_variable_bytes
+
+        def written(path):
+            bias.assign(original + by)
+            return real(path)
+
+        monkeypatch.setattr(exporter.writer, "saved_variable_bytes", written)
+        restores.append(lambda: bias.assign(original))
+        return restores[-1]
+
+    yield move
+    for restore in reversed(restores):
+        restore()

@@ -121,29 +121,13 @@ def test_exporter_callback_fails_fast_when_dir_exists(trained):
         np.testing.assert_array_equal(a, b)
 
 
-def _changed_after_save(monkeypatch, model):
-    """The model's output bias moved by 1 right after each SavedModel is written (and back when the
-    test ends): the export's verification then compares the model with what it no longer computes."""
-    from keras_embdim.export import exporter
-
-    bias = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1].bias
-    original = np.array(bias.numpy())
-    real = exporter.writer.saved_variable_bytes
-
-    def written(path):
-        bias.assign(original + 1.0)
-        return real(path)
-
-    monkeypatch.setattr(exporter.writer, "saved_variable_bytes", written)
-    return lambda: bias.assign(original)
-
-
-def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_path, monkeypatch):
+def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_path, monkeypatch,
+                                                                    move_output_bias_after_save):
     d, model, _, _, _ = trained
     target = str(tmp_path / "exp")
     ked.export_compact(model, target, version=None, verbose=0)
     stamp = os.path.getmtime(os.path.join(target, "saved_model.pb"))
-    restore = _changed_after_save(monkeypatch, model)
+    restore = move_output_bias_after_save(model)
     try:
         with pytest.raises(ked.ExportError, match="predicts differently"):
             ked.export_compact(model, target, version=None, overwrite=True, verbose=0)
@@ -156,7 +140,7 @@ def test_failed_verification_leaves_previous_export_and_no_partial(trained, tmp_
         # versioned: a failed export leaves no version folder and no temporary folder either
         base = str(tmp_path / "base")
         ked.export_compact(model, base, verbose=0)
-        _changed_after_save(monkeypatch, model)
+        move_output_bias_after_save(model)
         with pytest.raises(ked.ExportError, match="predicts differently"):
             ked.export_compact(model, base, verbose=0)
         assert sorted(os.listdir(base)) == ["1"]
