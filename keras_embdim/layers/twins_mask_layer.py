@@ -163,8 +163,8 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         self.frozen = bool(frozen)
         self._table_frozen = False  # twins-first warm start: no update of the table
         self.supports_masking = True
-        # the twins and their counts compute in float32 whatever the policy: a count past 256 is not
-        # a bfloat16 number, and the logits decide every value's size (docs/guides/deployment.md)
+        # the twins and their counts compute in float32 whatever the policy: bfloat16 reads a count
+        # of 257 as 256, and the logits decide every value's size (docs/guides/deployment.md)
         self.counter = FrequencyCounter(self.layout, freq, name="frequency_counter", dtype="float32")
         self.twins = Twins(self.counter.num_features, self.hidden_units, self.num_candidates, self.logit_scale,
                            name="twins", dtype="float32")

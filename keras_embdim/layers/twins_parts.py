@@ -43,7 +43,7 @@ class FrequencyCounter(keras.layers.Layer):
         freq = self._initial if self._initial is not None else np.zeros(rows, np.float32)
         per_field = self.layout.split(freq)
         const = keras.initializers.Constant
-        # read at float32 under a mixed policy too: a bfloat16 count stops at 256 exactly
+        # read at float32 under a mixed policy too: bfloat16 reads a count of 257 as 256
         self.counts = self.add_weight(name="counts", shape=(rows,), trainable=False,
                                       initializer=const(freq) if freq.any() else "zeros",
                                       **_compat.NO_AUTOCAST)
