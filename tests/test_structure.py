@@ -117,6 +117,44 @@ def test_each_search_says_what_it_will_do_and_warns_when_nothing_is_left_to_fine
     assert "1 search epoch of hard masks" in caplog.text and "follow it" not in caplog.text
 
 
+class _StopAfterFirstEpoch(ked.keras.callbacks.Callback):
+    """What EarlyStopping does: fit ends after this epoch, whatever `epochs` said."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = True
+
+
+def test_a_search_that_fit_cuts_short_ends_on_what_it_saw_and_says_what_did_not_follow(small_data, caplog):
+    d = small_data
+    x, y = d.train
+    steps = int(np.ceil(len(x) / 1000))
+    ham = _model(d, embedding=lambda v, dim, names: ked.get_method("ham").embedding(v, dim, names))
+    search = ked.HardMaskSearch(0.3, search_epochs=2, after="retrain", verbose=0)
+    with caplog.at_level(logging.INFO, logger="keras_embdim"):
+        ham.fit(d.inputs(x), y, batch_size=1000, epochs=4, verbose=0, callbacks=[search, _StopAfterFirstEpoch()])
+    text = caplog.text
+    assert search.result is not None and search.result.step == steps  # ended, at the one epoch fit ran
+    assert re.search(r"HardMaskSearch: searched \d+ steps .*; kept [\d,]+ of [\d,]+ embedding parameters "
+                     r"\([^)]*\) in \d+\.\d s, as fit ended\.\n", text)  # not "then retrain": nothing did
+    assert (f"HardMaskSearch: fit ended before the search did (step {steps} of the {2 * steps} it planned); the "
+            "search ended there, on what it had seen, and the weights were rewound to the start of the search "
+            "(after='retrain') and nothing retrained them: fit again to retrain.") in text
+    # a search that ends with fit's last step says nothing of the kind
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="keras_embdim"):
+        other = _model(d, embedding=lambda v, dim, names: ked.get_method("ham").embedding(v, dim, names))
+        other.fit(d.inputs(x), y, batch_size=1000, epochs=2, verbose=0, callbacks=[ked.HardMaskSearch(0.3, verbose=0)])
+    assert "then finetune." in caplog.text and "fit ended before" not in caplog.text
+    # SSEDS: scoring cut short by the end of fit
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="keras_embdim"):
+        sseds = _model(d)
+        sseds.fit(d.inputs(x), y, batch_size=1000, epochs=1, verbose=0,
+                  callbacks=[ked.SingleShotPruner(0.3, warmup_steps=steps - 2, scoring_steps=6, verbose=0)])
+    assert (f"SingleShotPruner: fit ended before the search did (step {steps} of the {steps + 4} it planned); the "
+            "search ended there, on what it had seen, and no finetune followed it") in caplog.text
+
+
 def test_a_callback_for_another_kind_of_layer_says_which_one_fits(small_data):
     d = small_data
     x, y = d.train

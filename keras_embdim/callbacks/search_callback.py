@@ -211,6 +211,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._first_epoch: int | None = None  # first epoch of the current fit (> 0: resumed)
         self._started = 0.0
         self._on_parameter_server = False  # set by set_model: epoch-boundary actions only
+        self._ended_by_fit = False  # the search ended because fit did (`_finish_as_fit_ends`)
 
     @property
     def name(self) -> str:
@@ -479,6 +480,21 @@ class DimensionSearchCallback(keras.callbacks.Callback):
                 _utils.set_optimizer_step(self._optimizer, self._snapshot_step)
             self._snapshot = None
 
+    def _finish_as_fit_ends(self) -> None:
+        """`fit` ended (its epochs, `EarlyStopping`, `stop_training`) before the search did: the
+        search ends there, on what it has seen, and says what did not happen after it."""
+        end = self._search_end_step()
+        self._ended_by_fit = True
+        self._finish()
+        if self.phase != Phase.DONE:
+            return
+        planned = f" (step {self._step} of the {end} it planned)" if end else ""
+        after = ("the weights were rewound to the start of the search (after='retrain') and nothing retrained "
+                 "them: fit again to retrain" if self.after == "retrain" else
+                 "no finetune followed it: fit again so that the model adapts to the searched dims")
+        self.log.warning(f"{self.name}: fit ended before the search did{planned}; the search ended there, on what "
+                         f"it had seen, and {after}.")
+
     def _width_note(self) -> str:
         """`, N of M columns (width_budget w)` when the kept columns were capped."""
         if self.width_budget is None:
@@ -500,7 +516,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
             f"{self.name}: {headline}; kept {r.params_after:,} of {r.params_full:,} embedding "
             f"parameters ({100 * r.kept_fraction:.2f}%, budget {100 * self.budget:.2f}%){self._width_note()} "
             f"in {r.seconds:.1f} s, "
-            f"then {self.after}.\n" + format_report(self._layers)
+            f"{'as fit ended' if self._ended_by_fit else f'then {self.after}'}.\n" + format_report(self._layers)
         )
         self.log.histograms(self._step, {f"scores/{name}": s for name, s in r.scores.items()})
         for layer in self._layers:
@@ -648,9 +664,9 @@ class EpochBoundedSearch(DimensionSearchCallback):
     The search starts at the first epoch, or after `warmup_epochs` epochs of
     plain training (phase `WARMUP`: the subclass's `_begin_search` starts it;
     a resumed `fit` past the warm-up starts it at once). If `fit` ends first,
-    the search ends there, so a model never leaves `fit` half-searched (a
-    `fit` that ends during the warm-up leaves the model unsearched, and says
-    so). Subclasses implement `_finish` and may hook `_on_search_epoch_end`,
+    the search ends there, so a model never leaves `fit` half-searched, and
+    says what did not follow it (`_finish_as_fit_ends`; a `fit` that ends
+    during the warm-up leaves the model unsearched, and says so). Subclasses implement `_finish` and may hook `_on_search_epoch_end`,
     `_begin_search` and `_end_warmup`.
     """
 
@@ -716,7 +732,7 @@ class EpochBoundedSearch(DimensionSearchCallback):
 
     def on_train_end(self, logs=None):
         if self.phase == Phase.SEARCH and self._layers:
-            self._finish()
+            self._finish_as_fit_ends()
         elif self.phase == Phase.WARMUP and self._layers:
             self._end_warmup()
             self.log.warning(

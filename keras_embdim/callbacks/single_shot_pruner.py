@@ -210,7 +210,7 @@ class SingleShotPruner(DimensionSearchCallback):
     def on_train_end(self, logs=None):
         if self.phase == Phase.SCORING:
             if self._probes and float(next(iter(self._probes.values())).batches.numpy()) > 0:
-                self._finish()
+                self._finish_as_fit_ends()
             else:
                 self._detach()
                 self.phase = Phase.WARMUP
