@@ -666,8 +666,9 @@ class EpochBoundedSearch(DimensionSearchCallback):
     a resumed `fit` past the warm-up starts it at once). If `fit` ends first,
     the search ends there, so a model never leaves `fit` half-searched, and
     says what did not follow it (`_finish_as_fit_ends`; a `fit` that ends
-    during the warm-up leaves the model unsearched, and says so). Subclasses implement `_finish` and may hook `_on_search_epoch_end`,
-    `_begin_search` and `_end_warmup`.
+    during the warm-up leaves the model unsearched, and says so). Subclasses
+    implement `_finish` and may hook `_on_search_epoch_end`, `_begin_search`
+    and `_end_warmup`.
     """
 
     #: the searched layers add a penalty to the loss (logged each search epoch)
