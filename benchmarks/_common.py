@@ -35,10 +35,10 @@ def targets_table(targets) -> list[str]:
 
 
 def keras_export(model, path: str) -> None:
-    """`model.export(path)` (the baselines' SavedModel), quietly in Keras 3 (tf_keras' has no `verbose`)."""
-    import keras_embdim as ked
+    """`model.export(path)` (the baselines' SavedModel): `keras_embdim._compat.keras_export`."""
+    from keras_embdim import _compat
 
-    model.export(path, verbose=False) if ked.KERAS_3 else model.export(path)
+    _compat.keras_export(model, path)
 
 
 def timed(fn, reps: int) -> float:

@@ -297,3 +297,8 @@ def pack_graph_outputs(net: Any, flat: list) -> Any:
 
 def flatten(structure: Any) -> list:
     return keras.tree.flatten(structure) if KERAS_3 else tf.nest.flatten(structure)
+
+
+def keras_export(model: Any, path: str) -> None:
+    """Keras' own `model.export(path)` (a baseline SavedModel), quietly in Keras 3 (tf_keras' has no `verbose`)."""
+    model.export(path, verbose=False) if KERAS_3 else model.export(path)

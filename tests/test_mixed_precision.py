@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim import keras
+from keras_embdim import _compat, keras
 from keras_embdim.export import exporter
 
 EPS = {"mixed_bfloat16": 2.0**-7, "mixed_float16": 2.0**-10}
@@ -147,10 +147,7 @@ def test_keras_own_export_of_a_mixed_model_differs_from_its_eager_call(policy, t
     sample = {n: v[:300] for n, v in x.items()}
     eager = np.asarray(tf.cast(model(sample, training=False), tf.float64))
     path = str(tmp_path / "keras_export")
-    if ked.KERAS_3:
-        model.export(path, verbose=False)
-    else:
-        tf.saved_model.save(model, path)
+    _compat.keras_export(model, path)
     fn = tf.saved_model.load(path).signatures["serving_default"]
     served = list(fn(**{n: tf.constant(v) for n, v in sample.items()}).values())[0]
     diff = np.abs(np.asarray(tf.cast(served, tf.float64)).reshape(eager.shape) - eager).max()
