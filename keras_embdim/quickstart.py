@@ -83,7 +83,8 @@ def main(argv=None) -> dict:
         + (f" + {e.embedding_padding_bytes:,} B of zero padding that lets small fields share a wider table"
            if e.embedding_padding_bytes else "")
         + f"), other variables "
-        f"{b['other_variables']:,} B, graph {b['graph']:,} B, on disk {b['total']:,} B in all"
+        f"{b['other_variables']:,} B, graph {b['graph']:,} B, TF Serving warmup requests {b['warmup_requests']:,} B, "
+        f"on disk {b['total']:,} B in all"
     )
     for layer, fold in e.folds.items():
         where = f"folded into Dense {fold['folded_into']}" if fold["folded_into"] else f"padded: {fold['padded']}"
@@ -93,7 +94,11 @@ def main(argv=None) -> dict:
     report = check_in_fresh_process(e.path, sample, expected)
     print(
         "served in a fresh process without keras_embdim: max |served - trained| "
-        f"TF2 loader {report['tf2_max_abs_diff']:.2e}, TF1 session loader {report['tf1_max_abs_diff']:.2e}"
+        f"TF2 loader {report['tf2_max_abs_diff']:.2e}, TF1 session loader {report['tf1_max_abs_diff']:.2e}; "
+        + (f"its {report['warmup_records']} warmup requests replayed as TF Serving does when it loads it"
+           if report["warmup_records"] is not None else
+           "its warmup requests not replayed (that needs TF Serving's protos: pip install --no-deps "
+           "tensorflow-serving-api)")
     )
     print(f"done in {time.time() - t0:.0f} s")
     return {"auc_full": auc_full, "auc_pruned": auc_pruned, "auc_uniform": uniform, "pruner": r, "export": e,

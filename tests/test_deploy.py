@@ -394,6 +394,8 @@ def test_bytes_by_part_add_up(searched, tmp_path):
     on_disk = sum(os.path.getsize(os.path.join(root, f)) for root, _, fs in os.walk(r.path) for f in fs)
     assert b["total"] == on_disk - os.path.getsize(os.path.join(r.path, "dimensions.json"))
     assert b["variables_files"] >= r.variable_bytes and b["assets"] == 0
+    warmup_file = os.path.join(r.path, "assets.extra", "tf_serving_warmup_requests")
+    assert b["warmup_requests"] == os.path.getsize(warmup_file) > 0
     with open(os.path.join(r.path, "dimensions.json")) as fh:
         assert json.load(fh)["export"]["bytes"] == b
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from keras_embdim import _compat
 from keras_embdim._compat import keras
 from keras_embdim.export import ExportResult, export_compact
-from keras_embdim.export import signature, writer
+from keras_embdim.export import signature, warmup, writer
 from keras_embdim.export.exporter import check_options
 
 
@@ -45,6 +45,8 @@ class DimensionExporter(keras.callbacks.Callback):
             values only (`export_compact`).
         value_dense_fields: per-value layers: store fields whose values nearly
             all keep the field's widest size in per-field tables (`export_compact`).
+        warmup_batch_sizes: the batch sizes of the TF Serving warmup requests
+            written with the export (default `(1, 16)`; `()`: none; `export_compact`).
         submodel: export a part of the trained model instead of all of it: the
             name of an attribute of the model (`"query_model"`, the query tower
             of a TFRS retrieval model) or a callable `model -> keras.Model`.
@@ -77,6 +79,7 @@ class DimensionExporter(keras.callbacks.Callback):
         on_invalid_id: str = "error",
         fold: bool = True,
         value_dense_fields: bool = True,
+        warmup_batch_sizes: tuple[int, ...] | list[int] = warmup.DEFAULT_BATCH_SIZES,
         submodel: str | Callable[[Any], Any] | None = None,
     ):
         super().__init__()
@@ -90,7 +93,8 @@ class DimensionExporter(keras.callbacks.Callback):
         options = check_options(export_dir=export_dir, version=version, overwrite=overwrite, verify=verify,
                                 atol=atol, verbose=verbose, value_layout=value_layout, value_read=value_read,
                                 jit_compile=jit_compile, table_dtype=table_dtype, on_invalid_id=on_invalid_id,
-                                fold=fold, value_dense_fields=value_dense_fields)
+                                fold=fold, value_dense_fields=value_dense_fields,
+                                warmup_batch_sizes=warmup_batch_sizes)
         self.export_dir = options.pop("export_dir")
         self.options = options  # every other option, as `export_compact` takes it
         self.sample_inputs = sample_inputs

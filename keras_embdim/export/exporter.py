@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat, _utils
 from keras_embdim.export import fold as fold_lib
-from keras_embdim.export import layouts, quantize, signature, writer
+from keras_embdim.export import layouts, quantize, signature, warmup, writer
 from keras_embdim.export.compact import compact_layer
 from keras_embdim.export.lookup import check_invalid_id_policy
 from keras_embdim.searchable import find_searchable_layers
@@ -83,8 +83,11 @@ class ExportResult:
     version: int | None = None
     signatures: list = field(default_factory=list)
     on_invalid_id: str = "error"
-    # bytes by part: embedding_tables, other_variables (stored values), graph, assets,
-    # variables_files (values + index on disk) and total on disk
+    # records in assets.extra/tf_serving_warmup_requests (one per signature and warmup batch size)
+    warmup_requests: int = 0
+    # bytes by part: embedding_tables, other_variables (stored values), graph, assets (lookup
+    # vocabularies), warmup_requests (the warmup file), variables_files (values + index on disk)
+    # and total on disk
     bytes: dict = field(default_factory=dict)
     # per searched layer: the Dense layers it was folded into, or why it serves padded, and whether its
     # served ids are checked ("on_invalid_id") or the check was left out (it could never fail, or
@@ -147,6 +150,7 @@ def check_options(
     on_invalid_id: Any,
     fold: Any,
     value_dense_fields: Any,
+    warmup_batch_sizes: Any = warmup.DEFAULT_BATCH_SIZES,
 ) -> dict:
     """`export_compact`'s options (see there), each checked before anything is read or
     written: a bad one is refused with an error naming it and what it takes (a truthy
@@ -171,6 +175,7 @@ def check_options(
         "on_invalid_id": check_invalid_id_policy(on_invalid_id),
         "fold": check_bool("fold", fold),
         "value_dense_fields": check_bool("value_dense_fields", value_dense_fields),
+        "warmup_batch_sizes": warmup.check_batch_sizes(warmup_batch_sizes),
     }
 
 
@@ -192,6 +197,7 @@ def export_compact(
     on_invalid_id: str = "error",
     fold: bool = True,
     value_dense_fields: bool = True,
+    warmup_batch_sizes: tuple[int, ...] | list[int] = warmup.DEFAULT_BATCH_SIZES,
 ) -> ExportResult:
     """Export `model` for TF Serving with its searched tables compacted.
 
@@ -260,6 +266,13 @@ def export_compact(
             1.10 x the kept bytes; the other fields are packed by
             `value_layout` (`keras_embdim.export.compact.dense_field_plan`).
             False packs every field.
+        warmup_batch_sizes: the batch sizes of the TF Serving warmup requests
+            written to `assets.extra/tf_serving_warmup_requests`: one request
+            per signature and size, of the verification inputs' rows (repeated
+            up to the size). TF Serving runs them as it loads the model, so
+            that the first served requests do not pay for its lazy
+            initialization (docs/results/warmup.md); the export replays them
+            in its verification. Default `(1, 16)`; `()` writes no file.
 
     Every option is checked before anything is read or written (`check_options`;
     the sample's input names and rows too): a bad one is an error naming it.
@@ -281,8 +294,9 @@ def export_compact(
     checked = check_options(export_dir=export_dir, version=version, overwrite=overwrite, verify=verify, atol=atol,
                             verbose=verbose, value_layout=value_layout, value_read=value_read,
                             jit_compile=jit_compile, table_dtype=table_dtype, on_invalid_id=on_invalid_id, fold=fold,
-                            value_dense_fields=value_dense_fields)
+                            value_dense_fields=value_dense_fields, warmup_batch_sizes=warmup_batch_sizes)
     export_dir, version, atol = checked["export_dir"], checked["version"], checked["atol"]
+    warmup_batch_sizes = checked["warmup_batch_sizes"]
     layers = find_searchable_layers(model)  # `model` must be a Keras model or layer
     sample_inputs = signature.sample_from(sample_inputs)  # a dataset: its first batch
     layout = signature.input_layout(model, input_signature, sample_inputs)
@@ -366,7 +380,8 @@ def export_compact(
         tmp = writer.temporary_folder(target)
         try:
             result = _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report,
-                            sample_inputs, verify, atol, table_dtype, on_invalid_id, layers)
+                            sample_inputs, verify, atol, table_dtype, on_invalid_id, layers, signatures,
+                            warmup_batch_sizes)
             path = writer.move_into_place(tmp, target)
             break
         except FileExistsError:
@@ -391,8 +406,12 @@ def export_compact(
 
 
 def _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report, sample_inputs,
-           verify, atol, table_dtype, on_invalid_id, layers) -> ExportResult:
+           verify, atol, table_dtype, on_invalid_id, layers, signature_specs, warmup_batch_sizes) -> ExportResult:
     tf.saved_model.save(module, tmp, signatures=concrete)
+    named = _verification_inputs(layout, sample_inputs, layers)
+    requests = warmup.requests(named, signature_specs, warmup_batch_sizes)
+    if requests:
+        warmup.write(tmp, requests)
     var_bytes = writer.saved_variable_bytes(tmp)
     emb_bytes = sum(b for k, b in var_bytes.items() if k.startswith(TABLES_ATTRIBUTE + "/"))
     tracked = getattr(module, TABLES_ATTRIBUTE) + module.folded_kernels + module.model_variables
@@ -410,8 +429,8 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
     max_diff = precision_diff = tolerance = None
     if verify:
-        max_diff, precision_diff, tolerance = _verify(model, tmp, layout, sample_inputs, atol, compacted,
-                                                      table_dtype, layers, list(concrete))
+        max_diff, precision_diff, tolerance = _verify(model, tmp, layout, named, atol, compacted, table_dtype,
+                                                      list(concrete), requests)
     disk = writer.disk_bytes(tmp)
     result = ExportResult(
         path=target.path,
@@ -439,6 +458,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         version=target.version,
         signatures=list(concrete),
         on_invalid_id=on_invalid_id,
+        warmup_requests=len(requests),
         bytes={"embedding_tables": int(emb_bytes), "other_variables": int(sum(var_bytes.values()) - emb_bytes), **disk},
         folds=report.to_json(),
         dense_fields={layer.name: c.lookup.dense_fields for layer, c in compacted.items() if c.lookup.dense_fields},
@@ -487,20 +507,23 @@ def verification_tolerance(atol: float, compute_dtype: str | None, expected: dic
     return max(float(atol), LOW_PRECISION_EPS_FACTOR * LOW_PRECISION_EPS[compute_dtype] * scale)
 
 
-def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtype, layers, names) -> tuple:
+def _verification_inputs(layout, sample_inputs, layers) -> dict:
+    """The inputs the export is verified on (and its warmup requests' rows): the sample's, or
+    64 generated rows with ids valid for every field."""
+    if sample_inputs is None:
+        low = min((min(layer.field_vocab_sizes) for layer in layers), default=2)
+        return signature.synthesize_inputs(layout.specs, low)
+    return signature.named_sample(layout, sample_inputs)
+
+
+def _verify(model, saved_dir, layout, named, atol, compacted, table_dtype, names, requests) -> tuple:
     """`(max |served - model|, max |model at stored precision - model|, the tolerance applied)`
-    over every signature.
+    over every signature, and over the warmup requests read back from the export's file.
 
     For float16 / int8 exports the model is run on exactly the stored values
     (`CompactLayer.stored_values`), so that the served predictions are compared
     with what they must equal, and the precision's own effect is measured apart.
     """
-    if sample_inputs is None:
-        low = min((min(layer.field_vocab_sizes) for layer in layers), default=2)
-        named = signature.synthesize_inputs(layout.specs, low)
-    else:
-        named = signature.named_sample(layout, sample_inputs)
-
     def run_model():
         inputs = layout.model_inputs({n: tf.convert_to_tensor(v) for n, v in named.items()})
         out = signature.named_outputs(model, model(inputs, training=False))
@@ -519,17 +542,23 @@ def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtyp
         expected = at_precision
     loaded = tf.saved_model.load(saved_dir)
     worst = 0.0
-    for name in names:
-        fn = loaded.signatures[name]
-        specs = fn.structured_input_signature[1]
-        got = fn(**{n: tf.convert_to_tensor(np.asarray(named[n]).astype(specs[n].dtype.as_numpy_dtype)
-                                            if specs[n].dtype != tf.string else named[n], specs[n].dtype)
-                    for n in layout.specs})
+
+    def compare(got, rows=None):
+        nonlocal worst
         for key, value in expected.items():
             if key not in got:
                 raise ExportError(f"the export lacks output {key!r}; it has {sorted(got)}.")
+            value = np.asarray(value)[rows] if rows is not None else value
             diff = np.asarray(value, np.float64) - np.asarray(got[key].numpy(), np.float64)
             worst = max(worst, float(np.max(np.abs(diff), initial=0.0)))
+
+    for name in names:
+        fn = loaded.signatures[name]
+        specs = fn.structured_input_signature[1]
+        compare(fn(**{n: tf.convert_to_tensor(np.asarray(named[n]).astype(specs[n].dtype.as_numpy_dtype)
+                                              if specs[n].dtype != tf.string else named[n], specs[n].dtype)
+                      for n in layout.specs}))
+    _replay_warmup(loaded, saved_dir, requests, compare)
     compute_dtype = low_precision_dtype(model)
     tolerance = verification_tolerance(atol, compute_dtype, expected)
     if not worst <= tolerance:
@@ -538,3 +567,21 @@ def _verify(model, saved_dir, layout, sample_inputs, atol, compacted, table_dtyp
             f"{LOW_PRECISION_EPS_FACTOR:g} x its epsilon x max(1, largest |prediction|))")
         raise ExportError(f"the export predicts differently from the model: max |diff| = {worst} > {allowed}.")
     return worst, precision_diff, tolerance
+
+
+def _replay_warmup(loaded, saved_dir, requests, compare) -> None:
+    """Read the warmup file back and run each record as TF Serving's warmup does (the signature
+    it names, exactly its inputs), checking it holds the requests meant and `compare`-ing
+    what they predict with the model's predictions of their rows."""
+    records = warmup.read(saved_dir)
+    if len(records) != len(requests):
+        raise ExportError(f"the warmup file holds {len(records)} records, expected {len(requests)}.")
+    for (name, inputs), meant in zip(records, requests):
+        fn = loaded.signatures.get(name)
+        specs = fn.structured_input_signature[1] if fn is not None else {}
+        if name != meant.signature or sorted(inputs) != sorted(specs) or any(
+                inputs[k].dtype != meant.inputs[k].dtype or not np.array_equal(inputs[k], meant.inputs[k])
+                for k in inputs):
+            raise ExportError(f"a warmup record for signature {name!r} with inputs {sorted(inputs)} does not hold "
+                              f"the request meant for {meant.signature!r} with inputs {sorted(meant.inputs)}.")
+        compare(fn(**{k: tf.constant(v, specs[k].dtype) for k, v in inputs.items()}), meant.rows)

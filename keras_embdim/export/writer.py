@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from keras_embdim.export import warmup
+
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
@@ -143,12 +145,17 @@ def _folder_bytes(path: str) -> int:
 
 def disk_bytes(saved_dir: str) -> dict[str, int]:
     """Bytes on disk by part: the graph (`saved_model.pb` and fingerprint), the variables
-    files (values plus index), the assets (e.g. lookup vocabularies) and the total."""
+    files (values plus index), the assets (e.g. lookup vocabularies), the TF Serving warmup
+    requests (`keras_embdim.export.warmup`) and the total."""
     graph = sum(os.path.getsize(os.path.join(saved_dir, f)) for f in os.listdir(saved_dir)
                 if f.endswith(".pb") or f.endswith(".pbtxt"))
     variables = _folder_bytes(os.path.join(saved_dir, "variables"))
-    assets = _folder_bytes(os.path.join(saved_dir, "assets")) + _folder_bytes(os.path.join(saved_dir, "assets.extra"))
-    return {"graph": graph, "variables_files": variables, "assets": assets, "total": _folder_bytes(saved_dir)}
+    requests = warmup.path_in(saved_dir)
+    requests = os.path.getsize(requests) if os.path.exists(requests) else 0
+    assets = (_folder_bytes(os.path.join(saved_dir, "assets"))
+              + _folder_bytes(os.path.join(saved_dir, warmup.WARMUP_FOLDER)) - requests)
+    return {"graph": graph, "variables_files": variables, "assets": assets, "warmup_requests": requests,
+            "total": _folder_bytes(saved_dir)}
 
 
 def move_into_place(tmp: str, target: Target) -> str:

@@ -4,7 +4,8 @@ Run as a script (never imported by keras_embdim): it makes `import keras_embdim`
 fail first, then loads the SavedModel with the `serve` tag through both
 `tf.saved_model.load` (TF2) and the TF1 session loader, runs the
 `serving_default` signature on the inputs of an .npz file and compares with the
-expected outputs of another .npz file. Prints one JSON line; exit code 1 if a
+expected outputs of another .npz file; replays the export's TF Serving warmup
+requests as TF Serving does when it loads a model. Prints one JSON line; exit code 1 if a
 difference exceeds --atol.
 
     python serve_check.py EXPORT_DIR inputs.npz expected.npz [--atol 1e-5]
@@ -22,6 +23,47 @@ def _max_abs_diff(got, expected) -> float:
     import numpy as np
 
     return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64))))
+
+
+def _replay_warmup(export_dir: str) -> dict:
+    """Run the export's TF Serving warmup requests as TF Serving does when it loads the model
+    (`saved_model_warmup.cc`, `predict_util.cc`): each TFRecord parsed as a
+    `tensorflow.serving.PredictionLog` with TF Serving's own protos, the signature it names
+    (empty: serving_default) looked up, the request's inputs exactly the signature's, one
+    `Session.run` of them in a session of the `serve` graph; any failure fails the load (here:
+    raises). Without the `tensorflow-serving-api` package the records are not replayed, and
+    the report says so."""
+    import os
+
+    import tensorflow as tf
+
+    path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+    if not os.path.exists(path):
+        return {"warmup_records": 0}
+    try:
+        from tensorflow_serving.apis import prediction_log_pb2
+    except ImportError:
+        return {"warmup_records": None, "warmup_not_replayed": "tensorflow-serving-api is not installed"}
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    if len(records) > 1000:
+        raise SystemExit(f"{len(records)} warmup records: TF Serving refuses more than 1000")
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir)
+        for log in records:
+            request = log.predict_log.request
+            name = request.model_spec.signature_name or "serving_default"
+            sd = meta.signature_def[name]
+            if set(request.inputs) != set(sd.inputs):
+                raise SystemExit(f"warmup request inputs {sorted(request.inputs)} != signature {name!r} inputs "
+                                 f"{sorted(sd.inputs)}")
+            for k, v in request.inputs.items():  # Session::Run refuses another dtype (Python's feed would cast)
+                if v.dtype != sd.inputs[k].dtype:
+                    raise SystemExit(f"warmup request input {k!r} is {tf.as_dtype(v.dtype).name}, signature {name!r} "
+                                     f"takes {tf.as_dtype(sd.inputs[k].dtype).name}")
+            feed = {graph.get_tensor_by_name(sd.inputs[k].name): tf.make_ndarray(v) for k, v in request.inputs.items()}
+            sess.run({k: graph.get_tensor_by_name(v.name) for k, v in sd.outputs.items()}, feed_dict=feed)
+    return {"warmup_records": len(records)}
 
 
 def main(argv=None):
@@ -62,6 +104,7 @@ def main(argv=None):
         fetch = {k: graph.get_tensor_by_name(sd.outputs[k].name) for k in expected}
         out1 = sess.run(fetch, feed_dict=feed)
     report["tf1_max_abs_diff"] = max(_max_abs_diff(out1[k], expected[k]) for k in expected)
+    report.update(_replay_warmup(args.export_dir))
     report["signature_inputs"] = sorted(sd.inputs.keys())
     report["signature_outputs"] = sorted(sd.outputs.keys())
     print(json.dumps(report))
