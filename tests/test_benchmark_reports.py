@@ -1,5 +1,5 @@
-"""benchmarks/planted.py and benchmarks/serving.py: the statistics their pages quote, the variants'
-callbacks, and the serving timer's rounds."""
+"""benchmarks/planted.py, benchmarks/serving.py and benchmarks/warmup.py: the statistics their pages
+quote, the variants' callbacks, and the serving timer's rounds."""
 
 import collections
 import math
@@ -11,6 +11,7 @@ import tensorflow as tf
 import _common
 import planted  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import serving
+import warmup as warmup_bench
 import keras_embdim as ked
 from keras_embdim import keras
 
@@ -238,3 +239,26 @@ def test_serving_report_states_each_record_once_with_its_batch_512_ratios(tmp_pa
                 assert sum(line.startswith(target) for line in text.splitlines()) == 1
                 assert f"{target} {'yes' if ratios['sseds/full'] <= 1.0 else '**no**'} | {ratios['sseds/full']:.3f} |" \
                     in text
+
+
+def test_warmup_report_quotes_medians_over_processes_and_per_process_ratios(tmp_path):
+    """First / steady is the median of each process' own ratio, not the ratio of the medians."""
+    def run(first, steady, load=0.05, warm=0.1):
+        return {"load_s": load, "warmup_s": warm, "records": 4, "first": {str(b): first for b in warmup_bench.BATCHES},
+                "steady": {str(b): steady for b in warmup_bench.BATCHES}}
+
+    runs = {"sseds": [run(0.002, 0.001), run(0.004, 0.001), run(0.003, 0.002)],  # ratios 2, 4, 1.5
+            "sseds_nowarmup": [run(0.060, 0.001, warm=0.0), run(0.050, 0.002, warm=0.0), run(0.090, 0.001, warm=0.0)]}
+    exports = {"sseds": {"warmup_requests": 4, "warmup_bytes": 3000, "total_bytes": 170000},
+               "sseds_nowarmup": {"warmup_requests": 0, "warmup_bytes": 0, "total_bytes": 167000}}
+    record = {"dataset": "frappe", "cap": None, "fields": 10, "exports": exports, "runs": runs, "processes": 3,
+              "reps": 20, "commit": "abc1234"}
+    s = warmup_bench.summary(record)
+    assert s["sseds"]["first_1"] == pytest.approx(3.0) and s["sseds"]["steady_1"] == pytest.approx(1.0)
+    assert s["sseds"]["ratio_1"] == pytest.approx(2.0)  # median of 2, 4, 1.5 (the medians' ratio is 3)
+    assert s["sseds_nowarmup"]["ratio_512"] == pytest.approx(60.0)  # median of 60, 25, 90
+    assert s["sseds"]["warmup_ms"] == pytest.approx(100.0) and s["sseds"]["load_ms"] == pytest.approx(50.0)
+    text = warmup_bench.report([record], str(tmp_path / "warmup.md"), None)
+    assert "the first request of batch 1: 3.00 ms (2.0x the steady state) with the warmup requests, 60.00 ms " \
+           "(60.0x) without" in text
+    assert "| frappe | per field (default: warmup requests) | 4 | 3,000 | 50 | 100 | 3.00 | 1.00 | 2.00 |" in text
