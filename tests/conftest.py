@@ -36,6 +36,20 @@ def small_data():
     return ked.data.make_synthetic_ctr(num_rows=20_000, num_fields=6, max_vocab=500, seed=3)
 
 
+@pytest.fixture(scope="module")
+def searched():
+    """`(data, model, sample)`: a 4-field MLP whose per-field mask is set at random (a searched model to
+    export; one per test module, which may train it further) and 200 test rows to verify on."""
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    d = ked.data.make_synthetic_ctr(num_rows=3000, num_fields=4, max_vocab=200, seed=7)
+    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,))
+    layer = ked.find_searchable_layers(model)[0]
+    layer.set_dimension_mask(np.random.default_rng(0).random((4, 8)) < 0.5)
+    return d, model, d.inputs(d.test[0][:200])
+
+
 @pytest.fixture
 def move_output_bias_after_save(monkeypatch):
     """`move(model, by=1.0)`: the model's last Dense bias moves by `by` right after each SavedModel

@@ -18,16 +18,6 @@ from keras_embdim.export import compact
 from keras_embdim.serving import check_in_fresh_process
 
 
-@pytest.fixture(scope="module")
-def searched():
-    keras.utils.set_random_seed(0)
-    d = ked.data.make_synthetic_ctr(num_rows=3000, num_fields=4, max_vocab=200, seed=7)
-    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,))
-    layer = ked.find_searchable_layers(model)[0]
-    layer.set_dimension_mask(np.random.default_rng(0).random((4, 8)) < 0.5)
-    return d, model, d.inputs(d.test[0][:200])
-
-
 def test_versions_auto_explicit_and_plain(searched, tmp_path):
     d, model, sample = searched
     base = str(tmp_path / "models" / "ctr")

@@ -23,13 +23,10 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  
 
 
 @pytest.fixture(scope="module")
-def searched():
-    keras.utils.set_random_seed(0)
-    d = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=4, max_vocab=200, seed=7)
-    model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(8,))
-    layer = ked.find_searchable_layers(model)[0]
-    layer.set_dimension_mask(np.random.default_rng(0).random((4, 8)) < 0.5)
-    return d, model, d.inputs(d.test[0][:5])  # 5 rows: a request of 16 repeats them
+def few(searched):
+    """The conftest model with 5 sample rows: a request of 16 repeats them."""
+    d, model, sample = searched
+    return d, model, {k: v[:5] for k, v in sample.items()}
 
 
 INPUTS = {
@@ -73,8 +70,8 @@ def test_reads_tf_serving_prediction_logs_skipping_what_it_does_not_use():
         warmup.decode(log.SerializeToString()[:-3])
 
 
-def test_every_export_carries_warmup_requests_that_tf_serving_replays(searched, tmp_path):
-    d, model, sample = searched
+def test_every_export_carries_warmup_requests_that_tf_serving_replays(few, tmp_path):
+    d, model, sample = few
     r = ked.export_compact(model, str(tmp_path / "ctr"), sample_inputs=sample, verbose=0)
     path = os.path.join(r.path, "assets.extra", "tf_serving_warmup_requests")
     assert r.warmup_requests == 4 and r.bytes["warmup_requests"] == os.path.getsize(path) > 0
@@ -95,8 +92,8 @@ def test_every_export_carries_warmup_requests_that_tf_serving_replays(searched, 
     assert report["warmup_records"] == 4 and report["tf1_max_abs_diff"] <= 1e-5
 
 
-def test_warmup_batch_sizes_choose_the_requests_or_none(searched, tmp_path):
-    d, model, sample = searched
+def test_warmup_batch_sizes_choose_the_requests_or_none(few, tmp_path):
+    d, model, sample = few
     none = ked.export_compact(model, str(tmp_path / "none"), sample_inputs=sample, verbose=0, warmup_batch_sizes=())
     assert none.warmup_requests == 0 and none.bytes["warmup_requests"] == 0
     assert not os.path.exists(os.path.join(none.path, "assets.extra"))
@@ -112,8 +109,8 @@ def test_warmup_batch_sizes_choose_the_requests_or_none(searched, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "16", True, [1, 0], (2, None), 16, [1] * 501])
-def test_bad_warmup_batch_sizes_are_refused_before_anything_is_written(searched, tmp_path, bad):
-    d, model, sample = searched
+def test_bad_warmup_batch_sizes_are_refused_before_anything_is_written(few, tmp_path, bad):
+    d, model, sample = few
     with pytest.raises(ValueError, match="`warmup_batch_sizes` must"):
         ked.export_compact(model, str(tmp_path / "x"), sample_inputs=sample, verbose=0, warmup_batch_sizes=bad)
     with pytest.raises(ValueError, match="`warmup_batch_sizes` must"):
@@ -121,10 +118,10 @@ def test_bad_warmup_batch_sizes_are_refused_before_anything_is_written(searched,
     assert not os.path.exists(tmp_path / "x")
 
 
-def test_a_warmup_file_that_would_fail_tf_serving_is_refused(searched, tmp_path, monkeypatch):
+def test_a_warmup_file_that_would_fail_tf_serving_is_refused(few, tmp_path, monkeypatch):
     """TF Serving fails to load a model whose warmup request fails: the export replays its own
     file and ships nothing when a record is not the request meant (here one input left out)."""
-    d, model, sample = searched
+    d, model, sample = few
     encode = warmup.encode
     monkeypatch.setattr(warmup, "encode", lambda name, inputs: encode(name, dict(list(inputs.items())[1:])))
     base = tmp_path / "ctr"
