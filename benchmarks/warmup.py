@@ -42,6 +42,8 @@ BATCHES = (1, 512, 4096)
 LABELS = {"full": "full (model.export, no warmup file)",
           "sseds": "per field (default: warmup requests)", "sseds_nowarmup": "per field, warmup_batch_sizes=()",
           "pme": "per value (default: warmup requests)", "pme_nowarmup": "per value, warmup_batch_sizes=()"}
+PLOT_LABELS = {"full": "full\n(model.export)", "sseds": "per field", "sseds_nowarmup": "per field,\nno warmup",
+               "pme": "per value", "pme_nowarmup": "per value,\nno warmup"}
 
 # A TensorFlow-only process: load one export as TF Serving does, replay its warmup file, time the
 # first requests of each batch size, then the steady state.
@@ -199,8 +201,7 @@ def _plot(records: list, path: str) -> None:
             ax.bar([j + 0.25 * (i - 1) for j in range(len(names))], [s[k][f"first_{b}"] for k in names],
                    width=0.25, label=f"first request, batch {b}")
         ax.set_yscale("log")
-        ax.set_xticks(range(len(names)), [LABELS[k].replace(" (", "\n(").replace(", ", ",\n") for k in names],
-                      fontsize=7)
+        ax.set_xticks(range(len(names)), [PLOT_LABELS[k] for k in names], fontsize=8)
         ax.set_ylabel("ms")
         ax.set_title(r["dataset"])
     axes[0][0].legend(fontsize=7)
