@@ -130,6 +130,30 @@ def test_a_warmup_file_that_would_fail_tf_serving_is_refused(few, tmp_path, monk
     assert os.listdir(base) == []  # no version, no temporary folder
 
 
+@pytest.mark.parametrize("fault", ["an input left out", "int32 ids for the int64 signature"])
+def test_the_fresh_process_check_fails_a_warmup_file_tf_serving_would_refuse(few, tmp_path, fault):
+    """The TensorFlow-only check replays the file as TF Serving does, so a record the server would
+    refuse fails it (here written into a verified export by hand)."""
+    import shutil
+
+    d, model, sample = few
+    r = ked.export_compact(model, str(tmp_path / "ok"), sample_inputs=sample, verbose=0)
+    bad = str(tmp_path / "bad")
+    shutil.copytree(r.path, bad)
+    inputs = {k: np.asarray(v[:2], np.int64) for k, v in sample.items()}
+    if fault == "an input left out":
+        inputs.pop(d.field_names[1])
+    else:
+        inputs[d.field_names[1]] = inputs[d.field_names[1]].astype(np.int32)
+    with tf.io.TFRecordWriter(os.path.join(bad, "assets.extra", "tf_serving_warmup_requests")) as fh:
+        fh.write(warmup.encode("serving_default", inputs))
+    expected = {"ctr": model.predict(sample, verbose=0)}
+    assert check_in_fresh_process(r.path, sample, expected)["warmup_records"] == 4
+    message = "!= signature 'serving_default' inputs" if fault == "an input left out" else "is int32, signature"
+    with pytest.raises(AssertionError, match=message):
+        check_in_fresh_process(bad, sample, expected)
+
+
 def test_string_inputs_warm_up_with_strings(tmp_path):
     keras.utils.set_random_seed(0)
     vocab = [f"city_{i}" for i in range(40)]
