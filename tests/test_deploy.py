@@ -69,6 +69,7 @@ BAD_OPTIONS = [
     ("version", 0, "`version` must be 'auto'"),
     ("table_dtype", "fp16", "table_dtype"),
     ("on_invalid_id", "ERROR", "on_invalid_id"),
+    ("example_signature", "yes", "`example_signature` must be True or False"),
 ]
 
 
@@ -335,6 +336,76 @@ def test_string_inputs_with_a_lookup_inside_serve_in_a_fresh_process(tmp_path):
     assert not {"If", "StatelessIf", "Assert"} & _serving_op_types(r.path)
     report = check_in_fresh_process(r.path, {"city": cities}, {"p": model.predict(tf.constant(cities), verbose=0)})
     assert report["tf1_max_abs_diff"] <= 1e-6 and report["tf2_max_abs_diff"] <= 1e-6
+
+
+def _examples(rows: dict, kinds: dict) -> list:
+    """Serialized tf.train.Examples built field by field with the protos' own setters (not the
+    exporter's `to_examples`): `kinds[name]` is "int64", "float" or "bytes"."""
+    out = []
+    for i in range(len(next(iter(rows.values())))):
+        ex = tf.train.Example()
+        for name, kind in kinds.items():
+            values = np.asarray(rows[name][i]).reshape(-1).tolist()
+            getattr(ex.features.feature[name], f"{kind}_list").value.extend(
+                [v.encode() for v in values] if kind == "bytes" else values)
+        out.append(ex.SerializeToString())
+    return out
+
+
+def test_the_example_signature_serves_tf_examples_as_serving_default(searched, tmp_path):
+    d, model, sample = searched
+    r = ked.export_compact(model, str(tmp_path / "ex"), sample_inputs=sample, verbose=0, example_signature=True)
+    assert r.signatures == ["serving_default", "serving_int32", "serving_tf_example"] and r.warmup_requests == 6
+    loaded = tf.saved_model.load(r.path)
+    fn = loaded.signatures["serving_tf_example"]
+    assert list(fn.structured_input_signature[1]) == ["examples"]
+    rows = {k: v[:50] for k, v in sample.items()}
+    got = fn(examples=tf.constant(_examples(rows, {n: "int64" for n in d.field_names})))["ctr"].numpy()
+    np.testing.assert_allclose(got, model.predict(rows, verbose=0), atol=1e-5)
+    np.testing.assert_array_equal(got, loaded.signatures["serving_default"](**{
+        k: tf.constant(v.astype(np.int64)) for k, v in rows.items()})["ctr"].numpy())
+    # a missing feature fails the request, naming it
+    partial = _examples({k: v[:1] for k, v in rows.items()}, {n: "int64" for n in d.field_names[1:]})
+    with pytest.raises(tf.errors.InvalidArgumentError, match=d.field_names[0]):
+        fn(examples=tf.constant(partial))
+    # its warmup requests are examples of the sample's rows, and TF Serving's replay runs them
+    from keras_embdim.export import warmup
+
+    (name, one), (_, sixteen) = [rec for rec in warmup.read(r.path) if rec[0] == "serving_tf_example"]
+    first_row = _examples({k: v[:1] for k, v in sample.items()}, {n: "int64" for n in d.field_names})
+    parse = tf.train.Example.FromString  # a map's serialized order is not fixed: compare the messages
+    assert [parse(x) for x in one["examples"]] == [parse(x) for x in first_row]
+    assert len(sixteen["examples"]) == 16
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})
+    assert report["warmup_records"] in (6, None)  # None: tensorflow-serving-api absent (test_warmup requires it)
+
+
+def test_the_example_signature_with_string_and_float_inputs(tmp_path):
+    keras.utils.set_random_seed(0)
+    vocab = [f"city_{i}" for i in range(30)]
+    city = keras.Input(shape=(), dtype="string", name="city")
+    dense = keras.Input(shape=(2,), dtype="float32", name="dense")
+    emb = ked.PrunableEmbedding(len(vocab) + 1, 8, name="emb")
+    x = keras.layers.Concatenate()([emb(keras.layers.StringLookup(vocabulary=vocab, name="lookup")(city)), dense])
+    model = keras.Model([city, dense], keras.layers.Dense(1, activation="sigmoid", name="p")(x))
+    emb.set_dimension_mask(np.array([[1, 0, 1, 1, 0, 0, 1, 0]], bool))
+    sample = {"city": np.array(["city_3", "city_28", "nowhere"]),
+              "dense": np.array([[0.5, -1.0], [2.0, 0.25], [0.0, 3.5]], np.float32)}
+    r = ked.export_compact(model, str(tmp_path / "s"), sample_inputs=sample, verbose=0, example_signature=True)
+    assert r.signatures == ["serving_default", "serving_tf_example"]
+    fn = tf.saved_model.load(r.path).signatures["serving_tf_example"]
+    got = fn(examples=tf.constant(_examples(sample, {"city": "bytes", "dense": "float"})))["p"].numpy()
+    np.testing.assert_allclose(got, model.predict([tf.constant(sample["city"]), sample["dense"]], verbose=0),
+                               atol=1e-6)
+
+
+def test_the_example_signature_needs_inputs_of_a_fixed_shape(tmp_path):
+    ids = keras.Input(shape=(None,), dtype="int32", name="history")
+    emb = ked.PrunableEmbedding(50, 4, name="emb")
+    model = keras.Model(ids, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling1D()(emb(ids))))
+    with pytest.raises(ValueError, match="input 'history' is int64 of shape \\[None, None\\]"):
+        ked.export_compact(model, str(tmp_path / "h"), verbose=0, example_signature=True)
+    assert not os.path.exists(tmp_path / "h" / "1")
 
 
 def _serving_op_types(path) -> set:

@@ -47,6 +47,8 @@ class DimensionExporter(keras.callbacks.Callback):
             all keep the field's widest size in per-field tables (`export_compact`).
         warmup_batch_sizes: the batch sizes of the TF Serving warmup requests
             written with the export (default `(1, 16)`; `()`: none; `export_compact`).
+        example_signature: also serve `serving_tf_example`, taking serialized
+            `tf.train.Example`s (`export_compact`).
         submodel: export a part of the trained model instead of all of it: the
             name of an attribute of the model (`"query_model"`, the query tower
             of a TFRS retrieval model) or a callable `model -> keras.Model`.
@@ -80,6 +82,7 @@ class DimensionExporter(keras.callbacks.Callback):
         fold: bool = True,
         value_dense_fields: bool = True,
         warmup_batch_sizes: tuple[int, ...] | list[int] = warmup.DEFAULT_BATCH_SIZES,
+        example_signature: bool = False,
         submodel: str | Callable[[Any], Any] | None = None,
     ):
         super().__init__()
@@ -94,7 +97,7 @@ class DimensionExporter(keras.callbacks.Callback):
                                 atol=atol, verbose=verbose, value_layout=value_layout, value_read=value_read,
                                 jit_compile=jit_compile, table_dtype=table_dtype, on_invalid_id=on_invalid_id,
                                 fold=fold, value_dense_fields=value_dense_fields,
-                                warmup_batch_sizes=warmup_batch_sizes)
+                                warmup_batch_sizes=warmup_batch_sizes, example_signature=example_signature)
         self.export_dir = options.pop("export_dir")
         self.options = options  # every other option, as `export_compact` takes it
         self.sample_inputs = sample_inputs

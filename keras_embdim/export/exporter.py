@@ -151,6 +151,7 @@ def check_options(
     fold: Any,
     value_dense_fields: Any,
     warmup_batch_sizes: Any = warmup.DEFAULT_BATCH_SIZES,
+    example_signature: Any = False,
 ) -> dict:
     """`export_compact`'s options (see there), each checked before anything is read or
     written: a bad one is refused with an error naming it and what it takes (a truthy
@@ -176,6 +177,7 @@ def check_options(
         "fold": check_bool("fold", fold),
         "value_dense_fields": check_bool("value_dense_fields", value_dense_fields),
         "warmup_batch_sizes": warmup.check_batch_sizes(warmup_batch_sizes),
+        "example_signature": check_bool("example_signature", example_signature),
     }
 
 
@@ -198,6 +200,7 @@ def export_compact(
     fold: bool = True,
     value_dense_fields: bool = True,
     warmup_batch_sizes: tuple[int, ...] | list[int] = warmup.DEFAULT_BATCH_SIZES,
+    example_signature: bool = False,
 ) -> ExportResult:
     """Export `model` for TF Serving with its searched tables compacted.
 
@@ -273,6 +276,10 @@ def export_compact(
             that the first served requests do not pay for its lazy
             initialization (docs/results/warmup.md); the export replays them
             in its verification. Default `(1, 16)`; `()` writes no file.
+        example_signature: also serve `serving_tf_example`, whose one input
+            `examples` takes serialized `tf.train.Example`s (a feature per
+            model input: int64, float or bytes, of the input's shape), as
+            TFX's Keras exports do; its predictions are `serving_default`'s.
 
     Every option is checked before anything is read or written (`check_options`;
     the sample's input names and rows too): a bad one is an error naming it.
@@ -294,7 +301,8 @@ def export_compact(
     checked = check_options(export_dir=export_dir, version=version, overwrite=overwrite, verify=verify, atol=atol,
                             verbose=verbose, value_layout=value_layout, value_read=value_read,
                             jit_compile=jit_compile, table_dtype=table_dtype, on_invalid_id=on_invalid_id, fold=fold,
-                            value_dense_fields=value_dense_fields, warmup_batch_sizes=warmup_batch_sizes)
+                            value_dense_fields=value_dense_fields, warmup_batch_sizes=warmup_batch_sizes,
+                            example_signature=example_signature)
     export_dir, version, atol = checked["export_dir"], checked["version"], checked["atol"]
     warmup_batch_sizes = checked["warmup_batch_sizes"]
     layers = find_searchable_layers(model)  # `model` must be a Keras model or layer
@@ -302,6 +310,8 @@ def export_compact(
     layout = signature.input_layout(model, input_signature, sample_inputs)
     if sample_inputs is not None:  # wrong names or row counts fail now, not after the compaction
         signature.named_sample(layout, sample_inputs)
+    # `serving_tf_example`'s features (an input no tf.train.Example feature can hold fails now)
+    features = signature.example_features(layout.serving_specs(tf.int64)) if example_signature else None
     auto = version == "auto"
     target = writer.resolve(export_dir, version, overwrite)
 
@@ -332,11 +342,20 @@ def export_compact(
     signatures = {signature.DEFAULT_SIGNATURE: layout.serving_specs(tf.int64)}
     if layout.has_integer_inputs:
         signatures[signature.INT32_SIGNATURE] = layout.serving_specs(tf.int32)
+
+    def serve_examples(examples):  # parsed int64 / float32 / bytes features as `serving_default` takes them
+        default = signatures[signature.DEFAULT_SIGNATURE]
+        return serve({n: tf.cast(v, default[n].dtype) for n, v in tf.io.parse_example(examples, features).items()})
+
     with _serving(compacted):
         concrete = {
             name: tf.function(serve, input_signature=[specs], autograph=False).get_concrete_function()
             for name, specs in signatures.items()
         }
+        if example_signature:
+            examples = tf.TensorSpec([None], tf.string, name=signature.EXAMPLES_INPUT)
+            concrete[signature.EXAMPLE_SIGNATURE] = tf.function(
+                serve_examples, input_signature=[examples], autograph=False).get_concrete_function()
 
     compact_vars = [v for c in compacted.values() for v in c.variables]
     folded_vars = plan.variables if plan is not None else []
@@ -381,7 +400,7 @@ def export_compact(
         try:
             result = _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report,
                             sample_inputs, verify, atol, table_dtype, on_invalid_id, layers, signatures,
-                            warmup_batch_sizes)
+                            features, warmup_batch_sizes)
             path = writer.move_into_place(tmp, target)
             break
         except FileExistsError:
@@ -406,10 +425,12 @@ def export_compact(
 
 
 def _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report, sample_inputs,
-           verify, atol, table_dtype, on_invalid_id, layers, signature_specs, warmup_batch_sizes) -> ExportResult:
+           verify, atol, table_dtype, on_invalid_id, layers, signature_specs, features,
+           warmup_batch_sizes) -> ExportResult:
     tf.saved_model.save(module, tmp, signatures=concrete)
     named = _verification_inputs(layout, sample_inputs, layers)
-    requests = warmup.requests(named, signature_specs, warmup_batch_sizes)
+    served = _signature_inputs(named, signature_specs, features)
+    requests = warmup.requests(served, warmup_batch_sizes)
     if requests:
         warmup.write(tmp, requests)
     var_bytes = writer.saved_variable_bytes(tmp)
@@ -429,8 +450,8 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         raise ExportError(f"embedding bytes {emb_bytes} != the {expected_bytes} the compact layout holds.")
     max_diff = precision_diff = tolerance = None
     if verify:
-        max_diff, precision_diff, tolerance = _verify(model, tmp, layout, named, atol, compacted, table_dtype,
-                                                      list(concrete), requests)
+        max_diff, precision_diff, tolerance = _verify(model, tmp, layout, named, served, atol, compacted,
+                                                      table_dtype, requests)
     disk = writer.disk_bytes(tmp)
     result = ExportResult(
         path=target.path,
@@ -516,9 +537,21 @@ def _verification_inputs(layout, sample_inputs, layers) -> dict:
     return signature.named_sample(layout, sample_inputs)
 
 
-def _verify(model, saved_dir, layout, named, atol, compacted, table_dtype, names, requests) -> tuple:
+def _signature_inputs(named: dict, specs: dict, features: dict | None) -> dict:
+    """The verification inputs as each signature takes them: signature name -> input name ->
+    array in that signature's dtypes (`specs`), and for `serving_tf_example` (when `features`)
+    the rows as serialized `tf.train.Example`s."""
+    out = {name: {n: np.asarray(named[n]) if s.dtype == tf.string else np.asarray(named[n]).astype(
+        s.dtype.as_numpy_dtype) for n, s in signature_specs.items()} for name, signature_specs in specs.items()}
+    if features is not None:
+        out[signature.EXAMPLE_SIGNATURE] = {signature.EXAMPLES_INPUT: signature.to_examples(named, features)}
+    return out
+
+
+def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtype, requests) -> tuple:
     """`(max |served - model|, max |model at stored precision - model|, the tolerance applied)`
-    over every signature, and over the warmup requests read back from the export's file.
+    over every signature (`served`: each one's inputs, `_signature_inputs`), and over the warmup
+    requests read back from the export's file.
 
     For float16 / int8 exports the model is run on exactly the stored values
     (`CompactLayer.stored_values`), so that the served predictions are compared
@@ -552,12 +585,8 @@ def _verify(model, saved_dir, layout, named, atol, compacted, table_dtype, names
             diff = np.asarray(value, np.float64) - np.asarray(got[key].numpy(), np.float64)
             worst = max(worst, float(np.max(np.abs(diff), initial=0.0)))
 
-    for name in names:
-        fn = loaded.signatures[name]
-        specs = fn.structured_input_signature[1]
-        compare(fn(**{n: tf.convert_to_tensor(np.asarray(named[n]).astype(specs[n].dtype.as_numpy_dtype)
-                                              if specs[n].dtype != tf.string else named[n], specs[n].dtype)
-                      for n in layout.specs}))
+    for name, inputs in served.items():
+        compare(loaded.signatures[name](**{n: tf.constant(v) for n, v in inputs.items()}))
     _replay_warmup(loaded, saved_dir, requests, compare)
     compute_dtype = low_precision_dtype(model)
     tolerance = verification_tolerance(atol, compute_dtype, expected)

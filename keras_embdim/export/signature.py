@@ -7,6 +7,10 @@
   the model's dtype inside, int64 -> int32 saturating, so an id beyond the
   int32 range is an invalid id, never a wrapped-around valid one. Called
   from Python, `serving_default` also takes numpy int32 arrays.
+- `serving_tf_example` (with `example_signature=True`): one string input,
+  `examples`, of serialized `tf.train.Example`s, one per row, a feature per
+  input (`example_features`), as TFX's Keras exports take them; parsed with
+  `tf.io.parse_example`, then served as `serving_default`.
 - Outputs: a dict output keeps its keys; otherwise an output produced by a
   layer the user named keeps that name, and an output of an auto-named layer
   (`dense_1`, which changes whenever the model is rebuilt) is `output_<i>`,
@@ -27,6 +31,8 @@ from keras_embdim.layers.fields import saturate_cast
 
 DEFAULT_SIGNATURE = "serving_default"
 INT32_SIGNATURE = "serving_int32"
+EXAMPLE_SIGNATURE = "serving_tf_example"
+EXAMPLES_INPUT = "examples"
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -166,6 +172,45 @@ def named_outputs(model: Any, outputs: Any) -> dict:
         return {clean_name(k): v for k, v in outputs.items()}
     flat = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     return dict(zip(output_names(model, outputs), flat))
+
+
+def example_features(specs: dict) -> dict:
+    """The `tf.io.parse_example` features of a signature's inputs (`specs`: name ->
+    `tf.TensorSpec`): an integer input is an int64 feature, a float input a float feature (float32,
+    what `tf.train.Example` holds), a string input a bytes feature, each of the input's shape
+    without the batch axis (fixed: a `tf.train.Example` feature has no ragged form here)."""
+    out = {}
+    for name, spec in specs.items():
+        shape = spec.shape[1:]
+        kind = (tf.int64 if spec.dtype.is_integer else tf.string if spec.dtype == tf.string
+                else tf.float32 if spec.dtype.is_floating else None)
+        if kind is None or not shape.is_fully_defined():
+            raise ValueError(f"`example_signature=True` needs inputs a tf.train.Example feature can hold (integer, "
+                             f"float or string, of a fixed shape); input {name!r} is {spec.dtype.name} of shape "
+                             f"{spec.shape.as_list()}.")
+        out[name] = tf.io.FixedLenFeature(shape.as_list(), kind)
+    return out
+
+
+def to_examples(named: dict, features: dict) -> np.ndarray:
+    """Each row of `named` (input name -> array, the same rows) as a serialized
+    `tf.train.Example` with the `features` of `example_features`: what a client of
+    `serving_tf_example` sends (the export's verification and warmup requests send these)."""
+    rows = len(next(iter(named.values())))
+    out = np.empty(rows, object)
+    for i in range(rows):
+        feature = {}
+        for name, spec in features.items():
+            values = np.asarray(named[name][i]).reshape(-1)
+            if spec.dtype == tf.int64:
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values.astype(np.int64)))
+            elif spec.dtype == tf.float32:
+                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values.astype(np.float32)))
+            else:
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[v.encode() if isinstance(v, str) else bytes(v) for v in values.tolist()]))
+        out[i] = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return out
 
 
 def synthesize_inputs(specs: dict, low: int, rows: int = 64, seed: int = 0) -> dict:

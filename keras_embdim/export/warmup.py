@@ -78,20 +78,18 @@ class Request:
     rows: np.ndarray
 
 
-def requests(named: dict, specs: dict, batch_sizes: Sequence[int]) -> list[Request]:
-    """One `Request` per signature (`specs`: signature name -> input name -> `tf.TensorSpec`) and
-    batch size, of the rows of `named` (input name -> array, the same rows in each), taken in
-    order and repeated when fewer than the batch size."""
-    n = len(next(iter(named.values())))
+def requests(inputs: dict, batch_sizes: Sequence[int]) -> list[Request]:
+    """One `Request` per signature and batch size. `inputs`: signature name -> input name ->
+    array in that signature's dtype (the same rows in every array): each request takes its
+    rows in order, repeated when fewer than the batch size."""
     out = []
-    for name, signature_specs in specs.items():
+    for name, arrays in inputs.items():
+        n = len(next(iter(arrays.values())))
         for b in batch_sizes:
             rows = np.arange(b) % n
-            inputs = {}
-            for key, spec in signature_specs.items():
-                value = np.asarray(named[key])[rows]
-                inputs[key] = _as_bytes(value) if spec.dtype == tf.string else value.astype(spec.dtype.as_numpy_dtype)
-            out.append(Request(name, inputs, rows))
+            values = {key: np.asarray(value)[rows] for key, value in arrays.items()}
+            out.append(Request(name, {key: _as_bytes(v) if v.dtype.kind in "USO" else v for key, v in values.items()},
+                               rows))
     return out
 
 
