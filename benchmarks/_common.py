@@ -28,6 +28,17 @@ def write_table(path: str, title: str, generated_by: str, header: list, rows: li
     return text
 
 
+def add_results_arguments(p, cache: str, page: str, plot: str | None = None) -> None:
+    """The options of a script that caches its measurements and writes a results page (and a plot)
+    under docs/results/ from them: --cache, --out, --plot, --report-only, --redo."""
+    p.add_argument("--cache", default=cache)
+    p.add_argument("--out", default=os.path.join(DOCS, page))
+    if plot is not None:
+        p.add_argument("--plot", default=os.path.join(DOCS, plot))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--redo", action="store_true", help="measure again what the cache holds")
+
+
 def targets_table(targets) -> list[str]:
     """The markdown lines of a page's targets: `(target, met, measured)` rows under one header."""
     return ["| target | met | measured |", "|---|---|---|",

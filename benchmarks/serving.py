@@ -652,11 +652,7 @@ def main(argv=None) -> list:
     # tables, so the rounds are split over several processes and pooled
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default=RESULTS)
-    p.add_argument("--out", default=os.path.join(_common.DOCS, "serving.md"))
-    p.add_argument("--plot", default=os.path.join(_common.DOCS, "serving_latency.png"))
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--redo", action="store_true", help="measure again what the cache holds")
+    _common.add_results_arguments(p, RESULTS, "serving.md", "serving_latency.png")
     p.add_argument("--quick", action="store_true", help="frappe, budget 0.1, batches 1 and 512, 3 rounds")
     args = p.parse_args(argv)
     if args.quick:

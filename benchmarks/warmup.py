@@ -217,11 +217,7 @@ def main(argv=None) -> list:
     p.add_argument("--processes", type=int, default=7)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", default=RESULTS)
-    p.add_argument("--out", default=os.path.join(_common.DOCS, "warmup.md"))
-    p.add_argument("--plot", default=os.path.join(_common.DOCS, "warmup_first_request.png"))
-    p.add_argument("--report-only", action="store_true")
-    p.add_argument("--redo", action="store_true", help="measure again what the cache holds")
+    _common.add_results_arguments(p, RESULTS, "warmup.md", "warmup_first_request.png")
     p.add_argument("--quick", action="store_true", help="frappe, 2 processes")
     args = p.parse_args(argv)
     if args.quick:
