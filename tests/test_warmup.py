@@ -118,6 +118,19 @@ def test_bad_warmup_batch_sizes_are_refused_before_anything_is_written(few, tmp_
     assert not os.path.exists(tmp_path / "x")
 
 
+def test_an_unverified_export_warms_up_with_generated_ids_not_an_unchecked_sample(few, tmp_path):
+    """With verify=False nothing replays the records before the server does: they are generated ids
+    valid for every field, not the sample's (whose bad id would fail TF Serving's load)."""
+    d, model, sample = few
+    bad = {k: v.copy() for k, v in sample.items()}
+    bad[d.field_names[0]][0] = 10**6
+    r = ked.export_compact(model, str(tmp_path / "ctr"), sample_inputs=bad, verbose=0, verify=False)
+    assert r.max_abs_diff is None and r.warmup_requests == 4
+    records = warmup.read(r.path)
+    assert all(int(v.max()) < min(d.vocab_sizes) for _, inputs in records for v in inputs.values())
+    assert check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})["warmup_records"] == 4
+
+
 def test_a_warmup_file_that_would_fail_tf_serving_is_refused(few, tmp_path, monkeypatch):
     """TF Serving fails to load a model whose warmup request fails: the export replays its own
     file and ships nothing when a record is not the request meant (here one input left out)."""

@@ -272,7 +272,8 @@ def export_compact(
         warmup_batch_sizes: the batch sizes of the TF Serving warmup requests
             written to `assets.extra/tf_serving_warmup_requests`: one request
             per signature and size, of the verification inputs' rows (repeated
-            up to the size). TF Serving runs them as it loads the model, so
+            up to the size; with `verify=False`, of generated ids valid for
+            every field). TF Serving runs them as it loads the model, so
             that the first served requests do not pay for its lazy
             initialization (docs/results/warmup.md); the export replays them
             in its verification. Default `(1, 16)`; `()` writes no file.
@@ -428,7 +429,9 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
            verify, atol, table_dtype, on_invalid_id, layers, signature_specs, features,
            warmup_batch_sizes) -> ExportResult:
     tf.saved_model.save(module, tmp, signatures=concrete)
-    named = _verification_inputs(layout, sample_inputs, layers)
+    # the warmup requests' rows are the verification's, replayed there; unverified (verify=False), generated
+    # ids valid for every field rather than a sample nothing checks: a request the server cannot run fails its load
+    named = _verification_inputs(layout, sample_inputs if verify else None, layers)
     served = _signature_inputs(named, signature_specs, features)
     requests = warmup.requests(served, warmup_batch_sizes)
     if requests:
