@@ -143,7 +143,7 @@ def test_a_warmup_file_that_would_fail_tf_serving_is_refused(few, tmp_path, monk
     assert os.listdir(base) == []  # no version, no temporary folder
 
 
-@pytest.mark.parametrize("fault", ["an input left out", "int32 ids for the int64 signature"])
+@pytest.mark.parametrize("fault", ["an input left out", "int32 ids for the int64 signature", "1001 records"])
 def test_the_fresh_process_check_fails_a_warmup_file_tf_serving_would_refuse(few, tmp_path, fault):
     """The TensorFlow-only check replays the file as TF Serving does, so a record the server would
     refuse fails it (here written into a verified export by hand)."""
@@ -156,13 +156,15 @@ def test_the_fresh_process_check_fails_a_warmup_file_tf_serving_would_refuse(few
     inputs = {k: np.asarray(v[:2], np.int64) for k, v in sample.items()}
     if fault == "an input left out":
         inputs.pop(d.field_names[1])
-    else:
+    elif fault.startswith("int32"):
         inputs[d.field_names[1]] = inputs[d.field_names[1]].astype(np.int32)
     with tf.io.TFRecordWriter(os.path.join(bad, "assets.extra", "tf_serving_warmup_requests")) as fh:
-        fh.write(warmup.encode("serving_default", inputs))
+        for _ in range(1001 if fault == "1001 records" else 1):  # TF Serving reads at most 1000
+            fh.write(warmup.encode("serving_default", inputs))
     expected = {"ctr": model.predict(sample, verbose=0)}
     assert check_in_fresh_process(r.path, sample, expected)["warmup_records"] == 4
-    message = "!= signature 'serving_default' inputs" if fault == "an input left out" else "is int32, signature"
+    message = {"an input left out": "!= signature 'serving_default' inputs", "1001 records": "more than 1000"}.get(
+        fault, "is int32, signature")
     with pytest.raises(AssertionError, match=message):
         check_in_fresh_process(bad, sample, expected)
 

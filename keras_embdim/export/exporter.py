@@ -150,8 +150,8 @@ def check_options(
     on_invalid_id: Any,
     fold: Any,
     value_dense_fields: Any,
-    warmup_batch_sizes: Any = warmup.DEFAULT_BATCH_SIZES,
-    example_signature: Any = False,
+    warmup_batch_sizes: Any,
+    example_signature: Any,
 ) -> dict:
     """`export_compact`'s options (see there), each checked before anything is read or
     written: a bad one is refused with an error naming it and what it takes (a truthy

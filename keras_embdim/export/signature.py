@@ -174,6 +174,12 @@ def named_outputs(model: Any, outputs: Any) -> dict:
     return dict(zip(output_names(model, outputs), flat))
 
 
+def utf8(values: Any) -> list[bytes]:
+    """String values, flattened, as the bytes a `TensorProto` or a `tf.train.Feature` holds (a str
+    encoded as UTF-8)."""
+    return [v.encode() if isinstance(v, str) else bytes(v) for v in np.asarray(values).ravel().tolist()]
+
+
 def example_features(specs: dict) -> dict:
     """The `tf.io.parse_example` features of a signature's inputs (`specs`: name ->
     `tf.TensorSpec`): an integer input is an int64 feature, a float input a float feature (float32,
@@ -207,8 +213,7 @@ def to_examples(named: dict, features: dict) -> np.ndarray:
             elif spec.dtype == tf.float32:
                 feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values.astype(np.float32)))
             else:
-                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[v.encode() if isinstance(v, str) else bytes(v) for v in values.tolist()]))
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=utf8(values)))
         out[i] = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
     return out
 

@@ -35,6 +35,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
+from keras_embdim.export.signature import utf8
+
 WARMUP_FOLDER = "assets.extra"  # `kSavedModelAssetsExtraDirectory`
 WARMUP_FILE = "tf_serving_warmup_requests"  # `WarmupConsts::kRequestsFileName`
 MAX_RECORDS = 1000  # `WarmupConsts::kMaxNumRecords`: TF Serving refuses a file with more
@@ -96,7 +98,7 @@ def requests(inputs: dict, batch_sizes: Sequence[int]) -> list[Request]:
 def _as_bytes(value: np.ndarray) -> np.ndarray:
     """Strings as a `TensorProto` holds them and `tf.make_ndarray` gives them back: an object
     array of bytes (UTF-8)."""
-    flat = [v.encode() if isinstance(v, str) else bytes(v) for v in value.ravel().tolist()]
+    flat = utf8(value)
     out = np.empty(len(flat), object)
     out[:] = flat
     return out.reshape(value.shape)
