@@ -295,6 +295,8 @@ def export_compact(
     r = ked.export_compact(model, "models/ctr")   # models/ctr/1
     # then, with TensorFlow only:
     serve = tf.saved_model.load(r.path).signatures["serving_default"]
+    # or as after Keras' model.export(): the model's own inputs in, its outputs out
+    predictions = tf.saved_model.load(r.path).serve(inputs)
     ```
     """
     if tf.distribute.has_strategy():  # plain variables and a plain verification load, no collective
@@ -333,11 +335,14 @@ def export_compact(
         if on_invalid_id == "unchecked" and report.layers[layer.name]["id_check"] == "on_invalid_id":
             report.leave_out_id_check(layer.name, "on_invalid_id='unchecked'")
 
+    returned = []  # the model's output structure (a dict, a list, one tensor), seen when `serve` is traced
+
     def serve(named):
         if plan is not None:
             outputs = fold_lib.run(plan, layout.model_inputs(named, cast=False))
         else:  # a subclassed model: its call takes the model's dtypes
             outputs = model(layout.model_inputs(named), training=False)
+        returned[:] = [tf.nest.map_structure(lambda _: None, outputs)]
         return signature.named_outputs(model, outputs)
 
     signatures = {signature.DEFAULT_SIGNATURE: layout.serving_specs(tf.int64)}
@@ -357,6 +362,12 @@ def export_compact(
             examples = tf.TensorSpec([None], tf.string, name=signature.EXAMPLES_INPUT)
             concrete[signature.EXAMPLE_SIGNATURE] = tf.function(
                 serve_examples, input_signature=[examples], autograph=False).get_concrete_function()
+    default = concrete[signature.DEFAULT_SIGNATURE]
+
+    def serve_model(inputs):  # Keras' `serve` endpoint: `serving_default`'s function, called (stored once)
+        named = {n: signature.to_dtype(v, tf.int64) if v.dtype.is_integer else v
+                 for n, v in layout.named_inputs(inputs).items()}
+        return signature.structured_outputs(model, returned[0], default(named))
 
     compact_vars = [v for c in compacted.values() for v in c.variables]
     folded_vars = plan.variables if plan is not None else []
@@ -382,6 +393,7 @@ def export_compact(
     module.model_variables = captured
     # lookup tables (StringLookup, IntegerLookup, hashing tables, a head layout's row index) the graph reads
     module.resources = _layer_resources(model) + [r for c in compacted.values() for r in c.resources]
+    module.serve = tf.function(serve_model, input_signature=[layout.model_specs()], autograph=False)
 
     summary = dimension_summary(layers) if layers else {"params_before": 0, "params_after": 0, "kept_fraction": 1.0, "layers": {}}
     searched = any(not layer.dimension_mask().is_full for layer in layers)
@@ -560,9 +572,10 @@ def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtyp
     (`CompactLayer.stored_values`), so that the served predictions are compared
     with what they must equal, and the precision's own effect is measured apart.
     """
+    model_inputs = layout.model_inputs({n: tf.convert_to_tensor(v) for n, v in named.items()})
+
     def run_model():
-        inputs = layout.model_inputs({n: tf.convert_to_tensor(v) for n, v in named.items()})
-        out = signature.named_outputs(model, model(inputs, training=False))
+        out = signature.named_outputs(model, model(model_inputs, training=False))
         return {k: _utils.to_numpy(v) for k, v in out.items()}
 
     expected = run_model()
@@ -590,6 +603,7 @@ def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtyp
 
     for name, inputs in served.items():
         compare(loaded.signatures[name](**{n: tf.constant(v) for n, v in inputs.items()}))
+    compare(signature.named_outputs(model, loaded.serve(model_inputs)))  # Keras' endpoint, the model's structure
     _replay_warmup(loaded, saved_dir, requests, compare)
     compute_dtype = low_precision_dtype(model)
     tolerance = verification_tolerance(atol, compute_dtype, expected)

@@ -11,6 +11,10 @@
   `examples`, of serialized `tf.train.Example`s, one per row, a feature per
   input (`example_features`), as TFX's Keras exports take them; parsed with
   `tf.io.parse_example`, then served as `serving_default`.
+- `serve` (an endpoint, not a signature: `tf.saved_model.load(path).serve(x)`,
+  `keras.layers.TFSMLayer(path, call_endpoint="serve")`), as Keras'
+  `model.export()` writes it: the model's own input structure and dtypes in,
+  its output structure out; it calls `serving_default`'s function (stored once).
 - Outputs: a dict output keeps its keys; otherwise an output produced by a
   layer the user named keeps that name, and an output of an auto-named layer
   (`dense_1`, which changes whenever the model is rebuilt) is `output_<i>`,
@@ -76,6 +80,23 @@ class InputLayout:
         if self.kind == "list":
             return [conv[n] for n in self.names]
         return conv[self.names[0]]
+
+    def model_specs(self) -> Any:
+        """The specs in the model's own input structure and dtypes: what Keras' `model.export()`
+        endpoint `serve` takes (a dict by the model's input names, a list, or one spec)."""
+        if self.kind == "dict":
+            return {n: self.specs[clean_name(n)] for n in self.names}
+        if self.kind == "list":
+            return [self.specs[n] for n in self.names]
+        return self.specs[self.names[0]]
+
+    def named_inputs(self, inputs: Any) -> dict:
+        """`model_inputs`' inverse: inputs in the model's structure -> clean name -> tensor."""
+        if self.kind == "dict":
+            return {clean_name(n): inputs[n] for n in self.names}
+        if self.kind == "list":
+            return dict(zip(self.names, inputs))
+        return {self.names[0]: inputs}
 
 
 to_dtype = saturate_cast  # a wider integer is clipped first, so it cannot wrap into range
@@ -172,6 +193,18 @@ def named_outputs(model: Any, outputs: Any) -> dict:
         return {clean_name(k): v for k, v in outputs.items()}
     flat = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     return dict(zip(output_names(model, outputs), flat))
+
+
+def structured_outputs(model: Any, like: Any, named: dict) -> Any:
+    """`named_outputs`' inverse: a signature's named outputs in the model's own output structure
+    `like` (what the model returned: a dict keeps its keys, a list or tuple its order, else the
+    one tensor), as Keras' `model.export()` endpoint `serve` returns them."""
+    if isinstance(like, dict):
+        return {k: named[clean_name(k)] for k in like}
+    names = output_names(model, like)
+    if isinstance(like, (list, tuple)):
+        return type(like)(named[n] for n in names)
+    return named[names[0]]
 
 
 def utf8(values: Any) -> list[bytes]:

@@ -4,7 +4,8 @@ Run as a script (never imported by keras_embdim): it makes `import keras_embdim`
 fail first, then loads the SavedModel with the `serve` tag through both
 `tf.saved_model.load` (TF2) and the TF1 session loader, runs the
 `serving_default` signature on the inputs of an .npz file and compares with the
-expected outputs of another .npz file; replays the export's TF Serving warmup
+expected outputs of another .npz file (and the `serve` endpoint, Keras' `model.export()`'s,
+on the same inputs in the model's own structure); replays the export's TF Serving warmup
 requests as TF Serving does when it loads a model. Prints one JSON line; exit code 1 if a
 difference exceeds --atol.
 
@@ -66,6 +67,29 @@ def _replay_warmup(export_dir: str) -> dict:
     return {"warmup_records": len(records)}
 
 
+def _serve_endpoint(loaded, export_dir: str, inputs: dict, expected: dict) -> dict:
+    """Keras' `serve` endpoint (`model.export()`'s, which ours mirror): the inputs placed in the
+    model's own input structure by their names, its outputs (the model's structure) compared
+    with `expected`: a dict's by key, a list's or one tensor's in the order of the signature's
+    outputs (`dimensions.json`). An export without the endpoint reports None."""
+    import os
+
+    import tensorflow as tf
+
+    serve = getattr(loaded, "serve", None)
+    if serve is None:
+        return {"serve_max_abs_diff": None}
+    (struct,), _ = serve.concrete_functions[0].structured_input_signature
+    out = serve(tf.nest.map_structure(lambda s: tf.constant(inputs[s.name], s.dtype), struct))
+    if isinstance(out, dict):
+        got = {k: v.numpy() for k, v in out.items()}
+    else:
+        with open(os.path.join(export_dir, "dimensions.json")) as fh:
+            names = json.load(fh)["export"]["outputs"]
+        got = dict(zip(names, [t.numpy() for t in tf.nest.flatten(out)]))
+    return {"serve_max_abs_diff": max(_max_abs_diff(got[k], expected[k]) for k in expected)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("export_dir")
@@ -94,6 +118,7 @@ def main(argv=None):
     specs = sig.structured_input_signature[1]
     out2 = sig(**{k: tf.constant(v, dtype=specs[k].dtype) for k, v in inputs.items()})
     report["tf2_max_abs_diff"] = max(_max_abs_diff(out2[k].numpy(), expected[k]) for k in expected)
+    report.update(_serve_endpoint(loaded, args.export_dir, inputs, expected))
 
     # TF1 session loader, as TF Serving does
     graph = tf.Graph()
@@ -108,7 +133,8 @@ def main(argv=None):
     report["signature_inputs"] = sorted(sd.inputs.keys())
     report["signature_outputs"] = sorted(sd.outputs.keys())
     print(json.dumps(report))
-    ok = report["tf2_max_abs_diff"] <= args.atol and report["tf1_max_abs_diff"] <= args.atol
+    ok = all(report[k] <= args.atol for k in ("tf2_max_abs_diff", "tf1_max_abs_diff", "serve_max_abs_diff")
+             if report[k] is not None)
     return 0 if ok else 1
 
 
