@@ -299,6 +299,13 @@ def flatten(structure: Any) -> list:
     return keras.tree.flatten(structure) if KERAS_3 else tf.nest.flatten(structure)
 
 
+def export_flattens_inputs(model: Any) -> bool:
+    """Whether Keras' own `model.export()` endpoint `serve` takes a graph network's inputs flat:
+    tf_keras' does (`model.inputs`: a list of several, in their flattened order, or the one
+    tensor) whatever structure the model was built with; Keras 3's takes that structure."""
+    return not KERAS_3 and graph_network(model) is model
+
+
 def keras_export(model: Any, path: str) -> None:
     """Keras' own `model.export(path)` (a baseline SavedModel), quietly in Keras 3 (tf_keras' has no `verbose`)."""
     model.export(path, verbose=False) if KERAS_3 else model.export(path)

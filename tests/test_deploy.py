@@ -457,29 +457,36 @@ def _ids_then_two_heads_model():
     return model, np.random.default_rng(2).integers(0, 30, (20, 3)).astype("int32")
 
 
-def _two_inputs_dict_outputs_model():
-    """A list of two id inputs (int32, int64), a dict of two outputs."""
-    a, b = keras.Input((), dtype="int32", name="user"), keras.Input((), dtype="int64", name="item")
-    ea, eb = ked.PrunableEmbedding(30, 8, name="emb_user"), ked.PrunableEmbedding(40, 8, name="emb_item")
+def _two_inputs_model(as_dict: bool):
+    """Two id inputs (int32, int64; "zeta" before "alpha": not in sorted order), as a list or a
+    dict; a dict of two outputs."""
+    a, b = keras.Input((), dtype="int32", name="zeta"), keras.Input((), dtype="int64", name="alpha")
+    ea, eb = ked.PrunableEmbedding(30, 8, name="emb_zeta"), ked.PrunableEmbedding(40, 8, name="emb_alpha")
     h = keras.layers.Dense(4, activation="relu", name="hidden")(keras.layers.Concatenate()([ea(a), eb(b)]))
-    model = keras.Model([a, b], {"p": keras.layers.Dense(1, activation="sigmoid", name="p_head")(h),
-                                 "q": keras.layers.Dense(1, name="q_head")(h)})
+    model = keras.Model({"zeta": a, "alpha": b} if as_dict else [a, b],
+                        {"p": keras.layers.Dense(1, activation="sigmoid", name="p_head")(h),
+                         "q": keras.layers.Dense(1, name="q_head")(h)})
     rng = np.random.default_rng(3)
     for layer in (ea, eb):
         layer.build()
         layer.set_dimension_mask(rng.random((1, 8)) < 0.5)
-    return model, [rng.integers(0, 30, 20).astype("int32"), rng.integers(0, 40, 20).astype("int64")]
+    x = [rng.integers(0, 30, 20).astype("int32"), rng.integers(0, 40, 20).astype("int64")]
+    return model, ({"zeta": x[0], "alpha": x[1]} if as_dict else x)
 
 
-@pytest.mark.parametrize("kind", ["dict_in", "tensor_in_list_out", "list_in_dict_out"])
+@pytest.mark.parametrize("kind", ["dict_in", "tensor_in_list_out", "list_in_dict_out", "unsorted_dict_in"])
 def test_the_serve_endpoint_takes_and_returns_what_model_export_does(searched, tmp_path, kind):
     """`tf.saved_model.load(path).serve(x)` (and `TFSMLayer(path, call_endpoint="serve")`) as after
-    Keras' own `model.export()`: the model's input structure, names and dtypes in, its output structure
-    out, equal to the model's predictions; also in a fresh TensorFlow-only process."""
+    Keras' own `model.export()` of the Keras in use: the same input structure (Keras 3: the model's;
+    tf_keras: a functional model's inputs as a flat list, a dict's keys sorted), names and dtypes in,
+    the model's output structure out, equal to the model's predictions; also in a fresh
+    TensorFlow-only process."""
     if kind == "dict_in":
         d, model, x = searched
+    elif kind == "tensor_in_list_out":
+        model, x = _ids_then_two_heads_model()
     else:
-        model, x = _ids_then_two_heads_model() if kind == "tensor_in_list_out" else _two_inputs_dict_outputs_model()
+        model, x = _two_inputs_model(as_dict=kind == "unsorted_dict_in")
     r = ked.export_compact(model, str(tmp_path / "ours"), version=None, sample_inputs=x, verbose=0)
     theirs = str(tmp_path / "keras")
     ked._compat.keras_export(model, theirs)
@@ -487,21 +494,18 @@ def test_the_serve_endpoint_takes_and_returns_what_model_export_does(searched, t
     named = dict(zip(r.inputs, x if isinstance(x, list) else [x])) if not isinstance(x, dict) else x
     (ours_in,), _ = ours.serve.concrete_functions[0].structured_input_signature
     (keras_in,), _ = keras_loaded.serve.concrete_functions[0].structured_input_signature
-    if ked.KERAS_3:
-        tf.nest.assert_same_structure(ours_in, keras_in)
-    # tf_keras' export takes a dict-input model's inputs as a list (the structure of its save spec); ours
-    # take the model's own structure in both modes
-    by_name = {s.name: (s.dtype, s.shape.as_list()) for s in tf.nest.flatten(keras_in)}
-    assert {s.name: (s.dtype, s.shape.as_list()) for s in tf.nest.flatten(ours_in)} == by_name
-    got = ours.serve(x)
-    want = keras_loaded.serve(tf.nest.map_structure(lambda s: named[s.name], keras_in))
+    tf.nest.assert_same_structure(ours_in, keras_in)
+    assert [(s.name, s.dtype, s.shape.as_list()) for s in tf.nest.flatten(ours_in)] == [
+        (s.name, s.dtype, s.shape.as_list()) for s in tf.nest.flatten(keras_in)]
+    request = tf.nest.map_structure(lambda s: named[s.name], keras_in)  # the arrays as Keras' endpoint takes them
+    got, want = ours.serve(request), keras_loaded.serve(request)
     tf.nest.assert_same_structure(got, want)
     predicted = model.predict(x, verbose=0)
     for g, p in zip(tf.nest.flatten(got), tf.nest.flatten(predicted)):
         np.testing.assert_allclose(g.numpy(), p, atol=1e-5)
     if ked.KERAS_3:  # Keras 3's way to reload an export into a model
         layer = keras.layers.TFSMLayer(r.path, call_endpoint="serve")
-        for g, p in zip(tf.nest.flatten(layer(x)), tf.nest.flatten(predicted)):
+        for g, p in zip(tf.nest.flatten(layer(request)), tf.nest.flatten(predicted)):
             np.testing.assert_allclose(np.asarray(g), p, atol=1e-5)
     expected = dict(zip(r.outputs, predicted if isinstance(predicted, list) else [predicted]))
     if isinstance(predicted, dict):

@@ -572,10 +572,10 @@ def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtyp
     (`CompactLayer.stored_values`), so that the served predictions are compared
     with what they must equal, and the precision's own effect is measured apart.
     """
-    model_inputs = layout.model_inputs({n: tf.convert_to_tensor(v) for n, v in named.items()})
+    tensors = {n: tf.convert_to_tensor(v) for n, v in named.items()}
 
     def run_model():
-        out = signature.named_outputs(model, model(model_inputs, training=False))
+        out = signature.named_outputs(model, model(layout.model_inputs(tensors), training=False))
         return {k: _utils.to_numpy(v) for k, v in out.items()}
 
     expected = run_model()
@@ -603,7 +603,7 @@ def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtyp
 
     for name, inputs in served.items():
         compare(loaded.signatures[name](**{n: tf.constant(v) for n, v in inputs.items()}))
-    compare(signature.named_outputs(model, loaded.serve(model_inputs)))  # Keras' endpoint, the model's structure
+    compare(signature.named_outputs(model, loaded.serve(layout.endpoint_inputs(tensors))))  # Keras' endpoint
     _replay_warmup(loaded, saved_dir, requests, compare)
     compute_dtype = low_precision_dtype(model)
     tolerance = verification_tolerance(atol, compute_dtype, expected)

@@ -13,8 +13,9 @@
   `tf.io.parse_example`, then served as `serving_default`.
 - `serve` (an endpoint, not a signature: `tf.saved_model.load(path).serve(x)`,
   `keras.layers.TFSMLayer(path, call_endpoint="serve")`), as Keras'
-  `model.export()` writes it: the model's own input structure and dtypes in,
-  its output structure out; it calls `serving_default`'s function (stored once).
+  `model.export()` writes it: the model's dtypes and input structure (Keras 3:
+  the model's own; tf_keras: a graph network's inputs flat) in, the model's
+  output structure out; it calls `serving_default`'s function (stored once).
 - Outputs: a dict output keeps its keys; otherwise an output produced by a
   layer the user named keeps that name, and an output of an auto-named layer
   (`dense_1`, which changes whenever the model is rebuilt) is `output_<i>`,
@@ -58,6 +59,7 @@ class InputLayout:
     kind: str  # "dict", "list" or "single"
     names: list  # the model's names, in the model's order
     specs: dict  # clean name -> tf.TensorSpec in the model's dtypes
+    flat_endpoint: bool = False  # `serve` takes the inputs flat, as tf_keras' export (`_compat.export_flattens_inputs`)
 
     def serving_specs(self, int_dtype: tf.DType) -> dict:
         """The specs of a signature whose integer inputs are `int_dtype`."""
@@ -81,22 +83,38 @@ class InputLayout:
             return [conv[n] for n in self.names]
         return conv[self.names[0]]
 
+    def _endpoint(self) -> tuple[str, list]:
+        """`(kind, clean names in order)` of the inputs of the endpoint `serve`: the model's own
+        structure, or (`flat_endpoint`) a list in `tf.nest.flatten`'s order (a dict's keys sorted),
+        one tensor if there is one input."""
+        if not self.flat_endpoint:
+            return self.kind, [clean_name(n) for n in self.names]
+        names = [clean_name(n) for n in (sorted(self.names) if self.kind == "dict" else self.names)]
+        return ("list" if len(names) > 1 else "single"), names
+
     def model_specs(self) -> Any:
-        """The specs in the model's own input structure and dtypes: what Keras' `model.export()`
-        endpoint `serve` takes (a dict by the model's input names, a list, or one spec)."""
-        if self.kind == "dict":
+        """The specs in the structure and dtypes Keras' `model.export()` endpoint `serve` takes
+        them: Keras 3's, the model's own structure (a dict by the model's input names, a list, or
+        one spec); tf_keras', a graph network's inputs flat (`flat_endpoint`)."""
+        kind, names = self._endpoint()
+        if kind == "dict":
             return {n: self.specs[clean_name(n)] for n in self.names}
-        if self.kind == "list":
-            return [self.specs[n] for n in self.names]
-        return self.specs[self.names[0]]
+        if kind == "list":
+            return [self.specs[n] for n in names]
+        return self.specs[names[0]]
+
+    def endpoint_inputs(self, named: dict) -> Any:
+        """Inputs by clean name, converted to the model's dtypes, in `model_specs`' structure."""
+        return tf.nest.map_structure(lambda s: to_dtype(named[s.name], s.dtype), self.model_specs())
 
     def named_inputs(self, inputs: Any) -> dict:
-        """`model_inputs`' inverse: inputs in the model's structure -> clean name -> tensor."""
-        if self.kind == "dict":
+        """`model_specs`' inverse: the endpoint's inputs -> clean name -> tensor."""
+        kind, names = self._endpoint()
+        if kind == "dict":
             return {clean_name(n): inputs[n] for n in self.names}
-        if self.kind == "list":
-            return dict(zip(self.names, inputs))
-        return {self.names[0]: inputs}
+        if kind == "list":
+            return dict(zip(names, inputs))
+        return {names[0]: inputs}
 
 
 to_dtype = saturate_cast  # a wider integer is clipped first, so it cannot wrap into range
@@ -140,9 +158,10 @@ def input_layout(model: Any, input_signature: Any, sample_inputs: Any) -> InputL
         shape = _utils.symbolic_shape(t)
         return tf.TensorSpec([None, *shape[1:]], _utils.symbolic_dtype(t), name=name)
 
+    flat = _compat.export_flattens_inputs(model)
     if isinstance(struct, dict):
         names = list(struct)
-        return InputLayout("dict", names, {clean_name(n): spec(struct[n], clean_name(n)) for n in names})
+        return InputLayout("dict", names, {clean_name(n): spec(struct[n], clean_name(n)) for n in names}, flat)
     if isinstance(struct, (list, tuple)):
         names, seen = [], set()
         for i, t in enumerate(struct):
@@ -151,9 +170,9 @@ def input_layout(model: Any, input_signature: Any, sample_inputs: Any) -> InputL
                 n = f"{n}_{i}"
             seen.add(n)
             names.append(n)
-        return InputLayout("list", names, {n: spec(t, n) for n, t in zip(names, struct)})
+        return InputLayout("list", names, {n: spec(t, n) for n, t in zip(names, struct)}, flat)
     n = clean_name(_utils.symbolic_name(struct))
-    return InputLayout("single", [n], {n: spec(struct, n)})
+    return InputLayout("single", [n], {n: spec(struct, n)}, flat)
 
 
 def _snake(name: str) -> str:
