@@ -5,7 +5,7 @@ fail first, then loads the SavedModel with the `serve` tag through both
 `tf.saved_model.load` (TF2) and the TF1 session loader, runs the
 `serving_default` signature on the inputs of an .npz file and compares with the
 expected outputs of another .npz file (and the `serve` endpoint, Keras' `model.export()`'s,
-on the same inputs in the model's own structure); replays the export's TF Serving warmup
+on the same inputs placed in the structure it takes); replays the export's TF Serving warmup
 requests as TF Serving does when it loads a model. Prints one JSON line; exit code 1 if a
 difference exceeds --atol.
 
@@ -68,8 +68,8 @@ def _replay_warmup(export_dir: str) -> dict:
 
 
 def _serve_endpoint(loaded, export_dir: str, inputs: dict, expected: dict) -> dict:
-    """Keras' `serve` endpoint (`model.export()`'s, which ours mirror): the inputs placed in the
-    model's own input structure by their names, its outputs (the model's structure) compared
+    """Keras' `serve` endpoint (`model.export()`'s, which ours mirror): the inputs placed by their
+    names in the structure its input signature has, its outputs (the model's structure) compared
     with `expected`: a dict's by key, a list's or one tensor's in the order of the signature's
     outputs (`dimensions.json`). An export without the endpoint reports None."""
     import os
