@@ -94,7 +94,8 @@ def main(argv=None) -> dict:
     report = check_in_fresh_process(e.path, sample, expected)
     print(
         "served in a fresh process without keras_embdim: max |served - trained| "
-        f"TF2 loader {report['tf2_max_abs_diff']:.2e}, TF1 session loader {report['tf1_max_abs_diff']:.2e}; "
+        f"TF2 loader {report['tf2_max_abs_diff']:.2e}, TF1 session loader {report['tf1_max_abs_diff']:.2e}, "
+        f"Keras' `serve` endpoint {report['serve_max_abs_diff']:.2e}; "
         + (f"its {report['warmup_records']} warmup requests replayed as TF Serving does when it loads it"
            if report["warmup_records"] is not None else
            "its warmup requests not replayed (that needs TF Serving's protos: pip install --no-deps "

@@ -13,7 +13,7 @@ def test_quickstart_runs_the_whole_job(tmp_path, capsys):
     line = next(text for text in printed.splitlines() if "embedding tables" in text)
     assert f"{out['export'].embedding_bytes:,} B (= {out['pruner'].params_after:,} params x 4 B" in line
     assert (f" + {padding:,} B of zero padding" in line) == (padding > 0)
-    assert out["serve"]["tf1_max_abs_diff"] <= 1e-5
+    assert out["serve"]["tf1_max_abs_diff"] <= 1e-5 and out["serve"]["serve_max_abs_diff"] <= 1e-5
     assert out["pruner"].kept_fraction <= 0.2
     # the naive alternative beside the result: uniform floor(0.2 x 16) = 3 and ceil = 4 dims
     assert sorted(out["auc_uniform"]) == [3, 4]
