@@ -175,8 +175,11 @@ def test_subclassed_model_is_searched_and_exported(method, tmp_path):
         sample_inputs=ids[:256], verbose=0,
     )
     assert result.max_abs_diff <= 1e-5
-    served = tf.saved_model.load(result.path).signatures["serving_default"](ids=ids[:256])
+    loaded = tf.saved_model.load(result.path)
+    served = loaded.signatures["serving_default"](ids=ids[:256])
     np.testing.assert_allclose(next(iter(served.values())).numpy(), model.predict(ids[:256], verbose=0), atol=1e-5)
+    # Keras' endpoint: the one tensor the model's call takes, as `input_signature` says, and its one output
+    np.testing.assert_allclose(loaded.serve(ids[:256]).numpy(), model.predict(ids[:256], verbose=0), atol=1e-5)
 
 
 # -------------------------------------------------------------- nested
