@@ -514,6 +514,32 @@ def test_the_serve_endpoint_takes_and_returns_what_model_export_does(searched, t
     assert report["serve_max_abs_diff"] <= 1e-5
 
 
+def test_the_serve_endpoint_keeps_names_the_signatures_clean(tmp_path):
+    """An input and a dict output whose names a signature cannot hold ("user id", "click rate"): the
+    signatures clean them ("user_id", "click_rate"), `serve` takes and returns them as the model does,
+    and the fresh-process check pairs its outputs with the signature's (`ExportResult.serve_outputs`)."""
+    a = keras.Input((), dtype="int32", name="user id")
+    emb = ked.PrunableEmbedding(30, 8, name="emb")
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(emb(a))
+    model = keras.Model({"user id": a}, {"click rate": keras.layers.Dense(1, activation="sigmoid", name="head")(h),
+                                         "b": keras.layers.Dense(1, name="b_head")(h)})
+    emb.build()
+    emb.set_dimension_mask(np.random.default_rng(1).random((1, 8)) < 0.5)
+    x = {"user id": np.random.default_rng(2).integers(0, 30, 20).astype("int32")}
+    r = ked.export_compact(model, str(tmp_path / "e"), sample_inputs=x, verbose=0)
+    assert list(r.inputs) == ["user_id"] and sorted(r.outputs) == ["b", "click_rate"]
+    assert r.serve_outputs == ["b", "click_rate"]  # tf.nest.flatten's order of the raw keys
+    predicted = model.predict(x, verbose=0)
+    loaded = tf.saved_model.load(r.path)  # kept: its variables live as long as it does
+    got = loaded.serve(x if ked.KERAS_3 else x["user id"])  # tf_keras' form: a functional model's one input alone
+    assert sorted(got) == ["b", "click rate"]
+    for key in got:
+        np.testing.assert_allclose(got[key].numpy(), predicted[key], atol=1e-5)
+    report = check_in_fresh_process(r.path, {"user_id": x["user id"]},
+                                    {"click_rate": predicted["click rate"], "b": predicted["b"]}, atol=1e-5)
+    assert report["serve_max_abs_diff"] <= 1e-5
+
+
 def test_bytes_by_part_add_up(searched, tmp_path):
     d, model, sample = searched
     r = ked.export_compact(model, str(tmp_path / "b"), sample_inputs=sample, verbose=0)

@@ -95,6 +95,9 @@ class ExportResult:
     folds: dict = field(default_factory=dict)
     # per-value layers: the fields stored whole, in per-field tables (`value_dense_fields`)
     dense_fields: dict = field(default_factory=dict)
+    # the signature output name of each output of the endpoint `serve`, in `tf.nest.flatten` order (a
+    # dict output's raw keys sorted; each signature name cleaned from its key)
+    serve_outputs: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -369,6 +372,9 @@ def export_compact(
                  for n, v in layout.named_inputs(inputs).items()}
         return signature.structured_outputs(model, returned[0], default(named))
 
+    serve_outputs = tf.nest.flatten(signature.structured_outputs(model, returned[0], {
+        n: n for n in default.structured_outputs}))  # names as the leaves of `serve`'s output structure
+
     compact_vars = [v for c in compacted.values() for v in c.variables]
     folded_vars = plan.variables if plan is not None else []
     own = {id(v) for v in compact_vars + folded_vars}
@@ -413,7 +419,7 @@ def export_compact(
         try:
             result = _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report,
                             sample_inputs, verify, atol, table_dtype, on_invalid_id, layers, signatures,
-                            features, warmup_batch_sizes)
+                            features, warmup_batch_sizes, serve_outputs)
             path = writer.move_into_place(tmp, target)
             break
         except FileExistsError:
@@ -439,7 +445,7 @@ def export_compact(
 
 def _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report, sample_inputs,
            verify, atol, table_dtype, on_invalid_id, layers, signature_specs, features,
-           warmup_batch_sizes) -> ExportResult:
+           warmup_batch_sizes, serve_outputs) -> ExportResult:
     tf.saved_model.save(module, tmp, signatures=concrete)
     # the warmup requests' rows are the verification's, replayed there; unverified (verify=False), generated
     # ids valid for every field rather than a sample nothing checks: a request the server cannot run fails its load
@@ -498,6 +504,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         bytes={"embedding_tables": int(emb_bytes), "other_variables": int(sum(var_bytes.values()) - emb_bytes), **disk},
         folds=report.to_json(),
         dense_fields={layer.name: c.lookup.dense_fields for layer, c in compacted.items() if c.lookup.dense_fields},
+        serve_outputs=serve_outputs,
     )
     with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
         json.dump({"export": result.to_json(), **summary}, fh, indent=2)

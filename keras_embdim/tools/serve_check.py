@@ -69,24 +69,22 @@ def _replay_warmup(export_dir: str) -> dict:
 
 def _serve_endpoint(loaded, export_dir: str, inputs: dict, expected: dict) -> dict:
     """Keras' `serve` endpoint (`model.export()`'s, which ours mirror): the inputs placed by their
-    names in the structure its input signature has, its outputs (the model's structure) compared
-    with `expected`: a dict's by key, a list's or one tensor's in the order of the signature's
-    outputs (`dimensions.json`). An export without the endpoint reports None."""
+    names in the structure its input signature has, its outputs (the model's structure, flattened)
+    compared with `expected` under the signature output names `dimensions.json` gives them
+    (`serve_outputs`). An export without the endpoint or the names reports None."""
     import os
 
     import tensorflow as tf
 
-    serve = getattr(loaded, "serve", None)
-    if serve is None:
+    serve, names, report = getattr(loaded, "serve", None), None, os.path.join(export_dir, "dimensions.json")
+    if os.path.exists(report):
+        with open(report) as fh:
+            names = json.load(fh)["export"].get("serve_outputs")
+    if serve is None or not names:
         return {"serve_max_abs_diff": None}
     (struct,), _ = serve.concrete_functions[0].structured_input_signature
     out = serve(tf.nest.map_structure(lambda s: tf.constant(inputs[s.name], s.dtype), struct))
-    if isinstance(out, dict):
-        got = {k: v.numpy() for k, v in out.items()}
-    else:
-        with open(os.path.join(export_dir, "dimensions.json")) as fh:
-            names = json.load(fh)["export"]["outputs"]
-        got = dict(zip(names, [t.numpy() for t in tf.nest.flatten(out)]))
+    got = dict(zip(names, [t.numpy() for t in tf.nest.flatten(out)]))
     return {"serve_max_abs_diff": max(_max_abs_diff(got[k], expected[k]) for k in expected)}
 
 
