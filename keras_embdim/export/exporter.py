@@ -353,8 +353,8 @@ def export_compact(
         signatures[signature.INT32_SIGNATURE] = layout.serving_specs(tf.int32)
 
     def serve_examples(examples):  # parsed int64 / float32 / bytes features as `serving_default` takes them
-        default = signatures[signature.DEFAULT_SIGNATURE]
-        return serve({n: tf.cast(v, default[n].dtype) for n, v in tf.io.parse_example(examples, features).items()})
+        specs = signatures[signature.DEFAULT_SIGNATURE]
+        return serve({n: tf.cast(v, specs[n].dtype) for n, v in tf.io.parse_example(examples, features).items()})
 
     with _serving(compacted):
         concrete = {
