@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -355,7 +356,8 @@ def _examples(rows: dict, kinds: dict) -> list:
 def test_the_example_signature_serves_tf_examples_as_serving_default(searched, tmp_path):
     d, model, sample = searched
     r = ked.export_compact(model, str(tmp_path / "ex"), sample_inputs=sample, verbose=0, example_signature=True)
-    assert r.signatures == ["serving_default", "serving_int32", "serving_tf_example"] and r.warmup_requests == 6
+    assert r.signatures == ["serving_default", "serving_int32", "serving_tf_example", "regression"]
+    assert r.warmup_requests == 6  # none for `regression`: it runs serving_tf_example's tensors (warmed)
     loaded = tf.saved_model.load(r.path)
     fn = loaded.signatures["serving_tf_example"]
     assert list(fn.structured_input_signature[1]) == ["examples"]
@@ -378,6 +380,7 @@ def test_the_example_signature_serves_tf_examples_as_serving_default(searched, t
     assert len(sixteen["examples"]) == 16
     report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})
     assert report["warmup_records"] in (6, None)  # None: tensorflow-serving-api absent (test_warmup requires it)
+    assert report["api_signatures"] == ["regression"] and report["api_max_abs_diff"] <= 1e-5
 
 
 def test_the_example_signature_with_string_and_float_inputs(tmp_path):
@@ -392,11 +395,127 @@ def test_the_example_signature_with_string_and_float_inputs(tmp_path):
     sample = {"city": np.array(["city_3", "city_28", "nowhere"]),
               "dense": np.array([[0.5, -1.0], [2.0, 0.25], [0.0, 3.5]], np.float32)}
     r = ked.export_compact(model, str(tmp_path / "s"), sample_inputs=sample, verbose=0, example_signature=True)
-    assert r.signatures == ["serving_default", "serving_tf_example"]
+    assert r.signatures == ["serving_default", "serving_tf_example", "regression"]
     fn = tf.saved_model.load(r.path).signatures["serving_tf_example"]
-    got = fn(examples=tf.constant(_examples(sample, {"city": "bytes", "dense": "float"})))["p"].numpy()
-    np.testing.assert_allclose(got, model.predict([tf.constant(sample["city"]), sample["dense"]], verbose=0),
+    examples = _examples(sample, {"city": "bytes", "dense": "float"})
+    got = fn(examples=tf.constant(examples))["p"].numpy()
+    expected = model.predict([tf.constant(sample["city"]), sample["dense"]], verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(_tf_serving_api(r.path, "regression", examples, "regress"), expected[:, 0], atol=1e-6)
+
+
+def _tf_serving_api(path, name: str, examples: list, method: str) -> np.ndarray:
+    """Signature `name` run as TF Serving's Regress / Classify handler runs it (regressor.cc,
+    classifier.cc), written here apart from the exporter's: the TF1 session loader, TF's own
+    validity check of the SignatureDef and TF Serving's of its method name, the serialized examples
+    fed to `inputs`; returns the regressions (`[batch]`) or the scores (`[batch, classes]`)."""
+    method_name = {"regress": tf.saved_model.REGRESS_METHOD_NAME,
+                   "classify": tf.saved_model.CLASSIFY_METHOD_NAME}[method]
+    key = {"regress": tf.saved_model.REGRESS_OUTPUTS, "classify": tf.saved_model.CLASSIFY_OUTPUT_SCORES}[method]
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sd = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path)).signature_def[name]
+        assert sd.method_name == method_name and tf.compat.v1.saved_model.is_valid_signature(sd)
+        assert list(sd.inputs) == [tf.saved_model.REGRESS_INPUTS] and list(sd.outputs) == [key]
+        feed = {sd.inputs[tf.saved_model.REGRESS_INPUTS].name: np.array(examples, object)}
+        out = sess.run(sd.outputs[key].name, feed)
+    assert out.dtype == np.float32 and out.shape[0] == len(examples)
+    if method == "regress":
+        assert out.ndim == 1 or out.shape[1:] == (1,)  # TF Serving: [batch] or [batch, 1]
+        return out.reshape(-1)
+    assert out.ndim == 2
+    return out
+
+
+def test_the_example_signature_brings_tf_servings_regress_api(searched, tmp_path):
+    """`tf.saved_model.save` writes every signature with the Predict method; TF Serving's Regress API
+    accepts only `tensorflow/serving/regress`. The export's `regression` signature is one, on the
+    example signature's tensors, and TF2 loading is unchanged."""
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    d, model, sample = searched
+    r = ked.export_compact(model, str(tmp_path / "reg"), sample_inputs=sample, verbose=0, example_signature=True)
+    assert r.serving_apis == [{"name": "regression", "method": "regress", "output": "ctr"}]
+    rows = {k: v[:40] for k, v in sample.items()}
+    examples = _examples(rows, {n: "int64" for n in d.field_names})
+    np.testing.assert_allclose(_tf_serving_api(r.path, "regression", examples, "regress"),
+                               model.predict(rows, verbose=0)[:, 0], atol=1e-5)
+    # the same tensors as serving_tf_example: nothing traced twice, and TF2 lists the signatures it did
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        defs = tf.compat.v1.saved_model.loader.load(sess, ["serve"], r.path).signature_def
+    assert defs["regression"].inputs["inputs"].name == defs["serving_tf_example"].inputs["examples"].name
+    assert defs["regression"].outputs["outputs"].name == defs["serving_tf_example"].outputs["ctr"].name
+    assert sorted(tf.saved_model.load(r.path).signatures) == ["serving_default", "serving_int32", "serving_tf_example"]
+    # the fingerprint is the changed saved_model.pb's, not the one `tf.saved_model.save` wrote
+    from tensorflow.core.protobuf import fingerprint_pb2
+
+    with open(os.path.join(r.path, "fingerprint.pb"), "rb") as fh:
+        written = fingerprint_pb2.FingerprintDef.FromString(fh.read())
+    now = fingerprint_pb2.FingerprintDef.FromString(fingerprinting.CreateFingerprintDef(r.path))
+    written.ClearField("uuid"), now.ClearField("uuid")  # a random id each time
+    assert written == now
+    cli = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--dir", r.path, "--tag_set", "serve", "--signature_def", "regression"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Method name is: tensorflow/serving/regress" in out.stdout, out.stderr
+    with open(os.path.join(r.path, "dimensions.json")) as fh:
+        assert json.load(fh)["export"]["serving_apis"] == r.serving_apis
+    # without example_signature there is no example graph, so no such signature
+    plain = ked.export_compact(model, str(tmp_path / "plain"), sample_inputs=sample, verbose=0)
+    assert plain.serving_apis == [] and "regression" not in plain.signatures
+
+
+def _three_heads_model():
+    """Heads of shape [batch] and [batch, 1] (Regress), [batch, 3] (Classify) and a float64 one
+    (neither: TF Serving's handlers take float32 only)."""
+    keras.utils.set_random_seed(0)
+    ids = keras.Input(shape=(2,), dtype="int32", name="ids")
+    x = keras.layers.Flatten()(ked.PrunableEmbedding([20, 30], 4, name="emb")(ids))
+    heads = {"click": keras.layers.Reshape(())(keras.layers.Dense(1, activation="sigmoid", name="click_dense")(x)),
+             "stay": keras.layers.Dense(1, name="stay")(x),
+             "topic": keras.layers.Dense(3, activation="softmax", name="topic")(x),
+             "wide": keras.layers.Dense(2, dtype="float64", name="wide")(x)}
+    return keras.Model(ids, heads)
+
+
+def test_every_float32_head_gets_a_regress_or_classify_signature(tmp_path):
+    model = _three_heads_model()
+    ked.find_searchable_layers(model)[0].set_dimension_mask(np.array([[1, 1, 0, 1], [0, 1, 0, 0]], bool))
+    sample = {"ids": np.array([[1, 2], [19, 29], [0, 7], [5, 0]], np.int64)}
+    r = ked.export_compact(model, str(tmp_path / "heads"), sample_inputs=sample, verbose=0, example_signature=True)
+    assert [(a["name"], a["method"], a["output"]) for a in r.serving_apis] == [
+        ("regression_click", "regress", "click"), ("regression_stay", "regress", "stay"),
+        ("classification_topic", "classify", "topic")]
+    want = {k: np.asarray(v) for k, v in model(tf.constant(sample["ids"], tf.int32), training=False).items()}
+    examples = _examples(sample, {"ids": "int64"})
+    np.testing.assert_allclose(_tf_serving_api(r.path, "regression_click", examples, "regress"), want["click"],
                                atol=1e-6)
+    np.testing.assert_allclose(_tf_serving_api(r.path, "regression_stay", examples, "regress"), want["stay"][:, 0],
+                               atol=1e-6)
+    scores = _tf_serving_api(r.path, "classification_topic", examples, "classify")
+    np.testing.assert_allclose(scores, want["topic"], atol=1e-6)
+    report = check_in_fresh_process(r.path, sample, {k: v for k, v in want.items()})
+    assert report["api_signatures"] == ["regression_click", "regression_stay", "classification_topic"]
+    assert report["api_max_abs_diff"] <= 1e-6
+
+
+def test_tf_servings_checks_of_api_outputs():
+    """`serving_apis.check_output` refuses what TF Serving's handlers refuse, with their reasons."""
+    from keras_embdim.export import serving_apis
+
+    reg = serving_apis.ApiSignature("regression", "regress", "y")
+    np.testing.assert_array_equal(serving_apis.check_output(reg, np.ones((3, 1), np.float32), 3), np.ones(3))
+    with pytest.raises(ValueError, match=r"shape \[3\] or \[3, 1\], got \[3, 2\]"):
+        serving_apis.check_output(reg, np.ones((3, 2), np.float32), 3)
+    with pytest.raises(ValueError, match="float32 output, got float64"):
+        serving_apis.check_output(reg, np.ones(3), 3)
+    cls = serving_apis.ApiSignature("classification", "classify", "y")
+    with pytest.raises(ValueError, match=r"scores of shape \[2, classes\], got \[2\]"):
+        serving_apis.check_output(cls, np.ones(2, np.float32), 2)
+    # neither integers nor an unknown number of classes
+    assert serving_apis.plan({"ids": tf.TensorSpec([None, 1], tf.int64),
+                              "p": tf.TensorSpec([None, None], tf.float32)}) == []
 
 
 def test_the_example_signature_needs_inputs_of_a_fixed_shape(tmp_path):

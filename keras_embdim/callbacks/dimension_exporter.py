@@ -48,7 +48,8 @@ class DimensionExporter(keras.callbacks.Callback):
         warmup_batch_sizes: the batch sizes of the TF Serving warmup requests
             written with the export (default `(1, 16)`; `()`: none; `export_compact`).
         example_signature: also serve `serving_tf_example`, taking serialized
-            `tf.train.Example`s (`export_compact`).
+            `tf.train.Example`s, and the signatures of TF Serving's Regress /
+            Classify APIs on it (`export_compact`).
         submodel: export a part of the trained model instead of all of it: the
             name of an attribute of the model (`"query_model"`, the query tower
             of a TFRS retrieval model) or a callable `model -> keras.Model`.

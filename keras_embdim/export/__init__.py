@@ -6,6 +6,7 @@
 - `layouts`: per-value packed layouts; `quantize`: float16 / int8 storage;
 - `fold`: Dense layers computed from kept values only;
 - `signature`: named inputs, stable output names, int64 / int32 ids;
+- `serving_apis`: the signatures of TF Serving's Regress / Classify APIs;
 - `writer`: versions, permissions, atomic moves, bytes by part;
 - `exporter`: `export_compact`, which puts them together.
 """

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat, _utils
 from keras_embdim.export import fold as fold_lib
-from keras_embdim.export import layouts, quantize, signature, warmup, writer
+from keras_embdim.export import layouts, quantize, serving_apis, signature, warmup, writer
 from keras_embdim.export.compact import compact_layer
 from keras_embdim.export.lookup import check_invalid_id_policy
 from keras_embdim.searchable import find_searchable_layers
@@ -98,6 +98,9 @@ class ExportResult:
     # the signature output name of each output of the endpoint `serve`, in `tf.nest.flatten` order (a
     # dict output's raw keys sorted; each signature name cleaned from its key)
     serve_outputs: list = field(default_factory=list)
+    # the signatures of TF Serving's Regress / Classify APIs (`example_signature=True`), each
+    # {"name", "method", "output"}: `keras_embdim.export.serving_apis`
+    serving_apis: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -284,6 +287,12 @@ def export_compact(
             `examples` takes serialized `tf.train.Example`s (a feature per
             model input: int64, float or bytes, of the input's shape), as
             TFX's Keras exports do; its predictions are `serving_default`'s.
+            On the same graph, the signatures TF Serving's Regress and
+            Classify APIs take (which `tf.saved_model.save` cannot write):
+            `regression` for a float32 output of shape `[batch]` or
+            `[batch, 1]`, `classification` (scores) for `[batch, classes]`;
+            `regression_<output>` / `classification_<output>` when the model
+            has several outputs (`keras_embdim.export.serving_apis`).
 
     Every option is checked before anything is read or written (`check_options`;
     the sample's input names and rows too): a bad one is an error naming it.
@@ -366,6 +375,11 @@ def export_compact(
             concrete[signature.EXAMPLE_SIGNATURE] = tf.function(
                 serve_examples, input_signature=[examples], autograph=False).get_concrete_function()
     default = concrete[signature.DEFAULT_SIGNATURE]
+    # TF Serving's Regress / Classify API signatures on `serving_tf_example`'s graph (added after the save)
+    apis = []
+    if example_signature:
+        example_outputs = concrete[signature.EXAMPLE_SIGNATURE].structured_outputs
+        apis = serving_apis.plan({n: tf.TensorSpec(t.shape, t.dtype) for n, t in example_outputs.items()})
 
     def serve_model(inputs):  # Keras' `serve` endpoint: `serving_default`'s function, called (stored once)
         named = {n: signature.to_dtype(v, tf.int64) if v.dtype.is_integer else v
@@ -419,7 +433,7 @@ def export_compact(
         try:
             result = _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report,
                             sample_inputs, verify, atol, table_dtype, on_invalid_id, layers, signatures,
-                            features, warmup_batch_sizes, serve_outputs)
+                            features, warmup_batch_sizes, serve_outputs, apis)
             path = writer.move_into_place(tmp, target)
             break
         except FileExistsError:
@@ -445,8 +459,9 @@ def export_compact(
 
 def _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report, sample_inputs,
            verify, atol, table_dtype, on_invalid_id, layers, signature_specs, features,
-           warmup_batch_sizes, serve_outputs) -> ExportResult:
+           warmup_batch_sizes, serve_outputs, apis) -> ExportResult:
     tf.saved_model.save(module, tmp, signatures=concrete)
+    serving_apis.add_to_saved_model(tmp, signature.EXAMPLE_SIGNATURE, signature.EXAMPLES_INPUT, apis)
     # the warmup requests' rows are the verification's, replayed there; unverified (verify=False), generated
     # ids valid for every field rather than a sample nothing checks: a request the server cannot run fails its load
     named = _verification_inputs(layout, sample_inputs if verify else None, layers)
@@ -472,7 +487,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
     max_diff = precision_diff = tolerance = None
     if verify:
         max_diff, precision_diff, tolerance = _verify(model, tmp, layout, named, served, atol, compacted,
-                                                      table_dtype, requests)
+                                                      table_dtype, requests, apis)
     disk = writer.disk_bytes(tmp)
     result = ExportResult(
         path=target.path,
@@ -498,7 +513,8 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         verified_tolerance=tolerance,
         base_path=target.base if target.version is not None else None,
         version=target.version,
-        signatures=list(concrete),
+        signatures=list(concrete) + [a.name for a in apis],
+        serving_apis=[a.to_json() for a in apis],
         on_invalid_id=on_invalid_id,
         warmup_requests=len(requests),
         bytes={"embedding_tables": int(emb_bytes), "other_variables": int(sum(var_bytes.values()) - emb_bytes), **disk},
@@ -570,10 +586,11 @@ def _signature_inputs(named: dict, specs: dict, features: dict | None) -> dict:
     return out
 
 
-def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtype, requests) -> tuple:
+def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtype, requests, apis) -> tuple:
     """`(max |served - model|, max |model at stored precision - model|, the tolerance applied)`
-    over every signature (`served`: each one's inputs, `_signature_inputs`), and over the warmup
-    requests read back from the export's file.
+    over every signature (`served`: each one's inputs, `_signature_inputs`), over the warmup
+    requests read back from the export's file, and over the Regress / Classify API signatures
+    (`apis`), run on `serving_tf_example`'s examples as TF Serving runs them (`serving_apis.run`).
 
     For float16 / int8 exports the model is run on exactly the stored values
     (`CompactLayer.stored_values`), so that the served predictions are compared
@@ -596,8 +613,17 @@ def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtyp
                                                  - np.asarray(expected[k], np.float64)), initial=0.0))
                              for k in expected)
         expected = at_precision
-    loaded = tf.saved_model.load(saved_dir)
     worst = 0.0
+    if apis:  # first: the session holding its own copy of the tables is closed before the TF2 load
+        try:
+            api_out = serving_apis.run(saved_dir, apis, served[signature.EXAMPLE_SIGNATURE][signature.EXAMPLES_INPUT])
+        except ValueError as e:  # a signature or an output TF Serving would refuse
+            raise ExportError(str(e)) from e
+        for api in apis:
+            value = np.asarray(expected[api.output])
+            diff = np.asarray(api_out[api.name], np.float64) - value.reshape(api_out[api.name].shape)
+            worst = max(worst, float(np.max(np.abs(diff), initial=0.0)))
+    loaded = tf.saved_model.load(saved_dir)
 
     def compare(got, rows=None):
         nonlocal worst

@@ -10,7 +10,9 @@
 - `serving_tf_example` (with `example_signature=True`): one string input,
   `examples`, of serialized `tf.train.Example`s, one per row, a feature per
   input (`example_features`), as TFX's Keras exports take them; parsed with
-  `tf.io.parse_example`, then served as `serving_default`.
+  `tf.io.parse_example`, then served as `serving_default`. On its tensors,
+  the signatures of TF Serving's Regress / Classify APIs
+  (`keras_embdim.export.serving_apis`).
 - `serve` (an endpoint, not a signature: `tf.saved_model.load(path).serve(x)`,
   `keras.layers.TFSMLayer(path, call_endpoint="serve")`), as Keras'
   `model.export()` writes it: the model's dtypes and input structure (Keras 3:

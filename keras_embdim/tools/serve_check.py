@@ -5,9 +5,11 @@ fail first, then loads the SavedModel with the `serve` tag through both
 `tf.saved_model.load` (TF2) and the TF1 session loader, runs the
 `serving_default` signature on the inputs of an .npz file and compares with the
 expected outputs of another .npz file (and the `serve` endpoint, Keras' `model.export()`'s,
-on the same inputs placed in the structure it takes); replays the export's TF Serving warmup
-requests as TF Serving does when it loads a model. Prints one JSON line; exit code 1 if a
-difference exceeds --atol.
+on the same inputs placed in the structure it takes); runs the export's signatures of TF
+Serving's Regress / Classify APIs (`dimensions.json`'s `serving_apis`) on the same rows sent
+as serialized `tf.train.Example`s, with TF Serving's checks of their outputs; replays the
+export's TF Serving warmup requests as TF Serving does when it loads a model. Prints one JSON
+line; exit code 1 if a difference exceeds --atol.
 
     python serve_check.py EXPORT_DIR inputs.npz expected.npz [--atol 1e-5]
 """
@@ -88,6 +90,74 @@ def _serve_endpoint(loaded, export_dir: str, inputs: dict, expected: dict) -> di
     return {"serve_max_abs_diff": max(_max_abs_diff(got[k], expected[k]) for k in expected)}
 
 
+def _examples(inputs: dict) -> list:
+    """Each row of `inputs` as the serialized `tf.train.Example` a Regress / Classify client sends
+    (TF Serving serializes the request's examples into the signature's string input): a feature
+    per input, int64 for integers, float for floats, bytes for strings."""
+    import numpy as np
+    import tensorflow as tf
+
+    rows = len(next(iter(inputs.values())))
+    out = []
+    for i in range(rows):
+        feature = {}
+        for name, value in inputs.items():
+            v = np.asarray(value[i]).reshape(-1)
+            if v.dtype.kind in "iu":
+                feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=v.astype(np.int64)))
+            elif v.dtype.kind == "f":
+                feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=v.astype(np.float32)))
+            else:
+                feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[x.encode() if isinstance(x, str) else bytes(x) for x in v.tolist()]))
+        out.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return out
+
+
+# TF Serving's method names and the keys its Regress / Classify handlers look up
+_API_METHODS = {"regress": ("tensorflow/serving/regress", "outputs"),
+                "classify": ("tensorflow/serving/classify", "scores")}
+
+
+def _serving_apis(sess, meta, export_dir: str, inputs: dict, expected: dict) -> dict:
+    """The Regress / Classify API signatures `dimensions.json` lists, run as TF Serving runs such a
+    request (`regressor.cc`, `classifier.cc`): the signature's method name, its one string input
+    `inputs` and its output key checked, the rows' serialized examples fed in one `Session.run`,
+    the output checked (float32; `[batch]` or `[batch, 1]` for Regress, `[batch, classes]` for
+    Classify) and compared with the expected output it serves. None: the export lists none."""
+    import os
+
+    import numpy as np
+    import tensorflow as tf
+
+    report = os.path.join(export_dir, "dimensions.json")
+    apis = []
+    if os.path.exists(report):
+        with open(report) as fh:
+            apis = json.load(fh)["export"].get("serving_apis") or []
+    if not apis:
+        return {"api_max_abs_diff": None, "api_signatures": []}
+    examples = np.array(_examples(inputs), object)
+    worst = 0.0
+    for api in apis:
+        method, key = _API_METHODS[api["method"]]
+        sd = meta.signature_def[api["name"]]
+        if sd.method_name != method or list(sd.inputs) != ["inputs"] or list(sd.outputs) != [key] or (
+                sd.inputs["inputs"].dtype != tf.string.as_datatype_enum):
+            raise SystemExit(f"signature {api['name']!r} is not a {api['method']} signature TF Serving accepts: {sd}")
+        got = sess.run(sess.graph.get_tensor_by_name(sd.outputs[key].name),
+                       {sess.graph.get_tensor_by_name(sd.inputs["inputs"].name): examples})
+        n = len(examples)
+        ok = got.dtype == np.float32 and got.shape[0] == n and (
+            (got.ndim == 1 or (got.ndim == 2 and got.shape[1] == 1)) if api["method"] == "regress" else got.ndim == 2)
+        if not ok:
+            raise SystemExit(f"signature {api['name']!r} returned {got.dtype} {list(got.shape)}, which TF Serving's "
+                             f"{api['method']} handler refuses")
+        if api["output"] in expected:  # every API signature runs and is checked; compared where expected
+            worst = max(worst, _max_abs_diff(got, np.asarray(expected[api["output"]]).reshape(got.shape)))
+    return {"api_max_abs_diff": worst, "api_signatures": [api["name"] for api in apis]}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("export_dir")
@@ -126,13 +196,14 @@ def main(argv=None):
         feed = {graph.get_tensor_by_name(sd.inputs[k].name): v for k, v in inputs.items()}
         fetch = {k: graph.get_tensor_by_name(sd.outputs[k].name) for k in expected}
         out1 = sess.run(fetch, feed_dict=feed)
+        report.update(_serving_apis(sess, meta, args.export_dir, inputs, expected))
     report["tf1_max_abs_diff"] = max(_max_abs_diff(out1[k], expected[k]) for k in expected)
     report.update(_replay_warmup(args.export_dir))
     report["signature_inputs"] = sorted(sd.inputs.keys())
     report["signature_outputs"] = sorted(sd.outputs.keys())
     print(json.dumps(report))
-    ok = all(report[k] <= args.atol for k in ("tf2_max_abs_diff", "tf1_max_abs_diff", "serve_max_abs_diff")
-             if report[k] is not None)
+    ok = all(report[k] <= args.atol for k in ("tf2_max_abs_diff", "tf1_max_abs_diff", "serve_max_abs_diff",
+                                              "api_max_abs_diff") if report[k] is not None)
     return 0 if ok else 1
 
 
