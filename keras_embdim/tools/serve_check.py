@@ -141,6 +141,8 @@ def _serving_apis(sess, meta, export_dir: str, inputs: dict, expected: dict) -> 
     worst = 0.0
     for api in apis:
         method, key = _API_METHODS[api["method"]]
+        if api["name"] not in meta.signature_def:
+            raise SystemExit(f"dimensions.json lists signature {api['name']!r}; the SavedModel has no such signature")
         sd = meta.signature_def[api["name"]]
         if sd.method_name != method or list(sd.inputs) != ["inputs"] or list(sd.outputs) != [key] or (
                 sd.inputs["inputs"].dtype != tf.string.as_datatype_enum):
