@@ -118,6 +118,22 @@ def test_bad_warmup_batch_sizes_are_refused_before_anything_is_written(few, tmp_
     assert not os.path.exists(tmp_path / "x")
 
 
+def test_warmup_sizes_count_the_example_signature_too(few, tmp_path):
+    """TF Serving refuses a warmup file of more than 1000 records: with `serving_tf_example` three
+    signatures take one per size, so 400 sizes (1200 records) are refused before anything is
+    written, and 333 fit."""
+    d, model, sample = few
+    with pytest.raises(ValueError, match="at most 333 sizes.*3 signatures x 400 sizes"):
+        ked.export_compact(model, str(tmp_path / "x"), sample_inputs=sample, verbose=0, example_signature=True,
+                           warmup_batch_sizes=[1] * 400)
+    with pytest.raises(ValueError, match="at most 333 sizes"):
+        ked.DimensionExporter(str(tmp_path / "x"), example_signature=True, warmup_batch_sizes=[1] * 400)
+    assert not os.path.exists(tmp_path / "x")
+    r = ked.export_compact(model, str(tmp_path / "y"), sample_inputs=sample, verbose=0, example_signature=True,
+                           warmup_batch_sizes=list(range(1, 334)), verify=False)
+    assert r.warmup_requests == 999
+
+
 def test_an_unverified_export_warms_up_with_generated_ids_not_an_unchecked_sample(few, tmp_path):
     """With verify=False nothing replays the records before the server does: they are generated ids
     valid for every field, not the sample's (whose bad id would fail TF Serving's load)."""

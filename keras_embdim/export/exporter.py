@@ -168,6 +168,10 @@ def check_options(
         raise ValueError(f"`export_dir` must be a non-empty path (str or os.PathLike); received "
                          f"export_dir={export_dir!r}.")
     jit_compile = check_bool("jit_compile", jit_compile)
+    example_signature = check_bool("example_signature", example_signature)
+    # at most three signatures take warmup records: serving_default, serving_int32 (integer inputs) and
+    # serving_tf_example (Regress / Classify signatures share its tensors and take none)
+    signatures = 3 if example_signature else 2
     return {
         "export_dir": os.fspath(export_dir),
         "version": writer.check_version(version),
@@ -182,8 +186,8 @@ def check_options(
         "on_invalid_id": check_invalid_id_policy(on_invalid_id),
         "fold": check_bool("fold", fold),
         "value_dense_fields": check_bool("value_dense_fields", value_dense_fields),
-        "warmup_batch_sizes": warmup.check_batch_sizes(warmup_batch_sizes),
-        "example_signature": check_bool("example_signature", example_signature),
+        "warmup_batch_sizes": warmup.check_batch_sizes(warmup_batch_sizes, signatures),
+        "example_signature": example_signature,
     }
 
 
