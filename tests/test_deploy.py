@@ -495,6 +495,17 @@ def test_every_float32_head_gets_a_regress_or_classify_signature(tmp_path):
                                atol=1e-6)
     scores = _tf_serving_api(r.path, "classification_topic", examples, "classify")
     np.testing.assert_allclose(scores, want["topic"], atol=1e-6)
+    # TF Serving's MultiInference API asks for several in one request: their input must be one tensor
+    # (multi_inference.cc), and one run fetches every output
+    graph = tf.Graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        defs = tf.compat.v1.saved_model.loader.load(sess, ["serve"], r.path).signature_def
+        names = [a["name"] for a in r.serving_apis]
+        assert len({defs[n].inputs["inputs"].name for n in names}) == 1
+        fetch = {n: next(iter(defs[n].outputs.values())).name for n in names}
+        together = sess.run(fetch, {defs[names[0]].inputs["inputs"].name: np.array(examples, object)})
+    np.testing.assert_allclose(together["regression_click"], want["click"], atol=1e-6)
+    np.testing.assert_allclose(together["classification_topic"], want["topic"], atol=1e-6)
     report = check_in_fresh_process(r.path, sample, {k: v for k, v in want.items()})
     assert report["api_signatures"] == ["regression_click", "regression_stay", "classification_topic"]
     assert report["api_max_abs_diff"] <= 1e-6
