@@ -466,6 +466,27 @@ def test_the_example_signature_brings_tf_servings_regress_api(searched, tmp_path
     assert plain.serving_apis == [] and "regression" not in plain.signatures
 
 
+def test_a_regress_request_built_as_the_guide_builds_it(searched, tmp_path):
+    """The gRPC `RegressionRequest` of docs/guides/deployment.md, built with TF Serving's own protos,
+    its examples serialized as the server does before it runs the signature
+    (`InputToSerializedExampleTensor`), answers with the model's predictions."""
+    regression_pb2 = pytest.importorskip("tensorflow_serving.apis.regression_pb2")
+    d, model, sample = searched
+    r = ked.export_compact(model, str(tmp_path / "grpc"), sample_inputs=sample, verbose=0, example_signature=True)
+    rows = [{n: int(sample[n][i]) for n in d.field_names} for i in range(8)]
+    req = regression_pb2.RegressionRequest()
+    req.model_spec.name = "ctr"
+    req.model_spec.signature_name = "regression"
+    for row in rows:
+        example = req.input.example_list.examples.add()
+        for name, value in row.items():
+            example.features.feature[name].int64_list.value.append(value)
+    served = [ex.SerializeToString() for ex in req.input.example_list.examples]
+    want = model.predict({n: sample[n][:8] for n in d.field_names}, verbose=0)[:, 0]
+    np.testing.assert_allclose(_tf_serving_api(r.path, req.model_spec.signature_name, served, "regress"), want,
+                               atol=1e-5)
+
+
 def _three_heads_model():
     """Heads of shape [batch] and [batch, 1] (Regress), [batch, 3] (Classify) and a float64 one
     (neither: TF Serving's handlers take float32 only)."""

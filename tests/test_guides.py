@@ -101,8 +101,8 @@ SNIPPETS = {
     ("docs/guides/deployment.md", 0): ("run", ctr_prelude, _exported("models/ctr")),
     ("docs/guides/deployment.md", 1): ("skip", "a gRPC request to a running TF Serving; test_deploy loads exports as "
                                                "TF Serving does"),
-    ("docs/guides/deployment.md", 2): ("skip", "a gRPC Regress request to a running TF Serving; test_deploy runs the "
-                                               "regression signature as TF Serving does"),
+    ("docs/guides/deployment.md", 2): ("skip", "a gRPC Regress request to a running TF Serving; test_deploy builds "
+                                               "the same request and runs it as TF Serving does"),
     ("docs/guides/distribution.md", 0): ("skip", "a sketch (`compile(...)`); tests/test_distribute.py runs it"),
     ("docs/guides/distribution.md", 1): ("skip", "needs worker processes; tests/test_multiworker.py runs them"),
     ("docs/guides/distribution.md", 2): ("skip", "needs a cluster; tests/test_parameter_server.py runs one"),
