@@ -69,19 +69,25 @@ def _replay_warmup(export_dir: str) -> dict:
     return {"warmup_records": len(records)}
 
 
+def _export_report(export_dir: str) -> dict:
+    """The `export` section of the export's `dimensions.json` ({} for a SavedModel without one)."""
+    import os
+
+    path = os.path.join(export_dir, "dimensions.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as fh:
+        return json.load(fh)["export"]
+
+
 def _serve_endpoint(loaded, export_dir: str, inputs: dict, expected: dict) -> dict:
     """Keras' `serve` endpoint (`model.export()`'s, which ours mirror): the inputs placed by their
     names in the structure its input signature has, its outputs (the model's structure, flattened)
     compared with `expected` under the signature output names `dimensions.json` gives them
     (`serve_outputs`). An export without the endpoint or the names reports None."""
-    import os
-
     import tensorflow as tf
 
-    serve, names, report = getattr(loaded, "serve", None), None, os.path.join(export_dir, "dimensions.json")
-    if os.path.exists(report):
-        with open(report) as fh:
-            names = json.load(fh)["export"].get("serve_outputs")
+    serve, names = getattr(loaded, "serve", None), _export_report(export_dir).get("serve_outputs")
     if serve is None or not names:
         return {"serve_max_abs_diff": None}
     (struct,), _ = serve.concrete_functions[0].structured_input_signature
@@ -125,16 +131,10 @@ def _serving_apis(sess, meta, export_dir: str, inputs: dict, expected: dict) -> 
     `inputs` and its output key checked, the rows' serialized examples fed in one `Session.run`,
     the output checked (float32; `[batch]` or `[batch, 1]` for Regress, `[batch, classes]` for
     Classify) and compared with the expected output it serves. None: the export lists none."""
-    import os
-
     import numpy as np
     import tensorflow as tf
 
-    report = os.path.join(export_dir, "dimensions.json")
-    apis = []
-    if os.path.exists(report):
-        with open(report) as fh:
-            apis = json.load(fh)["export"].get("serving_apis") or []
+    apis = _export_report(export_dir).get("serving_apis") or []
     if not apis:
         return {"api_max_abs_diff": None, "api_signatures": []}
     examples = np.array(_examples(inputs), object)
