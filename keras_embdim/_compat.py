@@ -309,3 +309,22 @@ def export_flattens_inputs(model: Any) -> bool:
 def keras_export(model: Any, path: str) -> None:
     """Keras' own `model.export(path)` (a baseline SavedModel), quietly in Keras 3 (tf_keras' has no `verbose`)."""
     model.export(path, verbose=False) if KERAS_3 else model.export(path)
+
+
+def cross_layer(*, projection_dim: int | None = None, diag_scale: float = 0.0, pre_activation: Any = None,
+                **kwargs: Any) -> Any:
+    """A DCN-v2 cross layer of the Keras in use: keras-rs' `FeatureCross` under Keras 3, TFRS'
+    `tfrs.layers.dcn.Cross` under Keras 2 (TFRS runs on tf_keras only); `kwargs` go to the layer
+    (`name`, initializers, regularizers). Raises ImportError naming the package to install."""
+    package = "keras_rs" if KERAS_3 else "tensorflow_recommenders"
+    try:
+        module = __import__(package)
+    except ImportError as e:
+        extra = "keras-rs" if KERAS_3 else "tfrs"
+        raise ImportError(f"a DCN cross layer needs {package} under Keras {'3' if KERAS_3 else '2'}: "
+                          f'pip install "keras-embdim[{extra}]"') from e
+    if KERAS_3:
+        return module.layers.FeatureCross(projection_dim=projection_dim, diag_scale=diag_scale,
+                                          pre_activation=pre_activation, **kwargs)
+    return module.layers.dcn.Cross(projection_dim=projection_dim, diag_scale=diag_scale, preactivation=pre_activation,
+                                   **kwargs)

@@ -1,4 +1,4 @@
-"""A small model zoo for examples, tests and benchmarks: MLP and DeepFM over fields.
+"""A small model zoo for examples, tests and benchmarks: MLP, DeepFM and DCN over fields.
 
 Each model takes one named int input per field (what a serving request
 carries), stacks them to `[batch, F]` and embeds them with any embedding:
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from keras_embdim._compat import keras, register_serializable
+from keras_embdim._compat import cross_layer, keras, register_serializable
 from keras_embdim.layers import FieldOffsets, PrunableEmbedding, StackFields
 
 
@@ -121,6 +121,52 @@ def build_deepfm(
     deep = keras.layers.Dense(1, name="deep_logit")(deep)
     logit = keras.layers.Add(name="logit")([first, fm, deep])
     out = keras.layers.Activation("sigmoid", name="ctr")(logit)
+    return keras.Model(inputs, out, name=name)
+
+
+def build_dcn(
+    vocab_sizes: Sequence[int],
+    field_names: Sequence[str] | None = None,
+    *,
+    embedding_dim: int = 16,
+    cross_layers: int = 2,
+    projection_dim: int | None = None,
+    hidden: Sequence[int] = (128, 64),
+    structure: str = "stacked",
+    dropout: float = 0.0,
+    embedding: str | EmbeddingFactory = "prunable",
+    name: str = "dcn",
+) -> keras.Model:
+    """DCN-v2 (Wang et al. 2021): cross layers over the concatenated field embeddings `x0`,
+    then the MLP (`structure="stacked"`) or the MLP beside them on `x0` (`"parallel"`, their
+    outputs concatenated), sigmoid output named "ctr".
+
+    The cross layers (`cross_1`, ...) are keras-rs' `FeatureCross` under Keras 3 and TFRS'
+    `tfrs.layers.dcn.Cross` under Keras 2 (extras `keras-rs` / `tfrs`); `projection_dim`
+    makes them low-rank. An export computes the cross stack on the kept columns only
+    (docs/guides/deployment.md).
+
+    Example:
+
+    >>> import keras_embdim as ked
+    >>> m = ked.models.build_dcn([10, 20], ["a", "b"], embedding_dim=4, hidden=(8,))
+    >>> [l.name for l in m.layers if l.name.startswith("cross")]
+    ['cross_1', 'cross_2']
+    """
+    if structure not in ("stacked", "parallel"):
+        raise ValueError(f"`structure` must be 'stacked' or 'parallel'; received structure={structure!r}.")
+    if not isinstance(cross_layers, int) or cross_layers < 1:
+        raise ValueError(f"`cross_layers` must be an int >= 1; received cross_layers={cross_layers!r}.")
+    inputs, ids, emb = _embedded_fields(vocab_sizes, field_names, embedding_dim, embedding)
+    x0 = keras.layers.Flatten(name="flatten")(emb)
+    x = x0
+    for i in range(cross_layers):
+        x = cross_layer(projection_dim=projection_dim, name=f"cross_{i + 1}")(x0, x)
+    if structure == "stacked":
+        x = _mlp(x, hidden, dropout, "deep")
+    else:
+        x = keras.layers.Concatenate(name="cross_and_deep")([x, _mlp(x0, hidden, dropout, "deep")])
+    out = keras.layers.Dense(1, activation="sigmoid", name="ctr")(x)
     return keras.Model(inputs, out, name=name)
 
 

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
+from keras_embdim.export import cross as cross_fold
 from keras_embdim.layers.fields import StackFields, field_columns, saturate_cast
 
 _MAX_CODES = 2**24  # float32 represents every integer up to this exactly
@@ -88,6 +89,24 @@ class DenseFold:
 
 
 @dataclass
+class CrossFold:
+    """A cross layer computed on the kept columns of its `x0` (`keras_embdim.export.cross`).
+
+    `sources` give `x0`'s pieces (as `DenseFold.sources`; concatenated, they are the
+    reduced `x0`), `cols[i]` the layer's input column of reduced entry i (-1: always
+    zero), `x_from` the planned cross whose output is `x` (None: `x` is `x0`).
+    """
+
+    node: _compat.GraphNode
+    x0: Any  # the symbolic x0 tensor
+    sources: list
+    cols: np.ndarray
+    x_from: int | None
+    weights: list  # `cross.reduced_weights`, as variables
+    spec: cross_fold.CrossSpec
+
+
+@dataclass
 class NetPlan:
     """The folds of one graph network (and of the graph networks nested in it)."""
 
@@ -98,6 +117,7 @@ class NetPlan:
     lookups: dict = field(default_factory=dict)  # id(raw node) -> compacted layer's CompactLayer
     columns: dict = field(default_factory=dict)  # id(raw searched node) -> StackFields node of its per-field ids
     prechecked: set = field(default_factory=set)  # id(raw searched node) whose ids are in range by construction
+    cross: dict = field(default_factory=dict)  # id(raw node) -> CrossFold
 
     @property
     def active(self) -> bool:
@@ -106,6 +126,7 @@ class NetPlan:
     @property
     def variables(self) -> list:
         out = [k for f in self.dense.values() for k in f.kernels]
+        out += [w for c in self.cross.values() for w in c.weights]
         for p in self.nested.values():
             out += p.variables
         return out
@@ -175,27 +196,58 @@ class _Graph:
         return cls(nodes, {id(t): n for n in nodes for t in n.outputs}, consumers,
                    {id(t) for t in _compat.graph_outputs(net)}, {id(n.raw): i for i, n in enumerate(nodes)})
 
-    def dense_reach(self, node: _compat.GraphNode) -> tuple[str | None, set, list]:
-        """Forward from `node` through data-moving layers: `(why it cannot fold, the data-moving
-        calls passed, the Dense calls reached)`; the reason is None when it reaches Dense layers
-        only."""
-        region, denses, frontier = set(), [], list(node.outputs)
+    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False) -> tuple[str | None, set, list, list]:
+        """Forward from `node` through data-moving layers (and, `through_cross`, DCN cross
+        layers: `keras_embdim.export.cross`): `(why it cannot fold, the data-moving calls
+        passed, the Dense calls reached, the cross calls passed)`; the reason is None when
+        it reaches Dense layers only."""
+        region, denses, crosses, frontier = set(), [], [], list(node.outputs)
         while frontier:
             t = frontier.pop()
             if id(t) in self.outputs:
-                return "its output is a model output", region, denses
+                return "its output is a model output", region, denses, crosses
             for c in self.consumers.get(id(t), []):
                 if _is_transparent(c.layer):
                     if id(c.raw) not in region:
                         region.add(id(c.raw))
                         frontier.extend(c.outputs)
                     continue
+                if through_cross and cross_fold.is_cross(c.layer):
+                    if all(x is not c for x in crosses):
+                        crosses.append(c)
+                        frontier.extend(c.outputs)
+                    continue
                 why = _foldable_dense(c)
                 if why:
-                    return why, region, denses
+                    return why, region, denses, crosses
                 if all(d is not c for d in denses):
                     denses.append(c)
-        return (None if denses else "its output reaches no Dense layer"), region, denses
+        return (None if denses else "its output reaches no Dense layer"), region, denses, crosses
+
+    def sources_of(self, tensor: Any, region_ids: set, searched: dict, crosses: dict) -> tuple[list, list]:
+        """Back from `tensor` through the data-moving calls of `region_ids`: `(those calls, in
+        execution order; the sources)`, each source `("lookup", searched call)`, `("cross",
+        planned cross call)` or `("tensor", symbolic tensor)`: tensors first, then the others in
+        execution order."""
+        region, sources, seen, stack = [], [], set(), [tensor]
+        while stack:
+            t = stack.pop()
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            p = self.producer.get(id(t))
+            if p is not None and id(p.raw) in region_ids:
+                region.append(p)
+                stack.extend(p.inputs)
+            elif p is not None and id(p.raw) in searched:
+                sources.append(("lookup", p))
+            elif p is not None and id(p.raw) in crosses:
+                sources.append(("cross", p))
+            else:
+                sources.append(("tensor", t))
+        sources.sort(key=lambda s: self.order[id(s[1].raw)] if s[0] != "tensor" else -1)
+        region.sort(key=lambda r: self.order[id(r.raw)])
+        return region, sources
 
 
 def _run_region(region: list, values: dict, order: dict) -> None:
@@ -208,9 +260,37 @@ def _run_region(region: list, values: dict, order: dict) -> None:
             values[id(t)] = v
 
 
+class _CrossFallback(Exception):
+    """A cross layer on the way to the Dense layers cannot be computed on kept columns: plan again
+    without passing cross layers."""
+
+    def __init__(self, reason: str, layers: list):
+        super().__init__(reason)
+        self.layers = layers  # names of the searched layers it concerns
+
+
 def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
+    trial = FoldReport()
+    try:
+        result = _plan_graph(net, compacted, trial, through_cross=True)
+    except _CrossFallback as e:
+        for name in e.layers:
+            report.add(name, reason=str(e))
+        return _plan_graph(net, compacted, report, through_cross=False)
+    for name, rec in trial.layers.items():  # the trial's findings are the report's
+        report.add(name)
+        for dense in rec["folded_into"]:
+            report.add(name, dense=dense)
+        if rec["padded"]:
+            report.add(name, reason=rec["padded"])
+        if rec["id_check"] != "on_invalid_id":
+            report.layers[name]["id_check"] = rec["id_check"]
+    return result
+
+
+def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bool) -> NetPlan:
     graph = _Graph.of(net)
-    nodes, producer, consumers, order = graph.nodes, graph.producer, graph.consumers, graph.order
+    nodes, consumers, order = graph.nodes, graph.consumers, graph.order
     result = NetPlan(net)
 
     # nested graph networks plan their own folds
@@ -227,42 +307,43 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
                 if layer in _layers_of(n.layer):
                     report.add(layer.name, reason=f"model '{n.layer.name}' is subclassed: its call cannot be folded")
 
-    # 1. forward from each searched call: only data-moving layers, then Dense layers
-    searched, downstream = {}, set()
+    # 1. forward from each searched call: only data-moving layers (and cross layers), then Dense layers
+    searched, downstream, cross_nodes = {}, set(), {}
     for n in nodes:
         if n.layer not in compacted:
             continue
-        reason, region, denses = graph.dense_reach(n)
+        reason, region, denses, crosses = graph.dense_reach(n, through_cross)
         if reason:
             report.add(n.layer.name, reason=reason)
             continue
-        searched[id(n.raw)] = (n, denses)
+        searched[id(n.raw)] = (n, denses, crosses)
         downstream |= region
+        cross_nodes.update({id(c.raw): c for c in crosses})
 
-    # 2. each Dense reached: its sources (searched outputs folded, other tensors as they are)
-    dense_nodes = {id(d.raw): d for _, (_, ds) in searched.items() for d in ds}
+    # 2. each cross layer passed, in execution order: computed on the kept columns of its x0
+    for key in sorted(cross_nodes, key=order.get):
+        cn = cross_nodes[key]
+        try:
+            result.cross[key] = _plan_cross(cn, graph, downstream, searched, result, compacted)
+        except _NotFoldable as e:
+            raise _CrossFallback(f"cross layer '{cn.layer.name}' cannot be computed on kept columns: {e}",
+                                 [n.layer.name for n, _, cs in searched.values() if any(c is cn for c in cs)])
+        for kind, src in result.cross[key].sources:
+            if kind == "lookup":
+                result.lookups[id(src.raw)] = compacted[src.layer]
+                report.add(src.layer.name, dense=cn.layer.name)
+
+    # 3. each Dense reached: its sources (searched outputs and cross layers folded, other tensors as they are)
+    dense_nodes = {id(d.raw): d for _, (_, ds, _) in searched.items() for d in ds}
     for key in sorted(dense_nodes, key=order.get):
         dn = dense_nodes[key]
-        region, sources, seen = [], [], set()
-        stack = [dn.inputs[0]]
-        while stack:
-            t = stack.pop()
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            p = producer.get(id(t))
-            if p is not None and id(p.raw) in downstream:
-                region.append(p)
-                stack.extend(p.inputs)
-            elif p is not None and id(p.raw) in searched:
-                sources.append(("lookup", p))
-            else:
-                sources.append(("tensor", t))
-        sources.sort(key=lambda s: order[id(s[1].raw)] if s[0] == "lookup" else -1)
-        region.sort(key=lambda r: order[id(r.raw)])
+        region, sources = graph.sources_of(dn.inputs[0], downstream, searched, result.cross)
         try:
-            selected, widths = _fold_kernel(dn, region, sources, compacted)
+            selected, widths = _fold_kernel(dn, region, sources, compacted, result.cross)
         except _NotFoldable as e:
+            if any(kind == "cross" for kind, _ in sources):
+                raise _CrossFallback(f"Dense '{dn.layer.name}' after cross layers cannot be folded: {e}",
+                                     [n.layer.name for n, _, cs in searched.values() if cs])
             for kind, src in sources:
                 if kind == "lookup":
                     report.add(src.layer.name, reason=str(e))
@@ -277,19 +358,70 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
             if kind == "lookup":
                 result.lookups[id(src.raw)] = compacted[src.layer]
                 report.add(src.layer.name, dense=dn.layer.name)
+            elif kind == "cross":  # the searched layers under the cross stack fold into this Dense too
+                for s_kind, s_src in result.cross[id(src.raw)].sources:
+                    if s_kind == "lookup":
+                        report.add(s_src.layer.name, dense=dn.layer.name)
     # a searched call is skipped only if every Dense it reaches was folded
-    for key, (n, denses) in searched.items():
+    for key, (n, denses, _) in searched.items():
         if all(id(d.raw) in result.dense for d in denses):
             result.skip.add(key)
         else:
             result.lookups.pop(key, None)
             report.add(n.layer.name, reason="a Dense layer it reaches could not be folded")
+    # a planned cross's output is only ever read reduced: every call it reaches must be planned
+    folded = set(result.dense) | set(result.cross)
+    for key in result.cross:
+        if not _feeds_only_folded(key, nodes, consumers, folded, downstream):
+            raise _CrossFallback(f"cross layer '{cross_nodes[key].layer.name}' has an output that is used unfolded",
+                                 [n.layer.name for n, _, cs in searched.values() if cs])
     for key in downstream:  # data-moving calls whose every path ends in a folded Dense are not run
-        if _feeds_only_folded(key, nodes, consumers, result, downstream):
+        if _feeds_only_folded(key, nodes, consumers, folded, downstream):
             result.skip.add(key)
     _plan_field_columns(graph, result)
     _plan_prechecked(graph, result, report)
     return result
+
+
+def _cross_inputs(node: _compat.GraphNode) -> tuple[Any, Any]:
+    """`(x0, x)` of a cross layer's call (`x` is `x0` when the call passes one tensor)."""
+    marks = {id(t): i for i, t in enumerate(node.inputs)}
+    args, kwargs = _compat.node_arguments(node, marks)
+    given = list(args) + [kwargs[k] for k in ("x0", "x") if k in kwargs]
+    if not given or len(given) > 2 or not all(isinstance(g, int) for g in given):
+        raise _NotFoldable(f"cross layer '{node.layer.name}' is called with arguments it does not fold")
+    x0 = node.inputs[given[0]]
+    return x0, (node.inputs[given[1]] if len(given) == 2 else x0)
+
+
+def _plan_cross(cn, graph: "_Graph", downstream: set, searched: dict, result: NetPlan, compacted: dict) -> CrossFold:
+    x0, x = _cross_inputs(cn)
+    try:
+        spec = cross_fold.cross_spec(cn.layer)
+    except ValueError as e:
+        raise _NotFoldable(str(e)) from None
+    if not cross_fold.elementwise(spec.activation):
+        raise _NotFoldable("its pre-activation does not act on each column alone")
+    if len(tuple(x0.shape)) != 2 or _static_size(x0) != spec.input_dim:
+        raise _NotFoldable(f"its input has shape {tuple(x0.shape)} (folding needs [batch, {spec.input_dim}])")
+    if x is x0:
+        region, sources = graph.sources_of(x0, downstream, searched, result.cross)
+        if any(kind == "cross" for kind, _ in sources):
+            raise _NotFoldable("its x0 holds another cross layer's output")
+        if not any(kind == "lookup" for kind, _ in sources):
+            raise _NotFoldable("its x0 holds no searched layer's output")
+        cols = _cross_columns(x0, region, sources, compacted)
+        x_from = None
+    else:
+        p = graph.producer.get(id(x))
+        prev = result.cross.get(id(p.raw)) if p is not None else None
+        if prev is None or prev.x0 is not x0:
+            raise _NotFoldable("it crosses x0 with a tensor that is not an earlier cross layer's output over the "
+                               "same x0")
+        sources, cols, x_from = prev.sources, prev.cols, id(p.raw)
+    weights = [_utils.plain_variable(w, name=f"{cn.layer.name}_folded_{i}")
+               for i, w in enumerate(cross_fold.reduced_weights(spec, cols))]
+    return CrossFold(cn, x0, sources, cols, x_from, weights, spec)
 
 
 def _plan_field_columns(graph: "_Graph", result: NetPlan) -> None:
@@ -350,12 +482,13 @@ def _consumers_of(raw_id, nodes, consumers):
     return [c for t in node.outputs for c in consumers.get(id(t), [])]
 
 
-def _feeds_only_folded(raw_id, nodes, consumers, result, downstream) -> bool:
-    """Whether every path from this data-moving call ends in a folded Dense."""
+def _feeds_only_folded(raw_id, nodes, consumers, folded: set, downstream) -> bool:
+    """Whether every path from this call (data-moving, or a planned cross) ends in a folded call
+    (`folded`: id(raw) of the folded Dense and planned cross calls)."""
     for c in _consumers_of(raw_id, nodes, consumers):
-        if id(c.raw) in result.dense:
+        if id(c.raw) in folded:
             continue
-        if id(c.raw) in downstream and _feeds_only_folded(id(c.raw), nodes, consumers, result, downstream):
+        if id(c.raw) in downstream and _feeds_only_folded(id(c.raw), nodes, consumers, folded, downstream):
             continue
         return False
     return True
@@ -406,12 +539,17 @@ def kernel_groups(selected: np.ndarray, widths: list) -> tuple[list, list]:
     return groups, kernels
 
 
-def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict) -> tuple[np.ndarray, list]:
-    """`(kernel rows, widths)`: the Dense kernel rows matching the folded sources (found by
-    probing the data-moving layers), and the columns of each source's pieces (`kernel_groups`)."""
-    values, x_codes, lookup_codes, base, widths = {}, [], [], 1, []
+def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: dict) -> tuple:
+    """Feed every source entry a distinct integer code, run the data-moving calls of `region`
+    and read `target`: `(where, x, column, removed_ranges, widths)`. `where[i]`: the code at
+    target entry i; `x`: the code of every entry of the sources' pieces side by side (0 for a
+    lookup's padding column, which is always zero); `column[code]`: the piece entry of a code
+    (-1: none); `removed_ranges`: the code ranges of the folded sources (lookups, planned
+    crosses), whose codes that no piece holds are removed columns (exact zeros); `widths`: the
+    columns of each source's pieces (`kernel_groups`)."""
+    values, x_codes, ranges, base, widths = {}, [], [], 1, []
     for kind, src in sources:
-        t = src.outputs[0] if kind == "lookup" else src
+        t = src if kind == "tensor" else src.outputs[0]
         size = _static_size(t)
         codes = np.arange(base, base + size, dtype=np.int64)
         values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
@@ -421,37 +559,68 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
             if size % per_position:
                 raise _NotFoldable(f"layer '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
             folded = lookup.folded_codes(size // per_position)
-            x_codes.append(np.where(folded >= 0, base + folded, 0))
-            lookup_codes.append((base, base + size))
             widths.append(lookup.folded_part_widths(size // per_position))
+        elif kind == "cross":
+            folded = crosses[id(src.raw)].cols
+            widths.append([len(folded)])
         else:
             x_codes.append(codes)
             widths.append([size])
+            base += size
+            continue
+        x_codes.append(np.where(folded >= 0, base + folded, 0))
+        ranges.append((base, base + size))
         base += size
     if base > _MAX_CODES:
-        raise _NotFoldable("the folded Dense has too many inputs to probe")
+        raise _NotFoldable("the folded layer has too many inputs to probe")
     _run_region(region, values, {id(r.raw): i for i, r in enumerate(region)})  # region: in execution order
-    probe = values.get(id(dn.inputs[0]))
+    probe = values.get(id(target))
     if probe is None:
-        raise _NotFoldable(f"the input of Dense '{dn.layer.name}' could not be traced to its sources")
+        raise _NotFoldable("its input could not be traced to its sources")
     where = np.rint(_utils.to_numpy(probe)).astype(np.int64).reshape(-1)
-    kernel = _utils.to_numpy(dn.layer.kernel)
-    if where.shape[0] != kernel.shape[0]:
-        raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {where.shape[0]}")
     x = np.concatenate(x_codes)
     column = np.full(base, -1, np.int64)
     column[x[x > 0]] = np.flatnonzero(x > 0)
     cols = column[np.clip(where, 0, base - 1)]
     removed = np.zeros(where.shape, bool)
-    for lo, hi in lookup_codes:
-        removed |= (where >= lo) & (where < hi) & (cols < 0)  # a removed column of a searched layer: exact zero
+    for lo, hi in ranges:
+        removed |= (where >= lo) & (where < hi) & (cols < 0)  # a removed column of a folded source: exact zero
     unknown = (cols < 0) & ~removed
     if unknown.any():
-        raise _NotFoldable(f"{int(unknown.sum())} inputs of Dense '{dn.layer.name}' come from no known source")
+        raise _NotFoldable(f"{int(unknown.sum())} of its inputs come from no known source")
+    return cols, x, widths
+
+
+def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict,
+                 crosses: dict | None = None) -> tuple[np.ndarray, list]:
+    """`(kernel rows, widths)`: the Dense kernel rows matching the folded sources (found by
+    probing the data-moving layers, `_probe`), and the columns of each source's pieces
+    (`kernel_groups`)."""
+    try:
+        cols, x, widths = _probe(dn.inputs[0], region, sources, compacted, crosses or {})
+    except _NotFoldable as e:
+        raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
+    kernel = _utils.to_numpy(dn.layer.kernel)
+    if cols.shape[0] != kernel.shape[0]:
+        raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {cols.shape[0]}")
     selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
     return selected, widths
+
+
+def _cross_columns(x0: Any, region: list, sources: list, compacted: dict) -> np.ndarray:
+    """`cols[i]`: the column of `x0` that entry i of its sources' pieces (side by side) lands in,
+    -1 for a lookup's padding column (always zero). Every other entry must land exactly once."""
+    cols, x, _ = _probe(x0, region, sources, compacted, {})
+    found = cols[cols >= 0]
+    if np.bincount(found, minlength=x.shape[0]).max(initial=0) > 1:
+        raise _NotFoldable("an entry of its x0 appears twice")
+    out = np.full(x.shape[0], -1, np.int64)
+    out[found] = np.flatnonzero(cols >= 0)
+    if ((out < 0) & (x > 0)).any():
+        raise _NotFoldable("an entry of its sources does not reach its x0")
+    return out
 
 
 def _takes_int64_ids(layer) -> bool:
@@ -483,13 +652,16 @@ def run(plan: NetPlan, inputs: Any) -> Any:
             if not (v.dtype.is_integer and dtype.is_integer and users and all(_takes_int64_ids(u) for u in users)):
                 v = saturate_cast(v, dtype) if v.dtype.is_integer else tf.cast(v, dtype)
         values[id(t)] = v
-    folded = {}
+    folded, reduced = {}, {}
     for node in nodes:
         key = id(node.raw)
+        if key in plan.cross:
+            reduced[key] = _run_cross(plan.cross[key], plan, values, folded, reduced)
+            continue
         if key in plan.skip:
             continue
         if key in plan.dense:
-            out = _run_dense(plan.dense[key], plan, values, folded)
+            out = _run_dense(plan.dense[key], plan, values, folded, reduced)
         else:
             args, kwargs = _compat.node_arguments(node, values)
             if key in plan.nested:
@@ -501,11 +673,11 @@ def run(plan: NetPlan, inputs: Any) -> Any:
     return _compat.pack_graph_outputs(net, [values[id(t)] for t in _compat.graph_outputs(net)])
 
 
-def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf.Tensor:
-    layer = fold.node.layer
-    dtype = tf.as_dtype(layer.compute_dtype)
+def _pieces(sources: list, plan: NetPlan, values: dict, folded: dict, reduced: dict, dtype) -> list:
+    """The served pieces of folded sources, in order: a lookup's folded parts (looked up once
+    however many calls read them), a planned cross's reduced output, a tensor as `[batch, -1]`."""
     pieces = []
-    for kind, src in fold.sources:
+    for kind, src in sources:
         if kind == "lookup":
             key = id(src.raw)
             if key not in folded:  # a searched call feeding several Dense layers is looked up once
@@ -519,9 +691,31 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict) -> tf
                     args, _ = _compat.node_arguments(src, values)
                     folded[key] = lookup.folded_parts(src.layer.serving_ids(args[0]), checked=key in plan.prechecked)
             pieces += [tf.cast(p, dtype) for p in folded[key]]
+        elif kind == "cross":
+            pieces.append(tf.cast(reduced[id(src.raw)], dtype))
         else:
             v = tf.convert_to_tensor(values[id(src)])
             pieces.append(tf.cast(tf.reshape(v, tf.stack([tf.shape(v)[0], -1])), dtype))
+    return pieces
+
+
+def _run_cross(fold: CrossFold, plan: NetPlan, values: dict, folded: dict, reduced: dict) -> tf.Tensor:
+    """A planned cross layer's output on the kept columns (`keras_embdim.export.cross`); the
+    reduced x0 of a cross stack is put together once."""
+    dtype = tf.as_dtype(fold.node.layer.compute_dtype)
+    x0_key = ("x0", id(fold.x0))
+    if x0_key not in reduced:
+        pieces = _pieces(fold.sources, plan, values, folded, reduced, dtype)
+        reduced[x0_key] = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
+    x0 = reduced[x0_key]
+    x = x0 if fold.x_from is None else tf.cast(reduced[fold.x_from], dtype)
+    return cross_fold.cross(x0, x, fold.weights, fold.spec, dtype)
+
+
+def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict, reduced: dict) -> tf.Tensor:
+    layer = fold.node.layer
+    dtype = tf.as_dtype(layer.compute_dtype)
+    pieces = _pieces(fold.sources, plan, values, folded, reduced, dtype)
     products = []
     for group, kernel in zip(fold.groups, fold.kernels):
         x = pieces[group[0]] if len(group) == 1 else tf.concat([pieces[i] for i in group], axis=-1)
@@ -567,7 +761,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
         where = "is not called by the model's top-level graph" if not calls else "is called more than once"
         return [], f"layer '{layer.name}' {where}"
     node = calls[0]
-    why, region, denses = graph.dense_reach(node)
+    why, region, denses, _ = graph.dense_reach(node)
     if why:
         return [], why
     out = node.outputs[0]
