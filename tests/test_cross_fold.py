@@ -208,3 +208,54 @@ def test_build_dcn_refuses_bad_options():
         ked.models.build_dcn([5, 6], structure="wide")
     with pytest.raises(ValueError, match="`cross_layers` must be an int >= 1; received cross_layers=0"):
         ked.models.build_dcn([5, 6], cross_layers=0)
+
+
+@pytest.mark.skipif(ked.KERAS_3, reason="TensorFlow Recommenders runs on Keras 2 only")
+def test_a_tfrs_ranking_model_exports_its_functional_dcn_with_the_cross_on_kept_columns(tmp_path):
+    """As docs/guides/tfrs.md suggests: a `tfrs.Model` whose scoring is a functional DCN
+    (`ked.models.build_dcn`, an attribute) is searched by `fit`, and `DimensionExporter(
+    submodel="scorer")` ships that DCN with its cross layers on the kept columns, serving the
+    trained model's scores in a fresh process."""
+    import tensorflow_recommenders as tfrs
+
+    data = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=3, max_vocab=50, seed=4)
+
+    class Ranker(tfrs.Model):
+        def __init__(self):
+            super().__init__()
+            self.scorer = ked.models.build_dcn(data.vocab_sizes, data.field_names, embedding_dim=8, hidden=(8,))
+            self.task = tfrs.tasks.Ranking(loss=keras.losses.BinaryCrossentropy())
+
+        def call(self, features):
+            return self.scorer(features)
+
+        def compute_loss(self, inputs, training=False):
+            features, labels = inputs
+            return self.task(labels=labels[:, None], predictions=self(features), training=training)
+
+    model = Ranker()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    exporter = ked.DimensionExporter(str(tmp_path / "ranking"), submodel="scorer", verbose=0)
+    model.fit(data.dataset("train", batch_size=256), epochs=2, verbose=0,
+              callbacks=[ked.SingleShotPruner(0.3, verbose=0), exporter])
+    r = exporter.result
+    assert r.folds["embedding"]["folded_into"] == ["cross_1", "cross_2", "deep_0"]
+    sample = data.inputs(data.test[0][:100])
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.scorer.predict(sample, verbose=0)}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_per_value_sizes_under_a_cross_stack(tmp_path):
+    """A per-value layer (a field stored whole beside packed ones: a lookup served in parts) under
+    the cross stack: x0's reduced columns are its parts side by side (each padded to its own
+    widest size), and the export serves the model's predictions."""
+    model, emb = _dcn(projection_dim=2)
+    rng = np.random.default_rng(5)
+    emb.embedding_variable.assign(rng.standard_normal((sum(VOCAB), D)).astype(np.float32))
+    emb.set_value_sizes(np.concatenate([np.full(VOCAB[0], 4), rng.integers(0, D + 1, VOCAB[1] + VOCAB[2])]))
+    sample = _sample(seed=1)
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.layouts["emb"].startswith("field+") and r.folds["emb"]["folded_into"] == ["cross_1", "cross_2", "deep"]
+    k = 4 + 2 * D + NUM  # the whole field's 4 columns, the packed fields' widest size (D) each, the dense features
+    assert _stored_shapes(r).count((k, 2)) == 2
+    np.testing.assert_allclose(_served(r, sample), model.predict(sample, verbose=0), atol=1e-5)

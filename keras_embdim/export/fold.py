@@ -152,6 +152,17 @@ class FoldReport:
         self.add(layer_name)
         self.layers[layer_name]["id_check"] = f"left out: {why}"
 
+    def update(self, other: "FoldReport") -> None:
+        """Add what `other` found, as `add` and `leave_out_id_check` would have."""
+        for name, rec in other.layers.items():
+            self.add(name)
+            for dense in rec["folded_into"]:
+                self.add(name, dense=dense)
+            if rec["padded"]:
+                self.add(name, reason=rec["padded"])
+            if rec["id_check"] != "on_invalid_id":
+                self.layers[name]["id_check"] = rec["id_check"]
+
     def to_json(self) -> dict:
         return {k: dict(v) for k, v in self.layers.items()}
 
@@ -270,6 +281,9 @@ class _CrossFallback(Exception):
 
 
 def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
+    """The folds of one graph network: passing DCN cross layers if every cross layer met can run
+    on kept columns (planned on a report of its own, kept if so), else without passing them, the
+    reason added to the report of the searched layers concerned."""
     trial = FoldReport()
     try:
         result = _plan_graph(net, compacted, trial, through_cross=True)
@@ -277,14 +291,7 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
         for name in e.layers:
             report.add(name, reason=str(e))
         return _plan_graph(net, compacted, report, through_cross=False)
-    for name, rec in trial.layers.items():  # the trial's findings are the report's
-        report.add(name)
-        for dense in rec["folded_into"]:
-            report.add(name, dense=dense)
-        if rec["padded"]:
-            report.add(name, reason=rec["padded"])
-        if rec["id_check"] != "on_invalid_id":
-            report.layers[name]["id_check"] = rec["id_check"]
+    report.update(trial)
     return result
 
 
@@ -363,9 +370,11 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                     if s_kind == "lookup":
                         report.add(s_src.layer.name, dense=dn.layer.name)
     # a searched call is skipped only if every Dense it reaches was folded
-    for key, (n, denses, _) in searched.items():
+    for key, (n, denses, crosses) in searched.items():
         if all(id(d.raw) in result.dense for d in denses):
             result.skip.add(key)
+        elif crosses:  # its cross layers read its folded lookup, and their outputs reach that Dense
+            raise _CrossFallback(f"a Dense layer that '{n.layer.name}' reaches could not be folded", [n.layer.name])
         else:
             result.lookups.pop(key, None)
             report.add(n.layer.name, reason="a Dense layer it reaches could not be folded")
