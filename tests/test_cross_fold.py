@@ -113,6 +113,14 @@ def test_reduced_cross_equals_the_layer_on_zeroed_columns(low_rank):
     assert np.all(got[:, 2] == 0)
 
 
+def test_cross_spec_refuses_an_unbuilt_layer_and_probes_the_pre_activation():
+    with pytest.raises(ValueError, match="cross layer 'fresh' is not built"):
+        cross.cross_spec(make_cross("fresh"))
+    assert cross.elementwise(keras.activations.get("relu")) and cross.elementwise(None)
+    assert not cross.elementwise(keras.activations.get("softmax"))
+    assert cross.is_cross(make_cross("c")) and not cross.is_cross(keras.layers.Dense(3))
+
+
 @pytest.mark.parametrize("parallel,options", [
     (False, {}),
     (True, {"projection_dim": 3, "diag_scale": 0.5, "pre_activation": "relu"}),

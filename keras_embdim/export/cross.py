@@ -66,22 +66,22 @@ def cross_spec(layer: Any) -> CrossSpec:
     Raises ValueError when the layer is not built or holds another arrangement."""
     config = layer.get_config()
     denses = [sub for sub in _utils.flatten_layers(layer)[1:] if type(sub).__name__ == "Dense"]
-    if not denses or any(getattr(d, "kernel", None) is None for d in denses):
+    if not denses or not all(d.built for d in denses):
         raise ValueError(f"cross layer '{layer.name}' is not built")
     kernels = [_utils.to_numpy(d.kernel) for d in denses]
-    square = [i for i, k in enumerate(kernels) if k.shape[0] == k.shape[1]] if len(denses) == 1 else []
-    if config.get("projection_dim") is None and len(denses) == 1 and square:
+    if config.get("projection_dim") is None:
+        if len(denses) != 1 or kernels[0].shape[0] != kernels[0].shape[1]:
+            raise ValueError(f"cross layer '{layer.name}' (full rank) holds {len(denses)} Dense layers, expected one "
+                             "with a square kernel")
         down, main = None, denses[0]
-    elif config.get("projection_dim") is not None and len(denses) == 2:
+    else:
         r = int(config["projection_dim"])
         ups = [d for d, k in zip(denses, kernels) if k.shape[0] == r]
         downs = [d for d, k in zip(denses, kernels) if k.shape[1] == r and d.bias is None]
-        if len(ups) != 1 or len(downs) != 1 or ups[0] is downs[0]:
-            raise ValueError(f"cross layer '{layer.name}': cannot tell its U and V kernels apart")
+        if len(denses) != 2 or len(ups) != 1 or len(downs) != 1 or ups[0] is downs[0]:
+            raise ValueError(f"cross layer '{layer.name}' (low rank) holds {len(denses)} Dense layers, expected U "
+                             f"[d, {r}] without bias and V [{r}, d]")
         main, down = ups[0], _utils.to_numpy(downs[0].kernel)
-    else:
-        raise ValueError(f"cross layer '{layer.name}' holds {len(denses)} Dense layers, expected 1 (full rank) "
-                         "or 2 (low rank)")
     up = _utils.to_numpy(main.kernel)
     if up.shape[1] != (down.shape[0] if down is not None else up.shape[0]):
         raise ValueError(f"cross layer '{layer.name}' has kernels of shapes that do not chain")
