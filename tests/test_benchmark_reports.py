@@ -1,4 +1,4 @@
-"""benchmarks/planted.py, benchmarks/serving.py, benchmarks/serving_dcn.py and benchmarks/warmup.py: the
+"""benchmarks/planted.py, benchmarks/serving.py, benchmarks/serving_models.py and benchmarks/warmup.py: the
 statistics their pages quote, the variants' callbacks, and the serving timer's rounds."""
 
 import collections
@@ -11,7 +11,7 @@ import tensorflow as tf
 import _common
 import planted  # benchmarks/ is on pytest's pythonpath (pyproject.toml)
 import serving
-import serving_dcn
+import serving_models
 import warmup as warmup_bench
 import keras_embdim as ked
 from keras_embdim import keras
@@ -265,28 +265,31 @@ def test_warmup_report_quotes_medians_over_processes_and_per_process_ratios(tmp_
     assert "| frappe | per field (default: warmup requests) | 4 | 3,000 | 50 | 100 | 3.00 | 1.00 | 2.00 |" in text
 
 
-def test_dcn_serving_exports_and_page(tmp_path):
-    """benchmarks/serving_dcn.py's models: the searched DCN's export computes both cross layers on
-    its kept columns (its cross columns are the kept embedding columns, fewer than the padded
-    export's 26 x 16; with width_budget at most the uniform model's), the baselines span F x
-    dims; the page states every export at every batch with the ratios of this (hand-made) timing."""
-    pytest.importorskip("keras_rs" if ked.KERAS_3 else "tensorflow_recommenders")
+@pytest.mark.parametrize("model", serving_models.MODELS)
+def test_serving_models_exports_and_page(tmp_path, model):
+    """benchmarks/serving_models.py's models: the searched export folds what it should (DCN: both
+    cross layers and the MLP; DeepFM: the MLP, the FM term fed padded) on fewer columns than the
+    padded export's 26 x 16 (with width_budget at most the uniform model's), the baselines take
+    F x dims; the page states every export at every batch with this (hand-made) timing's ratios."""
+    if model == "dcn":
+        pytest.importorskip("keras_rs" if ked.KERAS_3 else "tensorflow_recommenders")
     data = serving.load("criteo", 40, 3000, 0)
-    exports = serving_dcn.export_models(data, 0.1, str(tmp_path), seed=0, batch=512)
-    assert exports["ours"]["folded_into"] == ["cross_1", "cross_2", "deep_0"]
-    assert exports["ours_padded"]["folded_into"] == [] and exports["ours_padded"]["cross_columns"] == 26 * 16
-    assert 0 < exports["ours"]["cross_columns"] < 26 * 16
-    assert (exports["full"]["cross_columns"], exports["uniform"]["cross_columns"]) == (26 * 16, 26 * 2)
+    exports = serving_models.export_models(model, data, 0.1, str(tmp_path), seed=0, batch=512)
+    folded = ["cross_1", "cross_2", "deep_0"] if model == "dcn" else ["deep_0"]
+    assert exports["ours"]["folded_into"] == folded == exports["ours_width"]["folded_into"]
+    assert exports["ours_padded"]["folded_into"] == [] and exports["ours_padded"]["columns"] == 26 * 16
+    assert 0 < exports["ours"]["columns"] < 26 * 16
+    assert 0 < exports["ours_width"]["columns"] <= 26 * 2  # width_budget: at most the uniform model's columns
+    assert (exports["full"]["columns"], exports["uniform"]["columns"]) == (26 * 16, 26 * 2)
     assert exports["ours"]["variables_on_disk"] < exports["ours_padded"]["variables_on_disk"]
-    assert 0 < exports["ours_width"]["cross_columns"] <= 26 * 2  # width_budget: at most the uniform model's columns
     ms = {"full": 2.0, "uniform": 1.0, "ours": 1.0, "ours_padded": 3.0, "ours_width": 1.0}
     timing = {"1": {"ms": ms, "ratios": {"ours/full": 0.5, "ours/uniform": 1.0, "ours_padded/full": 1.5,
                                           "ours_padded/uniform": 3.0}}}
-    record = {"budget": 0.1, "cap": 40, "fields": 26, "commit": "abc1234", "rounds": 3, "reps": 2, "processes": 1,
-              "exports": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in exports.items()},
-              "tf2": timing, "session": timing}
-    text = serving_dcn.report([record], str(tmp_path / "dcn.md"))
-    row = [line for line in text.splitlines() if "| searched, cross stack on kept columns |" in line]
-    assert row == [f"| 0.1 | searched, cross stack on kept columns | {exports['ours']['cross_columns']} | "
+    record = {"model": model, "budget": 0.1, "cap": 40, "fields": 26, "commit": "abc1234", "rounds": 3, "reps": 2,
+              "processes": 1, "tf2": timing, "session": timing,
+              "exports": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in exports.items()}}
+    text = serving_models.report([record], str(tmp_path / "models.md"))
+    row = [line for line in text.splitlines() if "| searched, folded |" in line]
+    assert row == [f"| {model} | 0.1 | searched, folded | {exports['ours']['columns']} | "
                    f"{exports['ours']['variables_on_disk']:,} | 1 | 1.00 | 0.50 | 1.00 | 1.00 | 0.50 | 1.00 |"]
-    assert "| 0.1 | full (model.export) (16 dims) | 416 |" in text and "commit abc1234" in text
+    assert f"| {model} | 0.1 | full (model.export) (16 dims) | 416 |" in text and "commit abc1234" in text

@@ -156,25 +156,27 @@ def test_dcn_stack_is_computed_on_kept_columns_and_ships_only_them(tmp_path, par
 
 def test_a_cross_that_cannot_run_on_kept_columns_serves_padded_and_says_why(tmp_path):
     """A softmax pre-activation mixes columns (probed, not assumed), and a cross of x0 with a
-    tensor that is not an earlier cross's output has no known zero columns: the searched layer
-    serves padded, the report names the cross and why, and predictions are the model's."""
+    tensor that is not an earlier cross's output has no known zero columns: the cross layers
+    read the padded output, the report names the cross and why (a Dense the searched layer also
+    reaches, 'side', still folds), and predictions are the model's."""
     sample = _sample()
-    for build, why in [
-        (lambda: _dcn(pre_activation="softmax"), "pre-activation does not act on each column alone"),
+    for build, why, folded in [
+        (lambda: _dcn(pre_activation="softmax"), "pre-activation does not act on each column alone", []),
         (lambda: _dcn(second_x=keras.layers.Dense(len(VOCAB) * D + NUM, name="side")),
-         "not an earlier cross layer's output over the same x0"),
+         "not an earlier cross layer's output over the same x0", ["side"]),
     ]:
         model, emb = build()
         _mask(emb, 2)
         r = ked.export_compact(model, tmp_path / why[:8], sample_inputs=sample, verbose=0)
         rec = r.folds["emb"]
-        assert rec["folded_into"] == [] and "cross layer 'cross_" in rec["padded"] and why in rec["padded"], rec
+        assert rec["folded_into"] == folded and "cross layer 'cross_" in rec["padded"] and why in rec["padded"], rec
         np.testing.assert_allclose(_served(r, sample), model.predict(sample, verbose=0), atol=1e-5)
 
 
 def test_a_cross_output_read_elsewhere_is_not_reduced(tmp_path):
     """A cross stack whose output is also a model output must be computed whole: the searched
-    layer serves padded (the report says why) and both outputs are the model's."""
+    layer serves padded into it (the report names the cross and why) and both outputs are the
+    model's."""
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
     x0 = keras.layers.Flatten()(emb(ids))
@@ -183,7 +185,9 @@ def test_a_cross_output_read_elsewhere_is_not_reduced(tmp_path):
     _mask(emb, 3)
     x = _sample()["ids"]
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
-    assert r.folds["emb"]["padded"] == "its output is a model output"
+    assert r.folds["emb"]["folded_into"] == []
+    assert r.folds["emb"]["padded"] == ("cross layer 'cross_1': its output is read whole (a model output, or a layer "
+                                        "that does not fold)")
     fn = tf.saved_model.load(r.path).signatures["serving_default"]
     got = fn(ids=x)
     want = model.predict(x, verbose=0)

@@ -177,15 +177,68 @@ def test_one_search_feeding_two_heads_is_looked_up_once_and_named_outputs_stay(t
     np.testing.assert_allclose(got["output_1"], want[1], atol=1e-5)
 
 
-def test_deepfm_serves_padded_and_says_why(tmp_path):
+def _gathers(r) -> int:
+    """Table reads of the export's serving graph (row gathers from variables)."""
+    graph = tf.saved_model.load(r.path).signatures["serving_default"].graph.as_graph_def()
+    return sum(n.op == "ResourceGather" for f in graph.library.function for n in f.node_def)
+
+
+def test_deepfm_folds_its_mlp_and_feeds_the_fm_term_padded_from_the_same_lookup(tmp_path):
+    """DeepFM: the embeddings reach the MLP (foldable) and the FM term (not): the MLP's first Dense
+    is folded onto the kept values, and the FM term reads the padded output placed from that same
+    lookup (each table read once per request); the report says both; served == the model."""
     d = ked.data.make_synthetic_ctr(num_rows=500, num_fields=3, max_vocab=40, seed=1)
     model = ked.models.build_deepfm(d.vocab_sizes, d.field_names, embedding_dim=D, hidden=(4,))
-    _mask(ked.find_searchable_layers(model)[0], 7)
+    layer = ked.find_searchable_layers(model)[0]
+    _mask(layer, 7)
+    k = int(layer.dimension_mask().kept_dims.sum())
     sample = d.inputs(d.test[0][:60])
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds == {"embedding": {"folded_into": [], "padded": "its output reaches 'fm' (FMInteraction)",
-                                     "id_check": "on_invalid_id"}}
-    np.testing.assert_allclose(_served(r, sample)["ctr"], model.predict(sample, verbose=0), atol=1e-5)
+    assert r.folds == {"embedding": {
+        "folded_into": ["deep_0"], "id_check": "on_invalid_id",
+        "padded": "its output reaches 'fm' (FMInteraction): served there padded, placed from the same lookup"}}
+    assert (k, 4) in _kernel_rows_stored(r) and (3 * D, 4) not in _kernel_rows_stored(r)
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample)["ctr"], want, atol=1e-5)
+    report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_an_fm_term_beside_a_folded_mlp_reads_each_table_once(tmp_path):
+    """The FM term's padded input is placed from the lookup the folded Dense reads: one row
+    gather per stored table per request, as many as when only the Dense reads the layer."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    e = emb(ids)
+    deep = keras.layers.Dense(1, name="deep")(keras.layers.Flatten()(e))
+    model = keras.Model(ids, keras.layers.Add(name="logit")([ked.models.FMInteraction(name="fm")(e), deep]))
+    _mask(emb, 4)
+    x = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert r.folds["emb"]["folded_into"] == ["deep"]
+    tables = sum(1 for k in tf.train.load_checkpoint(os.path.join(r.path, "variables", "variables"))
+                 .get_variable_to_shape_map() if k.startswith(TABLES_ATTRIBUTE) and k.endswith("VARIABLE_VALUE"))
+    assert tables >= 2 and _gathers(r) == tables
+    np.testing.assert_allclose(list(_served(r, {"ids": x}).values())[0], model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_outputs_of_searched_and_data_moving_layers_are_served_beside_a_folded_dense(tmp_path):
+    """The searched layer's output and its Flatten's are model outputs as well as the input of a
+    folded Dense: both are served (placed from the lookup the Dense reads), value by value."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    e = emb(ids)
+    flat = keras.layers.Flatten(name="flat")(e)
+    model = keras.Model(ids, {"ctr": keras.layers.Dense(1, name="ctr")(flat), "emb": e, "flat": flat})
+    _mask(emb, 9)
+    x = _ids()
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert r.folds["emb"]["folded_into"] == ["ctr"]
+    assert r.folds["emb"]["padded"] == "its output is a model output: served there padded, placed from the same lookup"
+    got, want = _served(r, {"ids": x}), model.predict(x, verbose=0)
+    for name in ("ctr", "emb", "flat"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+    assert np.all(got["emb"][:, ~emb.dimension_mask().kept_dims.astype(bool)] == 0)
 
 
 def test_a_dense_called_twice_is_not_folded(tmp_path):

@@ -22,9 +22,13 @@ where each entry went. So any composition of those layers folds, in both Keras
 versions, without modelling each layer's semantics; an entry that reaches the
 Dense input twice (e.g. `RepeatVector`) sums its kernel rows.
 
-Where a searched layer's output has another consumer (an FM inner product,
-pooling, attention, a model output), the layer serves its padded output
-(`lookup.padded`) and the plan records why (`FoldReport`).
+Where a searched layer's output also has another use (an FM inner product,
+pooling, attention, a model output), the Dense layers it reaches still fold,
+and that use reads the padded output placed from the same lookup (one gather
+of the kept values; each table is read once per request); with no foldable
+Dense, the layer serves its padded output (`lookup.padded`). The plan records
+why (`FoldReport`). DCN cross layers on the way are computed on the kept
+columns (`keras_embdim.export.cross`).
 
 Only functional models (and Sequential, and functional models nested in them)
 are planned: a subclassed model's `call` is opaque, so its layers serve padded.
@@ -118,6 +122,7 @@ class NetPlan:
     columns: dict = field(default_factory=dict)  # id(raw searched node) -> StackFields node of its per-field ids
     prechecked: set = field(default_factory=set)  # id(raw searched node) whose ids are in range by construction
     cross: dict = field(default_factory=dict)  # id(raw node) -> CrossFold
+    placed: set = field(default_factory=set)  # id(raw searched node) also served padded, placed from its folded lookup
 
     @property
     def active(self) -> bool:
@@ -207,16 +212,22 @@ class _Graph:
         return cls(nodes, {id(t): n for n in nodes for t in n.outputs}, consumers,
                    {id(t) for t in _compat.graph_outputs(net)}, {id(n.raw): i for i, n in enumerate(nodes)})
 
-    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False) -> tuple[str | None, set, list, list]:
+    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False,
+                    shared: bool = False) -> tuple[str | None, set, list, list, list]:
         """Forward from `node` through data-moving layers (and, `through_cross`, DCN cross
         layers: `keras_embdim.export.cross`): `(why it cannot fold, the data-moving calls
-        passed, the Dense calls reached, the cross calls passed)`; the reason is None when
-        it reaches Dense layers only."""
-        region, denses, crosses, frontier = set(), [], [], list(node.outputs)
+        passed, the Dense calls reached, the cross calls passed, the other uses)`; the reason
+        is None when it reaches Dense layers only, or (`shared`) when it reaches Dense layers
+        and other uses too: those (a model output, an FM term, pooling, ...) are listed, each
+        by why it cannot fold, and not followed."""
+        region, denses, crosses, others, frontier = set(), [], [], [], list(node.outputs)
         while frontier:
             t = frontier.pop()
             if id(t) in self.outputs:
-                return "its output is a model output", region, denses, crosses
+                if not shared:
+                    return "its output is a model output", region, denses, crosses, others
+                if "its output is a model output" not in others:
+                    others.append("its output is a model output")
             for c in self.consumers.get(id(t), []):
                 if _is_transparent(c.layer):
                     if id(c.raw) not in region:
@@ -229,11 +240,16 @@ class _Graph:
                         frontier.extend(c.outputs)
                     continue
                 why = _foldable_dense(c)
+                if why and not shared:
+                    return why, region, denses, crosses, others
                 if why:
-                    return why, region, denses, crosses
-                if all(d is not c for d in denses):
+                    if why not in others:
+                        others.append(why)
+                elif all(d is not c for d in denses):
                     denses.append(c)
-        return (None if denses else "its output reaches no Dense layer"), region, denses, crosses
+        if not denses:
+            return (others[0] if others else "its output reaches no Dense layer"), region, denses, crosses, others
+        return None, region, denses, crosses, others
 
     def sources_of(self, tensor: Any, region_ids: set, searched: dict, crosses: dict) -> tuple[list, list]:
         """Back from `tensor` through the data-moving calls of `region_ids`: `(those calls, in
@@ -297,7 +313,7 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
 
 def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bool) -> NetPlan:
     graph = _Graph.of(net)
-    nodes, consumers, order = graph.nodes, graph.consumers, graph.order
+    nodes, order = graph.nodes, graph.order
     result = NetPlan(net)
 
     # nested graph networks plan their own folds
@@ -315,15 +331,17 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                     report.add(layer.name, reason=f"model '{n.layer.name}' is subclassed: its call cannot be folded")
 
     # 1. forward from each searched call: only data-moving layers (and cross layers), then Dense layers
-    searched, downstream, cross_nodes = {}, set(), {}
+    searched, downstream, cross_nodes, shared = {}, set(), {}, {}
     for n in nodes:
         if n.layer not in compacted:
             continue
-        reason, region, denses, crosses = graph.dense_reach(n, through_cross)
+        reason, region, denses, crosses, others = graph.dense_reach(n, through_cross, shared=True)
         if reason:
             report.add(n.layer.name, reason=reason)
             continue
         searched[id(n.raw)] = (n, denses, crosses)
+        if others:
+            shared[id(n.raw)] = others
         downstream |= region
         cross_nodes.update({id(c.raw): c for c in crosses})
 
@@ -371,7 +389,12 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                         report.add(s_src.layer.name, dense=dn.layer.name)
     # a searched call is skipped only if every Dense it reaches was folded
     for key, (n, denses, crosses) in searched.items():
-        if all(id(d.raw) in result.dense for d in denses):
+        if all(id(d.raw) in result.dense for d in denses) and key in shared:
+            # its other uses read the padded output, placed from the lookup the folded Dense layers read
+            result.placed.add(key)
+            report.add(n.layer.name, reason="; ".join(shared[key]) + ": served there padded, placed from the same "
+                                            "lookup")
+        elif all(id(d.raw) in result.dense for d in denses):
             result.skip.add(key)
         elif crosses:  # its cross layers read its folded lookup, and their outputs reach that Dense
             raise _CrossFallback(f"a Dense layer that '{n.layer.name}' reaches could not be folded", [n.layer.name])
@@ -381,11 +404,12 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
     # a planned cross's output is only ever read reduced: every call it reaches must be planned
     folded = set(result.dense) | set(result.cross)
     for key in result.cross:
-        if not _feeds_only_folded(key, nodes, consumers, folded, downstream):
-            raise _CrossFallback(f"cross layer '{cross_nodes[key].layer.name}' has an output that is used unfolded",
+        if not _feeds_only_folded(key, graph, folded, downstream):
+            raise _CrossFallback(f"cross layer '{cross_nodes[key].layer.name}': its output is read whole (a model "
+                                 "output, or a layer that does not fold)",
                                  [n.layer.name for n, _, cs in searched.values() if cs])
     for key in downstream:  # data-moving calls whose every path ends in a folded Dense are not run
-        if _feeds_only_folded(key, nodes, consumers, folded, downstream):
+        if _feeds_only_folded(key, graph, folded, downstream):
             result.skip.add(key)
     _plan_field_columns(graph, result)
     _plan_prechecked(graph, result, report)
@@ -486,18 +510,16 @@ def _plan_prechecked(graph: "_Graph", result: NetPlan, report: FoldReport) -> No
                                                     "fields' vocabularies")
 
 
-def _consumers_of(raw_id, nodes, consumers):
-    node = next(n for n in nodes if id(n.raw) == raw_id)
-    return [c for t in node.outputs for c in consumers.get(id(t), [])]
-
-
-def _feeds_only_folded(raw_id, nodes, consumers, folded: set, downstream) -> bool:
+def _feeds_only_folded(raw_id, graph: "_Graph", folded: set, downstream) -> bool:
     """Whether every path from this call (data-moving, or a planned cross) ends in a folded call
-    (`folded`: id(raw) of the folded Dense and planned cross calls)."""
-    for c in _consumers_of(raw_id, nodes, consumers):
+    (`folded`: id(raw) of the folded Dense and planned cross calls), none in a model output."""
+    node = next(n for n in graph.nodes if id(n.raw) == raw_id)
+    if any(id(t) in graph.outputs for t in node.outputs):
+        return False
+    for c in [c for t in node.outputs for c in graph.consumers.get(id(t), [])]:
         if id(c.raw) in folded:
             continue
-        if id(c.raw) in downstream and _feeds_only_folded(id(c.raw), nodes, consumers, folded, downstream):
+        if id(c.raw) in downstream and _feeds_only_folded(id(c.raw), graph, folded, downstream):
             continue
         return False
     return True
@@ -669,7 +691,9 @@ def run(plan: NetPlan, inputs: Any) -> Any:
             continue
         if key in plan.skip:
             continue
-        if key in plan.dense:
+        if key in plan.placed:
+            out = _run_placed(node, plan, values, folded, reduced)
+        elif key in plan.dense:
             out = _run_dense(plan.dense[key], plan, values, folded, reduced)
         else:
             args, kwargs = _compat.node_arguments(node, values)
@@ -706,6 +730,24 @@ def _pieces(sources: list, plan: NetPlan, values: dict, folded: dict, reduced: d
             v = tf.convert_to_tensor(values[id(src)])
             pieces.append(tf.cast(tf.reshape(v, tf.stack([tf.shape(v)[0], -1])), dtype))
     return pieces
+
+
+def _run_placed(node: _compat.GraphNode, plan: NetPlan, values: dict, folded: dict, reduced: dict) -> tf.Tensor:
+    """A searched call's padded output `[batch, ..., F, D]`, placed from its folded lookup (the
+    one its folded Dense layers read): each column from its kept value (`folded_codes`), the
+    removed ones zeros, by one gather."""
+    lookup = plan.lookups[id(node.raw)].lookup
+    pieces = _pieces([("lookup", node)], plan, values, folded, reduced, tf.float32)
+    kept = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
+    shape = tuple(node.outputs[0].shape)[1:]
+    size = int(np.prod(shape, dtype=np.int64))
+    codes = lookup.folded_codes(size // (lookup.num_fields * lookup.output_dim if node.layer.multi_field
+                                         else lookup.output_dim))
+    place = np.full(size, codes.shape[0], np.int32)  # past the kept values: the zero column
+    real = codes >= 0
+    place[codes[real]] = np.flatnonzero(real)
+    flat = tf.gather(tf.pad(kept, [[0, 0], [0, 1]]), place, axis=1)
+    return tf.cast(tf.reshape(flat, [-1, *shape]), node.layer.compute_dtype)
 
 
 def _run_cross(fold: CrossFold, plan: NetPlan, values: dict, folded: dict, reduced: dict) -> tf.Tensor:
@@ -770,7 +812,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
         where = "is not called by the model's top-level graph" if not calls else "is called more than once"
         return [], f"layer '{layer.name}' {where}"
     node = calls[0]
-    why, region, denses, _ = graph.dense_reach(node)
+    why, region, denses, _, _ = graph.dense_reach(node)
     if why:
         return [], why
     out = node.outputs[0]

@@ -1,25 +1,28 @@
-"""Serving latency and bytes of DCN exports: the cross stack computed on the kept columns.
+"""Serving latency and bytes of DCN and DeepFM exports (models beyond benchmarks/serving.py's MLP).
 
-    python benchmarks/serving_dcn.py                 # budgets 0.05, 0.1, 0.2 (resumable), then the page
-    python benchmarks/serving_dcn.py --report-only   # rewrite docs/results/serving_dcn.md from the cache
+    python benchmarks/serving_models.py                 # DCN and DeepFM at budgets 0.05, 0.1, 0.2 (resumable)
+    python benchmarks/serving_models.py --report-only   # rewrite docs/results/serving_models.md from the cache
 
-A DCN-v2 (`keras_embdim.models.build_dcn`: 16-dim embeddings of 26 Criteo-shaped
-fields, generated data with the vocabularies capped at `--cap`; two full-rank
-cross layers over the 416 concatenated columns, then the MLP 128-64, stacked)
-is trained for one epoch with `SingleShotPruner(budget)` and exported with
-`export_compact`: by default, where the cross stack runs on the kept columns
-(each cross kernel stored as its `[k, k]` block), and with `fold=False`, the
-padded output into the whole cross stack (what every DCN export served before
-the cross layers were folded through); and trained with
-`SingleShotPruner(budget, width_budget=u / 16)`, keeping at most the columns of
-the uniform model below (a cross layer costs the square of its columns). The baselines are the same DCN with
-plain `keras.layers.Embedding`s exported by Keras' `model.export()`: full dims,
+Two models of `keras_embdim.models` over 16-dim embeddings of 26 Criteo-shaped
+fields (generated data, the vocabularies capped at `--cap`): DCN-v2
+(`build_dcn`: two full-rank cross layers over the 416 concatenated columns,
+then the MLP 128-64, stacked) and DeepFM (`build_deepfm`: first-order weights,
+the FM term and the MLP 128-64 over the same embeddings). Each is trained for
+one epoch with `SingleShotPruner(budget)` and exported with `export_compact`:
+by default (DCN: the cross stack runs on the kept columns, each cross kernel
+stored as its `[k, k]` block; DeepFM: the MLP is folded onto the kept values
+and the FM term reads the padded embeddings placed from the same lookup), and
+with `fold=False`, the padded output into the whole model (what every export of
+these models served before); and trained with `SingleShotPruner(budget,
+width_budget=u / 16)`, keeping at most the columns of the uniform model below
+(a cross layer costs the square of its columns). The baselines are the same
+model with plain `keras.layers.Embedding`s exported by Keras' `model.export()`: full dims,
 and uniform dims `round(budget x 16)` for every field (about the same embedding
-parameters; its cross layers span 26 x u columns). Timed as
+parameters; its cross layers and MLP take 26 x u columns). Timed as
 `benchmarks/serving.py` times (`serving.time_exports`: fresh TensorFlow-only
 processes, round-robin, the median of per-round ratios; the TF2 loader and the
 TF1 session loader, as TF Serving runs a model). Results:
-benchmarks/results/serving_dcn.jsonl and docs/results/serving_dcn.md.
+benchmarks/results/serving_models.jsonl and docs/results/serving_models.md.
 """
 
 from __future__ import annotations
@@ -34,10 +37,11 @@ import time
 import _common
 import serving
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving_dcn.jsonl")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving_models.jsonl")
+MODELS = ("dcn", "deepfm")
 LABELS = {"full": "full (model.export)", "uniform": "uniform dims (model.export)",
-          "ours": "searched, cross stack on kept columns", "ours_padded": "searched, padded (fold=False)",
-          "ours_width": "searched with width_budget (as wide as uniform), cross stack on kept columns"}
+          "ours": "searched, folded", "ours_padded": "searched, padded (fold=False)",
+          "ours_width": "searched with width_budget (as wide as uniform), folded"}
 OURS = ("ours", "ours_padded", "ours_width")
 
 
@@ -47,8 +51,20 @@ def variables_on_disk(path: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
 
 
-def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
-    """Train the searched DCN, export it both ways and the two baselines; their paths and facts."""
+def build(model: str, data, dim: int, embedding: str = "prunable"):
+    """The benchmark's `model` ("dcn" or "deepfm") over `data`'s fields."""
+    import keras_embdim as ked
+
+    if model not in MODELS:
+        raise ValueError(f"`model` must be one of {MODELS}; received model={model!r}.")
+    builder = ked.models.build_dcn if model == "dcn" else ked.models.build_deepfm
+    return builder(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding)
+
+
+def export_models(model_name: str, data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
+    """Train the searched model, export it (folded, padded; and searched with width_budget,
+    folded) and the two baselines; their paths and facts. `columns`: the embedding columns the
+    cross layers / MLP take."""
     import keras_embdim as ked
     from keras_embdim import keras
     from keras_embdim.metrics import roc_auc
@@ -58,11 +74,11 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
 
     def plain(dim, name):
         keras.utils.set_random_seed(seed)
-        model = ked.models.build_dcn(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding="plain")
+        model = build(model_name, data, dim, "plain")
         path = os.path.join(out, name)
         _common.keras_export(model, path)
         return {"path": path, "embedding_params": sum(data.vocab_sizes) * dim, "kind": "baseline", "dims": dim,
-                "cross_columns": len(data.vocab_sizes) * dim, "variables_on_disk": variables_on_disk(path)}
+                "columns": len(data.vocab_sizes) * dim, "variables_on_disk": variables_on_disk(path)}
 
     du = serving.uniform_dims(budget)
     exports["full"] = plain(D, "full")
@@ -73,7 +89,7 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
     xt, yt = data.test
     for search_options, variants in searches:
         keras.utils.set_random_seed(seed)
-        model = ked.models.compile_ctr(ked.models.build_dcn(data.vocab_sizes, data.field_names, embedding_dim=D))
+        model = ked.models.compile_ctr(build(model_name, data, D))
         t = time.time()
         pruner = ked.SingleShotPruner(budget, min_dim=1 if budget >= 1 / D else 0, verbose=0, **search_options)
         model.fit(data.dataset("train", batch_size=batch, seed=seed), epochs=1, verbose=0, callbacks=[pruner])
@@ -86,19 +102,19 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
                              "folded_into": r.folds["embedding"]["folded_into"], "bytes": r.bytes,
                              "variables_on_disk": variables_on_disk(r.path),
                              "max_abs_diff": r.max_abs_diff, "train_seconds": train_s, "test_auc": auc,
-                             "cross_columns": len(data.vocab_sizes) * D if options.get("fold") is False else kept}
+                             "columns": len(data.vocab_sizes) * D if options.get("fold") is False else kept}
     return exports
 
 
-def run_one(budget: float, args) -> dict:
+def run_one(model_name: str, budget: float, args) -> dict:
     data = serving.load("criteo", args.cap, args.rows, args.seed)
-    out = tempfile.mkdtemp(prefix="ked-serving-dcn-")
+    out = tempfile.mkdtemp(prefix="ked-serving-models-")
     try:
         t = time.time()
-        exports = export_models(data, budget, out, args.seed)
+        exports = export_models(model_name, data, budget, out, args.seed)
         paths = {k: v["path"] for k, v in exports.items()}
-        rec = {"budget": budget, "cap": args.cap, "fields": data.num_fields, "commit": _common.git_commit(),
-               "rounds": args.rounds, "reps": args.reps, "processes": args.processes,
+        rec = {"model": model_name, "budget": budget, "cap": args.cap, "fields": data.num_fields,
+               "commit": _common.git_commit(), "rounds": args.rounds, "reps": args.reps, "processes": args.processes,
                "exports": {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in exports.items()}}
         for loader in ("tf2", "session"):
             timing = serving.time_exports(paths, data, args.batches, args.rounds, args.reps,
@@ -115,11 +131,11 @@ def run_one(budget: float, args) -> dict:
 
 
 def report(records: list, path: str) -> str:
-    """The page: one row per (budget, export, batch) with both loaders' times and ratios."""
-    header = ["budget", "export", "cross columns", "variables/ on disk (B)", "batch", "ms", "/ full",
-              "/ uniform", "session: ms", "/ full", "/ uniform"]
+    """The page: one row per (model, budget, export, batch) with both loaders' times and ratios."""
+    header = ["model", "budget", "export", "embedding columns served", "variables/ on disk (B)", "batch", "ms",
+              "/ full", "/ uniform", "session: ms", "/ full", "/ uniform"]
     rows = []
-    for r in sorted(records, key=lambda r: r["budget"]):
+    for r in sorted(records, key=lambda r: (r["model"], r["budget"])):
         for name in ("full", "uniform", *OURS):
             if name not in r["exports"]:
                 continue
@@ -133,29 +149,30 @@ def report(records: list, path: str) -> str:
                     cells.append(f"{b['ms'][name]:.2f}")
                     cells += [f"{b['ratios'][f'{name}/{base}']:.2f}" if f"{name}/{base}" in b["ratios"] else ""
                               for base in ("full", "uniform")]
-                rows.append(f"| {r['budget']} | {label} | {e['cross_columns']} | {stored} | {batch} | "
+                rows.append(f"| {r['model']} | {r['budget']} | {label} | {e['columns']} | {stored} | {batch} | "
                             + " | ".join(cells) + " |")
     notes = []
-    for r in sorted(records, key=lambda r: r["budget"]):
+    for r in sorted(records, key=lambda r: (r["model"], r["budget"])):
         for name in ("ours", "ours_width"):
             e = r["exports"].get(name)
             if e is None:
                 continue
-            notes.append(f"- b={r['budget']}, {LABELS[name]}: the searched layer folded into "
+            notes.append(f"- {r['model']} b={r['budget']}, {LABELS[name]}: the searched layer folded into "
                          f"{', '.join(e['folded_into'])}; max |served - trained| {e['max_abs_diff']:.1e}; "
                          f"test AUC after one epoch {e['test_auc']:.4f} (a latency model, not an accuracy "
                          f"benchmark); training {e['train_seconds']:.0f} s")
     commits = sorted({r["commit"] for r in records})
     caps = ", ".join(f"{c:.0e}" for c in sorted({r["cap"] for r in records}))
-    how = (f"Generated by `python benchmarks/serving_dcn.py` from `benchmarks/results/serving_dcn.jsonl` (measured at "
-           f"commit {', '.join(commits)}), never by hand. Criteo-shaped DCN-v2 (26 fields, vocabularies capped at "
-           f"{caps}), two full-rank cross layers, MLP 128-64 (stacked), "
-           "16-dim embeddings; each (budget) timed as benchmarks/serving.py times: "
+    how = (f"Generated by `python benchmarks/serving_models.py` from `benchmarks/results/serving_models.jsonl` "
+           f"(measured at commit {', '.join(commits)}), never by hand. Criteo-shaped (26 fields, vocabularies capped "
+           f"at {caps}, 16-dim embeddings): DCN-v2 (two full-rank cross layers, then the MLP 128-64) and DeepFM "
+           "(first-order weights, FM term, MLP 128-64); each (model, budget) timed as benchmarks/serving.py times: "
            f"{serving.timing_note(records)}; a ratio is taken within each round and the median over rounds is "
            "shown (ms: median call time); `session:` columns through the TF1 session loader, as TF Serving "
-           "runs a SavedModel. Cross columns: the columns each cross layer spans (searched: the kept "
-           "embedding columns).")
-    return _common.write_table(path, "Serving latency of DCN exports", how, header, rows, ["Exports:", "", *notes])
+           "runs a SavedModel. Embedding columns served: the columns the cross layers (DCN) or the MLP's first "
+           "layer (DeepFM) take (searched and folded: the kept columns; padded: all of them).")
+    return _common.write_table(path, "Serving latency of DCN and DeepFM exports", how, header, rows,
+                               ["Exports:", "", *notes])
 
 
 def main(argv=None) -> list:
@@ -168,17 +185,20 @@ def main(argv=None) -> list:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--processes", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    _common.add_results_arguments(p, RESULTS, "serving_dcn.md")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    _common.add_results_arguments(p, RESULTS, "serving_models.md")
     args = p.parse_args(argv)
     records = _common.load_jsonl(args.cache)
     if not args.report_only:
-        for budget in args.budgets:
-            if not args.redo and any(r["budget"] == budget and r["cap"] == args.cap for r in records):
-                continue
-            print(f"serving_dcn: budget={budget} ...", flush=True)
-            rec = run_one(budget, args)
-            records = [r for r in records if (r["budget"], r["cap"]) != (budget, args.cap)] + [rec]
-            _common.save_jsonl(args.cache, records)
+        for model_name in args.models:
+            for budget in args.budgets:
+                key = (model_name, budget, args.cap)
+                if not args.redo and any((r["model"], r["budget"], r["cap"]) == key for r in records):
+                    continue
+                print(f"serving_models: {model_name} budget={budget} ...", flush=True)
+                rec = run_one(model_name, budget, args)
+                records = [r for r in records if (r["model"], r["budget"], r["cap"]) != key] + [rec]
+                _common.save_jsonl(args.cache, records)
     print(report(records, args.out))
     return records
 
