@@ -45,6 +45,7 @@ import tensorflow as tf
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
 from keras_embdim.export import cross as cross_fold
+from keras_embdim.export.lookup import placed
 from keras_embdim.layers.fields import StackFields, field_columns, saturate_cast
 
 _MAX_CODES = 2**24  # float32 represents every integer up to this exactly
@@ -743,11 +744,7 @@ def _run_placed(node: _compat.GraphNode, plan: NetPlan, values: dict, folded: di
     size = int(np.prod(shape, dtype=np.int64))
     codes = lookup.folded_codes(size // (lookup.num_fields * lookup.output_dim if node.layer.multi_field
                                          else lookup.output_dim))
-    place = np.full(size, codes.shape[0], np.int32)  # past the kept values: the zero column
-    real = codes >= 0
-    place[codes[real]] = np.flatnonzero(real)
-    flat = tf.gather(tf.pad(kept, [[0, 0], [0, 1]]), place, axis=1)
-    return tf.cast(tf.reshape(flat, [-1, *shape]), node.layer.compute_dtype)
+    return tf.cast(tf.reshape(placed(kept, codes, size), [-1, *shape]), node.layer.compute_dtype)
 
 
 def _run_cross(fold: CrossFold, plan: NetPlan, values: dict, folded: dict, reduced: dict) -> tf.Tensor:
@@ -826,26 +823,19 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     found = []
     for dn in sorted(denses, key=lambda d: graph.order[id(d.raw)]):
         # the data-moving calls between the sources and this Dense, and their other inputs
-        steps, values, seen, stack, base = [], {}, set(), [dn.inputs[0]], size + 1
-        while stack:
-            t = stack.pop()
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            p = graph.producer.get(id(t))
-            if t is out or (p is node):
-                values[id(t)] = tf.constant(np.arange(1, size + 1, dtype=np.float32).reshape([1, *tuple(t.shape)[1:]]))
-            elif p is not None and id(p.raw) in region:
-                steps.append(p)
-                stack.extend(p.inputs)
+        steps, sources = graph.sources_of(dn.inputs[0], region, {id(node.raw): node}, {})
+        values, base = {}, size + 1
+        for kind, src in sources:
+            t = out if kind == "lookup" else src
+            if kind == "lookup":  # ours: codes 1..size
+                codes = np.arange(1, size + 1)
             else:  # another source: codes that are not ours
                 try:
-                    n_other = _static_size(t)
+                    codes = np.arange(base, base + _static_size(t))
                 except _NotFoldable as e:
                     return [], str(e)
-                values[id(t)] = tf.constant(
-                    np.arange(base, base + n_other, dtype=np.float32).reshape([1, *tuple(t.shape)[1:]]))
-                base += n_other
+                base += codes.size
+            values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
         if base > _MAX_CODES:
             return [], "the Dense has too many inputs to probe"
         _run_region(steps, values, graph.order)

@@ -205,6 +205,23 @@ def _below(ids: tf.Tensor, high) -> tf.Tensor:
     return bits < tf.constant(high, bits.dtype)
 
 
+def placed(kept: tf.Tensor, codes: np.ndarray, size: int) -> tf.Tensor:
+    """`[batch, size]` from the kept values `[batch, P]`: column `i` of `kept` goes to `codes[i]`
+    (`folded_codes`; -1: nowhere), every other column is zero. One element gather per row from
+    `[kept..., 0]`.
+
+    Example:
+
+    >>> placed(tf.constant([[1.0, 2.0, 3.0]]), np.array([3, -1, 0]), 4).numpy().tolist()
+    [[3.0, 0.0, 0.0, 1.0]]
+    """
+    codes = np.asarray(codes, np.int64)
+    place = np.full(size, codes.shape[0], np.int32)  # past the kept values: the zero column
+    real = codes >= 0
+    place[codes[real]] = np.flatnonzero(real)
+    return tf.gather(tf.pad(kept, [[0, 0], [0, 1]]), place, axis=1)
+
+
 def _check_columns(lookup, columns: Sequence) -> None:
     if not lookup.multi_field or len(columns) != lookup.num_fields:
         raise ValueError(f"`columns` must hold one id tensor per field of a multi-field layer; received "
@@ -454,12 +471,7 @@ class FieldLookup(_OnePart):
             out = tf.zeros(tf.stack([tf.shape(checked)[0], F * D]), dtype)
         else:
             kept = self._gather_fn(*self._split(checked, valid))  # [N, K]
-            # every column of the padded row from [kept..., 0]: one element gather per row
-            place = np.full(F * D, self.kept_width, np.int32)
-            real = self._codes >= 0
-            place[self._codes[real]] = np.flatnonzero(real)
-            padded = tf.concat([kept, tf.zeros_like(kept[:, :1])], axis=1)
-            out = tf.cast(tf.gather(padded, place, axis=1), dtype)
+            out = tf.cast(placed(kept, self._codes, F * D), dtype)
         tail = [F, D] if self.multi_field else [D]
         lead = shape[:-1] if self.multi_field else shape
         return tf.reshape(out, tf.concat([lead, tail], 0))
