@@ -11,7 +11,7 @@ the FM term and the MLP 128-64 over the same embeddings). Each is trained for
 one epoch with `SingleShotPruner(budget)` and exported with `export_compact`:
 by default (DCN: the cross stack runs on the kept columns, each cross kernel
 stored as its `[k, k]` block; DeepFM: the MLP is folded onto the kept values
-and the FM term reads the padded embeddings placed from the same lookup), and
+and the FM term computed from them, `keras_embdim.export.fm`), and
 with `fold=False`, the padded output into the whole model (what every export of
 these models served before); and trained with `SingleShotPruner(budget,
 width_budget=u / 16)`, keeping at most the columns of the uniform model below

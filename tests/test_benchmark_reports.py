@@ -268,14 +268,14 @@ def test_warmup_report_quotes_medians_over_processes_and_per_process_ratios(tmp_
 @pytest.mark.parametrize("model", serving_models.MODELS)
 def test_serving_models_exports_and_page(tmp_path, model):
     """benchmarks/serving_models.py's models: the searched export folds what it should (DCN: both
-    cross layers and the MLP; DeepFM: the MLP, the FM term fed padded) on fewer columns than the
+    cross layers and the MLP; DeepFM: the MLP and the FM term) on fewer columns than the
     padded export's 26 x 16 (with width_budget at most the uniform model's), the baselines take
     F x dims; the page states every export at every batch with this (hand-made) timing's ratios."""
     if model == "dcn":
         pytest.importorskip("keras_rs" if ked.KERAS_3 else "tensorflow_recommenders")
     data = serving.load("criteo", 40, 3000, 0)
     exports = serving_models.export_models(model, data, 0.1, str(tmp_path), seed=0, batch=512)
-    folded = ["cross_1", "cross_2", "deep_0"] if model == "dcn" else ["deep_0"]
+    folded = ["cross_1", "cross_2", "deep_0"] if model == "dcn" else ["deep_0", "fm"]
     assert exports["ours"]["folded_into"] == folded == exports["ours_width"]["folded_into"]
     assert exports["ours_padded"]["folded_into"] == [] and exports["ours_padded"]["columns"] == 26 * 16
     assert 0 < exports["ours"]["columns"] < 26 * 16

@@ -5,7 +5,7 @@ import doctest
 import pytest
 
 from keras_embdim import fields as field_layout, mask, methods, models, regularizers
-from keras_embdim.export import compact, cross, exporter, fold, lookup, serving_apis
+from keras_embdim.export import compact, cross, exporter, fm, fold, lookup, serving_apis
 from keras_embdim.layers import fields, hard_mask_embedding, mixed_dimension_embedding, prunable_embedding, twins_mask_layer
 from keras_embdim.search import budget, entries, hard_mask, rotation
 
@@ -13,8 +13,8 @@ from keras_embdim.search import budget, entries, hard_mask, rotation
 @pytest.mark.parametrize(
     "module",
     [prunable_embedding, hard_mask_embedding, twins_mask_layer, mixed_dimension_embedding, fields, models, budget,
-     entries, hard_mask, rotation, field_layout, methods, regularizers, compact, cross, exporter, fold, lookup,
-     mask, serving_apis],
+     entries, hard_mask, rotation, field_layout, methods, regularizers, compact, cross, exporter, fm, fold,
+     lookup, mask, serving_apis],
 )
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

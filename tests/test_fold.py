@@ -183,10 +183,10 @@ def _gathers(r) -> int:
     return sum(n.op == "ResourceGather" for f in graph.library.function for n in f.node_def)
 
 
-def test_deepfm_folds_its_mlp_and_feeds_the_fm_term_padded_from_the_same_lookup(tmp_path):
-    """DeepFM: the embeddings reach the MLP (foldable) and the FM term (not): the MLP's first Dense
-    is folded onto the kept values, and the FM term reads the padded output placed from that same
-    lookup (each table read once per request); the report says both; served == the model."""
+def test_deepfm_folds_its_mlp_and_computes_the_fm_term_from_kept_values(tmp_path):
+    """DeepFM: the embeddings reach the MLP and the FM term. The MLP's first Dense is folded onto
+    the kept values, and the FM term is computed from them too (`export.fm`: column sums by a
+    [k, D] 0/1 matrix, no padded embeddings): served == the model (TF1 and TF2 loaders)."""
     d = ked.data.make_synthetic_ctr(num_rows=500, num_fields=3, max_vocab=40, seed=1)
     model = ked.models.build_deepfm(d.vocab_sizes, d.field_names, embedding_dim=D, hidden=(4,))
     layer = ked.find_searchable_layers(model)[0]
@@ -194,28 +194,45 @@ def test_deepfm_folds_its_mlp_and_feeds_the_fm_term_padded_from_the_same_lookup(
     k = int(layer.dimension_mask().kept_dims.sum())
     sample = d.inputs(d.test[0][:60])
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds == {"embedding": {
-        "folded_into": ["deep_0"], "id_check": "on_invalid_id",
-        "padded": "its output reaches 'fm' (FMInteraction): served there padded, placed from the same lookup"}}
+    assert r.folds == {"embedding": {"folded_into": ["deep_0", "fm"], "padded": None, "id_check": "on_invalid_id"}}
     assert (k, 4) in _kernel_rows_stored(r) and (3 * D, 4) not in _kernel_rows_stored(r)
+    assert (k, D) in _kernel_rows_stored(r)  # the FM's column matrix
     want = model.predict(sample, verbose=0)
     np.testing.assert_allclose(_served(r, sample)["ctr"], want, atol=1e-5)
     report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
-def test_an_fm_term_beside_a_folded_mlp_reads_each_table_once(tmp_path):
-    """The FM term's padded input is placed from the lookup the folded Dense reads: one row
-    gather per stored table per request, as many as when only the Dense reads the layer."""
+def test_fm_from_kept_values_equals_the_layer_on_padded_embeddings():
+    """`export.fm` on kept values, with a value placed twice (its column sums and squares count
+    it twice), equals `FMInteraction` on the padded [batch, F, D] tensor."""
+    from keras_embdim.export import fm
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    cols = np.array([0, -1, 2, 1, -1, 3, 3, -1, 0])  # F = 3, D = 3; values 0 and 3 placed twice
+    padded = np.where(cols >= 0, x[:, np.maximum(cols, 0)], 0).reshape(5, 3, 3)
+    want = ked.models.FMInteraction()(tf.constant(padded)).numpy()
+    m, w = fm.fm_weights(cols, 3, 4)
+    np.testing.assert_allclose(fm.fm(tf.constant(x), m, w, tf.float32).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pooled_use_beside_a_folded_mlp_reads_each_table_once(tmp_path):
+    """A use that cannot be computed from kept values (pooling over fields) reads the padded
+    output placed from the lookup the folded Dense reads: one row gather per stored table per
+    request, as many as when only the Dense reads the layer; the report names the pooling."""
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
     e = emb(ids)
     deep = keras.layers.Dense(1, name="deep")(keras.layers.Flatten()(e))
-    model = keras.Model(ids, keras.layers.Add(name="logit")([ked.models.FMInteraction(name="fm")(e), deep]))
+    pooled = keras.layers.Dense(1, name="pooled")(keras.layers.GlobalAveragePooling1D(name="pool")(e))
+    model = keras.Model(ids, keras.layers.Add(name="logit")([pooled, deep]))
     _mask(emb, 4)
     x = _ids()
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
     assert r.folds["emb"]["folded_into"] == ["deep"]
+    assert r.folds["emb"]["padded"] == ("its output reaches 'pool' (GlobalAveragePooling1D): served there padded, "
+                                        "placed from the same lookup")
     tables = sum(1 for k in tf.train.load_checkpoint(os.path.join(r.path, "variables", "variables"))
                  .get_variable_to_shape_map() if k.startswith(TABLES_ATTRIBUTE) and k.endswith("VARIABLE_VALUE"))
     assert tables >= 2 and _gathers(r) == tables

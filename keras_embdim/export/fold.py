@@ -28,7 +28,8 @@ and that use reads the padded output placed from the same lookup (one gather
 of the kept values; each table is read once per request); with no foldable
 Dense, the layer serves its padded output (`lookup.padded`). The plan records
 why (`FoldReport`). DCN cross layers on the way are computed on the kept
-columns (`keras_embdim.export.cross`).
+columns (`keras_embdim.export.cross`), and `FMInteraction` terms from the kept
+values (`keras_embdim.export.fm`).
 
 Only functional models (and Sequential, and functional models nested in them)
 are planned: a subclassed model's `call` is opaque, so its layers serve padded.
@@ -45,6 +46,7 @@ import tensorflow as tf
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
 from keras_embdim.export import cross as cross_fold
+from keras_embdim.export import fm as fm_fold
 from keras_embdim.export.lookup import placed
 from keras_embdim.layers.fields import StackFields, field_columns, saturate_cast
 
@@ -112,6 +114,15 @@ class CrossFold:
 
 
 @dataclass
+class FMFold:
+    """An FM term computed from the kept values of its input's sources (`keras_embdim.export.fm`)."""
+
+    node: _compat.GraphNode
+    sources: list  # as DenseFold.sources: side by side, the kept values
+    weights: list  # `fm.fm_weights`' M and w, as variables
+
+
+@dataclass
 class NetPlan:
     """The folds of one graph network (and of the graph networks nested in it)."""
 
@@ -124,15 +135,17 @@ class NetPlan:
     prechecked: set = field(default_factory=set)  # id(raw searched node) whose ids are in range by construction
     cross: dict = field(default_factory=dict)  # id(raw node) -> CrossFold
     placed: set = field(default_factory=set)  # id(raw searched node) also served padded, placed from its folded lookup
+    fm: dict = field(default_factory=dict)  # id(raw node) -> FMFold
 
     @property
     def active(self) -> bool:
-        return bool(self.dense) or any(p.active for p in self.nested.values())
+        return bool(self.dense) or bool(self.fm) or any(p.active for p in self.nested.values())
 
     @property
     def variables(self) -> list:
         out = [k for f in self.dense.values() for k in f.kernels]
         out += [w for c in self.cross.values() for w in c.weights]
+        out += [w for f in self.fm.values() for w in f.weights]
         for p in self.nested.values():
             out += p.variables
         return out
@@ -194,6 +207,26 @@ def _layers_of(model) -> set:
 
 
 @dataclass
+class _Reach:
+    """What a searched call's output reaches (`_Graph.dense_reach`)."""
+
+    why: str | None = None  # why nothing folds
+    region: set = field(default_factory=set)  # id(raw) of the data-moving calls passed
+    denses: list = field(default_factory=list)  # Dense calls reached
+    crosses: list = field(default_factory=list)  # cross calls passed
+    fms: list = field(default_factory=list)  # FM terms reached
+    others: list = field(default_factory=list)  # why each other use cannot fold
+
+    def failed(self, why: str) -> "_Reach":
+        self.why = why
+        return self
+
+    def other(self, why: str) -> None:
+        if why not in self.others:
+            self.others.append(why)
+
+
+@dataclass
 class _Graph:
     """The calls of a graph network and who produces and consumes each tensor."""
 
@@ -213,44 +246,46 @@ class _Graph:
         return cls(nodes, {id(t): n for n in nodes for t in n.outputs}, consumers,
                    {id(t) for t in _compat.graph_outputs(net)}, {id(n.raw): i for i, n in enumerate(nodes)})
 
-    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False,
-                    shared: bool = False) -> tuple[str | None, set, list, list, list]:
+    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False, shared: bool = False) -> "_Reach":
         """Forward from `node` through data-moving layers (and, `through_cross`, DCN cross
-        layers: `keras_embdim.export.cross`): `(why it cannot fold, the data-moving calls
-        passed, the Dense calls reached, the cross calls passed, the other uses)`; the reason
-        is None when it reaches Dense layers only, or (`shared`) when it reaches Dense layers
-        and other uses too: those (a model output, an FM term, pooling, ...) are listed, each
-        by why it cannot fold, and not followed."""
-        region, denses, crosses, others, frontier = set(), [], [], [], list(node.outputs)
+        layers: `keras_embdim.export.cross`) to the Dense layers it reaches. Without `shared`,
+        any other use is the reason it cannot fold; with it, FM terms (`keras_embdim.export.fm`)
+        are listed to be computed from the kept values, and the other uses (a model output,
+        pooling, ...) each by why it cannot fold: they read the padded output. The reason is
+        None when something folds."""
+        reach = _Reach()
+        frontier = list(node.outputs)
         while frontier:
             t = frontier.pop()
             if id(t) in self.outputs:
                 if not shared:
-                    return "its output is a model output", region, denses, crosses, others
-                if "its output is a model output" not in others:
-                    others.append("its output is a model output")
+                    return reach.failed("its output is a model output")
+                reach.other("its output is a model output")
             for c in self.consumers.get(id(t), []):
                 if _is_transparent(c.layer):
-                    if id(c.raw) not in region:
-                        region.add(id(c.raw))
+                    if id(c.raw) not in reach.region:
+                        reach.region.add(id(c.raw))
                         frontier.extend(c.outputs)
                     continue
                 if through_cross and cross_fold.is_cross(c.layer):
-                    if all(x is not c for x in crosses):
-                        crosses.append(c)
+                    if all(x is not c for x in reach.crosses):
+                        reach.crosses.append(c)
                         frontier.extend(c.outputs)
+                    continue
+                if shared and fm_fold.is_fm(c.layer):
+                    if all(x is not c for x in reach.fms):
+                        reach.fms.append(c)
                     continue
                 why = _foldable_dense(c)
                 if why and not shared:
-                    return why, region, denses, crosses, others
+                    return reach.failed(why)
                 if why:
-                    if why not in others:
-                        others.append(why)
-                elif all(d is not c for d in denses):
-                    denses.append(c)
-        if not denses:
-            return (others[0] if others else "its output reaches no Dense layer"), region, denses, crosses, others
-        return None, region, denses, crosses, others
+                    reach.other(why)
+                elif all(d is not c for d in reach.denses):
+                    reach.denses.append(c)
+        if not reach.denses and not reach.fms:
+            reach.why = reach.others[0] if reach.others else "its output reaches no Dense layer"
+        return reach
 
     def sources_of(self, tensor: Any, region_ids: set, searched: dict, crosses: dict) -> tuple[list, list]:
         """Back from `tensor` through the data-moving calls of `region_ids`: `(those calls, in
@@ -332,19 +367,20 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                     report.add(layer.name, reason=f"model '{n.layer.name}' is subclassed: its call cannot be folded")
 
     # 1. forward from each searched call: only data-moving layers (and cross layers), then Dense layers
-    searched, downstream, cross_nodes, shared = {}, set(), {}, {}
+    searched, downstream, cross_nodes, shared, fm_nodes, fm_users = {}, set(), {}, {}, {}, {}
     for n in nodes:
         if n.layer not in compacted:
             continue
-        reason, region, denses, crosses, others = graph.dense_reach(n, through_cross, shared=True)
-        if reason:
-            report.add(n.layer.name, reason=reason)
+        reach = graph.dense_reach(n, through_cross, shared=True)
+        if reach.why:
+            report.add(n.layer.name, reason=reach.why)
             continue
-        searched[id(n.raw)] = (n, denses, crosses)
-        if others:
-            shared[id(n.raw)] = others
-        downstream |= region
-        cross_nodes.update({id(c.raw): c for c in crosses})
+        searched[id(n.raw)] = (n, reach.denses, reach.crosses)
+        shared[id(n.raw)] = list(reach.others)
+        fm_users[id(n.raw)] = reach.fms
+        downstream |= reach.region
+        cross_nodes.update({id(c.raw): c for c in reach.crosses})
+        fm_nodes.update({id(c.raw): c for c in reach.fms})
 
     # 2. each cross layer passed, in execution order: computed on the kept columns of its x0
     for key in sorted(cross_nodes, key=order.get):
@@ -388,13 +424,31 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                 for s_kind, s_src in result.cross[id(src.raw)].sources:
                     if s_kind == "lookup":
                         report.add(s_src.layer.name, dense=dn.layer.name)
-    # a searched call is skipped only if every Dense it reaches was folded
-    for key, (n, denses, crosses) in searched.items():
-        if all(id(d.raw) in result.dense for d in denses) and key in shared:
-            # its other uses read the padded output, placed from the lookup the folded Dense layers read
+    # 4. each FM term reached: computed from the kept values of its input's sources
+    for key in sorted(fm_nodes, key=order.get):
+        fn = fm_nodes[key]
+        region, sources = graph.sources_of(fn.inputs[0], downstream, searched, result.cross)
+        try:
+            result.fm[key] = _plan_fm(fn, region, sources, compacted, result.cross)
+        except _NotFoldable as e:
+            for k, fms in fm_users.items():
+                if any(f is fn for f in fms):
+                    shared[k].append(f"its output reaches '{fn.layer.name}' (FMInteraction): {e}")
+            continue
+        for kind, src in sources:
+            if kind == "lookup":
+                result.lookups[id(src.raw)] = compacted[src.layer]
+                report.add(src.layer.name, dense=fn.layer.name)
+    # a searched call is skipped only if every Dense it reaches was folded (and FM term computed)
+    for key, (n, denses, crosses) in list(searched.items()):
+        if all(id(d.raw) in result.dense for d in denses) and shared[key] and key in result.lookups:
+            # its other uses read the padded output, placed from the lookup the folded layers read
             result.placed.add(key)
             report.add(n.layer.name, reason="; ".join(shared[key]) + ": served there padded, placed from the same "
                                             "lookup")
+        elif all(id(d.raw) in result.dense for d in denses) and shared[key]:  # nothing of it folded
+            searched.pop(key)
+            report.add(n.layer.name, reason="; ".join(shared[key]))
         elif all(id(d.raw) in result.dense for d in denses):
             result.skip.add(key)
         elif crosses:  # its cross layers read its folded lookup, and their outputs reach that Dense
@@ -403,7 +457,7 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
             result.lookups.pop(key, None)
             report.add(n.layer.name, reason="a Dense layer it reaches could not be folded")
     # a planned cross's output is only ever read reduced: every call it reaches must be planned
-    folded = set(result.dense) | set(result.cross)
+    folded = set(result.dense) | set(result.cross) | set(result.fm)
     for key in result.cross:
         if not _feeds_only_folded(key, graph, folded, downstream):
             raise _CrossFallback(f"cross layer '{cross_nodes[key].layer.name}': its output is read whole (a model "
@@ -456,6 +510,17 @@ def _plan_cross(cn, graph: "_Graph", downstream: set, searched: dict, result: Ne
     weights = [_utils.plain_variable(w, name=f"{cn.layer.name}_folded_{i}")
                for i, w in enumerate(cross_fold.reduced_weights(spec, cols))]
     return CrossFold(cn, x0, sources, cols, x_from, weights, spec)
+
+
+def _plan_fm(fn, region: list, sources: list, compacted: dict, crosses: dict) -> FMFold:
+    shape = tuple(fn.inputs[0].shape)
+    if len(shape) != 3 or any(d is None for d in shape[1:]):
+        raise _NotFoldable(f"its input has shape {shape} (folding needs [batch, fields, dims])")
+    cols, x, _ = _probe(fn.inputs[0], region, sources, compacted, crosses)
+    m, w = fm_fold.fm_weights(cols, int(shape[-1]), int(x.shape[0]))
+    name = f"{fn.layer.name}_folded"
+    return FMFold(fn, sources, [_utils.plain_variable(m, name=f"{name}_columns"),
+                                _utils.plain_variable(w, name=f"{name}_places")])
 
 
 def _plan_field_columns(graph: "_Graph", result: NetPlan) -> None:
@@ -694,6 +759,12 @@ def run(plan: NetPlan, inputs: Any) -> Any:
             continue
         if key in plan.placed:
             out = _run_placed(node, plan, values, folded, reduced)
+        elif key in plan.fm:
+            fold = plan.fm[key]
+            dtype = tf.as_dtype(node.layer.compute_dtype)
+            pieces = _pieces(fold.sources, plan, values, folded, reduced, dtype)
+            x = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
+            out = fm_fold.fm(x, fold.weights[0], fold.weights[1], dtype)
         elif key in plan.dense:
             out = _run_dense(plan.dense[key], plan, values, folded, reduced)
         else:
@@ -809,7 +880,8 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
         where = "is not called by the model's top-level graph" if not calls else "is called more than once"
         return [], f"layer '{layer.name}' {where}"
     node = calls[0]
-    why, region, denses, _, _ = graph.dense_reach(node)
+    reach = graph.dense_reach(node)
+    why, region, denses = reach.why, reach.region, reach.denses
     if why:
         return [], why
     out = node.outputs[0]
