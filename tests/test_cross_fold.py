@@ -76,7 +76,7 @@ def _served(r, inputs):
 
 
 def _numpy_cross(x0, x, w, b, diag, act):
-    """The DCN-v2 formula, written out: x0 * act(x @ W + b + diag * x) + x."""
+    """The DCN-v2 formula, written out: x0 * (act(x @ W + b) + diag * x) + x."""
     return x0 * (act(x @ w + b) + diag * x) + x
 
 

@@ -3,7 +3,7 @@
 A cross layer (DCN-v2: `keras_rs.layers.FeatureCross`, TFRS'
 `tfrs.layers.dcn.Cross`) computes
 
-    x_{l+1} = x0 * act(x_l @ W + b + diag_scale * x_l) + x_l      (W = U @ V when low-rank)
+    x_{l+1} = x0 * (act(x_l @ W + b) + diag_scale * x_l) + x_l      (W = U @ V when low-rank)
 
 over `d` input columns, with a `[d, d]` (or `[d, r]` and `[r, d]`) kernel. When
 a searched layer feeds `x0` through data-moving layers only, a removed column
@@ -131,7 +131,7 @@ def reduced_weights(spec: CrossSpec, cols: np.ndarray) -> list[np.ndarray]:
 
 
 def cross(x0: tf.Tensor, x: tf.Tensor, weights: list, spec: CrossSpec, dtype: tf.DType) -> tf.Tensor:
-    """`x0 * act(x @ W + b + diag_scale * x) + x` on reduced inputs `[batch, k]`, with
+    """`x0 * (act(x @ W + b) + diag_scale * x) + x` on reduced inputs `[batch, k]`, with
     `weights` from `reduced_weights` (variables or arrays), computed in `dtype` as the
     layer computes."""
     w = [tf.cast(v, dtype) for v in weights]
