@@ -159,6 +159,74 @@ def test_sequence_of_one_field_folds_per_position(tmp_path, per_value):
     np.testing.assert_allclose(_served(r, {"history": x})["head"], model.predict(x, verbose=0), atol=1e-5)
 
 
+def _history_model(pool: str, length):
+    """A bag of ids (`mask_zero`, 0 pads) pooled over its positions beside three fields, into an MLP."""
+    hist = keras.Input((length,), dtype="int32", name="history")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    seq = ked.PrunableEmbedding(50, D, mask_zero=True, name="seq")
+    fields = ked.PrunableEmbedding(VOCAB, D, name="fields")
+    pooling = keras.layers.GlobalMaxPooling1D if pool == "max" else keras.layers.GlobalAveragePooling1D
+    x = keras.layers.Concatenate()([pooling(name="pool")(seq(hist)), keras.layers.Flatten()(fields(ids))])
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(x)
+    return keras.Model({"history": hist, "ids": ids}, keras.layers.Dense(1, name="ctr")(h)), seq, fields
+
+
+def _history_sample(rng, n=40, length=7):
+    hist = rng.integers(1, 50, (n, length)).astype("int32")
+    hist[np.arange(length)[None, :] >= rng.integers(1, length + 1, n)[:, None]] = 0  # 1 to `length` ids, then 0s
+    return {"history": hist, "ids": _ids(n, seed=int(rng.integers(100)))}
+
+
+@pytest.mark.parametrize("pool,per_value,length", [("average", False, 7), ("max", True, 7), ("average", True, None)])
+def test_a_pooled_bag_of_ids_folds_on_its_kept_columns(tmp_path, pool, per_value, length):
+    """A single-field sequence output pooled over its positions (masked average, max) reaches
+    the Dense on its kept columns: the pooling runs on the folded `[batch, positions, K]`
+    lookup, only the kept kernel rows are stored, and the export serves the model's
+    predictions (padding ids masked as Keras masks them; a variable number of positions)."""
+    model, seq, fields = _history_model(pool, length)
+    rng = np.random.default_rng(11)
+    for layer in (seq, fields):
+        layer.embedding_variable.assign(rng.standard_normal(tuple(layer.embedding_variable.shape)).astype(np.float32))
+    if per_value:
+        seq.set_value_sizes(rng.integers(0, 4, 50))  # widest value 3 < D: the pooled part is 3 wide
+    else:
+        seq.set_dimension_mask(rng.random((1, D)) < 0.5)
+    _mask(fields, 12)
+    sample = _history_sample(rng)
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["seq"] == {"folded_into": ["pool", "hidden"], "padded": None, "id_check": "on_invalid_id"}
+    k_seq = 3 if per_value else int(seq.dimension_mask().kept_dims.sum())
+    k_fields = int(fields.dimension_mask().kept_dims.sum())
+    assert _kernel_rows_stored(r) == sorted([(k_seq + k_fields, 4), (4, 1)])
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample)["ctr"], want, atol=1e-5)
+    if length is None:  # longer bags than the sample's, served too
+        longer = _history_sample(rng, n=5, length=12)
+        np.testing.assert_allclose(_served(r, longer)["ctr"], model.predict(longer, verbose=0), atol=1e-5)
+    if pool == "max":
+        report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+        assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_pooling_is_not_folded_where_its_output_is_read_whole(tmp_path):
+    """A pooled output that is also a model output is not computed on kept columns: the
+    searched layer serves its padded output there (the report says why), value by value."""
+    hist = keras.Input((7,), dtype="int32", name="history")
+    seq = ked.PrunableEmbedding(50, D, mask_zero=True, name="seq")
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(seq(hist))
+    model = keras.Model(hist, {"ctr": keras.layers.Dense(1, name="ctr")(pooled), "user": pooled})
+    seq.embedding_variable.assign(np.random.default_rng(3).standard_normal((50, D)).astype(np.float32))
+    seq.set_dimension_mask([[1, 0, 1, 1, 0, 0]])
+    x = _history_sample(np.random.default_rng(4))["history"]
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
+    assert r.folds["seq"]["folded_into"] == []
+    assert r.folds["seq"]["padded"] == ("its output reaches 'pool' (GlobalAveragePooling1D), whose output does not "
+                                        "fold: its output is a model output")
+    got, want = _served(r, {"history": x}), model.predict(x, verbose=0)
+    for name in ("ctr", "user"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+
+
 def test_one_search_feeding_two_heads_is_looked_up_once_and_named_outputs_stay(tmp_path):
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
@@ -231,8 +299,8 @@ def test_a_pooled_use_beside_a_folded_mlp_reads_each_table_once(tmp_path):
     x = _ids()
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
     assert r.folds["emb"]["folded_into"] == ["deep"]
-    assert r.folds["emb"]["padded"] == ("its output reaches 'pool' (GlobalAveragePooling1D): served there padded, "
-                                        "placed from the same lookup")
+    assert r.folds["emb"]["padded"] == ("its output reaches 'pool' (GlobalAveragePooling1D), which pools over fields: "
+                                        "served there padded, placed from the same lookup")
     tables = sum(1 for k in tf.train.load_checkpoint(os.path.join(r.path, "variables", "variables"))
                  .get_variable_to_shape_map() if k.startswith(TABLES_ATTRIBUTE) and k.endswith("VARIABLE_VALUE"))
     assert tables >= 2 and _gathers(r) == tables

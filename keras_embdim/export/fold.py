@@ -22,6 +22,13 @@ where each entry went. So any composition of those layers folds, in both Keras
 versions, without modelling each layer's semantics; an entry that reaches the
 Dense input twice (e.g. `RepeatVector`) sums its kernel rows.
 
+A single-field layer's sequence output `[batch, positions, D]` averaged or maxed
+over its positions (`GlobalAveragePooling1D`, `GlobalMaxPooling1D`: each column
+on its own, the layer's mask honoured) on its way to Dense layers is pooled on
+the kept columns: the pooling layer itself runs on the folded lookup
+`[batch, positions, K]` (`_pool`), so a bag of ids (a watch history, a title's
+tokens) folds like a field.
+
 Where a searched layer's output also has another use (an FM inner product,
 pooling, attention, a model output), the Dense layers it reaches still fold,
 and that use reads the padded output placed from the same lookup (one gather
@@ -37,6 +44,7 @@ are planned: a subclassed model's `call` is opaque, so its layers serve padded.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +70,43 @@ TRANSPARENT = _compat.layer_classes(
 
 def _is_transparent(layer) -> bool:
     return type(layer) in TRANSPARENT  # exact types: a subclass may compute
+
+
+#: layers that pool each column over the positions of a sequence on its own: they run on kept columns
+COLUMN_POOLING = _compat.layer_classes("GlobalAveragePooling1D", "GlobalMaxPooling1D")
+
+
+def _foldable_pooling(node: _compat.GraphNode, searched: _compat.GraphNode) -> str | None:
+    """None if `node` pools the sequence output `[batch, positions, D]` of the single-field
+    searched call `searched` over its positions, column by column, else why not."""
+    layer = node.layer
+    name = f"'{layer.name}' ({type(layer).__name__})"
+    if searched.layer.multi_field:
+        return f"its output reaches {name}, which pools over fields"
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"its output reaches {name} with data_format={layer.data_format!r}"
+    marks = {id(t): i for i, t in enumerate(node.inputs)}
+    args, kwargs = _compat.node_arguments(node, marks)
+    if (len(args) != 1 or not isinstance(args[0], int) or node.inputs[args[0]] is not searched.outputs[0]
+            or set(kwargs) - {"mask"}):
+        return f"its output reaches {name}, called with arguments it does not fold"
+    if len(tuple(searched.outputs[0].shape)) != 3:
+        return f"its output reaches {name} with an input of shape {tuple(searched.outputs[0].shape)}"
+    return None
+
+
+def _pool_mask(node: _compat.GraphNode, searched: _compat.GraphNode, values: dict):
+    """The mask a pooling call gets: its `mask` argument as recorded (Keras 3 records the
+    mask a layer computes as a call of its own), else, where its call takes one, the searched
+    layer's `compute_mask` of its ids (Keras 2 passes masks implicitly); None without."""
+    marks = {id(t): i for i, t in enumerate(node.inputs)}
+    _, kwargs = _compat.node_arguments(node, marks)
+    if isinstance(kwargs.get("mask"), int):
+        return values[id(node.inputs[kwargs["mask"]])]
+    if kwargs.get("mask") is not None or "mask" not in inspect.signature(node.layer.call).parameters:
+        return kwargs.get("mask")
+    args, _ = _compat.node_arguments(searched, values)
+    return searched.layer.compute_mask(args[0])
 
 
 def _foldable_dense(node: _compat.GraphNode) -> str | None:
@@ -136,6 +181,7 @@ class NetPlan:
     cross: dict = field(default_factory=dict)  # id(raw node) -> CrossFold
     placed: set = field(default_factory=set)  # id(raw searched node) also served padded, placed from its folded lookup
     fm: dict = field(default_factory=dict)  # id(raw node) -> FMFold
+    pooled: dict = field(default_factory=dict)  # id(raw pooling node) -> the searched GraphNode it pools
 
     @property
     def active(self) -> bool:
@@ -215,6 +261,7 @@ class _Reach:
     denses: list = field(default_factory=list)  # Dense calls reached
     crosses: list = field(default_factory=list)  # cross calls passed
     fms: list = field(default_factory=list)  # FM terms reached
+    pools: list = field(default_factory=list)  # pooling calls passed (`_foldable_pooling`)
     others: list = field(default_factory=list)  # why each other use cannot fold
 
     def failed(self, why: str) -> "_Reach":
@@ -250,11 +297,13 @@ class _Graph:
         """Forward from `node` through data-moving layers (and, `through_cross`, DCN cross
         layers: `keras_embdim.export.cross`) to the Dense layers it reaches. Without `shared`,
         any other use is the reason it cannot fold; with it, FM terms (`keras_embdim.export.fm`)
-        are listed to be computed from the kept values, and the other uses (a model output,
-        pooling, ...) each by why it cannot fold: they read the padded output. The reason is
-        None when something folds."""
+        are listed to be computed from the kept values, pooling calls that take the searched
+        output itself (`_foldable_pooling`) are passed when all they reach folds, and the other
+        uses (a model output, pooling over fields, ...) each by why it cannot fold: they read
+        the padded output. The reason is None when something folds."""
         reach = _Reach()
         frontier = list(node.outputs)
+        own = {id(t) for t in node.outputs}
         while frontier:
             t = frontier.pop()
             if id(t) in self.outputs:
@@ -262,6 +311,21 @@ class _Graph:
                     return reach.failed("its output is a model output")
                 reach.other("its output is a model output")
             for c in self.consumers.get(id(t), []):
+                if shared and id(t) in own and type(c.layer) in COLUMN_POOLING:
+                    why = _foldable_pooling(c, node)
+                    if why is None:
+                        after = self.dense_reach(c, through_cross)
+                        if after.why:
+                            why = (f"its output reaches '{c.layer.name}' ({type(c.layer).__name__}), whose output "
+                                   f"does not fold: {after.why}")
+                    if why:
+                        reach.other(why)
+                    elif all(x is not c for x in reach.pools):
+                        reach.pools.append(c)
+                        reach.region |= after.region
+                        reach.crosses += [x for x in after.crosses if all(y is not x for y in reach.crosses)]
+                        reach.denses += [x for x in after.denses if all(y is not x for y in reach.denses)]
+                    continue
                 if _is_transparent(c.layer):
                     if id(c.raw) not in reach.region:
                         reach.region.add(id(c.raw))
@@ -287,11 +351,12 @@ class _Graph:
             reach.why = reach.others[0] if reach.others else "its output reaches no Dense layer"
         return reach
 
-    def sources_of(self, tensor: Any, region_ids: set, searched: dict, crosses: dict) -> tuple[list, list]:
+    def sources_of(self, tensor: Any, region_ids: set, searched: dict, crosses: dict,
+                   pooled: dict | None = None) -> tuple[list, list]:
         """Back from `tensor` through the data-moving calls of `region_ids`: `(those calls, in
         execution order; the sources)`, each source `("lookup", searched call)`, `("cross",
-        planned cross call)` or `("tensor", symbolic tensor)`: tensors first, then the others in
-        execution order."""
+        planned cross call)`, `("pooled", pooling call of `pooled`)` or `("tensor", symbolic
+        tensor)`: tensors first, then the others in execution order."""
         region, sources, seen, stack = [], [], set(), [tensor]
         while stack:
             t = stack.pop()
@@ -299,7 +364,9 @@ class _Graph:
                 continue
             seen.add(id(t))
             p = self.producer.get(id(t))
-            if p is not None and id(p.raw) in region_ids:
+            if p is not None and pooled and id(p.raw) in pooled:
+                sources.append(("pooled", p))
+            elif p is not None and id(p.raw) in region_ids:
                 region.append(p)
                 stack.extend(p.inputs)
             elif p is not None and id(p.raw) in searched:
@@ -379,8 +446,22 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
         shared[id(n.raw)] = list(reach.others)
         fm_users[id(n.raw)] = reach.fms
         downstream |= reach.region
+        for c in reach.pools:  # pooled on the kept columns; not run once all it reaches folds
+            result.pooled[id(c.raw)] = n
+            downstream.add(id(c.raw))
         cross_nodes.update({id(c.raw): c for c in reach.crosses})
         fm_nodes.update({id(c.raw): c for c in reach.fms})
+
+    def folds_into(kind, src, into: str) -> None:
+        """A folded call `into` reads source `(kind, src)`: its searched layer's lookup is served."""
+        if kind == "pooled":
+            n = result.pooled[id(src.raw)]
+            result.lookups[id(n.raw)] = compacted[n.layer]
+            report.add(n.layer.name, dense=src.layer.name)
+            report.add(n.layer.name, dense=into)
+        elif kind == "lookup":
+            result.lookups[id(src.raw)] = compacted[src.layer]
+            report.add(src.layer.name, dense=into)
 
     # 2. each cross layer passed, in execution order: computed on the kept columns of its x0
     for key in sorted(cross_nodes, key=order.get):
@@ -391,23 +472,22 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
             raise _CrossFallback(f"cross layer '{cn.layer.name}' cannot be computed on kept columns: {e}",
                                  [n.layer.name for n, _, cs in searched.values() if any(c is cn for c in cs)])
         for kind, src in result.cross[key].sources:
-            if kind == "lookup":
-                result.lookups[id(src.raw)] = compacted[src.layer]
-                report.add(src.layer.name, dense=cn.layer.name)
+            folds_into(kind, src, cn.layer.name)
 
     # 3. each Dense reached: its sources (searched outputs and cross layers folded, other tensors as they are)
     dense_nodes = {id(d.raw): d for _, (_, ds, _) in searched.items() for d in ds}
     for key in sorted(dense_nodes, key=order.get):
         dn = dense_nodes[key]
-        region, sources = graph.sources_of(dn.inputs[0], downstream, searched, result.cross)
+        region, sources = graph.sources_of(dn.inputs[0], downstream, searched, result.cross, result.pooled)
         try:
-            selected, widths = _fold_kernel(dn, region, sources, compacted, result.cross)
+            selected, widths = _fold_kernel(dn, region, sources, compacted, result.cross, result.pooled)
         except _NotFoldable as e:
             if any(kind == "cross" for kind, _ in sources):
                 raise _CrossFallback(f"Dense '{dn.layer.name}' after cross layers cannot be folded: {e}",
                                      [n.layer.name for n, _, cs in searched.values() if cs])
             for kind, src in sources:
-                if kind == "lookup":
+                src = result.pooled[id(src.raw)] if kind == "pooled" else src
+                if kind in ("lookup", "pooled"):
                     report.add(src.layer.name, reason=str(e))
                     searched.pop(id(src.raw), None)
             continue
@@ -417,28 +497,25 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
             _utils.plain_variable(k, name=name if len(kernels) == 1 else f"{name}_{i}") for i, k in enumerate(kernels)],
             groups)
         for kind, src in sources:
-            if kind == "lookup":
-                result.lookups[id(src.raw)] = compacted[src.layer]
-                report.add(src.layer.name, dense=dn.layer.name)
-            elif kind == "cross":  # the searched layers under the cross stack fold into this Dense too
+            folds_into(kind, src, dn.layer.name)
+            if kind == "cross":  # the searched layers under the cross stack fold into this Dense too
                 for s_kind, s_src in result.cross[id(src.raw)].sources:
-                    if s_kind == "lookup":
+                    if s_kind in ("lookup", "pooled"):
+                        s_src = result.pooled[id(s_src.raw)] if s_kind == "pooled" else s_src
                         report.add(s_src.layer.name, dense=dn.layer.name)
     # 4. each FM term reached: computed from the kept values of its input's sources
     for key in sorted(fm_nodes, key=order.get):
         fn = fm_nodes[key]
-        region, sources = graph.sources_of(fn.inputs[0], downstream, searched, result.cross)
+        region, sources = graph.sources_of(fn.inputs[0], downstream, searched, result.cross, result.pooled)
         try:
-            result.fm[key] = _plan_fm(fn, region, sources, compacted, result.cross)
+            result.fm[key] = _plan_fm(fn, region, sources, compacted, result.cross, result.pooled)
         except _NotFoldable as e:
             for k, fms in fm_users.items():
                 if any(f is fn for f in fms):
                     shared[k].append(f"its output reaches '{fn.layer.name}' (FMInteraction): {e}")
             continue
         for kind, src in sources:
-            if kind == "lookup":
-                result.lookups[id(src.raw)] = compacted[src.layer]
-                report.add(src.layer.name, dense=fn.layer.name)
+            folds_into(kind, src, fn.layer.name)
     # a searched call is skipped only if every Dense it reaches was folded (and FM term computed)
     for key, (n, denses, crosses) in list(searched.items()):
         if all(id(d.raw) in result.dense for d in denses) and shared[key] and key in result.lookups:
@@ -493,12 +570,12 @@ def _plan_cross(cn, graph: "_Graph", downstream: set, searched: dict, result: Ne
     if len(tuple(x0.shape)) != 2 or _static_size(x0) != spec.input_dim:
         raise _NotFoldable(f"its input has shape {tuple(x0.shape)} (folding needs [batch, {spec.input_dim}])")
     if x is x0:
-        region, sources = graph.sources_of(x0, downstream, searched, result.cross)
+        region, sources = graph.sources_of(x0, downstream, searched, result.cross, result.pooled)
         if any(kind == "cross" for kind, _ in sources):
             raise _NotFoldable("its x0 holds another cross layer's output")
-        if not any(kind == "lookup" for kind, _ in sources):
+        if not any(kind in ("lookup", "pooled") for kind, _ in sources):
             raise _NotFoldable("its x0 holds no searched layer's output")
-        cols = _cross_columns(x0, region, sources, compacted)
+        cols = _cross_columns(x0, region, sources, compacted, result.pooled)
         x_from = None
     else:
         p = graph.producer.get(id(x))
@@ -512,11 +589,11 @@ def _plan_cross(cn, graph: "_Graph", downstream: set, searched: dict, result: Ne
     return CrossFold(cn, x0, sources, cols, x_from, weights, spec)
 
 
-def _plan_fm(fn, region: list, sources: list, compacted: dict, crosses: dict) -> FMFold:
+def _plan_fm(fn, region: list, sources: list, compacted: dict, crosses: dict, pooled: dict) -> FMFold:
     shape = tuple(fn.inputs[0].shape)
     if len(shape) != 3 or any(d is None for d in shape[1:]):
         raise _NotFoldable(f"its input has shape {shape} (folding needs [batch, fields, dims])")
-    cols, x, _ = _probe(fn.inputs[0], region, sources, compacted, crosses)
+    cols, x, _ = _probe(fn.inputs[0], region, sources, compacted, crosses, pooled)
     m, w = fm_fold.fm_weights(cols, int(shape[-1]), int(x.shape[0]))
     name = f"{fn.layer.name}_folded"
     return FMFold(fn, sources, [_utils.plain_variable(m, name=f"{name}_columns"),
@@ -636,21 +713,48 @@ def kernel_groups(selected: np.ndarray, widths: list) -> tuple[list, list]:
     return groups, kernels
 
 
-def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: dict) -> tuple:
+def pooled_codes(lookup) -> np.ndarray:
+    """Codes (`folded_codes`) of a single-field lookup's folded columns at one position: the
+    columns of its output pooled over positions (`_pool`), part by part.
+
+    Pooling runs each part's folded output `[batch, positions * K_p]` as `[batch, positions,
+    K_p]`; this holds when every position repeats the first one's columns, checked here on
+    two positions. Raises `_NotFoldable` otherwise.
+    """
+    one, two = lookup.folded_codes(1), lookup.folded_codes(2)
+    width = lookup.num_fields * lookup.output_dim
+    expected, start = [], 0
+    for w in lookup.folded_part_widths(1):
+        part = one[start:start + w]
+        expected += [part, np.where(part >= 0, part + width, -1)]
+        start += w
+    if lookup.multi_field or not np.array_equal(np.concatenate(expected + [np.zeros(0, np.int64)]), two):
+        raise _NotFoldable("its lookup's folded columns are not laid out position by position")
+    return one
+
+
+def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: dict,
+           pooled: dict | None = None) -> tuple:
     """Feed every source entry a distinct integer code, run the data-moving calls of `region`
-    and read `target`: `(where, x, column, removed_ranges, widths)`. `where[i]`: the code at
-    target entry i; `x`: the code of every entry of the sources' pieces side by side (0 for a
-    lookup's padding column, which is always zero); `column[code]`: the piece entry of a code
-    (-1: none); `removed_ranges`: the code ranges of the folded sources (lookups, planned
-    crosses), whose codes that no piece holds are removed columns (exact zeros); `widths`: the
-    columns of each source's pieces (`kernel_groups`)."""
+    and read `target`: `(cols, x, widths)`. `cols[i]`: the entry of the sources' pieces side
+    by side that target entry i holds (-1: a removed column of a folded source, an exact
+    zero); `x`: the code of every entry of those pieces (0 for a lookup's padding column,
+    which is always zero); `widths`: the columns of each source's pieces (`kernel_groups`).
+    The folded sources (lookups, pooled lookups, planned crosses) hold only their kept
+    entries; `pooled` maps a pooling call to the searched call it pools."""
     values, x_codes, ranges, base, widths = {}, [], [], 1, []
     for kind, src in sources:
         t = src if kind == "tensor" else src.outputs[0]
         size = _static_size(t)
         codes = np.arange(base, base + size, dtype=np.int64)
         values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
-        if kind == "lookup":
+        if kind == "pooled":
+            lookup = compacted[pooled[id(src.raw)].layer].lookup
+            if size != lookup.output_dim:
+                raise _NotFoldable(f"pooling '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
+            folded = pooled_codes(lookup)
+            widths.append(lookup.folded_part_widths(1))
+        elif kind == "lookup":
             lookup = compacted[src.layer].lookup
             per_position = lookup.num_fields * lookup.output_dim if src.layer.multi_field else lookup.output_dim
             if size % per_position:
@@ -689,12 +793,12 @@ def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: d
 
 
 def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict,
-                 crosses: dict | None = None) -> tuple[np.ndarray, list]:
+                 crosses: dict | None = None, pooled: dict | None = None) -> tuple[np.ndarray, list]:
     """`(kernel rows, widths)`: the Dense kernel rows matching the folded sources (found by
     probing the data-moving layers, `_probe`), and the columns of each source's pieces
     (`kernel_groups`)."""
     try:
-        cols, x, widths = _probe(dn.inputs[0], region, sources, compacted, crosses or {})
+        cols, x, widths = _probe(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)
     except _NotFoldable as e:
         raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
     kernel = _utils.to_numpy(dn.layer.kernel)
@@ -706,10 +810,10 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     return selected, widths
 
 
-def _cross_columns(x0: Any, region: list, sources: list, compacted: dict) -> np.ndarray:
+def _cross_columns(x0: Any, region: list, sources: list, compacted: dict, pooled: dict) -> np.ndarray:
     """`cols[i]`: the column of `x0` that entry i of its sources' pieces (side by side) lands in,
     -1 for a lookup's padding column (always zero). Every other entry must land exactly once."""
-    cols, x, _ = _probe(x0, region, sources, compacted, {})
+    cols, x, _ = _probe(x0, region, sources, compacted, {}, pooled)
     found = cols[cols >= 0]
     if np.bincount(found, minlength=x.shape[0]).max(initial=0) > 1:
         raise _NotFoldable("an entry of its x0 appears twice")
@@ -778,23 +882,51 @@ def run(plan: NetPlan, inputs: Any) -> Any:
     return _compat.pack_graph_outputs(net, [values[id(t)] for t in _compat.graph_outputs(net)])
 
 
+def _lookup_parts(node: _compat.GraphNode, plan: NetPlan, values: dict, folded: dict) -> list:
+    """The folded parts of a searched call's lookup (looked up once however many calls read them)."""
+    key = id(node.raw)
+    if key not in folded:
+        lookup = plan.lookups[key].lookup
+        stack = plan.columns.get(key)
+        if stack is not None:  # per-field ids, as the StackFields call takes them
+            columns = field_columns([values[id(t)] for t in stack.inputs])
+            folded[key] = lookup.folded_fields_parts(node.layer.serving_field_ids(columns),
+                                                     checked=key in plan.prechecked)
+        else:
+            args, _ = _compat.node_arguments(node, values)
+            folded[key] = lookup.folded_parts(node.layer.serving_ids(args[0]), checked=key in plan.prechecked)
+    return folded[key]
+
+
+def _pool(node: _compat.GraphNode, parts: list, widths: list, mask) -> list:
+    """Each folded part `[batch, positions * K_p]` pooled over its positions by the pooling
+    layer of `node` itself, with the searched layer's mask: `[batch, K_p]`."""
+    out = []
+    for part, width in zip(parts, widths):
+        if not width:
+            out.append(tf.zeros(tf.stack([tf.shape(part)[0], 0]), part.dtype))
+            continue
+        seq = tf.reshape(part, tf.stack([tf.shape(part)[0], -1, width]))
+        pooled = _compat.call_for_inference(node.layer, (seq,), {"mask": mask} if mask is not None else {})
+        out.append(tf.reshape(pooled, [-1, width]))
+    return out
+
+
 def _pieces(sources: list, plan: NetPlan, values: dict, folded: dict, reduced: dict, dtype) -> list:
     """The served pieces of folded sources, in order: a lookup's folded parts (looked up once
-    however many calls read them), a planned cross's reduced output, a tensor as `[batch, -1]`."""
+    however many calls read them), those parts pooled (`_pool`), a planned cross's reduced
+    output, a tensor as `[batch, -1]`."""
     pieces = []
     for kind, src in sources:
         if kind == "lookup":
+            pieces += [tf.cast(p, dtype) for p in _lookup_parts(src, plan, values, folded)]
+        elif kind == "pooled":
             key = id(src.raw)
-            if key not in folded:  # a searched call feeding several Dense layers is looked up once
-                lookup = plan.lookups[key].lookup
-                stack = plan.columns.get(key)
-                if stack is not None:  # per-field ids, as the StackFields call takes them
-                    columns = field_columns([values[id(t)] for t in stack.inputs])
-                    folded[key] = lookup.folded_fields_parts(src.layer.serving_field_ids(columns),
-                                                             checked=key in plan.prechecked)
-                else:
-                    args, _ = _compat.node_arguments(src, values)
-                    folded[key] = lookup.folded_parts(src.layer.serving_ids(args[0]), checked=key in plan.prechecked)
+            if key not in folded:
+                searched = plan.pooled[key]
+                parts = _lookup_parts(searched, plan, values, folded)
+                widths = plan.lookups[id(searched.raw)].lookup.folded_part_widths(1)
+                folded[key] = _pool(src, parts, widths, _pool_mask(src, searched, values))
             pieces += [tf.cast(p, dtype) for p in folded[key]]
         elif kind == "cross":
             pieces.append(tf.cast(reduced[id(src.raw)], dtype))
