@@ -1,24 +1,30 @@
-"""Serving latency and bytes of DCN and DeepFM exports (models beyond benchmarks/serving.py's MLP).
+"""Serving latency and bytes of DCN, DeepFM and history exports (models beyond benchmarks/serving.py's MLP).
 
-    python benchmarks/serving_models.py                 # DCN and DeepFM at budgets 0.05, 0.1, 0.2 (resumable)
+    python benchmarks/serving_models.py                 # the three models at budgets 0.05, 0.1, 0.2 (resumable)
     python benchmarks/serving_models.py --report-only   # rewrite docs/results/serving_models.md from the cache
 
-Two models of `keras_embdim.models` over 16-dim embeddings of 26 Criteo-shaped
+Three models of `keras_embdim.models` over 16-dim embeddings of 26 Criteo-shaped
 fields (generated data, the vocabularies capped at `--cap`): DCN-v2
 (`build_dcn`: two full-rank cross layers over the 416 concatenated columns,
-then the MLP 128-64, stacked) and DeepFM (`build_deepfm`: first-order weights,
-the FM term and the MLP 128-64 over the same embeddings). Each is trained for
-one epoch with `SingleShotPruner(budget)` and exported with `export_compact`:
-by default (DCN: the cross stack runs on the kept columns, each cross kernel
-stored as its `[k, k]` block; DeepFM: the MLP is folded onto the kept values
-and the FM term computed from them, `keras_embdim.export.fm`), and
-with `fold=False`, the padded output into the whole model (what every export of
+then the MLP 128-64, stacked), DeepFM (`build_deepfm`: first-order weights,
+the FM term and the MLP 128-64 over the same embeddings) and "history"
+(`build_mlp(sequences=...)`: the MLP 128-64 over the fields and a bag of up
+to 50 ids from a vocabulary of `--cap`, 0-padded, embedded with
+`mask_zero=True` and averaged by `GlobalAveragePooling1D`; generated so that
+the label depends on it, `HistoryData`). Each is trained for one epoch with
+`SingleShotPruner(budget)` and exported with `export_compact`: by default
+(DCN: the cross stack runs on the kept columns, each cross kernel stored as its
+`[k, k]` block; DeepFM: the MLP is folded onto the kept values and the FM term
+computed from them, `keras_embdim.export.fm`; history: the average is taken
+on the history's kept columns and the MLP folded onto them), and with
+`fold=False`, the padded output into the whole model (what every export of
 these models served before); and trained with `SingleShotPruner(budget,
 width_budget=u / 16)`, keeping at most the columns of the uniform model below
 (a cross layer costs the square of its columns). The baselines are the same
-model with plain `keras.layers.Embedding`s exported by Keras' `model.export()`: full dims,
-and uniform dims `round(budget x 16)` for every field (about the same embedding
-parameters; its cross layers and MLP take 26 x u columns). Timed as
+model with plain `keras.layers.Embedding`s exported by Keras' `model.export()`:
+full dims, and uniform dims `round(budget x 16)` for every field (about the
+same embedding parameters; its cross layers and MLP take 26 x u columns, 27 x u
+with the history). Timed as
 `benchmarks/serving.py` times (`serving.time_exports`: fresh TensorFlow-only
 processes, round-robin, the median of per-round ratios; the TF2 loader and the
 TF1 session loader, as TF Serving runs a model). Results:
@@ -38,7 +44,8 @@ import _common
 import serving
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving_models.jsonl")
-MODELS = ("dcn", "deepfm")
+MODELS = ("dcn", "deepfm", "history")
+HISTORY = 50  # ids per history (the longest; 0 pads)
 LABELS = {"full": "full (model.export)", "uniform": "uniform dims (model.export)",
           "ours": "searched, folded", "ours_padded": "searched, padded (fold=False)",
           "ours_width": "searched with width_budget (as wide as uniform), folded"}
@@ -51,12 +58,63 @@ def variables_on_disk(path: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
 
 
+class HistoryData:
+    """A `CTRData` with a bag of ids per row (`"history"`, `[N, length]`, 0 pads) after its
+    fields' ids: `x` is `[N, F + length]`, `inputs(x)` the fields' inputs and the history.
+
+    Each row holds 1 to `length` ids drawn by popularity (Zipf); in a positive row 40 % of
+    them are drawn from the ids `1 mod 10`, in a negative one from the ids `5 mod 10`, so
+    the label depends on the history's average.
+    """
+
+    def __init__(self, data, vocab: int, length: int = HISTORY, seed: int = 0):
+        import numpy as np
+
+        self.data, self.vocab, self.length = data, int(vocab), int(length)
+        self.field_names, self.vocab_sizes, self.num_fields = data.field_names, data.vocab_sizes, data.num_fields
+        rng = np.random.default_rng(seed)
+        for split in ("train", "valid", "test"):
+            x, y = data.split(split)
+            n = len(y)
+            ids = (rng.zipf(1.3, (n, length)) - 1) % (self.vocab - 1) + 1
+            swap = rng.random((n, length)) < 0.4
+            pool = np.where(y[:, None] > 0.5, 1, 5) + 10 * rng.integers(0, (self.vocab - 6) // 10, (n, length))
+            ids = np.where(swap, pool, ids)
+            ids[np.arange(length)[None, :] >= rng.integers(1, length + 1, n)[:, None]] = 0
+            setattr(self, split, (np.concatenate([x, ids.astype(np.int32)], axis=1), y))
+
+    def inputs(self, x) -> dict:
+        return {**self.data.inputs(x[:, :self.num_fields]), "history": x[:, self.num_fields:]}
+
+    def dataset(self, split: str = "train", batch_size: int = 1024, seed: int = 0):
+        import tensorflow as tf
+
+        x, y = getattr(self, split)
+        ds = tf.data.Dataset.from_tensor_slices((self.inputs(x), y))
+        if split == "train":
+            ds = ds.shuffle(min(len(y), 200_000), seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch_size).prefetch(2)
+
+
+def with_history(model: str, data, cap: int, seed: int):
+    """`data` as `model` takes it: with a history (`HistoryData`) for "history"."""
+    return HistoryData(data, cap, HISTORY, seed) if model == "history" else data
+
+
+def columns(data, dim: int) -> int:
+    """Embedding columns the first layer after the embeddings takes, every field (and the history) at `dim`."""
+    return (len(data.vocab_sizes) + isinstance(data, HistoryData)) * dim
+
+
 def build(model: str, data, dim: int, embedding: str = "prunable"):
-    """The benchmark's `model` ("dcn" or "deepfm") over `data`'s fields."""
+    """The benchmark's `model` ("dcn", "deepfm" or "history") over `data`'s fields."""
     import keras_embdim as ked
 
     if model not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}; received model={model!r}.")
+    if model == "history":
+        return ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding,
+                                    sequences={"history": (data.vocab, data.length)})
     builder = ked.models.build_dcn if model == "dcn" else ked.models.build_deepfm
     return builder(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding)
 
@@ -77,8 +135,9 @@ def export_models(model_name: str, data, budget: float, out: str, seed: int, bat
         model = build(model_name, data, dim, "plain")
         path = os.path.join(out, name)
         _common.keras_export(model, path)
-        return {"path": path, "embedding_params": sum(data.vocab_sizes) * dim, "kind": "baseline", "dims": dim,
-                "columns": len(data.vocab_sizes) * dim, "variables_on_disk": variables_on_disk(path)}
+        rows = sum(data.vocab_sizes) + (data.vocab if isinstance(data, HistoryData) else 0)
+        return {"path": path, "embedding_params": rows * dim, "kind": "baseline", "dims": dim,
+                "columns": columns(data, dim), "variables_on_disk": variables_on_disk(path)}
 
     du = serving.uniform_dims(budget)
     exports["full"] = plain(D, "full")
@@ -94,20 +153,21 @@ def export_models(model_name: str, data, budget: float, out: str, seed: int, bat
         pruner = ked.SingleShotPruner(budget, min_dim=1 if budget >= 1 / D else 0, verbose=0, **search_options)
         model.fit(data.dataset("train", batch_size=batch, seed=seed), epochs=1, verbose=0, callbacks=[pruner])
         train_s = time.time() - t
-        kept = int(ked.find_searchable_layers(model)[0].dimension_mask().kept_dims.sum())
+        kept = sum(int(layer.dimension_mask().kept_dims.sum()) for layer in ked.find_searchable_layers(model))
         auc = float(roc_auc(yt, model.predict(data.inputs(xt), batch_size=8192, verbose=0)))
         for name, options in variants:
             r = ked.export_compact(model, os.path.join(out, name), sample_inputs=sample, verbose=0, **options)
             exports[name] = {"path": r.path, "embedding_params": r.kept_params, "kind": "ours",
                              "folded_into": r.folds["embedding"]["folded_into"], "bytes": r.bytes,
+                             "folds": {k: v["folded_into"] for k, v in r.folds.items()},
                              "variables_on_disk": variables_on_disk(r.path),
                              "max_abs_diff": r.max_abs_diff, "train_seconds": train_s, "test_auc": auc,
-                             "columns": len(data.vocab_sizes) * D if options.get("fold") is False else kept}
+                             "columns": columns(data, D) if options.get("fold") is False else kept}
     return exports
 
 
 def run_one(model_name: str, budget: float, args) -> dict:
-    data = serving.load("criteo", args.cap, args.rows, args.seed)
+    data = with_history(model_name, serving.load("criteo", args.cap, args.rows, args.seed), args.cap, args.seed)
     out = tempfile.mkdtemp(prefix="ked-serving-models-")
     try:
         t = time.time()
@@ -157,21 +217,25 @@ def report(records: list, path: str) -> str:
             e = r["exports"].get(name)
             if e is None:
                 continue
-            notes.append(f"- {r['model']} b={r['budget']}, {LABELS[name]}: the searched layer folded into "
-                         f"{', '.join(e['folded_into'])}; max |served - trained| {e['max_abs_diff']:.1e}; "
+            folds = e.get("folds", {"embedding": e["folded_into"]})
+            into = "; ".join(f"{layer} folded into {', '.join(f) or 'nothing'}" for layer, f in folds.items())
+            notes.append(f"- {r['model']} b={r['budget']}, {LABELS[name]}: {into}; max |served - trained| "
+                         f"{e['max_abs_diff']:.1e}; "
                          f"test AUC after one epoch {e['test_auc']:.4f} (a latency model, not an accuracy "
                          f"benchmark); training {e['train_seconds']:.0f} s")
     commits = sorted({r["commit"] for r in records})
     caps = ", ".join(f"{c:.0e}" for c in sorted({r["cap"] for r in records}))
     how = (f"Generated by `python benchmarks/serving_models.py` from `benchmarks/results/serving_models.jsonl` "
            f"(measured at commit {', '.join(commits)}), never by hand. Criteo-shaped (26 fields, vocabularies capped "
-           f"at {caps}, 16-dim embeddings): DCN-v2 (two full-rank cross layers, then the MLP 128-64) and DeepFM "
-           "(first-order weights, FM term, MLP 128-64); each (model, budget) timed as benchmarks/serving.py times: "
-           f"{serving.timing_note(records)}; a ratio is taken within each round and the median over rounds is "
-           "shown (ms: median call time); `session:` columns through the TF1 session loader, as TF Serving "
-           "runs a SavedModel. Embedding columns served: the columns the cross layers (DCN) or the MLP's first "
-           "layer (DeepFM) take (searched and folded: the kept columns; padded: all of them).")
-    return _common.write_table(path, "Serving latency of DCN and DeepFM exports", how, header, rows,
+           f"at {caps}, 16-dim embeddings): DCN-v2 (two full-rank cross layers, then the MLP 128-64), DeepFM "
+           "(first-order weights, FM term, MLP 128-64) and history (the MLP 128-64 over the fields and a bag of up "
+           f"to {HISTORY} ids from a vocabulary of the cap, averaged with its padding masked); each (model, "
+           f"budget) timed as benchmarks/serving.py times: {serving.timing_note(records)}; a ratio is taken within "
+           "each round and the median over rounds is shown (ms: median call time); `session:` columns through the "
+           "TF1 session loader, as TF Serving runs a SavedModel. Embedding columns served: the columns the cross "
+           "layers (DCN) or the MLP's first layer (DeepFM; history: the history's average counts once) take "
+           "(searched and folded: the kept columns; padded: all of them).")
+    return _common.write_table(path, "Serving latency of DCN, DeepFM and history exports", how, header, rows,
                                ["Exports:", "", *notes])
 
 

@@ -9,7 +9,7 @@ carries), stacks them to `[batch, F]` and embeds them with any embedding:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -78,9 +78,24 @@ def build_mlp(
     hidden: Sequence[int] = (128, 64),
     dropout: float = 0.0,
     embedding: str | EmbeddingFactory = "prunable",
+    sequences: Mapping[str, tuple[int, int | None]] | None = None,
     name: str = "mlp",
 ) -> keras.Model:
     """MLP over the concatenated field embeddings, sigmoid output named "ctr".
+
+    Args:
+        vocab_sizes, field_names: one vocabulary size (and name) per field.
+        embedding_dim: D of every embedding.
+        hidden: units of the MLP's layers.
+        dropout: dropout after each MLP layer.
+        embedding: "prunable", "plain" or a factory (module docstring).
+        sequences: bags of ids beside the fields, `{name: (vocabulary size,
+            length or None)}`: an int input `[batch, length]` each (0 pads),
+            embedded by a single-field layer `{name}_embedding` with
+            `mask_zero=True` ("prunable": `PrunableEmbedding`, "plain":
+            `keras.layers.Embedding`) and averaged over its ids
+            (`GlobalAveragePooling1D` `{name}_pool`, padding masked), then
+            concatenated after the fields (a watch history, a title's tokens).
 
     Example:
 
@@ -88,9 +103,26 @@ def build_mlp(
     >>> m = ked.models.build_mlp([10, 20], ["a", "b"], embedding_dim=4, hidden=(8,))
     >>> sorted(m.input_names if hasattr(m, "input_names") else [t.name for t in m.inputs])
     ['a', 'b']
+    >>> m = ked.models.build_mlp([10, 20], ["a", "b"], embedding_dim=4, hidden=(8,), sequences={"history": (50, 5)})
+    >>> m.get_layer("history_embedding").mask_zero, tuple(m.get_layer("history_pool").output.shape)
+    (True, (None, 4))
     """
     inputs, ids, emb = _embedded_fields(vocab_sizes, field_names, embedding_dim, embedding)
     x = keras.layers.Flatten(name="flatten")(emb)
+    if sequences:
+        pooled = [x]
+        for seq, (vocab, length) in sequences.items():
+            if seq in inputs:
+                raise ValueError(f"`sequences` names an input that is also a field; received {seq!r}.")
+            inputs[seq] = keras.Input(shape=(length,), dtype="int32", name=seq)
+            if embedding == "prunable":
+                layer = PrunableEmbedding(int(vocab), embedding_dim, mask_zero=True, name=f"{seq}_embedding")
+            elif embedding == "plain":
+                layer = keras.layers.Embedding(int(vocab), embedding_dim, mask_zero=True, name=f"{seq}_embedding")
+            else:
+                raise ValueError(f"`sequences` need embedding='prunable' or 'plain'; received {embedding!r}.")
+            pooled.append(keras.layers.GlobalAveragePooling1D(name=f"{seq}_pool")(layer(inputs[seq])))
+        x = keras.layers.Concatenate(name="features")(pooled)
     x = _mlp(x, hidden, dropout, "mlp")
     out = keras.layers.Dense(1, activation="sigmoid", name="ctr")(x)
     return keras.Model(inputs, out, name=name)

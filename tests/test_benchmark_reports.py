@@ -273,14 +273,18 @@ def test_serving_models_exports_and_page(tmp_path, model):
     F x dims; the page states every export at every batch with this (hand-made) timing's ratios."""
     if model == "dcn":
         pytest.importorskip("keras_rs" if ked.KERAS_3 else "tensorflow_recommenders")
-    data = serving.load("criteo", 40, 3000, 0)
+    data = serving_models.with_history(model, serving.load("criteo", 40, 3000, 0), 40, 0)
     exports = serving_models.export_models(model, data, 0.1, str(tmp_path), seed=0, batch=512)
-    folded = ["cross_1", "cross_2", "deep_0"] if model == "dcn" else ["deep_0", "fm"]
+    folded = {"dcn": ["cross_1", "cross_2", "deep_0"], "deepfm": ["deep_0", "fm"], "history": ["mlp_0"]}[model]
     assert exports["ours"]["folded_into"] == folded == exports["ours_width"]["folded_into"]
-    assert exports["ours_padded"]["folded_into"] == [] and exports["ours_padded"]["columns"] == 26 * 16
-    assert 0 < exports["ours"]["columns"] < 26 * 16
-    assert 0 < exports["ours_width"]["columns"] <= 26 * 2  # width_budget: at most the uniform model's columns
-    assert (exports["full"]["columns"], exports["uniform"]["columns"]) == (26 * 16, 26 * 2)
+    if model == "history":  # the bag of ids is averaged on its kept columns
+        assert exports["ours"]["folds"]["history_embedding"] == ["history_pool", "mlp_0"]
+        assert exports["ours_padded"]["folds"]["history_embedding"] == []
+    F = 27 if model == "history" else 26
+    assert exports["ours_padded"]["folded_into"] == [] and exports["ours_padded"]["columns"] == F * 16
+    assert 0 < exports["ours"]["columns"] < F * 16
+    assert 0 < exports["ours_width"]["columns"] <= F * 2  # width_budget: at most the uniform model's columns
+    assert (exports["full"]["columns"], exports["uniform"]["columns"]) == (F * 16, F * 2)
     assert exports["ours"]["variables_on_disk"] < exports["ours_padded"]["variables_on_disk"]
     ms = {"full": 2.0, "uniform": 1.0, "ours": 1.0, "ours_padded": 3.0, "ours_width": 1.0}
     timing = {"1": {"ms": ms, "ratios": {"ours/full": 0.5, "ours/uniform": 1.0, "ours_padded/full": 1.5,
@@ -292,4 +296,4 @@ def test_serving_models_exports_and_page(tmp_path, model):
     row = [line for line in text.splitlines() if "| searched, folded |" in line]
     assert row == [f"| {model} | 0.1 | searched, folded | {exports['ours']['columns']} | "
                    f"{exports['ours']['variables_on_disk']:,} | 1 | 1.00 | 0.50 | 1.00 | 1.00 | 0.50 | 1.00 |"]
-    assert f"| {model} | 0.1 | full (model.export) (16 dims) | 416 |" in text and "commit abc1234" in text
+    assert f"| {model} | 0.1 | full (model.export) (16 dims) | {F * 16} |" in text and "commit abc1234" in text

@@ -208,6 +208,30 @@ def test_a_pooled_bag_of_ids_folds_on_its_kept_columns(tmp_path, pool, per_value
         assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
+def test_build_mlp_with_a_history_searched_by_fit_and_exported_folded(tmp_path):
+    """The zoo's MLP with a bag of ids (`sequences=`): `fit` with SingleShotPruner over both
+    searched layers and DimensionExporter; the history is pooled on its kept columns and a
+    fresh TensorFlow-only process serves the trained model's predictions."""
+    data = ked.data.make_synthetic_ctr(num_rows=2000, num_fields=3, max_vocab=40, seed=4)
+    rng = np.random.default_rng(4)
+    hist = {s: rng.integers(0, 30, (len(y), 6)).astype("int32") for s, (_, y) in
+            (("train", data.train), ("test", data.test))}
+    model = ked.models.compile_ctr(ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=6,
+                                                        hidden=(8,), sequences={"history": (30, 6)}))
+    exporter = ked.DimensionExporter(str(tmp_path / "mlp"), verbose=0)
+    train = {**data.inputs(data.train[0]), "history": hist["train"]}
+    model.fit(train, data.train[1], batch_size=256, epochs=2, verbose=0,
+              callbacks=[ked.SingleShotPruner(0.3, verbose=0), exporter])
+    r = exporter.result
+    assert r.folds["history_embedding"]["folded_into"] == ["history_pool", "mlp_0"]
+    assert r.folds["embedding"]["folded_into"] == ["mlp_0"]
+    sample = {**data.inputs(data.test[0][:100]), "history": hist["test"][:100]}
+    report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+    with pytest.raises(ValueError, match="`sequences` need embedding='prunable' or 'plain'"):
+        ked.models.build_mlp([5], sequences={"h": (5, 2)}, embedding=lambda v, d, n: ked.PrunableEmbedding(v, d))
+
+
 def test_pooling_is_not_folded_where_its_output_is_read_whole(tmp_path):
     """A pooled output that is also a model output is not computed on kept columns: the
     searched layer serves its padded output there (the report says why), value by value."""
