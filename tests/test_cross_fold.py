@@ -271,3 +271,30 @@ def test_per_value_sizes_under_a_cross_stack(tmp_path):
     k = 4 + 2 * D + NUM  # the whole field's 4 columns, the packed fields' widest size (D) each, the dense features
     assert _stored_shapes(r).count((k, 2)) == 2
     np.testing.assert_allclose(_served(r, sample), model.predict(sample, verbose=0), atol=1e-5)
+
+
+def test_a_pooled_bag_of_ids_in_x0_is_crossed_on_its_kept_columns(tmp_path):
+    """A history averaged over its ids (padding masked) beside the fields in x0: the average is
+    taken on the history's kept columns, and the cross kernel is stored as the `[k, k]` block of
+    both layers' kept columns; the export serves the model's predictions."""
+    hist = keras.Input((7,), dtype="int32", name="history")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    seq = ked.PrunableEmbedding(50, D, mask_zero=True, name="seq")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(seq(hist))
+    x0 = keras.layers.Concatenate(name="x0")([pooled, keras.layers.Flatten()(emb(ids))])
+    h = keras.layers.Dense(4, activation="relu", name="head")(make_cross("cross_1")(x0))
+    model = keras.Model({"history": hist, "ids": ids}, keras.layers.Dense(1, name="ctr")(h))
+    _mask(emb, 21)
+    _mask(seq, 22)
+    rng = np.random.default_rng(23)
+    for w in model.get_layer("cross_1").weights:
+        w.assign(0.3 * rng.standard_normal(tuple(w.shape)).astype(np.float32))
+    history = rng.integers(1, 50, (50, 7)).astype("int32")
+    history[np.arange(7)[None, :] >= rng.integers(1, 8, 50)[:, None]] = 0
+    sample = {"history": history, "ids": _sample()["ids"]}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["seq"]["folded_into"] == ["pool", "cross_1", "head"]
+    k = int(seq.dimension_mask().kept_dims.sum()) + int(emb.dimension_mask().kept_dims.sum())
+    assert (k, k) in _stored_shapes(r) and (4 * D, 4 * D) not in _stored_shapes(r)
+    np.testing.assert_allclose(_served(r, sample), model.predict(sample, verbose=0), atol=1e-5)
