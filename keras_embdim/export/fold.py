@@ -30,7 +30,7 @@ the kept columns: the pooling layer itself runs on the folded lookup
 tokens) folds like a field.
 
 Where a searched layer's output also has another use (an FM inner product,
-pooling, attention, a model output), the Dense layers it reaches still fold,
+pooling over fields, attention, a model output), the Dense layers it reaches still fold,
 and that use reads the padded output placed from the same lookup (one gather
 of the kept values; each table is read once per request); with no foldable
 Dense, the layer serves its padded output (`lookup.padded`). The plan records
