@@ -159,14 +159,16 @@ def test_sequence_of_one_field_folds_per_position(tmp_path, per_value):
     np.testing.assert_allclose(_served(r, {"history": x})["head"], model.predict(x, verbose=0), atol=1e-5)
 
 
-def _history_model(pool: str, length):
-    """A bag of ids (`mask_zero`, 0 pads) pooled over its positions beside three fields, into an MLP."""
+def _history_model(pool: str, length, dropout: bool = False):
+    """A bag of ids (`mask_zero`, 0 pads) pooled over its positions (after a SpatialDropout1D with
+    `dropout`) beside three fields, into an MLP."""
     hist = keras.Input((length,), dtype="int32", name="history")
     ids = keras.Input((3,), dtype="int32", name="ids")
     seq = ked.PrunableEmbedding(50, D, mask_zero=True, name="seq")
     fields = ked.PrunableEmbedding(VOCAB, D, name="fields")
     pooling = keras.layers.GlobalMaxPooling1D if pool == "max" else keras.layers.GlobalAveragePooling1D
-    x = keras.layers.Concatenate()([pooling(name="pool")(seq(hist)), keras.layers.Flatten()(fields(ids))])
+    e = keras.layers.SpatialDropout1D(0.3)(seq(hist)) if dropout else seq(hist)
+    x = keras.layers.Concatenate()([pooling(name="pool")(e), keras.layers.Flatten()(fields(ids))])
     h = keras.layers.Dense(4, activation="relu", name="hidden")(x)
     return keras.Model({"history": hist, "ids": ids}, keras.layers.Dense(1, name="ctr")(h)), seq, fields
 
@@ -177,13 +179,15 @@ def _history_sample(rng, n=40, length=7):
     return {"history": hist, "ids": _ids(n, seed=int(rng.integers(100)))}
 
 
-@pytest.mark.parametrize("pool,per_value,length", [("average", False, 7), ("max", True, 7), ("average", True, None)])
-def test_a_pooled_bag_of_ids_folds_on_its_kept_columns(tmp_path, pool, per_value, length):
-    """A single-field sequence output pooled over its positions (masked average, max) reaches
-    the Dense on its kept columns: the pooling runs on the folded `[batch, positions, K]`
-    lookup, only the kept kernel rows are stored, and the export serves the model's
-    predictions (padding ids masked as Keras masks them; a variable number of positions)."""
-    model, seq, fields = _history_model(pool, length)
+@pytest.mark.parametrize("pool,per_value,length,dropout",
+                         [("average", False, 7, False), ("max", True, 7, False), ("average", True, None, True)])
+def test_a_pooled_bag_of_ids_folds_on_its_kept_columns(tmp_path, pool, per_value, length, dropout):
+    """A single-field sequence output pooled over its positions (masked average, max; after a
+    dropout, the identity at inference) reaches the Dense on its kept columns: the pooling runs
+    on the folded `[batch, positions, K]` lookup, only the kept kernel rows are stored, and the
+    export serves the model's predictions (padding ids masked as Keras masks them; a variable
+    number of positions)."""
+    model, seq, fields = _history_model(pool, length, dropout)
     rng = np.random.default_rng(11)
     for layer in (seq, fields):
         layer.embedding_variable.assign(rng.standard_normal(tuple(layer.embedding_variable.shape)).astype(np.float32))

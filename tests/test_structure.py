@@ -26,7 +26,8 @@ GLUE = ["callbacks/search_callback.py", "report.py", "plots.py", "convert.py", *
     f"export/{f}" for f in os.listdir(os.path.join(PACKAGE, "export")) if f.endswith(".py")]]
 # what every Keras layer has (not ours to declare)
 KERAS_LAYER = {"name", "built", "build", "output_dim", "get_weights", "set_weights", "get_config", "weights",
-               "compute_dtype", "kernel", "bias", "activation", "trainable_weights"}
+               "compute_dtype", "kernel", "bias", "activation", "trainable_weights", "call", "compute_mask",
+               "supports_masking"}
 # add_twins fills the TwinsMaskLayer it has just built (its own class, not the protocol)
 OWN_CLASS = {"embedding"}
 # what Keras' StringLookup / IntegerLookup / Hashing have: the fold reads the range of the ids they give

@@ -74,21 +74,27 @@ def _is_transparent(layer) -> bool:
 
 #: layers that pool each column over the positions of a sequence on its own: they run on kept columns
 COLUMN_POOLING = _compat.layer_classes("GlobalAveragePooling1D", "GlobalMaxPooling1D")
+#: data-moving layers whose output is their input at inference (a pooling after them pools the searched output)
+INFERENCE_IDENTITY = _compat.layer_classes(
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout", "GaussianNoise",
+    "AlphaDropout", "Identity", "ActivityRegularization",
+)
 
 
-def _foldable_pooling(node: _compat.GraphNode, searched: _compat.GraphNode) -> str | None:
+def _foldable_pooling(node: _compat.GraphNode, searched: _compat.GraphNode, same: set) -> str | None:
     """None if `node` pools the sequence output `[batch, positions, D]` of the single-field
-    searched call `searched` over its positions, column by column, else why not."""
-    layer = node.layer
-    name = f"'{layer.name}' ({type(layer).__name__})"
+    searched call `searched` over its positions, column by column, else why not. `same`:
+    id() of the tensors equal to that output at inference, its mask passed along
+    (`INFERENCE_IDENTITY` calls that support masking)."""
+    pool = node.layer
+    name = f"'{pool.name}' ({type(pool).__name__})"
     if searched.layer.multi_field:
         return f"its output reaches {name}, which pools over fields"
-    if getattr(layer, "data_format", "channels_last") != "channels_last":
-        return f"its output reaches {name} with data_format={layer.data_format!r}"
+    if pool.data_format != "channels_last":
+        return f"its output reaches {name} with data_format={pool.data_format!r}"
     marks = {id(t): i for i, t in enumerate(node.inputs)}
     args, kwargs = _compat.node_arguments(node, marks)
-    if (len(args) != 1 or not isinstance(args[0], int) or node.inputs[args[0]] is not searched.outputs[0]
-            or set(kwargs) - {"mask"}):
+    if len(args) != 1 or not isinstance(args[0], int) or id(node.inputs[args[0]]) not in same or set(kwargs) - {"mask"}:
         return f"its output reaches {name}, called with arguments it does not fold"
     if len(tuple(searched.outputs[0].shape)) != 3:
         return f"its output reaches {name} with an input of shape {tuple(searched.outputs[0].shape)}"
@@ -298,12 +304,13 @@ class _Graph:
         layers: `keras_embdim.export.cross`) to the Dense layers it reaches. Without `shared`,
         any other use is the reason it cannot fold; with it, FM terms (`keras_embdim.export.fm`)
         are listed to be computed from the kept values, pooling calls that take the searched
-        output itself (`_foldable_pooling`) are passed when all they reach folds, and the other
+        output itself (`_foldable_pooling`; also after a dropout, an identity at inference) are
+        passed when all they reach folds, and the other
         uses (a model output, pooling over fields, ...) each by why it cannot fold: they read
         the padded output. The reason is None when something folds."""
         reach = _Reach()
         frontier = list(node.outputs)
-        own = {id(t) for t in node.outputs}
+        same = {id(t) for t in node.outputs}  # tensors equal to the searched output (`_foldable_pooling`)
         while frontier:
             t = frontier.pop()
             if id(t) in self.outputs:
@@ -311,8 +318,8 @@ class _Graph:
                     return reach.failed("its output is a model output")
                 reach.other("its output is a model output")
             for c in self.consumers.get(id(t), []):
-                if shared and id(t) in own and type(c.layer) in COLUMN_POOLING:
-                    why = _foldable_pooling(c, node)
+                if shared and id(t) in same and type(c.layer) in COLUMN_POOLING:
+                    why = _foldable_pooling(c, node, same)
                     if why is None:
                         after = self.dense_reach(c, through_cross)
                         if after.why:
@@ -330,6 +337,8 @@ class _Graph:
                     if id(c.raw) not in reach.region:
                         reach.region.add(id(c.raw))
                         frontier.extend(c.outputs)
+                        if id(t) in same and type(c.layer) in INFERENCE_IDENTITY and c.layer.supports_masking:
+                            same.update(id(o) for o in c.outputs)
                     continue
                 if through_cross and cross_fold.is_cross(c.layer):
                     if all(x is not c for x in reach.crosses):
