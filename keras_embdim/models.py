@@ -111,14 +111,19 @@ def build_mlp(
     x = keras.layers.Flatten(name="flatten")(emb)
     if sequences:
         pooled = [x]
-        for seq, (vocab, length) in sequences.items():
+        for seq, spec in sequences.items():
+            if (not isinstance(spec, (tuple, list)) or len(spec) != 2 or not isinstance(spec[0], int) or spec[0] < 1
+                    or not (spec[1] is None or isinstance(spec[1], int) and spec[1] >= 1)):
+                raise ValueError(f"`sequences` must map each name to (vocabulary size >= 1, length >= 1 or None); "
+                                 f"received {seq!r}: {spec!r}.")
+            vocab, length = spec
             if seq in inputs:
                 raise ValueError(f"`sequences` names an input that is also a field; received {seq!r}.")
             inputs[seq] = keras.Input(shape=(length,), dtype="int32", name=seq)
             if embedding == "prunable":
-                layer = PrunableEmbedding(int(vocab), embedding_dim, mask_zero=True, name=f"{seq}_embedding")
+                layer = PrunableEmbedding(vocab, embedding_dim, mask_zero=True, name=f"{seq}_embedding")
             elif embedding == "plain":
-                layer = keras.layers.Embedding(int(vocab), embedding_dim, mask_zero=True, name=f"{seq}_embedding")
+                layer = keras.layers.Embedding(vocab, embedding_dim, mask_zero=True, name=f"{seq}_embedding")
             else:
                 raise ValueError(f"`sequences` need embedding='prunable' or 'plain'; received {embedding!r}.")
             pooled.append(keras.layers.GlobalAveragePooling1D(name=f"{seq}_pool")(layer(inputs[seq])))

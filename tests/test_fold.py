@@ -234,6 +234,11 @@ def test_build_mlp_with_a_history_searched_by_fit_and_exported_folded(tmp_path):
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
     with pytest.raises(ValueError, match="`sequences` need embedding='prunable' or 'plain'"):
         ked.models.build_mlp([5], sequences={"h": (5, 2)}, embedding=lambda v, d, n: ked.PrunableEmbedding(v, d))
+    with pytest.raises(ValueError, match=r"`sequences` must map each name to \(vocabulary size >= 1, length >= 1 or "
+                                          r"None\); received 'h': \(5, 0\)"):
+        ked.models.build_mlp([5], sequences={"h": (5, 0)})
+    with pytest.raises(ValueError, match="`sequences` names an input that is also a field; received 'field_0'"):
+        ked.models.build_mlp([5], sequences={"field_0": (5, 2)})
 
 
 def test_pooling_is_not_folded_where_its_output_is_read_whole(tmp_path):
