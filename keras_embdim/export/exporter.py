@@ -89,7 +89,7 @@ class ExportResult:
     # vocabularies), warmup_requests (the warmup file), variables_files (values + index on disk)
     # and total on disk
     bytes: dict = field(default_factory=dict)
-    # per searched layer: the Dense (and cross) layers it was folded into, or why it serves padded, and whether its
+    # per searched layer: the Dense (and cross, FM, pooling) layers it was folded into, or why it serves padded, and whether its
     # served ids are checked ("on_invalid_id") or the check was left out (it could never fail, or
     # on_invalid_id="unchecked")
     folds: dict = field(default_factory=dict)

@@ -205,7 +205,8 @@ class NetPlan:
 
 @dataclass
 class FoldReport:
-    """Per searched layer: the Dense (and cross) layers it was folded into, or why it serves padded."""
+    """Per searched layer: the Dense (and cross, FM, pooling) layers it was folded into, or why it serves
+    padded."""
 
     # layer name -> {"folded_into": [...], "padded": reason | None, "id_check": "on_invalid_id" | why it was left out}
     layers: dict = field(default_factory=dict)
