@@ -22,6 +22,13 @@ where each entry went. So any composition of those layers folds, in both Keras
 versions, without modelling each layer's semantics; an entry that reaches the
 Dense input twice (e.g. `RepeatVector`) sums its kernel rows.
 
+Affine layers on the way (`BatchNormalization`, `Add`, `Average`, `Subtract`,
+`Rescaling`: an item as the sum of its id's and its category's embeddings, a
+normalization of the concatenated fields) make the Dense input an affine map
+`x @ L + c` of the kept values rather than a placement: it is probed with a
+basis (`_affine_fold`: one example per kept value, one all zeros, a random
+combination to check the map), and the Dense serves `x_kept @ (L W) + (c W + b)`.
+
 A single-field layer's sequence output `[batch, positions, D]` averaged or maxed
 over its positions (`GlobalAveragePooling1D`, `GlobalMaxPooling1D`: each column
 on its own, the layer's mask honoured) on its way to Dense layers is pooled on
@@ -70,6 +77,15 @@ TRANSPARENT = _compat.layer_classes(
 
 def _is_transparent(layer) -> bool:
     return type(layer) in TRANSPARENT  # exact types: a subclass may compute
+
+
+#: layers that are affine at inference, each output entry an affine function of the input entries: a Dense
+#: after them (and data-moving layers) folds by probing the map with a basis (`_affine_fold`)
+AFFINE = _compat.layer_classes("Add", "Subtract", "Average", "BatchNormalization", "Rescaling")
+
+
+def _is_affine(layer) -> bool:
+    return type(layer) in AFFINE  # exact types
 
 
 #: layers that pool each column over the positions of a sequence on its own: they run on kept columns
@@ -144,6 +160,7 @@ class DenseFold:
     sources: list  # ("lookup", search node) or ("tensor", symbolic tensor), in x's order
     kernels: list  # per group: the selected (and, for repeated entries, summed) kernel rows
     groups: list  # per group: indices of its pieces (in x's order)
+    bias: Any = None  # the bias served (an affine region before the Dense moves it), or None: the layer's
 
 
 @dataclass
@@ -196,6 +213,7 @@ class NetPlan:
     @property
     def variables(self) -> list:
         out = [k for f in self.dense.values() for k in f.kernels]
+        out += [f.bias for f in self.dense.values() if f.bias is not None]
         out += [w for c in self.cross.values() for w in c.weights]
         out += [w for f in self.fm.values() for w in f.weights]
         for p in self.nested.values():
@@ -334,7 +352,7 @@ class _Graph:
                         reach.crosses += [x for x in after.crosses if all(y is not x for y in reach.crosses)]
                         reach.denses += [x for x in after.denses if all(y is not x for y in reach.denses)]
                     continue
-                if _is_transparent(c.layer):
+                if _is_transparent(c.layer) or (shared and _is_affine(c.layer)):
                     if id(c.raw) not in reach.region:
                         reach.region.add(id(c.raw))
                         frontier.extend(c.outputs)
@@ -490,7 +508,7 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
         dn = dense_nodes[key]
         region, sources = graph.sources_of(dn.inputs[0], downstream, searched, result.cross, result.pooled)
         try:
-            selected, widths = _fold_kernel(dn, region, sources, compacted, result.cross, result.pooled)
+            selected, widths, bias = _fold_kernel(dn, region, sources, compacted, result.cross, result.pooled)
         except _NotFoldable as e:
             if any(kind == "cross" for kind, _ in sources):
                 raise _CrossFallback(f"Dense '{dn.layer.name}' after cross layers cannot be folded: {e}",
@@ -505,7 +523,7 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
         name = f"{dn.layer.name}_folded_kernel"
         result.dense[key] = DenseFold(dn, sources, [
             _utils.plain_variable(k, name=name if len(kernels) == 1 else f"{name}_{i}") for i, k in enumerate(kernels)],
-            groups)
+            groups, None if bias is None else _utils.plain_variable(bias, name=f"{dn.layer.name}_folded_bias"))
         for kind, src in sources:
             folds_into(kind, src, dn.layer.name)
             if kind == "cross":  # the searched layers under the cross stack fold into this Dense too
@@ -743,6 +761,30 @@ def pooled_codes(lookup) -> np.ndarray:
     return one
 
 
+def _source_entries(kind: str, src: Any, compacted: dict, crosses: dict, pooled: dict | None) -> tuple:
+    """`(tensor, entries, widths)` of one source: the symbolic tensor it gives, the flat index
+    in that tensor (per example) of every entry of its pieces side by side (-1: a lookup's
+    padding column, always zero), and the columns of each piece (`kernel_groups`). A folded
+    source's pieces hold only its kept entries; a tensor's, all of them."""
+    t = src if kind == "tensor" else src.outputs[0]
+    size = _static_size(t)
+    if kind == "pooled":
+        lookup = compacted[pooled[id(src.raw)].layer].lookup
+        if size != lookup.output_dim:
+            raise _NotFoldable(f"pooling '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
+        return t, pooled_codes(lookup), lookup.folded_part_widths(1)
+    if kind == "lookup":
+        lookup = compacted[src.layer].lookup
+        per_position = lookup.num_fields * lookup.output_dim if src.layer.multi_field else lookup.output_dim
+        if size % per_position:
+            raise _NotFoldable(f"layer '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
+        return t, lookup.folded_codes(size // per_position), lookup.folded_part_widths(size // per_position)
+    if kind == "cross":
+        cols = crosses[id(src.raw)].cols
+        return t, cols, [len(cols)]
+    return t, np.arange(size, dtype=np.int64), [size]
+
+
 def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: dict,
            pooled: dict | None = None) -> tuple:
     """Feed every source entry a distinct integer code, run the data-moving calls of `region`
@@ -752,35 +794,18 @@ def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: d
     which is always zero); `widths`: the columns of each source's pieces (`kernel_groups`).
     The folded sources (lookups, pooled lookups, planned crosses) hold only their kept
     entries; `pooled` maps a pooling call to the searched call it pools."""
+    if any(_is_affine(r.layer) for r in region):
+        raise _NotFoldable("an affine layer on the way (a Dense after it folds, `_affine_fold`; nothing else does)")
     values, x_codes, ranges, base, widths = {}, [], [], 1, []
     for kind, src in sources:
-        t = src if kind == "tensor" else src.outputs[0]
+        t, folded, source_widths = _source_entries(kind, src, compacted, crosses, pooled)
         size = _static_size(t)
         codes = np.arange(base, base + size, dtype=np.int64)
         values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
-        if kind == "pooled":
-            lookup = compacted[pooled[id(src.raw)].layer].lookup
-            if size != lookup.output_dim:
-                raise _NotFoldable(f"pooling '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
-            folded = pooled_codes(lookup)
-            widths.append(lookup.folded_part_widths(1))
-        elif kind == "lookup":
-            lookup = compacted[src.layer].lookup
-            per_position = lookup.num_fields * lookup.output_dim if src.layer.multi_field else lookup.output_dim
-            if size % per_position:
-                raise _NotFoldable(f"layer '{src.layer.name}' has an output of unexpected shape {tuple(t.shape)}")
-            folded = lookup.folded_codes(size // per_position)
-            widths.append(lookup.folded_part_widths(size // per_position))
-        elif kind == "cross":
-            folded = crosses[id(src.raw)].cols
-            widths.append([len(folded)])
-        else:
-            x_codes.append(codes)
-            widths.append([size])
-            base += size
-            continue
+        widths.append(source_widths)
         x_codes.append(np.where(folded >= 0, base + folded, 0))
-        ranges.append((base, base + size))
+        if kind != "tensor":
+            ranges.append((base, base + size))
         base += size
     if base > _MAX_CODES:
         raise _NotFoldable("the folded layer has too many inputs to probe")
@@ -803,21 +828,76 @@ def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: d
 
 
 def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict,
-                 crosses: dict | None = None, pooled: dict | None = None) -> tuple[np.ndarray, list]:
-    """`(kernel rows, widths)`: the Dense kernel rows matching the folded sources (found by
-    probing the data-moving layers, `_probe`), and the columns of each source's pieces
-    (`kernel_groups`)."""
+                 crosses: dict | None = None, pooled: dict | None = None) -> tuple[np.ndarray, list, np.ndarray | None]:
+    """`(kernel rows, widths, bias)`: the Dense kernel rows matching the folded sources (found
+    by probing the layers between, `_probe`, or `_affine_fold` when an affine layer is among
+    them), the columns of each source's pieces (`kernel_groups`), and the bias to serve with
+    them (None: the layer's own)."""
+    kernel = _utils.to_numpy(dn.layer.kernel)
+    if any(_is_affine(r.layer) for r in region):
+        try:
+            linear, offset, widths = _affine_fold(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)
+        except _NotFoldable as e:
+            raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
+        if linear.shape[1] != kernel.shape[0]:
+            raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {linear.shape[1]}")
+        bias = offset @ kernel.astype(np.float64)
+        if dn.layer.bias is not None:
+            bias = bias + _utils.to_numpy(dn.layer.bias)
+        return (linear @ kernel.astype(np.float64)).astype(kernel.dtype), widths, bias.astype(kernel.dtype)
     try:
         cols, x, widths = _probe(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)
     except _NotFoldable as e:
         raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
-    kernel = _utils.to_numpy(dn.layer.kernel)
     if cols.shape[0] != kernel.shape[0]:
         raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {cols.shape[0]}")
     selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
-    return selected, widths
+    return selected, widths, None
+
+
+_MAX_AFFINE_ENTRIES = 1 << 14  # basis rows probed at once
+
+
+def _affine_fold(target: Any, region: list, sources: list, compacted: dict, crosses: dict,
+                 pooled: dict | None) -> tuple[np.ndarray, np.ndarray, list]:
+    """`(linear [n, m], offset [m], widths)`: the region between the sources and `target` (the
+    Dense input, m entries) as the affine map `target = x @ linear + offset` of the n entries
+    `x` of the sources' pieces side by side (a lookup's padding columns: zero rows).
+
+    The region (data-moving layers and `AFFINE` ones, at inference) is run once on a batch
+    whose first example is all zeros (the offset) and whose example i + 1 is entry i alone at
+    one (its row plus the offset); removed columns of folded sources are zeros there, as they
+    are when served. A random combination of the entries is checked against the map, so a
+    layer that is not affine after all is refused rather than folded wrongly.
+    """
+    entries = [_source_entries(kind, src, compacted, crosses, pooled) for kind, src in sources]
+    n = sum(len(e) for _, e, _ in entries)
+    if n + 2 > _MAX_AFFINE_ENTRIES:
+        raise _NotFoldable(f"its sources have {n} entries, too many to probe")
+    rng = np.random.default_rng(0)
+    check = rng.standard_normal(n)
+    values, start = {}, 0
+    for t, positions, _ in entries:
+        size = _static_size(t)
+        batch = np.zeros((n + 2, size), np.float32)
+        kept = positions >= 0
+        rows = 1 + start + np.flatnonzero(kept)
+        batch[rows, positions[kept]] = 1.0
+        batch[n + 1, positions[kept]] = check[start:start + len(positions)][kept]
+        values[id(t)] = tf.constant(batch.reshape([n + 2, *tuple(t.shape)[1:]]))
+        start += len(positions)
+    _run_region(region, values, {id(r.raw): i for i, r in enumerate(region)})  # region: in execution order
+    out = values.get(id(target))
+    if out is None:
+        raise _NotFoldable("its input could not be traced to its sources")
+    out = _utils.to_numpy(out).reshape(n + 2, -1).astype(np.float64)
+    offset, linear = out[0], out[1:n + 1] - out[0]  # a padding column's row: its example is all zeros too
+    want = offset + check @ linear
+    if not np.allclose(out[n + 1], want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max(initial=0))):
+        raise _NotFoldable("the layers before it are not affine in its sources")
+    return linear, offset, [w for _, _, w in entries]
 
 
 def _cross_columns(x0: Any, region: list, sources: list, compacted: dict, pooled: dict) -> np.ndarray:
@@ -985,8 +1065,9 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict, reduc
     # (+ Add) + activation into one op, as for Keras' Dense
     last = max(range(len(products)), key=lambda i: int(fold.kernels[i].shape[0]))
     y = products[last]
-    if layer.bias is not None:
-        y = tf.nn.bias_add(y, tf.cast(layer.bias, dtype))
+    bias = fold.bias if fold.bias is not None else layer.bias
+    if bias is not None:
+        y = tf.nn.bias_add(y, tf.cast(bias, dtype))
     others = products[:last] + products[last + 1:]
     if others:
         y = y + (others[0] if len(others) == 1 else tf.add_n(others))

@@ -1,0 +1,119 @@
+"""A Dense after affine layers (BatchNormalization, Add, Average, Subtract, Rescaling) folds
+(keras_embdim.export.fold._affine_fold): the layers between the searched outputs and the Dense
+are probed as an affine map with a basis, and the Dense serves `x_kept @ (L W) + (c W + b)`.
+
+Models get random tables, masks and normalization statistics (folding is exact algebra, no
+training needed); exports are compared with the Keras model value by value.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_embdim as ked
+from keras_embdim import keras
+from keras_embdim.export import TABLES_ATTRIBUTE, fold
+from keras_embdim.serving import check_in_fresh_process
+
+VOCAB = [7, 30, 120]
+D = 6
+
+
+def _fill(layer, seed, p=0.5):
+    rng = np.random.default_rng(seed)
+    layer.embedding_variable.assign(rng.standard_normal(tuple(layer.embedding_variable.shape)).astype(np.float32))
+    layer.set_dimension_mask(rng.random((layer.num_fields, layer.output_dim)) < p)
+    return int(layer.dimension_mask().kept_dims.sum())
+
+
+def _stored(r) -> dict:
+    """Shape of every stored variable that is not an embedding table, by its checkpoint key."""
+    reader = tf.train.load_checkpoint(os.path.join(r.path, "variables", "variables"))
+    return {k: tuple(s) for k, s in reader.get_variable_to_shape_map().items()
+            if "VARIABLE_VALUE" in k and not k.startswith(TABLES_ATTRIBUTE)}
+
+
+def _served(r, inputs):
+    return tf.saved_model.load(r.path).signatures["serving_default"](**inputs)["ctr"].numpy()
+
+
+def _randomize_batchnorm(layer, seed):
+    rng = np.random.default_rng(seed)
+    n = int(layer.gamma.shape[0])
+    layer.set_weights([1 + 0.5 * rng.standard_normal(n), 0.3 * rng.standard_normal(n), rng.standard_normal(n),
+                       0.5 + rng.random(n)])  # gamma, beta, moving mean, moving variance
+
+
+def test_batch_normalization_over_the_concatenated_fields_folds_into_the_dense(tmp_path):
+    """Fields and a dense feature, concatenated, batch-normalized, then the MLP: the first
+    Dense is served from the kept values with its kernel rows scaled by the normalization and
+    its bias moved (`[k + 2, 4]` rows, a folded bias); the normalization is not run; served ==
+    trained in this process and in a fresh TensorFlow-only one (TF2 and TF1 loaders)."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    price = keras.Input((2,), name="price")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(emb(ids)), price])
+    norm = keras.layers.BatchNormalization(name="norm")
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(norm(x))
+    model = keras.Model({"ids": ids, "price": price}, keras.layers.Dense(1, name="ctr")(h))
+    k = _fill(emb, 1)
+    _randomize_batchnorm(norm, 2)
+    rng = np.random.default_rng(3)
+    sample = {"ids": np.stack([rng.integers(0, v, 50) for v in VOCAB], 1).astype("int32"),
+              "price": rng.standard_normal((50, 2)).astype("float32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}
+    shapes = sorted(_stored(r).values())
+    assert (k + 2, 4) in shapes and (3 * D + 2, 4) not in shapes and (3 * D + 2,) not in shapes  # no BN stats
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample), want, atol=1e-5)
+    report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("merge", ["add", "average", "subtract"])
+def test_two_embeddings_of_an_item_merged_then_an_mlp(tmp_path, merge):
+    """An item as the sum (mean, difference) of its id's and its category's searched
+    embeddings, beside other fields, into the MLP: each layer's kept columns get the kernel
+    rows of the merged column they land in (summed, halved, negated), served == trained."""
+    item = keras.Input((), dtype="int32", name="item")
+    cat = keras.Input((), dtype="int32", name="cat")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    item_emb = ked.PrunableEmbedding(40, D, name="item_emb")
+    cat_emb = ked.HardMaskEmbedding(9, D, name="cat_emb")
+    fields = ked.PrunableEmbedding(VOCAB, D, name="fields")
+    merged = {"add": keras.layers.Add, "average": keras.layers.Average,
+              "subtract": keras.layers.Subtract}[merge]()([item_emb(item), cat_emb(cat)])
+    x = keras.layers.Concatenate()([merged, keras.layers.Flatten()(fields(ids))])
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(x)
+    model = keras.Model({"item": item, "cat": cat, "ids": ids}, keras.layers.Dense(1, name="ctr")(h))
+    k = _fill(item_emb, 4) + _fill(fields, 6)
+    rng = np.random.default_rng(5)
+    cat_emb.embedding_variable.assign(rng.standard_normal((9, D)).astype(np.float32))
+    cat_emb.freeze(rng.random((1, D)) < 0.5)
+    k += int(cat_emb.dimension_mask().kept_dims.sum())
+    sample = {"item": rng.integers(0, 40, 50).astype("int32"), "cat": rng.integers(0, 9, 50).astype("int32"),
+              "ids": np.stack([rng.integers(0, v, 50) for v in VOCAB], 1).astype("int32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    for name in ("item_emb", "cat_emb", "fields"):
+        assert r.folds[name]["folded_into"] == ["hidden"] and r.folds[name]["padded"] is None
+    assert (k, 4) in sorted(_stored(r).values())
+    np.testing.assert_allclose(_served(r, sample), model.predict(sample, verbose=0), atol=1e-5)
+
+
+def test_a_layer_that_is_not_affine_is_refused_by_the_check(tmp_path, monkeypatch):
+    """Were a ReLU taken for affine, the probe's random combination would not match the map:
+    the Dense is not folded (the report says why) and the export still serves the model."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    x = keras.layers.Activation("relu", name="relu")(keras.layers.Flatten()(emb(ids)))
+    model = keras.Model(ids, keras.layers.Dense(1, name="ctr")(x))
+    _fill(emb, 7)
+    monkeypatch.setattr(fold, "AFFINE", fold.AFFINE + (keras.layers.Activation,))
+    x_ = np.stack([np.random.default_rng(8).integers(0, v, 50) for v in VOCAB], 1).astype("int32")
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
+    assert r.folds["emb"]["folded_into"] == []
+    assert r.folds["emb"]["padded"] == "Dense 'ctr': the layers before it are not affine in its sources"
+    np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
