@@ -834,23 +834,23 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     them), the columns of each source's pieces (`kernel_groups`), and the bias to serve with
     them (None: the layer's own)."""
     kernel = _utils.to_numpy(dn.layer.kernel)
-    if any(_is_affine(r.layer) for r in region):
-        try:
+    affine = any(_is_affine(r.layer) for r in region)
+    try:
+        if affine:
             linear, offset, widths = _affine_fold(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)
-        except _NotFoldable as e:
-            raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
-        if linear.shape[1] != kernel.shape[0]:
-            raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {linear.shape[1]}")
+            inputs = linear.shape[1]
+        else:
+            cols, x, widths = _probe(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)
+            inputs = cols.shape[0]
+    except _NotFoldable as e:
+        raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
+    if inputs != kernel.shape[0]:
+        raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {inputs}")
+    if affine:
         bias = offset @ kernel.astype(np.float64)
         if dn.layer.bias is not None:
             bias = bias + _utils.to_numpy(dn.layer.bias)
         return (linear @ kernel.astype(np.float64)).astype(kernel.dtype), widths, bias.astype(kernel.dtype)
-    try:
-        cols, x, widths = _probe(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)
-    except _NotFoldable as e:
-        raise _NotFoldable(f"Dense '{dn.layer.name}': {e}") from None
-    if cols.shape[0] != kernel.shape[0]:
-        raise _NotFoldable(f"Dense '{dn.layer.name}' has {kernel.shape[0]} inputs, the probe {cols.shape[0]}")
     selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
