@@ -34,6 +34,7 @@ benchmarks/results/serving_models.jsonl and docs/results/serving_models.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -41,7 +42,10 @@ import tempfile
 import time
 
 import _common
+import numpy as np
 import serving
+
+from keras_embdim.data import CTRData
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving_models.jsonl")
 MODELS = ("dcn", "deepfm", "history")
@@ -58,47 +62,43 @@ def variables_on_disk(path: str) -> int:
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
 
 
-class HistoryData:
+@dataclasses.dataclass
+class HistoryData(CTRData):
     """A `CTRData` with a bag of ids per row (`"history"`, `[N, length]`, 0 pads) after its
-    fields' ids: `x` is `[N, F + length]`, `inputs(x)` the fields' inputs and the history.
+    fields' ids: `x` is `[N, F + length]`, `inputs(x)` the fields' inputs and the history
+    (`dataset` is `CTRData`'s, reading them through `inputs`).
 
     Each row holds 1 to `length` ids drawn by popularity (Zipf); in a positive row 40 % of
     them are drawn from the ids `1 mod 10`, in a negative one from the ids `5 mod 10`, so
     the label depends on the history's average.
     """
 
-    def __init__(self, data, vocab: int, length: int = HISTORY, seed: int = 0):
-        import numpy as np
+    vocab: int = 0  # rows of the history's table (id 0 pads)
+    length: int = HISTORY
 
-        self.data, self.vocab, self.length = data, int(vocab), int(length)
-        self.field_names, self.vocab_sizes, self.num_fields = data.field_names, data.vocab_sizes, data.num_fields
+    @classmethod
+    def of(cls, data: CTRData, vocab: int, length: int = HISTORY, seed: int = 0) -> "HistoryData":
         rng = np.random.default_rng(seed)
+        splits = {}
         for split in ("train", "valid", "test"):
             x, y = data.split(split)
             n = len(y)
-            ids = (rng.zipf(1.3, (n, length)) - 1) % (self.vocab - 1) + 1
+            ids = (rng.zipf(1.3, (n, length)) - 1) % (vocab - 1) + 1
             swap = rng.random((n, length)) < 0.4
-            pool = np.where(y[:, None] > 0.5, 1, 5) + 10 * rng.integers(0, (self.vocab - 6) // 10, (n, length))
+            pool = np.where(y[:, None] > 0.5, 1, 5) + 10 * rng.integers(0, (vocab - 6) // 10, (n, length))
             ids = np.where(swap, pool, ids)
             ids[np.arange(length)[None, :] >= rng.integers(1, length + 1, n)[:, None]] = 0
-            setattr(self, split, (np.concatenate([x, ids.astype(np.int32)], axis=1), y))
+            splits[split] = (np.concatenate([x, ids.astype(np.int32)], axis=1), y)
+        base = {f.name: getattr(data, f.name) for f in dataclasses.fields(CTRData)}
+        return cls(**{**base, **splits}, vocab=int(vocab), length=int(length))
 
-    def inputs(self, x) -> dict:
-        return {**self.data.inputs(x[:, :self.num_fields]), "history": x[:, self.num_fields:]}
-
-    def dataset(self, split: str = "train", batch_size: int = 1024, seed: int = 0):
-        import tensorflow as tf
-
-        x, y = getattr(self, split)
-        ds = tf.data.Dataset.from_tensor_slices((self.inputs(x), y))
-        if split == "train":
-            ds = ds.shuffle(min(len(y), 200_000), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(2)
+    def inputs(self, x: np.ndarray) -> dict:
+        return {**super().inputs(x[:, :self.num_fields]), "history": x[:, self.num_fields:]}
 
 
 def with_history(model: str, data, cap: int, seed: int):
     """`data` as `model` takes it: with a history (`HistoryData`) for "history"."""
-    return HistoryData(data, cap, HISTORY, seed) if model == "history" else data
+    return HistoryData.of(data, cap, HISTORY, seed) if model == "history" else data
 
 
 def columns(data, dim: int) -> int:
