@@ -106,8 +106,16 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("order", ["search_first", "backup_first"])
-@pytest.mark.parametrize("case", list(CASES))
+# the callbacks' order decides whether a backup written at the epoch that ends a search holds its end;
+# in these cases the search ends in epoch 0 and the run resumes from the backup of epoch 1, which
+# holds the end either way: one order each (alternating), both for every other case
+ONE_ORDER = {"sseds_after": "search_first", "ham_after": "backup_first", "amtl_after": "search_first",
+             "pme_after": "backup_first"}
+RESUMES = [(case, order) for case in CASES for order in ("search_first", "backup_first")
+           if ONE_ORDER.get(case, order) == order]
+
+
+@pytest.mark.parametrize("case,order", RESUMES)
 def test_backup_and_restore_resumes_to_the_uninterrupted_result(case, order, uninterrupted, tmp_path):
     method, kwargs, die_epoch = CASES[case]
     backup = str(tmp_path / "backup")

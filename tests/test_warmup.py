@@ -159,16 +159,25 @@ def test_a_warmup_file_that_would_fail_tf_serving_is_refused(few, tmp_path, monk
     assert os.listdir(base) == []  # no version, no temporary folder
 
 
+@pytest.fixture(scope="module")
+def verified(few, tmp_path_factory):
+    """A verified export of `few` (test_every_export_carries_warmup_requests_that_tf_serving_replays
+    shows the fresh-process check passes on such an export) and the predictions it must give."""
+    d, model, sample = few
+    r = ked.export_compact(model, str(tmp_path_factory.mktemp("warmup") / "ok"), sample_inputs=sample, verbose=0)
+    return r.path, {"ctr": model.predict(sample, verbose=0)}
+
+
 @pytest.mark.parametrize("fault", ["an input left out", "int32 ids for the int64 signature", "1001 records"])
-def test_the_fresh_process_check_fails_a_warmup_file_tf_serving_would_refuse(few, tmp_path, fault):
+def test_the_fresh_process_check_fails_a_warmup_file_tf_serving_would_refuse(few, verified, tmp_path, fault):
     """The TensorFlow-only check replays the file as TF Serving does, so a record the server would
     refuse fails it (here written into a verified export by hand)."""
     import shutil
 
     d, model, sample = few
-    r = ked.export_compact(model, str(tmp_path / "ok"), sample_inputs=sample, verbose=0)
+    path, expected = verified
     bad = str(tmp_path / "bad")
-    shutil.copytree(r.path, bad)
+    shutil.copytree(path, bad)
     inputs = {k: np.asarray(v[:2], np.int64) for k, v in sample.items()}
     if fault == "an input left out":
         inputs.pop(d.field_names[1])
@@ -177,8 +186,6 @@ def test_the_fresh_process_check_fails_a_warmup_file_tf_serving_would_refuse(few
     with tf.io.TFRecordWriter(os.path.join(bad, "assets.extra", "tf_serving_warmup_requests")) as fh:
         for _ in range(1001 if fault == "1001 records" else 1):  # TF Serving reads at most 1000
             fh.write(warmup.encode("serving_default", inputs))
-    expected = {"ctr": model.predict(sample, verbose=0)}
-    assert check_in_fresh_process(r.path, sample, expected)["warmup_records"] == 4
     message = {"an input left out": "!= signature 'serving_default' inputs", "1001 records": "more than 1000"}.get(
         fault, "is int32, signature")
     with pytest.raises(AssertionError, match=message):
