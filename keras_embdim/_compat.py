@@ -8,8 +8,9 @@ No other module imports `keras` or `tf_keras` directly.
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Any
+from typing import Any, Callable
 
 import tensorflow as tf
 
@@ -258,6 +259,29 @@ def node_arguments(node: GraphNode, values: dict) -> tuple[tuple, dict]:
         flat[index] = values[int(kt_id)]
     args, kwargs = tf.nest.pack_sequence_as((raw.call_args, list(raw.call_kwargs.values())), flat)
     return tuple(args), dict(zip(raw.call_kwargs.keys(), kwargs))
+
+
+def call_mask(node: GraphNode, values: dict, implicit: Callable[[], Any]) -> Any:
+    """The mask `node`'s layer call gets: its `mask` argument as recorded (Keras 3 records
+    the mask a producing layer computes as an input of the call, looked up in `values`),
+    else, where the layer's call takes a mask, `implicit()` (Keras 2 passes masks
+    implicitly, from the producing layer's `compute_mask`); None without."""
+    marks = {id(t): i for i, t in enumerate(node.inputs)}
+    _, kwargs = node_arguments(node, marks)
+    mask = kwargs.get("mask")
+    if isinstance(mask, int):
+        return values[id(node.inputs[mask])]
+    if mask is not None or "mask" not in inspect.signature(node.layer.call).parameters:
+        return mask
+    return implicit()
+
+
+def call_has_mask(node: GraphNode) -> bool:
+    """Whether `node`'s layer call gets a mask: recorded as its `mask` argument (Keras 3) or
+    carried by an input tensor (Keras 2 passes it implicitly; Keras 3 marks it there too)."""
+    marks = {id(t): i for i, t in enumerate(node.inputs)}
+    _, kwargs = node_arguments(node, marks)
+    return kwargs.get("mask") is not None or any(getattr(t, "_keras_mask", None) is not None for t in node.inputs)
 
 
 def call_for_inference(layer: Any, args: tuple, kwargs: dict) -> Any:

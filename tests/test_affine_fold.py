@@ -1,6 +1,7 @@
-"""A Dense after affine layers (BatchNormalization, Add, Average, Subtract, Rescaling) folds
-(keras_embdim.export.fold._affine_fold): the layers between the searched outputs and the Dense
-are probed as an affine map with a basis, and the Dense serves `x_kept @ (L W) + (c W + b)`.
+"""A Dense after affine layers (BatchNormalization, Add, Average, Subtract, Rescaling, an
+unmasked average over fields) folds (keras_embdim.export.fold._affine_fold): the layers
+between the searched outputs and the Dense are probed as an affine map with a basis, and the
+Dense serves `x_kept @ (L W) + (c W + b)`.
 
 Models get random tables, masks and normalization statistics (folding is exact algebra, no
 training needed); exports are compared with the Keras model value by value.
@@ -116,4 +117,53 @@ def test_a_layer_that_is_not_affine_is_refused_by_the_check(tmp_path, monkeypatc
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
     assert r.folds["emb"]["folded_into"] == []
     assert r.folds["emb"]["padded"] == "Dense 'ctr': the layers before it are not affine in its sources"
+    np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", ["per_field", "per_value"])
+def test_an_average_over_fields_folds_into_the_dense(tmp_path, sizes):
+    """A multi-field layer's output averaged over its fields (`GlobalAveragePooling1D`, no mask:
+    column d is the mean of the fields' column d) beside a single field, into the MLP: the
+    average is a linear map of the kept values, so the Dense keeps one kernel row per kept value
+    (each the mean's 1/F of its column's row) and the average is not run; served == trained."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    item = keras.Input((), dtype="int32", name="item")
+    fields = ked.PrunableEmbedding(VOCAB, D, name="fields")
+    item_emb = ked.PrunableEmbedding(40, D, name="item_emb")
+    x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling1D(name="mean")(fields(ids)), item_emb(item)])
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(x)
+    model = keras.Model({"ids": ids, "item": item}, keras.layers.Dense(1, name="ctr")(h))
+    rng = np.random.default_rng(9)
+    k = _fill(item_emb, 10)
+    if sizes == "per_field":
+        k += _fill(fields, 11, p=0.7)
+    else:
+        fields.embedding_variable.assign(rng.standard_normal((sum(VOCAB), D)).astype(np.float32))
+        value_sizes = rng.integers(0, D - 1, sum(VOCAB))  # each field padded to its widest value only
+        fields.set_value_sizes(value_sizes)
+        k += sum(int(value_sizes[a:a + n].max()) for a, n in zip(np.cumsum([0, *VOCAB[:-1]]), VOCAB))
+    sample = {"ids": np.stack([rng.integers(0, v, 50) for v in VOCAB], 1).astype("int32"),
+              "item": rng.integers(0, 40, 50).astype("int32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    for name in ("fields", "item_emb"):
+        assert r.folds[name]["folded_into"] == ["hidden"] and r.folds[name]["padded"] is None, r.folds
+    shapes = sorted(_stored(r).values())
+    assert k != 2 * D and (k, 4) in shapes and (2 * D, 4) not in shapes, (k, shapes)
+    np.testing.assert_allclose(_served(r, sample), model.predict(sample, verbose=0), atol=1e-5)
+
+
+def test_a_masked_average_over_fields_is_not_folded(tmp_path):
+    """With `mask_zero=True` the average over fields divides by how many fields have a nonzero
+    id: not a linear map of the values, so the layer serves its padded output (the report says
+    the average pools over fields) and the export still serves the model."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    fields = ked.PrunableEmbedding(VOCAB, D, mask_zero=True, name="fields")
+    x = keras.layers.GlobalAveragePooling1D(name="mean")(fields(ids))
+    model = keras.Model(ids, keras.layers.Dense(1, name="ctr")(keras.layers.Dense(4, name="hidden")(x)))
+    _fill(fields, 12)
+    x_ = np.stack([np.random.default_rng(13).integers(0, v, 50) for v in VOCAB], 1).astype("int32")
+    x_[:10, 0] = 0  # some examples average fewer fields
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
+    assert r.folds["fields"]["folded_into"] == []
+    assert "'mean' (GlobalAveragePooling1D), which pools over fields" in r.folds["fields"]["padded"]
     np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)

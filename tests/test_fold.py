@@ -318,20 +318,20 @@ def test_fm_from_kept_values_equals_the_layer_on_padded_embeddings():
 
 
 def test_a_pooled_use_beside_a_folded_mlp_reads_each_table_once(tmp_path):
-    """A use that cannot be computed from kept values (pooling over fields) reads the padded
+    """A use that cannot be computed from kept values (max pooling over fields) reads the padded
     output placed from the lookup the folded Dense reads: one row gather per stored table per
     request, as many as when only the Dense reads the layer; the report names the pooling."""
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
     e = emb(ids)
     deep = keras.layers.Dense(1, name="deep")(keras.layers.Flatten()(e))
-    pooled = keras.layers.Dense(1, name="pooled")(keras.layers.GlobalAveragePooling1D(name="pool")(e))
+    pooled = keras.layers.Dense(1, name="pooled")(keras.layers.GlobalMaxPooling1D(name="pool")(e))
     model = keras.Model(ids, keras.layers.Add(name="logit")([pooled, deep]))
     _mask(emb, 4)
     x = _ids()
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
     assert r.folds["emb"]["folded_into"] == ["deep"]
-    assert r.folds["emb"]["padded"] == ("its output reaches 'pool' (GlobalAveragePooling1D), which pools over fields: "
+    assert r.folds["emb"]["padded"] == ("its output reaches 'pool' (GlobalMaxPooling1D), which pools over fields: "
                                         "served there padded, placed from the same lookup")
     tables = sum(1 for k in tf.train.load_checkpoint(os.path.join(r.path, "variables", "variables"))
                  .get_variable_to_shape_map() if k.startswith(TABLES_ATTRIBUTE) and k.endswith("VARIABLE_VALUE"))

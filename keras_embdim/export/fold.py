@@ -24,7 +24,9 @@ Dense input twice (e.g. `RepeatVector`) sums its kernel rows.
 
 Affine layers on the way (`BatchNormalization`, `Add`, `Average`, `Subtract`,
 `Rescaling`: an item as the sum of its id's and its category's embeddings, a
-normalization of the concatenated fields) make the Dense input an affine map
+normalization of the concatenated fields; an average over positions called
+without a mask, such as a multi-field layer's output averaged over its fields)
+make the Dense input an affine map
 `x @ L + c` of the kept values rather than a placement: it is probed with a
 basis (`_affine_fold`: one example per kept value, one all zeros, a random
 combination to check the map), and the Dense serves `x_kept @ (L W) + (c W + b)`.
@@ -37,7 +39,7 @@ the kept columns: the pooling layer itself runs on the folded lookup
 tokens) folds like a field.
 
 Where a searched layer's output also has another use (an FM inner product,
-pooling over fields, attention, a model output), the Dense layers it reaches still fold,
+max or masked pooling over fields, attention, a model output), the Dense layers it reaches still fold,
 and that use reads the padded output placed from the same lookup (one gather
 of the kept values; each table is read once per request); with no foldable
 Dense, the layer serves its padded output (`lookup.padded`). The plan records
@@ -51,7 +53,6 @@ are planned: a subclassed model's `call` is opaque, so its layers serve padded.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +83,16 @@ def _is_transparent(layer) -> bool:
 #: layers that are affine at inference, each output entry an affine function of the input entries: a Dense
 #: after them (and data-moving layers) folds by probing the map with a basis (`_affine_fold`)
 AFFINE = _compat.layer_classes("Add", "Subtract", "Average", "BatchNormalization", "Rescaling")
+#: averages over positions (fields, a sequence's ids): linear when called without a mask (a masked
+#: average divides by how many entries the ids leave unmasked)
+AVERAGE_POOLING = _compat.layer_classes("GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D")
 
 
-def _is_affine(layer) -> bool:
-    return type(layer) in AFFINE  # exact types
+def _is_affine(node: _compat.GraphNode) -> bool:
+    """`node`'s call is affine at inference: an `AFFINE` layer, or an `AVERAGE_POOLING` one called
+    without a mask (exact types: a subclass may compute)."""
+    kind = type(node.layer)
+    return kind in AFFINE or (kind in AVERAGE_POOLING and not _compat.call_has_mask(node))
 
 
 #: layers that pool each column over the positions of a sequence on its own: they run on kept columns
@@ -118,17 +125,14 @@ def _foldable_pooling(node: _compat.GraphNode, searched: _compat.GraphNode, same
 
 
 def _pool_mask(node: _compat.GraphNode, searched: _compat.GraphNode, values: dict):
-    """The mask a pooling call gets: its `mask` argument as recorded (Keras 3 records the
-    mask a layer computes as a call of its own), else, where its call takes one, the searched
-    layer's `compute_mask` of its ids (Keras 2 passes masks implicitly); None without."""
-    marks = {id(t): i for i, t in enumerate(node.inputs)}
-    _, kwargs = _compat.node_arguments(node, marks)
-    if isinstance(kwargs.get("mask"), int):
-        return values[id(node.inputs[kwargs["mask"]])]
-    if kwargs.get("mask") is not None or "mask" not in inspect.signature(node.layer.call).parameters:
-        return kwargs.get("mask")
-    args, _ = _compat.node_arguments(searched, values)
-    return searched.layer.compute_mask(args[0])
+    """The mask a pooling call gets (`_compat.call_mask`); where it is implicit, the searched
+    layer's `compute_mask` of its ids."""
+
+    def implicit():
+        args, _ = _compat.node_arguments(searched, values)
+        return searched.layer.compute_mask(args[0])
+
+    return _compat.call_mask(node, values, implicit)
 
 
 def _foldable_dense(node: _compat.GraphNode) -> str | None:
@@ -325,7 +329,7 @@ class _Graph:
         are listed to be computed from the kept values, pooling calls that take the searched
         output itself (`_foldable_pooling`; also after a dropout, an identity at inference) are
         passed when all they reach folds, and the other
-        uses (a model output, pooling over fields, ...) each by why it cannot fold: they read
+        uses (a model output, max or masked pooling over fields, ...) each by why it cannot fold: they read
         the padded output. The reason is None when something folds."""
         reach = _Reach()
         frontier = list(node.outputs)
@@ -337,7 +341,8 @@ class _Graph:
                     return reach.failed("its output is a model output")
                 reach.other("its output is a model output")
             for c in self.consumers.get(id(t), []):
-                if shared and id(t) in same and type(c.layer) in COLUMN_POOLING:
+                if (shared and id(t) in same and type(c.layer) in COLUMN_POOLING
+                        and not (node.layer.multi_field and _is_affine(c))):  # over fields: an affine map
                     why = _foldable_pooling(c, node, same)
                     if why is None:
                         after = self.dense_reach(c, through_cross)
@@ -352,7 +357,7 @@ class _Graph:
                         reach.crosses += [x for x in after.crosses if all(y is not x for y in reach.crosses)]
                         reach.denses += [x for x in after.denses if all(y is not x for y in reach.denses)]
                     continue
-                if _is_transparent(c.layer) or (shared and _is_affine(c.layer)):
+                if _is_transparent(c.layer) or (shared and _is_affine(c)):
                     if id(c.raw) not in reach.region:
                         reach.region.add(id(c.raw))
                         frontier.extend(c.outputs)
@@ -794,7 +799,7 @@ def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: d
     which is always zero); `widths`: the columns of each source's pieces (`kernel_groups`).
     The folded sources (lookups, pooled lookups, planned crosses) hold only their kept
     entries; `pooled` maps a pooling call to the searched call it pools."""
-    if any(_is_affine(r.layer) for r in region):
+    if any(_is_affine(r) for r in region):
         raise _NotFoldable("an affine layer on the way (a Dense after it folds, `_affine_fold`; nothing else does)")
     values, x_codes, ranges, base, widths = {}, [], [], 1, []
     for kind, src in sources:
@@ -834,7 +839,7 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     them), the columns of each source's pieces (`kernel_groups`), and the bias to serve with
     them (None: the layer's own)."""
     kernel = _utils.to_numpy(dn.layer.kernel)
-    affine = any(_is_affine(r.layer) for r in region)
+    affine = any(_is_affine(r) for r in region)
     try:
         if affine:
             linear, offset, widths = _affine_fold(dn.inputs[0], region, sources, compacted, crosses or {}, pooled)

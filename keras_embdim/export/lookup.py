@@ -30,7 +30,7 @@ Each has two outputs:
   `SplitLookup`, whose parts the exporter multiplies by their own kernel rows.
 - `padded(ids) -> [..., F, D]` (or `[..., D]`): the layer's own output shape,
   removed columns exact zeros, for consumers that need aligned columns (FM
-  inner products, pooling over fields, attention).
+  inner products, max or masked pooling over fields, attention).
 
 Ids are checked by an `IdGuard`: `on_invalid_id="error"` fails the request
 with a message naming the layer, the field, the bad id and the vocabulary
