@@ -26,10 +26,10 @@ Affine layers on the way (`BatchNormalization`, `Add`, `Average`, `Subtract`,
 `Rescaling`: an item as the sum of its id's and its category's embeddings, a
 normalization of the concatenated fields; an average over positions called
 without a mask, such as a multi-field layer's output averaged over its fields)
-make the Dense input an affine map
-`x @ L + c` of the kept values rather than a placement: it is probed with a
-basis (`_affine_fold`: one example per kept value, one all zeros, a random
-combination to check the map), and the Dense serves `x_kept @ (L W) + (c W + b)`.
+make the Dense input an affine map `x @ L + c` of the kept values rather than a
+placement: it is probed with a basis (`_affine_fold`: one example per kept
+value, one all zeros, a random combination to check the map), and the Dense
+serves `x_kept @ (L W) + (c W + b)`.
 
 A single-field layer's sequence output `[batch, positions, D]` averaged or maxed
 over its positions (`GlobalAveragePooling1D`, `GlobalMaxPooling1D`: each column
@@ -39,10 +39,10 @@ the kept columns: the pooling layer itself runs on the folded lookup
 tokens) folds like a field.
 
 Where a searched layer's output also has another use (an FM inner product,
-max or masked pooling over fields, attention, a model output), the Dense layers it reaches still fold,
-and that use reads the padded output placed from the same lookup (one gather
-of the kept values; each table is read once per request); with no foldable
-Dense, the layer serves its padded output (`lookup.padded`). The plan records
+max or masked pooling over fields, attention, a model output), the Dense layers
+it reaches still fold, and that use reads the padded output placed from the same
+lookup (one gather of the kept values; each table is read once per request);
+with no foldable Dense, the layer serves its padded output (`lookup.padded`). The plan records
 why (`FoldReport`). DCN cross layers on the way are computed on the kept
 columns (`keras_embdim.export.cross`), and `FMInteraction` terms from the kept
 values (`keras_embdim.export.fm`).
@@ -328,9 +328,10 @@ class _Graph:
         any other use is the reason it cannot fold; with it, FM terms (`keras_embdim.export.fm`)
         are listed to be computed from the kept values, pooling calls that take the searched
         output itself (`_foldable_pooling`; also after a dropout, an identity at inference) are
-        passed when all they reach folds, and the other
-        uses (a model output, max or masked pooling over fields, ...) each by why it cannot fold: they read
-        the padded output. The reason is None when something folds."""
+        passed when all they reach folds (over fields, unmasked averages are affine layers of
+        the region), and the other uses (a model output, max or masked pooling over fields,
+        ...) each by why it cannot fold: they read the padded output. The reason is None when
+        something folds."""
         reach = _Reach()
         frontier = list(node.outputs)
         same = {id(t) for t in node.outputs}  # tensors equal to the searched output (`_foldable_pooling`)
