@@ -1,9 +1,9 @@
-"""Serving latency and bytes of DCN, DeepFM and history exports (models beyond benchmarks/serving.py's MLP).
+"""Serving latency and bytes of DCN, DeepFM, history and mean exports (models beyond benchmarks/serving.py's MLP).
 
-    python benchmarks/serving_models.py                 # the three models at budgets 0.05, 0.1, 0.2 (resumable)
+    python benchmarks/serving_models.py                 # the four models at budgets 0.05, 0.1, 0.2 (resumable)
     python benchmarks/serving_models.py --report-only   # rewrite docs/results/serving_models.md from the cache
 
-Three models of `keras_embdim.models` over 16-dim embeddings of 26 Criteo-shaped
+Four models of `keras_embdim.models` over 16-dim embeddings of 26 Criteo-shaped
 fields (generated data, the vocabularies capped at `--cap`): DCN-v2
 (`build_dcn`: two full-rank cross layers over the 416 concatenated columns,
 then the MLP 128-64, stacked), DeepFM (`build_deepfm`: first-order weights,
@@ -11,12 +11,16 @@ the FM term and the MLP 128-64 over the same embeddings) and "history"
 (`build_mlp(sequences=...)`: the MLP 128-64 over the fields and a bag of up
 to 50 ids from a vocabulary of `--cap`, 0-padded, embedded with
 `mask_zero=True` and averaged by `GlobalAveragePooling1D`; generated so that
-the label depends on it, `HistoryData`). Each is trained for one epoch with
+the label depends on it, `HistoryData`) and "mean" (`build_mlp(average_fields=True)`:
+the MLP 128-64 over the fields' embeddings averaged over the fields, a bag of
+features). Each is trained for one epoch with
 `SingleShotPruner(budget)` and exported with `export_compact`: by default
 (DCN: the cross stack runs on the kept columns, each cross kernel stored as its
 `[k, k]` block; DeepFM: the MLP is folded onto the kept values and the FM term
 computed from them, `keras_embdim.export.fm`; history: the average is taken
-on the history's kept columns and the MLP folded onto them), and with
+on the history's kept columns and the MLP folded onto them; mean: the average
+over fields is a linear map of the kept values, folded into the MLP's first
+kernel, `fold._affine_fold`), and with
 `fold=False`, the padded output into the whole model (what every export of
 these models served before); and trained with `SingleShotPruner(budget,
 width_budget=u / 16)`, keeping at most the columns of the uniform model below
@@ -24,7 +28,7 @@ width_budget=u / 16)`, keeping at most the columns of the uniform model below
 model with plain `keras.layers.Embedding`s exported by Keras' `model.export()`:
 full dims, and uniform dims `round(budget x 16)` for every field (about the
 same embedding parameters; its cross layers and MLP take 26 x u columns, 27 x u
-with the history). Timed as
+with the history, u for mean). Timed as
 `benchmarks/serving.py` times (`serving.time_exports`: fresh TensorFlow-only
 processes, round-robin, the median of per-round ratios; the TF2 loader and the
 TF1 session loader, as TF Serving runs a model). Results:
@@ -48,7 +52,7 @@ import serving
 from keras_embdim.data import CTRData
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving_models.jsonl")
-MODELS = ("dcn", "deepfm", "history")
+MODELS = ("dcn", "deepfm", "history", "mean")
 HISTORY = 50  # ids per history (the longest; 0 pads)
 LABELS = {"full": "full (model.export)", "uniform": "uniform dims (model.export)",
           "ours": "searched, folded", "ours_padded": "searched, padded (fold=False)",
@@ -101,13 +105,14 @@ def with_history(model: str, data, cap: int, seed: int):
     return HistoryData.of(data, cap, HISTORY, seed) if model == "history" else data
 
 
-def columns(data, dim: int) -> int:
-    """Embedding columns the first layer after the embeddings takes, every field (and the history) at `dim`."""
-    return (len(data.vocab_sizes) + isinstance(data, HistoryData)) * dim
+def columns(model: str, data, dim: int) -> int:
+    """Embedding columns the first layer after the embeddings takes, every field (and the history) at `dim`:
+    `dim` for "mean" (the fields averaged)."""
+    return dim if model == "mean" else (len(data.vocab_sizes) + isinstance(data, HistoryData)) * dim
 
 
 def build(model: str, data, dim: int, embedding: str = "prunable"):
-    """The benchmark's `model` ("dcn", "deepfm" or "history") over `data`'s fields."""
+    """The benchmark's `model` ("dcn", "deepfm", "history" or "mean") over `data`'s fields."""
     import keras_embdim as ked
 
     if model not in MODELS:
@@ -115,6 +120,9 @@ def build(model: str, data, dim: int, embedding: str = "prunable"):
     if model == "history":
         return ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding,
                                     sequences={"history": (data.vocab, data.length)})
+    if model == "mean":
+        return ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding,
+                                    average_fields=True)
     builder = ked.models.build_dcn if model == "dcn" else ked.models.build_deepfm
     return builder(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding)
 
@@ -137,7 +145,7 @@ def export_models(model_name: str, data, budget: float, out: str, seed: int, bat
         _common.keras_export(model, path)
         rows = sum(data.vocab_sizes) + (data.vocab if isinstance(data, HistoryData) else 0)
         return {"path": path, "embedding_params": rows * dim, "kind": "baseline", "dims": dim,
-                "columns": columns(data, dim), "variables_on_disk": variables_on_disk(path)}
+                "columns": columns(model_name, data, dim), "variables_on_disk": variables_on_disk(path)}
 
     du = serving.uniform_dims(budget)
     exports["full"] = plain(D, "full")
@@ -162,7 +170,7 @@ def export_models(model_name: str, data, budget: float, out: str, seed: int, bat
                              "folds": {k: v["folded_into"] for k, v in r.folds.items()},
                              "variables_on_disk": variables_on_disk(r.path),
                              "max_abs_diff": r.max_abs_diff, "train_seconds": train_s, "test_auc": auc,
-                             "columns": columns(data, D) if options.get("fold") is False else kept}
+                             "columns": columns(model_name, data, D) if options.get("fold") is False else kept}
     return exports
 
 
@@ -229,13 +237,15 @@ def report(records: list, path: str) -> str:
            f"(measured at commit {', '.join(commits)}), never by hand. Criteo-shaped (26 fields, vocabularies capped "
            f"at {caps}, 16-dim embeddings): DCN-v2 (two full-rank cross layers, then the MLP 128-64), DeepFM "
            "(first-order weights, FM term, MLP 128-64) and history (the MLP 128-64 over the fields and a bag of up "
-           f"to {HISTORY} ids from a vocabulary of the cap, averaged with its padding masked); each (model, "
+           f"to {HISTORY} ids from a vocabulary of the cap, averaged with its padding masked), mean (the MLP 128-64 "
+           "over the fields' embeddings averaged over the fields); each (model, "
            f"budget) timed as benchmarks/serving.py times: {serving.timing_note(records)}; a ratio is taken within "
            "each round and the median over rounds is shown (ms: median call time); `session:` columns through the "
            "TF1 session loader, as TF Serving runs a SavedModel. Embedding columns served: the columns the cross "
-           "layers (DCN) or the MLP's first layer (DeepFM; history: the history's average counts once) take "
+           "layers (DCN) or the MLP's first layer (DeepFM; history: the history's average counts once; mean: the "
+           "average's D, or folded, the kept columns it averages) take "
            "(searched and folded: the kept columns; padded: all of them).")
-    return _common.write_table(path, "Serving latency of DCN, DeepFM and history exports", how, header, rows,
+    return _common.write_table(path, "Serving latency of DCN, DeepFM, history and mean exports", how, header, rows,
                                ["Exports:", "", *notes])
 
 

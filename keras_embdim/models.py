@@ -79,6 +79,7 @@ def build_mlp(
     dropout: float = 0.0,
     embedding: str | EmbeddingFactory = "prunable",
     sequences: Mapping[str, tuple[int, int | None]] | None = None,
+    average_fields: bool = False,
     name: str = "mlp",
 ) -> keras.Model:
     """MLP over the concatenated field embeddings, sigmoid output named "ctr".
@@ -96,6 +97,9 @@ def build_mlp(
             `keras.layers.Embedding`) and averaged over its ids
             (`GlobalAveragePooling1D` `{name}_pool`, padding masked), then
             concatenated after the fields (a watch history, a title's tokens).
+        average_fields: the MLP takes the fields' embeddings averaged over the
+            fields (`GlobalAveragePooling1D` "fields_mean", `[batch, D]`: a bag of
+            features) instead of concatenated (`[batch, F * D]`).
 
     Example:
 
@@ -106,9 +110,17 @@ def build_mlp(
     >>> m = ked.models.build_mlp([10, 20], ["a", "b"], embedding_dim=4, hidden=(8,), sequences={"history": (50, 5)})
     >>> m.get_layer("history_embedding").mask_zero, tuple(m.get_layer("history_pool").output.shape)
     (True, (None, 4))
+    >>> m = ked.models.build_mlp([10, 20], ["a", "b"], embedding_dim=4, hidden=(8,), average_fields=True)
+    >>> tuple(m.get_layer("fields_mean").output.shape)
+    (None, 4)
     """
+    if not isinstance(average_fields, bool):
+        raise ValueError(f"`average_fields` must be True or False; received {average_fields!r}.")
     inputs, ids, emb = _embedded_fields(vocab_sizes, field_names, embedding_dim, embedding)
-    x = keras.layers.Flatten(name="flatten")(emb)
+    if average_fields:
+        x = keras.layers.GlobalAveragePooling1D(name="fields_mean")(emb)
+    else:
+        x = keras.layers.Flatten(name="flatten")(emb)
     if sequences:
         pooled = [x]
         for seq, spec in sequences.items():
