@@ -82,7 +82,7 @@ def build_mlp(
     average_fields: bool = False,
     name: str = "mlp",
 ) -> keras.Model:
-    """MLP over the concatenated field embeddings, sigmoid output named "ctr".
+    """MLP over the field embeddings (concatenated, or averaged over the fields), sigmoid output "ctr".
 
     Args:
         vocab_sizes, field_names: one vocabulary size (and name) per field.
