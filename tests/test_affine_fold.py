@@ -167,3 +167,24 @@ def test_a_masked_average_over_fields_is_not_folded(tmp_path):
     assert r.folds["fields"]["folded_into"] == []
     assert "'mean' (GlobalAveragePooling1D), which pools over fields" in r.folds["fields"]["padded"]
     np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
+
+
+def test_an_average_of_many_kept_values_into_a_wide_dense_is_served_factorized(tmp_path):
+    """24 kept values averaged into D = 6 columns before a Dense of 64 units: `(x L) W` takes
+    24 x 6 + 6 x 64 multiply-adds per example where `x (L W)` takes 24 x 64, so the export
+    stores L's rows (`[24, 6]`) and the layer's kernel (`[6, 64]`), never a `[24, 64]` one;
+    served == trained."""
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    vocab = [7, 30, 120, 9]
+    fields = ked.PrunableEmbedding(vocab, D, name="fields")
+    x = keras.layers.GlobalAveragePooling1D(name="mean")(fields(ids))
+    h = keras.layers.Dense(64, activation="relu", name="hidden")(x)
+    model = keras.Model(ids, keras.layers.Dense(1, name="ctr")(h))
+    assert _fill(fields, 14, p=1.1) == 4 * D  # every column kept
+    assert fold._factorized(4 * D, D, 64) and not fold._factorized(4 * D, D, 8)
+    x_ = np.stack([np.random.default_rng(15).integers(0, v, 50) for v in vocab], 1).astype("int32")
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
+    assert r.folds["fields"]["folded_into"] == ["hidden"] and r.folds["fields"]["padded"] is None
+    shapes = sorted(_stored(r).values())
+    assert (4 * D, D) in shapes and (D, 64) in shapes and (4 * D, 64) not in shapes, shapes
+    np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)

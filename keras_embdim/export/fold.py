@@ -29,7 +29,9 @@ without a mask, such as a multi-field layer's output averaged over its fields)
 make the Dense input an affine map `x @ L + c` of the kept values rather than a
 placement: it is probed with a basis (`_affine_fold`: one example per kept
 value, one all zeros, a random combination to check the map), and the Dense
-serves `x_kept @ (L W) + (c W + b)`.
+serves `x_kept @ (L W) + (c W + b)`, or `(x_kept @ L) @ W + (c W + b)` where that
+takes at most half the multiply-adds (many kept values averaged into few
+columns: `_factorized`).
 
 A single-field layer's sequence output `[batch, positions, D]` averaged or maxed
 over its positions (`GlobalAveragePooling1D`, `GlobalMaxPooling1D`: each column
@@ -165,6 +167,7 @@ class DenseFold:
     kernels: list  # per group: the selected (and, for repeated entries, summed) kernel rows
     groups: list  # per group: indices of its pieces (in x's order)
     bias: Any = None  # the bias served (an affine region before the Dense moves it), or None: the layer's
+    post: Any = None  # after an affine region, factorized: `kernels` hold L's rows, `post` the layer's kernel
 
 
 @dataclass
@@ -218,6 +221,7 @@ class NetPlan:
     def variables(self) -> list:
         out = [k for f in self.dense.values() for k in f.kernels]
         out += [f.bias for f in self.dense.values() if f.bias is not None]
+        out += [f.post for f in self.dense.values() if f.post is not None]
         out += [w for c in self.cross.values() for w in c.weights]
         out += [w for f in self.fm.values() for w in f.weights]
         for p in self.nested.values():
@@ -514,7 +518,8 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
         dn = dense_nodes[key]
         region, sources = graph.sources_of(dn.inputs[0], downstream, searched, result.cross, result.pooled)
         try:
-            selected, widths, bias = _fold_kernel(dn, region, sources, compacted, result.cross, result.pooled)
+            selected, widths, bias, post = _fold_kernel(dn, region, sources, compacted, result.cross,
+                                                        result.pooled)
         except _NotFoldable as e:
             if any(kind == "cross" for kind, _ in sources):
                 raise _CrossFallback(f"Dense '{dn.layer.name}' after cross layers cannot be folded: {e}",
@@ -529,7 +534,8 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
         name = f"{dn.layer.name}_folded_kernel"
         result.dense[key] = DenseFold(dn, sources, [
             _utils.plain_variable(k, name=name if len(kernels) == 1 else f"{name}_{i}") for i, k in enumerate(kernels)],
-            groups, None if bias is None else _utils.plain_variable(bias, name=f"{dn.layer.name}_folded_bias"))
+            groups, None if bias is None else _utils.plain_variable(bias, name=f"{dn.layer.name}_folded_bias"),
+            None if post is None else _utils.plain_variable(post, name=f"{dn.layer.name}_kernel"))
         for kind, src in sources:
             folds_into(kind, src, dn.layer.name)
             if kind == "cross":  # the searched layers under the cross stack fold into this Dense too
@@ -834,11 +840,13 @@ def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: d
 
 
 def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: dict,
-                 crosses: dict | None = None, pooled: dict | None = None) -> tuple[np.ndarray, list, np.ndarray | None]:
-    """`(kernel rows, widths, bias)`: the Dense kernel rows matching the folded sources (found
-    by probing the layers between, `_probe`, or `_affine_fold` when an affine layer is among
-    them), the columns of each source's pieces (`kernel_groups`), and the bias to serve with
-    them (None: the layer's own)."""
+                 crosses: dict | None = None, pooled: dict | None = None) -> tuple:
+    """`(kernel rows, widths, bias, post)`: the Dense kernel rows matching the folded sources
+    (found by probing the layers between, `_probe`, or `_affine_fold` when an affine layer is
+    among them), the columns of each source's pieces (`kernel_groups`), the bias to serve with
+    them (None: the layer's own), and None; or, after an affine region that narrows its n kept
+    entries to m Dense inputs (an average over fields), the rows of `L` and the layer's kernel
+    as `post`, served as `(x_kept L) W` (`_factorized`)."""
     kernel = _utils.to_numpy(dn.layer.kernel)
     affine = any(_is_affine(r) for r in region)
     try:
@@ -856,11 +864,28 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
         bias = offset @ kernel.astype(np.float64)
         if dn.layer.bias is not None:
             bias = bias + _utils.to_numpy(dn.layer.bias)
-        return (linear @ kernel.astype(np.float64)).astype(kernel.dtype), widths, bias.astype(kernel.dtype)
+        bias = bias.astype(kernel.dtype)
+        if _factorized(*linear.shape, kernel.shape[1]):
+            return linear.astype(kernel.dtype), widths, bias, kernel
+        return (linear @ kernel.astype(np.float64)).astype(kernel.dtype), widths, bias, None
     selected = np.zeros((x.shape[0], kernel.shape[1]), kernel.dtype)
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
-    return selected, widths, None
+    return selected, widths, None, None
+
+
+def _factorized(entries: int, inputs: int, units: int) -> bool:
+    """Whether a Dense after an affine map `L [entries, inputs]` is served as `(x L) W` rather
+    than `x (L W)`: when that takes at most half the multiply-adds per example (an average
+    of many kept values into few columns; one matmul more per request otherwise costs more
+    than it saves).
+
+    Example:
+
+    >>> _factorized(192, 16, 128), _factorized(26, 16, 128), _factorized(40, 54, 4)
+    (True, False, False)
+    """
+    return entries * inputs + inputs * units <= entries * units / 2
 
 
 _MAX_AFFINE_ENTRIES = 1 << 14  # basis rows probed at once
@@ -1067,6 +1092,8 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict, reduc
     for group, kernel in zip(fold.groups, fold.kernels):
         x = pieces[group[0]] if len(group) == 1 else tf.concat([pieces[i] for i in group], axis=-1)
         products.append(tf.matmul(x, tf.cast(kernel, dtype)))
+    if fold.post is not None:  # (x_kept L) W: the affine region's inputs, then the layer's own kernel
+        products = [tf.matmul(products[0] if len(products) == 1 else tf.add_n(products), tf.cast(fold.post, dtype))]
     # the widest group's product takes the bias and the others' sum: Grappler fuses MatMul + BiasAdd
     # (+ Add) + activation into one op, as for Keras' Dense
     last = max(range(len(products)), key=lambda i: int(fold.kernels[i].shape[0]))
