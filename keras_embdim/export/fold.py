@@ -44,10 +44,10 @@ Where a searched layer's output also has another use (an FM inner product,
 max or masked pooling over fields, attention, a model output), the Dense layers
 it reaches still fold, and that use reads the padded output placed from the same
 lookup (one gather of the kept values; each table is read once per request);
-with no foldable Dense, the layer serves its padded output (`lookup.padded`). The plan records
-why (`FoldReport`). DCN cross layers on the way are computed on the kept
-columns (`keras_embdim.export.cross`), and `FMInteraction` terms from the kept
-values (`keras_embdim.export.fm`).
+with no foldable Dense, the layer serves its padded output (`lookup.padded`).
+The plan records why (`FoldReport`). DCN cross layers on the way are computed on
+the kept columns (`keras_embdim.export.cross`), and `FMInteraction` terms from
+the kept values (`keras_embdim.export.fm`).
 
 Only functional models (and Sequential, and functional models nested in them)
 are planned: a subclassed model's `call` is opaque, so its layers serve padded.
