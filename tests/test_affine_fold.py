@@ -173,7 +173,7 @@ def test_an_average_of_many_kept_values_into_a_wide_dense_is_served_factorized(t
     """24 kept values averaged into D = 6 columns before a Dense of 64 units: `(x L) W` takes
     24 x 6 + 6 x 64 multiply-adds per example where `x (L W)` takes 24 x 64, so the export
     stores L's rows (`[24, 6]`) and the layer's kernel (`[6, 64]`), never a `[24, 64]` one;
-    served == trained."""
+    served == trained, in a fresh TensorFlow-only process too (TF2 and TF1 loaders)."""
     ids = keras.Input((4,), dtype="int32", name="ids")
     vocab = [7, 30, 120, 9]
     fields = ked.PrunableEmbedding(vocab, D, name="fields")
@@ -187,4 +187,7 @@ def test_an_average_of_many_kept_values_into_a_wide_dense_is_served_factorized(t
     assert r.folds["fields"]["folded_into"] == ["hidden"] and r.folds["fields"]["padded"] is None
     shapes = sorted(_stored(r).values())
     assert (4 * D, D) in shapes and (D, 64) in shapes and (4 * D, 64) not in shapes, shapes
-    np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
+    want = model.predict(x_, verbose=0)
+    np.testing.assert_allclose(_served(r, {"ids": x_}), want, atol=1e-5)
+    report = check_in_fresh_process(r.path, {"ids": x_}, {"ctr": want}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
