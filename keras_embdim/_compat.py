@@ -261,13 +261,18 @@ def node_arguments(node: GraphNode, values: dict) -> tuple[tuple, dict]:
     return tuple(args), dict(zip(raw.call_kwargs.keys(), kwargs))
 
 
+def node_argument_indices(node: GraphNode) -> tuple[tuple, dict]:
+    """The call arguments of `node` with each symbolic input replaced by its index in
+    `node.inputs`: which input is passed where, without values."""
+    return node_arguments(node, {id(t): i for i, t in enumerate(node.inputs)})
+
+
 def call_mask(node: GraphNode, values: dict, implicit: Callable[[], Any]) -> Any:
     """The mask `node`'s layer call gets: its `mask` argument as recorded (Keras 3 records
     the mask a producing layer computes as an input of the call, looked up in `values`),
     else, where the layer's call takes a mask, `implicit()` (Keras 2 passes masks
     implicitly, from the producing layer's `compute_mask`); None without."""
-    marks = {id(t): i for i, t in enumerate(node.inputs)}
-    _, kwargs = node_arguments(node, marks)
+    _, kwargs = node_argument_indices(node)
     mask = kwargs.get("mask")
     if isinstance(mask, int):
         return values[id(node.inputs[mask])]
@@ -279,8 +284,7 @@ def call_mask(node: GraphNode, values: dict, implicit: Callable[[], Any]) -> Any
 def call_has_mask(node: GraphNode) -> bool:
     """Whether `node`'s layer call gets a mask: recorded as its `mask` argument (Keras 3) or
     carried by an input tensor (Keras 2 passes it implicitly; Keras 3 marks it there too)."""
-    marks = {id(t): i for i, t in enumerate(node.inputs)}
-    _, kwargs = node_arguments(node, marks)
+    _, kwargs = node_argument_indices(node)
     return kwargs.get("mask") is not None or any(getattr(t, "_keras_mask", None) is not None for t in node.inputs)
 
 

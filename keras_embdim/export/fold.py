@@ -117,8 +117,7 @@ def _foldable_pooling(node: _compat.GraphNode, searched: _compat.GraphNode, same
         return f"its output reaches {name}, which pools over fields"
     if pool.data_format != "channels_last":
         return f"its output reaches {name} with data_format={pool.data_format!r}"
-    marks = {id(t): i for i, t in enumerate(node.inputs)}
-    args, kwargs = _compat.node_arguments(node, marks)
+    args, kwargs = _compat.node_argument_indices(node)
     if len(args) != 1 or not isinstance(args[0], int) or id(node.inputs[args[0]]) not in same or set(kwargs) - {"mask"}:
         return f"its output reaches {name}, called with arguments it does not fold"
     if len(tuple(searched.outputs[0].shape)) != 3:
@@ -590,8 +589,7 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
 
 def _cross_inputs(node: _compat.GraphNode) -> tuple[Any, Any]:
     """`(x0, x)` of a cross layer's call (`x` is `x0` when the call passes one tensor)."""
-    marks = {id(t): i for i, t in enumerate(node.inputs)}
-    args, kwargs = _compat.node_arguments(node, marks)
+    args, kwargs = _compat.node_argument_indices(node)
     given = list(args) + [kwargs[k] for k in ("x0", "x") if k in kwargs]
     if not given or len(given) > 2 or not all(isinstance(g, int) for g in given):
         raise _NotFoldable(f"cross layer '{node.layer.name}' is called with arguments it does not fold")
