@@ -1,5 +1,5 @@
 """A Dense after affine layers (BatchNormalization, Add, Average, Subtract, Rescaling, an
-unmasked average over fields) folds (keras_embdim.export.fold._affine_fold): the layers
+unmasked average over fields; after a pooled history too) folds (keras_embdim.export.fold._affine_fold): the layers
 between the searched outputs and the Dense are probed as an affine map with a basis, and the
 Dense serves `x_kept @ (L W) + (c W + b)`.
 
@@ -191,3 +191,40 @@ def test_an_average_of_many_kept_values_into_a_wide_dense_is_served_factorized(t
     np.testing.assert_allclose(_served(r, {"ids": x_}), want, atol=1e-5)
     report = check_in_fresh_process(r.path, {"ids": x_}, {"ctr": want}, atol=1e-5)
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("pool", ["average", "max"])
+def test_a_pooled_history_then_batch_normalization_folds_into_the_dense(tmp_path, pool):
+    """A bag of ids (`mask_zero`, 0 pads) pooled over its positions beside the fields and a
+    price, concatenated, batch-normalized, then the MLP (a usual CTR input layer): the pooling
+    runs on the history's kept columns only (masked average or max) and the Dense after the
+    normalization keeps one kernel row per kept entry (`[k_hist + k_fields + 2, 4]`), the
+    normalization not run; served == trained (in a fresh TensorFlow-only process too, TF2 and
+    TF1 loaders, for the average)."""
+    hist = keras.Input((5,), dtype="int32", name="history")
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    price = keras.Input((2,), name="price")
+    seq = ked.PrunableEmbedding(50, D, mask_zero=True, name="seq")
+    fields = ked.PrunableEmbedding(VOCAB, D, name="fields")
+    pooling = keras.layers.GlobalAveragePooling1D if pool == "average" else keras.layers.GlobalMaxPooling1D
+    x = keras.layers.Concatenate()([pooling(name="pool")(seq(hist)), keras.layers.Flatten()(fields(ids)), price])
+    norm = keras.layers.BatchNormalization(name="norm")
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(norm(x))
+    model = keras.Model({"history": hist, "ids": ids, "price": price}, keras.layers.Dense(1, name="ctr")(h))
+    k = _fill(seq, 16) + _fill(fields, 17)
+    _randomize_batchnorm(norm, 18)
+    rng = np.random.default_rng(19)
+    history = rng.integers(1, 50, (50, 5)).astype("int32")
+    history[np.arange(5)[None, :] >= rng.integers(1, 6, 50)[:, None]] = 0  # 1 to 5 ids, then 0s
+    sample = {"history": history, "ids": np.stack([rng.integers(0, v, 50) for v in VOCAB], 1).astype("int32"),
+              "price": rng.standard_normal((50, 2)).astype("float32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["seq"] == {"folded_into": ["pool", "hidden"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["fields"]["folded_into"] == ["hidden"] and r.folds["fields"]["padded"] is None
+    shapes = sorted(_stored(r).values())
+    assert (k + 2, 4) in shapes and (4 * D + 2, 4) not in shapes and (4 * D + 2,) not in shapes, (k, shapes)
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample), want, atol=1e-5)
+    if pool == "average":
+        report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+        assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5

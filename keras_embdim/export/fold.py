@@ -38,7 +38,8 @@ over its positions (`GlobalAveragePooling1D`, `GlobalMaxPooling1D`: each column
 on its own, the layer's mask honoured) on its way to Dense layers is pooled on
 the kept columns: the pooling layer itself runs on the folded lookup
 `[batch, positions, K]` (`_pool`), so a bag of ids (a watch history, a title's
-tokens) folds like a field.
+tokens) folds like a field, affine layers after the pooling included (a
+normalization of the pooled history concatenated with the fields).
 
 Where a searched layer's output also has another use (an FM inner product,
 max or masked pooling over fields, attention, a model output), the Dense layers
@@ -325,16 +326,19 @@ class _Graph:
         return cls(nodes, {id(t): n for n in nodes for t in n.outputs}, consumers,
                    {id(t) for t in _compat.graph_outputs(net)}, {id(n.raw): i for i, n in enumerate(nodes)})
 
-    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False, shared: bool = False) -> "_Reach":
+    def dense_reach(self, node: _compat.GraphNode, through_cross: bool = False, shared: bool = False,
+                    affine: bool | None = None) -> "_Reach":
         """Forward from `node` through data-moving layers (and, `through_cross`, DCN cross
-        layers: `keras_embdim.export.cross`) to the Dense layers it reaches. Without `shared`,
-        any other use is the reason it cannot fold; with it, FM terms (`keras_embdim.export.fm`)
-        are listed to be computed from the kept values, pooling calls that take the searched
-        output itself (`_foldable_pooling`; also after a dropout, an identity at inference) are
-        passed when all they reach folds (over fields, unmasked averages are affine layers of
-        the region), and the other uses (a model output, max or masked pooling over fields,
-        ...) each by why it cannot fold: they read the padded output. The reason is None when
-        something folds."""
+        layers: `keras_embdim.export.cross`; with `affine`, default `shared`, `AFFINE` layers
+        too: a Dense after them folds by `_affine_fold`) to the Dense layers it reaches. Without
+        `shared`, any other use is the reason it cannot fold; with it, FM terms
+        (`keras_embdim.export.fm`) are listed to be computed from the kept values, pooling calls
+        that take the searched output itself (`_foldable_pooling`; also after a dropout, an
+        identity at inference) are passed when all they reach folds, affine layers after them
+        included (over fields, unmasked averages are affine layers of the region), and the other
+        uses (a model output, max or masked pooling over fields, ...) each by why it cannot
+        fold: they read the padded output. The reason is None when something folds."""
+        affine = shared if affine is None else affine
         reach = _Reach()
         frontier = list(node.outputs)
         same = {id(t) for t in node.outputs}  # tensors equal to the searched output (`_foldable_pooling`)
@@ -349,7 +353,7 @@ class _Graph:
                         and not (node.layer.multi_field and _is_affine(c))):  # over fields: an affine map
                     why = _foldable_pooling(c, node, same)
                     if why is None:
-                        after = self.dense_reach(c, through_cross)
+                        after = self.dense_reach(c, through_cross, affine=True)
                         if after.why:
                             why = (f"its output reaches '{c.layer.name}' ({type(c.layer).__name__}), whose output "
                                    f"does not fold: {after.why}")
@@ -361,7 +365,7 @@ class _Graph:
                         reach.crosses += [x for x in after.crosses if all(y is not x for y in reach.crosses)]
                         reach.denses += [x for x in after.denses if all(y is not x for y in reach.denses)]
                     continue
-                if _is_transparent(c.layer) or (shared and _is_affine(c)):
+                if _is_transparent(c.layer) or (affine and _is_affine(c)):
                     if id(c.raw) not in reach.region:
                         reach.region.add(id(c.raw))
                         frontier.extend(c.outputs)
