@@ -401,6 +401,64 @@ def test_nested_functional_tower_folds_inside_and_subclassed_says_why(tmp_path):
     assert s.max_abs_diff <= 1e-5
 
 
+@pytest.mark.parametrize("tower", ["sequential", "functional"])
+def test_an_mlp_sub_model_after_the_searched_layers_folds_inside(tmp_path, tower):
+    """The MLP as a sub-model of its own (a `Sequential`, or a functional tower with a
+    BatchNormalization first) applied to the concatenated fields and a price: the sub-model's
+    calls are planned as the model's own (`fold._graph_nodes`), so its first Dense keeps only
+    the kept rows (`[k + 2, 5]`, never `[3 D + 2, 5]`) and the rest of the sub-model runs as
+    trained; served == trained, in a fresh TensorFlow-only process too (TF2 and TF1)."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    price = keras.Input((2,), name="price")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(emb(ids)), price])
+    if tower == "sequential":
+        mlp = keras.Sequential([keras.layers.Dense(5, activation="relu", name="hidden"),
+                                keras.layers.Dense(1, name="logit")], name="mlp")
+    else:
+        x_in = keras.Input((3 * D + 2,))
+        norm = keras.layers.BatchNormalization(name="norm")
+        h = keras.layers.Dense(5, activation="relu", name="hidden")(norm(x_in))
+        mlp = keras.Model(x_in, keras.layers.Dense(1, name="logit")(h), name="mlp")
+    model = keras.Model({"ids": ids, "price": price}, keras.layers.Activation("sigmoid", name="ctr")(mlp(x)))
+    _mask(emb, 21)
+    if tower == "functional":
+        rng = np.random.default_rng(22)
+        norm.set_weights([1 + 0.5 * rng.standard_normal(3 * D + 2), 0.3 * rng.standard_normal(3 * D + 2),
+                          rng.standard_normal(3 * D + 2), 0.5 + rng.random(3 * D + 2)])
+    k = int(emb.dimension_mask().kept_dims.sum())
+    rng = np.random.default_rng(23)
+    sample = {"ids": _ids(seed=24), "price": rng.standard_normal((50, 2)).astype("float32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}
+    stored = _kernel_rows_stored(r)
+    assert (k + 2, 5) in stored and (3 * D + 2, 5) not in stored and k < 3 * D, stored
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample)["ctr"], want, atol=1e-5)
+    report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_a_sub_model_called_twice_is_not_inlined(tmp_path):
+    """One tower applied to two searched outputs (shared weights): its calls cannot be planned
+    once for both, so the searched outputs reach the sub-model's call, are served padded, and
+    the report names the sub-model."""
+    user, item = keras.Input((), dtype="int32", name="user"), keras.Input((), dtype="int32", name="item")
+    user_emb, item_emb = ked.PrunableEmbedding(40, D, name="user_emb"), ked.PrunableEmbedding(50, D, name="item_emb")
+    x_in = keras.Input((D,))
+    tower = keras.Model(x_in, keras.layers.Dense(3, name="proj")(x_in), name="tower")
+    score = keras.layers.Dot(axes=1, name="score")([tower(user_emb(user)), tower(item_emb(item))])
+    model = keras.Model({"user": user, "item": item}, score)
+    _mask(user_emb, 25)
+    _mask(item_emb, 26)
+    rng = np.random.default_rng(27)
+    sample = {"user": rng.integers(0, 40, 50).astype("int32"), "item": rng.integers(0, 50, 50).astype("int32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    for name in ("user_emb", "item_emb"):
+        assert r.folds[name]["folded_into"] == [] and "'tower'" in r.folds[name]["padded"], r.folds
+    np.testing.assert_allclose(_served(r, sample)["score"], model.predict(sample, verbose=0), atol=1e-5)
+
+
 def test_folded_model_serves_an_empty_batch(tmp_path):
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")

@@ -52,6 +52,11 @@ the kept values (`keras_embdim.export.fm`).
 
 Only functional models (and Sequential, and functional models nested in them)
 are planned: a subclassed model's `call` is opaque, so its layers serve padded.
+A functional sub-model that a searched output reaches (an MLP written as a
+`Sequential`, a tower) is planned as part of the outer graph: its calls are
+inlined between boundary calls that pass the tensors on (`_graph_nodes`), so
+the Dense layers inside fold like the model's own; one called more than once
+(a tower shared by two inputs) is not, and the outputs reaching it serve padded.
 """
 
 from __future__ import annotations
@@ -80,7 +85,56 @@ TRANSPARENT = _compat.layer_classes(
 
 
 def _is_transparent(layer) -> bool:
-    return type(layer) in TRANSPARENT  # exact types: a subclass may compute
+    return type(layer) in TRANSPARENT or type(layer) is _Bridge  # exact types: a subclass may compute
+
+
+class _Bridge:
+    """Where an inlined sub-model's input or output tensor meets the outer graph's (`_graph_nodes`):
+    its value passed on as it is."""
+
+    name = "sub-model boundary"
+
+    def __call__(self, value: Any) -> Any:
+        return value
+
+
+def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_compat.GraphNode]:
+    """The calls of `net` in execution order, a functional sub-model (a tower, a `Sequential`
+    MLP) that a call of a `sources` layer reaches inlined: its calls in its place, between
+    `_Bridge` calls from the outer tensor to its input and from its output to the outer
+    tensor, so that the Dense layers inside fold like the model's own. Inlined: sub-models of
+    one input and one output called once by `net` and holding none of `sources` (a sub-model
+    with a searched layer plans its own folds); recursively. `reached`: id() of the tensors of
+    `net` reached already (an inlined sub-model's input)."""
+    nodes = _compat.graph_nodes(net)
+    calls: dict = {}
+    for n in nodes:
+        calls[id(n.layer)] = calls.get(id(n.layer), 0) + 1
+    reached = set(reached or ()) | {id(t) for n in nodes if n.layer in sources for t in n.outputs}
+    out = []
+    for n in nodes:
+        inner = _compat.graph_network(n.layer) if isinstance(n.layer, keras.Model) else None
+        if (inner is not None and calls[id(n.layer)] == 1 and any(id(t) in reached for t in n.inputs)
+                and len(n.inputs) == len(_compat.graph_inputs(inner)) == 1
+                and len(n.outputs) == len(_compat.graph_outputs(inner)) == 1
+                and not sources & _layers_of(n.layer)):
+            inner_nodes = _graph_nodes(inner, sources, {id(t) for t in _compat.graph_inputs(inner)})
+            out.append(_compat.GraphNode(_Bridge(), list(n.inputs), list(_compat.graph_inputs(inner)), object()))
+            out += inner_nodes
+            out.append(_compat.GraphNode(_Bridge(), list(_compat.graph_outputs(inner)), list(n.outputs), object()))
+        else:
+            out.append(n)
+        if any(id(t) in reached for t in n.inputs):
+            reached.update(id(t) for t in n.outputs)
+    return out
+
+
+def _call_node(node: _compat.GraphNode, values: dict) -> Any:
+    """Run one call of `_graph_nodes` on `values` (id(tensor) -> value), in inference mode."""
+    if type(node.layer) is _Bridge:
+        return values[id(node.inputs[0])]
+    args, kwargs = _compat.node_arguments(node, values)
+    return _compat.call_for_inference(node.layer, args, kwargs)
 
 
 #: layers that are affine at inference, each output entry an affine function of the input entries: a Dense
@@ -202,6 +256,7 @@ class NetPlan:
     """The folds of one graph network (and of the graph networks nested in it)."""
 
     net: Any
+    nodes: list  # the calls run, in execution order (`_graph_nodes`: sub-models reached inlined)
     skip: set = field(default_factory=set)  # id(raw node) of calls not run (folded)
     dense: dict = field(default_factory=dict)  # id(raw node) -> DenseFold
     nested: dict = field(default_factory=dict)  # id(raw node) -> NetPlan of a nested model
@@ -317,8 +372,9 @@ class _Graph:
     order: dict  # id(raw node) -> execution order
 
     @classmethod
-    def of(cls, net: Any) -> "_Graph":
-        nodes = _compat.graph_nodes(net)
+    def of(cls, net: Any, sources: set) -> "_Graph":
+        """The graph of `net`'s calls, sub-models that `sources` reach inlined (`_graph_nodes`)."""
+        nodes = _graph_nodes(net, sources)
         consumers: dict = {}
         for n in nodes:
             for t in n.inputs:
@@ -425,8 +481,7 @@ def _run_region(region: list, values: dict, order: dict) -> None:
     """Run the data-moving calls of `region` in execution order on `values` (id(tensor) -> value),
     adding their outputs to it."""
     for r in sorted(region, key=lambda r: order[id(r.raw)]):
-        args, kwargs = _compat.node_arguments(r, values)
-        out = _compat.call_for_inference(r.layer, args, kwargs)
+        out = _call_node(r, values)
         for t, v in zip(r.outputs, _compat.flatten(out)):
             values[id(t)] = v
 
@@ -456,9 +511,9 @@ def _plan_net(net: Any, compacted: dict, report: FoldReport) -> NetPlan:
 
 
 def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bool) -> NetPlan:
-    graph = _Graph.of(net)
+    graph = _Graph.of(net, set(compacted))
     nodes, order = graph.nodes, graph.order
-    result = NetPlan(net)
+    result = NetPlan(net, nodes)
 
     # nested graph networks plan their own folds
     for n in nodes:
@@ -966,7 +1021,7 @@ def run(plan: NetPlan, inputs: Any) -> Any:
     """
     net = plan.net
     flat = _compat.flat_graph_inputs(net, inputs)
-    nodes = _compat.graph_nodes(net)
+    nodes = plan.nodes
     values = {}
     for t, v in zip(_compat.graph_inputs(net), flat):
         v = tf.convert_to_tensor(v)
@@ -994,12 +1049,11 @@ def run(plan: NetPlan, inputs: Any) -> Any:
             out = fm_fold.fm(x, fold.weights[0], fold.weights[1], dtype)
         elif key in plan.dense:
             out = _run_dense(plan.dense[key], plan, values, folded, reduced)
+        elif key in plan.nested:
+            args, _ = _compat.node_arguments(node, values)
+            out = run(plan.nested[key], args[0])
         else:
-            args, kwargs = _compat.node_arguments(node, values)
-            if key in plan.nested:
-                out = run(plan.nested[key], args[0])
-            else:
-                out = _compat.call_for_inference(node.layer, args, kwargs)
+            out = _call_node(node, values)
         for t, v in zip(node.outputs, _compat.flatten(out)):
             values[id(t)] = v
     return _compat.pack_graph_outputs(net, [values[id(t)] for t in _compat.graph_outputs(net)])
@@ -1132,7 +1186,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     net = _compat.graph_network(model)
     if net is None:
         return [], f"model '{model.name}' is subclassed: its call cannot be analysed"
-    graph = _Graph.of(net)
+    graph = _Graph.of(net, {layer})
     calls = [n for n in graph.nodes if n.layer is layer]
     if len(calls) != 1:
         where = "is not called by the model's top-level graph" if not calls else "is called more than once"
