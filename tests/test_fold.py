@@ -139,6 +139,27 @@ def test_permute_and_reshape_fold_through_probing(tmp_path):
     np.testing.assert_allclose(_served(r, {"ids": x_})["head"], model.predict(x_, verbose=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("mover", ["repeat", "crop"])
+def test_repeated_and_cropped_entries_fold_through_probing(tmp_path, mover):
+    """`RepeatVector` sends every entry to the Dense twice (its two kernel rows summed into one
+    stored row per kept value: `[k, 2]`, never `[6 D, 2]`); `Cropping1D` over the fields drops
+    the first field's entries (their rows zero); served == trained either way."""
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    if mover == "repeat":
+        x = keras.layers.Flatten()(keras.layers.RepeatVector(2)(keras.layers.Flatten()(emb(ids))))
+    else:
+        x = keras.layers.Flatten()(keras.layers.Cropping1D((1, 0))(emb(ids)))
+    model = keras.Model(ids, keras.layers.Dense(2, name="head")(x))
+    _mask(emb, 28)
+    k = int(emb.dimension_mask().kept_dims.sum())
+    x_ = _ids(seed=29)
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
+    assert r.folds["emb"]["folded_into"] == ["head"] and r.folds["emb"]["padded"] is None
+    assert _kernel_rows_stored(r) == [(k, 2)]
+    np.testing.assert_allclose(_served(r, {"ids": x_})["head"], model.predict(x_, verbose=0), atol=1e-5)
+
+
 @pytest.mark.parametrize("per_value", [False, True])
 def test_sequence_of_one_field_folds_per_position(tmp_path, per_value):
     hist = keras.Input((5,), dtype="int32", name="history")

@@ -1,9 +1,10 @@
 """Folding removed columns out of the serving computation, not only out of the tables.
 
 When a searched layer's output reaches a `Dense` layer only through layers that
-move data (`Flatten`, `Reshape`, `Concatenate`, `Permute`, inference-time
-`Dropout`, `Identity`), every removed column is an exact zero that the Dense
-kernel multiplies. The export then computes
+move data (`Flatten`, `Reshape`, `Concatenate`, `Permute`, `RepeatVector`,
+`Cropping1D`, inference-time `Dropout`, `Identity`: `TRANSPARENT`), every
+removed column is an exact zero that the Dense kernel multiplies. The export
+then computes
 
     y = activation(x_kept @ W[kept rows] + b)
 
@@ -79,8 +80,9 @@ _MAX_CODES = 2**24  # float32 represents every integer up to this exactly
 
 #: layers that only move entries (at inference): folding looks through them
 TRANSPARENT = _compat.layer_classes(
-    "Flatten", "Reshape", "Concatenate", "Permute", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianDropout", "GaussianNoise", "AlphaDropout", "Identity", "ActivityRegularization",
+    "Flatten", "Reshape", "Concatenate", "Permute", "RepeatVector", "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+    "GaussianNoise", "AlphaDropout", "Identity", "ActivityRegularization",
 )
 
 
