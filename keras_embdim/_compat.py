@@ -52,6 +52,32 @@ def layer_classes(*names: str) -> tuple:
     return tuple(getattr(keras.layers, n) for n in names if n in dir(keras.layers))
 
 
+# Backend ops that a functional model records as calls of their own (Keras 3: `keras.ops.reshape(x,
+# ...)` on a symbolic tensor; tf_keras: `tf.reshape(x, ...)`, a `TFOpLambda` by its TF symbol) and
+# that only move, repeat or drop entries of their tensor inputs
+_MOVING_OPS_3 = ("Reshape", "Concatenate", "Transpose", "ExpandDims", "Squeeze", "Stack", "GetItem", "Tile",
+                 "Repeat")
+_MOVING_SYMBOLS_2 = {"reshape", "concat", "transpose", "expand_dims", "squeeze", "stack", "identity", "tile",
+                     "repeat", "__operators__.getitem", "compat.v1.transpose", "compat.v1.squeeze",
+                     "compat.v1.expand_dims", "compat.v1.concat"}
+
+
+def is_moving_op(operation: Any) -> bool:
+    """Whether a call of a functional graph is one of those ops (a reshape, concatenation,
+    transpose, stack, slice, ... written with `keras.ops` or `tf.*` on symbolic tensors)
+    rather than a layer. They may touch the batch axis, which their own layer
+    counterparts (`Reshape`, `Permute`, ...) never do: whoever passes them checks that
+    the examples of a batch stay apart."""
+    if KERAS_3:
+        try:
+            from keras.src.ops import numpy as ops_numpy
+        except ImportError:  # a Keras whose ops live elsewhere: none is passed
+            return False
+        return type(operation) in tuple(getattr(ops_numpy, n) for n in _MOVING_OPS_3 if hasattr(ops_numpy, n))
+    return type(operation).__name__ in ("TFOpLambda", "SlicingOpLambda") and getattr(
+        operation, "symbol", None) in _MOVING_SYMBOLS_2
+
+
 def tf_variable(variable: Any) -> tf.Variable:
     """The `tf.Variable` behind a Keras variable (Keras 3 wraps one)."""
     if KERAS_3 and not isinstance(variable, tf.Variable):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim import keras
+from keras_embdim import _compat, keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.serving import check_in_fresh_process
 
@@ -157,6 +157,58 @@ def test_repeated_and_cropped_entries_fold_through_probing(tmp_path, mover):
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
     assert r.folds["emb"]["folded_into"] == ["head"] and r.folds["emb"]["padded"] is None
     assert _kernel_rows_stored(r) == [(k, 2)]
+    np.testing.assert_allclose(_served(r, {"ids": x_})["head"], model.predict(x_, verbose=0), atol=1e-5)
+
+
+def _ops():
+    """The backend ops a functional model records as calls: `keras.ops` under Keras 3, `tf.*`
+    (`TFOpLambda`) under Keras 2."""
+    if _compat.KERAS_3:
+        return keras.ops.reshape, keras.ops.concatenate, keras.ops.transpose
+    return tf.reshape, tf.concat, tf.transpose
+
+
+def test_reshape_and_concatenate_written_as_ops_fold(tmp_path):
+    """`keras.ops.reshape` / `keras.ops.concatenate` (`tf.reshape` / `tf.concat` under Keras 2)
+    in place of the Reshape / Concatenate layers: the Dense after them folds (`[k + 2, 4]`
+    stored, never `[3 D + 2, 4]`); served == trained, in a fresh TensorFlow-only process too."""
+    reshape, concat, _ = _ops()
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    price = keras.Input((2,), name="price")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    x = concat([reshape(emb(ids), (-1, 3 * D)), price], axis=-1)
+    h = keras.layers.Dense(4, activation="relu", name="hidden")(x)
+    model = keras.Model({"ids": ids, "price": price}, keras.layers.Dense(1, name="ctr")(h))
+    _mask(emb, 30)
+    k = int(emb.dimension_mask().kept_dims.sum())
+    sample = {"ids": _ids(seed=31), "price": np.random.default_rng(32).standard_normal((50, 2)).astype("float32")}
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}
+    stored = _kernel_rows_stored(r)
+    assert (k + 2, 4) in stored and (3 * D + 2, 4) not in stored, stored
+    want = model.predict(sample, verbose=0)
+    np.testing.assert_allclose(_served(r, sample)["ctr"], want, atol=1e-5)
+    report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_an_op_that_mixes_the_examples_of_a_batch_is_not_folded(tmp_path):
+    """A transpose of the batch and field axes then a reshape back to `[batch, 3 D]` (each row
+    now holds entries of several examples): a probe of one example cannot tell it from a
+    placement, so the probes run two examples and refuse it; the layer serves its padded
+    output and the export still serves the model (for one batch: the model's answer depends on
+    how requests are batched, so the export's own check, which serves other batch sizes too,
+    is left out)."""
+    reshape, _, transpose = _ops()
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    x = reshape(transpose(emb(ids), (1, 0, 2)), (-1, 3 * D))
+    model = keras.Model(ids, keras.layers.Dense(2, name="head")(x))
+    _mask(emb, 33)
+    x_ = _ids(n=20, seed=34)  # one batch of predict's
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0, verify=False)
+    assert r.folds["emb"]["folded_into"] == []
+    assert r.folds["emb"]["padded"] == "Dense 'head': a call on its way mixes the examples of a batch"
     np.testing.assert_allclose(_served(r, {"ids": x_})["head"], model.predict(x_, verbose=0), atol=1e-5)
 
 

@@ -2,9 +2,10 @@
 
 When a searched layer's output reaches a `Dense` layer only through layers that
 move data (`Flatten`, `Reshape`, `Concatenate`, `Permute`, `RepeatVector`,
-`Cropping1D`, inference-time `Dropout`, `Identity`: `TRANSPARENT`), every
-removed column is an exact zero that the Dense kernel multiplies. The export
-then computes
+`Cropping1D`, inference-time `Dropout`, `Identity`: `TRANSPARENT`; and the same
+moves written as ops on symbolic tensors, `keras.ops.reshape` / `tf.concat` and
+the like, `_compat.is_moving_op`), every removed column is an exact zero that
+the Dense kernel multiplies. The export then computes
 
     y = activation(x_kept @ W[kept rows] + b)
 
@@ -19,9 +20,12 @@ own kernel rows and the products summed (`kernel_groups`).
 Which row of the kernel matches which kept value is found by probing: every
 input of the data-moving layers is fed a tensor whose entries are distinct
 integers (exact in float32), the layers are run, and the Dense input says
-where each entry went. So any composition of those layers folds, in both Keras
-versions, without modelling each layer's semantics; an entry that reaches the
-Dense input twice (e.g. `RepeatVector`) sums its kernel rows.
+where each entry went. Two examples are probed, the second's codes shifted, so
+that an op moving entries across the batch axis (a transpose or concatenation
+along it) is refused rather than taken for a placement (`_run_codes`). So any
+composition of those layers folds, in both Keras versions, without modelling
+each layer's semantics; an entry that reaches the Dense input twice (e.g.
+`RepeatVector`) sums its kernel rows.
 
 Affine layers on the way (`BatchNormalization`, `Add`, `Average`, `Subtract`,
 `Rescaling`: an item as the sum of its id's and its category's embeddings, a
@@ -87,7 +91,10 @@ TRANSPARENT = _compat.layer_classes(
 
 
 def _is_transparent(layer) -> bool:
-    return type(layer) in TRANSPARENT or type(layer) is _Bridge  # exact types: a subclass may compute
+    """`TRANSPARENT` layers (exact types: a subclass may compute), the ops that only move entries
+    (`_compat.is_moving_op`: `keras.ops.reshape`, `tf.concat`, ...; the probes check that they keep
+    the examples of a batch apart, `_run_codes`) and sub-model boundaries."""
+    return type(layer) in TRANSPARENT or type(layer) is _Bridge or _compat.is_moving_op(layer)
 
 
 class _Bridge:
@@ -488,6 +495,30 @@ def _run_region(region: list, values: dict, order: dict) -> None:
             values[id(t)] = v
 
 
+def _run_codes(region: list, feeds: list, target: Any, order: dict) -> np.ndarray | None:
+    """The codes `target` holds when the data-moving calls of `region` run on codes: `feeds`
+    lists `(tensor, codes)`, each entry of one example a distinct positive integer (exact in
+    float32). Two examples are run, the second's codes shifted past every code of the first;
+    a region whose second example is not the first's shifted (an op that concatenates,
+    transposes or slices along the batch axis) mixes the examples of a batch and is refused
+    (`_NotFoldable`). None if the target is not reached."""
+    shift = 1 + max((int(codes.max(initial=0)) for _, codes in feeds), default=0)
+    if 2 * shift > _MAX_CODES:
+        raise _NotFoldable("the folded layer has too many inputs to probe")
+    values = {}
+    for t, codes in feeds:
+        pair = np.stack([codes, np.where(codes > 0, codes + shift, 0)]).astype(np.float32)
+        values[id(t)] = tf.constant(pair.reshape([2, *tuple(t.shape)[1:]]))
+    _run_region(region, values, order)
+    out = values.get(id(target))
+    if out is None:
+        return None
+    out = np.rint(_utils.to_numpy(out)).astype(np.int64)
+    if out.shape[0] != 2 or not np.array_equal(out[1], np.where(out[0] > 0, out[0] + shift, 0)):
+        raise _NotFoldable("a call on its way mixes the examples of a batch")
+    return out[0].reshape(-1)
+
+
 class _CrossFallback(Exception):
     """A cross layer on the way to the Dense layers cannot be computed on kept columns: plan again
     without passing cross layers."""
@@ -867,24 +898,20 @@ def _probe(target: Any, region: list, sources: list, compacted: dict, crosses: d
     entries; `pooled` maps a pooling call to the searched call it pools."""
     if any(_is_affine(r) for r in region):
         raise _NotFoldable("an affine layer on the way (a Dense after it folds, `_affine_fold`; nothing else does)")
-    values, x_codes, ranges, base, widths = {}, [], [], 1, []
+    feeds, x_codes, ranges, base, widths = [], [], [], 1, []
     for kind, src in sources:
         t, folded, source_widths = _source_entries(kind, src, compacted, crosses, pooled)
         size = _static_size(t)
         codes = np.arange(base, base + size, dtype=np.int64)
-        values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
+        feeds.append((t, codes))
         widths.append(source_widths)
         x_codes.append(np.where(folded >= 0, base + folded, 0))
         if kind != "tensor":
             ranges.append((base, base + size))
         base += size
-    if base > _MAX_CODES:
-        raise _NotFoldable("the folded layer has too many inputs to probe")
-    _run_region(region, values, {id(r.raw): i for i, r in enumerate(region)})  # region: in execution order
-    probe = values.get(id(target))
-    if probe is None:
+    where = _run_codes(region, feeds, target, {id(r.raw): i for i, r in enumerate(region)})  # region: in order
+    if where is None:
         raise _NotFoldable("its input could not be traced to its sources")
-    where = np.rint(_utils.to_numpy(probe)).astype(np.int64).reshape(-1)
     x = np.concatenate(x_codes)
     column = np.full(base, -1, np.int64)
     column[x[x > 0]] = np.flatnonzero(x > 0)
@@ -1210,7 +1237,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     for dn in sorted(denses, key=lambda d: graph.order[id(d.raw)]):
         # the data-moving calls between the sources and this Dense, and their other inputs
         steps, sources = graph.sources_of(dn.inputs[0], region, {id(node.raw): node}, {})
-        values, base = {}, size + 1
+        feeds, base = [], size + 1
         for kind, src in sources:
             t = out if kind == "lookup" else src
             if kind == "lookup":  # ours: codes 1..size
@@ -1221,14 +1248,13 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
                 except _NotFoldable as e:
                     return [], str(e)
                 base += codes.size
-            values[id(t)] = tf.constant(codes.astype(np.float32).reshape([1, *tuple(t.shape)[1:]]))
-        if base > _MAX_CODES:
-            return [], "the Dense has too many inputs to probe"
-        _run_region(steps, values, graph.order)
-        probe = values.get(id(dn.inputs[0]))
-        if probe is None:
+            feeds.append((t, codes))
+        try:
+            where = _run_codes(steps, feeds, dn.inputs[0], graph.order)
+        except _NotFoldable as e:
+            return [], f"Dense '{dn.layer.name}': {e}"
+        if where is None:
             return [], f"the input of Dense '{dn.layer.name}' could not be traced to its sources"
-        where = np.rint(_utils.to_numpy(probe)).astype(np.int64).reshape(-1)
         ours = (where >= 1) & (where <= size)
         entry = where[ours] - 1
         if np.bincount(entry, minlength=size).max(initial=0) > 1 or entry.size not in (0, size):
