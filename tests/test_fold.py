@@ -512,6 +512,26 @@ def test_an_mlp_sub_model_after_the_searched_layers_folds_inside(tmp_path, tower
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
+def test_a_sub_model_called_with_a_mask_is_not_inlined(tmp_path):
+    """A bag of ids (`mask_zero`) into a sub-model that averages it: the average inside gets
+    its mask from the sub-model's call, which the sub-model's own graph does not record, so
+    its calls are not planned as the outer graph's (an unmasked average would be folded
+    instead); the export serves the model."""
+    hist = keras.Input((5,), dtype="int32", name="history")
+    seq = ked.PrunableEmbedding(50, D, mask_zero=True, name="seq")
+    x_in = keras.Input((5, D))
+    head = keras.layers.Dense(1, name="head")(keras.layers.GlobalAveragePooling1D()(x_in))
+    model = keras.Model(hist, keras.Model(x_in, head, name="tower")(seq(hist)))
+    _mask(seq, 35)
+    rng = np.random.default_rng(36)
+    history = rng.integers(1, 50, (50, 5)).astype("int32")
+    history[:, 3:] = 0  # 3 ids, then 0s: the masked average differs from the unmasked one
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=history, verbose=0)
+    assert r.folds["seq"]["folded_into"] == [] and "'tower'" in r.folds["seq"]["padded"], r.folds
+    np.testing.assert_allclose(list(_served(r, {"history": history}).values())[0], model.predict(history, verbose=0),
+                               atol=1e-5)
+
+
 def test_a_sub_model_called_twice_is_not_inlined(tmp_path):
     """One tower applied to two searched outputs (shared weights): its calls cannot be planned
     once for both, so the searched outputs reach the sub-model's call, are served padded, and

@@ -112,8 +112,10 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
     MLP) that a call of a `sources` layer reaches inlined: its calls in its place, between
     `_Bridge` calls from the outer tensor to its input and from its output to the outer
     tensor, so that the Dense layers inside fold like the model's own. Inlined: sub-models of
-    one input and one output called once by `net` and holding none of `sources` (a sub-model
-    with a searched layer plans its own folds); recursively. `reached`: id() of the tensors of
+    one input and one output called once by `net`, without a mask (the sub-model's own calls
+    would get it from its call, which its graph does not record: a masked average inside
+    would be taken for an unmasked one), holding none of `sources` (a sub-model with a
+    searched layer plans its own folds); recursively. `reached`: id() of the tensors of
     `net` reached already (an inlined sub-model's input)."""
     nodes = _compat.graph_nodes(net)
     calls: dict = {}
@@ -126,7 +128,7 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
         if (inner is not None and calls[id(n.layer)] == 1 and any(id(t) in reached for t in n.inputs)
                 and len(n.inputs) == len(_compat.graph_inputs(inner)) == 1
                 and len(n.outputs) == len(_compat.graph_outputs(inner)) == 1
-                and not sources & _layers_of(n.layer)):
+                and not _compat.call_has_mask(n) and not sources & _layers_of(n.layer)):
             inner_nodes = _graph_nodes(inner, sources, {id(t) for t in _compat.graph_inputs(inner)})
             out.append(_compat.GraphNode(_Bridge(), list(n.inputs), list(_compat.graph_inputs(inner)), object()))
             out += inner_nodes
@@ -504,7 +506,7 @@ def _run_codes(region: list, feeds: list, target: Any, order: dict) -> np.ndarra
     (`_NotFoldable`). None if the target is not reached."""
     shift = 1 + max((int(codes.max(initial=0)) for _, codes in feeds), default=0)
     if 2 * shift > _MAX_CODES:
-        raise _NotFoldable("the folded layer has too many inputs to probe")
+        raise _NotFoldable(f"its sources have {shift - 1} entries, too many to probe")
     values = {}
     for t, codes in feeds:
         pair = np.stack([codes, np.where(codes > 0, codes + shift, 0)]).astype(np.float32)
