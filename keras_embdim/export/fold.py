@@ -103,16 +103,14 @@ class _Bridge:
 
     name = "sub-model boundary"
 
-    def __call__(self, value: Any) -> Any:
-        return value
-
 
 def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_compat.GraphNode]:
     """The calls of `net` in execution order, a functional sub-model (a tower, a `Sequential`
     MLP) that a call of a `sources` layer reaches inlined: its calls in its place, between
     `_Bridge` calls from the outer tensor to its input and from its output to the outer
     tensor, so that the Dense layers inside fold like the model's own. Inlined: sub-models of
-    one input and one output called once by `net`, without a mask (the sub-model's own calls
+    one input (of the shape the sub-model was built for: its call would otherwise adjust it)
+    and one output called once by `net`, without a mask (the sub-model's own calls
     would get it from its call, which its graph does not record: a masked average inside
     would be taken for an unmasked one), holding none of `sources` (a sub-model with a
     searched layer plans its own folds); recursively. `reached`: id() of the tensors of
@@ -128,6 +126,7 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
         if (inner is not None and calls[id(n.layer)] == 1 and any(id(t) in reached for t in n.inputs)
                 and len(n.inputs) == len(_compat.graph_inputs(inner)) == 1
                 and len(n.outputs) == len(_compat.graph_outputs(inner)) == 1
+                and tuple(n.inputs[0].shape)[1:] == tuple(_compat.graph_inputs(inner)[0].shape)[1:]
                 and not _compat.call_has_mask(n) and not sources & _layers_of(n.layer)):
             inner_nodes = _graph_nodes(inner, sources, {id(t) for t in _compat.graph_inputs(inner)})
             out.append(_compat.GraphNode(_Bridge(), list(n.inputs), list(_compat.graph_inputs(inner)), object()))
