@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim import _compat, keras
+from keras_embdim import keras
 from keras_embdim.export import TABLES_ATTRIBUTE, saved_variable_bytes
 from keras_embdim.serving import check_in_fresh_process
 
@@ -163,7 +163,7 @@ def test_repeated_and_cropped_entries_fold_through_probing(tmp_path, mover):
 def _ops():
     """The backend ops a functional model records as calls: `keras.ops` under Keras 3, `tf.*`
     (`TFOpLambda`) under Keras 2."""
-    if _compat.KERAS_3:
+    if ked.KERAS_3:
         return keras.ops.reshape, keras.ops.concatenate, keras.ops.transpose
     return tf.reshape, tf.concat, tf.transpose
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_embdim as ked
-from keras_embdim import _compat, keras
+from keras_embdim import keras
 
 L = keras.layers
 VOCAB = [7, 30, 120]
@@ -24,7 +24,7 @@ SEEDS = range(12)
 
 
 def _reshape(x, shape):
-    return keras.ops.reshape(x, shape) if _compat.KERAS_3 else tf.reshape(x, shape)
+    return keras.ops.reshape(x, shape) if ked.KERAS_3 else tf.reshape(x, shape)
 
 
 def _fields_branch(rng, e):
