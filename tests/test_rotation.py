@@ -76,6 +76,28 @@ def test_rotation_keeps_the_function_and_moves_a_planted_rank_into_the_leading_c
         assert np.all(np.diff(np.diag(gram)) <= 1e-6 * np.abs(gram).max())
 
 
+def test_an_mlp_sub_model_is_rotated_inside_and_keeps_the_function():
+    """The MLP as a `keras.Sequential` applied to the flattened fields: its first Dense's kernel
+    rows are found inside the sub-model (entry (f, j) is input f * D + j) and take the inverse
+    rotation, so the model computes what it did (PME's `rotate="auto"` rotates such a model)."""
+    vocab, dim = [7, 30, 120], 6
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(vocab, dim, name="emb")
+    mlp = keras.Sequential([keras.layers.Dense(5, activation="relu", name="hidden"), keras.layers.Dense(1)],
+                           name="mlp")
+    model = keras.Model(ids, mlp(keras.layers.Flatten()(emb(ids))))
+    rng = np.random.default_rng(3)
+    emb.embedding_variable.assign(rng.standard_normal((sum(vocab), dim)).astype(np.float32))
+    found, why = kernel_rows(model, emb)
+    assert why is None and [f.dense.name for f in found] == ["hidden"]
+    np.testing.assert_array_equal(found[0].rows, np.arange(3 * dim).reshape(1, 3, dim))
+    x = np.stack([rng.integers(0, v, 64) for v in vocab], 1).astype("int32")
+    before = np.asarray(model(x, training=False))
+    rotations = rotate_layer(model, emb)
+    assert len(rotations) == 3 and not np.allclose(rotations[0], np.eye(dim))
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), before, atol=1e-5)
+
+
 def test_rotation_resets_the_optimizer_state_of_what_it_rotates(small_data):
     """The moments of the old basis do not describe the new one: the table's and the consuming
     kernel's slots restart from zero (the other kernels' are kept), and the model trains on."""
