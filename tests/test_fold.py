@@ -5,6 +5,7 @@ algebra), is exported, and the export is compared with the Keras model value
 by value; the report says what was folded and why not.
 """
 
+import collections
 import os
 
 import numpy as np
@@ -480,7 +481,9 @@ def test_an_mlp_sub_model_after_the_searched_layers_folds_inside(tmp_path, tower
     BatchNormalization first) applied to the concatenated fields and a price: the sub-model's
     calls are planned as the model's own (`fold._graph_nodes`), so its first Dense keeps only
     the kept rows (`[k + 2, 5]`, never `[3 D + 2, 5]`) and the rest of the sub-model runs as
-    trained; served == trained, in a fresh TensorFlow-only process too (TF2 and TF1)."""
+    trained; served == trained (the `Sequential` one: the same ops, op type by op type, as the
+    export of the same MLP written inline; the functional one: in a fresh TensorFlow-only
+    process too, TF2 and TF1 loaders)."""
     ids = keras.Input((3,), dtype="int32", name="ids")
     price = keras.Input((2,), name="price")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
@@ -488,6 +491,12 @@ def test_an_mlp_sub_model_after_the_searched_layers_folds_inside(tmp_path, tower
     if tower == "sequential":
         mlp = keras.Sequential([keras.layers.Dense(5, activation="relu", name="hidden"),
                                 keras.layers.Dense(1, name="logit")], name="mlp")
+        inline_emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+        h = keras.layers.Dense(5, activation="relu", name="hidden")(
+            keras.layers.Concatenate()([keras.layers.Flatten()(inline_emb(ids)), price]))
+        inline = keras.Model({"ids": ids, "price": price},
+                             keras.layers.Activation("sigmoid", name="ctr")(keras.layers.Dense(1, name="logit")(h)))
+        _mask(inline_emb, 21)
     else:
         x_in = keras.Input((3 * D + 2,))
         norm = keras.layers.BatchNormalization(name="norm")
@@ -508,8 +517,21 @@ def test_an_mlp_sub_model_after_the_searched_layers_folds_inside(tmp_path, tower
     assert (k + 2, 5) in stored and (3 * D + 2, 5) not in stored and k < 3 * D, stored
     want = model.predict(sample, verbose=0)
     np.testing.assert_allclose(_served(r, sample)["ctr"], want, atol=1e-5)
-    report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
-    assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+    if tower == "sequential":  # the sub-model costs a request nothing: the same graph as inline
+        inline.set_weights(model.get_weights())
+        r_inline = ked.export_compact(inline, tmp_path / "inline", sample_inputs=sample, verbose=0)
+        assert _op_types(r) == _op_types(r_inline)
+        np.testing.assert_allclose(_served(r_inline, sample)["ctr"], want, atol=1e-5)
+    else:
+        report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+        assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def _op_types(r) -> dict:
+    """How many ops of each type the export's serving graph holds (its functions included)."""
+    graph = tf.saved_model.load(r.path).signatures["serving_default"].graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return dict(collections.Counter(n.op for n in nodes))
 
 
 def test_a_sub_model_called_with_a_mask_is_not_inlined(tmp_path):
