@@ -20,7 +20,7 @@ L = keras.layers
 VOCAB = [7, 30, 120]
 D = 6
 LENGTH = 4
-SEEDS = range(12)
+SEEDS = range(8)  # 4 and 7 fail under Keras 2 if a sub-model called with a mask is inlined
 
 
 def _reshape(x, shape):
