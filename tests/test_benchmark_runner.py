@@ -109,6 +109,8 @@ def test_report_and_targets_from_the_cache(tmp_path, monkeypatch):
     assert f"{met} of {n_targets} met." in text and "**no**" in text and 0 < met < n_targets
 
 
+@pytest.mark.skipif(not ked.KERAS_3, reason="the benchmark grid runs under Keras 3 (its documented command); each "
+                    "method's Keras 2 path is tested by the library's own tests")
 def test_quick_mode_runs_every_method_on_frappe(data_root, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_EMBDIM_DATA", str(data_root))
     cache, out = str(tmp_path / "quick.jsonl"), str(tmp_path / "quick.md")
