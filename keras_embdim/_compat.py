@@ -78,6 +78,29 @@ def is_moving_op(operation: Any) -> bool:
         operation, "symbol", None) in _MOVING_SYMBOLS_2
 
 
+# Backend ops recorded as calls (as above) that are affine in each tensor input when the other operands are
+# constants: `x * 0.5`, `x + b`, `-x`, `keras.ops.sum(x, axis=1)` / `tf.reduce_mean(x, axis=1)`
+_ARITHMETIC_OPS_3 = ("Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Negative", "Sum", "Mean")
+_ARITHMETIC_SYMBOLS_2 = {"math.add", "__operators__.add", "math.subtract", "math.multiply", "math.truediv",
+                         "math.divide", "math.negative", "math.reduce_sum", "math.reduce_mean", "math.scalar_mul",
+                         "compat.v1.math.scalar_mul", "compat.v1.reduce_sum", "compat.v1.reduce_mean"}
+
+
+def is_arithmetic_op(operation: Any) -> bool:
+    """Whether a call of a functional graph is one of those ops (an addition, product,
+    division, negation, sum or mean written with `keras.ops` or `tf.*`, or as an operator, on
+    symbolic tensors). Affine only when the other operands are constants (a product of two
+    tensors is not) and examples stay apart (a sum over the batch axis mixes them): whoever
+    treats them as affine checks both."""
+    if KERAS_3:
+        try:
+            from keras.src.ops import numpy as ops_numpy
+        except ImportError:  # a Keras whose ops live elsewhere: none is passed
+            return False
+        return type(operation) in tuple(getattr(ops_numpy, n) for n in _ARITHMETIC_OPS_3 if hasattr(ops_numpy, n))
+    return type(operation).__name__ == "TFOpLambda" and getattr(operation, "symbol", None) in _ARITHMETIC_SYMBOLS_2
+
+
 def tf_variable(variable: Any) -> tf.Variable:
     """The `tf.Variable` behind a Keras variable (Keras 3 wraps one)."""
     if KERAS_3 and not isinstance(variable, tf.Variable):

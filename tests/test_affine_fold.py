@@ -1,7 +1,8 @@
 """A Dense after affine layers (BatchNormalization, Add, Average, Subtract, Rescaling, an
-unmasked average over fields; after a pooled history too) folds (keras_embdim.export.fold._affine_fold): the layers
-between the searched outputs and the Dense are probed as an affine map with a basis, and the
-Dense serves `x_kept @ (L W) + (c W + b)`.
+unmasked average over fields, arithmetic with constants written as ops; after a pooled history
+too) folds (keras_embdim.export.fold._affine_fold): the layers between the searched outputs and
+the Dense are probed as an affine map with a basis, and the Dense serves
+`x_kept @ (L W) + (c W + b)`.
 
 Models get random tables, masks and normalization statistics (folding is exact algebra, no
 training needed); exports are compared with the Keras model value by value.
@@ -117,6 +118,57 @@ def test_a_layer_that_is_not_affine_is_refused_by_the_check(tmp_path, monkeypatc
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
     assert r.folds["emb"]["folded_into"] == []
     assert r.folds["emb"]["padded"] == "Dense 'ctr': the layers before it are not affine in its sources"
+    np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
+
+
+def _ops():
+    """Arithmetic on symbolic tensors as a functional model records it: `keras.ops` (and operators)
+    under Keras 3; `tf.*` (`TFOpLambda`) under Keras 2."""
+    if ked.KERAS_3:
+        return keras.ops.reshape, keras.ops.sum, keras.ops.mean
+    return tf.reshape, tf.reduce_sum, tf.reduce_mean
+
+
+@pytest.mark.parametrize("kind", ["scale_shift", "sum_over_fields", "mean_negated"])
+def test_arithmetic_written_as_ops_folds_into_the_dense(tmp_path, kind):
+    """`x * 0.5 + 1.0`, `ops.sum(x, axis=1)` (a bag of fields summed), `ops.mean(-x, axis=1)` on
+    the searched output, before the Dense: affine in the kept values, the Dense folds (its kernel
+    served as `[k, 2]` rows, never `[3 D, 2]` or `[D, 2]`); served == trained."""
+    reshape, sum_, mean = _ops()
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    e = emb(ids)
+    x = {"scale_shift": lambda: reshape(e * 0.5 + 1.0, (-1, 3 * D)), "sum_over_fields": lambda: sum_(e, axis=1),
+         "mean_negated": lambda: mean(-e, axis=1)}[kind]()
+    model = keras.Model(ids, keras.layers.Dense(2, name="ctr")(x))
+    k = _fill(emb, 11)
+    x_ = np.stack([np.random.default_rng(12).integers(0, v, 50) for v in VOCAB], 1).astype("int32")
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
+    assert r.folds["emb"] == {"folded_into": ["ctr"], "padded": None, "id_check": "on_invalid_id"}
+    shapes = sorted(_stored(r).values())
+    assert (k, 2) in shapes and (3 * D, 2) not in shapes and (D, 2) not in shapes, shapes
+    np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["product", "minus_batch_sum"])
+def test_arithmetic_that_is_not_affine_per_example_is_not_folded(tmp_path, kind):
+    """`x * x` is not affine (the map's check refuses it); `x - sum(x over the batch)` is affine
+    but mixes the examples of a batch, which a single basis run cannot tell (each example's
+    row moves with the batch's sum alike): the basis is run again split in two and the fold
+    refused. Each serves its padded output (the second for one batch only: its answer depends
+    on how requests are batched, so the export's own check is left out)."""
+    reshape, sum_, _ = _ops()
+    ids = keras.Input((3,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
+    e = emb(ids)
+    x = reshape(e * e if kind == "product" else e - sum_(e, axis=0), (-1, 3 * D))
+    model = keras.Model(ids, keras.layers.Dense(2, name="ctr")(x))
+    _fill(emb, 13)
+    x_ = np.stack([np.random.default_rng(14).integers(0, v, 20) for v in VOCAB], 1).astype("int32")
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0, verify=kind == "product")
+    why = "the layers before it are not affine in its sources" if kind == "product" else \
+        "a call on its way mixes the examples of a batch"
+    assert r.folds["emb"]["folded_into"] == [] and r.folds["emb"]["padded"] == f"Dense 'ctr': {why}"
     np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
 
 

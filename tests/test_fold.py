@@ -190,17 +190,21 @@ def test_reshape_and_concatenate_written_as_ops_fold(tmp_path):
     np.testing.assert_allclose(_served(r, sample)["ctr"], model.predict(sample, verbose=0), atol=1e-5)
 
 
-def test_an_op_that_mixes_the_examples_of_a_batch_is_not_folded(tmp_path):
+@pytest.mark.parametrize("affine", [False, True])
+def test_an_op_that_mixes_the_examples_of_a_batch_is_not_folded(tmp_path, affine):
     """A transpose of the batch and field axes then a reshape back to `[batch, 3 D]` (each row
     now holds entries of several examples): a probe of one example cannot tell it from a
     placement, so the probes run two examples and refuse it; the layer serves its padded
     output and the export still serves the model (for one batch: the model's answer depends on
     how requests are batched, so the export's own check, which serves other batch sizes too,
-    is left out)."""
+    is left out). With a BatchNormalization after it the Dense would fold as an affine map
+    (`_affine_fold`), whose basis is run again rolled by one example and refused alike."""
     reshape, _, transpose = _ops()
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
     x = reshape(transpose(emb(ids), (1, 0, 2)), (-1, 3 * D))
+    if affine:
+        x = keras.layers.BatchNormalization(name="bn")(x)
     model = keras.Model(ids, keras.layers.Dense(2, name="head")(x))
     _mask(emb, 33)
     x_ = _ids(n=20, seed=34)  # one batch of predict's

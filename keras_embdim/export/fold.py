@@ -30,10 +30,13 @@ each layer's semantics; an entry that reaches the Dense input twice (e.g.
 Affine layers on the way (`BatchNormalization`, `Add`, `Average`, `Subtract`,
 `Rescaling`: an item as the sum of its id's and its category's embeddings, a
 normalization of the concatenated fields; an average over positions called
-without a mask, such as a multi-field layer's output averaged over its fields)
+without a mask, such as a multi-field layer's output averaged over its fields;
+arithmetic with constants written as ops, `x * 0.5`, `keras.ops.sum(x, axis=1)`,
+`_compat.is_arithmetic_op`)
 make the Dense input an affine map `x @ L + c` of the kept values rather than a
 placement: it is probed with a basis (`_affine_fold`: one example per kept
-value, one all zeros, a random combination to check the map), and the Dense
+value, one all zeros, a random combination to check the map, and the batch
+run again split in two to check that examples stay apart), and the Dense
 serves `x_kept @ (L W) + (c W + b)`, or `(x_kept @ L) @ W + (c W + b)` where that
 takes at most half the multiply-adds (many kept values averaged into few
 columns: `_factorized`).
@@ -61,7 +64,9 @@ A functional sub-model that a searched output reaches (an MLP written as a
 `Sequential`, a tower) is planned as part of the outer graph: its calls are
 inlined between boundary calls that pass the tensors on (`_graph_nodes`), so
 the Dense layers inside fold like the model's own; one called more than once
-(a tower shared by two inputs) is not, and the outputs reaching it serve padded.
+(a tower shared by two inputs), called with a mask, or given an input of
+another shape than it was built for is not, and the outputs reaching it serve
+padded.
 """
 
 from __future__ import annotations
@@ -156,10 +161,14 @@ AVERAGE_POOLING = _compat.layer_classes("GlobalAveragePooling1D", "GlobalAverage
 
 
 def _is_affine(node: _compat.GraphNode) -> bool:
-    """`node`'s call is affine at inference: an `AFFINE` layer, or an `AVERAGE_POOLING` one called
-    without a mask (exact types: a subclass may compute)."""
+    """`node`'s call is affine at inference: an `AFFINE` layer, an `AVERAGE_POOLING` one called
+    without a mask (exact types: a subclass may compute), or arithmetic written as ops
+    (`_compat.is_arithmetic_op`: `x * 0.5`, `keras.ops.sum(x, axis=1)`, ...; affine when its
+    other operands are constants, which `_affine_fold` checks, as it checks that examples stay
+    apart)."""
     kind = type(node.layer)
-    return kind in AFFINE or (kind in AVERAGE_POOLING and not _compat.call_has_mask(node))
+    return (kind in AFFINE or (kind in AVERAGE_POOLING and not _compat.call_has_mask(node))
+            or _compat.is_arithmetic_op(node.layer))
 
 
 #: layers that pool each column over the positions of a sequence on its own: they run on kept columns
@@ -988,7 +997,10 @@ def _affine_fold(target: Any, region: list, sources: list, compacted: dict, cros
     whose first example is all zeros (the offset) and whose example i + 1 is entry i alone at
     one (its row plus the offset); removed columns of folded sources are zeros there, as they
     are when served. A random combination of the entries is checked against the map, so a
-    layer that is not affine after all is refused rather than folded wrongly.
+    layer that is not affine after all is refused rather than folded wrongly; and the batch is
+    run again split in two (the basis, then the combination alone), which must give the same
+    rows, so that a call mixing the examples of a batch (a transpose of the batch axis, a sum
+    over it) is refused too, as `_run_codes` does for the probes.
     """
     entries = [_source_entries(kind, src, compacted, crosses, pooled) for kind, src in sources]
     n = sum(len(e) for _, e, _ in entries)
@@ -1006,16 +1018,32 @@ def _affine_fold(target: Any, region: list, sources: list, compacted: dict, cros
         batch[n + 1, positions[kept]] = check[start:start + len(positions)][kept]
         values[id(t)] = tf.constant(batch.reshape([n + 2, *tuple(t.shape)[1:]]))
         start += len(positions)
-    _run_region(region, values, {id(r.raw): i for i, r in enumerate(region)})  # region: in execution order
-    out = values.get(id(target))
+    order = {id(r.raw): i for i, r in enumerate(region)}  # region: in execution order
+    out = _run_affine(region, values, target, order)
     if out is None:
         raise _NotFoldable("its input could not be traced to its sources")
-    out = _utils.to_numpy(out).reshape(n + 2, -1).astype(np.float64)
+    # the batch run again as two batches (the basis; the random combination alone) must give the same rows
+    parts = [_run_affine(region, {k: v[rows] for k, v in values.items()}, target, order)
+             for rows in (slice(0, n + 1), slice(n + 1, n + 2))]
+    apart = np.concatenate(parts) if all(p is not None and p.shape[1:] == out.shape[1:] for p in parts) else None
+    if (out.shape[0] != n + 2 or apart is None or apart.shape != out.shape
+            or not np.allclose(apart, out, rtol=1e-5, atol=1e-6 * (1 + np.abs(out[np.isfinite(out)]).max(initial=0)),
+                               equal_nan=True)):
+        raise _NotFoldable("a call on its way mixes the examples of a batch")
+    out = out.reshape(n + 2, -1).astype(np.float64)
     offset, linear = out[0], out[1:n + 1] - out[0]  # a padding column's row: its example is all zeros too
     want = offset + check @ linear
     if not np.allclose(out[n + 1], want, rtol=1e-4, atol=1e-4 * (1 + np.abs(want).max(initial=0))):
         raise _NotFoldable("the layers before it are not affine in its sources")
     return linear, offset, [w for _, _, w in entries]
+
+
+def _run_affine(region: list, feeds: dict, target: Any, order: dict) -> np.ndarray | None:
+    """`target`'s value (None: not reached) when the calls of `region` run on `feeds` (id(tensor) -> value)."""
+    values = dict(feeds)
+    _run_region(region, values, order)
+    out = values.get(id(target))
+    return None if out is None else _utils.to_numpy(out)
 
 
 def _cross_columns(x0: Any, region: list, sources: list, compacted: dict, pooled: dict) -> np.ndarray:
