@@ -49,6 +49,11 @@ the kept columns: the pooling layer itself runs on the folded lookup
 tokens) folds like a field, affine layers after the pooling included (a
 normalization of the pooled history concatenated with the fields).
 
+A Dense applied to a searched output `[batch, ..., D]` itself (each field, or
+each position of a sequence, projected: a slot each) is computed from the kept
+values: each slot's kept columns times their own kernel rows, one batched
+product (`SlotDenseFold`, `slot_kernel`).
+
 Where a searched layer's output also has another use (an FM inner product,
 max or masked pooling over fields, attention, a model output), the Dense layers
 it reaches still fold, and that use reads the padded output placed from the same
@@ -225,6 +230,20 @@ def _foldable_dense(node: _compat.GraphNode) -> str | None:
     return None
 
 
+def _foldable_slot_dense(node: _compat.GraphNode) -> str | None:
+    """None if `node` is a Dense call on a searched output `[batch, ..., D]` itself (each
+    position's, or each field's, D columns multiplied by the kernel: `SlotDenseFold`) that can
+    be computed from the kept values, else why not."""
+    layer = node.layer
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        return f"Dense '{layer.name}' is LoRA-enabled or quantized"
+    if len(getattr(layer, "_inbound_nodes", [])) != 1:
+        return f"Dense '{layer.name}' is called more than once"
+    if _compat.call_has_mask(node):  # its output would carry the mask on to the calls after it
+        return f"it reaches Dense '{layer.name}' per position with a mask"
+    return None
+
+
 @dataclass
 class DenseFold:
     """A Dense call computed from the kept values of its sources.
@@ -241,6 +260,26 @@ class DenseFold:
     groups: list  # per group: indices of its pieces (in x's order)
     bias: Any = None  # the bias served (an affine region before the Dense moves it), or None: the layer's
     post: Any = None  # after an affine region, factorized: `kernels` hold L's rows, `post` the layer's kernel
+
+
+@dataclass
+class SlotDenseFold:
+    """A Dense call on a searched output `[batch, ..., D]` itself (per position of a sequence,
+    per field of a multi-field layer: a slot each), computed from the kept values.
+
+    The folded lookup's columns, side by side, are placed as `[batch, slots, width]` (each
+    slot's kept columns first, zeros up to the widest slot's count; `place`, None where they
+    are laid out so already) and multiplied slot by slot by `kernel` `[slots, width, units]`
+    (each slot's kernel rows, zeros for its padding: `slot_kernel`); the bias and activation
+    follow. A slot without kept columns gets the bias alone.
+    """
+
+    node: _compat.GraphNode
+    source: _compat.GraphNode  # the searched call
+    place: np.ndarray | None  # position in `[slots * width]` of each folded column (-1: read by nothing)
+    kernels: list  # [the `[slots, width, units]` kernel], as a variable (`NetPlan.variables` reads `kernels`)
+    bias: Any = None  # none of its own: the layer's bias is served (`NetPlan.variables` reads `bias`)
+    post: Any = None
 
 
 @dataclass
@@ -369,6 +408,7 @@ class _Reach:
     crosses: list = field(default_factory=list)  # cross calls passed
     fms: list = field(default_factory=list)  # FM terms reached
     pools: list = field(default_factory=list)  # pooling calls passed (`_foldable_pooling`)
+    slots: list = field(default_factory=list)  # Dense calls on the searched output itself, per slot (`SlotDenseFold`)
     others: list = field(default_factory=list)  # why each other use cannot fold
 
     def failed(self, why: str) -> "_Reach":
@@ -456,6 +496,13 @@ class _Graph:
                     if all(x is not c for x in reach.fms):
                         reach.fms.append(c)
                     continue
+                if shared and id(t) in same and len(tuple(t.shape)) > 2 and type(c.layer) is keras.layers.Dense:
+                    why = _foldable_slot_dense(c)
+                    if why:
+                        reach.other(why)
+                    elif all(x is not c for x in reach.slots):
+                        reach.slots.append(c)
+                    continue
                 why = _foldable_dense(c)
                 if why and not shared:
                     return reach.failed(why)
@@ -463,7 +510,7 @@ class _Graph:
                     reach.other(why)
                 elif all(d is not c for d in reach.denses):
                     reach.denses.append(c)
-        if not reach.denses and not reach.fms:
+        if not reach.denses and not reach.fms and not reach.slots:
             reach.why = reach.others[0] if reach.others else "its output reaches no Dense layer"
         return reach
 
@@ -573,7 +620,7 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                     report.add(layer.name, reason=f"model '{n.layer.name}' is subclassed: its call cannot be folded")
 
     # 1. forward from each searched call: only data-moving layers (and cross layers), then Dense layers
-    searched, downstream, cross_nodes, shared, fm_nodes, fm_users = {}, set(), {}, {}, {}, {}
+    searched, downstream, cross_nodes, shared, fm_nodes, fm_users, slot_nodes = {}, set(), {}, {}, {}, {}, {}
     for n in nodes:
         if n.layer not in compacted:
             continue
@@ -581,7 +628,8 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
         if reach.why:
             report.add(n.layer.name, reason=reach.why)
             continue
-        searched[id(n.raw)] = (n, reach.denses, reach.crosses)
+        searched[id(n.raw)] = (n, reach.denses + reach.slots, reach.crosses)
+        slot_nodes.update({id(c.raw): c for c in reach.slots})
         shared[id(n.raw)] = list(reach.others)
         fm_users[id(n.raw)] = reach.fms
         downstream |= reach.region
@@ -618,6 +666,16 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
     for key in sorted(dense_nodes, key=order.get):
         dn = dense_nodes[key]
         region, sources = graph.sources_of(dn.inputs[0], downstream, searched, result.cross, result.pooled)
+        if key in slot_nodes:  # on the searched output itself (through identities at inference)
+            (_, src), = sources
+            try:
+                result.dense[key] = _plan_slot_dense(dn, src, compacted)
+            except _NotFoldable as e:
+                report.add(src.layer.name, reason=f"Dense '{dn.layer.name}': {e}")
+                searched.pop(id(src.raw), None)
+                continue
+            folds_into("lookup", src, dn.layer.name)
+            continue
         try:
             selected, widths, bias, post = _fold_kernel(dn, region, sources, compacted, result.cross,
                                                         result.pooled)
@@ -853,6 +911,44 @@ def kernel_groups(selected: np.ndarray, widths: list) -> tuple[list, list]:
     return groups, kernels
 
 
+def slot_kernel(codes: np.ndarray, kernel: np.ndarray, output_dim: int,
+                slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(place, slot_kernel)` of a Dense applied to every slot (the `output_dim` columns of one
+    position, or of one field at one position) of a searched output, from its folded lookup's
+    `codes` (`folded_codes` of its parts side by side: each folded column's flat index in the
+    padded output, -1 for a column that is always zero).
+
+    A slot's run is its first kept column and the columns up to the next slot's first one
+    (its other kept columns and its padding). `place[i]`: where folded column i goes in
+    `[slots, width]` (`width` the longest run; -1 for columns before the first run, always
+    zero); `slot_kernel[s, r]` the kernel row of slot s's r-th column (zeros for padding).
+
+    Example: two fields of `output_dim` 3; field 0 keeps columns 0 and 2, field 1 column 1
+    padded to width 2:
+
+    >>> place, k = slot_kernel(np.array([0, 2, 4, -1]), np.arange(6.0).reshape(3, 2), 3, 2)
+    >>> place.tolist(), k[:, :, 0].tolist()
+    ([0, 1, 2, 3], [[0.0, 4.0], [2.0, 0.0]])
+    """
+    runs: list = []  # [slot, first column, columns]
+    for i, code in enumerate(codes):
+        if code >= 0 and (not runs or code // output_dim != runs[-1][0]):
+            runs.append([int(code) // output_dim, i, 1])
+        elif runs:
+            runs[-1][2] += 1
+    seen = [slot for slot, _, _ in runs]
+    if len(set(seen)) != len(seen) or any(s >= slots for s in seen):
+        raise _NotFoldable("a slot's kept columns are not side by side in its lookup")
+    width = max((n for _, _, n in runs), default=0)
+    place = np.full(len(codes), -1, np.int64)
+    out = np.zeros((slots, width, kernel.shape[1]), kernel.dtype)
+    for slot, at, n in runs:
+        place[at:at + n] = slot * width + np.arange(n)
+        cols = codes[at:at + n]
+        out[slot, :n][cols >= 0] = kernel[cols[cols >= 0] % output_dim]
+    return place, out
+
+
 def pooled_codes(lookup) -> np.ndarray:
     """Codes (`folded_codes`) of a single-field lookup's folded columns at one position: the
     columns of its output pooled over positions (`_pool`), part by part.
@@ -968,6 +1064,19 @@ def _fold_kernel(dn: _compat.GraphNode, region: list, sources: list, compacted: 
     used = cols >= 0
     np.add.at(selected, cols[used], kernel[used])  # an entry that reaches the Dense twice sums its rows
     return selected, widths, None, None
+
+
+def _plan_slot_dense(dn: _compat.GraphNode, src: _compat.GraphNode, compacted: dict) -> SlotDenseFold:
+    """The Dense call `dn` on the output of searched call `src`, per slot (`SlotDenseFold`)."""
+    lookup = compacted[src.layer].lookup
+    t, codes, _ = _source_entries("lookup", src, compacted, {}, None)
+    kernel = _utils.to_numpy(dn.layer.kernel)
+    if kernel.shape[0] != lookup.output_dim:
+        raise _NotFoldable(f"it has {kernel.shape[0]} inputs per slot, the layer {lookup.output_dim} columns")
+    place, k = slot_kernel(codes, kernel, lookup.output_dim, _static_size(t) // lookup.output_dim)
+    in_place = np.array_equal(place, np.arange(place.shape[0])) and place.shape[0] == k.shape[0] * k.shape[1]
+    return SlotDenseFold(dn, src, None if in_place else place,
+                         [_utils.plain_variable(k, name=f"{dn.layer.name}_folded_kernel")])
 
 
 def _factorized(entries: int, inputs: int, units: int) -> bool:
@@ -1105,6 +1214,8 @@ def run(plan: NetPlan, inputs: Any) -> Any:
             pieces = _pieces(fold.sources, plan, values, folded, reduced, dtype)
             x = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=-1)
             out = fm_fold.fm(x, fold.weights[0], fold.weights[1], dtype)
+        elif key in plan.dense and isinstance(plan.dense[key], SlotDenseFold):
+            out = _run_slot_dense(plan.dense[key], plan, values, folded)
         elif key in plan.dense:
             out = _run_dense(plan.dense[key], plan, values, folded, reduced)
         elif key in plan.nested:
@@ -1219,6 +1330,27 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict, reduc
     if others:
         y = y + (others[0] if len(others) == 1 else tf.add_n(others))
     return layer.activation(y) if layer.activation is not None else y
+
+
+def _run_slot_dense(fold: SlotDenseFold, plan: NetPlan, values: dict, folded: dict) -> tf.Tensor:
+    """A Dense call per slot of a searched output (`SlotDenseFold`), from the kept values: one
+    gather placing them by slot (none where they are in place), one batched product."""
+    layer = fold.node.layer
+    dtype = tf.as_dtype(layer.compute_dtype)
+    parts = _lookup_parts(fold.source, plan, values, folded)
+    x = tf.cast(parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1), dtype)
+    kernel = fold.kernels[0]
+    slots, width = int(kernel.shape[0]), int(kernel.shape[1])
+    if not width:  # no kept column at all: the bias alone
+        y = tf.zeros(tf.stack([tf.shape(x)[0], slots, int(kernel.shape[2])]), dtype)
+    else:
+        if fold.place is not None:
+            x = placed(x, fold.place, slots * width)
+        y = tf.einsum("bsw,swu->bsu", tf.reshape(x, [-1, slots, width]), tf.cast(kernel, dtype))
+    if layer.bias is not None:
+        y = tf.nn.bias_add(y, tf.cast(layer.bias, dtype))
+    y = layer.activation(y) if layer.activation is not None else y
+    return tf.reshape(y, [-1, *tuple(fold.node.outputs[0].shape)[1:]])
 
 
 # ------------------------------------------------- where a layer's outputs enter Dense kernels
