@@ -244,15 +244,21 @@ def set_trainable(layer: Any, variable: Any, trainable: bool) -> None:
 
 
 class GraphNode:
-    """One layer call of a functional model: `layer(*args, **kwargs) -> outputs`."""
+    """One layer call of a functional model: `layer(*args, **kwargs) -> outputs`.
 
-    __slots__ = ("layer", "inputs", "outputs", "raw")
+    `renamed` (id() of a tensor the Keras node `raw` records -> the tensor standing for it
+    here) is set on a copy of a call (a sub-model called twice, inlined once per call:
+    `keras_embdim.export.fold`), whose tensors and identity are its own while its arguments
+    are the recorded node's; `node_arguments` reads them through it."""
 
-    def __init__(self, layer, inputs, outputs, raw):
+    __slots__ = ("layer", "inputs", "outputs", "raw", "renamed")
+
+    def __init__(self, layer, inputs, outputs, raw, renamed=None):
         self.layer = layer
         self.inputs = inputs  # flat list of symbolic input tensors
         self.outputs = outputs  # flat list of symbolic output tensors
         self.raw = raw
+        self.renamed = renamed
 
 
 def graph_network(model: Any) -> Any | None:
@@ -300,6 +306,8 @@ def graph_outputs(net: Any) -> list:
 
 def node_arguments(node: GraphNode, values: dict) -> tuple[tuple, dict]:
     """The call arguments of `node` with its symbolic inputs replaced by `values[id(tensor)]`."""
+    if node.renamed is not None:  # a copy: its recorded tensors stand for its own
+        values = {k: values[id(t)] for k, t in node.renamed.items() if id(t) in values}
     if KERAS_3:
         return node.raw.arguments.fill_in(values)
     raw = node.raw  # as tf_keras' own Node.map_arguments, from our value dict

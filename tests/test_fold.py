@@ -627,24 +627,44 @@ def test_a_sub_model_called_with_a_mask_is_not_inlined(tmp_path):
                                atol=1e-5)
 
 
-def test_a_sub_model_called_twice_is_not_inlined(tmp_path):
-    """One tower applied to two searched outputs (shared weights): its calls cannot be planned
-    once for both, so the searched outputs reach the sub-model's call, are served padded, and
-    the report names the sub-model."""
+@pytest.mark.parametrize("other", ["item_emb", "dense"])
+def test_a_tower_shared_by_two_inputs_folds_each_call_apart(tmp_path, other):
+    """One tower (shared weights) applied to two searched outputs: each call is inlined as a copy
+    of its own and its Dense folds with the kept rows of its own input (`[k_user, 3]` and
+    `[k_item, 3]` stored, not the `[D, 3]` kernel). Applied to a searched output and to a dense
+    feature: the first call folds, the second runs the tower as it is (the kernel is stored for
+    it). The tower's kernel rows also take its other input, so PME's rotation leaves it alone.
+    Served == trained."""
+    from keras_embdim.export import fold
+
     user, item = keras.Input((), dtype="int32", name="user"), keras.Input((), dtype="int32", name="item")
+    feature = keras.Input((D,), name="feature")
     user_emb, item_emb = ked.PrunableEmbedding(40, D, name="user_emb"), ked.PrunableEmbedding(50, D, name="item_emb")
     x_in = keras.Input((D,))
-    tower = keras.Model(x_in, keras.layers.Dense(3, name="proj")(x_in), name="tower")
-    score = keras.layers.Dot(axes=1, name="score")([tower(user_emb(user)), tower(item_emb(item))])
-    model = keras.Model({"user": user, "item": item}, score)
+    tower = keras.Model(x_in, keras.layers.Dense(3, activation="relu", name="proj")(x_in), name="tower")
+    right = tower(item_emb(item)) if other == "item_emb" else tower(feature)
+    score = keras.layers.Dot(axes=1, name="score")([tower(user_emb(user)), right])
+    inputs = {"user": user, "item": item} if other == "item_emb" else {"user": user, "feature": feature}
+    model = keras.Model(inputs, score)
     _mask(user_emb, 25)
-    _mask(item_emb, 26)
+    if other == "item_emb":
+        _mask(item_emb, 26)
     rng = np.random.default_rng(27)
-    sample = {"user": rng.integers(0, 40, 50).astype("int32"), "item": rng.integers(0, 50, 50).astype("int32")}
+    sample = {"user": rng.integers(0, 40, 50).astype("int32"), "item": rng.integers(0, 50, 50).astype("int32"),
+              "feature": rng.standard_normal((50, D)).astype("float32")}
+    sample = {k: sample[k] for k in inputs}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    for name in ("user_emb", "item_emb"):
-        assert r.folds[name]["folded_into"] == [] and "'tower'" in r.folds[name]["padded"], r.folds
+    k_user = int(user_emb.dimension_mask().kept_dims.sum())
+    assert r.folds["user_emb"] == {"folded_into": ["proj"], "padded": None, "id_check": "on_invalid_id"}
+    stored = [s for s in _kernel_rows_stored(r) if s[1] == 3]
+    if other == "item_emb":
+        k_item = int(item_emb.dimension_mask().kept_dims.sum())
+        assert r.folds["item_emb"] == r.folds["user_emb"]
+        assert stored == sorted([(k_user, 3), (k_item, 3)]) and k_user < D and k_item < D, stored
+    else:
+        assert stored == sorted([(k_user, 3), (D, 3)]), stored
     np.testing.assert_allclose(_served(r, sample)["score"], model.predict(sample, verbose=0), atol=1e-5)
+    assert fold.kernel_rows(model, user_emb) == ([], "Dense 'proj' is in a sub-model called more than once")
 
 
 def test_folded_model_serves_an_empty_batch(tmp_path):

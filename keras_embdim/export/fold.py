@@ -69,9 +69,10 @@ A functional sub-model that a searched output reaches (an MLP written as a
 `Sequential`, a tower) is planned as part of the outer graph: its calls are
 inlined between boundary calls that pass the tensors on (`_graph_nodes`), so
 the Dense layers inside fold like the model's own; one called more than once
-(a tower shared by two inputs), called with a mask, or given an input of
-another shape than it was built for is not, and the outputs reaching it serve
-padded.
+(a tower shared by two inputs) is inlined as a copy per call, each folding
+with its own input's kept rows (`_copied`); one called with a mask, or given
+an input of another shape than it was built for, is not, and the outputs
+reaching it serve padded.
 """
 
 from __future__ import annotations
@@ -120,11 +121,13 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
     `_Bridge` calls from the outer tensor to its input and from its output to the outer
     tensor, so that the Dense layers inside fold like the model's own. Inlined: sub-models of
     one input (of the shape the sub-model was built for: its call would otherwise adjust it)
-    and one output called once by `net`, without a mask (the sub-model's own calls
-    would get it from its call, which its graph does not record: a masked average inside
-    would be taken for an unmasked one), holding none of `sources` (a sub-model with a
-    searched layer plans its own folds); recursively. `reached`: id() of the tensors of
-    `net` reached already (an inlined sub-model's input)."""
+    and one output, called without a mask (the sub-model's own calls would get it from its
+    call, which its graph does not record: a masked average inside would be taken for an
+    unmasked one), holding none of `sources` (a sub-model with a searched layer plans its own
+    folds); recursively. A sub-model called more than once by `net` (a tower shared by two
+    inputs) is inlined as a copy per call (`_copied`), so each call's Dense layers fold with
+    their own input's kept rows. `reached`: id() of the tensors of `net` reached already (an
+    inlined sub-model's input)."""
     nodes = _compat.graph_nodes(net)
     calls: dict = {}
     for n in nodes:
@@ -133,19 +136,65 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
     out = []
     for n in nodes:
         inner = _compat.graph_network(n.layer) if isinstance(n.layer, keras.Model) else None
-        if (inner is not None and calls[id(n.layer)] == 1 and any(id(t) in reached for t in n.inputs)
+        if (inner is not None and any(id(t) in reached for t in n.inputs)
                 and len(n.inputs) == len(_compat.graph_inputs(inner)) == 1
                 and len(n.outputs) == len(_compat.graph_outputs(inner)) == 1
                 and tuple(n.inputs[0].shape)[1:] == tuple(_compat.graph_inputs(inner)[0].shape)[1:]
                 and not _compat.call_has_mask(n) and not sources & _layers_of(n.layer)):
             inner_nodes = _graph_nodes(inner, sources, {id(t) for t in _compat.graph_inputs(inner)})
-            out.append(_compat.GraphNode(_Bridge(), list(n.inputs), list(_compat.graph_inputs(inner)), object()))
-            out += inner_nodes
-            out.append(_compat.GraphNode(_Bridge(), list(_compat.graph_outputs(inner)), list(n.outputs), object()))
+            block = [_compat.GraphNode(_Bridge(), list(n.inputs), list(_compat.graph_inputs(inner)), object()),
+                     *inner_nodes,
+                     _compat.GraphNode(_Bridge(), list(_compat.graph_outputs(inner)), list(n.outputs), object())]
+            # a sub-model called more than once (a tower shared by two inputs): each call its own copy
+            out += _copied(block, {id(t) for t in [*n.inputs, *n.outputs]}) if calls[id(n.layer)] > 1 else block
         else:
             out.append(n)
         if any(id(t) in reached for t in n.inputs):
             reached.update(id(t) for t in n.outputs)
+    return out
+
+
+class _TensorCopy:
+    """A symbolic tensor of a copied call (`_copied`): its own identity, the tensor's attributes."""
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+
+    def __getattr__(self, name):
+        return getattr(self._tensor, name)
+
+
+class _NodeCopy:
+    """The Keras node of a copied call (`_copied`): its own identity, the node's arguments."""
+
+    def __init__(self, node):
+        self._node = node
+
+    def __getattr__(self, name):
+        return getattr(self._node, name)
+
+
+def _copied(nodes: list, keep: set) -> list:
+    """`nodes` (one call of a sub-model, inlined) as a copy of their own: every tensor but those
+    of `keep` (id(): the outer graph's, where the copy is called) replaced by a `_TensorCopy`,
+    every node by a `_NodeCopy`, so that two calls of one sub-model are planned apart (the
+    planner keys on the identity of tensors and nodes); `renamed` leads the arguments Keras
+    recorded to the copy's tensors (`_compat.node_arguments`)."""
+    copies: dict = {}
+
+    def copy(t):
+        if id(t) in keep:
+            return t
+        if id(t) not in copies:
+            copies[id(t)] = _TensorCopy(t)
+        return copies[id(t)]
+
+    out = []
+    for n in nodes:
+        renamed = ({k: copy(t) for k, t in n.renamed.items()} if n.renamed is not None
+                   else {id(t): copy(t) for t in [*n.inputs, *n.outputs]})
+        out.append(_compat.GraphNode(n.layer, [copy(t) for t in n.inputs], [copy(t) for t in n.outputs],
+                                     _NodeCopy(n.raw), renamed))
     return out
 
 
@@ -1396,6 +1445,8 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
         return [], f"layer '{layer.name}' has an output of unexpected shape {tuple(out.shape)}"
     found = []
     for dn in sorted(denses, key=lambda d: graph.order[id(d.raw)]):
+        if dn.renamed is not None:  # its kernel rows also take the sub-model's other inputs
+            return [], f"Dense '{dn.layer.name}' is in a sub-model called more than once"
         # the data-moving calls between the sources and this Dense, and their other inputs
         steps, sources = graph.sources_of(dn.inputs[0], region, {id(node.raw): node}, {})
         feeds, base = [], size + 1
