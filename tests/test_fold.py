@@ -627,14 +627,15 @@ def test_a_sub_model_called_with_a_mask_is_not_inlined(tmp_path):
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("other", ["item_emb", "dense"])
+@pytest.mark.parametrize("other", ["item_emb", "dense", "nested"])
 def test_a_tower_shared_by_two_inputs_folds_each_call_apart(tmp_path, other):
     """One tower (shared weights) applied to two searched outputs: each call is inlined as a copy
     of its own and its Dense folds with the kept rows of its own input (`[k_user, 3]` and
-    `[k_item, 3]` stored, not the `[D, 3]` kernel). Applied to a searched output and to a dense
-    feature: the first call folds, the second runs the tower as it is (the kernel is stored for
-    it). The tower's kernel rows also take its other input, so PME's rotation leaves it alone.
-    Served == trained."""
+    `[k_item, 3]` stored, not the `[D, 3]` kernel); also when the second call is inside another
+    sub-model (`nested`: one call per graph, the tower inlined twice all the same). Applied to a
+    searched output and to a dense feature: the first call folds, the second runs the tower as
+    it is (the kernel is stored for it). The tower's kernel rows also take its other input, so
+    PME's rotation leaves it alone. Served == trained."""
     from keras_embdim.export import fold
 
     user, item = keras.Input((), dtype="int32", name="user"), keras.Input((), dtype="int32", name="item")
@@ -642,12 +643,16 @@ def test_a_tower_shared_by_two_inputs_folds_each_call_apart(tmp_path, other):
     user_emb, item_emb = ked.PrunableEmbedding(40, D, name="user_emb"), ked.PrunableEmbedding(50, D, name="item_emb")
     x_in = keras.Input((D,))
     tower = keras.Model(x_in, keras.layers.Dense(3, activation="relu", name="proj")(x_in), name="tower")
-    right = tower(item_emb(item)) if other == "item_emb" else tower(feature)
+    if other == "nested":  # the tower's second call inside another sub-model
+        y_in = keras.Input((D,))
+        right = keras.Model(y_in, keras.layers.Activation("tanh")(tower(y_in)), name="outer")(item_emb(item))
+    else:
+        right = tower(item_emb(item)) if other == "item_emb" else tower(feature)
     score = keras.layers.Dot(axes=1, name="score")([tower(user_emb(user)), right])
-    inputs = {"user": user, "item": item} if other == "item_emb" else {"user": user, "feature": feature}
+    inputs = {"user": user, "feature": feature} if other == "dense" else {"user": user, "item": item}
     model = keras.Model(inputs, score)
     _mask(user_emb, 25)
-    if other == "item_emb":
+    if other != "dense":
         _mask(item_emb, 26)
     rng = np.random.default_rng(27)
     sample = {"user": rng.integers(0, 40, 50).astype("int32"), "item": rng.integers(0, 50, 50).astype("int32"),
@@ -657,7 +662,7 @@ def test_a_tower_shared_by_two_inputs_folds_each_call_apart(tmp_path, other):
     k_user = int(user_emb.dimension_mask().kept_dims.sum())
     assert r.folds["user_emb"] == {"folded_into": ["proj"], "padded": None, "id_check": "on_invalid_id"}
     stored = [s for s in _kernel_rows_stored(r) if s[1] == 3]
-    if other == "item_emb":
+    if other != "dense":
         k_item = int(item_emb.dimension_mask().kept_dims.sum())
         assert r.folds["item_emb"] == r.folds["user_emb"]
         assert stored == sorted([(k_user, 3), (k_item, 3)]) and k_user < D and k_item < D, stored

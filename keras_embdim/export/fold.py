@@ -115,7 +115,8 @@ class _Bridge:
     name = "sub-model boundary"
 
 
-def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_compat.GraphNode]:
+def _graph_nodes(net: Any, sources: set, reached: set | None = None,
+                 inlined: set | None = None) -> list[_compat.GraphNode]:
     """The calls of `net` in execution order, a functional sub-model (a tower, a `Sequential`
     MLP) that a call of a `sources` layer reaches inlined: its calls in its place, between
     `_Bridge` calls from the outer tensor to its input and from its output to the outer
@@ -125,14 +126,16 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
     call, which its graph does not record: a masked average inside would be taken for an
     unmasked one), holding none of `sources` (a sub-model with a searched layer plans its own
     folds); recursively. A sub-model called more than once by `net` (a tower shared by two
-    inputs) is inlined as a copy per call (`_copied`), so each call's Dense layers fold with
-    their own input's kept rows. `reached`: id() of the tensors of `net` reached already (an
-    inlined sub-model's input)."""
+    inputs), or inlined already elsewhere in the model (`inlined`: id() of those), is inlined
+    as a copy per call (`_copied`), so each call's Dense layers fold with their own input's
+    kept rows. `reached`: id() of the tensors of `net` reached already (an inlined
+    sub-model's input)."""
     nodes = _compat.graph_nodes(net)
     calls: dict = {}
     for n in nodes:
         calls[id(n.layer)] = calls.get(id(n.layer), 0) + 1
     reached = set(reached or ()) | {id(t) for n in nodes if n.layer in sources for t in n.outputs}
+    inlined = set() if inlined is None else inlined
     out = []
     for n in nodes:
         inner = _compat.graph_network(n.layer) if isinstance(n.layer, keras.Model) else None
@@ -141,12 +144,14 @@ def _graph_nodes(net: Any, sources: set, reached: set | None = None) -> list[_co
                 and len(n.outputs) == len(_compat.graph_outputs(inner)) == 1
                 and tuple(n.inputs[0].shape)[1:] == tuple(_compat.graph_inputs(inner)[0].shape)[1:]
                 and not _compat.call_has_mask(n) and not sources & _layers_of(n.layer)):
-            inner_nodes = _graph_nodes(inner, sources, {id(t) for t in _compat.graph_inputs(inner)})
+            shared = calls[id(n.layer)] > 1 or id(n.layer) in inlined
+            inlined.add(id(n.layer))
+            inner_nodes = _graph_nodes(inner, sources, {id(t) for t in _compat.graph_inputs(inner)}, inlined)
             block = [_compat.GraphNode(_Bridge(), list(n.inputs), list(_compat.graph_inputs(inner)), object()),
                      *inner_nodes,
                      _compat.GraphNode(_Bridge(), list(_compat.graph_outputs(inner)), list(n.outputs), object())]
             # a sub-model called more than once (a tower shared by two inputs): each call its own copy
-            out += _copied(block, {id(t) for t in [*n.inputs, *n.outputs]}) if calls[id(n.layer)] > 1 else block
+            out += _copied(block, {id(t) for t in [*n.inputs, *n.outputs]}) if shared else block
         else:
             out.append(n)
         if any(id(t) in reached for t in n.inputs):
@@ -1413,6 +1418,18 @@ class KernelRows:
     rows: np.ndarray  # int64 [positions, F, D]
 
 
+def _calls(net: Any, counts: dict | None = None) -> dict:
+    """id(layer) -> the calls of it that running `net` makes, those inside sub-models once per
+    call of the sub-model (a layer of a tower called twice: 2)."""
+    counts = {} if counts is None else counts
+    for n in _compat.graph_nodes(net):
+        counts[id(n.layer)] = counts.get(id(n.layer), 0) + 1
+        inner = _compat.graph_network(n.layer) if isinstance(n.layer, keras.Model) else None
+        if inner is not None:
+            _calls(inner, counts)
+    return counts
+
+
 def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     """The Dense kernel rows that `layer`'s output entries multiply, found as `plan` finds them
     (forward through data-moving layers only, then a probe of those layers).
@@ -1435,6 +1452,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
     why, region, denses = reach.why, reach.region, reach.denses
     if why:
         return [], why
+    calls = _calls(net)
     out = node.outputs[0]
     try:
         size = _static_size(out)
@@ -1445,7 +1463,7 @@ def kernel_rows(model: Any, layer: Any) -> tuple[list[KernelRows], str | None]:
         return [], f"layer '{layer.name}' has an output of unexpected shape {tuple(out.shape)}"
     found = []
     for dn in sorted(denses, key=lambda d: graph.order[id(d.raw)]):
-        if dn.renamed is not None:  # its kernel rows also take the sub-model's other inputs
+        if calls.get(id(dn.layer), 0) > 1:  # its kernel rows also take the sub-model's other inputs
             return [], f"Dense '{dn.layer.name}' is in a sub-model called more than once"
         # the data-moving calls between the sources and this Dense, and their other inputs
         steps, sources = graph.sources_of(dn.inputs[0], region, {id(node.raw): node}, {})
