@@ -3,7 +3,8 @@ what the model computes.
 
 Each seed builds a functional model from pieces users combine (data-moving layers and ops,
 affine and non-linear layers, pooling over fields or over a history's positions, masks, a
-dense feature, an MLP inline or as a sub-model, a second Dense branch), fills random tables,
+dense feature, an MLP inline or as a sub-model, a second Dense branch, arithmetic written as
+ops, a Dense per field, a tower shared by two inputs), fills random tables,
 masks and normalization statistics (folding is exact algebra: no training), exports it with
 its own check on, and compares the served outputs with `model.predict` value by value. A
 fold the planner takes wrongly (a mask it does not see, an op it misplaces) fails here.
@@ -20,7 +21,8 @@ L = keras.layers
 VOCAB = [7, 30, 120]
 D = 6
 LENGTH = 4
-SEEDS = range(8)  # 4 and 7 fail under Keras 2 if a sub-model called with a mask is inlined
+SEEDS = range(8)  # 4 and 7 fail under Keras 2 if a sub-model called with a mask is inlined; 0 folds a Dense per
+# field, 1 a tower shared by two inputs, 4, 5 and 7 arithmetic written as ops
 
 
 def _reshape(x, shape):
@@ -29,7 +31,7 @@ def _reshape(x, shape):
 
 def _fields_branch(rng, e):
     """A random path from the `[batch, 3, D]` fields output to a `[batch, n]` tensor."""
-    pick = int(rng.integers(0, 12))
+    pick = int(rng.integers(0, 15))
     if pick == 0:
         return L.Flatten()(e)
     if pick == 1:
@@ -39,7 +41,7 @@ def _fields_branch(rng, e):
     if pick == 3:
         return L.GlobalAveragePooling1D()(e)
     if pick == 4:
-        return L.Flatten()(L.Dense(3)(e))  # a Dense over each field: served padded
+        return L.Flatten()(L.Dense(3)(e))  # a Dense over each field: per slot
     if pick == 5:
         return L.BatchNormalization()(L.Flatten()(e))
     if pick == 6:
@@ -53,6 +55,15 @@ def _fields_branch(rng, e):
     if pick == 10:
         f = L.Flatten()(e)
         return L.Add()([L.Dense(5)(f), L.Dense(5)(f)])
+    if pick == 12:
+        return _reshape(e * 0.5 + 1.0, (-1, 3 * D))  # arithmetic written as ops
+    if pick == 13:
+        return keras.ops.sum(e, axis=1) if ked.KERAS_3 else tf.reduce_sum(e, axis=1)
+    if pick == 14:  # a tower shared by two inputs
+        f = L.Flatten()(e)
+        x_in = keras.Input((3 * D,))
+        tower = keras.Model(x_in, L.Dense(3, activation="relu")(x_in))
+        return L.Add()([tower(f), tower(L.Rescaling(2.0)(f))])
     return L.Flatten()(L.Rescaling(2.0, offset=0.5)(e))
 
 
