@@ -1,9 +1,9 @@
-"""Serving latency and bytes of DCN, DeepFM, history and mean exports (models beyond benchmarks/serving.py's MLP).
+"""Serving latency and bytes of DCN, DeepFM, history, mean and projected exports (beyond benchmarks/serving.py's MLP).
 
-    python benchmarks/serving_models.py                 # the four models at budgets 0.05, 0.1, 0.2 (resumable)
+    python benchmarks/serving_models.py                 # the five models at budgets 0.05, 0.1, 0.2 (resumable)
     python benchmarks/serving_models.py --report-only   # rewrite docs/results/serving_models.md from the cache
 
-Four models of `keras_embdim.models` over 16-dim embeddings of 26 Criteo-shaped
+Five models over 16-dim embeddings of 26 Criteo-shaped
 fields (generated data, the vocabularies capped at `--cap`): DCN-v2
 (`build_dcn`: two full-rank cross layers over the 416 concatenated columns,
 then the MLP 128-64, stacked), DeepFM (`build_deepfm`: first-order weights,
@@ -11,16 +11,19 @@ the FM term and the MLP 128-64 over the same embeddings) and "history"
 (`build_mlp(sequences=...)`: the MLP 128-64 over the fields and a bag of up
 to 50 ids from a vocabulary of `--cap`, 0-padded, embedded with
 `mask_zero=True` and averaged by `GlobalAveragePooling1D`; generated so that
-the label depends on it, `HistoryData`) and "mean" (`build_mlp(average_fields=True)`:
+the label depends on it, `HistoryData`), "mean" (`build_mlp(average_fields=True)`:
 the MLP 128-64 over the fields' embeddings averaged over the fields, a bag of
-features). Each is trained for one epoch with
+features) and "projected" (`projected`: each field's embedding projected to 16
+columns by one `Dense(16, relu)` applied to every field, as AutoInt projects
+its fields, then the MLP 128-64). Each is trained for one epoch with
 `SingleShotPruner(budget)` and exported with `export_compact`: by default
 (DCN: the cross stack runs on the kept columns, each cross kernel stored as its
 `[k, k]` block; DeepFM: the MLP is folded onto the kept values and the FM term
 computed from them, `keras_embdim.export.fm`; history: the average is taken
 on the history's kept columns and the MLP folded onto them; mean: the average
 over fields is a linear map of the kept values, folded into the MLP's first
-kernel, `fold._affine_fold`), and with
+kernel, `fold._affine_fold`; projected: the per-field Dense computed from each
+field's kept values, `fold.SlotDenseFold`), and with
 `fold=False`, the padded output into the whole model (what every export of
 these models served before); and trained with `SingleShotPruner(budget,
 width_budget=u / 16)`, keeping at most the columns of the uniform model below
@@ -52,7 +55,7 @@ import serving
 from keras_embdim.data import CTRData
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "serving_models.jsonl")
-MODELS = ("dcn", "deepfm", "history", "mean")
+MODELS = ("dcn", "deepfm", "history", "mean", "projected")
 HISTORY = 50  # ids per history (the longest; 0 pads)
 LABELS = {"full": "full (model.export)", "uniform": "uniform dims (model.export)",
           "ours": "searched, folded", "ours_padded": "searched, padded (fold=False)",
@@ -112,11 +115,13 @@ def columns(model: str, data, dim: int) -> int:
 
 
 def build(model: str, data, dim: int, embedding: str = "prunable"):
-    """The benchmark's `model` ("dcn", "deepfm", "history" or "mean") over `data`'s fields."""
+    """The benchmark's `model` ("dcn", "deepfm", "history", "mean" or "projected") over `data`'s fields."""
     import keras_embdim as ked
 
     if model not in MODELS:
         raise ValueError(f"`model` must be one of {MODELS}; received model={model!r}.")
+    if model == "projected":
+        return projected(data, dim, embedding)
     if model == "history":
         return ked.models.build_mlp(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding,
                                     sequences={"history": (data.vocab, data.length)})
@@ -125,6 +130,27 @@ def build(model: str, data, dim: int, embedding: str = "prunable"):
                                     average_fields=True)
     builder = ked.models.build_dcn if model == "dcn" else ked.models.build_deepfm
     return builder(data.vocab_sizes, data.field_names, embedding_dim=dim, embedding=embedding)
+
+
+def projected(data, dim: int, embedding: str = "prunable"):
+    """The MLP 128-64 over every field's embedding projected by one `Dense(16, relu)` applied to
+    each field (as AutoInt projects its fields): `[batch, F, dim] -> [batch, F, 16]`, flattened.
+    `embedding`: "prunable" (searched) or "plain" (`keras.layers.Embedding` over offset ids)."""
+    import keras_embdim as ked
+    from keras_embdim import keras
+
+    inputs = {n: keras.Input(shape=(), dtype="int32", name=n) for n in data.field_names}
+    ids = ked.layers.StackFields(name="stack_fields")([inputs[n] for n in data.field_names])
+    if embedding == "plain":
+        offsets = ked.layers.FieldOffsets(list(data.vocab_sizes), name="embedding_offsets")(ids)
+        e = keras.layers.Embedding(int(sum(data.vocab_sizes)), dim, name="embedding")(offsets)
+    else:
+        e = ked.PrunableEmbedding(list(data.vocab_sizes), dim, field_names=list(data.field_names),
+                                  name="embedding")(ids)
+    x = keras.layers.Flatten()(keras.layers.Dense(16, activation="relu", name="projection")(e))
+    for i, units in enumerate((128, 64)):
+        x = keras.layers.Dense(units, activation="relu", name=f"mlp_{i}")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="ctr")(x))
 
 
 def export_models(model_name: str, data, budget: float, out: str, seed: int, batch: int = 1024) -> dict:
@@ -237,15 +263,17 @@ def report(records: list, path: str) -> str:
            f"(measured at commit {', '.join(commits)}), never by hand. Criteo-shaped (26 fields, vocabularies capped "
            f"at {caps}, 16-dim embeddings): DCN-v2 (two full-rank cross layers, then the MLP 128-64), DeepFM "
            "(first-order weights, FM term, MLP 128-64), history (the MLP 128-64 over the fields and a bag of up "
-           f"to {HISTORY} ids from a vocabulary of the cap, averaged with its padding masked) and mean (the MLP 128-64 "
-           "over the fields' embeddings averaged over the fields); each (model, "
+           f"to {HISTORY} ids from a vocabulary of the cap, averaged with its padding masked), mean (the MLP 128-64 "
+           "over the fields' embeddings averaged over the fields) and projected (each field's embedding projected "
+           "to 16 columns by one Dense with ReLU applied to every field, then the MLP 128-64); each (model, "
            f"budget) timed as benchmarks/serving.py times: {serving.timing_note(records)}; a ratio is taken within "
            "each round and the median over rounds is shown (ms: median call time); `session:` columns through the "
            "TF1 session loader, as TF Serving runs a SavedModel. Embedding columns served: the columns the cross "
            "layers (DCN) or the MLP's first layer (DeepFM; history: the history's average counts once; mean: the "
-           "average's D, or folded, the kept columns it averages) take "
+           "average's D, or folded, the kept columns it averages; projected: the per-field Dense) take "
            "(searched and folded: the kept columns; padded: all of them).")
-    return _common.write_table(path, "Serving latency of DCN, DeepFM, history and mean exports", how, header, rows,
+    return _common.write_table(path, "Serving latency of DCN, DeepFM, history, mean and projected exports", how,
+                               header, rows,
                                ["Exports:", "", *notes])
 
 

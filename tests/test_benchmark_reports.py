@@ -269,7 +269,8 @@ def test_warmup_report_quotes_medians_over_processes_and_per_process_ratios(tmp_
 def test_serving_models_exports_and_page(tmp_path, model):
     """benchmarks/serving_models.py's models: the searched export folds what it should (DCN: both
     cross layers and the MLP; DeepFM: the MLP and the FM term; history: the average of the bag
-    and the MLP; mean: the MLP, the average over fields taken in) on fewer columns than the
+    and the MLP; mean: the MLP, the average over fields taken in; projected: the Dense applied to
+    every field, from each field's kept columns) on fewer columns than the
     padded export's 26 x 16 (with width_budget at most the uniform model's), the baselines take
     F x dims (mean: dims); the page states every export at every batch with this (hand-made)
     timing's ratios."""
@@ -278,7 +279,7 @@ def test_serving_models_exports_and_page(tmp_path, model):
     data = serving_models.with_history(model, serving.load("criteo", 40, 3000, 0), 40, 0)
     exports = serving_models.export_models(model, data, 0.1, str(tmp_path), seed=0, batch=512)
     folded = {"dcn": ["cross_1", "cross_2", "deep_0"], "deepfm": ["deep_0", "fm"], "history": ["mlp_0"],
-              "mean": ["mlp_0"]}[model]
+              "mean": ["mlp_0"], "projected": ["projection"]}[model]
     assert exports["ours"]["folded_into"] == folded == exports["ours_width"]["folded_into"]
     if model == "history":  # the bag of ids is averaged on its kept columns
         assert exports["ours"]["folds"]["history_embedding"] == ["history_pool", "mlp_0"]
@@ -289,7 +290,9 @@ def test_serving_models_exports_and_page(tmp_path, model):
     assert 0 < exports["ours"]["columns"] < F * 16
     assert 0 < exports["ours_width"]["columns"] <= F * 2  # width_budget: at most the uniform model's columns
     assert (exports["full"]["columns"], exports["uniform"]["columns"]) == (per_dim * 16, per_dim * 2)
-    if model != "mean":  # mean: the folded kernel has a row per kept value (here more than the D = 16 averaged)
+    # mean: the folded kernel has a row per kept value (here more than the D = 16 averaged); projected: a block of
+    # kernel rows per field (26 x 16 x 16 here, against tables of 40 rows)
+    if model not in ("mean", "projected"):
         assert exports["ours"]["variables_on_disk"] < exports["ours_padded"]["variables_on_disk"]
     ms = {"full": 2.0, "uniform": 1.0, "ours": 1.0, "ours_padded": 3.0, "ours_width": 1.0}
     timing = {"1": {"ms": ms, "ratios": {"ours/full": 0.5, "ours/uniform": 1.0, "ours_padded/full": 1.5,

@@ -324,14 +324,16 @@ class SlotDenseFold:
     The folded lookup's columns, side by side, are placed as `[batch, slots, width]` (each
     slot's kept columns first, zeros up to the widest slot's count; `place`, None where they
     are laid out so already) and multiplied slot by slot by `kernel` `[slots, width, units]`
-    (each slot's kernel rows, zeros for its padding: `slot_kernel`); the bias and activation
-    follow. A slot without kept columns gets the bias alone.
+    (each slot's kernel rows, zeros for its padding: `slot_kernel`; one `[width, units]` kernel
+    and one matmul when every slot has the same rows, as a sequence of one field); the bias and
+    activation follow. A slot without kept columns gets the bias alone.
     """
 
     node: _compat.GraphNode
     source: _compat.GraphNode  # the searched call
     place: np.ndarray | None  # position in `[slots * width]` of each folded column (-1: read by nothing)
-    kernels: list  # [the `[slots, width, units]` kernel], as a variable (`NetPlan.variables` reads `kernels`)
+    kernels: list  # [the `[slots, width, units]` kernel, or `[width, units]` when every slot's is the same]
+    slots: int
     bias: Any = None  # none of its own: the layer's bias is served (`NetPlan.variables` reads `bias`)
     post: Any = None
 
@@ -1127,10 +1129,13 @@ def _plan_slot_dense(dn: _compat.GraphNode, src: _compat.GraphNode, compacted: d
     kernel = _utils.to_numpy(dn.layer.kernel)
     if kernel.shape[0] != lookup.output_dim:
         raise _NotFoldable(f"it has {kernel.shape[0]} inputs per slot, the layer {lookup.output_dim} columns")
-    place, k = slot_kernel(codes, kernel, lookup.output_dim, _static_size(t) // lookup.output_dim)
+    slots = _static_size(t) // lookup.output_dim
+    place, k = slot_kernel(codes, kernel, lookup.output_dim, slots)
     in_place = np.array_equal(place, np.arange(place.shape[0])) and place.shape[0] == k.shape[0] * k.shape[1]
+    if (k == k[:1]).all():  # every slot the same rows (a sequence of one field): one `[width, units]` kernel
+        k = k[0]
     return SlotDenseFold(dn, src, None if in_place else place,
-                         [_utils.plain_variable(k, name=f"{dn.layer.name}_folded_kernel")])
+                         [_utils.plain_variable(k, name=f"{dn.layer.name}_folded_kernel")], slots)
 
 
 def _factorized(entries: int, inputs: int, units: int) -> bool:
@@ -1394,13 +1399,17 @@ def _run_slot_dense(fold: SlotDenseFold, plan: NetPlan, values: dict, folded: di
     parts = _lookup_parts(fold.source, plan, values, folded)
     x = tf.cast(parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1), dtype)
     kernel = fold.kernels[0]
-    slots, width = int(kernel.shape[0]), int(kernel.shape[1])
+    slots = fold.slots
+    width, units = (int(d) for d in kernel.shape[-2:])
     if not width:  # no kept column at all: the bias alone
-        y = tf.zeros(tf.stack([tf.shape(x)[0], slots, int(kernel.shape[2])]), dtype)
+        y = tf.zeros(tf.stack([tf.shape(x)[0], slots, units]), dtype)
     else:
         if fold.place is not None:
             x = placed(x, fold.place, slots * width)
-        y = tf.einsum("bsw,swu->bsu", tf.reshape(x, [-1, slots, width]), tf.cast(kernel, dtype))
+        if len(kernel.shape) == 2:  # one kernel for every slot: one matmul over all of them
+            y = tf.reshape(tf.matmul(tf.reshape(x, [-1, width]), tf.cast(kernel, dtype)), [-1, slots, units])
+        else:
+            y = tf.einsum("bsw,swu->bsu", tf.reshape(x, [-1, slots, width]), tf.cast(kernel, dtype))
     if layer.bias is not None:
         y = tf.nn.bias_add(y, tf.cast(layer.bias, dtype))
     y = layer.activation(y) if layer.activation is not None else y
