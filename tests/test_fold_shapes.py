@@ -21,8 +21,9 @@ L = keras.layers
 VOCAB = [7, 30, 120]
 D = 6
 LENGTH = 4
-SEEDS = range(8)  # 4 and 7 fail under Keras 2 if a sub-model called with a mask is inlined; 0 folds a Dense per
-# field, 1 a tower shared by two inputs, 4, 5 and 7 arithmetic written as ops
+SEEDS = range(8)  # 4 and 7 fail under Keras 2 if a sub-model called with a mask is inlined; 1 folds a tower
+# shared by two inputs, 4, 5 and 7 arithmetic written as ops; 0 has a Dense per field (served padded: a field keeps
+# more than half the columns, `fold._plan_slot_dense`)
 
 
 def _reshape(x, shape):

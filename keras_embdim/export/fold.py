@@ -1134,6 +1134,11 @@ def _plan_slot_dense(dn: _compat.GraphNode, src: _compat.GraphNode, compacted: d
     in_place = np.array_equal(place, np.arange(place.shape[0])) and place.shape[0] == k.shape[0] * k.shape[1]
     if (k == k[:1]).all():  # every slot the same rows (a sequence of one field): one `[width, units]` kernel
         k = k[0]
+    elif 2 * k.shape[1] > lookup.output_dim:
+        # measured (benchmarks/serving_models.py, "projected"): slots placed nearly as wide as the padded output
+        # cost more in one batched product of per-slot kernels than the padded output in one matmul
+        raise _NotFoldable(f"its widest slot keeps {k.shape[1]} of {lookup.output_dim} columns: one matmul of the "
+                           "padded output costs less than a product per slot")
     return SlotDenseFold(dn, src, None if in_place else place,
                          [_utils.plain_variable(k, name=f"{dn.layer.name}_folded_kernel")], slots)
 
