@@ -196,7 +196,8 @@ def export_models(model_name: str, data, budget: float, out: str, seed: int, bat
                              "folds": {k: v["folded_into"] for k, v in r.folds.items()},
                              "variables_on_disk": variables_on_disk(r.path),
                              "max_abs_diff": r.max_abs_diff, "train_seconds": train_s, "test_auc": auc,
-                             "columns": columns(model_name, data, D) if options.get("fold") is False else kept}
+                             "columns": kept if any(f["folded_into"] for f in r.folds.values())
+                             else columns(model_name, data, D)}
     return exports
 
 
@@ -235,6 +236,9 @@ def report(records: list, path: str) -> str:
                 continue
             e = r["exports"][name]
             label = LABELS[name] + (f" ({e['dims']} dims)" if "dims" in e else "")
+            columns = e["columns"]
+            if name in OURS and not any(e.get("folds", {"embedding": e["folded_into"]}).values()):
+                columns = r["exports"]["ours_padded"]["columns"]  # folded into nothing: it serves the padded output
             stored = f"{e['variables_on_disk']:,}"
             for batch in sorted(r["tf2"], key=int):
                 cells = []
@@ -243,7 +247,7 @@ def report(records: list, path: str) -> str:
                     cells.append(f"{b['ms'][name]:.2f}")
                     cells += [f"{b['ratios'][f'{name}/{base}']:.2f}" if f"{name}/{base}" in b["ratios"] else ""
                               for base in ("full", "uniform")]
-                rows.append(f"| {r['model']} | {r['budget']} | {label} | {e['columns']} | {stored} | {batch} | "
+                rows.append(f"| {r['model']} | {r['budget']} | {label} | {columns} | {stored} | {batch} | "
                             + " | ".join(cells) + " |")
     notes = []
     for r in sorted(records, key=lambda r: (r["model"], r["budget"])):

@@ -52,7 +52,8 @@ normalization of the pooled history concatenated with the fields).
 A Dense applied to a searched output `[batch, ..., D]` itself (each field, or
 each position of a sequence, projected: a slot each) is computed from the kept
 values: each slot's kept columns times their own kernel rows, one batched
-product (`SlotDenseFold`, `slot_kernel`).
+product (`SlotDenseFold`, `slot_kernel`), where the widest slot keeps at most
+half the columns (nearly as wide, the padded output's one matmul costs less).
 
 Where a searched layer's output also has another use (an FM inner product,
 max or masked pooling over fields, attention, a model output), the Dense layers
