@@ -294,21 +294,30 @@ def test_a_dense_per_field_or_position_folds_on_the_kept_columns(tmp_path, kind)
 def test_a_dense_per_field_over_slots_nearly_as_wide_as_the_padded_output_is_not_folded(tmp_path):
     """A field keeping 4 of 6 columns: the kept values placed by slot would be 4 wide, and a
     product per slot costs more than the padded output's one matmul (measured by
-    benchmarks/serving_models.py): the Dense reads the padded output, the report says why."""
+    benchmarks/serving_models.py): that Dense reads the padded output, placed from the lookup
+    the MLP beside it folds onto (the report says why); alone, the layer serves padded."""
     ids = keras.Input((3,), dtype="int32", name="ids")
     emb = ked.PrunableEmbedding(VOCAB, D, name="emb")
-    h = keras.layers.Dense(3, name="proj")(emb(ids))
-    model = keras.Model(ids, keras.layers.Dense(1, name="ctr")(keras.layers.Flatten()(h)))
+    e = emb(ids)
+    h = keras.layers.Flatten()(keras.layers.Dense(3, name="proj")(e))
+    mlp = keras.layers.Dense(4, name="mlp")(keras.layers.Flatten()(e))
+    model = keras.Model(ids, keras.layers.Dense(1, name="ctr")(keras.layers.Concatenate()([h, mlp])))
+    alone = keras.Model(ids, keras.layers.Dense(1, name="ctr")(h))
     _mask(emb, 45)
     keep = np.zeros((3, D), bool)
     keep[0, [1]] = keep[2, [0, 1, 3, 5]] = True
     emb.set_dimension_mask(keep)
     x = _ids(40, seed=46)
+    why = "Dense 'proj': its widest slot keeps 4 of 6 columns: one matmul of the padded output costs less than a " \
+          "product per slot"
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
-    assert r.folds["emb"]["folded_into"] == []
-    assert r.folds["emb"]["padded"] == ("Dense 'proj': its widest slot keeps 4 of 6 columns: one matmul of the padded "
-                                        "output costs less than a product per slot")
+    assert r.folds["emb"] == {"folded_into": ["mlp"], "padded": f"{why}: served there padded, placed from the same "
+                              "lookup", "id_check": "on_invalid_id"}
+    assert r.embedding_bytes == 4 * emb.dimension_mask().kept_params
     np.testing.assert_allclose(_served(r, {"ids": x})["ctr"], model.predict(x, verbose=0), atol=1e-5)
+    r = ked.export_compact(alone, tmp_path / "alone", sample_inputs=x, verbose=0)
+    assert r.folds["emb"]["folded_into"] == [] and r.folds["emb"]["padded"] == why
+    np.testing.assert_allclose(_served(r, {"ids": x})["ctr"], alone.predict(x, verbose=0), atol=1e-5)
 
 
 def test_a_dense_per_position_after_a_masked_history_is_not_folded(tmp_path):

@@ -727,9 +727,10 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
             (_, src), = sources
             try:
                 result.dense[key] = _plan_slot_dense(dn, src, compacted)
-            except _NotFoldable as e:
-                report.add(src.layer.name, reason=f"Dense '{dn.layer.name}': {e}")
-                searched.pop(id(src.raw), None)
+            except _NotFoldable as e:  # another use: it reads the padded output, the layer's other folds stay
+                n, denses, crosses = searched[id(src.raw)]
+                searched[id(src.raw)] = (n, [d for d in denses if d is not dn], crosses)
+                shared[id(src.raw)].append(f"Dense '{dn.layer.name}': {e}")
                 continue
             folds_into("lookup", src, dn.layer.name)
             continue
