@@ -278,11 +278,7 @@ def _foldable_dense(node: _compat.GraphNode) -> str | None:
     shape = tuple(node.inputs[0].shape)
     if len(shape) != 2:
         return f"it reaches Dense '{layer.name}' with an input of rank {len(shape)} (folding needs [batch, features])"
-    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-        return f"Dense '{layer.name}' is LoRA-enabled or quantized"
-    if len(getattr(layer, "_inbound_nodes", [])) != 1:
-        return f"Dense '{layer.name}' is called more than once"
-    return None
+    return _kernel_replaceable(layer)
 
 
 def _foldable_slot_dense(node: _compat.GraphNode) -> str | None:
@@ -290,12 +286,17 @@ def _foldable_slot_dense(node: _compat.GraphNode) -> str | None:
     position's, or each field's, D columns multiplied by the kernel: `SlotDenseFold`) that can
     be computed from the kept values, else why not."""
     layer = node.layer
+    if _compat.call_has_mask(node):  # its output would carry the mask on to the calls after it
+        return f"it reaches Dense '{layer.name}' per position with a mask"
+    return _kernel_replaceable(layer)
+
+
+def _kernel_replaceable(layer) -> str | None:
+    """None if a Dense layer's kernel may be served by other rows: a plain kernel, one call."""
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         return f"Dense '{layer.name}' is LoRA-enabled or quantized"
     if len(getattr(layer, "_inbound_nodes", [])) != 1:
         return f"Dense '{layer.name}' is called more than once"
-    if _compat.call_has_mask(node):  # its output would carry the mask on to the calls after it
-        return f"it reaches Dense '{layer.name}' per position with a mask"
     return None
 
 
