@@ -45,6 +45,27 @@ def outside_strategy(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return pool.submit(fn, *args, **kwargs).result()
 
 
+def matmul(x: tf.Tensor, kernel: Any) -> tf.Tensor:
+    """`x @ kernel` for `x` `[batch, k]` and a `kernel` `[k, units]` of static shape; zeros
+    `[batch, units]` when `k` or `units` is 0, with no MatMul in the graph.
+
+    An exported product can be empty: a searched layer that keeps no column gives the
+    kernel rows of its inputs no row. TensorFlow's CPU kernels compute an empty MatMul
+    alone, but Grappler fuses MatMul + BiasAdd (+ activation) into oneDNN's inner product,
+    which aborts the process on an empty dimension (`dnnl::error`, not a Python error:
+    the exporting process, or the TF Serving process running the export, dies).
+
+    Example:
+
+    >>> matmul(tf.ones([2, 0]), tf.zeros([0, 3])).numpy().tolist()
+    [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    k, units = (int(d) for d in kernel.shape)
+    if not k or not units:
+        return tf.zeros(tf.stack([tf.shape(x)[0], units]), x.dtype)
+    return tf.matmul(x, kernel)
+
+
 def gather_rows(table: Any, rows: tf.Tensor) -> tf.Tensor:
     """`tf.gather(table, rows)` that reads only those rows, for a table that may be sharded.
 

@@ -480,6 +480,42 @@ def test_deepfm_folds_its_mlp_and_computes_the_fm_term_from_kept_values(tmp_path
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
+@pytest.mark.parametrize("kind", ["mlp", "deepfm", "dcn", "dcn_low_rank", "tower"])
+def test_a_searched_layer_that_keeps_nothing_serves_its_products_as_zeros(tmp_path, kind):
+    """A layer that keeps no column (a whole-layer min_dim=0 outcome) gives the folded Dense,
+    FM and cross products an empty inner dimension. Grappler fuses such a MatMul with its
+    BiasAdd into oneDNN's inner product, which aborts the process (the export's own check, or
+    TF Serving); they are served as zeros instead (`_utils.matmul`): served == the model."""
+    d = ked.data.make_synthetic_ctr(num_rows=300, num_fields=3, max_vocab=40, seed=1)
+    sample = d.inputs(d.test[0][:40])
+    if kind == "mlp":
+        model = ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=D, hidden=(4,))
+    elif kind == "deepfm":
+        model = ked.models.build_deepfm(d.vocab_sizes, d.field_names, embedding_dim=D, hidden=(4,))
+    elif kind in ("dcn", "dcn_low_rank"):
+        model = ked.models.build_dcn(d.vocab_sizes, d.field_names, embedding_dim=D, hidden=(4,),
+                                     projection_dim=2 if kind == "dcn_low_rank" else None)
+    else:  # a tower shared by a searched input that keeps nothing and one that keeps columns
+        user, item = keras.Input((), dtype="int32", name="user"), keras.Input((), dtype="int32", name="item")
+        x_in = keras.Input((D,))
+        tower = keras.Model(x_in, keras.layers.Dense(3)(keras.layers.Dense(5, activation="relu")(x_in)))
+        ue, ie = ked.PrunableEmbedding(40, D, name="user_emb"), ked.PrunableEmbedding(50, D, name="item_emb")
+        score = keras.layers.Dot(axes=1)([tower(ue(user)), tower(ie(item))])
+        model = keras.Model({"user": user, "item": item}, keras.layers.Dense(1, name="ctr")(score))
+        _mask(ie, 3)
+        sample = {"user": np.arange(40, dtype="int32"), "item": np.arange(40, dtype="int32")}
+    layer = ked.find_searchable_layers(model)[0]
+    layer.embedding_variable.assign(np.random.default_rng(0).standard_normal(
+        tuple(layer.embedding_variable.shape)).astype(np.float32))
+    layer.set_dimension_mask(np.zeros((layer.num_fields, layer.output_dim), bool))
+    r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
+    assert r.folds[layer.name]["folded_into"] and r.folds[layer.name]["padded"] is None
+    want = model.predict(sample, verbose=0)
+    got = _served(r, sample)
+    for name, value in (want.items() if isinstance(want, dict) else [("ctr", want)]):
+        np.testing.assert_allclose(got[name], value, atol=1e-5)
+
+
 def test_fm_from_kept_values_equals_the_layer_on_padded_embeddings():
     """`export.fm` on kept values, with a value placed twice (its column sums and squares count
     it twice), equals `FMInteraction` on the padded [batch, F, D] tensor."""

@@ -136,10 +136,10 @@ def cross(x0: tf.Tensor, x: tf.Tensor, weights: list, spec: CrossSpec, dtype: tf
     layer computes."""
     w = [tf.cast(v, dtype) for v in weights]
     if spec.down is not None:
-        prod = tf.matmul(tf.matmul(x, w[0]), w[1])
+        prod = _utils.matmul(_utils.matmul(x, w[0]), w[1])
         rest = w[2:]
     else:
-        prod = tf.matmul(x, w[0])
+        prod = _utils.matmul(x, w[0])
         rest = w[1:]
     if rest:
         prod = tf.nn.bias_add(prod, rest[0])

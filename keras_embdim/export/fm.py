@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_embdim import _utils
+
 
 def is_fm(layer: Any) -> bool:
     """Whether `layer` is `keras_embdim.models.FMInteraction` (exact type)."""
@@ -48,6 +50,6 @@ def fm_weights(cols: np.ndarray, output_dim: int, kept: int) -> tuple[np.ndarray
 def fm(x: tf.Tensor, m: Any, w: Any, dtype: tf.DType) -> tf.Tensor:
     """`[batch, 1]`: the FM term of the kept values `x` `[batch, K]` (`fm_weights`)."""
     x = tf.cast(x, dtype)
-    s = tf.matmul(x, tf.cast(m, dtype))  # [batch, D]: each column's sum over fields
-    squares = tf.matmul(x * x, tf.cast(w, dtype)[:, None])  # [batch, 1]
+    s = _utils.matmul(x, tf.cast(m, dtype))  # [batch, D]: each column's sum over fields
+    squares = _utils.matmul(x * x, tf.cast(w, dtype)[:, None])  # [batch, 1]
     return 0.5 * (tf.reduce_sum(s * s, axis=1, keepdims=True) - squares)

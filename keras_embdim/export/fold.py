@@ -1383,9 +1383,9 @@ def _run_dense(fold: DenseFold, plan: NetPlan, values: dict, folded: dict, reduc
     products = []
     for group, kernel in zip(fold.groups, fold.kernels):
         x = pieces[group[0]] if len(group) == 1 else tf.concat([pieces[i] for i in group], axis=-1)
-        products.append(tf.matmul(x, tf.cast(kernel, dtype)))
+        products.append(_utils.matmul(x, tf.cast(kernel, dtype)))  # zeros for a group that keeps nothing
     if fold.post is not None:  # (x_kept L) W: the affine region's inputs, then the layer's own kernel
-        products = [tf.matmul(products[0] if len(products) == 1 else tf.add_n(products), tf.cast(fold.post, dtype))]
+        products = [_utils.matmul(products[0] if len(products) == 1 else tf.add_n(products), tf.cast(fold.post, dtype))]
     # the widest group's product takes the bias and the others' sum: Grappler fuses MatMul + BiasAdd
     # (+ Add) + activation into one op, as for Keras' Dense
     last = max(range(len(products)), key=lambda i: int(fold.kernels[i].shape[0]))
