@@ -514,6 +514,9 @@ def test_a_searched_layer_that_keeps_nothing_serves_its_products_as_zeros(tmp_pa
     got = _served(r, sample)
     for name, value in (want.items() if isinstance(want, dict) else [("ctr", want)]):
         np.testing.assert_allclose(got[name], value, atol=1e-5)
+    if kind == "mlp":  # as TF Serving runs it too (the session loader's graph is optimized apart)
+        report = check_in_fresh_process(r.path, sample, {"ctr": want}, atol=1e-5)
+        assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
 
 
 def test_fm_from_kept_values_equals_the_layer_on_padded_embeddings():
