@@ -105,6 +105,12 @@ class FieldLayout:
             raise ValueError(
                 f"`field_names` must name each of the {len(self.vocab_sizes)} fields; received {list(names)!r}."
             )
+        repeated = sorted({n for n in self.names if self.names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"`field_names` must be distinct (a field's name is how exports, reports and id errors name it); "
+                f"received {list(names)!r}, which repeats {repeated!r}."
+            )
         self.multi_field = bool(multi_field)
         self.global_ids = bool(global_ids)
         self.offsets = field_offsets(self.vocab_sizes)

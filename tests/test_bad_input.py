@@ -56,6 +56,34 @@ def test_search_options_that_are_fine():
         ked.OrthogonalRegularizer(layers="embedding")
 
 
+@pytest.mark.parametrize("make,flag", [
+    (lambda **k: ked.PrunableEmbedding([5, 7], 4, **k), "validate_ids"),
+    (lambda **k: ked.PrunableEmbedding([5, 7], 4, **k), "per_value"),
+    (lambda **k: ked.HardMaskEmbedding([5, 7], 4, **k), "frozen"),
+    (lambda **k: ked.TwinsMaskLayer(ked.PrunableEmbedding([5, 7], 4), **k), "validate_ids"),
+    (lambda **k: ked.TwinsMaskLayer(ked.PrunableEmbedding([5, 7], 4), **k), "frozen"),
+    (lambda **k: ked.TwinsMaskLayer(ked.PrunableEmbedding([5, 7], 4), **k), "count_frequencies"),
+])
+def test_layer_flags_must_be_booleans(make, flag):
+    # "no" is truthy: read as True it would silently turn a per-field layer into a per-value one
+    with pytest.raises(ValueError, match=f"`{flag}` must be True or False; received {flag}='no'"):
+        make(**{flag: "no"})
+    assert getattr(make(**{flag: np.bool_(True)}), flag) is True
+
+
+@pytest.mark.parametrize("make", [
+    lambda names: ked.PrunableEmbedding([5, 7, 3], 4, field_names=names),
+    lambda names: ked.HardMaskEmbedding([5, 7, 3], 4, field_names=names),
+    lambda names: ked.MixedDimensionEmbedding([5, 7, 3], [2, 1, 1], 4, field_names=names),
+    lambda names: ked.TwinsMaskLayer(keras.layers.Embedding(15, 4), field_vocab_sizes=[5, 7, 3], field_names=names),
+])
+def test_field_names_must_be_distinct(make):
+    # an id error, dimensions.json and the reports name a field by its name: two fields of one name are ambiguous
+    with pytest.raises(ValueError, match=r"`field_names` must be distinct .* which repeats \['a'\]"):
+        make(["a", "b", "a"])
+    assert make(["a", "b", "c"]).layout.names == ("a", "b", "c")
+
+
 def _model(d, embedding="prunable"):
     def emb(v, dim, names):
         if embedding == "ham":

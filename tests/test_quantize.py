@@ -26,7 +26,7 @@ def test_float16_round_trip_and_bad_dtype():
     x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32)
     back = quantize.round_trip(x, "float16")
     assert np.all(np.abs(back - x) <= np.abs(x) * 2**-11 + 1e-7)
-    with pytest.raises(ValueError, match="table_dtype must be one of"):
+    with pytest.raises(ValueError, match="`table_dtype` must be one of"):
         quantize.check_dtype("bfloat16")
 
 
@@ -100,8 +100,8 @@ def test_quantized_export_serves_the_stored_values_and_reports_their_cost(search
 
 def test_bad_table_dtype_is_refused_before_anything_is_written(searched, tmp_path):
     _, d, model = searched
-    with pytest.raises(ValueError, match="table_dtype must be one of"):
+    with pytest.raises(ValueError, match="`table_dtype` must be one of"):
         ked.export_compact(model, str(tmp_path / "e"), table_dtype="int4")
-    with pytest.raises(ValueError, match="table_dtype must be one of"):
+    with pytest.raises(ValueError, match="`table_dtype` must be one of"):
         ked.DimensionExporter(str(tmp_path / "e"), table_dtype="int4")
     assert not (tmp_path / "e").exists()

@@ -95,9 +95,9 @@ def test_byte_budget_keeps_at_most_its_bytes(small_data):
 
 def test_byte_budget_bad_input(small_data):
     for bad in (0, -5, 1.5, True, "1MB"):
-        with pytest.raises(ValueError, match="nbytes must be a positive integer"):
+        with pytest.raises(ValueError, match="`nbytes` must be a positive integer"):
             ked.ByteBudget(bad)
-    with pytest.raises(ValueError, match="bytes_per_param must be 1, 2 or 4"):
+    with pytest.raises(ValueError, match="`bytes_per_param` must be 1, 2 or 4"):
         ked.ByteBudget(100, bytes_per_param=3)
     d = small_data
     model = ked.models.compile_ctr(ked.models.build_mlp(d.vocab_sizes, d.field_names, embedding_dim=8, hidden=(16,)))

@@ -317,9 +317,9 @@ def test_auto_layout_leaves_the_head_out_under_xla(twins_trained, tmp_path):
 
 def test_bad_value_layout_is_refused_before_anything_is_written(twins_trained, tmp_path):
     _, model, _, _, sample, _ = twins_trained
-    with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
+    with pytest.raises(ValueError, match="`value_layout` must be 'auto' or one of"):
         ked.export_compact(model, str(tmp_path / "e"), sample_inputs=sample, value_layout="buckets")
-    with pytest.raises(ValueError, match="value_layout must be 'auto' or one of"):
+    with pytest.raises(ValueError, match="`value_layout` must be 'auto' or one of"):
         ked.DimensionExporter(str(tmp_path / "e"), value_layout="buckets")
     # the head layout splits requests at run time: not under XLA, and "auto" leaves it out there
     with pytest.raises(ValueError, match="value_layout='head' splits each request at run time"):

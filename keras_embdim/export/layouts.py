@@ -391,7 +391,7 @@ def check_layout(value: str, jit_compile: bool = False) -> str:
     """`value` if it is `"auto"` or names a layout that the lookup can run, else a ValueError
     naming the argument (the head layout splits each request at run time: not under XLA)."""
     if value != "auto" and value not in LAYOUTS:
-        raise ValueError(f"value_layout must be 'auto' or one of {LAYOUTS}, got {value!r}.")
+        raise ValueError(f"`value_layout` must be 'auto' or one of {LAYOUTS}; received value_layout={value!r}.")
     if value == "head" and jit_compile:
         raise ValueError("value_layout='head' splits each request at run time and looks rows up in a hash table, "
                          "which XLA cannot compile: use "

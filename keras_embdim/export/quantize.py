@@ -23,7 +23,7 @@ DTYPES = ("float32", "float16", "int8")
 
 def check_dtype(table_dtype: str) -> str:
     if table_dtype not in DTYPES:
-        raise ValueError(f"table_dtype must be one of {DTYPES}; received {table_dtype!r}.")
+        raise ValueError(f"`table_dtype` must be one of {DTYPES}; received table_dtype={table_dtype!r}.")
     return table_dtype
 
 

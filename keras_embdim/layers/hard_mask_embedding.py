@@ -12,7 +12,7 @@ from keras_embdim._compat import keras, register_serializable
 from keras_embdim.layers.searchable_embedding import SearchableEmbedding
 from keras_embdim.mask import DimensionMask
 from keras_embdim.search.hard_mask import hard_mask
-from keras_embdim.validation import check_fraction, check_number
+from keras_embdim.validation import check_bool, check_fraction, check_number
 
 
 @register_serializable(package="keras_embdim")
@@ -78,7 +78,7 @@ class HardMaskEmbedding(SearchableEmbedding):
         self.initial_temperature = check_number("temperature", temperature, low=0, strict=True)
         self.initial_sparsity_weight = check_number("sparsity_weight", sparsity_weight, low=0)
         self.initial_target = check_fraction("target", target, allow_zero=True)
-        self.frozen = bool(frozen)
+        self.frozen = check_bool("frozen", frozen)
         # set by `HardMaskSearch` during its warm-up: the mask applies, its scores neither learn nor pay the
         # penalty (the caller retraces the training step when it changes)
         self.search_paused = False

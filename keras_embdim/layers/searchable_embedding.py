@@ -15,6 +15,7 @@ from keras_embdim.layers.state import LayerState
 from keras_embdim.mask import DimensionMask, size_dtype
 from keras_embdim.search.probes import EntryProbe, GateProbe
 from keras_embdim.searchable import DimensionSearchable
+from keras_embdim.validation import check_bool
 
 
 def zero_beyond_sizes(table, sizes: np.ndarray, optimizer=None) -> None:
@@ -78,9 +79,9 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
         super().__init__(input_dim=int(sum(vocab)), output_dim=output_dim, **kwargs)
         self._field_names = tuple(str(n) for n in field_names) if field_names is not None else None
         self.layout = FieldLayout.from_input_dim(list(vocab) if multi else vocab[0], self._field_names, self.name)
-        self.validate_ids = bool(validate_ids)
+        self.validate_ids = check_bool("validate_ids", validate_ids)
         # per-value granularity: value i keeps its first value_sizes[i] columns
-        self.per_value = bool(per_value)
+        self.per_value = check_bool("per_value", per_value)
         self._probe = None  # a GateProbe or EntryProbe while a search scores
         # Extra training losses attached by callbacks (e.g. OrthogonalRegularizer):
         # callables (layer, rows [..., (F,) D] before masking, mask) -> scalar.

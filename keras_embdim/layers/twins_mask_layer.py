@@ -23,7 +23,7 @@ from keras_embdim.layers.twins_parts import FrequencyCounter, Twins
 from keras_embdim.mask import DimensionMask
 from keras_embdim.search import twins
 from keras_embdim.searchable import DimensionSearchable
-from keras_embdim.validation import check_int, check_number
+from keras_embdim.validation import check_bool, check_int, check_number
 
 _EVAL_CHUNK = 1 << 16
 
@@ -158,9 +158,10 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
         self._init_size_target = check_number("size_target", size_target, low=0)
         self.penalty_sample = check_int("penalty_sample", penalty_sample, 1)
         freq = self._parse_frequencies(frequencies)
-        self.count_frequencies = (frequencies is None) if count_frequencies is None else bool(count_frequencies)
-        self.validate_ids = bool(validate_ids)
-        self.frozen = bool(frozen)
+        self.count_frequencies = ((frequencies is None) if count_frequencies is None
+                                  else check_bool("count_frequencies", count_frequencies))
+        self.validate_ids = check_bool("validate_ids", validate_ids)
+        self.frozen = check_bool("frozen", frozen)
         self._table_frozen = False  # twins-first warm start: no update of the table
         self.supports_masking = True
         # the twins and their counts compute in float32 whatever the policy: bfloat16 reads a count

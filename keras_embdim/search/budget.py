@@ -132,9 +132,11 @@ class ByteBudget:
 
     def __init__(self, nbytes: int, bytes_per_param: int = 4):
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes <= 0:
-            raise ValueError(f"ByteBudget: nbytes must be a positive integer number of bytes; received {nbytes!r}.")
+            raise ValueError(
+                f"ByteBudget: `nbytes` must be a positive integer number of bytes; received nbytes={nbytes!r}.")
         if bytes_per_param not in (1, 2, 4):
-            raise ValueError(f"ByteBudget: bytes_per_param must be 1, 2 or 4; received {bytes_per_param!r}.")
+            raise ValueError(
+                f"ByteBudget: `bytes_per_param` must be 1, 2 or 4; received bytes_per_param={bytes_per_param!r}.")
         self.nbytes = int(nbytes)
         self.bytes_per_param = int(bytes_per_param)
 
