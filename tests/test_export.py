@@ -271,3 +271,31 @@ def test_small_fields_padded_into_a_wider_table_serve_exactly(tmp_path, fold):
     assert list(tables.values()) == [4 * 910 * 5]  # one [910, 5] table instead of three
     report = check_in_fresh_process(r.path, sample, {"ctr": model.predict(sample, verbose=0)})
     assert report["tf2_max_abs_diff"] <= 1e-5 and report["tf1_max_abs_diff"] <= 1e-5
+
+
+def test_overwrite_replaces_only_an_earlier_export(trained, tmp_path):
+    """overwrite=True must never delete a folder of other files (or a file) in the export's place."""
+    _, model, _, _, _ = trained
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text("print('mine')")
+    with pytest.raises(FileExistsError, match=r"holds files that are not a SavedModel \(train.py\)"):
+        ked.export_compact(model, str(project), version=None, overwrite=True, verbose=0)
+    assert (project / "train.py").read_text() == "print('mine')"
+    (tmp_path / "base" / "3").mkdir(parents=True)
+    (tmp_path / "base" / "3" / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a SavedModel"):
+        ked.export_compact(model, str(tmp_path / "base"), version=3, overwrite=True, verbose=0)
+    assert (tmp_path / "base" / "3" / "notes.txt").read_text() == "x"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        ked.export_compact(model, str(tmp_path / "afile"), version=None, overwrite=True, verbose=0)
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        ked.export_compact(model, str(tmp_path / "afile"), verbose=0)  # versioned: afile/1
+    assert (tmp_path / "afile").read_text() == "x"
+    assert sorted(os.listdir(tmp_path)) == ["afile", "base", "project"]  # nothing left behind
+    # an empty folder, and an earlier export, are replaced
+    (tmp_path / "empty").mkdir()
+    ked.export_compact(model, str(tmp_path / "empty"), version=None, overwrite=True, verbose=0)
+    again = ked.export_compact(model, str(tmp_path / "empty"), version=None, overwrite=True, verbose=0)
+    assert os.path.isfile(os.path.join(again.path, "saved_model.pb"))

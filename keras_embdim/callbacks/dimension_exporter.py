@@ -23,8 +23,9 @@ class DimensionExporter(keras.callbacks.Callback):
             `export_dir/<version>/` (with `version=None`: into `export_dir`).
         version: `"auto"` (default: the next free version number), a positive
             integer, or None.
-        overwrite: replace an existing export at the target once the new one
-            verified (`"auto"` versions never overwrite).
+        overwrite: replace an existing export (or an empty folder) at the
+            target once the new one verified; a file or a folder of other files
+            is refused (`"auto"` versions never overwrite).
         sample_inputs: inputs to verify the export on (default: generated), or a
             batched `tf.data.Dataset` (its first batch's inputs).
         input_signature: for models without symbolic inputs.

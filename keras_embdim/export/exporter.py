@@ -221,8 +221,9 @@ def export_compact(
             `export_dir/<version>/` (with `version=None`: into `export_dir` itself).
         version: `"auto"` (default: the next free version number, 1 for a new
             folder), a positive integer, or None (no version folder).
-        overwrite: replace an existing export at the target (only after the
-            new one verified); `"auto"` versions never overwrite.
+        overwrite: replace an existing export (or an empty folder) at the
+            target, only after the new one verified; a file or a folder of
+            other files is refused. `"auto"` versions never overwrite.
         sample_inputs: inputs (dict by input name, list, or array; the same
             number of rows, at least one, in every input; or a batched
             `tf.data.Dataset`, whose first batch's inputs are taken) used to

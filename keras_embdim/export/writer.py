@@ -90,15 +90,34 @@ def resolve(export_dir, version, overwrite: bool, *, create: bool = True) -> Tar
             "(the old export is kept until the new one has verified)"
             + (", or version='auto' for the next version." if target.version is not None else ".")
         )
+    if target.overwrite and os.path.exists(target.path):
+        _check_replaceable(target.path)
     parent = target.parent
     probe = parent  # the nearest folder that exists must be writable: checked before creating any
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise NotADirectoryError(f"export_dir={target.path!r}: {probe!r} is a file, not a folder.")
     if not os.access(probe, os.W_OK):
         raise PermissionError(f"export_dir={target.path!r}: its folder {probe!r} is not writable.")
     if create:
         os.makedirs(parent, exist_ok=True)
     return target
+
+
+def _check_replaceable(path: str) -> None:
+    """`overwrite=True` replaces an earlier export (or an empty folder), never a file or a folder of
+    other files: those would be deleted with it."""
+    if not os.path.isdir(path):
+        raise FileExistsError(f"export_dir={path!r} is a file; overwrite=True replaces only an earlier export "
+                              "(a SavedModel folder): choose another path.")
+    entries = sorted(os.listdir(path))
+    if entries and not is_saved_model(path):
+        raise FileExistsError(
+            f"export_dir={path!r} holds files that are not a SavedModel ({', '.join(entries[:5])}"
+            f"{', ...' if len(entries) > 5 else ''}); overwrite=True replaces only an earlier export, never "
+            "other files: choose another folder."
+        )
 
 
 def temporary_folder(target: Target) -> str:
@@ -164,6 +183,7 @@ def move_into_place(tmp: str, target: Target) -> str:
     if os.path.exists(path):
         if not target.overwrite:  # appeared meanwhile
             raise FileExistsError(f"export_dir={path!r} already exists.")
+        _check_replaceable(path)  # again: it may have changed while the export ran
         backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=os.path.dirname(path))
         os.rmdir(backup)
         os.rename(path, backup)
