@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from keras_embdim._compat import keras
+from keras_embdim.validation import check_model
 
 
 def make_searchable(model: Any, *, layer_class: type | None = None, layers: Sequence[str] | None = None):
@@ -27,6 +28,7 @@ def make_searchable(model: Any, *, layer_class: type | None = None, layers: Sequ
     searchable.fit(train, callbacks=[ked.SingleShotPruner(0.1)])
     ```
     """
+    check_model(model)
     if layer_class is None:
         from keras_embdim.layers import PrunableEmbedding as layer_class
     wanted = set(layers) if layers is not None else None
@@ -96,6 +98,7 @@ def add_twins(
     """
     from keras_embdim.layers import TwinsMaskLayer
 
+    check_model(model)
     wanted = set(layers) if layers is not None else None
     candidates = [
         l.name

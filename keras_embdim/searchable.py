@@ -31,8 +31,8 @@ from typing import Any, Iterable, Sequence
 import tensorflow as tf
 
 from keras_embdim import _utils
-from keras_embdim._compat import keras
 from keras_embdim.mask import DimensionMask
+from keras_embdim.validation import check_model
 
 
 class DimensionSearchable:
@@ -162,9 +162,7 @@ def find_searchable_layers(model: Any, names: Iterable[str] | None = None) -> li
         names: optional layer names to restrict the result to; an unknown name
             is an error.
     """
-    if not isinstance(model, keras.layers.Layer):
-        raise TypeError(f"`model` must be a Keras model or layer (of the Keras keras_embdim runs on: "
-                        f"{keras.__name__}); received a {type(model).__name__}.")
+    check_model(model)
     all_layers = _utils.flatten_layers(model)
     layers = [l for l in all_layers if isinstance(l, DimensionSearchable)]
     wrapped = {id(inner) for l in layers for inner in _utils.flatten_layers(l)[1:]}

@@ -74,6 +74,17 @@ def check_number(name: str, value: Any, *, low: float | None = None, strict: boo
     return value
 
 
+def check_model(value: Any) -> Any:
+    """A Keras model or layer of the Keras the package runs on (a `tf_keras` model under Keras 3, or the
+    reverse, is refused by name: its layers are not ours)."""
+    from keras_embdim._compat import keras
+
+    if not isinstance(value, keras.layers.Layer):
+        raise TypeError(f"`model` must be a Keras model or layer (of the Keras keras_embdim runs on: "
+                        f"{keras.__name__}); received a {type(value).__name__}.")
+    return value
+
+
 def is_parameter_server(strategy: Any) -> bool:
     """Whether `strategy` is a `ParameterServerStrategy` (`fit` then runs no batch-level callback)."""
     import tensorflow as tf

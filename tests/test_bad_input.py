@@ -168,3 +168,10 @@ def test_empty_batch_is_served(small_data, tmp_path):
     fn = tf.saved_model.load(r.path).signatures["serving_default"]
     out = fn(**{k: np.asarray(v) for k, v in d.inputs(d.test[0][:0]).items()})
     assert out["ctr"].shape[0] == 0
+
+
+@pytest.mark.parametrize("fn", [ked.make_searchable, ked.add_twins, ked.rebuild_mixed, ked.dimension_report,
+                                ked.find_searchable_layers])
+def test_model_functions_refuse_what_is_not_a_model(fn):
+    with pytest.raises(TypeError, match="`model` must be a Keras model or layer .*received a str"):
+        fn("model.keras")  # a path where the model is expected
