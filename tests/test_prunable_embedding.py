@@ -94,6 +94,12 @@ def test_wrong_mask_shape_is_rejected():
     layer(np.array([[0, 0]]))
     with pytest.raises(ValueError, match="mask must have shape"):
         layer.set_dimension_mask(np.ones((3, 4)))
+    before = layer.dimension_mask().keep.copy()
+    with pytest.raises(ValueError, match=r"mask must hold only 0/1 or booleans; received \[0.5\]"):
+        layer.set_dimension_mask(np.full((2, 4), 0.5))  # not "kept" because nonzero
+    np.testing.assert_array_equal(layer.dimension_mask().keep, before)  # nothing changed
+    layer.set_dimension_mask(np.array([[1, 0, 1, 0], [0, 0, 0, 1]]))  # 0/1 integers are a mask
+    np.testing.assert_array_equal(layer.dimension_mask().keep, [[1, 0, 1, 0], [0, 0, 0, 1]])
 
 
 def test_get_config_round_trip():

@@ -225,6 +225,9 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
                 f"layer '{self.name}': mask must have shape ({self.num_fields}, {self.output_dim}); "
                 f"received {keep.shape}."
             )
+        if keep.dtype != bool and not np.all((keep == 0) | (keep == 1)):  # 0.5 would be read as kept
+            odd = np.unique(keep[(keep != 0) & (keep != 1)])[:3].tolist()
+            raise ValueError(f"layer '{self.name}': mask must hold only 0/1 or booleans; received {odd}.")
         keep = keep.astype(bool)
         if self.per_value:
             raise ValueError(
