@@ -1,5 +1,7 @@
 """Bad input across every layer and callback: a clear error naming the argument, nothing changed."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -175,3 +177,15 @@ def test_empty_batch_is_served(small_data, tmp_path):
 def test_model_functions_refuse_what_is_not_a_model(fn):
     with pytest.raises(TypeError, match="`model` must be a Keras model or layer .*received a str"):
         fn("model.keras")  # a path where the model is expected
+
+
+def test_sample_ids_outside_a_vocabulary_name_the_argument_before_anything_is_written(tmp_path):
+    ids = keras.Input((2,), dtype="int32", name="ids")
+    emb = ked.PrunableEmbedding([5, 7], 4, name="emb")
+    model = keras.Model(ids, keras.layers.Dense(1)(keras.layers.Flatten()(emb(ids))))
+    emb.set_dimension_mask(np.array([[1, 1, 0, 0], [1, 0, 0, 0]]))
+    said = r"`sample_inputs`: the model cannot run on them: (?s:.*)layer 'emb': embedding ids must be >= 0"
+    with pytest.raises(ValueError, match=said):
+        ked.export_compact(model, str(tmp_path / "e"), sample_inputs={"ids": np.array([[1, 2], [4, 7]])}, verbose=0)
+    assert os.listdir(tmp_path) == []
+    ked.export_compact(model, str(tmp_path / "e"), sample_inputs={"ids": np.array([[1, 2], [4, 6]])}, verbose=0)

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -328,8 +329,10 @@ def export_compact(
     layers = find_searchable_layers(model)  # `model` must be a Keras model or layer
     sample_inputs = signature.sample_from(sample_inputs)  # a dataset: its first batch
     layout = signature.input_layout(model, input_signature, sample_inputs)
-    if sample_inputs is not None:  # wrong names or row counts fail now, not after the compaction
-        signature.named_sample(layout, sample_inputs)
+    if sample_inputs is not None:  # wrong names, row counts or ids fail now, not after the compaction
+        named = signature.named_sample(layout, sample_inputs)
+        if checked["verify"]:  # unverified, the sample is not used (the warmup requests are generated ids)
+            _check_model_runs(model, layout, named)
     # `serving_tf_example`'s features (an input no tf.train.Example feature can hold fails now)
     features = signature.example_features(layout.serving_specs(tf.int64)) if example_signature else None
     auto = version == "auto"
@@ -589,6 +592,19 @@ def _signature_inputs(named: dict, specs: dict, features: dict | None) -> dict:
     if features is not None:
         out[signature.EXAMPLE_SIGNATURE] = {signature.EXAMPLES_INPUT: signature.to_examples(named, features)}
     return out
+
+
+def _check_model_runs(model, layout, named: dict) -> None:
+    """The model must run on `sample_inputs`: an id outside its field's vocabulary is refused naming the
+    argument, before the compaction (the layer's own message says which layer and vocabulary)."""
+    tensors = {n: tf.convert_to_tensor(v) for n, v in named.items()}
+    try:
+        model(layout.model_inputs(tensors), training=False)
+    except tf.errors.InvalidArgumentError as e:
+        said = re.sub(r"\x1b\[[0-9;]*m", "", e.message).split("Arguments received by")[0].strip()
+        found = re.search(r'Summarized data: b"(.*?)"', said)  # an Assert's message: the layer's own words
+        said = found.group(1) if found else said
+        raise ValueError(f"`sample_inputs`: the model cannot run on them: {said[:800]}") from None
 
 
 def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtype, requests, apis) -> tuple:
