@@ -122,6 +122,27 @@ def test_no_searchable_layer_and_two_searches_are_clear_errors(method, small_dat
                   callbacks=[CALLBACKS[method](0.5), CALLBACKS[method](0.5)])
 
 
+@pytest.mark.parametrize("method", sorted(CALLBACKS))
+def test_one_search_callback_given_to_a_second_model_is_refused(method, small_data):
+    """Reused in a loop over models, a finished search did nothing to the second one (every dimension
+    kept, silently): now a clear error, nothing changed."""
+    d = small_data
+    x, y = d.inputs(d.train[0][:512]), d.train[1][:512]
+    cb = CALLBACKS[method](0.5)
+    first = _model(d, EMBEDDING_OF[method])
+    first.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[cb])
+    assert cb.phase == ked.Phase.DONE
+    second = _model(d, EMBEDDING_OF[method])
+    before = [w.copy() for w in second.get_weights()]
+    with pytest.raises(ValueError, match=rf"{type(cb).__name__}: this callback searches layers 'embedding' of "
+                                         rf"another model \(phase: {cb.phase.value}\); a search callback searches "
+                                         rf"one model. Pass a new {type(cb).__name__}"):
+        second.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[cb])
+    for a, b in zip(before, second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    first.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[cb])  # its own model: training goes on
+
+
 @pytest.mark.parametrize("method", ["sseds", "ham", "pme"])
 def test_min_dim_wider_than_the_layer_is_a_clear_error(method, small_data):
     d = small_data

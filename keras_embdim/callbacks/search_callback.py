@@ -268,6 +268,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
 
     # ------------------------------------------------------ template method
     def on_train_begin(self, logs=None):
+        self._check_same_model()
         if self.phase in (Phase.DONE, Phase.FAILED) and self._layers:
             self.log.info(f"{self.name}: the search is over; training continues on its dims.")
             return
@@ -280,6 +281,23 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._started = time.perf_counter()
         self._start()
         self._announce_plan()
+
+    def _check_same_model(self) -> None:
+        """A search callback searches one model; its state (phase, step, snapshot, masks) is that
+        model's. Given to another model's `fit` it would do nothing there (a finished search) or mix
+        the two (one stopped mid-fit by an exception): refused instead."""
+        if not self._layers:
+            return
+        current = {id(l) for l in find_searchable_layers(self.model)}
+        if all(id(l) in current for l in self._layers):
+            return
+        searched = ", ".join(f"'{l.name}'" for l in self._layers)
+        raise ValueError(
+            f"{self.name}: this callback searches layers {searched} of another model "
+            f"(phase: {self.phase.value}); a search callback searches one model. Pass a new {self.name} to the fit of "
+            f"model '{self.model.name}' (for a model loaded from this search's checkpoint too: a new one adopts "
+            "the search from its layers). The model was not changed."
+        )
 
     def _start(self) -> None:
         """Subclasses: set the layers up for the search (called once per `fit`)."""
