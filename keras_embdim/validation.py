@@ -76,7 +76,7 @@ def check_number(name: str, value: Any, *, low: float | None = None, strict: boo
 
 def check_model(value: Any) -> Any:
     """A Keras model or layer of the Keras the package runs on (a `tf_keras` model under Keras 3, or the
-    reverse, is refused by name: its layers are not ours)."""
+    reverse, is refused too: the message names the Keras in use)."""
     from keras_embdim._compat import keras
 
     if not isinstance(value, keras.layers.Layer):

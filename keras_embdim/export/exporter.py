@@ -329,10 +329,11 @@ def export_compact(
     layers = find_searchable_layers(model)  # `model` must be a Keras model or layer
     sample_inputs = signature.sample_from(sample_inputs)  # a dataset: its first batch
     layout = signature.input_layout(model, input_signature, sample_inputs)
+    reference = None  # the model's outputs on the sample, computed once: the verification compares with them
     if sample_inputs is not None:  # wrong names, row counts or ids fail now, not after the compaction
         named = signature.named_sample(layout, sample_inputs)
         if checked["verify"]:  # unverified, the sample is not used (the warmup requests are generated ids)
-            _check_model_runs(model, layout, named)
+            reference = _check_model_runs(model, layout, named)
     # `serving_tf_example`'s features (an input no tf.train.Example feature can hold fails now)
     features = signature.example_features(layout.serving_specs(tf.int64)) if example_signature else None
     auto = version == "auto"
@@ -441,7 +442,7 @@ def export_compact(
         try:
             result = _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report,
                             sample_inputs, verify, atol, table_dtype, on_invalid_id, layers, signatures,
-                            features, warmup_batch_sizes, serve_outputs, apis)
+                            features, warmup_batch_sizes, serve_outputs, apis, reference)
             path = writer.move_into_place(tmp, target)
             break
         except FileExistsError:
@@ -467,7 +468,7 @@ def export_compact(
 
 def _write(tmp, target, module, concrete, compacted, layout, model, summary, searched, report, sample_inputs,
            verify, atol, table_dtype, on_invalid_id, layers, signature_specs, features,
-           warmup_batch_sizes, serve_outputs, apis) -> ExportResult:
+           warmup_batch_sizes, serve_outputs, apis, reference) -> ExportResult:
     tf.saved_model.save(module, tmp, signatures=concrete)
     serving_apis.add_to_saved_model(tmp, signature.EXAMPLE_SIGNATURE, signature.EXAMPLES_INPUT, apis)
     # the warmup requests' rows are the verification's, replayed there; unverified (verify=False), generated
@@ -495,7 +496,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
     max_diff = precision_diff = tolerance = None
     if verify:
         max_diff, precision_diff, tolerance = _verify(model, tmp, layout, named, served, atol, compacted,
-                                                      table_dtype, requests, apis)
+                                                      table_dtype, requests, apis, reference)
     disk = writer.disk_bytes(tmp)
     result = ExportResult(
         path=target.path,
@@ -594,12 +595,19 @@ def _signature_inputs(named: dict, specs: dict, features: dict | None) -> dict:
     return out
 
 
-def _check_model_runs(model, layout, named: dict) -> None:
-    """The model must run on `sample_inputs`: an id outside its field's vocabulary is refused naming the
-    argument, before the compaction (the layer's own message says which layer and vocabulary)."""
+def _model_outputs(model, layout, named: dict) -> dict:
+    """The model's outputs on `named` inputs, by output name, as numpy."""
     tensors = {n: tf.convert_to_tensor(v) for n, v in named.items()}
+    out = signature.named_outputs(model, model(layout.model_inputs(tensors), training=False))
+    return {k: _utils.to_numpy(v) for k, v in out.items()}
+
+
+def _check_model_runs(model, layout, named: dict) -> dict:
+    """The model's outputs on `sample_inputs` (`_model_outputs`), which it must run on: an id outside its
+    field's vocabulary is refused naming the argument, before the compaction (the layer's own message
+    says which layer and vocabulary)."""
     try:
-        model(layout.model_inputs(tensors), training=False)
+        return _model_outputs(model, layout, named)
     except tf.errors.InvalidArgumentError as e:
         said = re.sub(r"\x1b\[[0-9;]*m", "", e.message).split("Arguments received by")[0].strip()
         found = re.search(r'Summarized data: b"(.*?)"', said)  # an Assert's message: the layer's own words
@@ -607,7 +615,8 @@ def _check_model_runs(model, layout, named: dict) -> None:
         raise ValueError(f"`sample_inputs`: the model cannot run on them: {said[:800]}") from None
 
 
-def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtype, requests, apis) -> tuple:
+def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtype, requests, apis,
+            reference=None) -> tuple:
     """`(max |served - model|, max |model at stored precision - model|, the tolerance applied)`
     over every signature (`served`: each one's inputs, `_signature_inputs`), over the warmup
     requests read back from the export's file, and over the Regress / Classify API signatures
@@ -616,14 +625,14 @@ def _verify(model, saved_dir, layout, named, served, atol, compacted, table_dtyp
     For float16 / int8 exports the model is run on exactly the stored values
     (`CompactLayer.stored_values`), so that the served predictions are compared
     with what they must equal, and the precision's own effect is measured apart.
+    `reference`: the model's outputs on `named` when already computed (`_check_model_runs`).
     """
     tensors = {n: tf.convert_to_tensor(v) for n, v in named.items()}
 
     def run_model():
-        out = signature.named_outputs(model, model(layout.model_inputs(tensors), training=False))
-        return {k: _utils.to_numpy(v) for k, v in out.items()}
+        return _model_outputs(model, layout, named)
 
-    expected = run_model()
+    expected = reference if reference is not None else run_model()
     precision_diff = None
     if table_dtype != "float32":
         with contextlib.ExitStack() as stack:
