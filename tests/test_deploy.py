@@ -104,6 +104,12 @@ def test_bad_export_arguments_name_themselves(searched, tmp_path):
     words = {k: np.array(["a", "b"]) for k in sample}
     with pytest.raises(ValueError, match=r"must match the dtypes .* of dtype <U1, the export takes int"):
         ked.export_compact(model, str(tmp_path / "h"), sample_inputs=words, verbose=0)
+    halves = {k: v[:3] + np.array([0.0, 0.5, 0.0]) for k, v in sample.items()}  # would be truncated to other ids
+    with pytest.raises(ValueError, match=r"whole numbers for integer inputs; received '\w+' holds \d+\.5, the export "
+                                         r"takes int32"):
+        ked.export_compact(model, str(tmp_path / "h"), sample_inputs=halves, verbose=0)
+    # whole numbers as floats (a pandas id column with a gap reads as float64) are ids
+    ked.export_compact(model, str(tmp_path / "j"), sample_inputs={k: v[:3] * 1.0 for k, v in sample.items()}, verbose=0)
     with pytest.raises(ValueError, match="`input_signature` must be a tf.TensorSpec"):
         ked.export_compact(model, str(tmp_path / "i"), input_signature={k: 5 for k in sample}, verbose=0)
     two_d = {k: np.stack([v[:3], v[:3]], axis=1) for k, v in sample.items()}

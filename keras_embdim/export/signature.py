@@ -308,6 +308,12 @@ def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
     if wrong:  # numbers for a string input, strings for a number input
         said = [f"{n!r} of dtype {got}, the export takes {want}" for n, (got, want) in wrong.items()]
         raise ValueError(f"`sample_inputs` must match the dtypes the export takes; received {', '.join(said)}.")
+    fractional = {n: _first_fraction(named[n]) for n in layout.specs
+                  if layout.specs[n].dtype.is_integer and kinds[n] == "f"}
+    fractional = {n: v for n, v in fractional.items() if v is not None}
+    if fractional:  # a cast would verify the export on other ids than the ones given
+        said = [f"{n!r} holds {v!r}, the export takes {layout.specs[n].dtype.name}" for n, v in fractional.items()]
+        raise ValueError(f"`sample_inputs` must hold whole numbers for integer inputs; received {', '.join(said)}.")
     wrong = {n: (named[n].shape, tuple(layout.specs[n].shape.as_list())) for n in layout.specs
              if not layout.specs[n].shape.is_compatible_with(named[n].shape)}
     if wrong:
@@ -315,6 +321,13 @@ def named_sample(layout: InputLayout, sample_inputs: Any) -> dict:
         raise ValueError(f"`sample_inputs` must match the shapes the export takes (None: any size); received "
                          f"{', '.join(said)}.")
     return named
+
+
+def _first_fraction(values: np.ndarray) -> float | None:
+    """The first value of a float array that is not a whole number (NaN and inf included), or None."""
+    with np.errstate(invalid="ignore"):
+        off = np.mod(values, 1) != 0
+    return float(values[off].flat[0]) if off.any() else None
 
 
 def sample_from(sample_inputs: Any) -> Any:
