@@ -38,12 +38,25 @@ def parse_vocab(input_dim: Any, name: str = "input_dim") -> tuple[tuple[int, ...
     )
 
 
-def as_int_ids(inputs) -> tf.Tensor:
-    """Ids as an integer tensor (floats are cast, as `keras.layers.Embedding` does)."""
+def as_int_ids(inputs, layer_name: str | None = None) -> tf.Tensor:
+    """Ids as an int32 or int64 tensor, what a gather takes: floats and booleans are cast to int32
+    (as `keras.layers.Embedding` does), narrower integers too, unsigned 32- and 64-bit ones to int64
+    (an id past int32 stays out of every vocabulary, for the range check to see). Strings, ragged
+    and sparse tensors are refused with what to do instead."""
+    who = f"layer '{layer_name}'" if layer_name else "an embedding layer"
+    if isinstance(inputs, (tf.RaggedTensor, tf.SparseTensor)):
+        raise TypeError(f"{who} takes dense ids; received a {type(inputs).__name__}: pad the sequences "
+                        "(`ids.to_tensor()`, or `keras.utils.pad_sequences`) with an id of its own and build the "
+                        "layer with `mask_zero=True` to pool over the real ones.")
     ids = tf.convert_to_tensor(inputs)
-    if not ids.dtype.is_integer:
-        ids = tf.cast(ids, tf.int32)
-    return ids
+    if ids.dtype == tf.string:
+        raise TypeError(f"{who} takes integer ids; received strings: map them to ids first "
+                        "(`keras.layers.StringLookup` or `keras.layers.Hashing` before the layer).")
+    if ids.dtype in (tf.int32, tf.int64):
+        return ids
+    if ids.dtype in (tf.uint32, tf.uint64):
+        return tf.cast(ids, tf.int64)
+    return tf.cast(ids, tf.int32)
 
 
 def stack_columns(columns: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -147,7 +160,7 @@ class FieldLayout:
 
     def checked(self, inputs, layer_name: str, validate: bool = True) -> tf.Tensor:
         """Integer ids of the right shape, asserted inside their fields' ranges (training graph)."""
-        ids = as_int_ids(inputs)
+        ids = as_int_ids(inputs, layer_name)
         self.check_axis(ids, layer_name)
         if not validate:
             return ids
@@ -167,7 +180,7 @@ class FieldLayout:
             raise ValueError(f"layer '{layer_name}' embeds {self.num_fields} field(s) (multi_field="
                              f"{self.multi_field}): it takes one id tensor per field only as a multi-field "
                              f"layer; received {len(columns)}.")
-        columns = [as_int_ids(c) for c in columns]
+        columns = [as_int_ids(c, layer_name) for c in columns]
         if not self.global_ids:
             return columns
         return [c - tf.constant(int(o), c.dtype) if o else c for c, o in zip(columns, self.offsets)]

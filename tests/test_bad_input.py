@@ -174,6 +174,35 @@ def test_float_ids_read_like_int_ids_and_wrong_rank_is_refused(kind):
 
 
 @pytest.mark.parametrize("kind", LAYERS)
+def test_ids_of_any_integer_dtype_read_alike_and_strings_or_ragged_ids_say_what_to_do(kind):
+    layer = _layer(kind)
+    ids = np.array([[1, 2], [4, 6]])
+    want = layer(ids).numpy()
+    for dtype in (np.uint8, np.int16, np.uint16, np.uint32, np.uint64):  # a gather takes int32 / int64 only
+        np.testing.assert_array_equal(layer(ids.astype(dtype)).numpy(), want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'emb'"):  # past int32: not wrapped into range
+        layer(np.array([[1, 2**32 + 2]], np.uint64))
+    with pytest.raises(TypeError, match=r"layer 'emb' takes integer ids; received strings: .*StringLookup"):
+        layer(tf.constant([["a", "b"]]))
+    with pytest.raises(TypeError, match=r"layer 'emb' takes dense ids; received a RaggedTensor: .*mask_zero=True"):
+        layer(tf.ragged.constant([[1, 2], [3]]))
+
+
+def test_stack_fields_refuses_what_it_cannot_stack():
+    with pytest.raises(ValueError, match=r"`dtype_ids` must be one of \('int32', 'int64'\); received dtype_ids='f"):
+        ked.layers.StackFields(dtype_ids="float32")
+    assert ked.layers.StackFields(dtype_ids=tf.int64).get_config()["dtype_ids"] == "int64"
+    stack = ked.layers.StackFields(name="stack")
+    for bad, said in (([], "an empty list"), ({"a": np.array([1])}, "a value of type dict"),
+                      (np.array([[1, 2]]), "a value of type EagerTensor")):  # rows are not fields
+        with pytest.raises(ValueError, match=f"layer 'stack' stacks a list of per-field id tensors.*received {said}"):
+            stack(bad)
+    with pytest.raises(TypeError, match="layer 'stack' takes integer ids; received strings"):
+        stack([tf.constant(["a"]), tf.constant([1])])
+    assert stack((np.array([1, 2], np.uint8), np.array([3.0, 4.0]))).numpy().tolist() == [[1, 3], [2, 4]]
+
+
+@pytest.mark.parametrize("kind", LAYERS)
 def test_empty_batch(kind):
     layer = _layer(kind)
     out = layer(np.zeros((0, 2), np.int32))

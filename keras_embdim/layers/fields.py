@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections.abc
 from typing import Sequence
 
 import tensorflow as tf
 
 from keras_embdim._compat import keras, register_serializable
-from keras_embdim.fields import stack_columns
+from keras_embdim.fields import as_int_ids, stack_columns
 
 
 def saturate_cast(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -19,11 +20,11 @@ def saturate_cast(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
     return tf.cast(x, dtype)
 
 
-def field_columns(inputs: Sequence) -> list[tf.Tensor]:
+def field_columns(inputs: Sequence, layer_name: str | None = None) -> list[tf.Tensor]:
     """Per-field id tensors as `StackFields` stacks them: `[batch, 1]` squeezed to `[batch]`."""
     cols = []
     for x in inputs:
-        x = tf.convert_to_tensor(x)
+        x = as_int_ids(x, layer_name)
         if x.shape.rank == 2 and x.shape[-1] == 1:
             x = tf.squeeze(x, -1)
         cols.append(x)
@@ -44,18 +45,29 @@ class StackFields(keras.layers.Layer):
     [[1, 3], [2, 4]]
 
     Args:
-        dtype_ids: integer dtype of the stacked ids; wider ids are clipped to
-            its range, float ids are cast (as `keras.layers.Embedding` does).
+        dtype_ids: `"int32"` or `"int64"`, the dtype of the stacked ids; wider
+            ids are clipped to its range, float ids are cast (as
+            `keras.layers.Embedding` does).
     """
 
     def __init__(self, dtype_ids: str = "int32", **kwargs):
         super().__init__(**kwargs)
-        self.dtype_ids = dtype_ids
+        try:
+            name = tf.as_dtype(dtype_ids).name
+        except TypeError:
+            name = None
+        if name not in ("int32", "int64"):
+            raise ValueError(f"`dtype_ids` must be one of ('int32', 'int64'); received dtype_ids={dtype_ids!r}.")
+        self.dtype_ids = name
 
     def call(self, inputs: Sequence[tf.Tensor]):
+        if not isinstance(inputs, collections.abc.Sequence) or isinstance(inputs, (str, bytes)) or not inputs:
+            said = "an empty list" if isinstance(inputs, (list, tuple)) else f"a value of type {type(inputs).__name__}"
+            raise ValueError(f"layer '{self.name}' stacks a list of per-field id tensors, at least one; received "
+                             f"{said}.")
         # stacked first (mixed dtypes at int64), then cast once: int64 ids (a served request) cost
         # one saturating cast, not one per field, and an id beyond the int32 range cannot wrap into it
-        return saturate_cast(stack_columns(field_columns(inputs)), tf.as_dtype(self.dtype_ids))
+        return saturate_cast(stack_columns(field_columns(inputs, self.name)), tf.as_dtype(self.dtype_ids))
 
     def compute_output_shape(self, input_shapes):
         first = tuple(input_shapes[0])

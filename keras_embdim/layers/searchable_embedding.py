@@ -168,7 +168,7 @@ class SearchableEmbedding(LayerState, keras.layers.Embedding, DimensionSearchabl
 
         Their range is checked by the lookup (`on_invalid_id`), not here.
         """
-        ids = as_int_ids(inputs)
+        ids = as_int_ids(inputs, self.name)
         self.layout.check_axis(ids, self.name)
         return ids
 

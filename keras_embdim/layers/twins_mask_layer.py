@@ -323,7 +323,7 @@ class TwinsMaskLayer(LayerState, keras.layers.Layer, DimensionSearchable):
     def serving_ids(self, inputs) -> tf.Tensor:
         """Local ids per field (global ids of a shared id space made local); see
         `SearchableEmbedding.serving_ids`."""
-        ids = as_int_ids(inputs)
+        ids = as_int_ids(inputs, self.name)
         self.layout.check_axis(ids, self.name)
         return self.layout.local(ids)
 
