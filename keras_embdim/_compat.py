@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import weakref
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -234,6 +235,25 @@ def set_trainable(layer: Any, variable: Any, trainable: bool) -> None:
         src.pop(i)
     if hits and not any(v is variable for v in dst):
         dst.append(variable)
+
+
+_WEIGHT_RANK: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> {id(weight): place}
+
+
+def stable_weight_order(layer: Any, weights: list) -> list:
+    """`weights` (a layer's `weights`) in an order that does not change when a weight's
+    trainability does. tf_keras lists a layer's trainable weights before its non-trainable ones,
+    so a search that freezes a weight mid-`fit` (HAM's mask logits, AMTL's twins) reordered
+    `model.get_weights()`, and `EarlyStopping(restore_best_weights=True)`'s `set_weights` of an
+    earlier epoch's list failed on a shape (or, shapes alike, assigned one variable's values to
+    another). Each weight keeps the place it had when first listed. Keras 3 lists weights in the
+    order they were made already."""
+    if KERAS_3 or not weights:
+        return weights
+    rank = _WEIGHT_RANK.setdefault(layer, {})
+    for w in weights:
+        rank.setdefault(id(w), len(rank))
+    return sorted(weights, key=lambda w: rank[id(w)])
 
 
 # ------------------------------------------------------------ functional graphs

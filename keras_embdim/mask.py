@@ -125,6 +125,13 @@ class DimensionMask:
     def kept_columns(self, f: int) -> np.ndarray:
         return np.flatnonzero(self.keep[f])
 
+    def same_as(self, other: "DimensionMask") -> bool:
+        """True if `other` keeps exactly the same entries (granularity, columns and value sizes)."""
+        if self.granularity != other.granularity or not np.array_equal(self.keep, other.keep):
+            return False
+        return self.value_sizes is None or all(np.array_equal(a, b)
+                                               for a, b in zip(self.value_sizes, other.value_sizes))
+
     @classmethod
     def full(cls, vocab_sizes: Sequence[int], output_dim: int, field_names=None) -> "DimensionMask":
         return cls(

@@ -1,6 +1,7 @@
 """Bad input across every layer and callback: a clear error naming the argument, nothing changed."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -141,6 +142,47 @@ def test_one_search_callback_given_to_a_second_model_is_refused(method, small_da
     for a, b in zip(before, second.get_weights()):
         np.testing.assert_array_equal(a, b)
     first.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[cb])  # its own model: training goes on
+
+
+@pytest.mark.parametrize("method", sorted(CALLBACKS))
+def test_early_stopping_that_restores_weights_from_before_the_search_does_not_undo_it(method, small_data, tmp_path,
+                                                                                      caplog):
+    """`EarlyStopping(restore_best_weights=True)` restores every variable: from an epoch before the
+    search ended, the masks too, so the model and its export went back to full tables (the search
+    silently undone). The searched masks are imposed again, with a warning, and the export is the
+    searched model."""
+    d = small_data
+    x, y = d.inputs(d.train[0][:512]), d.train[1][:512]
+    model = _model(d, EMBEDDING_OF[method])
+    search = CALLBACKS[method](0.5, **({"warmup_steps": 10, "scoring_steps": 4} if method == "sseds" else {}))
+    stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=1, restore_best_weights=True)
+    exporter = ked.DimensionExporter(str(tmp_path / "m"), sample_inputs=d.inputs(d.test[0][:64]), verbose=0)
+    with caplog.at_level("WARNING", logger="keras_embdim"):
+        model.fit(x, y, batch_size=64, epochs=4, verbose=0, callbacks=[stop, search, exporter])
+    assert re.search(rf"{type(search).__name__}: weights restored after the search ended \(EarlyStopping"
+                     r".* give EarlyStopping start_from_epoch=\d", caplog.text), caplog.text
+    assert stop.best_epoch == 0 and stop.stopped_epoch == 1  # epoch 0's weights, from before the search's end
+    layer = model.get_layer("embedding")
+    assert layer.dimension_mask().kept_params == search.result.params_after < layer.dimension_mask().full_params
+    assert exporter.result.kept_params == search.result.params_after
+
+
+@pytest.mark.parametrize("kind", ["ham", "twins"])
+def test_weights_keep_their_order_when_a_search_freezes_some(kind, small_data):
+    """Ending a search makes weights non-trainable (HAM's logits, AMTL's twins); tf_keras listed
+    them after the trainable ones from then on, so `set_weights` of a list taken before put values
+    into other variables (or failed on a shape). Each variable gets its own values back."""
+    model = _model(small_data, kind)
+    layer = model.get_layer("embedding")
+    before = {id(v): np.array(v) for v in model.weights}
+    order = [id(v) for v in model.weights]
+    saved = model.get_weights()
+    layer.end_search(layer.dimension_mask())
+    assert [id(v) for v in model.weights] == order
+    model.set_weights([np.zeros_like(w) for w in saved])
+    model.set_weights(saved)
+    for v in model.weights:
+        np.testing.assert_array_equal(np.array(v), before[id(v)])
 
 
 @pytest.mark.parametrize("method", ["sseds", "ham", "pme"])

@@ -208,6 +208,9 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._snapshot_step: int | None = None  # the optimizer's step count at the snapshot
         self._good_masks: dict = {}
         self._good_when = "the start of the search"
+        self._final_masks: dict = {}  # layer -> the mask its search ended with (kept against restores)
+        self._final_epoch = 0  # the epoch the search ended in
+        self._epoch = 0  # the epoch under way
         self._first_epoch: int | None = None  # first epoch of the current fit (> 0: resumed)
         self._started = 0.0
         self._on_parameter_server = False  # set by set_model: epoch-boundary actions only
@@ -530,6 +533,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
             seconds=time.perf_counter() - self._started, **fields,
         )
         r = self.result
+        self._final_masks = {layer: layer.dimension_mask() for layer in self._layers}
+        self._final_epoch = self._epoch
         self.log.info(
             f"{self.name}: {headline}; kept {r.params_after:,} of {r.params_full:,} embedding "
             f"parameters ({100 * r.kept_fraction:.2f}%, budget {100 * self.budget:.2f}%){self._width_note()} "
@@ -563,6 +568,8 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._snapshot = None
         kept, full = total_params(self._layers)
         self.phase = Phase.DONE
+        self._final_masks = {layer: layer.dimension_mask() for layer in self._layers}
+        self._final_epoch = self._epoch
         masks = {l.name: l.dimension_mask() for l in self._layers}
         self.result = SearchResult(
             method=self.name, budget=self.budget, params_full=int(full), params_after=int(kept), resumed=when,
@@ -579,6 +586,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         from a `ModelCheckpoint`): the first epoch of this `fit` is > 0. The
         restored variables say where the search was: finished (keep its dims) or
         still running (go on from step `epoch x steps per epoch`)."""
+        self._epoch = int(epoch)
         if self._first_epoch is not None:
             return
         self._first_epoch = int(epoch)
@@ -673,7 +681,34 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self.log.flush()
 
     def on_train_end(self, logs=None):
+        self._keep_searched_masks()
         self.log.flush()
+
+    def _keep_searched_masks(self) -> None:
+        """A search that ended in this `fit` stays on its layers when another callback restored
+        weights from before its end (`EarlyStopping(restore_best_weights=True)` restores every
+        variable, the masks and the search's state included, and would silently undo the search:
+        the export would then ship full tables). The searched masks are imposed again on the
+        restored weights, and the warning says how to have a finetuned epoch restored instead."""
+        if self.phase != Phase.DONE or not self._final_masks:
+            return
+        reverted = {layer: mask for layer, mask in self._final_masks.items()
+                    if not layer.dimension_mask().same_as(mask)}
+        if not reverted:
+            return
+        for layer, mask in reverted.items():
+            layer.detach_probe()
+            layer.freeze_table(False)
+            layer.end_search(mask, optimizer=self._optimizer)
+        _utils.force_retrace(self.model)
+        self.log.warning(
+            f"{self.name}: weights restored after the search ended (EarlyStopping(restore_best_weights=True)?) "
+            f"reverted the masks of {sorted(layer.name for layer in reverted)} to an epoch before the search's "
+            f"end; the searched masks were imposed again on the restored weights, which were not trained with "
+            f"them. To restore a finetuned epoch, give EarlyStopping start_from_epoch={self._final_epoch + 1} (the "
+            "first epoch after the search), and list it before this callback and DimensionExporter (it restores "
+            "as fit ends, and callbacks end in list order)."
+        )
 
 
 class EpochBoundedSearch(DimensionSearchCallback):

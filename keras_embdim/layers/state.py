@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_embdim import _utils
+from keras_embdim import _compat, _utils
 
 
 class LayerState:
@@ -50,6 +50,12 @@ class LayerState:
         """See `DimensionSearchable.serving_ids_unshifted`: true unless the ids are global ids of a
         shared id space (made local by subtracting each field's offset)."""
         return not self.layout.global_ids
+
+    @property
+    def weights(self) -> list:
+        """The layer's weights in a fixed order, whatever becomes (non-)trainable during a search
+        (`_compat.stable_weight_order`): `get_weights` / `set_weights` across it match."""
+        return _compat.stable_weight_order(self, super().weights)
 
     def _state_variables(self) -> list:  # pragma: no cover - interface
         """The layer's own variables, in the order they are saved."""
