@@ -274,6 +274,7 @@ class DimensionSearchCallback(keras.callbacks.Callback):
         self._check_same_model()
         if self.phase in (Phase.DONE, Phase.FAILED) and self._layers:
             self.log.info(f"{self.name}: the search is over; training continues on its dims.")
+            self._final_masks = {}  # ended in an earlier fit: the layers' masks are the user's to change now
             return
         self._discover()
         self._sync_layers()
