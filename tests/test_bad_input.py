@@ -155,10 +155,12 @@ def test_early_stopping_that_restores_weights_from_before_the_search_does_not_un
     x, y = d.inputs(d.train[0][:512]), d.train[1][:512]
     model = _model(d, EMBEDDING_OF[method])
     search = CALLBACKS[method](0.5, **({"warmup_steps": 10, "scoring_steps": 4} if method == "sseds" else {}))
-    stop = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=1, restore_best_weights=True)
+    # a monitored value that only grows: the best epoch is epoch 0 whatever the losses, and fit stops after epoch 1
+    epoch_seen = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(epoch_seen=epoch))
+    stop = keras.callbacks.EarlyStopping(monitor="epoch_seen", mode="min", patience=1, restore_best_weights=True)
     exporter = ked.DimensionExporter(str(tmp_path / "m"), sample_inputs=d.inputs(d.test[0][:64]), verbose=0)
     with caplog.at_level("WARNING", logger="keras_embdim"):
-        model.fit(x, y, batch_size=64, epochs=4, verbose=0, callbacks=[stop, search, exporter])
+        model.fit(x, y, batch_size=64, epochs=4, verbose=0, callbacks=[epoch_seen, stop, search, exporter])
     assert re.search(rf"{type(search).__name__}: weights restored after the search ended \(EarlyStopping"
                      r".* give EarlyStopping start_from_epoch=\d", caplog.text), caplog.text
     assert stop.best_epoch == 0 and stop.stopped_epoch == 1  # epoch 0's weights, from before the search's end
