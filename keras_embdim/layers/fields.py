@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_embdim._compat import keras, register_serializable
 from keras_embdim.fields import as_int_ids, stack_columns
+from keras_embdim.validation import check_choice
 
 
 def saturate_cast(x: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
@@ -53,12 +54,10 @@ class StackFields(keras.layers.Layer):
     def __init__(self, dtype_ids: str = "int32", **kwargs):
         super().__init__(**kwargs)
         try:
-            name = tf.as_dtype(dtype_ids).name
+            dtype_ids = tf.as_dtype(dtype_ids).name  # tf.int64 or np.int64 as "int64"
         except TypeError:
-            name = None
-        if name not in ("int32", "int64"):
-            raise ValueError(f"`dtype_ids` must be one of ('int32', 'int64'); received dtype_ids={dtype_ids!r}.")
-        self.dtype_ids = name
+            pass  # not a dtype: refused below, as given
+        self.dtype_ids = check_choice("dtype_ids", dtype_ids, ("int32", "int64"))
 
     def call(self, inputs: Sequence[tf.Tensor]):
         if not isinstance(inputs, collections.abc.Sequence) or isinstance(inputs, (str, bytes)) or not inputs:
