@@ -137,8 +137,6 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
         auc = float(roc_auc(yt, model.predict(data.inputs(xt), batch_size=8192, verbose=0)))
         mask = ked.find_searchable_layers(model)[0].dimension_mask()
         columns = int(mask.kept_dims.sum()) if method != "pme" else None
-        if method == "sseds":  # the searched MLP input width (kept columns over all fields)
-            kept_width = columns
         for suffix, options in VARIANTS[method]:
             if options.get("value_layout") == "static":  # the head layout's side-by-side alternative
                 static = layouts.choose_layout(_row_sizes(model)[1], D, static=True)
@@ -149,6 +147,11 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
             r = ked.export_compact(model, os.path.join(out, method + suffix), sample_inputs=sample, verbose=0,
                                    **options)
             added = _common.peak_rss_bytes() - before if reset else None
+            # the columns the folded first Dense multiplies: the kept ones, but r for a rank-folded field
+            rank_folded = r.folds["embedding"]["rank_folded"].values()
+            served = None if columns is None else columns - sum(v["kept"] - v["served"] for v in rank_folded)
+            if method + suffix == "sseds":  # the searched MLP input width, as served
+                kept_width = served
             exports[method + suffix] = {
                 "path": r.path, "embedding_params": r.kept_params, "embedding_bytes": r.embedding_bytes,
                 "kind": "ours", "layout": r.layouts.get("embedding"), "folded": bool(r.folds["embedding"]["folded_into"]),
@@ -156,6 +159,7 @@ def export_models(data, budget: float, out: str, seed: int, batch: int = 1024) -
                 "kept_fraction": r.kept_params / r.full_params, "export_added_rss": added, "heap_settled": True,
                 "min_dim": min_dim,
                 "largest_table_bytes": 4 * D * max(data.vocab_sizes), "test_auc": auc, "kept_columns": columns,
+                "served_columns": served,
                 **traffic,
             }
     # the uniform model as wide as the searched one (its MLP input has about as many columns): how

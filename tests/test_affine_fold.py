@@ -66,7 +66,7 @@ def test_batch_normalization_over_the_concatenated_fields_folds_into_the_dense(t
     sample = {"ids": np.stack([rng.integers(0, v, 50) for v in VOCAB], 1).astype("int32"),
               "price": rng.standard_normal((50, 2)).astype("float32")}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id", "rank_folded": {}}
     shapes = sorted(_stored(r).values())
     assert (k + 2, 4) in shapes and (3 * D + 2, 4) not in shapes and (3 * D + 2,) not in shapes  # no BN stats
     want = model.predict(sample, verbose=0)
@@ -144,7 +144,7 @@ def test_arithmetic_written_as_ops_folds_into_the_dense(tmp_path, kind):
     k = _fill(emb, 11)
     x_ = np.stack([np.random.default_rng(12).integers(0, v, 50) for v in VOCAB], 1).astype("int32")
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x_, verbose=0)
-    assert r.folds["emb"] == {"folded_into": ["ctr"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["emb"] == {"folded_into": ["ctr"], "padded": None, "id_check": "on_invalid_id", "rank_folded": {}}
     shapes = sorted(_stored(r).values())
     assert (k, 2) in shapes and (3 * D, 2) not in shapes and (D, 2) not in shapes, shapes
     np.testing.assert_allclose(_served(r, {"ids": x_}), model.predict(x_, verbose=0), atol=1e-5)
@@ -271,7 +271,8 @@ def test_a_pooled_history_then_batch_normalization_folds_into_the_dense(tmp_path
     sample = {"history": history, "ids": np.stack([rng.integers(0, v, 50) for v in VOCAB], 1).astype("int32"),
               "price": rng.standard_normal((50, 2)).astype("float32")}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds["seq"] == {"folded_into": ["pool", "hidden"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["seq"] == {"folded_into": ["pool", "hidden"], "padded": None,
+            "id_check": "on_invalid_id", "rank_folded": {}}
     assert r.folds["fields"]["folded_into"] == ["hidden"] and r.folds["fields"]["padded"] is None
     shapes = sorted(_stored(r).values())
     assert (k + 2, 4) in shapes and (4 * D + 2, 4) not in shapes and (4 * D + 2,) not in shapes, (k, shapes)

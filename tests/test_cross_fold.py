@@ -138,7 +138,8 @@ def test_dcn_stack_is_computed_on_kept_columns_and_ships_only_them(tmp_path, par
     want = model.predict(sample, verbose=0)
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
     folded_into = ["cross_1", "cross_2", "deep"] + (["ctr"] if parallel else [])
-    assert r.folds == {"emb": {"folded_into": folded_into, "padded": None, "id_check": "on_invalid_id"}}
+    assert r.folds == {"emb": {"folded_into": folded_into, "padded": None,
+            "id_check": "on_invalid_id", "rank_folded": {}}}
     shapes = _stored_shapes(r)
     cross_kernels = [(k, 3), (3, k)] if options else [(k, k)]
     for s in cross_kernels + [(k,)]:

@@ -63,7 +63,7 @@ def test_embedding_bytes_equal_kept_params_and_no_full_table(trained):
     dense_params = sum(int(np.prod(w.shape)) for w in model.trainable_weights) - full
     # the first Dense is folded: its kernel keeps only the rows of the stored columns (zero rows for padding)
     assert exporter.result.folds == {"embedding": {"folded_into": ["mlp_0"], "padded": None,
-                                                   "id_check": "on_invalid_id"}}
+                                                   "id_check": "on_invalid_id", "rank_folded": {}}}
     first = model.get_layer("mlp_0").kernel
     removed_rows = int(first.shape[0]) - int(stored.sum())
     assert exporter.result.variable_bytes == (kept + padding + dense_params - removed_rows * int(first.shape[1])) * 4

@@ -56,7 +56,8 @@ def test_mlp_folds_and_ships_only_the_kept_kernel_rows(tmp_path):
     k = int(emb.dimension_mask().kept_dims.sum())
     x = _ids()
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
-    assert r.folds == {"emb": {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}}
+    assert r.folds == {"emb": {"folded_into": ["hidden"], "padded": None,
+            "id_check": "on_invalid_id", "rank_folded": {}}}
     np.testing.assert_allclose(_served(r, {"ids": x})["ctr"], model.predict(x, verbose=0), atol=1e-6)
     # the 18 x 5 kernel is not shipped, only its k kept rows
     assert _kernel_rows_stored(r) == sorted([(k, 5), (5, 1)])
@@ -184,7 +185,7 @@ def test_reshape_and_concatenate_written_as_ops_fold(tmp_path):
     k = int(emb.dimension_mask().kept_dims.sum())
     sample = {"ids": _ids(seed=31), "price": np.random.default_rng(32).standard_normal((50, 2)).astype("float32")}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id", "rank_folded": {}}
     stored = _kernel_rows_stored(r)
     assert (k + 2, 4) in stored and (3 * D + 2, 4) not in stored, stored
     np.testing.assert_allclose(_served(r, sample)["ctr"], model.predict(sample, verbose=0), atol=1e-5)
@@ -279,7 +280,7 @@ def test_a_dense_per_field_or_position_folds_on_the_kept_columns(tmp_path, kind)
             want_kernel = (3, 3, 3)  # the packed fields' values are up to 3 wide
         sample = {"ids": _ids(40, seed=42)}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds["emb"] == {"folded_into": ["proj"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["emb"] == {"folded_into": ["proj"], "padded": None, "id_check": "on_invalid_id", "rank_folded": {}}
     if kind == "fields_per_value":
         assert r.layouts["emb"].startswith("field+")
     stored = _stored_shapes(r)
@@ -312,7 +313,7 @@ def test_a_dense_per_field_over_slots_nearly_as_wide_as_the_padded_output_is_not
           "product per slot"
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
     assert r.folds["emb"] == {"folded_into": ["mlp"], "padded": f"{why}: served there padded, placed from the same "
-                              "lookup", "id_check": "on_invalid_id"}
+                              "lookup", "id_check": "on_invalid_id", "rank_folded": {}}
     assert r.embedding_bytes == 4 * emb.dimension_mask().kept_params
     np.testing.assert_allclose(_served(r, {"ids": x})["ctr"], model.predict(x, verbose=0), atol=1e-5)
     r = ked.export_compact(alone, tmp_path / "alone", sample_inputs=x, verbose=0)
@@ -332,7 +333,7 @@ def test_a_dense_per_position_after_a_masked_history_is_not_folded(tmp_path):
     x[:, 3:] = 0
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=x, verbose=0)
     assert r.folds["emb"] == {"folded_into": [], "padded": "it reaches Dense 'proj' per position with a mask",
-                              "id_check": "on_invalid_id"}
+                              "id_check": "on_invalid_id", "rank_folded": {}}
     np.testing.assert_allclose(_served(r, {"history": x})["ctr"], model.predict(x, verbose=0), atol=1e-5)
 
 
@@ -375,7 +376,8 @@ def test_a_pooled_bag_of_ids_folds_on_its_kept_columns(tmp_path, pool, per_value
     _mask(fields, 12)
     sample = _history_sample(rng)
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds["seq"] == {"folded_into": ["pool", "hidden"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["seq"] == {"folded_into": ["pool", "hidden"], "padded": None,
+            "id_check": "on_invalid_id", "rank_folded": {}}
     k_seq = 3 if per_value else int(seq.dimension_mask().kept_dims.sum())
     k_fields = int(fields.dimension_mask().kept_dims.sum())
     assert _kernel_rows_stored(r) == sorted([(k_seq + k_fields, 4), (4, 1)])
@@ -471,7 +473,8 @@ def test_deepfm_folds_its_mlp_and_computes_the_fm_term_from_kept_values(tmp_path
     k = int(layer.dimension_mask().kept_dims.sum())
     sample = d.inputs(d.test[0][:60])
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds == {"embedding": {"folded_into": ["deep_0", "fm"], "padded": None, "id_check": "on_invalid_id"}}
+    assert r.folds == {"embedding": {"folded_into": ["deep_0", "fm"], "padded": None,
+            "id_check": "on_invalid_id", "rank_folded": {}}}
     assert (k, 4) in _kernel_rows_stored(r) and (3 * D, 4) not in _kernel_rows_stored(r)
     assert (k, D) in _kernel_rows_stored(r)  # the FM's column matrix
     want = model.predict(sample, verbose=0)
@@ -654,7 +657,7 @@ def test_an_mlp_sub_model_after_the_searched_layers_folds_inside(tmp_path, tower
     rng = np.random.default_rng(23)
     sample = {"ids": _ids(seed=24), "price": rng.standard_normal((50, 2)).astype("float32")}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
-    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["emb"] == {"folded_into": ["hidden"], "padded": None, "id_check": "on_invalid_id", "rank_folded": {}}
     stored = _kernel_rows_stored(r)
     assert (k + 2, 5) in stored and (3 * D + 2, 5) not in stored and k < 3 * D, stored
     want = model.predict(sample, verbose=0)
@@ -729,7 +732,8 @@ def test_a_tower_shared_by_two_inputs_folds_each_call_apart(tmp_path, other):
     sample = {k: sample[k] for k in inputs}
     r = ked.export_compact(model, tmp_path / "e", sample_inputs=sample, verbose=0)
     k_user = int(user_emb.dimension_mask().kept_dims.sum())
-    assert r.folds["user_emb"] == {"folded_into": ["proj"], "padded": None, "id_check": "on_invalid_id"}
+    assert r.folds["user_emb"] == {"folded_into": ["proj"], "padded": None,
+            "id_check": "on_invalid_id", "rank_folded": {}}
     stored = [s for s in _kernel_rows_stored(r) if s[1] == 3]
     if other != "dense":
         k_item = int(item_emb.dimension_mask().kept_dims.sum())

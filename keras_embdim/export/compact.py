@@ -232,15 +232,19 @@ def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLaye
     return CompactLayer(layer, lookup, table_dtype, swaps)
 
 
-def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: str, sizes: list | None = None):
+def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: str, sizes: list | None = None,
+                  bases: list | None = None, slack: float = PADDING_SLACK):
     """`(groups, row_offsets, swaps)`: the `FieldGroup`s of `fields` (of the layer's table, in this
     order: field i of the lookup is `fields[i]`), each field keeping `columns[i]`, filled from the
     table a chunk of rows at a time. `sizes` (per-value layers, `dense_field_plan`): each row of
-    `fields[i]` keeps only its first `sizes[i][row]` of `columns[i]` (zeros after them)."""
+    `fields[i]` keeps only its first `sizes[i][row]` of `columns[i]` (zeros after them). `bases`
+    (float32 only, `rank_folded`): per field None, or `[r, len(columns[i])]` with orthonormal rows:
+    the field stores its kept values times its transpose (r values per row). `slack`: `group_widths`'."""
     offsets = field_offsets(mask.vocab_sizes)
     vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]
-    widths = np.array([len(c) for c in columns], np.int64)
-    stored_widths = group_widths(widths, vocab)
+    bases = bases if bases is not None else [None] * len(fields)
+    widths = np.array([len(c) if b is None else b.shape[0] for c, b in zip(columns, bases)], np.int64)
+    stored_widths = group_widths(widths, vocab, slack)
     store = _STORE[table_dtype]
     row_offsets = np.zeros(len(fields), np.int32)
     groups, swaps = [], []
@@ -255,6 +259,8 @@ def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: s
             row_offsets[i] = r
             for a, b in row_ops.chunks(0, int(vocab[i])):
                 kept = row_ops.read_rows(table, offsets[f] + a, offsets[f] + b, cols)
+                if bases[i] is not None:  # its coordinates in the basis: kept = stored @ basis
+                    kept = (kept.astype(np.float64) @ bases[i].T).astype(np.float32)
                 select = (slice(None), cols)
                 if sizes is not None:  # per-value sizes: each row's prefix of `cols`, zeros after it
                     keep = np.arange(len(cols))[None, :] < np.asarray(sizes[i][a:b])[:, None]
@@ -262,7 +268,7 @@ def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: s
                     select = np.zeros((b - a, mask.output_dim), bool)
                     select[:, cols] = keep
                 stored, sc = quantize.quantize(kept, table_dtype)
-                row_ops.assign_rows(values, r + a, r + b, np.pad(stored, ((0, 0), (0, width - len(cols)))))
+                row_ops.assign_rows(values, r + a, r + b, np.pad(stored, ((0, 0), (0, width - stored.shape[1]))))
                 if sc is not None:
                     row_ops.assign_rows(scales, r + a, r + b, sc)
                 if table_dtype != "float32":
@@ -271,8 +277,55 @@ def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: s
                         kept, back = kept[keep], back[keep]
                     swaps.append((offsets[f] + a, offsets[f] + b, select, kept, back))
             r += int(vocab[i])
-        groups.append(FieldGroup(width, members, [np.asarray(columns[i]) for i in members], values, scales))
+        basis = [bases[i] for i in members] if any(bases[i] is not None for i in members) else None
+        groups.append(FieldGroup(width, members, [np.asarray(columns[i]) for i in members], values, scales, basis))
     return groups, row_offsets, swaps
+
+
+def field_basis(rows: np.ndarray) -> np.ndarray | None:
+    """`[r, k]` orthonormal rows spanning the rows of a field's kept values `[n, k]`, when their
+    rank r (numerical, as `np.linalg.matrix_rank`: singular values above `max(n, k) x eps(float32)`
+    times the largest) is below k and above 0; else None. Then `rows = (rows @ B.T) @ B` to float32 rounding.
+
+    Example:
+
+    >>> np.abs(field_basis(np.array([[3.0, 0.0, 4.0], [6.0, 0.0, 8.0]]))).round(6).tolist()  # up to its sign
+    [[0.6, 0.0, 0.8]]
+    >>> field_basis(np.eye(3)) is None
+    True
+    """
+    rows = np.asarray(rows, np.float64)
+    if rows.size == 0:
+        return None
+    _, s, vt = np.linalg.svd(rows, full_matrices=False)
+    rank = int((s > s[0] * max(rows.shape) * np.finfo(np.float32).eps).sum()) if s[0] > 0 else 0
+    return vt[:rank] if 0 < rank < rows.shape[1] else None  # all zeros: stored as they are
+
+
+def rank_folded(compact: CompactLayer, slack: float = PADDING_SLACK) -> CompactLayer | None:
+    """The per-field lookup of `compact` with its fields of fewer ids than kept columns stored in
+    the basis of their rows (`field_basis`): r values per row where the field keeps k > r columns
+    (a field of n ids has rank at most n). Only for a consumer that is linear in the kept values
+    and multiplies them by a matrix anyway (a folded Dense: `keras_embdim.export.fold.fold_ranks`
+    multiplies the basis into its kernel rows), so that the request computes r columns of the field,
+    not k. None where no field is rank-deficient, for a per-value layer and for a quantized export."""
+    lookup = compact.lookup
+    if not isinstance(lookup, FieldLookup) or compact.table_dtype != "float32" or lookup.rank_folded:
+        return None
+    layer = compact.layer
+    mask = layer.dimension_mask()
+    offsets, vocab = field_offsets(mask.vocab_sizes), mask.vocab_sizes
+    fields = np.arange(mask.num_fields)
+    columns = [mask.kept_columns(f) for f in fields]
+    bases = [field_basis(row_ops.read_rows(layer.embedding_variable, offsets[f], offsets[f] + vocab[f], columns[f]))
+             if 0 < vocab[f] < len(columns[f]) else None for f in fields]
+    if all(b is None for b in bases):
+        return None
+    groups, row_offsets, _ = _field_groups(layer.embedding_variable, mask, fields, columns, "float32",
+                                           bases=bases, slack=slack)
+    folded = FieldLookup(mask.num_fields, mask.output_dim, groups, row_offsets, multi_field=lookup.multi_field,
+                         guard=lookup.guard, jit_compile=lookup.jit_compile)
+    return CompactLayer(layer, folded, "float32")
 
 
 def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,

@@ -92,7 +92,8 @@ class ExportResult:
     bytes: dict = field(default_factory=dict)
     # per searched layer: the Dense (and cross, FM, pooling) layers it was folded into, or why it serves padded, and whether its
     # served ids are checked ("on_invalid_id") or the check was left out (it could never fail, or
-    # on_invalid_id="unchecked")
+    # on_invalid_id="unchecked"), and its fields served in the basis of their rows ("rank_folded": a
+    # field of fewer ids than kept columns, read only by folded Dense layers: `fold.fold_ranks`)
     folds: dict = field(default_factory=dict)
     # per-value layers: the fields stored whole, in per-field tables (`value_dense_fields`)
     dense_fields: dict = field(default_factory=dict)
@@ -355,6 +356,9 @@ def export_compact(
             report.add(layer.name, reason="folding is off (fold=False)" if not fold else "not reached by a foldable Dense")
         if on_invalid_id == "unchecked" and report.layers[layer.name]["id_check"] == "on_invalid_id":
             report.leave_out_id_check(layer.name, "on_invalid_id='unchecked'")
+    # fields of fewer ids than kept columns, read only by folded Dense layers: stored and served in
+    # the basis of their rows, the basis multiplied into the kernel rows
+    fold_lib.fold_ranks(plan, compacted, report)
 
     returned = []  # the model's output structure (a dict, a list, one tensor), seen when `serve` is traced
 
@@ -487,7 +491,7 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
     kept = summary["params_after"]
     expected_bytes = sum(c.nbytes for c in compacted.values())
     if table_dtype == "float32" and any(
-        c.nbytes != 4 * (layer.dimension_mask().kept_params + c.lookup.padding_params)
+        c.nbytes != 4 * (layer.dimension_mask().kept_params - c.lookup.rank_saved_params + c.lookup.padding_params)
         for layer, c in compacted.items() if c.lookup.granularity == "field"
     ):
         raise ExportError("a per-field compact table holds more than its kept parameters and padding.")

@@ -86,6 +86,7 @@ import tensorflow as tf
 
 from keras_embdim import _compat, _utils
 from keras_embdim._compat import keras
+from keras_embdim.export import compact as compact_lib
 from keras_embdim.export import cross as cross_fold
 from keras_embdim.export import fm as fm_fold
 from keras_embdim.export.lookup import placed
@@ -316,6 +317,13 @@ class DenseFold:
     groups: list  # per group: indices of its pieces (in x's order)
     bias: Any = None  # the bias served (an affine region before the Dense moves it), or None: the layer's
     post: Any = None  # after an affine region, factorized: `kernels` hold L's rows, `post` the layer's kernel
+    rows: Any = None  # the selected kernel rows `[sum of widths, units]` the kernels were grouped from (numpy)
+    widths: list = field(default_factory=list)  # per source: the columns of each of its pieces (`kernel_groups`)
+
+
+def _kernel_variables(dn: _compat.GraphNode, kernels: list) -> list:
+    name = f"{dn.layer.name}_folded_kernel"
+    return [_utils.plain_variable(k, name=name if len(kernels) == 1 else f"{name}_{i}") for i, k in enumerate(kernels)]
 
 
 @dataclass
@@ -405,11 +413,13 @@ class FoldReport:
     """Per searched layer: the Dense (and cross, FM, pooling) layers it was folded into, or why it serves
     padded."""
 
-    # layer name -> {"folded_into": [...], "padded": reason | None, "id_check": "on_invalid_id" | why it was left out}
+    # layer name -> {"folded_into": [...], "padded": reason | None, "id_check": "on_invalid_id" | why it was left out,
+    #                "rank_folded": {field: {"kept": k, "served": r}} (`fold_ranks`)}
     layers: dict = field(default_factory=dict)
 
     def add(self, layer_name: str, dense: str | None = None, reason: str | None = None) -> None:
-        rec = self.layers.setdefault(layer_name, {"folded_into": [], "padded": None, "id_check": "on_invalid_id"})
+        rec = self.layers.setdefault(layer_name, {"folded_into": [], "padded": None, "id_check": "on_invalid_id",
+                                                  "rank_folded": {}})
         if dense and dense not in rec["folded_into"]:
             rec["folded_into"].append(dense)
         if reason and not rec["padded"]:
@@ -431,6 +441,7 @@ class FoldReport:
                 self.add(name, reason=rec["padded"])
             if rec["id_check"] != "on_invalid_id":
                 self.layers[name]["id_check"] = rec["id_check"]
+            self.layers[name]["rank_folded"].update(rec["rank_folded"])
 
     def to_json(self) -> dict:
         return {k: dict(v) for k, v in self.layers.items()}
@@ -749,11 +760,10 @@ def _plan_graph(net: Any, compacted: dict, report: FoldReport, through_cross: bo
                     searched.pop(id(src.raw), None)
             continue
         groups, kernels = kernel_groups(selected, widths)
-        name = f"{dn.layer.name}_folded_kernel"
-        result.dense[key] = DenseFold(dn, sources, [
-            _utils.plain_variable(k, name=name if len(kernels) == 1 else f"{name}_{i}") for i, k in enumerate(kernels)],
+        result.dense[key] = DenseFold(dn, sources, _kernel_variables(dn, kernels),
             groups, None if bias is None else _utils.plain_variable(bias, name=f"{dn.layer.name}_folded_bias"),
-            None if post is None else _utils.plain_variable(post, name=f"{dn.layer.name}_kernel"))
+            None if post is None else _utils.plain_variable(post, name=f"{dn.layer.name}_kernel"),
+            rows=selected, widths=widths)
         for kind, src in sources:
             folds_into(kind, src, dn.layer.name)
             if kind == "cross":  # the searched layers under the cross stack fold into this Dense too
@@ -908,6 +918,76 @@ def _plan_prechecked(graph: "_Graph", result: NetPlan, report: FoldReport) -> No
             names = sorted({b[1] for b in bounds})
             report.leave_out_id_check(n.layer.name, f"its ids come from {', '.join(names)}, whose outputs fit the "
                                                     "fields' vocabularies")
+
+
+def _plans(plan: NetPlan) -> list:
+    """`plan` and the plans nested in it, outermost first."""
+    return [plan] + [q for p in plan.nested.values() for q in _plans(p)]
+
+
+def fold_ranks(plan: NetPlan | None, compacted: dict, report: FoldReport) -> None:
+    """Rank-fold the per-field lookups that only folded Dense layers read.
+
+    A field of n ids whose kept values span r < k of its k kept columns (always when n < k:
+    a field of 3 ids keeping 16 columns has rank at most 3) is stored as its coordinates in an
+    orthonormal basis of its rows (`keras_embdim.export.compact.rank_folded`); every folded Dense
+    reading the lookup gets the basis multiplied into its kernel rows (`x W = z (B W)`, `z = x
+    B'`), so a request computes r columns of the field instead of k: the same outputs to float32
+    rounding, a narrower matmul. A parameter budget lets such fields keep every column, so the
+    searched model's first Dense is wider than it needs to be (`docs/results/serving.md`).
+
+    Only where every use of the lookup is a `DenseFold` (no padded output, no cross, FM,
+    pooling or per-slot Dense reads it, whose results depend on the columns themselves) and the
+    export stores float32. The fields folded are recorded in the report (`rank_folded`).
+    """
+    if plan is None:
+        return
+    plans = _plans(plan)
+    readers, blocked = {}, set()
+    for p in plans:
+        for key, c in p.lookups.items():
+            if key in p.placed or key not in p.skip:
+                blocked.add(c.layer)
+        blocked |= {n.layer for n in p.pooled.values()}
+        for f in p.dense.values():
+            if isinstance(f, SlotDenseFold):
+                blocked.add(f.source.layer)
+                continue
+            for i, (kind, src) in enumerate(f.sources):
+                if kind == "lookup":
+                    readers.setdefault(src.layer, []).append((f, i))
+        for f in list(p.cross.values()) + list(p.fm.values()):
+            blocked |= {src.layer for kind, src in f.sources if kind == "lookup"}
+    for layer, reads in readers.items():
+        if layer in blocked or report.layers.get(layer.name, {}).get("padded") or layer not in compacted:
+            continue
+        old = compacted[layer].lookup
+        folded = compact_lib.rank_folded(compacted[layer])
+        if folded is None or not old.kept_width:
+            continue
+        new = folded.lookup
+        for f, i in sorted(reads, key=lambda r: -r[1]):  # a Dense's later sources first: earlier offsets hold
+            widths = [list(w) for w in f.widths]
+            start, (width,) = sum(sum(w) for w in widths[:i]), widths[i]
+            positions = width // old.kept_width
+            codes = old.folded_codes(positions)
+            where = np.full(int(codes.max(initial=-1)) + 1, -1, np.int64)
+            where[codes[codes >= 0]] = np.flatnonzero(codes >= 0)
+            col, code, coef = new.folded_expansion(positions)
+            piece = f.rows[start:start + width].astype(np.float64)
+            rows = np.zeros((positions * new.kept_width, f.rows.shape[1]))
+            np.add.at(rows, col, coef[:, None] * piece[where[code]])
+            f.rows = np.concatenate([f.rows[:start], rows.astype(f.rows.dtype), f.rows[start + width:]])
+            widths[i] = [positions * new.kept_width]
+            f.widths = widths
+            f.groups, kernels = kernel_groups(f.rows, widths)
+            f.kernels = _kernel_variables(f.node, kernels)
+        compacted[layer].lookup = new
+        mask = layer.dimension_mask()
+        report.add(layer.name)
+        report.layers[layer.name]["rank_folded"] = {
+            mask.field_names[int(fi)]: {"kept": len(cols), "served": int(b.shape[0])}
+            for g in new.groups for fi, cols, b in zip(g.fields, g.columns, g.basis or []) if b is not None}
 
 
 def _feeds_only_folded(raw_id, graph: "_Graph", folded: set, downstream) -> bool:

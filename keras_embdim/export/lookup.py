@@ -279,12 +279,39 @@ class FieldGroup:
     columns: list  # per field of the group: its kept columns (increasing), at most `width`
     table: tf.Variable
     scales: tf.Variable | None = None  # int8: a float16 scale per row
+    # rank-folded fields (`keras_embdim.export.compact.rank_folded`): per field of the group, None (its
+    # stored values are its kept columns) or `[r, len(columns)]`: its kept values are its first r
+    # stored values times this matrix (the field has fewer ids than kept columns, so rank <= ids)
+    basis: list | None = None
+
+    def stored_widths(self) -> list:
+        """Stored (non-padding) columns of each field of the group."""
+        return [len(cols) if b is None else int(b.shape[0])
+                for cols, b in zip(self.columns, self.basis or [None] * len(self.columns))]
 
     def codes(self, output_dim: int) -> np.ndarray:
         """`f * D + j` of each table column, field by field; -1 for a padding column (always zero)."""
+        if self.basis is not None and any(b is not None for b in self.basis):
+            raise ValueError("a rank-folded group's columns are combinations of kept columns: use `expansion`.")
         return np.array([f * output_dim + j if i < len(cols) else -1
                          for f, cols in zip(self.fields, self.columns)
                          for i, j in enumerate(list(cols) + [0] * (self.width - len(cols)))], np.int64)
+
+    def expansion(self, output_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(column, code, coefficient)` triples: table column `column` (field by field, as
+        `codes`) contributes `coefficient` times its value to padded entry `code` (`f * D + j`).
+        A plain column is one triple of coefficient 1; a padding column none."""
+        out, start = [], 0
+        for f, cols, b in zip(self.fields, self.columns, self.basis or [None] * len(self.columns)):
+            cols = np.asarray(cols, np.int64)
+            if b is None:
+                out.append((start + np.arange(len(cols)), f * output_dim + cols, np.ones(len(cols))))
+            else:
+                rows, js = np.nonzero(b)
+                out.append((start + rows, f * output_dim + cols[js], b[rows, js].astype(np.float64)))
+            start += self.width
+        return tuple(np.concatenate([o[i] for o in out] + [np.zeros(0, t)])
+                     for i, t in enumerate((np.int64, np.int64, np.float64)))
 
 
 class FieldLookup(_OnePart):
@@ -313,8 +340,11 @@ class FieldLookup(_OnePart):
         self.row_offsets = np.asarray(row_offsets, np.int32)
         self.jit_compile = bool(jit_compile)
         self.kept_width = int(sum(g.width * len(g.fields) for g in groups))  # K: columns per lookup, padding included
-        # code (f * D + j) of every column, in the order `_gather` puts them (-1: padding)
-        self._codes = np.concatenate([g.codes(output_dim) for g in groups]) if groups else np.zeros(0, np.int64)
+        self.rank_folded = any(g.basis is not None and any(b is not None for b in g.basis) for g in groups)
+        # code (f * D + j) of every column, in the order `_gather` puts them (-1: padding); a
+        # rank-folded lookup's columns are combinations of kept columns instead (`folded_expansion`)
+        self._codes = None if self.rank_folded else (
+            np.concatenate([g.codes(output_dim) for g in groups]) if groups else np.zeros(0, np.int64))
         # fields in no group (they keep nothing) are still checked on the per-field path
         self._unkept = np.setdiff1d(np.arange(self.num_fields), np.concatenate([g.fields for g in groups] + [[]]))
         if self.jit_compile and groups:
@@ -346,7 +376,14 @@ class FieldLookup(_OnePart):
     def padding_params(self) -> int:
         """Zero entries stored to pad narrower fields into a wider table (`FieldGroup`)."""
         rows = {int(f): n for g in self.groups for f, n in zip(g.fields, self._field_rows(g))}
-        return int(sum((g.width - len(cols)) * rows[int(f)] for g in self.groups for f, cols in zip(g.fields, g.columns)))
+        return int(sum((g.width - w) * rows[int(f)] for g in self.groups for f, w in zip(g.fields, g.stored_widths())))
+
+    @property
+    def rank_saved_params(self) -> int:
+        """Kept parameters not stored because their fields are rank-folded (`FieldGroup.basis`):
+        a field of n ids keeping k > r columns stores n x r values, not n x k."""
+        return int(sum((len(cols) - w) * n for g in self.groups
+                       for cols, w, n in zip(g.columns, g.stored_widths(), self._field_rows(g))))
 
     def _field_rows(self, group: FieldGroup) -> list:
         """Rows of each field of `group` in its table (from the row offsets and the table's length)."""
@@ -448,11 +485,34 @@ class FieldLookup(_OnePart):
         with tf.control_dependencies(checks):  # the reads wait for the ids' check
             return self._gather_fn(rows, list(valid) if valid is not None else None)
 
+    def folded_part_widths(self, positions: int) -> list:
+        """Columns of `folded` for examples of `positions` lookups each (one piece)."""
+        return [positions * self.kept_width]
+
+    def folded_expansion(self, positions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`(column, code, coefficient)`: `folded` column `column` contributes `coefficient` times
+        its value to padded entry `code` (as in `folded_codes`) for examples of `positions`
+        lookups each; for a lookup that is not rank-folded, `folded_codes` as triples of
+        coefficient 1."""
+        out, start = [], 0
+        F, D = self.num_fields, self.output_dim
+        for g in self.groups:  # `_gather_groups`' order: group by group, then position by position
+            col, code, coef = g.expansion(D)
+            size = g.width * len(g.fields)
+            for p in range(positions):
+                out.append((start + p * size + col, p * F * D + code, coef))
+            start += positions * size
+        return tuple(np.concatenate([o[i] for o in out] + [np.zeros(0, t)])
+                     for i, t in enumerate((np.int64, np.int64, np.float64)))
+
     def folded_codes(self, positions: int) -> np.ndarray:
         """Code of every `folded` column for examples of `positions` lookups each:
         `(position * F + f) * D + j` (the flat index in the padded `[positions, F, D]`
         output of one example), -1 for a padding column (always zero); for a
-        single-field layer F = 1."""
+        single-field layer F = 1. A rank-folded lookup has none (`folded_expansion`)."""
+        if self.rank_folded:
+            raise ValueError("a rank-folded lookup's columns are combinations of kept columns: use "
+                             "`folded_expansion`.")
         out = []
         for g in self.groups:  # `_gather_groups`' order: group by group, then position by position
             codes = g.codes(self.output_dim)[None, :]
@@ -471,7 +531,13 @@ class FieldLookup(_OnePart):
             out = tf.zeros(tf.stack([tf.shape(checked)[0], F * D]), dtype)
         else:
             kept = self._gather_fn(*self._split(checked, valid))  # [N, K]
-            out = tf.cast(placed(kept, self._codes, F * D), dtype)
+            if self.rank_folded:  # each column's combination of kept columns, one small matmul
+                col, code, coef = self.folded_expansion(1)
+                expand = np.zeros((self.kept_width, F * D), np.float32)
+                np.add.at(expand, (col, code), coef)
+                out = tf.cast(tf.matmul(kept, tf.constant(expand)), dtype)
+            else:
+                out = tf.cast(placed(kept, self._codes, F * D), dtype)
         tail = [F, D] if self.multi_field else [D]
         lead = shape[:-1] if self.multi_field else shape
         return tf.reshape(out, tf.concat([lead, tail], 0))
