@@ -64,6 +64,11 @@ The plan records why (`FoldReport`). DCN cross layers on the way are computed on
 the kept columns (`keras_embdim.export.cross`), and `FMInteraction` terms from
 the kept values (`keras_embdim.export.fm`).
 
+A field of fewer ids than kept columns whose layer only folded Dense layers
+read is served in an orthonormal basis of its rows, the basis multiplied into
+the kernel rows (`fold_ranks`): r columns of the matmul for that field instead
+of its k kept ones, the same outputs to float32 rounding.
+
 Only functional models (and Sequential, and functional models nested in them)
 are planned: a subclassed model's `call` is opaque, so its layers serve padded.
 A functional sub-model that a searched output reaches (an MLP written as a
