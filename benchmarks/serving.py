@@ -468,7 +468,7 @@ def report(records: list, path: str, plot: str | None) -> str:
                 widths.append(f"{name} b={r['budget']} batch {batch}: per field, folded = {rat['sseds/uniform']:.2f}x "
                               f"uniform {du} dims ({r['fields']} x "
                               f"{du} MLP inputs), {rat['sseds/uniform_width']:.2f}x uniform {wide['dims']} dims "
-                              f"(about the searched {wide['searched_width']} inputs)")
+                              f"(about the {wide['searched_width']} searched inputs served)")
             loaders = [("", rat)]
             if "session" in r:
                 loaders.append((" (session)", r["session"]["ratios"][batch]))
@@ -578,7 +578,10 @@ def report(records: list, path: str, plot: str | None) -> str:
                   "At the same parameter count the search gives small-vocabulary fields many columns, so the "
                   "MLP's first layer of the searched model has more inputs than the uniform model's. The uniform "
                   "model with about as many inputs (`uniform_width`: round(searched columns / fields) dims "
-                  "everywhere, more parameters) separates that wider first layer from the cost of our lookups:", "",
+                  "everywhere, more parameters) separates that wider first layer from the cost of our lookups. The "
+                  "searched columns are counted as the folded export serves them: a field of fewer ids than kept "
+                  "columns at its rank (`folds[layer]['rank_folded']`; records before 114eb51 count every kept "
+                  "column):", "",
                   *[f"- {w}" for w in widths], ""]
     if searches:
         lines += ["## The search capped at the uniform model's width", "",
