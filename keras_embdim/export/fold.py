@@ -979,6 +979,9 @@ def fold_ranks(plan: NetPlan | None, compacted: dict, report: FoldReport) -> Non
             where = np.full(int(codes.max(initial=-1)) + 1, -1, np.int64)
             where[codes[codes >= 0]] = np.flatnonzero(codes >= 0)
             col, code, coef = new.folded_expansion(positions)
+            if code.size and (code.max() >= where.size or (where[code] < 0).any()):  # same kept columns, always
+                raise RuntimeError(f"layer '{layer.name}': its rank-folded lookup reads a column the plan has no "
+                                   "kernel row for.")
             piece = f.rows[start:start + width].astype(np.float64)
             rows = np.zeros((positions * new.kept_width, f.rows.shape[1]))
             np.add.at(rows, col, coef[:, None] * piece[where[code]])
