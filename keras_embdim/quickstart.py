@@ -80,6 +80,8 @@ def main(argv=None) -> dict:
     print(
         f"export: {e.path}" + (f" (version {e.version}; TF Serving: --model_base_path={e.base_path})" if e.version else "")
         + f"\n  embedding tables {b['embedding_tables']:,} B (= {e.kept_params:,} params x 4 B"
+        + (f" - {e.embedding_rank_folded_bytes:,} B that fields of fewer ids than kept columns, served at their "
+           "rank, do not store" if e.embedding_rank_folded_bytes else "")
         + (f" + {e.embedding_padding_bytes:,} B of zero padding that lets small fields share a wider table"
            if e.embedding_padding_bytes else "")
         + f"), other variables "

@@ -66,6 +66,7 @@ def test_small_fields_are_served_in_the_basis_of_their_rows(tmp_path):
     kept = sum(v * k for v, k in zip(VOCAB, KEPT))
     assert r.kept_params == kept and r.embedding_padding_bytes == 0
     assert r.embedding_bytes == 4 * (3 * 3 + 40 * 4 + 5 * 5 + 2 * 1)
+    assert r.embedding_rank_folded_bytes == 4 * (3 * (8 - 3) + 5 * (6 - 5))  # = kept x 4 B - embedding_bytes
     shapes = _stored_shapes(r)
     assert sorted(s for k, s in shapes.items() if k.startswith(TABLES_ATTRIBUTE)) == [(2, 1), (3, 3), (5, 5), (40, 4)]
     # the folded kernel has a row per served column, 3 + 4 + 5 + 1, not per kept one (19)
@@ -74,7 +75,7 @@ def test_small_fields_are_served_in_the_basis_of_their_rows(tmp_path):
     # the same predictions as the unfolded export (the padded lookup and the whole kernel)
     p = ked.export_compact(model, tmp_path / "p", sample_inputs=x, verbose=0, fold=False)
     assert p.folds["emb"]["rank_folded"] == {}
-    assert p.embedding_bytes == 4 * kept + p.embedding_padding_bytes
+    assert p.embedding_bytes == 4 * kept + p.embedding_padding_bytes and p.embedding_rank_folded_bytes == 0
     got = tf.saved_model.load(p.path).signatures["serving_default"](ids=tf.constant(x, tf.int64))["ctr"].numpy()
     np.testing.assert_allclose(got, served, atol=1e-5)
 

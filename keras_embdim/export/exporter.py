@@ -97,6 +97,10 @@ class ExportResult:
     folds: dict = field(default_factory=dict)
     # per-value layers: the fields stored whole, in per-field tables (`value_dense_fields`)
     dense_fields: dict = field(default_factory=dict)
+    # kept values not stored because their fields are rank-folded (`folds[layer]["rank_folded"]`: a
+    # field of n ids keeping k columns served at its rank r stores n x r values, not n x k), in bytes:
+    # embedding_bytes = kept params x 4 B - this + embedding_padding_bytes (float32)
+    embedding_rank_folded_bytes: int = 0
     # the signature output name of each output of the endpoint `serve`, in `tf.nest.flatten` order (a
     # dict output's raw keys sorted; each signature name cleaned from its key)
     serve_outputs: list = field(default_factory=list)
@@ -533,6 +537,8 @@ def _write(tmp, target, module, concrete, compacted, layout, model, summary, sea
         bytes={"embedding_tables": int(emb_bytes), "other_variables": int(sum(var_bytes.values()) - emb_bytes), **disk},
         folds=report.to_json(),
         dense_fields={layer.name: c.lookup.dense_fields for layer, c in compacted.items() if c.lookup.dense_fields},
+        embedding_rank_folded_bytes=int(sum(c.lookup.rank_saved_params for c in compacted.values())
+                                        * quantize.itemsize(table_dtype)),
         serve_outputs=serve_outputs,
     )
     with open(os.path.join(tmp, REPORT_FILE), "w") as fh:

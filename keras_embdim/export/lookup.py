@@ -606,6 +606,11 @@ class ValueLookup(_OnePart):
         return 0
 
     @property
+    def rank_saved_params(self) -> int:
+        """None: rank folding (`FieldLookup.rank_saved_params`) is for per-field tables."""
+        return 0
+
+    @property
     def nbytes(self) -> int:
         return int(sum(int(np.prod(v.shape)) * v.dtype.size for v in self.variables))
 
@@ -706,6 +711,11 @@ class SplitLookup:
     def padding_params(self) -> int:
         """Zero entries the whole-stored fields hold: past their rows' sizes, and to share a table."""
         return self.value_padding + int(sum(lookup.padding_params for lookup, _ in self.parts))
+
+    @property
+    def rank_saved_params(self) -> int:
+        """The parts' (`FieldLookup.rank_saved_params`)."""
+        return int(sum(lookup.rank_saved_params for lookup, _ in self.parts))
 
     @property
     def nbytes(self) -> int:
