@@ -67,8 +67,8 @@ def test_ranking_model_searches_exports_and_serves(ranking, data_root, tmp_path,
     assert s["params_after"] <= 0.2 * s["params_before"]
     assert s["params_after"] >= 0.19 * s["params_before"]  # the budget is used, not just respected
     assert e.kept_params == s["params_after"]
-    if method in ("sseds", "ham"):  # per field: the tables are the kept params plus padding of small fields
-        assert e.embedding_bytes == 4 * e.kept_params + e.embedding_padding_bytes
+    if method in ("sseds", "ham"):  # per field: kept params - what rank-folded fields do not store + padding
+        assert e.embedding_bytes == 4 * e.kept_params - e.embedding_rank_folded_bytes + e.embedding_padding_bytes
     else:  # per value: the packed layout's index on top
         assert 4 * e.kept_params < e.embedding_bytes <= 1.10 * 4 * e.kept_params
     assert out["served"]["tf2_max_abs_diff"] <= 1e-5 and out["served"]["tf1_max_abs_diff"] <= 1e-5
@@ -86,7 +86,7 @@ def test_retrieval_query_tower_is_exported_alone(retrieval, data_root, tmp_path,
     assert len(e.outputs) == 1
     query_layers = ked.find_searchable_layers(model.query_model)
     assert e.kept_params == sum(l.dimension_mask().kept_params for l in query_layers)
-    assert e.embedding_bytes == 4 * e.kept_params + e.embedding_padding_bytes
+    assert e.embedding_bytes == 4 * e.kept_params - e.embedding_rank_folded_bytes + e.embedding_padding_bytes
     # both towers were searched under one global budget
     summary = out["summary"]
     assert summary["params_after"] <= 0.2 * summary["params_before"]
