@@ -1,4 +1,4 @@
-"""Rank folding (keras_embdim.export.fold.fold_ranks, compact.rank_folded): a field of fewer ids than
+"""Rank folding (keras_embdim.export.fold.fold_ranks, compact.rank_fold): a field of fewer ids than
 kept columns is served in the basis of its rows, the basis multiplied into the folded Dense kernel.
 
 Random tables and masks (the algebra is exact, no training needed); every export is compared with
@@ -6,6 +6,7 @@ the Keras model value by value, and the stored shapes and bytes with a hand coun
 """
 
 import os
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -117,8 +118,8 @@ def test_sequence_positions_and_the_lookup_expansion(tmp_path):
     # the lookups themselves: the rank-folded one's folded values times its expansion are the plain
     # one's padded output, and its own padded output is too
     plain = compact_lib.compact_layer(emb)
-    folded = compact_lib.rank_folded(plain)
-    assert folded is not None and folded.lookup.rank_folded and folded.lookup.kept_width == 3
+    folded = compact_lib.compact_layer(emb)
+    assert compact_lib.rank_fold(folded) and folded.lookup.rank_folded and folded.lookup.kept_width == 3
     assert folded.lookup.rank_saved_params == 3 * (7 - 3)
     t = tf.constant(x)
     want_padded = plain.lookup.padded(t).numpy()  # [32, 4, D]
@@ -133,4 +134,26 @@ def test_sequence_positions_and_the_lookup_expansion(tmp_path):
     assert np.array_equal(code, codes[col]) and np.all(coef == 1) and np.all(codes[col] >= 0)
     # no field of fewer ids than kept columns: nothing to fold
     emb.set_dimension_mask(np.arange(D)[None, :] < 3)
-    assert compact_lib.rank_folded(compact_lib.compact_layer(emb)) is None
+    unfolded = compact_lib.compact_layer(emb)
+    lookup = unfolded.lookup
+    assert not compact_lib.rank_fold(unfolded) and unfolded.lookup is lookup
+
+
+def test_rank_fold_keeps_unchanged_tables_and_frees_the_others():
+    """Fields 1 and 3 keep their tables (same fields, same width): not read again; the tables of
+    widths 8 and 6 (fields 0 and 2, now served at 3 and 5) are freed before the new ones are built."""
+    _, emb = _model()
+    compact = compact_lib.compact_layer(emb)
+    want = compact.lookup.padded(tf.constant(_ids())).numpy()
+    old = {g.width: (g.fields.tolist(), g.table) for g in compact.lookup.groups}
+    assert sorted((w, f) for w, (f, _) in old.items()) == [(1, [3]), (4, [1]), (6, [2]), (8, [0])]
+    refs = {w: weakref.ref(t) for w, (_, t) in old.items()}
+    kept = {w: old[w][1] for w in (1, 4)}
+    old = None
+    assert compact_lib.rank_fold(compact)
+    new = {g.width: g for g in compact.lookup.groups}
+    assert sorted(new) == [1, 3, 4, 5]
+    assert all(new[w].table is kept[w] for w in (1, 4))
+    assert refs[8]() is None and refs[6]() is None  # released, not held beside the new tables
+    np.testing.assert_allclose(compact.lookup.padded(tf.constant(_ids())).numpy(), want, atol=1e-5)
+    assert not compact_lib.rank_fold(compact)  # folded once: nothing more to fold

@@ -26,6 +26,7 @@ float32 originals are kept for that.
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,24 +233,40 @@ def _compact_fields(layer, mask, guard, jit_compile, table_dtype) -> CompactLaye
     return CompactLayer(layer, lookup, table_dtype, swaps)
 
 
+def _stored_widths(mask, fields: np.ndarray, columns: list, bases: list | None, slack: float) -> np.ndarray:
+    """The table width of each of `fields` (`group_widths` of what each stores: its kept columns,
+    or its rank where `bases[i]` is not None)."""
+    bases = bases if bases is not None else [None] * len(fields)
+    widths = np.array([len(c) if b is None else b.shape[0] for c, b in zip(columns, bases)], np.int64)
+    return group_widths(widths, np.asarray(mask.vocab_sizes, np.int64)[fields], slack)
+
+
 def _field_groups(table, mask, fields: np.ndarray, columns: list, table_dtype: str, sizes: list | None = None,
-                  bases: list | None = None, slack: float = PADDING_SLACK):
+                  bases: list | None = None, slack: float = PADDING_SLACK, reuse: dict | None = None):
     """`(groups, row_offsets, swaps)`: the `FieldGroup`s of `fields` (of the layer's table, in this
     order: field i of the lookup is `fields[i]`), each field keeping `columns[i]`, filled from the
     table a chunk of rows at a time. `sizes` (per-value layers, `dense_field_plan`): each row of
     `fields[i]` keeps only its first `sizes[i][row]` of `columns[i]` (zeros after them). `bases`
-    (float32 only, `rank_folded`): per field None, or `[r, len(columns[i])]` with orthonormal rows:
-    the field stores its kept values times its transpose (r values per row). `slack`: `group_widths`'."""
+    (float32 only, `rank_fold`): per field None, or `[r, len(columns[i])]` with orthonormal rows:
+    the field stores its kept values times its transpose (r values per row). `slack`: `group_widths`'.
+    `reuse` (float32, `rank_fold`): width -> a `FieldGroup` already holding exactly the fields of
+    that width in this order, kept as it is (not read again)."""
     offsets = field_offsets(mask.vocab_sizes)
     vocab = np.asarray(mask.vocab_sizes, np.int64)[fields]
     bases = bases if bases is not None else [None] * len(fields)
-    widths = np.array([len(c) if b is None else b.shape[0] for c, b in zip(columns, bases)], np.int64)
-    stored_widths = group_widths(widths, vocab, slack)
+    stored_widths = _stored_widths(mask, fields, columns, bases, slack)
     store = _STORE[table_dtype]
     row_offsets = np.zeros(len(fields), np.int32)
     groups, swaps = [], []
     for width in sorted(set(int(w) for w in stored_widths if w > 0)):
         members = np.flatnonzero(stored_widths == width)
+        if reuse and width in reuse:
+            if not np.array_equal(reuse[width].fields, members) or table_dtype != "float32":
+                raise ValueError(f"the table of width {width} to reuse holds fields {reuse[width].fields.tolist()}, "
+                                 f"not {members.tolist()}.")
+            row_offsets[members] = np.cumsum(np.r_[0, vocab[members][:-1]])
+            groups.append(reuse[width])
+            continue
         rows = int(vocab[members].sum())
         values = _utils.plain_variable(tf.zeros([rows, width], store), name=f"width_{width}")
         scales = _utils.plain_variable(tf.zeros([rows], tf.float16), name=f"width_{width}_scales") if table_dtype == "int8" else None
@@ -302,16 +319,23 @@ def field_basis(rows: np.ndarray) -> np.ndarray | None:
     return vt[:rank] if 0 < rank < rows.shape[1] else None  # all zeros: stored as they are
 
 
-def rank_folded(compact: CompactLayer, slack: float = PADDING_SLACK) -> CompactLayer | None:
-    """The per-field lookup of `compact` with its fields of fewer ids than kept columns stored in
+def rank_fold(compact: CompactLayer, slack: float = PADDING_SLACK) -> bool:
+    """Store the fields of `compact`'s per-field lookup that have fewer ids than kept columns in
     the basis of their rows (`field_basis`): r values per row where the field keeps k > r columns
     (a field of n ids has rank at most n). Only for a consumer that is linear in the kept values
     and multiplies them by a matrix anyway (a folded Dense: `keras_embdim.export.fold.fold_ranks`
     multiplies the basis into its kernel rows), so that the request computes r columns of the field,
-    not k. None where no field is rank-deficient, for a per-value layer and for a quantized export."""
+    not k.
+
+    In place: `compact.lookup` becomes the rank-folded lookup. Its tables whose fields, columns and
+    width are unchanged are the old lookup's; the others are released before the new ones are
+    filled from the layer's variable, so the export holds one set of compact tables at a time and
+    reads again only the rows of the tables that change. The caller must hold no reference to the
+    old lookup. Returns False (`compact` unchanged) where no field is rank-deficient, for a
+    per-value layer and for a quantized export."""
     lookup = compact.lookup
     if not isinstance(lookup, FieldLookup) or compact.table_dtype != "float32" or lookup.rank_folded:
-        return None
+        return False
     layer = compact.layer
     mask = layer.dimension_mask()
     offsets, vocab = field_offsets(mask.vocab_sizes), mask.vocab_sizes
@@ -320,12 +344,24 @@ def rank_folded(compact: CompactLayer, slack: float = PADDING_SLACK) -> CompactL
     bases = [field_basis(row_ops.read_rows(layer.embedding_variable, offsets[f], offsets[f] + vocab[f], columns[f]))
              if 0 < vocab[f] < len(columns[f]) else None for f in fields]
     if all(b is None for b in bases):
-        return None
+        return False
+    stored = _stored_widths(mask, fields, columns, bases, slack)
+    unchanged = {(g.width, tuple(g.fields.tolist())): g for g in lookup.groups
+                 if all(b is None for b in g.basis or [None])}
+    keep = {}  # width -> the old group the new grouping has again (same fields; same columns: one mask)
+    for width in set(int(w) for w in stored if w > 0):
+        members = np.flatnonzero(stored == width)
+        old = unchanged.get((width, tuple(fields[members].tolist())))
+        if old is not None and all(bases[i] is None for i in members):
+            keep[width] = old
+    multi_field, guard, jit_compile = lookup.multi_field, lookup.guard, lookup.jit_compile
+    compact.lookup = lookup = old = unchanged = None
+    gc.collect()  # the old lookup's gather function refers to it: free its other tables now
     groups, row_offsets, _ = _field_groups(layer.embedding_variable, mask, fields, columns, "float32",
-                                           bases=bases, slack=slack)
-    folded = FieldLookup(mask.num_fields, mask.output_dim, groups, row_offsets, multi_field=lookup.multi_field,
-                         guard=lookup.guard, jit_compile=lookup.jit_compile)
-    return CompactLayer(layer, folded, "float32")
+                                           bases=bases, slack=slack, reuse=keep)
+    compact.lookup = FieldLookup(mask.num_fields, mask.output_dim, groups, row_offsets, multi_field=multi_field,
+                                 guard=guard, jit_compile=jit_compile)
+    return True
 
 
 def _compact_values(layer, mask, guard, value_layout, value_read, jit_compile, table_dtype,

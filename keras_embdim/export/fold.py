@@ -94,7 +94,7 @@ from keras_embdim._compat import keras
 from keras_embdim.export import compact as compact_lib
 from keras_embdim.export import cross as cross_fold
 from keras_embdim.export import fm as fm_fold
-from keras_embdim.export.lookup import placed
+from keras_embdim.export.lookup import FieldLookup, placed
 from keras_embdim.layers.fields import StackFields, field_columns, saturate_cast
 
 _MAX_CODES = 2**24  # float32 represents every integer up to this exactly
@@ -935,7 +935,7 @@ def fold_ranks(plan: NetPlan | None, compacted: dict, report: FoldReport) -> Non
 
     A field of n ids whose kept values span r < k of its k kept columns (always when n < k:
     a field of 3 ids keeping 16 columns has rank at most 3) is stored as its coordinates in an
-    orthonormal basis of its rows (`keras_embdim.export.compact.rank_folded`); every folded Dense
+    orthonormal basis of its rows (`keras_embdim.export.compact.rank_fold`); every folded Dense
     reading the lookup gets the basis multiplied into its kernel rows (`x W = z (B W)`, `z = x
     B'`), so a request computes r columns of the field instead of k: the same outputs to float32
     rounding, a narrower matmul. A parameter budget lets such fields keep every column, so the
@@ -967,15 +967,24 @@ def fold_ranks(plan: NetPlan | None, compacted: dict, report: FoldReport) -> Non
         if layer in blocked or report.layers.get(layer.name, {}).get("padded") or layer not in compacted:
             continue
         old = compacted[layer].lookup
-        folded = compact_lib.rank_folded(compacted[layer])
-        if folded is None or not old.kept_width:
+        if not isinstance(old, FieldLookup) or old.rank_folded or not old.kept_width:
             continue
-        new = folded.lookup
-        for f, i in sorted(reads, key=lambda r: -r[1]):  # a Dense's later sources first: earlier offsets hold
+        reads = sorted(reads, key=lambda r: -r[1])  # a Dense's later sources first: earlier offsets hold
+        kept_width = old.kept_width
+        old_codes = {}  # the plan's kernel rows are in the old lookup's column order
+        for f, i in reads:
+            positions = f.widths[i][0] // kept_width
+            if positions not in old_codes:
+                old_codes[positions] = old.folded_codes(positions)
+        old = None  # `rank_fold` frees the old lookup's tables before it builds the new ones
+        if not compact_lib.rank_fold(compacted[layer]):
+            continue
+        new = compacted[layer].lookup
+        for f, i in reads:
             widths = [list(w) for w in f.widths]
             start, (width,) = sum(sum(w) for w in widths[:i]), widths[i]
-            positions = width // old.kept_width
-            codes = old.folded_codes(positions)
+            positions = width // kept_width
+            codes = old_codes[positions]
             where = np.full(int(codes.max(initial=-1)) + 1, -1, np.int64)
             where[codes[codes >= 0]] = np.flatnonzero(codes >= 0)
             col, code, coef = new.folded_expansion(positions)

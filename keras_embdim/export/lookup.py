@@ -279,7 +279,7 @@ class FieldGroup:
     columns: list  # per field of the group: its kept columns (increasing), at most `width`
     table: tf.Variable
     scales: tf.Variable | None = None  # int8: a float16 scale per row
-    # rank-folded fields (`keras_embdim.export.compact.rank_folded`): per field of the group, None (its
+    # rank-folded fields (`keras_embdim.export.compact.rank_fold`): per field of the group, None (its
     # stored values are its kept columns) or `[r, len(columns)]`: its kept values are its first r
     # stored values times this matrix (the field has fewer ids than kept columns, so rank <= ids)
     basis: list | None = None
