@@ -45,6 +45,39 @@ def test_versions_auto_explicit_and_plain(searched, tmp_path):
             ked.DimensionExporter(base, version=bad)
 
 
+
+def test_a_version_taken_while_exporting_moves_to_the_next_one(searched, tmp_path, monkeypatch):
+    """Another export takes version 1 while ours is written: ours goes to 2 (its report says so) and
+    never replaces the other's; with an explicit version it fails, leaving no temporary folder."""
+    from keras_embdim.export import writer
+
+    d, model, sample = searched
+    base = tmp_path / "ctr"
+    move = writer.move_into_place
+    taken = []
+
+    def racing_move(tmp, target):
+        if not taken:  # the other export lands first
+            taken.append(target.path)
+            os.makedirs(target.path)
+            (base / os.path.basename(target.path) / "theirs").write_text("x")
+        return move(tmp, target)
+
+    monkeypatch.setattr(writer, "move_into_place", racing_move)
+    r = ked.export_compact(model, str(base), sample_inputs=sample, verbose=0)
+    assert taken == [str(base / "1")] and r.version == 2 and r.path == str(base / "2")
+    assert sorted(os.listdir(base)) == ["1", "2"] and os.listdir(base / "1") == ["theirs"]
+    report = json.loads((base / "2" / "dimensions.json").read_text())["export"]
+    assert report["version"] == 2 and report["path"] == r.path
+    want = model.predict(sample, verbose=0)
+    served = tf.saved_model.load(r.path).signatures["serving_default"](
+        **{k: tf.constant(np.asarray(v), tf.int64) for k, v in sample.items()})
+    np.testing.assert_allclose(next(iter(served.values())).numpy().reshape(want.shape), want, atol=1e-5)
+    taken.clear()
+    with pytest.raises(FileExistsError, match="already exists"):
+        ked.export_compact(model, str(base), version=5, sample_inputs=sample, verbose=0)
+    assert sorted(os.listdir(base)) == ["1", "2", "5"] and os.listdir(base / "5") == ["theirs"]
+
 def test_exporter_callback_writes_the_next_version_and_fails_fast_on_a_taken_one(searched, tmp_path):
     d, model, sample = searched
     base = str(tmp_path / "ctr")
