@@ -45,7 +45,6 @@ def test_versions_auto_explicit_and_plain(searched, tmp_path):
             ked.DimensionExporter(base, version=bad)
 
 
-
 def test_a_version_taken_while_exporting_moves_to_the_next_one(searched, tmp_path, monkeypatch):
     """Another export takes version 1 while ours is written: ours goes to 2 (its report says so) and
     never replaces the other's; with an explicit version it fails, leaving no temporary folder."""
@@ -77,6 +76,7 @@ def test_a_version_taken_while_exporting_moves_to_the_next_one(searched, tmp_pat
     with pytest.raises(FileExistsError, match="already exists"):
         ked.export_compact(model, str(base), version=5, sample_inputs=sample, verbose=0)
     assert sorted(os.listdir(base)) == ["1", "2", "5"] and os.listdir(base / "5") == ["theirs"]
+
 
 def test_exporter_callback_writes_the_next_version_and_fails_fast_on_a_taken_one(searched, tmp_path):
     d, model, sample = searched
