@@ -607,7 +607,7 @@ class ValueLookup(_OnePart):
 
     @property
     def rank_saved_params(self) -> int:
-        """None: rank folding (`FieldLookup.rank_saved_params`) is for per-field tables."""
+        """0: rank folding (`FieldLookup.rank_saved_params`) is for per-field tables."""
         return 0
 
     @property
